@@ -1,0 +1,33 @@
+# The two commands: `make run` and `make test`. Both create .venv when missing and install
+# the package with its test dependencies; nothing else needs to be installed by hand.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+DATA_DIR ?= var
+
+.PHONY: install run test bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+	@bash scripts/system-packages.sh
+
+run: install
+	$(BIN)/caducee db upgrade --data-dir $(DATA_DIR)
+	$(BIN)/caducee serve --demo --data-dir $(DATA_DIR)
+
+test: install
+	$(BIN)/python -m pytest
+
+bench: install
+	$(BIN)/python bench/annuaire_import.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

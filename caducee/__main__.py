@@ -1,0 +1,3 @@
+from caducee.cli import main
+
+raise SystemExit(main())

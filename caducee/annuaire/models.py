@@ -1,0 +1,208 @@
+"""Tables of the annuaire: who is who, which mailbox belongs to whom, whom we trust.
+
+Only `caducee.annuaire` reads and writes these tables; other components go through
+`caducee.annuaire.service`.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import date, datetime, timezone
+
+from sqlalchemy import (
+    Boolean,
+    Date,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import Mapped, mapped_column
+
+from caducee.db import Base
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class MailboxType(str, enum.Enum):
+    """BAL types of the national directory, plus PAT for the patient mailboxes we serve."""
+
+    PER = "PER"  # personal mailbox of a professional
+    ORG = "ORG"  # organisation mailbox (a hospital service, a pharmacy)
+    APP = "APP"  # application mailbox (software, CNAM campaigns)
+    CAB = "CAB"  # practice (cabinet) mailbox
+    PAT = "PAT"  # a patient's mailbox on the patient domain; never in the public directory
+
+
+class PatientStatus(str, enum.Enum):
+    CREATED = "created"  # profile exists, not activated yet: receives mail, shown at activation
+    ACTIVATED = "activated"
+    OPPOSED = "opposed"  # the patient opposed the creation of the profile: receives nothing
+    CLOSED = "closed"  # the profile was closed: receives nothing
+
+
+class Professional(Base):
+    __tablename__ = "professionals"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    national_id: Mapped[str] = mapped_column(String(40), unique=True)  # 8+RPPS, 0+ADELI, or 3+FINESS/staff id
+    id_type: Mapped[str] = mapped_column(String(8))  # RPPS / ADELI / AUTRE
+    identifier: Mapped[str] = mapped_column(String(40))
+    civility: Mapped[str] = mapped_column(String(16), default="")
+    last_name: Mapped[str] = mapped_column(String(128), default="")
+    first_name: Mapped[str] = mapped_column(String(128), default="")
+    profession_code: Mapped[str] = mapped_column(String(8), default="", index=True)
+    profession_label: Mapped[str] = mapped_column(String(128), default="")
+    category_code: Mapped[str] = mapped_column(String(8), default="")
+    savoir_faire_code: Mapped[str] = mapped_column(String(16), default="")
+    savoir_faire_label: Mapped[str] = mapped_column(String(256), default="")
+    search_name: Mapped[str] = mapped_column(String(260), default="", index=True)
+    in_ps_file: Mapped[bool] = mapped_column(Boolean, default=False)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Structure(Base):
+    __tablename__ = "structures"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    structure_key: Mapped[str] = mapped_column(String(40), unique=True)  # "<id type>:<identifier>"
+    id_type: Mapped[str] = mapped_column(String(12))  # FINESS / SIRET / SIREN / RPPS_RANG / ADELI_RANG
+    identifier: Mapped[str] = mapped_column(String(32))
+    name: Mapped[str] = mapped_column(String(256), default="")
+    trade_name: Mapped[str] = mapped_column(String(256), default="")
+    service: Mapped[str] = mapped_column(String(256), default="")
+    address_line: Mapped[str] = mapped_column(String(512), default="")
+    postcode: Mapped[str] = mapped_column(String(10), default="", index=True)
+    city: Mapped[str] = mapped_column(String(128), default="")
+    city_search: Mapped[str] = mapped_column(String(128), default="", index=True)
+    department: Mapped[str] = mapped_column(String(8), default="")
+    country: Mapped[str] = mapped_column(String(64), default="")
+    activity_sector: Mapped[str] = mapped_column(String(8), default="")
+    is_officine: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
+    search_name: Mapped[str] = mapped_column(String(260), default="", index=True)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Patient(Base):
+    __tablename__ = "patients"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    ins: Mapped[str] = mapped_column(String(15), unique=True)
+    last_name: Mapped[str] = mapped_column(String(128))
+    first_names: Mapped[str] = mapped_column(String(256))
+    birth_date: Mapped[date] = mapped_column(Date)
+    sex: Mapped[str] = mapped_column(String(1))  # M / F / I (indéterminé), as in INSi
+    status: Mapped[str] = mapped_column(String(16), default=PatientStatus.CREATED.value)
+    email: Mapped[str | None] = mapped_column(String(254), unique=True, nullable=True)
+    password_hash: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    activated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Mailbox(Base):
+    __tablename__ = "mailboxes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    address: Mapped[str] = mapped_column(String(254), unique=True)
+    type: Mapped[str] = mapped_column(String(3), index=True)
+    domain: Mapped[str] = mapped_column(String(253), index=True)
+    professional_id: Mapped[int | None] = mapped_column(ForeignKey("professionals.id"), nullable=True, index=True)
+    structure_id: Mapped[int | None] = mapped_column(ForeignKey("structures.id"), nullable=True, index=True)
+    patient_id: Mapped[int | None] = mapped_column(ForeignKey("patients.id"), nullable=True, unique=True)
+    service: Mapped[str] = mapped_column(String(256), default="")
+    display_name: Mapped[str] = mapped_column(String(256), default="")
+    liste_rouge: Mapped[bool] = mapped_column(Boolean, default=False)
+    dematerialisation: Mapped[bool] = mapped_column(Boolean, default=False)
+    # "extraction" (public file), "local" (created here); only extraction rows are retired by imports.
+    source: Mapped[str] = mapped_column(String(16), default="local")
+    password_hash: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    # Denormalised for the directory search, so that it filters one table (see service.search).
+    search_text: Mapped[str] = mapped_column(String(800), default="")
+    profession_code: Mapped[str] = mapped_column(String(8), default="", index=True)
+    postcode: Mapped[str] = mapped_column(String(10), default="", index=True)
+    city_search: Mapped[str] = mapped_column(String(128), default="", index=True)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    retired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Guardianship(Base):
+    """A legal guardian (a patient with a profile) of a minor's profile."""
+
+    __tablename__ = "guardianships"
+
+    guardian_id: Mapped[int] = mapped_column(ForeignKey("patients.id"), primary_key=True)
+    minor_id: Mapped[int] = mapped_column(ForeignKey("patients.id"), primary_key=True)
+    since: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Delegation(Base):
+    """A carer the patient granted access to part of their space (`scope`, e.g. "messages")."""
+
+    __tablename__ = "delegations"
+
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id"), primary_key=True)
+    carer_id: Mapped[int] = mapped_column(ForeignKey("patients.id"), primary_key=True)
+    scope: Mapped[str] = mapped_column(String(64), default="messages")
+    granted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Certificate(Base):
+    """A certificate published for a mailbox (S/MIME signature and/or encryption)."""
+
+    __tablename__ = "certificates"
+    __table_args__ = (UniqueConstraint("fingerprint_sha256"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    mailbox_id: Mapped[int] = mapped_column(ForeignKey("mailboxes.id", ondelete="CASCADE"), index=True)
+    usage: Mapped[str] = mapped_column(String(16), default="sign+encrypt")  # sign / encrypt / sign+encrypt
+    subject: Mapped[str] = mapped_column(Text)
+    issuer: Mapped[str] = mapped_column(Text)
+    serial: Mapped[str] = mapped_column(String(64))
+    fingerprint_sha256: Mapped[str] = mapped_column(String(64))
+    not_before: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    not_after: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    pem: Mapped[str] = mapped_column(Text)
+
+
+class TrustDomain(Base):
+    """A domain of the MSSanté trust space (liste blanche), or one of our own domains."""
+
+    __tablename__ = "trust_domains"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    domain: Mapped[str] = mapped_column(String(253), unique=True)
+    description: Mapped[str] = mapped_column(String(512), default="")
+    # One or more operator certificate DNs, one per line, as published in the whitelist.
+    operator_dns: Mapped[str] = mapped_column(Text, default="")
+    is_local: Mapped[bool] = mapped_column(Boolean, default=False)
+    source: Mapped[str] = mapped_column(String(16), default="local")  # whitelist / local
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ImportRun(Base):
+    """One run of an importer: what it read, what it changed, how many rows were refused."""
+
+    __tablename__ = "annuaire_import_runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))  # extraction / ps / whitelist
+    file_name: Mapped[str] = mapped_column(String(512))
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    rows_read: Mapped[int] = mapped_column(Integer, default=0)
+    rows_bad: Mapped[int] = mapped_column(Integer, default=0)
+    inserted: Mapped[int] = mapped_column(Integer, default=0)
+    updated: Mapped[int] = mapped_column(Integer, default=0)
+    retired: Mapped[int] = mapped_column(Integer, default=0)
+
+
+Index("ix_mailboxes_search", Mailbox.active, Mailbox.liste_rouge, Mailbox.type)

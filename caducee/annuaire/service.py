@@ -1,0 +1,387 @@
+"""The annuaire's service API: search, look-ups and the writes other components need.
+
+Other components call these functions and never read the annuaire tables themselves.
+Results are plain frozen dataclasses, not ORM objects, so that callers cannot write
+through them by accident.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from datetime import date, datetime, timezone
+from typing import Any
+
+from sqlalchemy import and_, func, or_, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from caducee.annuaire.identifiers import validate_ins, validate_mailbox_address
+from caducee.annuaire.models import (
+    Delegation,
+    Guardianship,
+    Mailbox,
+    MailboxType,
+    Patient,
+    PatientStatus,
+    Professional,
+    Structure,
+    TrustDomain,
+)
+from caducee.annuaire.text import fold
+
+
+@dataclass(frozen=True)
+class MailboxEntry:
+    """A mailbox as the directory shows it."""
+
+    address: str
+    type: str
+    display_name: str
+    civility: str
+    first_name: str
+    last_name: str
+    profession_code: str
+    profession_label: str
+    savoir_faire_label: str
+    structure_name: str
+    service: str
+    address_line: str
+    postcode: str
+    city: str
+    is_officine: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class SearchPage:
+    items: list[MailboxEntry]
+    total: int
+    page: int
+    per_page: int
+
+
+class SearchError(ValueError):
+    """A search request that cannot be answered as asked (the message says why)."""
+
+
+_ENTRY_COLUMNS = (
+    Mailbox.address,
+    Mailbox.type,
+    Mailbox.display_name,
+    Mailbox.service,
+    Professional.civility,
+    Professional.first_name,
+    Professional.last_name,
+    Professional.profession_code,
+    Professional.profession_label,
+    Professional.savoir_faire_label,
+    Structure.name,
+    Structure.address_line,
+    Structure.postcode,
+    Structure.city,
+    Structure.is_officine,
+)
+
+
+def _entry(row: Any) -> MailboxEntry:
+    return MailboxEntry(
+        address=row.address,
+        type=row.type,
+        display_name=row.display_name,
+        civility=row.civility or "",
+        first_name=row.first_name or "",
+        last_name=row.last_name or "",
+        profession_code=row.profession_code or "",
+        profession_label=row.profession_label or "",
+        savoir_faire_label=row.savoir_faire_label or "",
+        structure_name=row.name or "",
+        service=row.service or "",
+        address_line=row.address_line or "",
+        postcode=row.postcode or "",
+        city=row.city or "",
+        is_officine=bool(row.is_officine),
+    )
+
+
+def _entry_query() -> Any:
+    return (
+        select(*_ENTRY_COLUMNS)
+        .select_from(Mailbox)
+        .outerjoin(Professional, Professional.id == Mailbox.professional_id)
+        .outerjoin(Structure, Structure.id == Mailbox.structure_id)
+    )
+
+
+def _like_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+async def search(
+    conn: AsyncConnection,
+    *,
+    name: str | None = None,
+    profession_code: str | None = None,
+    place: str | None = None,
+    mailbox_type: str | None = None,
+    officine: bool | None = None,
+    page: int = 1,
+    per_page: int = 20,
+    per_page_max: int = 100,
+) -> SearchPage:
+    """Published mailboxes matching every given criterion, ordered by name.
+
+    `name` matches every word anywhere in the person's or structure's names (accents and
+    case ignored); `place` is a postcode (prefix) or a city (prefix). Liste rouge, retired
+    and patient mailboxes are never returned.
+    """
+    if page < 1:
+        raise SearchError("page starts at 1")
+    if not 1 <= per_page <= per_page_max:
+        raise SearchError(f"per_page must be between 1 and {per_page_max}")
+    conditions = [Mailbox.active.is_(True), Mailbox.liste_rouge.is_(False), Mailbox.type != MailboxType.PAT.value]
+    words = fold(name or "").split()
+    if not words and not profession_code and not place and not mailbox_type and officine is None:
+        raise SearchError("give at least one criterion: a name, a profession, a city or postcode, or a type")
+    for word in words[:8]:
+        conditions.append(Mailbox.search_text.like(f"%{_like_escape(word)}%", escape="\\"))
+    if profession_code:
+        conditions.append(Mailbox.profession_code == profession_code.strip())
+    if place:
+        folded = fold(place)
+        if folded.replace(" ", "").isdigit():
+            conditions.append(Mailbox.postcode.like(f"{_like_escape(folded.replace(' ', ''))}%", escape="\\"))
+        else:
+            conditions.append(Mailbox.city_search.like(f"{_like_escape(folded)}%", escape="\\"))
+    if mailbox_type:
+        kind = mailbox_type.strip().upper()
+        if kind not in {"PER", "ORG", "APP", "CAB"}:
+            raise SearchError("type must be PER, ORG, APP or CAB")
+        conditions.append(Mailbox.type == kind)
+    query = _entry_query().where(and_(*conditions))
+    if officine is not None:
+        query = query.where(Structure.is_officine.is_(officine) if officine else or_(Structure.is_officine.is_(False), Structure.id.is_(None)))
+    total = (await conn.execute(select(func.count()).select_from(query.subquery()))).scalar_one()
+    rows = await conn.execute(
+        query.order_by(Mailbox.search_text, Mailbox.address).limit(per_page).offset((page - 1) * per_page)
+    )
+    return SearchPage(items=[_entry(row) for row in rows], total=total, page=page, per_page=per_page)
+
+
+async def get_mailbox(conn: AsyncConnection, address: str, *, published_only: bool = True) -> MailboxEntry | None:
+    """The mailbox at `address`; with `published_only`, None for liste rouge or retired ones."""
+    try:
+        normalised = validate_mailbox_address(address)
+    except ValueError:
+        return None
+    query = _entry_query().where(Mailbox.address == normalised)
+    if published_only:
+        query = query.where(Mailbox.active.is_(True), Mailbox.liste_rouge.is_(False), Mailbox.type != "PAT")
+    row = (await conn.execute(query)).first()
+    return _entry(row) if row else None
+
+
+def patient_address(ins: str, patient_domain: str) -> str:
+    return f"{validate_ins(ins)}@{patient_domain}".lower()
+
+
+# ---- writes used by the demo seed and administration ------------------------------------
+
+
+async def add_trust_domain(
+    conn: AsyncConnection, domain: str, *, description: str = "", operator_dns: list[str] | None = None, is_local: bool = False
+) -> None:
+    await conn.execute(
+        TrustDomain.__table__.insert().values(
+            domain=domain.lower(),
+            description=description,
+            operator_dns="\n".join(operator_dns or []),
+            is_local=is_local,
+            source="local",
+            active=True,
+            updated_at=datetime.now(timezone.utc),
+        )
+    )
+
+
+async def add_professional(
+    conn: AsyncConnection,
+    *,
+    national_id: str,
+    civility: str,
+    first_name: str,
+    last_name: str,
+    profession_code: str,
+    profession_label: str,
+    savoir_faire_label: str = "",
+) -> int:
+    id_type = {"8": "RPPS", "0": "ADELI"}.get(national_id[0], "AUTRE")
+    result = await conn.execute(
+        Professional.__table__.insert().values(
+            national_id=national_id,
+            id_type=id_type,
+            identifier=national_id[1:],
+            civility=civility,
+            first_name=first_name,
+            last_name=last_name,
+            profession_code=profession_code,
+            profession_label=profession_label,
+            category_code="C",
+            savoir_faire_code="",
+            savoir_faire_label=savoir_faire_label,
+            search_name=fold(f"{last_name} {first_name}"),
+            in_ps_file=False,
+            active=True,
+            updated_at=datetime.now(timezone.utc),
+        )
+    )
+    return int(result.inserted_primary_key[0])
+
+
+async def add_structure(
+    conn: AsyncConnection,
+    *,
+    id_type: str,
+    identifier: str,
+    name: str,
+    address_line: str,
+    postcode: str,
+    city: str,
+    is_officine: bool = False,
+) -> int:
+    result = await conn.execute(
+        Structure.__table__.insert().values(
+            structure_key=f"{id_type}:{identifier}",
+            id_type=id_type,
+            identifier=identifier,
+            name=name,
+            trade_name="",
+            service="",
+            address_line=address_line,
+            postcode=postcode,
+            city=city,
+            city_search=fold(city),
+            department=postcode[:2],
+            country="France",
+            activity_sector="SA33" if is_officine else "",
+            is_officine=is_officine,
+            search_name=fold(name),
+            active=True,
+            updated_at=datetime.now(timezone.utc),
+        )
+    )
+    return int(result.inserted_primary_key[0])
+
+
+async def add_mailbox(
+    conn: AsyncConnection,
+    *,
+    address: str,
+    type: MailboxType,
+    display_name: str,
+    password_hash: str | None = None,
+    professional_id: int | None = None,
+    structure_id: int | None = None,
+    patient_id: int | None = None,
+    service: str = "",
+    liste_rouge: bool = False,
+) -> int:
+    """Create one of our own mailboxes (source "local": imports never rewrite it)."""
+    address = validate_mailbox_address(address)
+    search_parts = [display_name, service]
+    profession_code, postcode, city = "", "", ""
+    if professional_id is not None:
+        pro = (
+            await conn.execute(
+                select(Professional.last_name, Professional.first_name, Professional.profession_code).where(
+                    Professional.id == professional_id
+                )
+            )
+        ).one()
+        search_parts += [pro.last_name, pro.first_name]
+        profession_code = pro.profession_code
+    if structure_id is not None:
+        st = (
+            await conn.execute(select(Structure.name, Structure.postcode, Structure.city).where(Structure.id == structure_id))
+        ).one()
+        search_parts.append(st.name)
+        postcode, city = st.postcode, st.city
+    result = await conn.execute(
+        Mailbox.__table__.insert().values(
+            address=address,
+            type=type.value,
+            domain=address.rpartition("@")[2],
+            professional_id=professional_id,
+            structure_id=structure_id,
+            patient_id=patient_id,
+            service=service,
+            display_name=display_name,
+            liste_rouge=liste_rouge,
+            dematerialisation=False,
+            source="local",
+            password_hash=password_hash,
+            search_text=fold(" ".join(search_parts))[:800],
+            profession_code=profession_code,
+            postcode=postcode,
+            city_search=fold(city),
+            active=True,
+            updated_at=datetime.now(timezone.utc),
+        )
+    )
+    return int(result.inserted_primary_key[0])
+
+
+async def add_patient(
+    conn: AsyncConnection,
+    *,
+    ins: str,
+    last_name: str,
+    first_names: str,
+    birth_date: date,
+    sex: str,
+    patient_domain: str,
+    status: PatientStatus = PatientStatus.CREATED,
+    email: str | None = None,
+    password_hash: str | None = None,
+) -> int:
+    """Create a patient profile and its mailbox `<INS>@<patient domain>`."""
+    ins = validate_ins(ins)
+    now = datetime.now(timezone.utc)
+    result = await conn.execute(
+        Patient.__table__.insert().values(
+            ins=ins,
+            last_name=last_name,
+            first_names=first_names,
+            birth_date=birth_date,
+            sex=sex,
+            status=status.value,
+            email=email.lower() if email else None,
+            password_hash=password_hash,
+            activated_at=now if status is PatientStatus.ACTIVATED else None,
+            updated_at=now,
+        )
+    )
+    patient_id = int(result.inserted_primary_key[0])
+    await add_mailbox(
+        conn,
+        address=patient_address(ins, patient_domain),
+        type=MailboxType.PAT,
+        display_name=f"{first_names.split()[0]} {last_name}",
+        patient_id=patient_id,
+    )
+    return patient_id
+
+
+async def add_guardianship(conn: AsyncConnection, guardian_id: int, minor_id: int) -> None:
+    await conn.execute(Guardianship.__table__.insert().values(guardian_id=guardian_id, minor_id=minor_id, since=datetime.now(timezone.utc)))
+
+
+async def add_delegation(conn: AsyncConnection, patient_id: int, carer_id: int, scope: str = "messages") -> None:
+    await conn.execute(
+        Delegation.__table__.insert().values(patient_id=patient_id, carer_id=carer_id, scope=scope, granted_at=datetime.now(timezone.utc))
+    )
+
+
+async def is_empty(conn: AsyncConnection) -> bool:
+    """True when no mailbox exists yet: the demo seed only fills an empty database."""
+    return (await conn.execute(select(func.count()).select_from(Mailbox))).scalar_one() == 0

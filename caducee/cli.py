@@ -1,0 +1,112 @@
+"""The `caducee` command: serve, database migrations, annuaire imports."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from caducee import db
+from caducee.config import Settings, SettingsError, load_settings
+
+
+def _settings(args: argparse.Namespace, **extra: object) -> Settings:
+    return load_settings(
+        config_file=getattr(args, "config", None),
+        data_dir=getattr(args, "data_dir", None),
+        database_url=getattr(args, "database_url", None),
+        **extra,
+    )
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from caducee.server import serve
+
+    settings = _settings(args, http_host=args.host, http_port=args.port)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        asyncio.run(serve(settings, demo=args.demo))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    db.upgrade(settings.effective_database_url)
+    print(f"database at revision {db.current_revision(settings.effective_database_url)}")
+    return 0
+
+
+def cmd_db_current(args: argparse.Namespace) -> int:
+    print(db.current_revision(_settings(args).effective_database_url) or "(empty database)")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from caducee.annuaire.importer import ImportFileError, import_file
+
+    settings = _settings(args)
+    path = Path(args.file)
+    if not path.is_file():
+        print(f"error: {path} does not exist or is not a file", file=sys.stderr)
+        return 2
+    report_stream = open(args.report, "w", encoding="utf-8") if args.report else None
+    try:
+        report = asyncio.run(import_file(settings, args.kind, path, report_stream=report_stream))
+    except ImportFileError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if report_stream is not None:
+            report_stream.close()
+    print(report.summary())
+    if args.report:
+        print(f"bad rows written to {args.report}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="caducee", description="Caducée secure health messaging operator")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", type=Path, help="TOML settings file (also CADUCEE_CONFIG)")
+    common.add_argument("--data-dir", type=Path, help="data directory (default ./var, CADUCEE_DATA_DIR)")
+    common.add_argument("--database-url", help="database URL (default SQLite in the data dir)")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", parents=[common], help="run every listener")
+    serve.add_argument("--demo", action="store_true", help="seed the demo world into an empty database")
+    serve.add_argument("--host", help="HTTP listen address")
+    serve.add_argument("--port", type=int, help="HTTP port")
+    serve.set_defaults(func=cmd_serve)
+
+    database = commands.add_parser("db", help="database migrations").add_subparsers(dest="db_command", required=True)
+    database.add_parser("upgrade", parents=[common], help="apply migrations").set_defaults(func=cmd_db_upgrade)
+    database.add_parser("current", parents=[common], help="show the revision").set_defaults(func=cmd_db_current)
+
+    annuaire = commands.add_parser("annuaire", help="national directory").add_subparsers(dest="annuaire_command", required=True)
+    importer = annuaire.add_parser("import", parents=[common], help="import a public directory file")
+    importer.add_argument("kind", choices=["extraction", "ps", "whitelist"],
+                          help="extraction: Extraction_Correspondance_MSSante_*.txt; "
+                               "ps: PS_LibreAcces_Personne_activite_*.txt; whitelist: trust-space XML")  # fmt: skip
+    importer.add_argument("file", help="the file to import")
+    importer.add_argument("--report", help="write every refused row (line number, reason) to this file")
+    importer.set_defaults(func=cmd_import)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

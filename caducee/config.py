@@ -1,0 +1,147 @@
+"""Settings: one typed dataclass, filled from an optional TOML file, then `CADUCEE_*` variables.
+
+Why a dataclass and not a settings framework: the set of settings is small, every one of
+them is documented in the README from the `help` text here, and the precedence is simple
+(defaults < TOML file < environment < command-line flags applied by the CLI).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+ENV_PREFIX = "CADUCEE_"
+
+
+class SettingsError(ValueError):
+    """A setting has a value that cannot be used; the message names the setting."""
+
+
+def _setting(default: Any, help: str) -> Any:
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting of a Caducée process. Field names are the TOML keys; the environment
+    variable is `CADUCEE_` + the upper-case name."""
+
+    data_dir: Path = _setting(Path("var"), "Data directory: SQLite database, keys, outbox, PKI.")
+    database_url: str = _setting(
+        "",
+        "Database URL. Empty means SQLite in the data directory. "
+        "`postgresql://user@host/db` uses asyncpg.",
+    )
+    http_host: str = _setting("127.0.0.1", "Address the HTTP app listens on.")
+    http_port: int = _setting(8080, "HTTP port (webmail, JSON API, /docs, /metrics, /healthz).")
+    local_domains: list[str] = _setting(
+        ["demo.mssante.fr", "patient.mssante.fr"],
+        "Mail domains this operator serves (comma-separated in the environment).",
+    )
+    patient_domain: str = _setting("patient.mssante.fr", "Domain of patient addresses (<INS>@domain).")
+    max_message_size: int = _setting(25 * 1024 * 1024, "Largest accepted message in bytes (rule 8).")
+    annuaire_page_size_max: int = _setting(100, "Largest page the annuaire search API returns.")
+    log_level: str = _setting("INFO", "Logging level (DEBUG, INFO, WARNING, ERROR).")
+
+    @property
+    def effective_database_url(self) -> str:
+        """The URL with an async driver, SQLite in the data dir when none was set."""
+        from caducee.db import normalise_url
+
+        if self.database_url:
+            return normalise_url(self.database_url)
+        return normalise_url(f"sqlite:///{(self.data_dir / 'caducee.sqlite3').resolve()}")
+
+    def replace(self, **changes: Any) -> "Settings":
+        return dataclasses.replace(self, **changes)
+
+
+def describe_settings() -> list[tuple[str, str, str, str]]:
+    """(TOML key, environment variable, default, help) for each setting: the README table."""
+    rows = []
+    for f in dataclasses.fields(Settings):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        shown = ",".join(default) if isinstance(default, list) else str(default)
+        rows.append((f.name, ENV_PREFIX + f.name.upper(), shown, f.metadata["help"]))
+    return rows
+
+
+def _convert(name: str, kind: Any, raw: Any) -> Any:
+    """Turn a TOML value or an environment string into the field's type, or say why not."""
+    text_kind = str(kind)
+    try:
+        if kind is int or text_kind == "int":
+            if isinstance(raw, bool):
+                raise ValueError("a boolean is not a number")
+            return int(raw)
+        if kind is bool or text_kind == "bool":
+            if isinstance(raw, bool):
+                return raw
+            lowered = str(raw).strip().lower()
+            if lowered in {"1", "true", "yes", "on"}:
+                return True
+            if lowered in {"0", "false", "no", "off", ""}:
+                return False
+            raise ValueError(f"{raw!r} is not a boolean")
+        if kind is Path or text_kind == "Path":
+            return Path(str(raw))
+        if text_kind.startswith("list"):
+            if isinstance(raw, list):
+                return [str(item).strip() for item in raw if str(item).strip()]
+            return [part.strip() for part in str(raw).split(",") if part.strip()]
+        return str(raw)
+    except ValueError as exc:
+        raise SettingsError(f"setting {name!r}: {exc}") from None
+
+
+def load_settings(
+    config_file: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    **overrides: Any,
+) -> Settings:
+    """Build the settings: defaults, then the TOML file (explicit, or `CADUCEE_CONFIG`),
+    then `CADUCEE_*` environment variables, then keyword overrides (command-line flags).
+
+    Unknown keys in the file are an error rather than silently ignored: a typo in a
+    production setting must not fall back to a default.
+    """
+    env = os.environ if environ is None else environ
+    fields = {f.name: f for f in dataclasses.fields(Settings)}
+    values: dict[str, Any] = {}
+
+    path = config_file or (Path(env[ENV_PREFIX + "CONFIG"]) if env.get(ENV_PREFIX + "CONFIG") else None)
+    if path is not None:
+        try:
+            document = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise SettingsError(f"configuration file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise SettingsError(f"configuration file {path}: {exc}") from None
+        section = document.get("caducee", document)
+        for key, raw in section.items():
+            if key not in fields:
+                raise SettingsError(f"configuration file {path}: unknown setting {key!r}")
+            values[key] = _convert(key, fields[key].type, raw)
+
+    for name, f in fields.items():
+        raw_env = env.get(ENV_PREFIX + name.upper())
+        if raw_env is not None:
+            values[name] = _convert(name, f.type, raw_env)
+
+    for name, raw in overrides.items():
+        if raw is None:
+            continue
+        if name not in fields:
+            raise SettingsError(f"unknown setting {name!r}")
+        values[name] = _convert(name, fields[name].type, raw)
+
+    settings = Settings(**values)
+    if settings.max_message_size <= 0:
+        raise SettingsError("setting 'max_message_size' must be positive")
+    return settings

@@ -1,0 +1,148 @@
+"""The demo world `caducee serve --demo` seeds into an empty database.
+
+Everything a newcomer needs to try each path of the system: a doctor and a nurse who send,
+a pharmacy that receives prescriptions, two adult patients (one the guardian of a minor),
+the CNAM sender of campaigns, our own domains and a second operator of the trust space.
+Passwords are random per seed and written, with the addresses, to
+`<data dir>/demo-credentials.json` (mode 0600).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from caducee.annuaire import service
+from caducee.annuaire.models import MailboxType, PatientStatus
+from caducee.config import Settings
+from caducee.passwords import generate_password, hash_password
+
+OPERATOR_DOMAIN = "demo.mssante.fr"
+PEER_OPERATOR_DOMAIN = "autre-operateur.mssante.fr"
+PEER_OPERATOR_DN = "CN=mx.autre-operateur.mssante.fr,O=Autre Operateur,C=FR"
+
+# Valid identifiers (Luhn / NIR keys checked by the tests).
+DOCTOR_RPPS = "10000000009"
+NURSE_RPPS = "10000000017"
+PHARMACIST_RPPS = "10000000025"
+PHARMACY_FINESS = "750000010"
+ADULT_1_INS = "285037512345688"  # Claire Martin, born March 1985 in Paris
+ADULT_2_INS = "178112A12345684"  # Paul Rossi, born November 1978 in Corse-du-Sud
+MINOR_INS = "215067512345674"  # Léa Martin, born June 2015, Claire's daughter
+
+
+def credentials_path(settings: Settings) -> Path:
+    return settings.data_dir / "demo-credentials.json"
+
+
+async def seed(engine: AsyncEngine, settings: Settings) -> dict[str, Any] | None:
+    """Seed the demo world if the database holds no mailbox; return the credentials written."""
+    async with engine.begin() as conn:
+        if not await service.is_empty(conn):
+            return None
+        credentials: dict[str, Any] = {"professionals": {}, "patients": {}, "cnam": {}}
+        patient_domain = settings.patient_domain
+
+        for domain in settings.local_domains:
+            await service.add_trust_domain(conn, domain, description="Caducée (local)", is_local=True)
+        await service.add_trust_domain(
+            conn, PEER_OPERATOR_DOMAIN, description="Second operator of the demo trust space", operator_dns=[PEER_OPERATOR_DN]
+        )
+
+        cabinet = await service.add_structure(
+            conn, id_type="SIRET", identifier="73282932000074", name="Cabinet médical des Lilas",
+            address_line="12 rue des Lilas", postcode="75019", city="Paris",
+        )  # fmt: skip
+        pharmacy = await service.add_structure(
+            conn, id_type="FINESS", identifier=PHARMACY_FINESS, name="Pharmacie du Canal",
+            address_line="4 quai de Jemmapes", postcode="75010", city="Paris", is_officine=True,
+        )  # fmt: skip
+        cnam = await service.add_structure(
+            conn, id_type="SIRET", identifier="18003502400017", name="Caisse nationale de l'Assurance Maladie",
+            address_line="50 avenue du Professeur André Lemierre", postcode="75020", city="Paris",
+        )  # fmt: skip
+
+        people = [
+            ("doctor", "8" + DOCTOR_RPPS, "Dr", "Sophie", "Bernard", "10", "Médecin", "Médecine générale",
+             f"sophie.bernard@{OPERATOR_DOMAIN}", cabinet),
+            ("nurse", "8" + NURSE_RPPS, "M.", "Karim", "Haddad", "60", "Infirmier", "",
+             f"karim.haddad@{OPERATOR_DOMAIN}", cabinet),
+        ]  # fmt: skip
+        for key, national_id, civility, first, last, code, label, savoir_faire, address, structure in people:
+            pro = await service.add_professional(
+                conn, national_id=national_id, civility=civility, first_name=first, last_name=last,
+                profession_code=code, profession_label=label, savoir_faire_label=savoir_faire,
+            )  # fmt: skip
+            password = generate_password()
+            await service.add_mailbox(
+                conn, address=address, type=MailboxType.PER, display_name=f"{civility} {first} {last}",
+                password_hash=hash_password(password), professional_id=pro, structure_id=structure,
+            )  # fmt: skip
+            credentials["professionals"][key] = {"address": address, "password": password, "name": f"{first} {last}"}
+
+        pharmacist = await service.add_professional(
+            conn, national_id="8" + PHARMACIST_RPPS, civility="Mme", first_name="Nadia", last_name="Lefèvre",
+            profession_code="21", profession_label="Pharmacien",
+        )  # fmt: skip
+        del pharmacist  # the pharmacy's ORG mailbox is the one patients write to
+        pharmacy_address = f"pharmacie.canal@{OPERATOR_DOMAIN}"
+        password = generate_password()
+        await service.add_mailbox(
+            conn, address=pharmacy_address, type=MailboxType.ORG, display_name="Pharmacie du Canal",
+            password_hash=hash_password(password), structure_id=pharmacy, service="Officine",
+        )  # fmt: skip
+        credentials["professionals"]["pharmacy"] = {"address": pharmacy_address, "password": password, "name": "Pharmacie du Canal"}
+
+        token = generate_password(24)
+        cnam_address = f"prevention.cnam@{OPERATOR_DOMAIN}"
+        await service.add_mailbox(
+            conn, address=cnam_address, type=MailboxType.APP, display_name="Assurance Maladie - Prévention",
+            password_hash=hash_password(token), structure_id=cnam,
+        )  # fmt: skip
+        credentials["cnam"] = {"address": cnam_address, "api_token": token}
+
+        patients = [
+            ("adult_1", ADULT_1_INS, "Martin", "Claire Anne", date(1985, 3, 14), "F", "claire.martin@example.org"),
+            ("adult_2", ADULT_2_INS, "Rossi", "Paul", date(1978, 11, 2), "M", "paul.rossi@example.org"),
+        ]
+        ids: dict[str, int] = {}
+        for key, ins, last, first, born, sex, email in patients:
+            password = generate_password()
+            ids[key] = await service.add_patient(
+                conn, ins=ins, last_name=last, first_names=first, birth_date=born, sex=sex,
+                patient_domain=patient_domain, status=PatientStatus.ACTIVATED, email=email,
+                password_hash=hash_password(password),
+            )  # fmt: skip
+            credentials["patients"][key] = {
+                "ins": ins, "address": service.patient_address(ins, patient_domain), "email": email,
+                "password": password, "name": f"{first.split()[0]} {last}",
+            }  # fmt: skip
+        minor = await service.add_patient(
+            conn, ins=MINOR_INS, last_name="Martin", first_names="Léa", birth_date=date(2015, 6, 21), sex="F",
+            patient_domain=patient_domain, status=PatientStatus.ACTIVATED,
+        )  # fmt: skip
+        await service.add_guardianship(conn, guardian_id=ids["adult_1"], minor_id=minor)
+        credentials["patients"]["minor"] = {
+            "ins": MINOR_INS, "address": service.patient_address(MINOR_INS, patient_domain),
+            "name": "Léa Martin", "guardian": "adult_1",
+        }  # fmt: skip
+        credentials["domains"] = {"operator": OPERATOR_DOMAIN, "patients": patient_domain, "peer_operator": PEER_OPERATOR_DOMAIN}
+
+    write_credentials(credentials_path(settings), credentials)
+    return credentials
+
+
+def write_credentials(path: Path, credentials: dict[str, Any]) -> None:
+    """Write the file readable by its owner only, created so from the start (no window)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(credentials, handle, indent=2, ensure_ascii=False)
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)

@@ -1,0 +1,135 @@
+"""One process wiring every listener: the HTTP app now, the mail listeners as they land.
+
+`build_app` makes the FastAPI application on a given engine (tests start it on a real
+socket); `serve` opens the database, applies migrations, seeds the demo world when asked,
+and runs the listeners until SIGINT/SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from caducee import db
+from caducee.annuaire.api import router as annuaire_router
+from caducee.config import Settings
+
+log = logging.getLogger("caducee")
+
+_HOME = """<!doctype html>
+<html lang="fr"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Caducée — messagerie sécurisée de santé</title>
+<style>body{font:1.25rem/1.6 system-ui,sans-serif;max-width:40rem;margin:2rem auto;padding:0 1rem;color:#1a1a1a}
+a{color:#0b4f8a}</style></head>
+<body><main><h1>Caducée</h1><p>Messagerie sécurisée de santé.</p>
+<p>La messagerie des patients ouvrira ici prochainement.</p>
+<p><a href="/docs">Documentation de l'API</a></p></main></body></html>"""
+
+
+class Metrics:
+    """Counters exposed at /metrics in Prometheus' text format."""
+
+    def __init__(self) -> None:
+        self.started = time.time()
+        self.requests: dict[tuple[str, int], int] = {}
+
+    def render(self) -> str:
+        lines = [
+            "# HELP caducee_uptime_seconds Seconds since the process started.",
+            "# TYPE caducee_uptime_seconds gauge",
+            f"caducee_uptime_seconds {time.time() - self.started:.0f}",
+            "# HELP caducee_http_requests_total HTTP requests by method and status.",
+            "# TYPE caducee_http_requests_total counter",
+        ]
+        for (method, status), count in sorted(self.requests.items()):
+            lines.append(f'caducee_http_requests_total{{method="{method}",status="{status}"}} {count}')
+        return "\n".join(lines) + "\n"
+
+
+def build_app(engine: AsyncEngine, settings: Settings) -> FastAPI:
+    """The HTTP application on `engine`; the caller owns the engine's lifetime."""
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+
+    app = FastAPI(
+        title="Caducée",
+        description="Messagerie sécurisée de santé : annuaire, messagerie patient, services attachés.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.engine = engine
+    app.state.settings = settings
+    metrics = Metrics()
+    app.state.metrics = metrics
+
+    @app.middleware("http")
+    async def count_requests(request: Request, call_next):  # type: ignore[no-untyped-def]
+        response = await call_next(request)
+        key = (request.method, response.status_code)
+        metrics.requests[key] = metrics.requests.get(key, 0) + 1
+        return response
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def home() -> str:
+        return _HOME
+
+    @app.get("/healthz", tags=["operations"], summary="Liveness and database reachability")
+    async def healthz() -> JSONResponse:
+        try:
+            async with engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+        except Exception as exc:  # the probe reports, it does not crash
+            return JSONResponse({"status": "error", "database": str(exc)[:200]}, status_code=503)
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/metrics", response_class=PlainTextResponse, tags=["operations"], summary="Prometheus metrics")
+    async def metrics_page() -> str:
+        return metrics.render()
+
+    app.include_router(annuaire_router)
+    return app
+
+
+async def prepare_database(settings: Settings, *, demo: bool) -> AsyncEngine:
+    """Migrate the database to head, seed the demo world if asked; return the engine."""
+    url = settings.effective_database_url
+    await asyncio.to_thread(db.upgrade, url)
+    engine = db.create_engine(url)
+    if demo:
+        from caducee import demo as demo_world
+
+        credentials = await demo_world.seed(engine, settings)
+        where = demo_world.credentials_path(settings)
+        if credentials is not None:
+            log.info("demo world seeded; credentials in %s", where)
+        else:
+            log.info("database not empty: demo seed skipped (credentials stay in %s)", where)
+    return engine
+
+
+async def serve(settings: Settings, *, demo: bool = False) -> None:
+    """Run every listener until interrupted."""
+    import uvicorn
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = await prepare_database(settings, demo=demo)
+    app = build_app(engine, settings)
+    config = uvicorn.Config(
+        app, host=settings.http_host, port=settings.http_port, log_level=settings.log_level.lower(), access_log=False
+    )
+    server = uvicorn.Server(config)
+    log.info("HTTP on http://%s:%d/", settings.http_host, settings.http_port)
+    try:
+        await server.serve()
+    finally:
+        await engine.dispose()

@@ -1,0 +1,152 @@
+"""Fixtures shared by the suite.
+
+Every database test runs on SQLite and, when `CADUCEE_TEST_PG` holds a URL, again on
+PostgreSQL. A PostgreSQL that was asked for but cannot be reached is an error, never a
+skip: a green run must mean both backends passed. Each run works in a database of its own
+(created and dropped here), and each test starts from a clean, migrated schema.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import uuid
+from pathlib import Path
+from typing import AsyncIterator, Iterator
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from caducee import db
+from caducee.config import Settings
+
+PG_URL = os.environ.get("CADUCEE_TEST_PG", "").strip()
+BACKENDS = ["sqlite"] + (["postgresql"] if PG_URL else [])
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def _admin(url: str, statement: str) -> None:
+    import asyncpg
+
+    parsed = make_url(db.normalise_url(url))
+    conn = await asyncpg.connect(
+        host=parsed.host or "127.0.0.1", port=parsed.port or 5432, user=parsed.username or "postgres",
+        password=parsed.password, database=parsed.database or "postgres", timeout=10,
+    )  # fmt: skip
+    try:
+        await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A PostgreSQL database of this run's own, migrated to head."""
+    if not PG_URL:
+        pytest.skip("CADUCEE_TEST_PG is not set")
+    name = f"caducee_test_{uuid.uuid4().hex[:10]}"
+    try:
+        asyncio.run(_admin(PG_URL, f'CREATE DATABASE "{name}"'))
+    except Exception as exc:  # noqa: BLE001 - any failure to reach it is fatal here
+        pytest.fail(f"CADUCEE_TEST_PG={PG_URL} cannot be reached: {exc}", pytrace=False)
+    url = make_url(db.normalise_url(PG_URL)).set(database=name).render_as_string(hide_password=False)
+    db.upgrade(url)
+    yield url
+    asyncio.run(_admin(PG_URL, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A migrated SQLite file copied for each test: migrating once keeps the suite fast."""
+    path = tmp_path_factory.mktemp("template") / "caducee.sqlite3"
+    db.upgrade(f"sqlite:///{path}")
+    return path
+
+
+async def _truncate_all(engine: AsyncEngine) -> None:
+    db.import_all_models()
+    names = ", ".join(table.name for table in db.Base.metadata.sorted_tables)
+    async with engine.begin() as conn:
+        await conn.execute(text(f"TRUNCATE TABLE {names} RESTART IDENTITY CASCADE"))
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def database_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if backend == "sqlite":
+        path = tmp_path / "caducee.sqlite3"
+        shutil.copy(request.getfixturevalue("sqlite_template"), path)
+        return f"sqlite:///{path}"
+    return str(request.getfixturevalue("pg_url"))
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_url: str) -> Settings:
+    return Settings(data_dir=tmp_path / "var", database_url=database_url)
+
+
+@pytest.fixture
+async def engine(database_url: str, backend: str) -> AsyncIterator[AsyncEngine]:
+    engine = db.create_engine(database_url)
+    if backend == "postgresql":
+        await _truncate_all(engine)
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
+
+
+class RunningHTTP:
+    """A uvicorn server on a real loopback socket, in the test's event loop."""
+
+    def __init__(self, app: object) -> None:
+        import uvicorn
+
+        self.port = free_port()
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on"))
+        self.task: asyncio.Task[None] | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        self.task = asyncio.create_task(self.server.serve())
+        for _ in range(500):
+            if self.server.started:
+                return
+            if self.task.done():
+                self.task.result()
+            await asyncio.sleep(0.01)
+        raise RuntimeError("HTTP server did not start")
+
+    async def stop(self) -> None:
+        self.server.should_exit = True
+        if self.task is not None:
+            await self.task
+
+
+@pytest.fixture
+async def http(engine: AsyncEngine, settings: Settings) -> AsyncIterator[RunningHTTP]:
+    """The HTTP app on `engine`, listening on a loopback port."""
+    from caducee.server import build_app
+
+    running = RunningHTTP(build_app(engine, settings))
+    await running.start()
+    try:
+        yield running
+    finally:
+        await running.stop()

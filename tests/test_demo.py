@@ -1,0 +1,62 @@
+"""The demo world: what it seeds, that it seeds only once, and its credentials file."""
+
+from __future__ import annotations
+
+import json
+import stat
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from caducee import demo
+from caducee.annuaire import service
+from caducee.annuaire.identifiers import luhn_valid, validate_finess, validate_ins, validate_rpps
+from caducee.annuaire.models import Guardianship, Mailbox, Patient, PatientStatus, TrustDomain
+from caducee.config import Settings
+from caducee.passwords import verify_password
+
+
+async def test_demo_seed_world_and_credentials(engine: AsyncEngine, settings: Settings) -> None:
+    credentials = await demo.seed(engine, settings)
+    assert credentials is not None
+    path = demo.credentials_path(settings)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert json.loads(path.read_text()) == credentials
+
+    async with engine.connect() as conn:
+        domains = {row.domain: row for row in (await conn.execute(select(TrustDomain))).all()}
+        assert domains["demo.mssante.fr"].is_local and domains["patient.mssante.fr"].is_local
+        assert not domains[demo.PEER_OPERATOR_DOMAIN].is_local and domains[demo.PEER_OPERATOR_DOMAIN].operator_dns
+
+        for key, profession in (("doctor", "10"), ("nurse", "60")):
+            account = credentials["professionals"][key]
+            entry = await service.get_mailbox(conn, account["address"])
+            assert entry is not None and entry.profession_code == profession and entry.type == "PER"
+            stored = (await conn.execute(select(Mailbox.password_hash).where(Mailbox.address == account["address"]))).scalar_one()
+            assert verify_password(stored, account["password"]) and not verify_password(stored, "wrong")
+
+        pharmacy = await service.search(conn, name="pharmacie", officine=True)
+        assert [item.address for item in pharmacy.items] == [credentials["professionals"]["pharmacy"]["address"]]
+        assert pharmacy.items[0].type == "ORG"
+
+        patients = {row.ins: row for row in (await conn.execute(select(Patient))).all()}
+        assert len(patients) == 3
+        assert all(validate_ins(ins) == ins for ins in patients)
+        assert all(row.status == PatientStatus.ACTIVATED.value for row in patients.values())
+        guardian = patients[credentials["patients"]["adult_1"]["ins"]]
+        minor = patients[credentials["patients"]["minor"]["ins"]]
+        link = (await conn.execute(select(Guardianship))).one()
+        assert (link.guardian_id, link.minor_id) == (guardian.id, minor.id)
+        patient_boxes = (await conn.execute(select(func.count()).select_from(Mailbox).where(Mailbox.type == "PAT"))).scalar_one()
+        assert patient_boxes == 3
+        # Patients are never listed in the directory.
+        assert await service.get_mailbox(conn, credentials["patients"]["adult_1"]["address"]) is None
+        cnam = await service.get_mailbox(conn, credentials["cnam"]["address"])
+        assert cnam is not None and cnam.type == "APP"
+
+    assert validate_rpps(demo.DOCTOR_RPPS) and validate_finess(demo.PHARMACY_FINESS)
+    assert luhn_valid("73282932000074")
+
+    # A second start keeps the world and the credentials as they are.
+    assert await demo.seed(engine, settings) is None
+    assert json.loads(path.read_text()) == credentials
