@@ -81,7 +81,7 @@ async def seed(engine: AsyncEngine, settings: Settings) -> dict[str, Any] | None
             password = generate_password()
             await service.add_mailbox(
                 conn, address=address, type=MailboxType.PER, display_name=f"{civility} {first} {last}",
-                password_hash=hash_password(password), professional_id=pro, structure_id=structure,
+                password_hash=hash_password(password), professional=pro, structure=structure,
             )  # fmt: skip
             credentials["professionals"][key] = {"address": address, "password": password, "name": f"{first} {last}"}
 
@@ -94,7 +94,7 @@ async def seed(engine: AsyncEngine, settings: Settings) -> dict[str, Any] | None
         password = generate_password()
         await service.add_mailbox(
             conn, address=pharmacy_address, type=MailboxType.ORG, display_name="Pharmacie du Canal",
-            password_hash=hash_password(password), structure_id=pharmacy, service="Officine",
+            password_hash=hash_password(password), structure=pharmacy, service="Officine",
         )  # fmt: skip
         credentials["professionals"]["pharmacy"] = {"address": pharmacy_address, "password": password, "name": "Pharmacie du Canal"}
 
@@ -102,7 +102,7 @@ async def seed(engine: AsyncEngine, settings: Settings) -> dict[str, Any] | None
         cnam_address = f"prevention.cnam@{OPERATOR_DOMAIN}"
         await service.add_mailbox(
             conn, address=cnam_address, type=MailboxType.APP, display_name="Assurance Maladie - Prévention",
-            password_hash=hash_password(token), structure_id=cnam,
+            password_hash=hash_password(token), structure=cnam,
         )  # fmt: skip
         credentials["cnam"] = {"address": cnam_address, "api_token": token}
 

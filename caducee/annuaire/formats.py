@@ -9,9 +9,10 @@ Columns are read by position; the header is checked for its column count and fir
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import DateTime, bindparam, text
+from sqlalchemy import DateTime, Integer, bindparam, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from caducee.annuaire.identifiers import (
@@ -23,6 +24,7 @@ from caducee.annuaire.identifiers import (
     validate_siret,
 )
 from caducee.annuaire.importing import BadRow, ImportReport, check_header
+from caducee.annuaire.merge import upsert_sql
 from caducee.annuaire.text import fold
 
 EXTRACTION_COLUMNS = [
@@ -83,6 +85,7 @@ def national_person(national_id: str) -> tuple[str, str]:
     return "AUTRE", national_id
 
 
+@lru_cache(maxsize=1 << 15)
 def structure_identity(id_type: str, identifier: str) -> tuple[str, str, str]:
     """(key, type, identifier) of a structure; FINESS and SIRET are checked."""
     if not identifier:
@@ -113,6 +116,39 @@ def _now_params() -> dict[str, Any]:
     return {"now": datetime.now(timezone.utc)}
 
 
+_RUN = bindparam("run", type_=Integer)
+
+# Target column -> expression over the staging row `x`; both files stage these names.
+_PROFESSIONAL_COLUMNS = {
+    "national_id": "x.national_id", "id_type": "x.pp_id_type", "identifier": "x.pp_identifier",
+    "civility": "x.civility", "last_name": "x.last_name", "first_name": "x.first_name",
+    "profession_code": "x.profession_code", "profession_label": "x.profession_label",
+    "category_code": "x.category_code", "savoir_faire_code": "x.savoir_faire_code",
+    "savoir_faire_label": "x.savoir_faire_label", "search_name": "x.pp_search", "updated_at": ":now",
+}  # fmt: skip
+_PROFESSIONAL_UPDATES = ["civility", "last_name", "first_name", "profession_code", "profession_label",
+                         "category_code", "savoir_faire_code", "savoir_faire_label", "search_name", "updated_at"]  # fmt: skip
+_STRUCTURE_COLUMNS = {
+    "structure_key": "x.structure_key", "id_type": "x.structure_id_type", "identifier": "x.structure_identifier",
+    "name": "x.structure_name", "trade_name": "x.trade_name", "service": "''", "address_line": "x.address_line",
+    "postcode": "x.postcode", "city": "x.city", "city_search": "x.city_search", "department": "x.department",
+    "country": "x.country", "search_name": "x.structure_search", "active": "true", "updated_at": ":now",
+}  # fmt: skip
+_STRUCTURE_UPDATES = ["name", "trade_name", "address_line", "postcode", "city", "city_search", "department",
+                      "country", "is_officine", "search_name", "active", "updated_at"]  # fmt: skip
+_MAILBOX_COLUMNS = {
+    "address": "x.address", "type": "x.type", "domain": "x.domain",
+    "professional_national_id": "NULLIF(x.national_id, '')", "structure_key": "NULLIF(x.structure_key, '')",
+    "service": "x.service", "display_name": "x.display_name", "liste_rouge": "false",
+    "dematerialisation": "x.dematerialisation = 1", "source": "'extraction'", "search_text": "x.search_text",
+    "profession_code": "x.profession_code", "postcode": "x.postcode", "city_search": "x.city_search",
+    "active": "true", "retired_at": "NULL", "seen_in_run": ":run", "updated_at": ":now",
+}  # fmt: skip
+_MAILBOX_UPDATES = ["type", "domain", "professional_national_id", "structure_key", "service", "display_name",
+                    "dematerialisation", "search_text", "profession_code", "postcode", "city_search", "active",
+                    "retired_at", "seen_in_run", "updated_at"]  # fmt: skip
+
+
 class ExtractionFormat:
     """`Extraction_Correspondance_MSSante_*.txt`: one published mailbox per line."""
 
@@ -135,6 +171,8 @@ class ExtractionFormat:
         check_header("Extraction_Correspondance_MSSante", fields, self.field_count, "type de bal")
 
     def parse(self, line_no: int, f: list[str]) -> tuple[Any, ...]:
+        for index in (0, 1, 4, 5, 6, 28):  # the keys; other values are kept as published
+            f[index] = f[index].strip()
         mailbox_type = f[0].upper()
         if mailbox_type not in MAILBOX_TYPES:
             raise BadRow(f"unknown mailbox type {f[0]!r} (expected PER, ORG, APP or CAB)")
@@ -150,10 +188,13 @@ class ExtractionFormat:
         person = " ".join(part for part in (f[8], f[10], f[9]) if part)
         structure_name = f[18] or f[19]
         display = person or " - ".join(part for part in (structure_name, f[7]) if part) or address
-        is_officine = structure_type in {"FINESS", "SIRET"} and fold(structure_name).startswith("pharmacie")
-        pp_search = fold(f"{f[9]} {f[10]}")
-        structure_search = fold(f"{structure_name} {f[19] if f[18] else ''}")
-        search_text = fold(" ".join((f[9], f[10], structure_name, f[19], f[7])))
+        # Fold each part on its own: parts repeat across the file (cities, structures), so
+        # the folding cache hits; the joined strings are unique and would only evict.
+        last, first, name, trade, service = fold(f[9]), fold(f[10]), fold(f[18]), fold(f[19]), fold(f[7])
+        is_officine = structure_type in {"FINESS", "SIRET"} and (name or trade).startswith("pharmacie")
+        pp_search = f"{last} {first}".strip()
+        structure_search = f"{name} {trade}".strip()
+        search_text = " ".join(part for part in (last, first, name, trade, service) if part)
         return (
             line_no, address, mailbox_type, address.rpartition("@")[2], f[4], pp_type, pp_identifier, f[8],
             f[9], f[10], f[11], f[13], f[14], f[15], f[16], key, structure_type, structure_identifier, f[7],
@@ -161,93 +202,54 @@ class ExtractionFormat:
             1 if is_officine else 0, display[:256], pp_search, structure_search, search_text[:800], fold(city),
         )  # fmt: skip
 
-    async def merge(self, conn: AsyncConnection, report: ImportReport) -> None:
-        t = self.staging_table
-        await conn.execute(text(f"CREATE INDEX ix_{t}_address ON {t} (address, line_no)"))
+    async def merge(self, conn: AsyncConnection, report: ImportReport, run_id: int) -> None:
+        t, dialect = self.staging_table, conn.dialect.name
+        params = {**_now_params(), "run": run_id}
         report.duplicates = (
             await conn.execute(text(f"SELECT count(*) - count(DISTINCT address) FROM {t}"))
         ).scalar_one()
-        # With duplicates, the last line of an address wins.
-        latest = (
-            f"(SELECT * FROM {t} s WHERE NOT EXISTS "
-            f"(SELECT 1 FROM {t} later WHERE later.address = s.address AND later.line_no > s.line_no))"
-            if report.duplicates
-            else t
-        )
-        params = _now_params()
         await conn.execute(
             text(
-                "INSERT INTO professionals (national_id, id_type, identifier, civility, last_name, first_name, "
-                "profession_code, profession_label, category_code, savoir_faire_code, savoir_faire_label, "
-                "search_name, in_ps_file, active, updated_at) "
-                "SELECT national_id, max(pp_id_type), max(pp_identifier), max(civility), max(last_name), "
-                "max(first_name), max(profession_code), max(profession_label), max(category_code), "
-                "max(savoir_faire_code), max(savoir_faire_label), max(pp_search), false, true, :now "
-                f"FROM {latest} x WHERE national_id <> '' GROUP BY national_id "
-                "ON CONFLICT (national_id) DO UPDATE SET civility = excluded.civility, "
-                "last_name = excluded.last_name, first_name = excluded.first_name, "
-                "profession_code = excluded.profession_code, profession_label = excluded.profession_label, "
-                "category_code = excluded.category_code, savoir_faire_code = excluded.savoir_faire_code, "
-                "savoir_faire_label = excluded.savoir_faire_label, search_name = excluded.search_name, "
-                "updated_at = excluded.updated_at "
-                # The PS file is the reference for persons: the extraction only fills gaps.
-                "WHERE professionals.in_ps_file = false"
+                upsert_sql(
+                    dialect, target="professionals", key="national_id", source=t, source_key="x.national_id",
+                    columns=_PROFESSIONAL_COLUMNS | {"in_ps_file": "false", "active": "true", "seen_in_run": "0"},
+                    update=_PROFESSIONAL_UPDATES,
+                    # The PS file is the reference for persons: the extraction only fills gaps.
+                    keep_when="professionals.in_ps_file = false", source_filter="x.national_id <> ''",
+                )
             ).bindparams(_NOW),
             params,
-        )
+        )  # fmt: skip
         await conn.execute(
             text(
-                "INSERT INTO structures (structure_key, id_type, identifier, name, trade_name, service, "
-                "address_line, postcode, city, city_search, department, country, activity_sector, is_officine, "
-                "search_name, active, updated_at) "
-                "SELECT structure_key, max(structure_id_type), max(structure_identifier), max(structure_name), "
-                "max(trade_name), '', max(address_line), max(postcode), max(city), max(city_search), "
-                "max(department), max(country), '', max(is_officine) = 1, max(structure_search), true, :now "
-                f"FROM {latest} x WHERE structure_key <> '' GROUP BY structure_key "
-                "ON CONFLICT (structure_key) DO UPDATE SET name = excluded.name, trade_name = excluded.trade_name, "
-                "address_line = excluded.address_line, postcode = excluded.postcode, city = excluded.city, "
-                "city_search = excluded.city_search, department = excluded.department, country = excluded.country, "
-                "is_officine = (structures.is_officine OR excluded.is_officine), "
-                "search_name = excluded.search_name, active = true, updated_at = excluded.updated_at"
+                upsert_sql(
+                    dialect, target="structures", key="structure_key", source=t, source_key="x.structure_key",
+                    columns=_STRUCTURE_COLUMNS | {"activity_sector": "''", "is_officine": "x.is_officine = 1"},
+                    update=[c for c in _STRUCTURE_UPDATES if c != "is_officine"], source_filter="x.structure_key <> ''",
+                )
             ).bindparams(_NOW),
             params,
-        )
-        existing = (
-            await conn.execute(text(f"SELECT count(*) FROM {latest} x JOIN mailboxes m ON m.address = x.address"))
-        ).scalar_one()
-        result = await conn.execute(
+        )  # fmt: skip
+        before = (await conn.execute(text("SELECT count(*) FROM mailboxes"))).scalar_one()
+        await conn.execute(
             text(
-                "INSERT INTO mailboxes (address, type, domain, professional_id, structure_id, patient_id, service, "
-                "display_name, liste_rouge, dematerialisation, source, password_hash, search_text, profession_code, "
-                "postcode, city_search, active, retired_at, updated_at) "
-                "SELECT x.address, x.type, x.domain, p.id, st.id, NULL, x.service, x.display_name, false, "
-                "x.dematerialisation = 1, 'extraction', NULL, x.search_text, x.profession_code, x.postcode, "
-                "x.city_search, true, NULL, :now "
-                f"FROM {latest} x "
-                "LEFT JOIN professionals p ON x.national_id <> '' AND p.national_id = x.national_id "
-                "LEFT JOIN structures st ON x.structure_key <> '' AND st.structure_key = x.structure_key "
-                "WHERE true "
-                "ON CONFLICT (address) DO UPDATE SET type = excluded.type, domain = excluded.domain, "
-                "professional_id = excluded.professional_id, structure_id = excluded.structure_id, "
-                "service = excluded.service, display_name = excluded.display_name, "
-                "dematerialisation = excluded.dematerialisation, search_text = excluded.search_text, "
-                "profession_code = excluded.profession_code, postcode = excluded.postcode, "
-                "city_search = excluded.city_search, active = true, retired_at = NULL, "
-                "updated_at = excluded.updated_at "
-                # Our own mailboxes (passwords, patients) are never rewritten by a public file.
-                "WHERE mailboxes.source = 'extraction'"
-            ).bindparams(_NOW),
+                upsert_sql(
+                    dialect, target="mailboxes", key="address", source=t, source_key="x.address",
+                    columns=_MAILBOX_COLUMNS, update=_MAILBOX_UPDATES,
+                    # Our own mailboxes (passwords, patients) are never rewritten by a public file.
+                    keep_when="mailboxes.source = 'extraction'",
+                )
+            ).bindparams(_NOW, _RUN),
             params,
-        )
-        report.updated = existing
-        report.inserted = max(result.rowcount - existing, 0) if result.rowcount >= 0 else 0
+        )  # fmt: skip
+        report.inserted = (await conn.execute(text("SELECT count(*) FROM mailboxes"))).scalar_one() - before
+        report.updated = report.rows_ok - report.duplicates - report.inserted
         if not report.retire_skipped:
             retired = await conn.execute(
                 text(
                     "UPDATE mailboxes SET active = false, retired_at = :now, updated_at = :now "
-                    "WHERE source = 'extraction' AND active = true AND NOT EXISTS "
-                    f"(SELECT 1 FROM {t} x WHERE x.address = mailboxes.address)"
-                ).bindparams(_NOW),
+                    "WHERE source = 'extraction' AND active = true AND seen_in_run <> :run"
+                ).bindparams(_NOW, _RUN),
                 params,
             )
             report.retired = retired.rowcount
@@ -278,6 +280,8 @@ class PersonActivityFormat:
         check_header("PS_LibreAcces_Personne_activite", fields, self.field_count, "type d")
 
     def parse(self, line_no: int, f: list[str]) -> tuple[Any, ...]:
+        for index in (2, 19, 21, 35, 48):  # the keys; other values are kept as published
+            f[index] = f[index].strip()
         if not f[2]:
             raise BadRow("the Identification nationale PP column is empty")
         pp_type, pp_identifier = national_person(f[2])
@@ -292,67 +296,47 @@ class PersonActivityFormat:
         city = f[37] or _city_from_routing_line(f[34], f[35])
         sector = f[48]
         name = f[24] or f[25]
+        last, first = fold(f[7]), fold(f[8])
+        structure_search = f"{fold(f[24])} {fold(f[25])}".strip()
         return (
             line_no, f[2], pp_type, pp_identifier, f[4] or f[6], f[7], f[8], f[9], f[10], f[11], f[15], f[16],
-            fold(f"{f[7]} {f[8]}"), key, s_type, s_id, name, f[25], address_line, f[35], city, fold(city),
-            f[44], f[39], sector, 1 if sector == OFFICINE_SECTOR else 0, fold(f"{name} {f[25] if f[24] else ''}"),
+            f"{last} {first}".strip(), key, s_type, s_id, name, f[25], address_line, f[35], city, fold(city),
+            f[44], f[39], sector, 1 if sector == OFFICINE_SECTOR else 0, structure_search,
         )  # fmt: skip
 
-    async def merge(self, conn: AsyncConnection, report: ImportReport) -> None:
-        t = self.staging_table
-        params = _now_params()
-        await conn.execute(text(f"CREATE INDEX ix_{t}_national_id ON {t} (national_id)"))
-        existing = (
-            await conn.execute(
-                text(f"SELECT count(*) FROM (SELECT DISTINCT national_id FROM {t}) x "
-                     "JOIN professionals p ON p.national_id = x.national_id")
-            )
-        ).scalar_one()  # fmt: skip
+    async def merge(self, conn: AsyncConnection, report: ImportReport, run_id: int) -> None:
+        t, dialect = self.staging_table, conn.dialect.name
+        params = {**_now_params(), "run": run_id}
+        before = (await conn.execute(text("SELECT count(*) FROM professionals"))).scalar_one()
         distinct = (await conn.execute(text(f"SELECT count(DISTINCT national_id) FROM {t}"))).scalar_one()
         await conn.execute(
             text(
-                "INSERT INTO professionals (national_id, id_type, identifier, civility, last_name, first_name, "
-                "profession_code, profession_label, category_code, savoir_faire_code, savoir_faire_label, "
-                "search_name, in_ps_file, active, updated_at) "
-                "SELECT national_id, max(pp_id_type), max(pp_identifier), max(civility), max(last_name), "
-                "max(first_name), max(profession_code), max(profession_label), max(category_code), "
-                "max(savoir_faire_code), max(savoir_faire_label), max(pp_search), true, true, :now "
-                f"FROM {t} WHERE true GROUP BY national_id "
-                "ON CONFLICT (national_id) DO UPDATE SET civility = excluded.civility, "
-                "last_name = excluded.last_name, first_name = excluded.first_name, "
-                "profession_code = excluded.profession_code, profession_label = excluded.profession_label, "
-                "category_code = excluded.category_code, savoir_faire_code = excluded.savoir_faire_code, "
-                "savoir_faire_label = excluded.savoir_faire_label, search_name = excluded.search_name, "
-                "in_ps_file = true, active = true, updated_at = excluded.updated_at"
-            ).bindparams(_NOW),
+                upsert_sql(
+                    dialect, target="professionals", key="national_id", source=t, source_key="x.national_id",
+                    columns=_PROFESSIONAL_COLUMNS | {"in_ps_file": "true", "active": "true", "seen_in_run": ":run"},
+                    update=[*_PROFESSIONAL_UPDATES, "in_ps_file", "active", "seen_in_run"],
+                )
+            ).bindparams(_NOW, _RUN),
             params,
-        )
+        )  # fmt: skip
         await conn.execute(
             text(
-                "INSERT INTO structures (structure_key, id_type, identifier, name, trade_name, service, "
-                "address_line, postcode, city, city_search, department, country, activity_sector, is_officine, "
-                "search_name, active, updated_at) "
-                "SELECT structure_key, max(structure_id_type), max(structure_identifier), max(structure_name), "
-                "max(trade_name), '', max(address_line), max(postcode), max(city), max(city_search), "
-                "max(department), max(country), max(sector), max(is_officine) = 1, max(structure_search), true, :now "
-                f"FROM {t} WHERE structure_key <> '' GROUP BY structure_key "
-                "ON CONFLICT (structure_key) DO UPDATE SET name = excluded.name, trade_name = excluded.trade_name, "
-                "address_line = excluded.address_line, postcode = excluded.postcode, city = excluded.city, "
-                "city_search = excluded.city_search, department = excluded.department, country = excluded.country, "
-                "activity_sector = excluded.activity_sector, is_officine = excluded.is_officine, "
-                "search_name = excluded.search_name, active = true, updated_at = excluded.updated_at"
+                upsert_sql(
+                    dialect, target="structures", key="structure_key", source=t, source_key="x.structure_key",
+                    columns=_STRUCTURE_COLUMNS | {"activity_sector": "x.sector", "is_officine": "x.is_officine = 1"},
+                    update=[*_STRUCTURE_UPDATES, "activity_sector"], source_filter="x.structure_key <> ''",
+                )
             ).bindparams(_NOW),
             params,
-        )
-        report.updated = existing
-        report.inserted = distinct - existing
+        )  # fmt: skip
+        report.inserted = (await conn.execute(text("SELECT count(*) FROM professionals"))).scalar_one() - before
+        report.updated = distinct - report.inserted
         if not report.retire_skipped:
             retired = await conn.execute(
                 text(
                     "UPDATE professionals SET active = false, updated_at = :now "
-                    "WHERE in_ps_file = true AND active = true AND NOT EXISTS "
-                    f"(SELECT 1 FROM {t} x WHERE x.national_id = professionals.national_id)"
-                ).bindparams(_NOW),
+                    "WHERE in_ps_file = true AND active = true AND seen_in_run <> :run"
+                ).bindparams(_NOW, _RUN),
                 params,
             )
             report.retired = retired.rowcount

@@ -32,17 +32,19 @@ class InvalidIdentifier(ValueError):
         self.kind = kind
 
 
+_DOUBLE_DIGIT = str.maketrans("0123456789", "0246813579")  # 2*d, minus 9 above 9
+
+
 def luhn_valid(digits: str) -> bool:
-    """Luhn (mod 10) check over a string of decimal digits, check digit last."""
-    total = 0
-    for position, char in enumerate(reversed(digits)):
-        value = ord(char) - 48
-        if position % 2 == 1:
-            value *= 2
-            if value > 9:
-                value -= 9
-        total += value
-    return total % 10 == 0
+    """Luhn (mod 10) check over a string of decimal digits, check digit last.
+
+    Written with slices, translate and map so that the loop runs in C: the importers check
+    two numbers on each of 535,000 rows.
+    """
+    reversed_digits = digits[::-1]
+    kept = sum(map(int, reversed_digits[0::2]))
+    doubled = sum(map(int, reversed_digits[1::2].translate(_DOUBLE_DIGIT)))
+    return (kept + doubled) % 10 == 0
 
 
 _INS_SHAPE = re.compile(r"^[1-8]\d{4}(?:\d{2}|2[AB])\d{6}\d{2}$")
@@ -121,12 +123,21 @@ _LOCAL_PART = re.compile(rf"^{_LOCAL_ATOM}(?:\.{_LOCAL_ATOM})*$")
 _DOMAIN_LABEL = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 
 
+_ADDRESS_FAST = re.compile(
+    rf"^(?=.{{1,254}}$)(?=[^@]{{1,64}}@){_LOCAL_ATOM}(?:\.{_LOCAL_ATOM})*"
+    r"@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$"
+)
+
+
 def validate_mailbox_address(value: str) -> str:
-    """A mailbox address `local@domain`, returned with the domain in lower case.
+    """A mailbox address `local@domain`, returned lower-cased.
 
     The local part keeps its case on the wire but we store addresses lower-cased, as the
-    national directory does; comparisons everywhere use the normalised form.
+    national directory does; comparisons everywhere use the normalised form. One regular
+    expression accepts the common case; the checks below only run to explain a refusal.
     """
+    if value and _ADDRESS_FAST.match(value):
+        return value.lower()
     address = (value or "").strip()
     if not address:
         raise InvalidIdentifier("address", "the address is empty")

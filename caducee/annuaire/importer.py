@@ -24,21 +24,30 @@ async def import_on_connection(
     conn: AsyncConnection, kind: str, path: Path, *, report_stream: TextIO | None = None, progress_stream: TextIO | None = None
 ) -> ImportReport:
     """Import `path` as `kind` on `conn` and record the run; the caller commits."""
-    started = datetime.now(timezone.utc)
+    if kind != "whitelist" and kind not in FORMATS:
+        raise ImportFileError(f"unknown import kind {kind!r}")
+    runs = ImportRun.__table__
+    run_id = (
+        await conn.execute(
+            runs.insert().values(kind=kind, file_name=Path(path).name, started_at=datetime.now(timezone.utc),
+                                 rows_read=0, rows_bad=0, inserted=0, updated=0, retired=0)  # fmt: skip
+        )
+    ).inserted_primary_key[0]
     if kind == "whitelist":
         report = await import_whitelist(conn, path)
         if report_stream is not None:
             for line_no, message in report.bad_samples:
                 report_stream.write(f"{line_no}\t{message}\n")
-    elif kind in FORMATS:
-        report = await run_import(conn, FORMATS[kind](), path, report_stream=report_stream, progress_stream=progress_stream)
     else:
-        raise ImportFileError(f"unknown import kind {kind!r}")
+        report = await run_import(
+            conn, FORMATS[kind](), path, run_id, report_stream=report_stream, progress_stream=progress_stream
+        )
     await conn.execute(
-        ImportRun.__table__.insert().values(
-            kind=kind, file_name=Path(path).name, started_at=started, finished_at=datetime.now(timezone.utc),
-            rows_read=report.rows_read, rows_bad=report.rows_bad, inserted=report.inserted,
-            updated=report.updated, retired=report.retired,
+        runs.update()
+        .where(runs.c.id == run_id)
+        .values(
+            finished_at=datetime.now(timezone.utc), rows_read=report.rows_read, rows_bad=report.rows_bad,
+            inserted=report.inserted, updated=report.updated, retired=report.retired,
         )  # fmt: skip
     )
     return report

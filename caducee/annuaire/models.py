@@ -14,7 +14,6 @@ from sqlalchemy import (
     Date,
     DateTime,
     ForeignKey,
-    Index,
     Integer,
     String,
     Text,
@@ -56,13 +55,14 @@ class Professional(Base):
     civility: Mapped[str] = mapped_column(String(16), default="")
     last_name: Mapped[str] = mapped_column(String(128), default="")
     first_name: Mapped[str] = mapped_column(String(128), default="")
-    profession_code: Mapped[str] = mapped_column(String(8), default="", index=True)
+    profession_code: Mapped[str] = mapped_column(String(8), default="")
     profession_label: Mapped[str] = mapped_column(String(128), default="")
     category_code: Mapped[str] = mapped_column(String(8), default="")
     savoir_faire_code: Mapped[str] = mapped_column(String(16), default="")
     savoir_faire_label: Mapped[str] = mapped_column(String(256), default="")
-    search_name: Mapped[str] = mapped_column(String(260), default="", index=True)
+    search_name: Mapped[str] = mapped_column(String(260), default="")
     in_ps_file: Mapped[bool] = mapped_column(Boolean, default=False)
+    seen_in_run: Mapped[int] = mapped_column(Integer, default=0)  # last PS-file import that listed it
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
@@ -78,14 +78,14 @@ class Structure(Base):
     trade_name: Mapped[str] = mapped_column(String(256), default="")
     service: Mapped[str] = mapped_column(String(256), default="")
     address_line: Mapped[str] = mapped_column(String(512), default="")
-    postcode: Mapped[str] = mapped_column(String(10), default="", index=True)
+    postcode: Mapped[str] = mapped_column(String(10), default="")
     city: Mapped[str] = mapped_column(String(128), default="")
-    city_search: Mapped[str] = mapped_column(String(128), default="", index=True)
+    city_search: Mapped[str] = mapped_column(String(128), default="")
     department: Mapped[str] = mapped_column(String(8), default="")
     country: Mapped[str] = mapped_column(String(64), default="")
     activity_sector: Mapped[str] = mapped_column(String(8), default="")
-    is_officine: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
-    search_name: Mapped[str] = mapped_column(String(260), default="", index=True)
+    is_officine: Mapped[bool] = mapped_column(Boolean, default=False)
+    search_name: Mapped[str] = mapped_column(String(260), default="")
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
@@ -111,10 +111,15 @@ class Mailbox(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     address: Mapped[str] = mapped_column(String(254), unique=True)
-    type: Mapped[str] = mapped_column(String(3), index=True)
-    domain: Mapped[str] = mapped_column(String(253), index=True)
-    professional_id: Mapped[int | None] = mapped_column(ForeignKey("professionals.id"), nullable=True, index=True)
-    structure_id: Mapped[int | None] = mapped_column(ForeignKey("structures.id"), nullable=True, index=True)
+    type: Mapped[str] = mapped_column(String(3))
+    domain: Mapped[str] = mapped_column(String(253))
+    # Natural keys, not surrogate ids: an import writes mailboxes without looking ids up, and
+    # a re-import that rewrites a professional never breaks the link. No foreign-key
+    # constraint: PostgreSQL checks one per row with a trigger, which tripled the import
+    # time, and the importer writes the parents first in the same transaction; directory
+    # rows are retired, never deleted, so a link cannot dangle.
+    professional_national_id: Mapped[str | None] = mapped_column(String(40), nullable=True, index=True)
+    structure_key: Mapped[str | None] = mapped_column(String(40), nullable=True, index=True)
     patient_id: Mapped[int | None] = mapped_column(ForeignKey("patients.id"), nullable=True, unique=True)
     service: Mapped[str] = mapped_column(String(256), default="")
     display_name: Mapped[str] = mapped_column(String(256), default="")
@@ -128,6 +133,7 @@ class Mailbox(Base):
     profession_code: Mapped[str] = mapped_column(String(8), default="", index=True)
     postcode: Mapped[str] = mapped_column(String(10), default="", index=True)
     city_search: Mapped[str] = mapped_column(String(128), default="", index=True)
+    seen_in_run: Mapped[int] = mapped_column(Integer, default=0)  # last extraction import that listed it
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     retired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
@@ -204,5 +210,3 @@ class ImportRun(Base):
     updated: Mapped[int] = mapped_column(Integer, default=0)
     retired: Mapped[int] = mapped_column(Integer, default=0)
 
-
-Index("ix_mailboxes_search", Mailbox.active, Mailbox.liste_rouge, Mailbox.type)

@@ -108,8 +108,8 @@ def _entry_query() -> Any:
     return (
         select(*_ENTRY_COLUMNS)
         .select_from(Mailbox)
-        .outerjoin(Professional, Professional.id == Mailbox.professional_id)
-        .outerjoin(Structure, Structure.id == Mailbox.structure_id)
+        .outerjoin(Professional, Professional.national_id == Mailbox.professional_national_id)
+        .outerjoin(Structure, Structure.structure_key == Mailbox.structure_key)
     )
 
 
@@ -160,7 +160,7 @@ async def search(
         conditions.append(Mailbox.type == kind)
     query = _entry_query().where(and_(*conditions))
     if officine is not None:
-        query = query.where(Structure.is_officine.is_(officine) if officine else or_(Structure.is_officine.is_(False), Structure.id.is_(None)))
+        query = query.where(Structure.is_officine.is_(officine) if officine else or_(Structure.is_officine.is_(False), Structure.structure_key.is_(None)))
     total = (await conn.execute(select(func.count()).select_from(query.subquery()))).scalar_one()
     rows = await conn.execute(
         query.order_by(Mailbox.search_text, Mailbox.address).limit(per_page).offset((page - 1) * per_page)
@@ -214,9 +214,10 @@ async def add_professional(
     profession_code: str,
     profession_label: str,
     savoir_faire_label: str = "",
-) -> int:
+) -> str:
+    """Create a professional; returns the national id mailboxes refer to."""
     id_type = {"8": "RPPS", "0": "ADELI"}.get(national_id[0], "AUTRE")
-    result = await conn.execute(
+    await conn.execute(
         Professional.__table__.insert().values(
             national_id=national_id,
             id_type=id_type,
@@ -235,7 +236,7 @@ async def add_professional(
             updated_at=datetime.now(timezone.utc),
         )
     )
-    return int(result.inserted_primary_key[0])
+    return national_id
 
 
 async def add_structure(
@@ -248,8 +249,9 @@ async def add_structure(
     postcode: str,
     city: str,
     is_officine: bool = False,
-) -> int:
-    result = await conn.execute(
+) -> str:
+    """Create a structure; returns the structure key mailboxes refer to."""
+    await conn.execute(
         Structure.__table__.insert().values(
             structure_key=f"{id_type}:{identifier}",
             id_type=id_type,
@@ -270,7 +272,7 @@ async def add_structure(
             updated_at=datetime.now(timezone.utc),
         )
     )
-    return int(result.inserted_primary_key[0])
+    return f"{id_type}:{identifier}"
 
 
 async def add_mailbox(
@@ -280,8 +282,8 @@ async def add_mailbox(
     type: MailboxType,
     display_name: str,
     password_hash: str | None = None,
-    professional_id: int | None = None,
-    structure_id: int | None = None,
+    professional: str | None = None,
+    structure: str | None = None,
     patient_id: int | None = None,
     service: str = "",
     liste_rouge: bool = False,
@@ -290,19 +292,21 @@ async def add_mailbox(
     address = validate_mailbox_address(address)
     search_parts = [display_name, service]
     profession_code, postcode, city = "", "", ""
-    if professional_id is not None:
+    if professional is not None:
         pro = (
             await conn.execute(
                 select(Professional.last_name, Professional.first_name, Professional.profession_code).where(
-                    Professional.id == professional_id
+                    Professional.national_id == professional
                 )
             )
         ).one()
         search_parts += [pro.last_name, pro.first_name]
         profession_code = pro.profession_code
-    if structure_id is not None:
+    if structure is not None:
         st = (
-            await conn.execute(select(Structure.name, Structure.postcode, Structure.city).where(Structure.id == structure_id))
+            await conn.execute(
+                select(Structure.name, Structure.postcode, Structure.city).where(Structure.structure_key == structure)
+            )
         ).one()
         search_parts.append(st.name)
         postcode, city = st.postcode, st.city
@@ -311,8 +315,8 @@ async def add_mailbox(
             address=address,
             type=type.value,
             domain=address.rpartition("@")[2],
-            professional_id=professional_id,
-            structure_id=structure_id,
+            professional_national_id=professional,
+            structure_key=structure,
             patient_id=patient_id,
             service=service,
             display_name=display_name,

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-22 21:26:22.872483
+Create Date: 2026-11-22 21:36:29.146633
 """
 
 from __future__ import annotations
@@ -63,15 +63,12 @@ def upgrade() -> None:
     sa.Column('savoir_faire_label', sa.String(length=256), nullable=False),
     sa.Column('search_name', sa.String(length=260), nullable=False),
     sa.Column('in_ps_file', sa.Boolean(), nullable=False),
+    sa.Column('seen_in_run', sa.Integer(), nullable=False),
     sa.Column('active', sa.Boolean(), nullable=False),
     sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_professionals')),
     sa.UniqueConstraint('national_id', name=op.f('uq_professionals_national_id'))
     )
-    with op.batch_alter_table('professionals', schema=None) as batch_op:
-        batch_op.create_index(batch_op.f('ix_professionals_profession_code'), ['profession_code'], unique=False)
-        batch_op.create_index(batch_op.f('ix_professionals_search_name'), ['search_name'], unique=False)
-
     op.create_table('structures',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('structure_key', sa.String(length=40), nullable=False),
@@ -94,12 +91,6 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id', name=op.f('pk_structures')),
     sa.UniqueConstraint('structure_key', name=op.f('uq_structures_structure_key'))
     )
-    with op.batch_alter_table('structures', schema=None) as batch_op:
-        batch_op.create_index(batch_op.f('ix_structures_city_search'), ['city_search'], unique=False)
-        batch_op.create_index(batch_op.f('ix_structures_is_officine'), ['is_officine'], unique=False)
-        batch_op.create_index(batch_op.f('ix_structures_postcode'), ['postcode'], unique=False)
-        batch_op.create_index(batch_op.f('ix_structures_search_name'), ['search_name'], unique=False)
-
     op.create_table('trust_domains',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('domain', sa.String(length=253), nullable=False),
@@ -134,8 +125,8 @@ def upgrade() -> None:
     sa.Column('address', sa.String(length=254), nullable=False),
     sa.Column('type', sa.String(length=3), nullable=False),
     sa.Column('domain', sa.String(length=253), nullable=False),
-    sa.Column('professional_id', sa.Integer(), nullable=True),
-    sa.Column('structure_id', sa.Integer(), nullable=True),
+    sa.Column('professional_national_id', sa.String(length=40), nullable=True),
+    sa.Column('structure_key', sa.String(length=40), nullable=True),
     sa.Column('patient_id', sa.Integer(), nullable=True),
     sa.Column('service', sa.String(length=256), nullable=False),
     sa.Column('display_name', sa.String(length=256), nullable=False),
@@ -147,25 +138,21 @@ def upgrade() -> None:
     sa.Column('profession_code', sa.String(length=8), nullable=False),
     sa.Column('postcode', sa.String(length=10), nullable=False),
     sa.Column('city_search', sa.String(length=128), nullable=False),
+    sa.Column('seen_in_run', sa.Integer(), nullable=False),
     sa.Column('active', sa.Boolean(), nullable=False),
     sa.Column('retired_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['patient_id'], ['patients.id'], name=op.f('fk_mailboxes_patient_id_patients')),
-    sa.ForeignKeyConstraint(['professional_id'], ['professionals.id'], name=op.f('fk_mailboxes_professional_id_professionals')),
-    sa.ForeignKeyConstraint(['structure_id'], ['structures.id'], name=op.f('fk_mailboxes_structure_id_structures')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_mailboxes')),
     sa.UniqueConstraint('address', name=op.f('uq_mailboxes_address')),
     sa.UniqueConstraint('patient_id', name=op.f('uq_mailboxes_patient_id'))
     )
     with op.batch_alter_table('mailboxes', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_mailboxes_city_search'), ['city_search'], unique=False)
-        batch_op.create_index(batch_op.f('ix_mailboxes_domain'), ['domain'], unique=False)
         batch_op.create_index(batch_op.f('ix_mailboxes_postcode'), ['postcode'], unique=False)
         batch_op.create_index(batch_op.f('ix_mailboxes_profession_code'), ['profession_code'], unique=False)
-        batch_op.create_index(batch_op.f('ix_mailboxes_professional_id'), ['professional_id'], unique=False)
-        batch_op.create_index('ix_mailboxes_search', ['active', 'liste_rouge', 'type'], unique=False)
-        batch_op.create_index(batch_op.f('ix_mailboxes_structure_id'), ['structure_id'], unique=False)
-        batch_op.create_index(batch_op.f('ix_mailboxes_type'), ['type'], unique=False)
+        batch_op.create_index(batch_op.f('ix_mailboxes_professional_national_id'), ['professional_national_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_mailboxes_structure_key'), ['structure_key'], unique=False)
 
     op.create_table('certificates',
     sa.Column('id', sa.Integer(), nullable=False),
@@ -195,30 +182,17 @@ def downgrade() -> None:
 
     op.drop_table('certificates')
     with op.batch_alter_table('mailboxes', schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f('ix_mailboxes_type'))
-        batch_op.drop_index(batch_op.f('ix_mailboxes_structure_id'))
-        batch_op.drop_index('ix_mailboxes_search')
-        batch_op.drop_index(batch_op.f('ix_mailboxes_professional_id'))
+        batch_op.drop_index(batch_op.f('ix_mailboxes_structure_key'))
+        batch_op.drop_index(batch_op.f('ix_mailboxes_professional_national_id'))
         batch_op.drop_index(batch_op.f('ix_mailboxes_profession_code'))
         batch_op.drop_index(batch_op.f('ix_mailboxes_postcode'))
-        batch_op.drop_index(batch_op.f('ix_mailboxes_domain'))
         batch_op.drop_index(batch_op.f('ix_mailboxes_city_search'))
 
     op.drop_table('mailboxes')
     op.drop_table('guardianships')
     op.drop_table('delegations')
     op.drop_table('trust_domains')
-    with op.batch_alter_table('structures', schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f('ix_structures_search_name'))
-        batch_op.drop_index(batch_op.f('ix_structures_postcode'))
-        batch_op.drop_index(batch_op.f('ix_structures_is_officine'))
-        batch_op.drop_index(batch_op.f('ix_structures_city_search'))
-
     op.drop_table('structures')
-    with op.batch_alter_table('professionals', schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f('ix_professionals_search_name'))
-        batch_op.drop_index(batch_op.f('ix_professionals_profession_code'))
-
     op.drop_table('professionals')
     op.drop_table('patients')
     op.drop_table('annuaire_import_runs')

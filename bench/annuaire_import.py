@@ -1,0 +1,196 @@
+"""Benchmark: importing a full-size MSSanté extraction against a bare bulk insert.
+
+Generates a 535,000-row `Extraction_Correspondance_MSSante` file in the real layout, then,
+on SQLite and on PostgreSQL, times
+  - our import (`caducee annuaire import extraction`: parse, validate, stage, merge into
+    professionals / structures / mailboxes, retire, one transaction), and
+  - the anchor: the same lines split into their 31 fields and bulk-inserted into a plain
+    31-column table through the same driver (sqlite3 executemany, asyncpg COPY), one
+    transaction, no validation, no merge.
+Each measurement runs in a fresh process so that its peak RSS is its own; the import is
+also run on a file ten times smaller to show that memory does not grow with the file.
+
+    .venv/bin/python bench/annuaire_import.py [--rows 535000] [--repeat 3] [--pg URL]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from report import machine, median, write_section  # noqa: E402
+
+DEFAULT_PG = os.environ.get("CADUCEE_TEST_PG") or "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+async def _admin(url: str, statement: str) -> None:
+    import asyncpg
+    from sqlalchemy.engine import make_url
+
+    from caducee.db import normalise_url
+
+    parsed = make_url(normalise_url(url))
+    conn = await asyncpg.connect(host=parsed.host, port=parsed.port or 5432, user=parsed.username, database=parsed.database)
+    try:
+        await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+def fresh_database(backend: str, workdir: Path, pg_url: str) -> tuple[str, str | None]:
+    """(url, pg database name to drop) of a new, migrated database."""
+    from sqlalchemy.engine import make_url
+
+    from caducee import db
+
+    if backend == "sqlite":
+        path = workdir / f"bench-{uuid.uuid4().hex[:8]}.sqlite3"
+        url = f"sqlite:///{path}"
+        db.upgrade(url)
+        return url, None
+    name = f"caducee_bench_{uuid.uuid4().hex[:8]}"
+    asyncio.run(_admin(pg_url, f'CREATE DATABASE "{name}"'))
+    url = make_url(db.normalise_url(pg_url)).set(database=name).render_as_string(hide_password=False)
+    db.upgrade(url)
+    return url, name
+
+
+async def measure_import(url: str, path: Path) -> dict[str, float]:
+    from caducee import db
+    from caducee.annuaire.importer import import_on_connection
+
+    engine = db.create_engine(url)
+    try:
+        start = time.perf_counter()
+        async with engine.begin() as conn:
+            report = await import_on_connection(conn, "extraction", path)
+        seconds = time.perf_counter() - start
+    finally:
+        await engine.dispose()
+    return {"seconds": seconds, "rows": report.rows_ok, "bad": report.rows_bad}
+
+
+async def measure_bare(url: str, path: Path) -> dict[str, float]:
+    """The anchor: split each line, bulk insert through the driver, one transaction."""
+    from sqlalchemy import text
+
+    from caducee import db
+    from caducee.annuaire.importing import bulk_insert
+
+    columns = [f"c{i}" for i in range(31)]
+    engine = db.create_engine(url)
+    rows = 0
+    try:
+        start = time.perf_counter()
+        async with engine.begin() as conn:
+            await conn.execute(text(f"CREATE TABLE bare_rows ({', '.join(c + ' TEXT' for c in columns)})"))
+            batch: list[tuple[str, ...]] = []
+            with open(path, encoding="utf-8") as handle:
+                next(handle)
+                for line in handle:
+                    batch.append(tuple(line.rstrip("\n").split("|")))
+                    if len(batch) >= 5000:
+                        await bulk_insert(conn, "bare_rows", columns, batch)
+                        rows += len(batch)
+                        batch = []
+            await bulk_insert(conn, "bare_rows", columns, batch)
+            rows += len(batch)
+        seconds = time.perf_counter() - start
+    finally:
+        await engine.dispose()
+    return {"seconds": seconds, "rows": rows, "bad": 0}
+
+
+def child(mode: str, backend: str, path: Path, workdir: Path, pg_url: str) -> None:
+    url, pg_name = fresh_database(backend, workdir, pg_url)
+    try:
+        result = asyncio.run((measure_import if mode == "import" else measure_bare)(url, path))
+    finally:
+        if pg_name:
+            asyncio.run(_admin(pg_url, f'DROP DATABASE IF EXISTS "{pg_name}" WITH (FORCE)'))
+    result["peak_rss_mb"] = peak_rss_mb()
+    print(json.dumps(result))
+
+
+def run_child(mode: str, backend: str, path: Path, workdir: Path, pg_url: str) -> dict[str, float]:
+    done = subprocess.run(
+        [sys.executable, __file__, "--child", mode, backend, str(path), str(workdir), "--pg", pg_url],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise SystemExit(f"{mode} on {backend} failed:\n{done.stderr}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=535_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--pg", default=DEFAULT_PG)
+    parser.add_argument("--backends", default="sqlite,postgresql")
+    parser.add_argument("--no-write", action="store_true", help="print only, do not update docs/benchmarks.md")
+    parser.add_argument("--child", nargs=4, metavar=("MODE", "BACKEND", "FILE", "WORKDIR"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        mode, backend, file, workdir = args.child
+        child(mode, backend, Path(file), Path(workdir), args.pg)
+        return
+
+    from caducee.annuaire.synthetic import generate_extraction
+
+    with tempfile.TemporaryDirectory(prefix="caducee-bench-") as tmp:
+        workdir = Path(tmp)
+        big = generate_extraction(workdir / "Extraction_Correspondance_MSSante_big.txt", args.rows)
+        small = generate_extraction(workdir / "Extraction_Correspondance_MSSante_small.txt", max(args.rows // 10, 1000))
+        print(f"generated {args.rows} rows ({big.stat().st_size / 1e6:.0f} MB)", flush=True)
+        lines = []
+        for backend in args.backends.split(","):
+            imports, bares = [], []
+            for attempt in range(args.repeat):
+                imports.append(run_child("import", backend, big, workdir, args.pg))
+                bares.append(run_child("bare", backend, big, workdir, args.pg))
+                print(f"{backend} #{attempt + 1}: import {imports[-1]['seconds']:.1f}s, bare {bares[-1]['seconds']:.1f}s", flush=True)
+            small_import = run_child("import", backend, small, workdir, args.pg)
+            import_rate = median([r["rows"] / r["seconds"] for r in imports])
+            bare_rate = median([r["rows"] / r["seconds"] for r in bares])
+            lines.append(
+                f"| {backend} | {import_rate:,.0f} | {bare_rate:,.0f} | {import_rate / bare_rate:.2f}x "
+                f"| {median([r['peak_rss_mb'] for r in imports]):.0f} MB | {small_import['peak_rss_mb']:.0f} MB "
+                f"| {median([r['peak_rss_mb'] for r in bares]):.0f} MB |"
+            )
+            print(lines[-1], flush=True)
+    body = f"""## Annuaire import (`bench/annuaire_import.py`)
+
+Command: `.venv/bin/python bench/annuaire_import.py --rows {args.rows} --repeat {args.repeat}` ({machine()}).
+A generated `Extraction_Correspondance_MSSante` file of {args.rows:,} rows in the real 31-column layout.
+*Import*: our whole import (parse, validate identifiers, stage, merge into professionals,
+structures and mailboxes, retire, one transaction). *Bare insert*: the same lines split on `|`
+and bulk-inserted into a plain 31-column table through the same driver (sqlite3 executemany,
+asyncpg COPY), one transaction. Rates are medians of {args.repeat} runs, each in a fresh process
+and a fresh database; peak RSS is the process's own. Target: import >= 0.5x bare insert, peak
+memory flat in the file size (compare the full file with one ten times smaller).
+
+| backend | import rows/s | bare insert rows/s | ratio | import peak RSS | same, 1/10 file | bare peak RSS |
+|---|---|---|---|---|---|---|
+""" + "\n".join(lines)
+    print(body)
+    if not args.no_write:
+        write_section("annuaire_import", body)
+
+
+if __name__ == "__main__":
+    main()
