@@ -1,0 +1,100 @@
+"""The facts a messaging decision is made on, and the decision itself.
+
+Everything here is plain frozen data: the gateway gathers facts (annuaire, conversation
+store, parsed message), `policies.decide` returns a `Decision`. No I/O, so each rule is
+tested with tables of cases.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class PartyKind(str, enum.Enum):
+    PROFESSIONAL = "professional"  # a PS, personal (PER) or practice (CAB) mailbox
+    ORGANISATION = "organisation"  # an ORG or APP mailbox of a health structure
+    PATIENT = "patient"
+    CNAM = "cnam"  # the national health insurer's campaign sender
+    UNKNOWN = "unknown"  # not in the annuaire
+
+
+class ConversationState(str, enum.Enum):
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+class Action(str, enum.Enum):
+    """What the gateway must do besides delivering (or instead of it)."""
+
+    CLOSE_CONVERSATION = "close_conversation"
+    DO_NOT_DELIVER = "do_not_deliver"  # accepted but nothing to deliver (empty [FIN])
+    TELL_SENDER_CLOSED = "tell_sender_closed"  # [FIN] with content: delivered, closed, sender told
+
+
+@dataclass(frozen=True)
+class Party:
+    address: str
+    kind: PartyKind
+    domain_trusted: bool = True  # local domain or on the trust-space whitelist
+    is_local: bool = True  # a mailbox we serve
+    patient_status: str | None = None  # created / activated / opposed / closed, for patients
+    is_officine: bool = False  # an organisation mailbox of a community pharmacy
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """The conversation a message threads into, as the store knows it."""
+
+    opener_kind: PartyKind
+    state: ConversationState
+    participants: frozenset[str]
+    closed_by: str | None = None
+    closed_at: str | None = None  # ISO date, for the refusal text
+    is_campaign: bool = False
+
+
+@dataclass(frozen=True)
+class Message:
+    size: int
+    subject: str = ""
+    has_content: bool = True  # a non-blank body or any attachment
+    has_attachment: bool = False
+    mss_mes_fin: bool = False  # header X-MSS-MES: FIN
+    references_known: bool = False  # In-Reply-To/References name a message we hold
+    references_foreign: bool = False  # ... that belongs to a conversation the sender is not in
+
+
+@dataclass(frozen=True)
+class Facts:
+    sender: Party
+    recipient: Party
+    message: Message
+    conversation: Conversation | None = None
+    submission: bool = False  # arrived on submission (or webmail/API) from an authenticated user
+    sender_owned: bool = True  # the authenticated account owns MAIL FROM and From (rule 2)
+    max_size: int = 25 * 1024 * 1024
+
+    @property
+    def subject_is_fin(self) -> bool:
+        return self.message.subject.strip().upper().startswith("[FIN]")
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Accept or refuse one recipient; a refusal carries SMTP codes and texts for people."""
+
+    accepted: bool
+    rule: str
+    code: int = 250
+    enhanced: str = "2.0.0"
+    text_fr: str = ""
+    text_en: str = ""
+    actions: frozenset[Action] = field(default_factory=frozenset)
+
+    @property
+    def smtp_reply(self) -> str:
+        """The SMTP reply line: code, enhanced status code, English then French."""
+        if self.accepted:
+            return f"{self.code} {self.enhanced} OK"
+        return f"{self.code} {self.enhanced} {self.text_en} / {self.text_fr}"
