@@ -45,6 +45,11 @@ class Settings:
         "Mail domains this operator serves (comma-separated in the environment).",
     )
     patient_domain: str = _setting("patient.mssante.fr", "Domain of patient addresses (<INS>@domain).")
+    hostname: str = _setting("mail.demo.mssante.fr", "Name this server gives in SMTP greetings and generated Message-IDs.")
+    operator_domain: str = _setting("demo.mssante.fr", "The operator's own domain (postmaster notices come from it).")
+    cnam_senders: list[str] = _setting(
+        ["prevention.cnam@demo.mssante.fr"], "Addresses whose messages are CNAM campaigns (nobody may reply)."
+    )
     max_message_size: int = _setting(25 * 1024 * 1024, "Largest accepted message in bytes (rule 8).")
     annuaire_page_size_max: int = _setting(100, "Largest page the annuaire search API returns.")
     log_level: str = _setting("INFO", "Logging level (DEBUG, INFO, WARNING, ERROR).")

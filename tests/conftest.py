@@ -150,3 +150,80 @@ async def http(engine: AsyncEngine, settings: Settings) -> AsyncIterator[Running
         yield running
     finally:
         await running.stop()
+
+
+class RunningGateway:
+    """The demo world, a development CA and the SMTP listeners on loopback ports."""
+
+    def __init__(self, engine: AsyncEngine, settings: Settings, directory: Path) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.directory = directory
+        self.servers: list[asyncio.base_events.Server] = []
+        self.ports: dict[str, int] = {}
+
+    async def start(self, *, trusted_networks: list[str] | None = None) -> "RunningGateway":
+        from caducee import demo
+        from caducee.crypto.atrest import BodyCipher, load_master_key
+        from caducee.crypto.devpki import DevCA, server_context
+        from caducee.gateway.auth import MailboxAuthenticator
+        from caducee.gateway.pipeline import AcceptPipeline
+        from caducee.gateway.smtp import ListenerConfig, start_listener
+
+        self.credentials = await demo.seed(self.engine, self.settings)
+        self.ca = DevCA(self.directory / "pki")
+        server = self.ca.issue("server", "localhost", "Caducee", server=True, dns=["localhost"], ips=["127.0.0.1"])
+        self.peer = self.ca.issue("peer", "mx.autre-operateur.mssante.fr", "Autre Operateur", client=True)
+        self.cipher = BodyCipher(load_master_key(self.settings.data_dir, environ_value=""))
+        self.pipeline = AcceptPipeline(self.engine, self.settings, self.cipher)
+        self.authenticator = MailboxAuthenticator(self.engine, self.settings.local_domains)
+        plain = server_context(server)
+        listeners = {
+            "submission": ListenerConfig("submission", "127.0.0.1", free_port(), plain, hostname="localhost"),
+            "submissions": ListenerConfig("submission", "127.0.0.1", free_port(), plain, implicit_tls=True, hostname="localhost"),
+            "mx": ListenerConfig("mx", "127.0.0.1", free_port(), server_context(server, client_ca=self.ca.files.cert), hostname="localhost"),
+        }
+        if trusted_networks:
+            listeners["trusted"] = ListenerConfig("submission", "127.0.0.1", free_port(), plain,
+                                                  trusted_networks=trusted_networks, hostname="localhost")  # fmt: skip
+        for name, config in listeners.items():
+            self.servers.append(await start_listener(config, self.pipeline, self.authenticator))
+            self.ports[name] = config.port
+        return self
+
+    async def stop(self) -> None:
+        for server in self.servers:
+            server.close()
+            await server.wait_closed()
+        await self.pipeline.committer.stop()
+
+    def account(self, key: str) -> tuple[str, str]:
+        entry = self.credentials["professionals"][key]
+        return entry["address"], entry["password"]
+
+    async def inbox(self, address: str, folder: str = "INBOX") -> list[bytes]:
+        """The raw messages in a mailbox folder, in UID order (decrypted)."""
+        from sqlalchemy import select
+
+        from caducee.annuaire.models import Mailbox
+        from caducee.mailbox.models import Folder, MailboxEntry, Message
+
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                select(Message.body)
+                .join(MailboxEntry, MailboxEntry.message_id == Message.id)
+                .join(Folder, Folder.id == MailboxEntry.folder_id)
+                .join(Mailbox, Mailbox.id == Folder.mailbox_id)
+                .where(Mailbox.address == address.lower(), Folder.name == folder)
+                .order_by(MailboxEntry.uid)
+            )
+            return [self.cipher.open(row.body) for row in rows]
+
+
+@pytest.fixture
+async def gateway(engine: AsyncEngine, settings: Settings, tmp_path: Path) -> AsyncIterator[RunningGateway]:
+    running = await RunningGateway(engine, settings, tmp_path).start()
+    try:
+        yield running
+    finally:
+        await running.stop()

@@ -389,3 +389,71 @@ async def add_delegation(conn: AsyncConnection, patient_id: int, carer_id: int, 
 async def is_empty(conn: AsyncConnection) -> bool:
     """True when no mailbox exists yet: the demo seed only fills an empty database."""
     return (await conn.execute(select(func.count()).select_from(Mailbox))).scalar_one() == 0
+
+
+# ---- look-ups for the gateway ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PartyInfo:
+    """What the gateway needs to know about an address to apply the rules."""
+
+    address: str
+    mailbox_id: int | None  # set for our own, active mailboxes
+    mailbox_type: str | None
+    is_local: bool
+    domain_trusted: bool
+    operator_dns: tuple[str, ...]
+    patient_status: str | None
+    is_officine: bool
+    display_name: str
+    password_hash: str | None
+
+
+async def resolve_parties(
+    conn: AsyncConnection, addresses: list[str], *, local_domains: list[str]
+) -> dict[str, PartyInfo]:
+    """PartyInfo for each address (normalised, lower case), in two queries whatever the count."""
+    normalised = sorted({address.lower() for address in addresses})
+    local = {domain.lower() for domain in local_domains}
+    domains = {address.rpartition("@")[2] for address in normalised}
+    trusted: dict[str, tuple[str, ...]] = {domain: () for domain in domains & local}
+    rows = await conn.execute(
+        select(TrustDomain.domain, TrustDomain.operator_dns, TrustDomain.is_local).where(
+            TrustDomain.domain.in_(domains), TrustDomain.active.is_(True)
+        )
+    )
+    for row in rows:
+        trusted[row.domain] = tuple(line for line in row.operator_dns.splitlines() if line.strip())
+    found: dict[str, Any] = {}
+    if normalised:
+        query = (
+            select(
+                Mailbox.id, Mailbox.address, Mailbox.type, Mailbox.display_name, Mailbox.password_hash,
+                Mailbox.active, Patient.status, Structure.is_officine,
+            )  # fmt: skip
+            .select_from(Mailbox)
+            .outerjoin(Patient, Patient.id == Mailbox.patient_id)
+            .outerjoin(Structure, Structure.structure_key == Mailbox.structure_key)
+            .where(Mailbox.address.in_(normalised))
+        )
+        found = {row.address: row for row in await conn.execute(query)}
+    result = {}
+    for address in normalised:
+        domain = address.rpartition("@")[2]
+        row = found.get(address)
+        is_local = domain in local
+        usable = row is not None and row.active
+        result[address] = PartyInfo(
+            address=address,
+            mailbox_id=row.id if usable and is_local else None,
+            mailbox_type=row.type if usable else None,
+            is_local=is_local,
+            domain_trusted=domain in trusted,
+            operator_dns=trusted.get(domain, ()),
+            patient_status=row.status if usable else None,
+            is_officine=bool(row.is_officine) if usable else False,
+            display_name=row.display_name if usable else address,
+            password_hash=row.password_hash if usable else None,
+        )
+    return result

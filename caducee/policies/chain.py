@@ -30,13 +30,19 @@ CHAIN: tuple[Rule, ...] = (
     ProfessionalCloses(),  # rule 6
 )
 
+# The rules that need nothing from the message itself: asked at RCPT time, so that a
+# refusal known then is given then (one clear reply per recipient).
+RCPT_CHAIN: tuple[Rule, ...] = tuple(
+    rule for rule in CHAIN if isinstance(rule, (TrustSpace, KnownRecipient, PatientProfileOpen, NoPatientToPatient))
+)
+
 ACCEPT = Decision(accepted=True, rule="accept")
 
 
-def decide(facts: Facts) -> Decision:
+def decide(facts: Facts, chain: tuple[Rule, ...] = CHAIN) -> Decision:
     """The decision for one recipient of one message."""
     actions: set[Action] = set()
-    for rule in CHAIN:
+    for rule in chain:
         decision = rule.check(facts)
         if decision is None:
             continue

@@ -1,0 +1,267 @@
+"""The one accept pipeline: every message, from SMTP, the webmail or the campaign API.
+
+parse -> sender identity -> annuaire -> policies.decide per recipient -> threading ->
+one durable transaction (body sealed once, an entry per local mailbox, a queue row per
+remote recipient, the conversation change) -> only then the reply. The SMTP hooks are
+thin wrappers around `check_sender`, `check_recipient` and `accept`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from email.message import EmailMessage
+from email.utils import formatdate, make_msgid
+
+from sqlalchemy import insert
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from caducee.annuaire.service import PartyInfo, resolve_parties
+from caducee.config import Settings
+from caducee.crypto.atrest import BodyCipher
+from caducee.gateway.committer import GroupCommitter
+from caducee.gateway.inspect import InspectedMessage, MessageRejected, inspect_message
+from caducee.gateway.models import QueuedRecipient
+from caducee.mailbox import store
+from caducee.policies import RCPT_CHAIN, Action, Conversation, ConversationState, Decision, Facts, Message, Party, PartyKind, decide
+
+log = logging.getLogger(__name__)
+
+OFF_LOOP_SIZE = 256 * 1024  # parse larger messages in a thread: the event loop serves other sessions
+
+
+class Channel(str, enum.Enum):
+    SUBMISSION = "submission"  # an authenticated user over SMTP
+    MX = "mx"  # another operator over mutual TLS
+    TRUSTED = "trusted"  # a configured trusted network (practice software on a LAN, benchmarks)
+    WEBMAIL = "webmail"  # a patient through the webmail
+    API = "api"  # the campaign API
+
+
+AUTHENTICATED_CHANNELS = {Channel.SUBMISSION, Channel.WEBMAIL, Channel.API}
+
+
+@dataclass
+class Envelope:
+    mail_from: str
+    rcpt_tos: list[str]
+    data: bytes
+    channel: Channel
+    authenticated: str | None = None  # the mailbox address the session authenticated as
+    peer_dn: str | None = None  # MX: the subject DN of the client certificate
+    conversation_hint: int | None = None  # webmail: the conversation the reply is written in
+
+
+@dataclass
+class AcceptResult:
+    accepted: list[str]
+    refused: dict[str, Decision]
+    message_id: int | None
+    reply: str
+    actions: frozenset[Action] = field(default_factory=frozenset)
+
+
+def refusal(code: int, enhanced: str, text_fr: str, text_en: str, rule: str) -> Decision:
+    return Decision(accepted=False, rule=rule, code=code, enhanced=enhanced, text_fr=text_fr, text_en=text_en)
+
+
+class AcceptPipeline:
+    def __init__(self, engine: AsyncEngine, settings: Settings, cipher: BodyCipher, committer: GroupCommitter | None = None) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.cipher = cipher
+        self.committer = committer or GroupCommitter(engine)
+        self._cnam = {address.lower() for address in settings.cnam_senders}
+        self.queue_lifetime = timedelta(days=5)
+
+    # ---- facts ------------------------------------------------------------------------
+
+    async def _parties(self, addresses: list[str]) -> dict[str, PartyInfo]:
+        async with self.engine.connect() as conn:
+            return await resolve_parties(conn, addresses, local_domains=self.settings.local_domains)
+
+    def _kind(self, info: PartyInfo) -> PartyKind:
+        if info.address in self._cnam:
+            return PartyKind.CNAM
+        kinds = {"PAT": PartyKind.PATIENT, "PER": PartyKind.PROFESSIONAL, "CAB": PartyKind.PROFESSIONAL,
+                 "ORG": PartyKind.ORGANISATION, "APP": PartyKind.ORGANISATION}  # fmt: skip
+        if info.mailbox_type in kinds:
+            return kinds[info.mailbox_type]
+        if not info.is_local and info.domain_trusted:
+            return PartyKind.PROFESSIONAL  # a member of the trust space we do not list
+        return PartyKind.UNKNOWN
+
+    def _party(self, info: PartyInfo) -> Party:
+        return Party(address=info.address, kind=self._kind(info), domain_trusted=info.domain_trusted, is_local=info.is_local,
+                     patient_status=info.patient_status, is_officine=info.is_officine)  # fmt: skip
+
+    # ---- SMTP stages ------------------------------------------------------------------
+
+    async def check_sender(self, mail_from: str, channel: Channel, *, authenticated: str | None, peer_dn: str | None) -> Decision | None:
+        """MAIL FROM: rule 2 on submission, the trust space and the operator DN on MX."""
+        sender = mail_from.lower()
+        if channel in AUTHENTICATED_CHANNELS and sender != (authenticated or "").lower():
+            return refusal(550, "5.7.1", f"vous n'êtes pas autorisé à envoyer en tant que {mail_from}",
+                           f"not authorised to send as {mail_from}", "no-spoofing")  # fmt: skip
+        if channel is Channel.MX:
+            info = (await self._parties([sender]))[sender]
+            if not info.domain_trusted or info.is_local:
+                domain = sender.rpartition("@")[2]
+                return refusal(550, "5.7.1", f"le domaine {domain} n'appartient pas à l'espace de confiance MSSanté",
+                               f"domain {domain} is not in the MSSante trust space", "trust-space")  # fmt: skip
+            if peer_dn is not None and peer_dn not in info.operator_dns:
+                return refusal(550, "5.7.1", "le certificat de l'opérateur ne correspond pas au domaine expéditeur",
+                               "the operator certificate does not match the sender domain", "trust-space")  # fmt: skip
+        return None
+
+    async def check_recipient(self, mail_from: str, rcpt: str, channel: Channel) -> Decision:
+        """RCPT TO: the rules that need nothing from the message itself."""
+        sender, recipient = mail_from.lower(), rcpt.lower()
+        parties = await self._parties([sender, recipient])
+        if channel is Channel.MX and not parties[recipient].is_local:
+            return refusal(550, "5.7.1", "relais refusé : ce destinataire n'est pas chez nous",
+                           "relaying denied: recipient is not hosted here", "no-relay")  # fmt: skip
+        facts = Facts(sender=self._party(parties[sender]), recipient=self._party(parties[recipient]),
+                      message=Message(size=0), submission=channel in AUTHENTICATED_CHANNELS,
+                      max_size=self.settings.max_message_size)  # fmt: skip
+        return decide(facts, RCPT_CHAIN)
+
+    # ---- the whole message ------------------------------------------------------------
+
+    async def accept(self, envelope: Envelope) -> AcceptResult:
+        try:
+            inspected = await self._inspect(envelope)
+        except MessageRejected as rejected:
+            return AcceptResult([], {rcpt: rejected.decision for rcpt in envelope.rcpt_tos}, None, rejected.decision.smtp_reply)
+        sender = envelope.mail_from.lower()
+        if envelope.channel in AUTHENTICATED_CHANNELS and any(address != sender for address in inspected.from_addresses):
+            decision = refusal(550, "5.7.1", "l'en-tête From n'appartient pas au compte authentifié",
+                               "the From header is not owned by the authenticated account", "no-spoofing")  # fmt: skip
+            return AcceptResult([], {rcpt: decision for rcpt in envelope.rcpt_tos}, None, decision.smtp_reply)
+
+        recipients = list(dict.fromkeys(rcpt.lower() for rcpt in envelope.rcpt_tos))
+        parties = await self._parties([sender, *recipients])
+        sender_party = self._party(parties[sender])
+        async with self.engine.connect() as conn:
+            conversation = await store.find_conversation(conn, inspected.references)
+        foreign = conversation is not None and sender not in conversation.participants
+        conversation_facts = None
+        if conversation is not None and not foreign:
+            conversation_facts = Conversation(
+                opener_kind=PartyKind(conversation.opener_kind), state=ConversationState(conversation.state),
+                participants=conversation.participants, closed_by=conversation.closed_by,
+                closed_at=conversation.closed_at.date().isoformat() if conversation.closed_at else None,
+                is_campaign=conversation.is_campaign,
+            )  # fmt: skip
+        message_facts = Message(
+            size=inspected.size, subject=inspected.subject, has_content=inspected.has_content,
+            has_attachment=inspected.has_attachment, mss_mes_fin=inspected.mss_mes_fin,
+            references_known=conversation is not None, references_foreign=foreign,
+        )  # fmt: skip
+
+        accepted: list[str] = []
+        refused: dict[str, Decision] = {}
+        actions: set[Action] = set()
+        for rcpt in recipients:
+            decision = decide(Facts(sender=sender_party, recipient=self._party(parties[rcpt]), message=message_facts,
+                                    conversation=conversation_facts, submission=envelope.channel in AUTHENTICATED_CHANNELS,
+                                    max_size=self.settings.max_message_size))  # fmt: skip
+            if decision.accepted:
+                accepted.append(rcpt)
+                actions |= decision.actions
+            else:
+                refused[rcpt] = decision
+        if not accepted:
+            first = next(iter(refused.values()))
+            return AcceptResult([], refused, None, first.smtp_reply)
+
+        deliver = Action.DO_NOT_DELIVER not in actions
+        local_boxes = [parties[rcpt].mailbox_id for rcpt in accepted if parties[rcpt].is_local and deliver]
+        remote = [rcpt for rcpt in accepted if not parties[rcpt].is_local and deliver]
+        sealed = self.cipher.seal(inspected.raw)
+        notices = self._notices(envelope, parties[sender], inspected, refused, actions)
+
+        async def job(conn: AsyncConnection) -> int:
+            if conversation_facts is not None:
+                conversation_id = conversation.id  # type: ignore[union-attr]
+                if sender_party.kind in {PartyKind.PROFESSIONAL, PartyKind.ORGANISATION}:
+                    await store.add_participants(conn, conversation_id, set(accepted) - conversation_facts.participants)
+            else:
+                conversation_id = await store.create_conversation(
+                    conn, opener=sender, opener_kind=sender_party.kind.value, participants={sender, *accepted},
+                    is_campaign=sender_party.kind is PartyKind.CNAM,
+                )  # fmt: skip
+            message_id = await store.store_message(conn, sealed_body=sealed, size=inspected.size, sender=sender,
+                                                   message_id_header=inspected.message_id, conversation_id=conversation_id)  # fmt: skip
+            await store.ensure_folders(conn, [box for box in local_boxes if box is not None])
+            for box in local_boxes:
+                if box is not None:
+                    await store.append_entry(conn, box, "INBOX", message_id)
+            if remote:
+                await self._queue(conn, message_id, sender, remote)
+            if Action.CLOSE_CONVERSATION in actions:
+                await store.close_conversation(conn, conversation_id, parties[sender].display_name)
+            for mailbox_id, notice in notices:
+                await self._deliver_local_notice(conn, mailbox_id, notice)
+            return message_id
+
+        message_id = await self.committer.submit(job)
+        return AcceptResult(accepted, refused, message_id, f"250 2.0.0 OK: queued as {message_id}", frozenset(actions))
+
+    async def _inspect(self, envelope: Envelope) -> InspectedMessage:
+        arguments = dict(max_size=self.settings.max_message_size, hostname=self.settings.hostname,
+                         add_missing_headers=envelope.channel in AUTHENTICATED_CHANNELS | {Channel.TRUSTED})  # fmt: skip
+        if len(envelope.data) > OFF_LOOP_SIZE:
+            return await asyncio.to_thread(inspect_message, envelope.data, **arguments)
+        return inspect_message(envelope.data, **arguments)
+
+    async def _queue(self, conn: AsyncConnection, message_id: int, sender: str, recipients: list[str]) -> None:
+        now = datetime.now(timezone.utc)
+        await conn.execute(
+            insert(QueuedRecipient.__table__),
+            [{"message_id": message_id, "mail_from": sender, "rcpt_to": rcpt, "domain": rcpt.rpartition("@")[2],
+              "state": "scheduled", "attempts": 0, "next_attempt_at": now, "expires_at": now + self.queue_lifetime,
+              "last_error": "", "delay_warned": False, "created_at": now, "updated_at": now} for rcpt in recipients],
+        )  # fmt: skip
+
+    # ---- notices to the sender ---------------------------------------------------------
+
+    def _notices(self, envelope: Envelope, sender: PartyInfo, inspected: InspectedMessage,
+                 refused: dict[str, Decision], actions: set[Action]) -> list[tuple[int, bytes]]:  # fmt: skip
+        """Messages for a local sender: recipients refused after DATA, a conversation closed."""
+        if sender.mailbox_id is None:
+            return []
+        notices = []
+        if refused:
+            lines = "\n".join(f"  - {rcpt} : {decision.text_fr} ({decision.code} {decision.enhanced})" for rcpt, decision in refused.items())
+            notices.append(self._notice(sender.address, f"Non remis : {inspected.subject}",
+                                        f"Votre message « {inspected.subject} » n'a pas été remis à :\n{lines}\n\n"
+                                        "Les autres destinataires l'ont bien reçu.", inspected.message_id))  # fmt: skip
+        if Action.TELL_SENDER_CLOSED in actions:
+            notices.append(self._notice(sender.address, f"Conversation close : {inspected.subject}",
+                                        f"Votre message « {inspected.subject} » a bien été remis au patient, avec son contenu.\n"
+                                        "Comme son objet commence par [FIN], la conversation est maintenant close : "
+                                        "le patient ne peut plus y répondre.", inspected.message_id))  # fmt: skip
+        return [(sender.mailbox_id, notice) for notice in notices]
+
+    def _notice(self, to: str, subject: str, body: str, in_reply_to: str) -> bytes:
+        message = EmailMessage()
+        message["From"] = f"Caducée <postmaster@{self.settings.operator_domain}>"
+        message["To"] = to
+        message["Subject"] = subject
+        message["Date"] = formatdate(localtime=False)
+        message["Message-ID"] = make_msgid(domain=self.settings.hostname)
+        message["In-Reply-To"] = in_reply_to
+        message["Auto-Submitted"] = "auto-generated"
+        message.set_content(body)
+        return message.as_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+    async def _deliver_local_notice(self, conn: AsyncConnection, mailbox_id: int, raw: bytes) -> None:
+        message_id = await store.store_message(conn, sealed_body=self.cipher.seal(raw), size=len(raw),
+                                               sender=f"postmaster@{self.settings.operator_domain}",
+                                               message_id_header="", conversation_id=None)  # fmt: skip
+        await store.ensure_folders(conn, [mailbox_id])
+        await store.append_entry(conn, mailbox_id, "INBOX", message_id)

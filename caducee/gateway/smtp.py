@@ -1,0 +1,230 @@
+"""The SMTP listeners: submission (STARTTLS 5587, implicit TLS 5465) and MX (mutual TLS 2525).
+
+The handler hooks are thin: each calls the accept pipeline and turns its decision into a
+reply. What aiosmtpd does well (the protocol, SIZE, 8BITMIME, the smuggling-safe DATA
+reader) stays aiosmtpd's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import ipaddress
+import logging
+import re
+import ssl
+import unicodedata
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope as SmtpEnvelope, Session
+
+from caducee.gateway.auth import Locked, MailboxAuthenticator
+from caducee.gateway.pipeline import AcceptPipeline, Channel, Envelope
+
+log = logging.getLogger(__name__)
+
+_HAS_ENHANCED = re.compile(r"^\d{3}[ -]\d\.\d{1,3}\.\d{1,3}( |$)")
+_DEFAULT_ENHANCED = {"2": "2.0.0", "3": "", "4": "4.0.0", "5": "5.5.0"}
+_SPECIFIC = {"500": "5.5.2", "501": "5.5.4", "502": "5.5.1", "503": "5.5.1", "530": "5.7.0", "552": "5.3.4", "554": "5.7.0"}
+
+
+@dataclass
+class ListenerConfig:
+    kind: str  # "submission" or "mx"
+    host: str
+    port: int
+    tls_context: ssl.SSLContext
+    implicit_tls: bool = False
+    trusted_networks: list[str] = field(default_factory=list)
+    max_message_size: int = 25 * 1024 * 1024
+    hostname: str = "localhost"
+
+
+def peer_dn(transport: Any) -> str | None:
+    """The client certificate's subject as an RFC 4514 string (CN=...,O=...,C=FR)."""
+    ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
+    if ssl_object is None:
+        return None
+    der = ssl_object.getpeercert(binary_form=True)
+    if not der:
+        return None
+    from cryptography import x509
+
+    return x509.load_der_x509_certificate(der).subject.rfc4514_string()
+
+
+class GatewaySMTP(SMTP):
+    """aiosmtpd's server with what we add: enhanced status codes on every reply, the RFC
+    5322 line limit, and trusted networks exempt from STARTTLS and AUTH."""
+
+    line_length_limit = 1000  # 998 characters + CRLF
+
+    def __init__(self, handler: "GatewayHandler", *, trusted_networks: list[str], **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self._trusted = [ipaddress.ip_network(network) for network in trusted_networks]
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        first = self._original_transport is None and getattr(self, "transport", None) is None
+        super().connection_made(transport)
+        if first and transport.get_extra_info("ssl_object") is not None:
+            # Implicit TLS (port 5465): aiosmtpd only counts TLS it negotiated by STARTTLS.
+            self._auth_require_tls = False
+        if first and self._trusted and self.session.peer:
+            try:
+                address = ipaddress.ip_address(self.session.peer[0])
+            except ValueError:
+                return
+            if any(address in network for network in self._trusted):
+                self.session.trusted = True  # type: ignore[attr-defined]
+                self.require_starttls = False
+                self._auth_required = False
+
+    async def push(self, status: Any) -> None:
+        """Add an enhanced status code (RFC 2034) to aiosmtpd's own one-line replies.
+
+        Greetings, EHLO lines and the last line of any multi-line reply are left as they are.
+        """
+        if isinstance(status, bytes):
+            status = status.decode("utf-8", "replace")
+        code = status[:3]
+        continuation = len(status) > 3 and status[3] == "-"
+        if (code.isdigit() and not continuation and not getattr(self, "_multiline", False)
+                and code not in {"220", "221", "235", "334", "354"} and not _HAS_ENHANCED.match(status)):  # fmt: skip
+            enhanced = _SPECIFIC.get(code, _DEFAULT_ENHANCED.get(code[0], ""))
+            if enhanced:
+                status = f"{code} {enhanced} {status[4:]}"
+        self._multiline = continuation
+        if not status.isascii():  # replies are ASCII without SMTPUTF8: "écrire" goes out as "ecrire"
+            status = unicodedata.normalize("NFKD", status).encode("ascii", "ignore").decode("ascii")
+        await super().push(status)
+
+
+class GatewayHandler:
+    def __init__(self, pipeline: AcceptPipeline, authenticator: MailboxAuthenticator, kind: str) -> None:
+        self.pipeline = pipeline
+        self.authenticator = authenticator
+        self.kind = kind
+
+    def _channel(self, session: Session) -> Channel:
+        if getattr(session, "trusted", False):
+            return Channel.TRUSTED
+        return Channel.MX if self.kind == "mx" else Channel.SUBMISSION
+
+    async def handle_EHLO(self, server: SMTP, session: Session, envelope: SmtpEnvelope, hostname: str, responses: list[str]) -> list[str]:
+        session.host_name = hostname
+        lines = [line for line in responses if "SMTPUTF8" not in line and "HELP" not in line]
+        lines.insert(-1, "250-ENHANCEDSTATUSCODES")
+        last = lines[-1]
+        if last.startswith("250-"):
+            lines[-1] = "250 " + last[4:]
+        return lines
+
+    async def handle_MAIL(self, server: SMTP, session: Session, envelope: SmtpEnvelope, address: str, options: list[str]) -> str:
+        channel = self._channel(session)
+        identity = session.auth_data if isinstance(session.auth_data, str) else None
+        decision = await self.pipeline.check_sender(address, channel, authenticated=identity, peer_dn=peer_dn(server.transport))
+        if decision is not None:
+            return decision.smtp_reply
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 2.1.0 OK"
+
+    async def handle_RCPT(self, server: SMTP, session: Session, envelope: SmtpEnvelope, address: str, options: list[str]) -> str:
+        if len(envelope.rcpt_tos) >= 1000:
+            return "452 4.5.3 Too many recipients / trop de destinataires"
+        decision = await self.pipeline.check_recipient(envelope.mail_from, address, self._channel(session))
+        if not decision.accepted:
+            return decision.smtp_reply
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(options)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: SmtpEnvelope) -> str:
+        identity = session.auth_data if isinstance(session.auth_data, str) else None
+        content = envelope.original_content if envelope.original_content is not None else envelope.content
+        if isinstance(content, str):
+            content = content.encode("utf-8", "surrogateescape")
+        result = await self.pipeline.accept(
+            Envelope(mail_from=envelope.mail_from, rcpt_tos=list(envelope.rcpt_tos), data=bytes(content),
+                     channel=self._channel(session), authenticated=identity, peer_dn=peer_dn(server.transport))  # fmt: skip
+        )
+        return result.reply
+
+    # ---- AUTH: async, so that the password check (argon2) runs off the event loop -------
+
+    async def _check(self, server: SMTP, login: bytes, password: bytes) -> AuthResult:
+        peer = server.session.peer[0] if server.session and server.session.peer else "unknown"
+        try:
+            account = await self.authenticator.verify(login.decode("utf-8", "replace"), password.decode("utf-8", "replace"), peer)
+        except Locked as locked:
+            minutes = max(1, (locked.seconds + 59) // 60)
+            return AuthResult(success=False, handled=False,
+                              message=f"454 4.7.0 Too many failed logins, try again in {minutes} min / "
+                                      f"trop d'échecs, réessayez dans {minutes} min")  # fmt: skip
+        if account is None:
+            return AuthResult(success=False, handled=False, message="535 5.7.8 Authentication credentials invalid / identifiants invalides")
+        return AuthResult(success=True, auth_data=account)
+
+    async def auth_PLAIN(self, server: SMTP, args: list[str]) -> AuthResult:
+        if len(args) == 1:
+            response = await server.challenge_auth("")
+            if response is MISSING:
+                return AuthResult(success=False, handled=True)
+            blob = response
+        else:
+            try:
+                blob = base64.b64decode(args[1], validate=True)
+            except ValueError:
+                await server.push("501 5.5.2 Can't decode base64")
+                return AuthResult(success=False, handled=True)
+        parts = bytes(blob).split(b"\x00")
+        if len(parts) != 3:
+            await server.push("501 5.5.2 Can't split auth value")
+            return AuthResult(success=False, handled=True)
+        return await self._check(server, parts[1], parts[2])
+
+    async def auth_LOGIN(self, server: SMTP, args: list[str]) -> AuthResult:
+        if len(args) == 1:
+            login = await server.challenge_auth("Username:")
+        else:
+            try:
+                login = base64.b64decode(args[1], validate=True)
+            except ValueError:
+                await server.push("501 5.5.2 Can't decode base64")
+                return AuthResult(success=False, handled=True)
+        if login is MISSING:
+            return AuthResult(success=False, handled=True)
+        password = await server.challenge_auth("Password:")
+        if password is MISSING:
+            return AuthResult(success=False, handled=True)
+        return await self._check(server, bytes(login), bytes(password))
+
+
+async def start_listener(config: ListenerConfig, pipeline: AcceptPipeline, authenticator: MailboxAuthenticator,
+                         *, reuse_port: bool = False) -> asyncio.base_events.Server:  # fmt: skip
+    """Open one listener; the caller closes the returned server."""
+    handler = GatewayHandler(pipeline, authenticator, config.kind)
+    is_mx = config.kind == "mx"
+
+    def factory() -> GatewaySMTP:
+        return GatewaySMTP(
+            handler,
+            trusted_networks=config.trusted_networks,
+            hostname=config.hostname,
+            ident="Caducee ESMTP",
+            data_size_limit=config.max_message_size,
+            enable_SMTPUTF8=False,
+            decode_data=False,
+            tls_context=None if config.implicit_tls else config.tls_context,
+            require_starttls=not config.implicit_tls,
+            auth_required=not is_mx,
+            auth_require_tls=True,
+            timeout=300,
+        )
+
+    loop = asyncio.get_running_loop()
+    return await loop.create_server(
+        factory, host=config.host, port=config.port, ssl=config.tls_context if config.implicit_tls else None,
+        reuse_port=reuse_port,
+    )  # fmt: skip

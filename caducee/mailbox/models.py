@@ -1,0 +1,85 @@
+"""Tables of the mailbox store: bodies stored once, small per-mailbox entries, conversations.
+
+A message sent to 10,000 patients is one `messages` row and 10,000 `mailbox_entries` rows.
+Bodies are sealed (AES-256-GCM, `caducee.crypto.atrest`); entries carry what IMAP needs
+(UID, flags, MODSEQ) and nothing readable about the content.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, LargeBinary, String, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from caducee.annuaire.models import utcnow
+from caducee.db import Base
+
+BigId = BigInteger().with_variant(Integer(), "sqlite")  # SQLite's rowid alias must be INTEGER
+
+SPECIAL_FOLDERS = (("INBOX", None), ("Sent", "\\Sent"), ("Drafts", "\\Drafts"), ("Trash", "\\Trash"), ("Archive", "\\Archive"))
+
+
+class Conversation(Base):
+    __tablename__ = "conversations"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    opener_address: Mapped[str] = mapped_column(String(254))
+    opener_kind: Mapped[str] = mapped_column(String(16))
+    state: Mapped[str] = mapped_column(String(8), default="open")
+    closed_by: Mapped[str | None] = mapped_column(String(254), nullable=True)
+    closed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    is_campaign: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ConversationParticipant(Base):
+    __tablename__ = "conversation_participants"
+
+    conversation_id: Mapped[int] = mapped_column(ForeignKey("conversations.id"), primary_key=True)
+    address: Mapped[str] = mapped_column(String(254), primary_key=True)
+
+
+class Message(Base):
+    """One stored message: the sealed raw RFC 5322 bytes and the envelope facts."""
+
+    __tablename__ = "messages"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    message_id_header: Mapped[str] = mapped_column(String(998), index=True)
+    sender: Mapped[str] = mapped_column(String(254))
+    size: Mapped[int] = mapped_column(Integer)
+    conversation_id: Mapped[int | None] = mapped_column(ForeignKey("conversations.id"), nullable=True, index=True)
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    body: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class Folder(Base):
+    __tablename__ = "folders"
+    __table_args__ = (UniqueConstraint("mailbox_id", "name"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    mailbox_id: Mapped[int] = mapped_column(Integer)  # annuaire mailboxes.id
+    name: Mapped[str] = mapped_column(String(255))
+    special_use: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    uidvalidity: Mapped[int] = mapped_column(BigInteger)
+    uidnext: Mapped[int] = mapped_column(BigInteger, default=1)
+    highestmodseq: Mapped[int] = mapped_column(BigInteger, default=1)
+
+
+class MailboxEntry(Base):
+    """A message as one folder of one mailbox holds it."""
+
+    __tablename__ = "mailbox_entries"
+    __table_args__ = (
+        UniqueConstraint("folder_id", "uid"),
+        Index("ix_mailbox_entries_folder_modseq", "folder_id", "modseq"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    folder_id: Mapped[int] = mapped_column(ForeignKey("folders.id"))
+    uid: Mapped[int] = mapped_column(BigInteger)
+    message_id: Mapped[int] = mapped_column(ForeignKey("messages.id"), index=True)
+    modseq: Mapped[int] = mapped_column(BigInteger)
+    flags: Mapped[str] = mapped_column(String(512), default="")
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
