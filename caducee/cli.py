@@ -23,12 +23,15 @@ def _settings(args: argparse.Namespace, **extra: object) -> Settings:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from caducee.server import serve
+    from caducee.server import serve, serve_workers
 
     settings = _settings(args, http_host=args.host, http_port=args.port)
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
+    if args.workers > 1 and not args.worker_process:
+        argv = [a for a in sys.argv[1:] if a != "--demo"] if sys.argv[1:2] == ["serve"] else ["serve"]
+        return serve_workers(settings, argv, args.workers, demo=args.demo)
     try:
-        asyncio.run(serve(settings, demo=args.demo))
+        asyncio.run(serve(settings, demo=args.demo, migrate=not args.worker_process, reuse_port=True))
     except KeyboardInterrupt:
         pass
     return 0
@@ -82,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--demo", action="store_true", help="seed the demo world into an empty database")
     serve.add_argument("--host", help="HTTP listen address")
     serve.add_argument("--port", type=int, help="HTTP port")
+    serve.add_argument("--workers", type=int, default=1, help="processes sharing the ports (SO_REUSEPORT), e.g. one per core")
+    serve.add_argument("--worker-process", action="store_true", help=argparse.SUPPRESS)
     serve.set_defaults(func=cmd_serve)
 
     database = commands.add_parser("db", help="database migrations").add_subparsers(dest="db_command", required=True)

@@ -45,6 +45,25 @@ class Settings:
         "Mail domains this operator serves (comma-separated in the environment).",
     )
     patient_domain: str = _setting("patient.mssante.fr", "Domain of patient addresses (<INS>@domain).")
+    smtp_host: str = _setting("127.0.0.1", "Address the SMTP listeners listen on.")
+    mx_port: int = _setting(2525, "MX listener for other operators (STARTTLS, client certificate required). 0 disables it.")
+    submission_port: int = _setting(5587, "Submission listener (STARTTLS required before AUTH). 0 disables it.")
+    submissions_port: int = _setting(5465, "Submission listener with implicit TLS. 0 disables it.")
+    trusted_networks: list[str] = _setting(
+        [], "Networks (CIDR) that may submit on the submission port without TLS or AUTH, like Postfix's mynetworks. Off by default."
+    )
+    tls_cert: str = _setting("", "PEM certificate (chain) of the listeners. Empty: the development PKI in <data dir>/pki.")
+    tls_key: str = _setting("", "PEM private key of the listeners.")
+    trust_anchors: str = _setting("", "PEM file of the CAs other operators' certificates must chain to (MX and relay).")
+    relay_client_cert: str = _setting("", "PEM certificate presented to other operators when relaying (mutual TLS).")
+    relay_client_key: str = _setting("", "PEM private key of the relay client certificate.")
+    relay_routes: dict[str, str] = _setting(
+        {}, "Static routes `domain = \"host:port\"` (environment: `domain=host:port,...`); other domains use DNS MX."
+    )
+    relay_retry_base: float = _setting(60.0, "First retry delay in seconds; later ones grow 1, 5, 15, 30, 60, 120, 240 times it.")
+    relay_expiry_hours: float = _setting(120.0, "Hours after which an undelivered message expires and the sender gets a DSN.")
+    relay_delay_warning_hours: float = _setting(4.0, "Hours after which the sender is warned that delivery is delayed.")
+    relay_poll_interval: float = _setting(1.0, "Seconds between two looks at the outbound queue when it is idle.")
     hostname: str = _setting("mail.demo.mssante.fr", "Name this server gives in SMTP greetings and generated Message-IDs.")
     operator_domain: str = _setting("demo.mssante.fr", "The operator's own domain (postmaster notices come from it).")
     cnam_senders: list[str] = _setting(
@@ -72,7 +91,12 @@ def describe_settings() -> list[tuple[str, str, str, str]]:
     rows = []
     for f in dataclasses.fields(Settings):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        shown = ",".join(default) if isinstance(default, list) else str(default)
+        if isinstance(default, list):
+            shown = ",".join(default)
+        elif isinstance(default, dict):
+            shown = ",".join(f"{k}={v}" for k, v in default.items())
+        else:
+            shown = str(default)
         rows.append((f.name, ENV_PREFIX + f.name.upper(), shown, f.metadata["help"]))
     return rows
 
@@ -81,6 +105,8 @@ def _convert(name: str, kind: Any, raw: Any) -> Any:
     """Turn a TOML value or an environment string into the field's type, or say why not."""
     text_kind = str(kind)
     try:
+        if kind is float or text_kind == "float":
+            return float(raw)
         if kind is int or text_kind == "int":
             if isinstance(raw, bool):
                 raise ValueError("a boolean is not a number")
@@ -96,6 +122,13 @@ def _convert(name: str, kind: Any, raw: Any) -> Any:
             raise ValueError(f"{raw!r} is not a boolean")
         if kind is Path or text_kind == "Path":
             return Path(str(raw))
+        if text_kind.startswith("dict"):
+            if isinstance(raw, dict):
+                return {str(k).lower(): str(v) for k, v in raw.items()}
+            pairs = [part.split("=", 1) for part in str(raw).split(",") if part.strip()]
+            if any(len(pair) != 2 for pair in pairs):
+                raise ValueError("expected domain=host:port pairs separated by commas")
+            return {k.strip().lower(): v.strip() for k, v in pairs}
         if text_kind.startswith("list"):
             if isinstance(raw, list):
                 return [str(item).strip() for item in raw if str(item).strip()]

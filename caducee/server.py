@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from contextlib import asynccontextmanager
 from typing import AsyncIterator
@@ -117,19 +118,68 @@ async def prepare_database(settings: Settings, *, demo: bool) -> AsyncEngine:
     return engine
 
 
-async def serve(settings: Settings, *, demo: bool = False) -> None:
-    """Run every listener until interrupted."""
+def _reusable_socket(host: str, port: int) -> socket.socket:
+    """A listening socket several worker processes can share (SO_REUSEPORT)."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+async def serve(settings: Settings, *, demo: bool = False, migrate: bool = True, reuse_port: bool = False) -> None:
+    """Run every listener until SIGINT/SIGTERM: HTTP, SMTP (MX, submission) and the relay."""
+    import signal
+
     import uvicorn
 
+    from caducee.gateway.runtime import start_gateway
+
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    engine = await prepare_database(settings, demo=demo)
+    if migrate:
+        engine = await prepare_database(settings, demo=demo)
+    else:
+        engine = db.create_engine(settings.effective_database_url)
+    gateway = await start_gateway(settings, engine, reuse_port=reuse_port)
     app = build_app(engine, settings)
-    config = uvicorn.Config(
-        app, host=settings.http_host, port=settings.http_port, log_level=settings.log_level.lower(), access_log=False
-    )
+    config = uvicorn.Config(app, log_level=settings.log_level.lower(), access_log=False)
     server = uvicorn.Server(config)
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, lambda: setattr(server, "should_exit", True))
+    sockets = [_reusable_socket(settings.http_host, settings.http_port)]
     log.info("HTTP on http://%s:%d/", settings.http_host, settings.http_port)
     try:
-        await server.serve()
+        await server.serve(sockets=sockets)
     finally:
+        await gateway.stop()
         await engine.dispose()
+
+
+def serve_workers(settings: Settings, argv: list[str], workers: int, *, demo: bool) -> int:
+    """Migrate and seed once, then run `workers` processes sharing every port."""
+    import signal
+    import subprocess
+    import sys
+
+    asyncio.run(_prepare_only(settings, demo=demo))
+    children = [subprocess.Popen([sys.executable, "-m", "caducee", *argv, "--worker-process"]) for _ in range(workers)]
+
+    def forward(signum: int, _frame: object) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    codes = [child.wait() for child in children]
+    return max(codes, default=0)
+
+
+async def _prepare_only(settings: Settings, *, demo: bool) -> None:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = await prepare_database(settings, demo=demo)
+    await engine.dispose()

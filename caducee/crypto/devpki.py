@@ -44,6 +44,11 @@ def _write(directory: Path, stem: str, cert: x509.Certificate, key: ec.EllipticC
 class DevCA:
     def __init__(self, directory: Path, name: str = "Caducee Dev Root CA", organisation: str = "Caducee") -> None:
         self.directory = Path(directory)
+        if (self.directory / "ca.crt").exists() and (self.directory / "ca.key").exists():
+            self.cert = x509.load_pem_x509_certificate((self.directory / "ca.crt").read_bytes())
+            self.key = serialization.load_pem_private_key((self.directory / "ca.key").read_bytes(), password=None)  # type: ignore[assignment]
+            self.files = Issued(self.directory / "ca.crt", self.directory / "ca.key")
+            return
         self.key = ec.generate_private_key(ec.SECP256R1())
         now = dt.datetime.now(dt.timezone.utc)
         subject = _name(name, organisation)
@@ -76,6 +81,19 @@ class DevCA:
         if names:
             builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
         return _write(self.directory, stem, builder.sign(self.key, hashes.SHA256()), key)
+
+
+def ensure_dev_pki(directory: Path, hostname: str, organisation: str = "Caducee") -> dict[str, Issued]:
+    """The development trust space in `directory`, created on first use and kept after."""
+    ca = DevCA(directory)
+    issued = {"ca": ca.files}
+    for stem, server, client in (("server", True, False), ("operator", False, True)):
+        files = Issued(ca.directory / f"{stem}.crt", ca.directory / f"{stem}.key")
+        if not (files.cert.exists() and files.key.exists()):
+            files = ca.issue(stem, hostname, organisation, server=server, client=client,
+                             dns=[hostname, "localhost"] if server else None, ips=["127.0.0.1"] if server else None)  # fmt: skip
+        issued[stem] = files
+    return issued
 
 
 def server_context(issued: Issued, *, client_ca: Path | None = None) -> ssl.SSLContext:

@@ -12,6 +12,7 @@ import asyncio
 import enum
 import logging
 from dataclasses import dataclass, field
+from typing import Callable
 from datetime import datetime, timedelta, timezone
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
@@ -69,8 +70,10 @@ def refusal(code: int, enhanced: str, text_fr: str, text_en: str, rule: str) -> 
 
 
 class AcceptPipeline:
-    def __init__(self, engine: AsyncEngine, settings: Settings, cipher: BodyCipher, committer: GroupCommitter | None = None) -> None:
+    def __init__(self, engine: AsyncEngine, settings: Settings, cipher: BodyCipher, committer: GroupCommitter | None = None,
+                 on_queued: Callable[[], None] | None = None) -> None:  # fmt: skip
         self.engine = engine
+        self.on_queued = on_queued
         self.settings = settings
         self.cipher = cipher
         self.committer = committer or GroupCommitter(engine)
@@ -209,6 +212,8 @@ class AcceptPipeline:
             return message_id
 
         message_id = await self.committer.submit(job)
+        if remote and self.on_queued is not None:
+            self.on_queued()
         return AcceptResult(accepted, refused, message_id, f"250 2.0.0 OK: queued as {message_id}", frozenset(actions))
 
     async def _inspect(self, envelope: Envelope) -> InspectedMessage:
@@ -260,8 +265,5 @@ class AcceptPipeline:
         return message.as_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
 
     async def _deliver_local_notice(self, conn: AsyncConnection, mailbox_id: int, raw: bytes) -> None:
-        message_id = await store.store_message(conn, sealed_body=self.cipher.seal(raw), size=len(raw),
-                                               sender=f"postmaster@{self.settings.operator_domain}",
-                                               message_id_header="", conversation_id=None)  # fmt: skip
-        await store.ensure_folders(conn, [mailbox_id])
-        await store.append_entry(conn, mailbox_id, "INBOX", message_id)
+        await store.deliver_local(conn, mailbox_id=mailbox_id, sealed_body=self.cipher.seal(raw), size=len(raw),
+                                  sender=f"postmaster@{self.settings.operator_domain}")  # fmt: skip

@@ -147,5 +147,15 @@ async def close_conversation(conn: AsyncConnection, conversation_id: int, closed
     )
 
 
+async def deliver_local(conn: AsyncConnection, *, mailbox_id: int, sealed_body: bytes, size: int, sender: str,
+                        message_id_header: str = "") -> int:  # fmt: skip
+    """Store a message we generate (notice, DSN) straight into one local INBOX."""
+    message_id = await store_message(conn, sealed_body=sealed_body, size=size, sender=sender,
+                                     message_id_header=message_id_header, conversation_id=None)  # fmt: skip
+    await ensure_folders(conn, [mailbox_id])
+    await append_entry(conn, mailbox_id, "INBOX", message_id)
+    return message_id
+
+
 def new_uidvalidity() -> int:
     return secrets.randbelow(0x7FFFFFFF) + 1

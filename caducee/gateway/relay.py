@@ -1,0 +1,231 @@
+"""The outbound relay: deliver queued recipients to other operators over mutual TLS.
+
+Each queue row is one remote recipient with its own state (scheduled, delivered,
+temp_failure, perm_failure, expired), attempt count, next attempt and expiry, as in
+Stalwart's queue. Workers on any node claim due rows with one atomic statement (FOR
+UPDATE SKIP LOCKED on PostgreSQL); the claim pushes the row's next attempt forward by a
+lease, so rows of a worker that dies mid-delivery become due again by themselves.
+The sender gets a DSN (RFC 3464) on permanent failure or expiry, and a warning when
+delivery lags; each DSN is stored in the same transaction as the state it reports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+import aiosmtplib
+from sqlalchemy import bindparam, select, text, update
+from sqlalchemy import DateTime as SADateTime
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from caducee.annuaire.service import resolve_parties
+from caducee.config import Settings
+from caducee.crypto.atrest import BodyCipher
+from caducee.gateway.dsn import RecipientStatus, build_dsn
+from caducee.gateway.models import QueuedRecipient
+from caducee.mailbox import store
+from caducee.mailbox.models import Message
+
+log = logging.getLogger(__name__)
+
+RETRY_FACTORS = (1, 5, 15, 30, 60, 120, 240)  # times relay_retry_base
+LEASE = timedelta(minutes=10)
+DUE_STATES = ("scheduled", "temp_failure")
+
+
+@dataclass(frozen=True)
+class Claimed:
+    id: int
+    message_id: int
+    mail_from: str
+    rcpt_to: str
+    domain: str
+    attempts: int
+    expires_at: datetime
+    created_at: datetime
+    delay_warned: bool
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one delivery attempt said about one recipient."""
+
+    code: int  # SMTP code; 0 when we never got an answer (connection failed)
+    message: str
+    remote_mta: str | None
+
+    @property
+    def delivered(self) -> bool:
+        return 200 <= self.code < 300
+
+    @property
+    def permanent(self) -> bool:
+        return 500 <= self.code < 600
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
+
+
+def _enhanced(outcome: Outcome, default: str) -> str:
+    parts = outcome.message.split()
+    if parts and parts[0].count(".") == 2 and parts[0][0] in "245":
+        return parts[0]
+    return default
+
+
+class RelayWorker:
+    def __init__(self, engine: AsyncEngine, settings: Settings, cipher: BodyCipher, tls_context: ssl.SSLContext,
+                 *, batch: int = 50, timeout: float = 60.0) -> None:  # fmt: skip
+        self.engine = engine
+        self.settings = settings
+        self.cipher = cipher
+        self.tls_context = tls_context
+        self.batch = batch
+        self.timeout = timeout
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        """New rows were queued: look now rather than at the next poll."""
+        self._wake.set()
+
+    async def run_forever(self) -> None:
+        while True:
+            try:
+                handled = await self.run_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a bad row or a database hiccup must not stop the relay
+                log.exception("relay pass failed")
+                handled = 0
+            if handled == 0:
+                try:
+                    await asyncio.wait_for(self._wake.wait(), timeout=self.settings.relay_poll_interval)
+                except asyncio.TimeoutError:
+                    pass
+                self._wake.clear()
+
+    async def run_once(self) -> int:
+        """Claim due rows, attempt them grouped by message and domain; the count handled."""
+        claimed = await self._claim()
+        groups: dict[tuple[int, str], list[Claimed]] = defaultdict(list)
+        for row in claimed:
+            groups[(row.message_id, row.domain)].append(row)
+        await asyncio.gather(*(self._attempt(rows) for rows in groups.values()))
+        return len(claimed)
+
+    async def _claim(self) -> list[Claimed]:
+        now = datetime.now(timezone.utc)
+        lock = " FOR UPDATE SKIP LOCKED" if self.engine.dialect.name == "postgresql" else ""
+        statement = text(
+            "UPDATE outbound_queue SET next_attempt_at = :lease WHERE id IN ("
+            "SELECT id FROM outbound_queue WHERE state IN ('scheduled', 'temp_failure') AND next_attempt_at <= :now "
+            f"ORDER BY next_attempt_at LIMIT :batch{lock}) "
+            "RETURNING id, message_id, mail_from, rcpt_to, domain, attempts, expires_at, created_at, delay_warned"
+        ).bindparams(bindparam("lease", type_=SADateTime(timezone=True)), bindparam("now", type_=SADateTime(timezone=True)))
+        statement = statement.columns(expires_at=SADateTime(timezone=True), created_at=SADateTime(timezone=True))
+        async with self.engine.begin() as conn:
+            rows = (await conn.execute(statement, {"lease": now + LEASE, "now": now, "batch": self.batch})).all()
+        return [Claimed(r.id, r.message_id, r.mail_from, r.rcpt_to, r.domain, r.attempts, _aware(r.expires_at),
+                        _aware(r.created_at), bool(r.delay_warned)) for r in rows]  # fmt: skip
+
+    async def _route(self, domain: str) -> tuple[str, int]:
+        route = self.settings.relay_routes.get(domain)
+        if route:
+            host, _, port = route.rpartition(":")
+            return host, int(port)
+        return await _mx_lookup(domain), 25
+
+    async def _attempt(self, rows: list[Claimed]) -> None:
+        first = rows[0]
+        async with self.engine.connect() as conn:
+            sealed = (await conn.execute(select(Message.body).where(Message.id == first.message_id))).scalar_one()
+        raw = self.cipher.open(sealed)
+        outcomes = await self._send(first.domain, first.mail_from, [row.rcpt_to for row in rows], raw)
+        await self._record(rows, outcomes, raw)
+
+    async def _send(self, domain: str, mail_from: str, rcpts: list[str], raw: bytes) -> dict[str, Outcome]:
+        try:
+            host, port = await self._route(domain)
+        except Exception as exc:  # DNS failure: try again later
+            return {rcpt: Outcome(0, f"4.4.3 no route to {domain}: {exc}", None) for rcpt in rcpts}
+        try:
+            async with aiosmtplib.SMTP(hostname=host, port=port, start_tls=True, tls_context=self.tls_context,
+                                       timeout=self.timeout, local_hostname=self.settings.hostname) as client:  # fmt: skip
+                errors, reply = await client.sendmail(mail_from, rcpts, raw)
+        except aiosmtplib.SMTPRecipientsRefused as exc:
+            return {r.recipient.lower(): Outcome(r.code, r.message, host) for r in exc.recipients}
+        except aiosmtplib.SMTPResponseException as exc:
+            return {rcpt: Outcome(exc.code, exc.message, host) for rcpt in rcpts}
+        except (OSError, asyncio.TimeoutError, ssl.SSLError, aiosmtplib.SMTPException) as exc:
+            return {rcpt: Outcome(0, f"4.4.1 {type(exc).__name__}: {exc}", host) for rcpt in rcpts}
+        outcomes = {rcpt: Outcome(250, reply, host) for rcpt in rcpts}
+        for rcpt, response in errors.items():
+            outcomes[rcpt.lower()] = Outcome(response.code, response.message, host)
+        return outcomes
+
+    def _next_delay(self, attempts: int) -> timedelta:
+        factor = RETRY_FACTORS[min(attempts, len(RETRY_FACTORS)) - 1]
+        return timedelta(seconds=self.settings.relay_retry_base * factor)
+
+    async def _record(self, rows: list[Claimed], outcomes: dict[str, Outcome], raw: bytes) -> None:
+        now = datetime.now(timezone.utc)
+        failed: list[RecipientStatus] = []
+        delayed: list[RecipientStatus] = []
+        changes: list[tuple[int, dict[str, object]]] = []
+        warn_after = timedelta(hours=self.settings.relay_delay_warning_hours)
+        for row in rows:
+            outcome = outcomes.get(row.rcpt_to.lower(), Outcome(0, "4.4.1 no answer for this recipient", None))
+            attempts = row.attempts + 1
+            values: dict[str, object] = {"attempts": attempts, "updated_at": now, "last_error": "" if outcome.delivered else outcome.message[:2000]}
+            if outcome.delivered:
+                values["state"] = "delivered"
+            elif outcome.permanent:
+                values["state"] = "perm_failure"
+                failed.append(RecipientStatus(row.rcpt_to, "failed", _enhanced(outcome, "5.0.0"),
+                                              f"{outcome.code} {outcome.message}", outcome.remote_mta, now))  # fmt: skip
+            elif now >= row.expires_at:
+                values["state"] = "expired"
+                failed.append(RecipientStatus(row.rcpt_to, "failed", "4.4.7",
+                                              f"délai de remise dépassé / delivery time expired; dernière erreur : {outcome.message}",
+                                              outcome.remote_mta, now))  # fmt: skip
+            else:
+                values["state"] = "temp_failure"
+                values["next_attempt_at"] = min(now + self._next_delay(attempts), row.expires_at)
+                if not row.delay_warned and now - row.created_at >= warn_after:
+                    values["delay_warned"] = True
+                    delayed.append(RecipientStatus(row.rcpt_to, "delayed", _enhanced(outcome, "4.0.0"), outcome.message,
+                                                   outcome.remote_mta, now, row.expires_at))  # fmt: skip
+            changes.append((row.id, values))
+        sender = rows[0].mail_from
+        async with self.engine.begin() as conn:
+            for row_id, values in changes:
+                await conn.execute(update(QueuedRecipient).where(QueuedRecipient.id == row_id).values(**values))
+            for statuses in (failed, delayed):
+                if statuses:
+                    await self._notify(conn, sender, raw, statuses, rows[0].created_at)
+
+    async def _notify(self, conn: AsyncConnection, sender: str, original: bytes, statuses: list[RecipientStatus], arrival: datetime) -> None:
+        parties = await resolve_parties(conn, [sender], local_domains=self.settings.local_domains)
+        mailbox_id = parties[sender.lower()].mailbox_id
+        if mailbox_id is None:
+            log.warning("DSN for %s not delivered: not a local mailbox", sender)
+            return
+        dsn = build_dsn(reporting_mta=self.settings.hostname, postmaster=f"postmaster@{self.settings.operator_domain}",
+                        to=sender, original=original, recipients=statuses, arrival=arrival)  # fmt: skip
+        await store.deliver_local(conn, mailbox_id=mailbox_id, sealed_body=self.cipher.seal(dsn), size=len(dsn),
+                                  sender=f"postmaster@{self.settings.operator_domain}")  # fmt: skip
+
+
+async def _mx_lookup(domain: str) -> str:
+    """The best MX host of `domain` (production routing; tests use static routes)."""
+    import dns.asyncresolver
+
+    answers = await dns.asyncresolver.resolve(domain, "MX")
+    best = min(answers, key=lambda record: record.preference)
+    return str(best.exchange).rstrip(".")
