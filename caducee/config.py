@@ -70,6 +70,9 @@ class Settings:
         ["prevention.cnam@demo.mssante.fr"], "Addresses whose messages are CNAM campaigns (nobody may reply)."
     )
     max_message_size: int = _setting(25 * 1024 * 1024, "Largest accepted message in bytes (rule 8).")
+    directory_cache_seconds: float = _setting(
+        5.0, "How long the gateway trusts what it read from the annuaire (a changed patient status applies within it)."
+    )
     annuaire_page_size_max: int = _setting(100, "Largest page the annuaire search API returns.")
     log_level: str = _setting("INFO", "Logging level (DEBUG, INFO, WARNING, ERROR).")
 

@@ -80,6 +80,16 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
     return create_async_engine(url, **kwargs)
 
 
+def sync_engine_for(engine: AsyncEngine):  # type: ignore[no-untyped-def]
+    """A synchronous engine on the same SQLite file, with the same pragmas (for a writer thread)."""
+    from sqlalchemy import create_engine as create_sync_engine
+
+    url = engine.url.set(drivername="sqlite")
+    sync = create_sync_engine(url, pool_size=1, max_overflow=0)
+    event.listen(sync, "connect", _sqlite_on_connect)
+    return sync
+
+
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False)
 

@@ -180,6 +180,11 @@ def serve_workers(settings: Settings, argv: list[str], workers: int, *, demo: bo
 
 
 async def _prepare_only(settings: Settings, *, demo: bool) -> None:
+    from caducee.crypto.atrest import load_master_key
+    from caducee.gateway.runtime import tls_files
+
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    tls_files(settings)  # the development PKI and the master key, before the workers race for them
+    load_master_key(settings.data_dir)
     engine = await prepare_database(settings, demo=demo)
     await engine.dispose()

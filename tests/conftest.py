@@ -195,7 +195,7 @@ class RunningGateway:
         for server in self.servers:
             server.close()
             await server.wait_closed()
-        await self.pipeline.committer.stop()
+        await self.pipeline.close()
 
     def account(self, key: str) -> tuple[str, str]:
         entry = self.credentials["professionals"][key]

@@ -72,7 +72,8 @@ def body(gateway, tag: str, text: bytes) -> bytes:  # type: ignore[no-untyped-de
         ("bare-cr", b"line one\rline two\r\n.\r\n", "554 5.6.0"),
         ("smuggling-lf-dot-crlf", b"hello\r\n\n.\r\nMAIL FROM:<x@demo.mssante.fr>\r\nRCPT TO:<y@demo.mssante.fr>\r\nDATA\r\nsmuggled\r\n.\r\n", "554 5.6.0"),
         ("smuggling-crlf-dot-lf", b"hello\r\n.\nMAIL FROM:<x@demo.mssante.fr>\r\nDATA\r\nsmuggled\r\n.\r\n", "554 5.6.0"),
-        ("line-over-998", b"x" * 1200 + b"\r\n.\r\n", "500 5.5.2"),
+        ("line-over-998", b"x" * 1200 + b"\r\n.\r\n", "554 5.6.0"),
+        ("dot-stuffed-terminator-lookalike", b"..\r\n.\n\r\n.\r\n", "554 5.6.0"),
     ],
 )
 async def test_hostile_data_is_refused_and_the_session_goes_on(gateway, name: str, payload: bytes, expected: str) -> None:  # type: ignore[no-untyped-def]
@@ -127,3 +128,23 @@ async def test_size_limit_is_announced_and_enforced(gateway) -> None:  # type: i
     reply = await asyncio.to_thread(run)
     assert reply.startswith("552 5.3.4")
     assert await gateway.inbox(patient) == []
+
+
+async def test_dot_stuffing_is_undone_and_an_empty_message_is_answered(gateway) -> None:  # type: ignore[no-untyped-def]
+    patient = gateway.credentials["patients"]["adult_1"]["address"]
+
+    def run() -> tuple[str, str]:
+        session = RawSession(gateway)
+        try:
+            # The client stuffs lines that start with a dot: ".a" is sent as "..a".
+            stuffed = session.transaction(patient, body(gateway, "dots", b"..a leading dot\r\n...two dots\r\nend\r\n.\r\n"))
+            empty = session.transaction(patient, b".\r\n")
+            return stuffed, empty
+        finally:
+            session.close()
+
+    stuffed, empty = await asyncio.to_thread(run)
+    assert stuffed.startswith("250 2.0.0")
+    assert empty.startswith("550 5.6.0") and "From header" in empty
+    stored = await gateway.inbox(patient)
+    assert b"\r\n.a leading dot\r\n..two dots\r\nend\r\n" in stored[0]

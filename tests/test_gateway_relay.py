@@ -78,7 +78,7 @@ class OtherOperator:
     async def stop(self) -> None:
         self.server.close()
         await self.server.wait_closed()
-        await self.pipeline.committer.stop()
+        await self.pipeline.close()
         await self.engine.dispose()
 
 

@@ -84,15 +84,24 @@ class DevCA:
 
 
 def ensure_dev_pki(directory: Path, hostname: str, organisation: str = "Caducee") -> dict[str, Issued]:
-    """The development trust space in `directory`, created on first use and kept after."""
-    ca = DevCA(directory)
-    issued = {"ca": ca.files}
-    for stem, server, client in (("server", True, False), ("operator", False, True)):
-        files = Issued(ca.directory / f"{stem}.crt", ca.directory / f"{stem}.key")
-        if not (files.cert.exists() and files.key.exists()):
-            files = ca.issue(stem, hostname, organisation, server=server, client=client,
-                             dns=[hostname, "localhost"] if server else None, ips=["127.0.0.1"] if server else None)  # fmt: skip
-        issued[stem] = files
+    """The development trust space in `directory`, created on first use and kept after.
+
+    Several worker processes may start at once: a lock file makes one create it and the
+    others read what it wrote.
+    """
+    import fcntl
+
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    with open(Path(directory) / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        ca = DevCA(directory)
+        issued = {"ca": ca.files}
+        for stem, server, client in (("server", True, False), ("operator", False, True)):
+            files = Issued(ca.directory / f"{stem}.crt", ca.directory / f"{stem}.key")
+            if not (files.cert.exists() and files.key.exists()):
+                files = ca.issue(stem, hostname, organisation, server=server, client=client,
+                                 dns=[hostname, "localhost"] if server else None, ips=["127.0.0.1"] if server else None)  # fmt: skip
+            issued[stem] = files
     return issued
 
 

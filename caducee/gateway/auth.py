@@ -65,10 +65,14 @@ class LoginThrottle:
 class MailboxAuthenticator:
     """Checks a mailbox address and password against the annuaire (argon2, off the loop)."""
 
-    def __init__(self, engine: AsyncEngine, local_domains: list[str], throttle: LoginThrottle | None = None) -> None:
+    def __init__(self, engine: AsyncEngine, local_domains: list[str], throttle: LoginThrottle | None = None,
+                 *, concurrent_checks: int = 2) -> None:  # fmt: skip
         self.engine = engine
         self.local_domains = local_domains
         self.throttle = throttle or LoginThrottle()
+        # argon2id uses 64 MiB per check: bounding concurrent checks bounds memory (and
+        # they are CPU-bound, so more at once would not be faster).
+        self._checks = asyncio.Semaphore(concurrent_checks)
 
     async def verify(self, login: str, password: str, client_address: str) -> str | None:
         """The mailbox address on success, None on failure; raises Locked when locked out."""
@@ -79,7 +83,8 @@ class MailboxAuthenticator:
             parties = await resolve_parties(conn, [account], local_domains=self.local_domains) if "@" in account else {}
         info = parties.get(account)
         stored = info.password_hash if info is not None and info.mailbox_id is not None and info.mailbox_type != "PAT" else None
-        ok = await asyncio.to_thread(verify_password, stored, password)
+        async with self._checks:
+            ok = await asyncio.to_thread(verify_password, stored, password)
         if not ok:
             self.throttle.failed(account_key, address_key)
             return None

@@ -2,9 +2,10 @@
 
 A message is acknowledged ("250") only once the transaction holding it is committed. With
 SQLite's synchronous=FULL every commit is an fsync, so committing each message alone caps
-the gateway at the disk's fsync rate; here the sessions that finish DATA while a commit is
-in flight wait together and share the next one. A job that fails is retried alone, so one
-bad message never takes the others of its batch down with it.
+the gateway at the disk's fsync rate; here the messages that finish DATA while a commit is
+in flight wait together and share the next one, written by a set-based `writer`. If a
+batch fails, each of its items is retried alone, so one bad message never takes the
+others down with it.
 """
 
 from __future__ import annotations
@@ -12,29 +13,28 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
-
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from typing import Any, Awaitable, Callable, Generic, TypeVar
 
 log = logging.getLogger(__name__)
 
-Job = Callable[[AsyncConnection], Awaitable[Any]]
+Item = TypeVar("Item")
+Writer = Callable[[list[Any]], Awaitable[list[Any]]]  # writes the items in one transaction
 
 
 @dataclass
-class _Pending:
-    job: Job
+class _Pending(Generic[Item]):
+    item: Item
     future: asyncio.Future[Any]
 
 
 class GroupCommitter:
-    def __init__(self, engine: AsyncEngine, *, max_batch: int = 256) -> None:
-        self._engine = engine
+    def __init__(self, writer: Writer, *, max_batch: int = 512) -> None:
+        self._writer = writer
         self._max_batch = max_batch
-        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self._queue: asyncio.Queue[_Pending[Any]] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self.commits = 0
-        self.jobs = 0
+        self.items = 0
 
     def start(self) -> None:
         if self._task is None:
@@ -49,12 +49,12 @@ class GroupCommitter:
                 pass
             self._task = None
 
-    async def submit(self, job: Job) -> Any:
-        """Run `job` in a shared transaction; return its result once committed."""
+    async def submit(self, item: Any) -> Any:
+        """Write `item` in a shared transaction; return its result once committed."""
         if self._task is None:
             self.start()
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Pending(job, future))
+        await self._queue.put(_Pending(item, future))
         return await future
 
     async def _run(self) -> None:
@@ -63,30 +63,27 @@ class GroupCommitter:
             while len(batch) < self._max_batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             try:
-                await self._commit_batch(batch)
+                await self._commit(batch)
             except asyncio.CancelledError:
                 for pending in batch:
                     if not pending.future.done():
                         pending.future.set_exception(RuntimeError("server shutting down"))
                 raise
 
-    async def _commit_batch(self, batch: list[_Pending]) -> None:
-        results: list[Any] = []
+    async def _commit(self, batch: list[_Pending[Any]]) -> None:
         try:
-            async with self._engine.begin() as conn:
-                for pending in batch:
-                    results.append(await pending.job(conn))
+            results = await self._writer([pending.item for pending in batch])
         except Exception as exc:
-            if len(batch) == 1:
-                log.exception("transaction failed")
-                if not batch[0].future.done():
-                    batch[0].future.set_exception(exc)
+            if len(batch) > 1:
+                for pending in batch:  # isolate the failing item
+                    await self._commit([pending])
                 return
-            for pending in batch:  # isolate the failing job
-                await self._commit_batch([pending])
+            log.exception("transaction failed")
+            if not batch[0].future.done():
+                batch[0].future.set_exception(exc)
             return
         self.commits += 1
-        self.jobs += len(batch)
+        self.items += len(batch)
         for pending, result in zip(batch, results):
             if not pending.future.done():
                 pending.future.set_result(result)

@@ -11,21 +11,21 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 
-from sqlalchemy import insert
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from caducee.annuaire.service import PartyInfo, resolve_parties
 from caducee.config import Settings
 from caducee.crypto.atrest import BodyCipher
+from caducee.gateway.batch import BatchWriter, DeliveryPlan, NewConversation, Notice
 from caducee.gateway.committer import GroupCommitter
 from caducee.gateway.inspect import InspectedMessage, MessageRejected, inspect_message
-from caducee.gateway.models import QueuedRecipient
 from caducee.mailbox import store
 from caducee.policies import RCPT_CHAIN, Action, Conversation, ConversationState, Decision, Facts, Message, Party, PartyKind, decide
 
@@ -76,15 +76,39 @@ class AcceptPipeline:
         self.on_queued = on_queued
         self.settings = settings
         self.cipher = cipher
-        self.committer = committer or GroupCommitter(engine)
+        self.writer = BatchWriter(engine)
+        self.committer = committer or GroupCommitter(self.writer)
+        self._parties_cache: dict[str, tuple[float, PartyInfo]] = {}
         self._cnam = {address.lower() for address in settings.cnam_senders}
         self.queue_lifetime = timedelta(days=5)
 
     # ---- facts ------------------------------------------------------------------------
 
     async def _parties(self, addresses: list[str]) -> dict[str, PartyInfo]:
-        async with self.engine.connect() as conn:
-            return await resolve_parties(conn, addresses, local_domains=self.settings.local_domains)
+        """Who each address is, from a short-lived cache in front of the annuaire.
+
+        Every RCPT and every message needs these facts; the directory changes seldom, so
+        a few seconds of staleness (`directory_cache_seconds`) saves most queries.
+        """
+        now = time.monotonic()
+        ttl = self.settings.directory_cache_seconds
+        found: dict[str, PartyInfo] = {}
+        missing: list[str] = []
+        for address in {address.lower() for address in addresses}:
+            cached = self._parties_cache.get(address)
+            if cached is not None and now - cached[0] < ttl:
+                found[address] = cached[1]
+            else:
+                missing.append(address)
+        if missing:
+            async with self.engine.connect() as conn:
+                fresh = await resolve_parties(conn, missing, local_domains=self.settings.local_domains)
+            if len(self._parties_cache) > 100_000:
+                self._parties_cache.clear()
+            for address, info in fresh.items():
+                self._parties_cache[address] = (now, info)
+            found.update(fresh)
+        return found
 
     def _kind(self, info: PartyInfo) -> PartyKind:
         if info.address in self._cnam:
@@ -182,37 +206,24 @@ class AcceptPipeline:
             return AcceptResult([], refused, None, first.smtp_reply)
 
         deliver = Action.DO_NOT_DELIVER not in actions
-        local_boxes = [parties[rcpt].mailbox_id for rcpt in accepted if parties[rcpt].is_local and deliver]
-        remote = [rcpt for rcpt in accepted if not parties[rcpt].is_local and deliver]
-        sealed = self.cipher.seal(inspected.raw)
-        notices = self._notices(envelope, parties[sender], inspected, refused, actions)
-
-        async def job(conn: AsyncConnection) -> int:
-            if conversation_facts is not None:
-                conversation_id = conversation.id  # type: ignore[union-attr]
-                if sender_party.kind in {PartyKind.PROFESSIONAL, PartyKind.ORGANISATION}:
-                    await store.add_participants(conn, conversation_id, set(accepted) - conversation_facts.participants)
-            else:
-                conversation_id = await store.create_conversation(
-                    conn, opener=sender, opener_kind=sender_party.kind.value, participants={sender, *accepted},
-                    is_campaign=sender_party.kind is PartyKind.CNAM,
-                )  # fmt: skip
-            message_id = await store.store_message(conn, sealed_body=sealed, size=inspected.size, sender=sender,
-                                                   message_id_header=inspected.message_id, conversation_id=conversation_id)  # fmt: skip
-            await store.ensure_folders(conn, [box for box in local_boxes if box is not None])
-            for box in local_boxes:
-                if box is not None:
-                    await store.append_entry(conn, box, "INBOX", message_id)
-            if remote:
-                await self._queue(conn, message_id, sender, remote)
-            if Action.CLOSE_CONVERSATION in actions:
-                await store.close_conversation(conn, conversation_id, parties[sender].display_name)
-            for mailbox_id, notice in notices:
-                await self._deliver_local_notice(conn, mailbox_id, notice)
-            return message_id
-
-        message_id = await self.committer.submit(job)
-        if remote and self.on_queued is not None:
+        plan = DeliveryPlan(
+            sealed=self.cipher.seal(inspected.raw), size=inspected.size, sender=sender,
+            message_id_header=inspected.message_id,
+            local_boxes=[parties[r].mailbox_id for r in accepted if deliver and parties[r].mailbox_id is not None],  # type: ignore[misc]
+            remote=[r for r in accepted if deliver and not parties[r].is_local],
+            close_by=parties[sender].display_name if Action.CLOSE_CONVERSATION in actions else None,
+            notices=self._notices(envelope, parties[sender], inspected, refused, actions),
+            queue_lifetime=self.queue_lifetime,
+        )  # fmt: skip
+        if conversation_facts is not None:
+            plan.conversation_id = conversation.id  # type: ignore[union-attr]
+            if sender_party.kind in {PartyKind.PROFESSIONAL, PartyKind.ORGANISATION}:
+                plan.add_participants = frozenset(set(accepted) - conversation_facts.participants)
+        else:
+            plan.new_conversation = NewConversation(sender, sender_party.kind.value, frozenset({sender, *accepted}),
+                                                    is_campaign=sender_party.kind is PartyKind.CNAM)  # fmt: skip
+        message_id = await self.committer.submit(plan)
+        if plan.remote and self.on_queued is not None:
             self.on_queued()
         return AcceptResult(accepted, refused, message_id, f"250 2.0.0 OK: queued as {message_id}", frozenset(actions))
 
@@ -223,19 +234,10 @@ class AcceptPipeline:
             return await asyncio.to_thread(inspect_message, envelope.data, **arguments)
         return inspect_message(envelope.data, **arguments)
 
-    async def _queue(self, conn: AsyncConnection, message_id: int, sender: str, recipients: list[str]) -> None:
-        now = datetime.now(timezone.utc)
-        await conn.execute(
-            insert(QueuedRecipient.__table__),
-            [{"message_id": message_id, "mail_from": sender, "rcpt_to": rcpt, "domain": rcpt.rpartition("@")[2],
-              "state": "scheduled", "attempts": 0, "next_attempt_at": now, "expires_at": now + self.queue_lifetime,
-              "last_error": "", "delay_warned": False, "created_at": now, "updated_at": now} for rcpt in recipients],
-        )  # fmt: skip
-
     # ---- notices to the sender ---------------------------------------------------------
 
     def _notices(self, envelope: Envelope, sender: PartyInfo, inspected: InspectedMessage,
-                 refused: dict[str, Decision], actions: set[Action]) -> list[tuple[int, bytes]]:  # fmt: skip
+                 refused: dict[str, Decision], actions: set[Action]) -> list[Notice]:  # fmt: skip
         """Messages for a local sender: recipients refused after DATA, a conversation closed."""
         if sender.mailbox_id is None:
             return []
@@ -250,7 +252,8 @@ class AcceptPipeline:
                                         f"Votre message « {inspected.subject} » a bien été remis au patient, avec son contenu.\n"
                                         "Comme son objet commence par [FIN], la conversation est maintenant close : "
                                         "le patient ne peut plus y répondre.", inspected.message_id))  # fmt: skip
-        return [(sender.mailbox_id, notice) for notice in notices]
+        postmaster = f"postmaster@{self.settings.operator_domain}"
+        return [Notice(sender.mailbox_id, self.cipher.seal(raw), len(raw), postmaster) for raw in notices]
 
     def _notice(self, to: str, subject: str, body: str, in_reply_to: str) -> bytes:
         message = EmailMessage()
@@ -264,6 +267,7 @@ class AcceptPipeline:
         message.set_content(body)
         return message.as_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
 
-    async def _deliver_local_notice(self, conn: AsyncConnection, mailbox_id: int, raw: bytes) -> None:
-        await store.deliver_local(conn, mailbox_id=mailbox_id, sealed_body=self.cipher.seal(raw), size=len(raw),
-                                  sender=f"postmaster@{self.settings.operator_domain}")  # fmt: skip
+    async def close(self) -> None:
+        """Stop the group commit and release the writer (after the listeners closed)."""
+        await self.committer.stop()
+        self.writer.close()

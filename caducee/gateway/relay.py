@@ -28,7 +28,7 @@ from caducee.config import Settings
 from caducee.crypto.atrest import BodyCipher
 from caducee.gateway.dsn import RecipientStatus, build_dsn
 from caducee.gateway.models import QueuedRecipient
-from caducee.mailbox import store
+from caducee.gateway.batch import DeliveryPlan, write_batch
 from caducee.mailbox.models import Message
 
 log = logging.getLogger(__name__)
@@ -218,8 +218,9 @@ class RelayWorker:
             return
         dsn = build_dsn(reporting_mta=self.settings.hostname, postmaster=f"postmaster@{self.settings.operator_domain}",
                         to=sender, original=original, recipients=statuses, arrival=arrival)  # fmt: skip
-        await store.deliver_local(conn, mailbox_id=mailbox_id, sealed_body=self.cipher.seal(dsn), size=len(dsn),
-                                  sender=f"postmaster@{self.settings.operator_domain}")  # fmt: skip
+        plan = DeliveryPlan(sealed=self.cipher.seal(dsn), size=len(dsn), sender=f"postmaster@{self.settings.operator_domain}",
+                            message_id_header="", local_boxes=[mailbox_id])  # fmt: skip
+        await conn.run_sync(write_batch, [plan])
 
 
 async def _mx_lookup(domain: str) -> str:

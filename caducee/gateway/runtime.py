@@ -56,7 +56,7 @@ class GatewayRuntime:
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
-        await self.pipeline.committer.stop()
+        await self.pipeline.close()
 
 
 async def start_gateway(settings: Settings, engine: AsyncEngine, *, reuse_port: bool = False, relay: bool = True) -> GatewayRuntime:

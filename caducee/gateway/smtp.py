@@ -17,7 +17,8 @@ import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope as SmtpEnvelope, Session
+import aiosmtpd.smtp as aiosmtpd_smtp
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope as SmtpEnvelope, Session, syntax
 
 from caducee.gateway.auth import Locked, MailboxAuthenticator
 from caducee.gateway.pipeline import AcceptPipeline, Channel, Envelope
@@ -54,11 +55,38 @@ def peer_dn(transport: Any) -> str | None:
     return x509.load_der_x509_certificate(der).subject.rfc4514_string()
 
 
-class GatewaySMTP(SMTP):
-    """aiosmtpd's server with what we add: enhanced status codes on every reply, the RFC
-    5322 line limit, and trusted networks exempt from STARTTLS and AUTH."""
+class _AuthMembers:
+    """Stands in for the `inspect` module inside aiosmtpd.
 
-    line_length_limit = 1000  # 998 characters + CRLF
+    aiosmtpd builds its table of AUTH mechanisms on every connection with
+    `inspect.getmembers(self)`, which evaluates every attribute of the protocol object
+    (0.4 ms, a tenth of a message's cost). It only keeps names starting with `auth_`;
+    giving it just those, computed once per class, is the same table for less.
+    """
+
+    _names: dict[type, list[str]] = {}
+
+    def getmembers(self, obj: Any) -> list[tuple[str, Any]]:
+        names = self._names.get(type(obj))
+        if names is None:
+            names = self._names[type(obj)] = sorted(name for name in dir(type(obj)) if name.startswith("auth_"))
+        return [(name, getattr(obj, name)) for name in names]
+
+    def __getattr__(self, name: str) -> Any:
+        import inspect
+
+        return getattr(inspect, name)
+
+
+aiosmtpd_smtp.inspect = _AuthMembers()  # type: ignore[attr-defined]
+
+END_OF_DATA = b"\r\n.\r\n"
+_SCAN_WINDOW = 256 * 1024
+
+
+class GatewaySMTP(SMTP):
+    """aiosmtpd's server with what we add: enhanced status codes on every reply, a DATA
+    reader that works in large chunks, and trusted networks exempt from STARTTLS and AUTH."""
 
     def __init__(self, handler: "GatewayHandler", *, trusted_networks: list[str], **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
@@ -79,6 +107,69 @@ class GatewaySMTP(SMTP):
                 self.session.trusted = True  # type: ignore[attr-defined]
                 self.require_starttls = False
                 self._auth_required = False
+
+    @syntax("DATA")
+    async def smtp_DATA(self, arg: str) -> None:
+        """DATA, read in large chunks up to the one terminator RFC 5321 allows.
+
+        aiosmtpd reads the content line by line (a third of its time per message). Here the
+        reader looks for CRLF "." CRLF in windows of 256 KB; the terminator is only ever
+        that exact sequence, so "\\n.\\r\\n" smuggling stays inside the content, where the
+        inspection refuses the bare LF. Size is enforced while reading, without keeping
+        what is over the limit.
+        """
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 5.5.1 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 5.5.4 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        content = await self._read_content()
+        if content is None:
+            self._set_post_data_state()
+            await self.push("552 5.3.4 Error: too much mail data / message trop volumineux")
+            return
+        self.envelope.content = self.envelope.original_content = content
+        status = await self._call_handler_hook("DATA")
+        self._set_post_data_state()
+        await self.push("250 OK" if status is MISSING else status)
+
+    async def _read_content(self) -> bytes | None:
+        """The unstuffed content, or None when it exceeded the size limit (all of it drained)."""
+        reader = self._reader
+        # The CRLF that ended the DATA line belongs to the first terminator search, so that
+        # an empty message ("." straight away) is found like any other end.
+        reader._buffer[:0] = b"\r\n"  # type: ignore[attr-defined]
+        saved_limit = reader._limit  # type: ignore[attr-defined]
+        reader._limit = _SCAN_WINDOW  # type: ignore[attr-defined]
+        limit = self.data_size_limit
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            while True:
+                try:
+                    chunk = await reader.readuntil(END_OF_DATA)
+                    last = True
+                except asyncio.LimitOverrunError as overrun:
+                    chunk = await reader.readexactly(overrun.consumed)
+                    last = False
+                size += len(chunk)
+                if limit is None or size <= limit + 7:
+                    chunks.append(chunk)
+                elif chunks:
+                    chunks.clear()  # over the limit: keep reading to the end, keep nothing
+                if last:
+                    break
+        finally:
+            reader._limit = saved_limit  # type: ignore[attr-defined]
+        if limit is not None and size > limit + 7:
+            return None
+        data = b"".join(chunks)
+        return data.replace(b"\r\n..", b"\r\n.")[2:-3]
 
     async def push(self, status: Any) -> None:
         """Add an enhanced status code (RFC 2034) to aiosmtpd's own one-line replies.

@@ -1,0 +1,231 @@
+"""Benchmark: SMTP accept rate of Caducée against a bare aiosmtpd sink and against Postfix.
+
+Postfix's `smtp-source` sends the same load (default 5,000 messages of 10 KB over 20
+parallel sessions, one message per connection) to
+  (a) a bare aiosmtpd sink (accepts, keeps nothing: the floor of our stack),
+  (b) Caducée with every rule and at-rest encryption on, `--workers 2`, on SQLite and on
+      PostgreSQL, through a trusted-network submission listener so the same client drives all,
+  (c) Postfix, configured here on a loopback port as a relay into `smtp-sink`: a durable
+      queue that fsyncs each message before its 250, the anchor.
+Also Caducée's rate over STARTTLS + AUTH with a Python client (aiosmtplib, 20 sessions
+each sending several messages). Medians of --repeat runs; peak RSS of Caducée's workers.
+
+    .venv/bin/python bench/smtp_accept.py [--messages 5000] [--repeat 3] [--pg URL]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from postfix_anchor import PostfixRelay  # noqa: E402
+from report import machine, median, write_section  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_PG = os.environ.get("CADUCEE_TEST_PG") or "postgresql://postgres@127.0.0.1:5432/test"
+SENDER = "sophie.bernard@demo.mssante.fr"
+RECIPIENT = "285037512345688@patient.mssante.fr"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+def smtp_source(port: int, messages: int, sessions: int, size: int) -> float:
+    """Messages per second that smtp-source achieved against 127.0.0.1:port."""
+    start = time.perf_counter()
+    subprocess.run(["smtp-source", "-s", str(sessions), "-m", str(messages), "-l", str(size), "-f", SENDER, "-t", RECIPIENT,
+                    f"127.0.0.1:{port}"], check=True, stdout=subprocess.DEVNULL)  # fmt: skip
+    return messages / (time.perf_counter() - start)
+
+
+def peak_rss_mb(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1])
+        except FileNotFoundError:
+            pass
+    return total / 1024
+
+
+def children_of(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    return [int(p) for p in out]
+
+
+async def pg_admin(url: str, statement: str) -> None:
+    import asyncpg
+    from sqlalchemy.engine import make_url
+
+    from caducee.db import normalise_url
+
+    parsed = make_url(normalise_url(url))
+    conn = await asyncpg.connect(host=parsed.host, port=parsed.port or 5432, user=parsed.username, database=parsed.database)
+    try:
+        await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+class Caducee:
+    """`caducee serve --demo --workers N` in a data dir of its own."""
+
+    def __init__(self, workdir: Path, database_url: str, workers: int) -> None:
+        self.data_dir = workdir / f"caducee-{uuid.uuid4().hex[:6]}"
+        self.port, self.tls_port = free_port(), free_port()
+        env = {**os.environ, "CADUCEE_DATA_DIR": str(self.data_dir), "CADUCEE_DATABASE_URL": database_url,
+               "CADUCEE_SUBMISSION_PORT": str(self.port), "CADUCEE_SUBMISSIONS_PORT": str(self.tls_port),
+               "CADUCEE_MX_PORT": "0", "CADUCEE_HTTP_PORT": str(free_port()), "CADUCEE_TRUSTED_NETWORKS": "127.0.0.0/8",
+               "CADUCEE_LOG_LEVEL": "WARNING"}  # fmt: skip
+        self.process = subprocess.Popen([sys.executable, "-m", "caducee", "serve", "--demo", "--workers", str(workers)],
+                                        env=env, stdout=subprocess.DEVNULL, stderr=open(workdir / "caducee.log", "ab"))  # fmt: skip
+        wait_port(self.port)
+        wait_port(self.tls_port)
+        self.credentials = json.loads((self.data_dir / "demo-credentials.json").read_text())
+
+    def workers(self) -> list[int]:
+        return children_of(self.process.pid) or [self.process.pid]
+
+    def stop(self) -> float:
+        rss = peak_rss_mb(self.workers())
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        return rss
+
+
+async def tls_auth_rate(caducee: Caducee, messages: int, sessions: int, size: int) -> float:
+    """Messages/s over STARTTLS + AUTH PLAIN, each session reusing its connection."""
+    import aiosmtplib
+
+    password = caducee.credentials["professionals"]["doctor"]["password"]
+    context = ssl.create_default_context(cafile=str(caducee.data_dir / "pki" / "ca.crt"))
+    body = ("Compte rendu de consultation, ligne de texte pour atteindre la taille voulue.\r\n" * (size // 80)).encode()
+    per_session = messages // sessions
+
+    async def session(n: int) -> None:
+        async with aiosmtplib.SMTP(hostname="127.0.0.1", port=caducee.port, start_tls=True, tls_context=context) as client:
+            await client.login(SENDER, password)
+            for i in range(per_session):
+                head = f"From: {SENDER}\r\nTo: {RECIPIENT}\r\nSubject: bench {n}-{i}\r\nMessage-ID: <b{n}-{i}-{uuid.uuid4().hex}@demo.mssante.fr>\r\n\r\n"
+                await client.sendmail(SENDER, [RECIPIENT], head.encode() + body)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(session(n) for n in range(sessions)))
+    return per_session * sessions / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--messages", type=int, default=5000)
+    parser.add_argument("--sessions", type=int, default=20)
+    parser.add_argument("--size", type=int, default=10240)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--pg", default=DEFAULT_PG)
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args()
+    for tool in ("smtp-source", "smtp-sink", "postfix"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"{tool} is missing: run `bash scripts/system-packages.sh` (Debian package postfix)")
+    from caducee import db
+
+    results: dict[str, list[float]] = {}
+    rss: dict[str, list[float]] = {}
+    with tempfile.TemporaryDirectory(prefix="caducee-smtp-bench-") as tmp:
+        workdir = Path(tmp)
+        os.chmod(workdir, 0o755)
+        sink_port, postfix_port, bare_port = free_port(), free_port(), free_port()
+        sink = subprocess.Popen(["smtp-sink", "-u", "postfix", "-c", f"127.0.0.1:{sink_port}", "500"], stdout=subprocess.DEVNULL)
+        bare = subprocess.Popen([sys.executable, str(Path(__file__).parent / "aiosmtpd_sink.py"), str(bare_port)])
+        postfix = PostfixRelay(workdir, postfix_port, sink_port)
+        postfix.start()
+        wait_port(bare_port)
+        pg_names: list[str] = []
+        try:
+            for attempt in range(args.repeat):
+                results.setdefault("aiosmtpd sink", []).append(smtp_source(bare_port, args.messages, args.sessions, args.size))
+                results.setdefault("Postfix (relay to smtp-sink)", []).append(smtp_source(postfix_port, args.messages, args.sessions, args.size))
+                for backend in ("sqlite", "postgresql"):
+                    if backend == "sqlite":
+                        url = f"sqlite:///{workdir / f'bench-{attempt}.sqlite3'}"
+                    else:
+                        name = f"caducee_smtpbench_{uuid.uuid4().hex[:8]}"
+                        asyncio.run(pg_admin(args.pg, f'CREATE DATABASE "{name}"'))
+                        pg_names.append(name)
+                        from sqlalchemy.engine import make_url
+
+                        url = make_url(db.normalise_url(args.pg)).set(database=name).render_as_string(hide_password=False)
+                    caducee = Caducee(workdir, url, args.workers)
+                    try:
+                        key = f"Caducée {backend}, --workers {args.workers}"
+                        results.setdefault(key, []).append(smtp_source(caducee.port, args.messages, args.sessions, args.size))
+                        if backend == "sqlite":
+                            results.setdefault("Caducée sqlite, STARTTLS + AUTH (aiosmtplib)", []).append(
+                                asyncio.run(tls_auth_rate(caducee, args.messages // 2, args.sessions, args.size)))  # fmt: skip
+                    finally:
+                        rss.setdefault(key, []).append(caducee.stop())
+                print({k: f"{v[-1]:.0f}" for k, v in results.items()}, flush=True)
+        finally:
+            postfix.stop()
+            sink.terminate()
+            bare.terminate()
+            for name in pg_names:
+                asyncio.run(pg_admin(args.pg, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+    postfix_rate = median(results["Postfix (relay to smtp-sink)"])
+    lines = []
+    for key, values in results.items():
+        rate = median(values)
+        memory = f"{median(rss[key]):.0f} MB" if key in rss else ""
+        lines.append(f"| {key} | {rate:,.0f} | {rate / postfix_rate:.2f}x | {memory} |")
+    body = f"""## SMTP accept rate (`bench/smtp_accept.py`)
+
+Command: `.venv/bin/python bench/smtp_accept.py --messages {args.messages} --repeat {args.repeat}` ({machine()}).
+`smtp-source -s {args.sessions} -m {args.messages} -l {args.size}` (one message per connection) against each server on
+loopback; Caducée runs `caducee serve --demo --workers {args.workers}` with the rules and at-rest encryption on, a "250"
+only after the group commit; Postfix relays into `smtp-sink` with its own durable queue. The STARTTLS + AUTH line is
+{args.messages // 2} messages from 20 aiosmtplib sessions that each log in once. Medians of {args.repeat} runs.
+Target: Caducée >= 1.0x Postfix; below 0.6x the gateway issue is not done.
+
+| server | messages/s | vs Postfix | peak RSS (all workers) |
+|---|---|---|---|
+""" + "\n".join(lines)
+    print(body)
+    if not args.no_write:
+        write_section("smtp_accept", body)
+
+
+if __name__ == "__main__":
+    main()

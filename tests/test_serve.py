@@ -1,0 +1,52 @@
+"""`caducee serve --workers 2`: both processes share the ports, SIGTERM stops them all."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import smtplib
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from conftest import free_port
+
+
+def test_serve_with_two_workers(tmp_path: Path, database_url: str) -> None:
+    smtp_port, http_port = free_port(), free_port()
+    data_dir = tmp_path / "var"
+    env = {**os.environ, "CADUCEE_DATA_DIR": str(data_dir), "CADUCEE_DATABASE_URL": database_url,
+           "CADUCEE_SUBMISSION_PORT": str(smtp_port), "CADUCEE_SUBMISSIONS_PORT": "0", "CADUCEE_MX_PORT": "0",
+           "CADUCEE_HTTP_PORT": str(http_port), "CADUCEE_TRUSTED_NETWORKS": "127.0.0.0/8", "CADUCEE_LOG_LEVEL": "WARNING"}  # fmt: skip
+    process = subprocess.Popen([sys.executable, "-m", "caducee", "serve", "--demo", "--workers", "2"], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{http_port}/healthz", timeout=2).status_code == 200:
+                    smtplib.SMTP("127.0.0.1", smtp_port, timeout=5).quit()
+                    break
+            except (OSError, httpx.HTTPError, smtplib.SMTPException):
+                pass
+            assert process.poll() is None, process.stderr.read().decode() if process.stderr else ""
+            assert time.monotonic() < deadline, "serve did not start"
+            time.sleep(0.2)
+        workers = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True).stdout.split()
+        assert len(workers) == 2
+        credentials = json.loads((data_dir / "demo-credentials.json").read_text())
+        sender = credentials["professionals"]["doctor"]["address"]
+        patient = credentials["patients"]["adult_1"]["address"]
+        for n in range(10):  # connections land on either worker
+            with smtplib.SMTP("127.0.0.1", smtp_port, timeout=30) as client:
+                client.sendmail(sender, [patient], f"From: {sender}\r\nSubject: {n}\r\n\r\nhello\r\n".encode())
+    finally:
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(timeout=60)
+    assert code == 0
+    for pid in workers:
+        assert not Path(f"/proc/{pid}").exists()
