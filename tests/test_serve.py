@@ -12,11 +12,13 @@ import time
 from pathlib import Path
 
 import httpx
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from conftest import free_port
 
 
-def test_serve_with_two_workers(tmp_path: Path, database_url: str) -> None:
+def test_serve_with_two_workers(tmp_path: Path, database_url: str, engine: AsyncEngine) -> None:
+    """`engine` gives the test a clean schema, so the demo world is seeded afresh."""
     smtp_port, http_port = free_port(), free_port()
     data_dir = tmp_path / "var"
     env = {**os.environ, "CADUCEE_DATA_DIR": str(data_dir), "CADUCEE_DATABASE_URL": database_url,
