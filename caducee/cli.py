@@ -22,6 +22,21 @@ def _settings(args: argparse.Namespace, **extra: object) -> Settings:
     )
 
 
+def use_fast_event_loop() -> None:
+    """uvloop when installed: asyncio's transports and callbacks in C, where the SMTP
+    listeners spend most of their time (see docs/benchmarks.md). `CADUCEE_EVENT_LOOP=asyncio`
+    keeps the standard loop."""
+    import os
+
+    if os.environ.get("CADUCEE_EVENT_LOOP", "uvloop") != "uvloop":
+        return
+    try:
+        import uvloop
+    except ImportError:
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from caducee.server import serve, serve_workers
 
@@ -30,6 +45,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.workers > 1 and not args.worker_process:
         argv = [a for a in sys.argv[1:] if a != "--demo"] if sys.argv[1:2] == ["serve"] else ["serve"]
         return serve_workers(settings, argv, args.workers, demo=args.demo)
+    use_fast_event_loop()
     try:
         asyncio.run(serve(settings, demo=args.demo, migrate=not args.worker_process, reuse_port=True))
     except KeyboardInterrupt:

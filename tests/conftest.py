@@ -25,6 +25,15 @@ from caducee import db
 from caducee.config import Settings
 
 PG_URL = os.environ.get("CADUCEE_TEST_PG", "").strip()
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, object]:
+    """Run async tests on the loop `caducee serve` runs on (uvloop), unless CADUCEE_EVENT_LOOP=asyncio."""
+    if os.environ.get("CADUCEE_EVENT_LOOP", "uvloop") == "uvloop":
+        import uvloop
+
+        return {"uvloop": uvloop.new_event_loop}
+    return {"asyncio": asyncio.new_event_loop}
 BACKENDS = ["sqlite"] + (["postgresql"] if PG_URL else [])
 
 

@@ -116,9 +116,11 @@ def inspect_message(raw: bytes, *, max_size: int, hostname: str, add_missing_hea
                               "8-bit characters in headers; encode them as RFC 2047 words")  # fmt: skip
     # Most mail is one text part: its headers say all we need. Only a MIME tree is parsed
     # whole (attachments, structure defects), which is most of the cost of inspection.
-    message = _HEADER_PARSER.parsebytes(raw)
+    message = _HEADER_PARSER.parsebytes(head + b"\r\n")
     if message.get_content_maintype() in {"multipart", "message"}:
         message = _PARSER.parsebytes(raw)
+    else:
+        message.set_payload(raw[head_end + 4:].decode("ascii", "surrogateescape") if head_end >= 0 else "")
     serious = [defect for part in message.walk() for defect in part.defects if isinstance(defect, _SERIOUS_DEFECTS)]
     serious += [defect for defect in message.defects if isinstance(defect, _SERIOUS_DEFECTS)]
     if serious:

@@ -172,8 +172,10 @@ class AcceptPipeline:
         recipients = list(dict.fromkeys(rcpt.lower() for rcpt in envelope.rcpt_tos))
         parties = await self._parties([sender, *recipients])
         sender_party = self._party(parties[sender])
-        async with self.engine.connect() as conn:
-            conversation = await store.find_conversation(conn, inspected.references)
+        conversation = None
+        if inspected.references:  # most mail starts a conversation: no query for it
+            async with self.engine.connect() as conn:
+                conversation = await store.find_conversation(conn, inspected.references)
         foreign = conversation is not None and sender not in conversation.participants
         conversation_facts = None
         if conversation is not None and not foreign:
