@@ -28,6 +28,7 @@ import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import create_pg_database, drop_pg_database  # noqa: E402
 from report import machine, median, write_section  # noqa: E402
 
 DEFAULT_PG = os.environ.get("CADUCEE_TEST_PG") or "postgresql://postgres@127.0.0.1:5432/test"
@@ -37,34 +38,15 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-async def _admin(url: str, statement: str) -> None:
-    import asyncpg
-    from sqlalchemy.engine import make_url
-
-    from caducee.db import normalise_url
-
-    parsed = make_url(normalise_url(url))
-    conn = await asyncpg.connect(host=parsed.host, port=parsed.port or 5432, user=parsed.username, database=parsed.database)
-    try:
-        await conn.execute(statement)
-    finally:
-        await conn.close()
-
-
 def fresh_database(backend: str, workdir: Path, pg_url: str) -> tuple[str, str | None]:
     """(url, pg database name to drop) of a new, migrated database."""
-    from sqlalchemy.engine import make_url
-
     from caducee import db
 
     if backend == "sqlite":
-        path = workdir / f"bench-{uuid.uuid4().hex[:8]}.sqlite3"
-        url = f"sqlite:///{path}"
+        url = f"sqlite:///{workdir / f'bench-{uuid.uuid4().hex[:8]}.sqlite3'}"
         db.upgrade(url)
         return url, None
-    name = f"caducee_bench_{uuid.uuid4().hex[:8]}"
-    asyncio.run(_admin(pg_url, f'CREATE DATABASE "{name}"'))
-    url = make_url(db.normalise_url(pg_url)).set(database=name).render_as_string(hide_password=False)
+    name, url = create_pg_database(pg_url, "caducee_bench")
     db.upgrade(url)
     return url, name
 
@@ -121,7 +103,7 @@ def child(mode: str, backend: str, path: Path, workdir: Path, pg_url: str) -> No
         result = asyncio.run((measure_import if mode == "import" else measure_bare)(url, path))
     finally:
         if pg_name:
-            asyncio.run(_admin(pg_url, f'DROP DATABASE IF EXISTS "{pg_name}" WITH (FORCE)'))
+            drop_pg_database(pg_url, pg_name)
     result["peak_rss_mb"] = peak_rss_mb()
     print(json.dumps(result))
 
@@ -186,7 +168,16 @@ memory flat in the file size (compare the full file with one ten times smaller).
 
 | backend | import rows/s | bare insert rows/s | ratio | import peak RSS | same, 1/10 file | bare peak RSS |
 |---|---|---|---|---|---|---|
-""" + "\n".join(lines)
+""" + "\n".join(lines) + """
+
+Memory is flat: the import streams the file in batches of 5,000 rows and the folding caches are bounded.
+The ratio is short of the 0.5x target, and the reason is structural rather than a hot spot: per row, the bare
+insert costs only the C-level split and the driver's bulk path, while the import adds Python work that
+validates and derives each row (RPPS and FINESS Luhn keys, address syntax, accent folding for search, display
+names: the largest share), the staging insert (about what the whole bare insert costs), and the set-based merge
+into three indexed tables. Even with parsing free, staging plus merge alone would sit near 0.5x on SQLite.
+Profile: `python -m cProfile -s tottime -m caducee annuaire import extraction FILE`.
+"""
     print(body)
     if not args.no_write:
         write_section("annuaire_import", body)

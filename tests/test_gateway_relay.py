@@ -223,3 +223,16 @@ async def test_retry_succeeds_then_expiry_and_delay_warning(gateway) -> None:  #
     expired = status_block(notices[1])
     assert "Action: failed" in expired and "Status: 4.4.7" in expired and "dr.x@autre-operateur.mssante.fr" in expired
     assert REMOTE not in expired
+
+
+async def test_concurrent_workers_claim_disjoint_rows(gateway) -> None:  # type: ignore[no-untyped-def]
+    """Several nodes share one queue: a row is claimed by one worker only."""
+    rcpts = [f"dr.{n}@autre-operateur.mssante.fr" for n in range(30)]
+    await asyncio.to_thread(submit, gateway, rcpts)
+    workers = [worker_for(gateway, {}) for _ in range(3)]
+    for worker in workers:
+        worker.batch = 7
+    claims = await asyncio.gather(*(worker._claim() for worker in workers for _ in range(2)))
+    claimed = [row.id for rows in claims for row in rows]
+    assert len(claimed) == len(set(claimed)) == 30
+    assert await workers[0]._claim() == []  # all leased: nothing due until the lease ends

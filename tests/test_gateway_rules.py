@@ -140,3 +140,22 @@ async def test_nobody_replies_to_a_campaign(gateway) -> None:  # type: ignore[no
     assert sent.accepted == [patient]
     result = await patient_writes(gateway, "adult_1", cnam, reply_to=campaign)
     assert not result.accepted and "cannot be answered" in result.reply
+
+
+async def test_a_body_is_stored_once_whatever_the_number_of_recipients(gateway) -> None:  # type: ignore[no-untyped-def]
+    from sqlalchemy import func, select
+
+    from caducee.mailbox.models import Folder, MailboxEntry, Message as StoredMessage
+
+    patients = gateway.credentials["patients"]
+    rcpts = [patients["adult_1"]["address"], patients["adult_2"]["address"], gateway.account("nurse")[0]]
+    msg = message(gateway.account("doctor")[0], ", ".join(rcpts), "Information", "Le cabinet sera fermé lundi.")
+    assert (await asyncio.to_thread(smtp_send, gateway, msg, rcpts))[0] == 250
+    async with gateway.engine.connect() as conn:
+        assert (await conn.execute(select(func.count()).select_from(StoredMessage))).scalar_one() == 1
+        entries = (await conn.execute(select(MailboxEntry.uid, MailboxEntry.modseq, Folder.name, Folder.uidnext)
+                                      .join(Folder, Folder.id == MailboxEntry.folder_id))).all()  # fmt: skip
+    assert len(entries) == 3
+    assert all(row.name == "INBOX" and row.uid == 1 and row.uidnext == 2 for row in entries)
+    for address in rcpts:
+        assert b"sera ferm" in (await gateway.inbox(address))[0]

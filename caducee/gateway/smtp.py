@@ -257,39 +257,36 @@ class GatewayHandler:
             return AuthResult(success=False, handled=False, message="535 5.7.8 Authentication credentials invalid / identifiants invalides")
         return AuthResult(success=True, auth_data=account)
 
-    async def auth_PLAIN(self, server: SMTP, args: list[str]) -> AuthResult:
+    @staticmethod
+    async def _initial_or_challenge(server: SMTP, args: list[str], prompt: str) -> bytes | None:
+        """The decoded initial response, or the client's answer to `prompt`; None if unusable."""
         if len(args) == 1:
-            response = await server.challenge_auth("")
-            if response is MISSING:
-                return AuthResult(success=False, handled=True)
-            blob = response
-        else:
-            try:
-                blob = base64.b64decode(args[1], validate=True)
-            except ValueError:
-                await server.push("501 5.5.2 Can't decode base64")
-                return AuthResult(success=False, handled=True)
-        parts = bytes(blob).split(b"\x00")
+            response = await server.challenge_auth(prompt)
+            return None if response is MISSING else bytes(response)
+        try:
+            return base64.b64decode(args[1], validate=True)
+        except ValueError:
+            await server.push("501 5.5.2 Can't decode base64")
+            return None
+
+    async def auth_PLAIN(self, server: SMTP, args: list[str]) -> AuthResult:
+        blob = await self._initial_or_challenge(server, args, "")
+        if blob is None:
+            return AuthResult(success=False, handled=True)
+        parts = blob.split(b"\x00")
         if len(parts) != 3:
             await server.push("501 5.5.2 Can't split auth value")
             return AuthResult(success=False, handled=True)
         return await self._check(server, parts[1], parts[2])
 
     async def auth_LOGIN(self, server: SMTP, args: list[str]) -> AuthResult:
-        if len(args) == 1:
-            login = await server.challenge_auth("Username:")
-        else:
-            try:
-                login = base64.b64decode(args[1], validate=True)
-            except ValueError:
-                await server.push("501 5.5.2 Can't decode base64")
-                return AuthResult(success=False, handled=True)
-        if login is MISSING:
+        login = await self._initial_or_challenge(server, args, "Username:")
+        if login is None:
             return AuthResult(success=False, handled=True)
         password = await server.challenge_auth("Password:")
         if password is MISSING:
             return AuthResult(success=False, handled=True)
-        return await self._check(server, bytes(login), bytes(password))
+        return await self._check(server, login, bytes(password))
 
 
 async def start_listener(config: ListenerConfig, pipeline: AcceptPipeline, authenticator: MailboxAuthenticator,
