@@ -148,3 +148,27 @@ async def test_unknown_local_recipient_and_outside_trust_space_refused_at_rcpt(g
     assert code == 550 and b"5.1.1" in text
     code, text = await asyncio.to_thread(rcpt, "someone@gmail.com")
     assert code == 550 and b"5.7.1" in text and b"trust space" in text
+
+
+async def test_a_storage_failure_is_a_temporary_error_and_nothing_is_stored(gateway) -> None:  # type: ignore[no-untyped-def]
+    doctor = gateway.account("doctor")
+    patient = gateway.credentials["patients"]["adult_1"]["address"]
+
+    async def broken_writer(plans):  # type: ignore[no-untyped-def]
+        raise ConnectionError("database unreachable")
+
+    gateway.pipeline.committer._writer = broken_writer
+
+    def send() -> tuple[int, bytes]:
+        with smtplib.SMTP("127.0.0.1", gateway.ports["submission"], timeout=30) as client:
+            client.starttls(context=tls(gateway))
+            client.login(*doctor)
+            try:
+                client.sendmail(doctor[0], [patient], message(doctor[0], patient).as_bytes(policy=SMTP_POLICY))
+            except smtplib.SMTPDataError as exc:
+                return exc.smtp_code, exc.smtp_error
+            return 250, b""
+
+    code, text = await asyncio.to_thread(send)
+    assert code == 451 and b"4.3.0" in text  # the client keeps the message and retries
+    assert await gateway.inbox(patient) == []

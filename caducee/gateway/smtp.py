@@ -191,6 +191,9 @@ class GatewaySMTP(SMTP):
         await super().push(status)
 
 
+TEMPORARY_FAILURE = "451 4.3.0 Temporary failure, please retry later / erreur temporaire, réessayez plus tard"
+
+
 class GatewayHandler:
     def __init__(self, pipeline: AcceptPipeline, authenticator: MailboxAuthenticator, kind: str) -> None:
         self.pipeline = pipeline
@@ -214,7 +217,11 @@ class GatewayHandler:
     async def handle_MAIL(self, server: SMTP, session: Session, envelope: SmtpEnvelope, address: str, options: list[str]) -> str:
         channel = self._channel(session)
         identity = session.auth_data if isinstance(session.auth_data, str) else None
-        decision = await self.pipeline.check_sender(address, channel, authenticated=identity, peer_dn=peer_dn(server.transport))
+        try:
+            decision = await self.pipeline.check_sender(address, channel, authenticated=identity, peer_dn=peer_dn(server.transport))
+        except Exception:  # the database is unreachable: a temporary failure, never a refusal
+            log.exception("MAIL FROM check failed")
+            return TEMPORARY_FAILURE
         if decision is not None:
             return decision.smtp_reply
         envelope.mail_from = address
@@ -224,7 +231,11 @@ class GatewayHandler:
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: SmtpEnvelope, address: str, options: list[str]) -> str:
         if len(envelope.rcpt_tos) >= 1000:
             return "452 4.5.3 Too many recipients / trop de destinataires"
-        decision = await self.pipeline.check_recipient(envelope.mail_from, address, self._channel(session))
+        try:
+            decision = await self.pipeline.check_recipient(envelope.mail_from, address, self._channel(session))
+        except Exception:
+            log.exception("RCPT TO check failed")
+            return TEMPORARY_FAILURE
         if not decision.accepted:
             return decision.smtp_reply
         envelope.rcpt_tos.append(address)
@@ -236,10 +247,15 @@ class GatewayHandler:
         content = envelope.original_content if envelope.original_content is not None else envelope.content
         if isinstance(content, str):
             content = content.encode("utf-8", "surrogateescape")
-        result = await self.pipeline.accept(
-            Envelope(mail_from=envelope.mail_from, rcpt_tos=list(envelope.rcpt_tos), data=bytes(content),
-                     channel=self._channel(session), authenticated=identity, peer_dn=peer_dn(server.transport))  # fmt: skip
-        )
+        try:
+            result = await self.pipeline.accept(
+                Envelope(mail_from=envelope.mail_from, rcpt_tos=list(envelope.rcpt_tos), data=bytes(content),
+                         channel=self._channel(session), authenticated=identity, peer_dn=peer_dn(server.transport))  # fmt: skip
+            )
+        except Exception:
+            # Nothing was committed, so nothing is lost: the client keeps the message and retries.
+            log.exception("accepting a message failed")
+            return TEMPORARY_FAILURE
         return result.reply
 
     # ---- AUTH: async, so that the password check (argon2) runs off the event loop -------
