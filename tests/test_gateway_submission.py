@@ -8,7 +8,6 @@ import smtplib
 import ssl
 
 import aiosmtplib
-import pytest
 
 from email.policy import SMTP as SMTP_POLICY
 

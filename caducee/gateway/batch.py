@@ -67,7 +67,7 @@ def write_batch(conn: Connection, plans: list[DeliveryPlan]) -> list[int]:
          "state": "open", "is_campaign": p.new_conversation.is_campaign, "created_at": now}  # type: ignore[union-attr]
         for p in creating
     ])  # fmt: skip
-    conversation_of = {id(plan): conversation for plan, conversation in zip(creating, new_ids)}
+    conversation_of = {id(plan): conversation for plan, conversation in zip(creating, new_ids, strict=True)}
     participants = set()
     for plan in plans:
         conversation = conversation_of.get(id(plan), plan.conversation_id)
@@ -88,8 +88,8 @@ def write_batch(conn: Connection, plans: list[DeliveryPlan]) -> list[int]:
         for n in notices
     ])  # fmt: skip
 
-    deliveries = [(box, message_id) for plan, message_id in zip(plans, message_ids) for box in plan.local_boxes]
-    deliveries += [(notice.mailbox_id, message_id) for notice, message_id in zip(notices, notice_ids)]
+    deliveries = [(box, message_id) for plan, message_id in zip(plans, message_ids, strict=True) for box in plan.local_boxes]
+    deliveries += [(notice.mailbox_id, message_id) for notice, message_id in zip(notices, notice_ids, strict=True)]
     if deliveries:
         store.ensure_folders(conn, sorted({box for box, _ in deliveries}))
         reserved = store.allocate_uids(conn, dict(Counter((box, "INBOX") for box, _ in deliveries)))
@@ -107,7 +107,7 @@ def write_batch(conn: Connection, plans: list[DeliveryPlan]) -> list[int]:
         {"message_id": message_id, "mail_from": plan.sender, "rcpt_to": rcpt, "domain": rcpt.rpartition("@")[2],
          "state": "scheduled", "attempts": 0, "next_attempt_at": now, "expires_at": now + plan.queue_lifetime,
          "last_error": "", "delay_warned": False, "created_at": now, "updated_at": now}
-        for plan, message_id in zip(plans, message_ids) for rcpt in plan.remote
+        for plan, message_id in zip(plans, message_ids, strict=True) for rcpt in plan.remote
     ]  # fmt: skip
     if queued:
         conn.execute(insert(QueuedRecipient.__table__), queued)

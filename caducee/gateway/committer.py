@@ -69,6 +69,11 @@ class GroupCommitter:
                     if not pending.future.done():
                         pending.future.set_exception(RuntimeError("server shutting down"))
                 raise
+            except Exception as exc:  # a bug must fail these messages, not stop the committer
+                log.exception("group commit failed")
+                for pending in batch:
+                    if not pending.future.done():
+                        pending.future.set_exception(exc)
 
     async def _commit(self, batch: list[_Pending[Any]]) -> None:
         try:
@@ -84,6 +89,6 @@ class GroupCommitter:
             return
         self.commits += 1
         self.items += len(batch)
-        for pending, result in zip(batch, results):
+        for pending, result in zip(batch, results, strict=True):
             if not pending.future.done():
                 pending.future.set_result(result)

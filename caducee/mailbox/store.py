@@ -21,7 +21,6 @@ from caducee.mailbox.models import (
     Conversation,
     ConversationParticipant,
     Folder,
-    MailboxEntry,
     Message,
 )
 
