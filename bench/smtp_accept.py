@@ -111,7 +111,7 @@ async def tls_auth_rate(caducee: Caducee, messages: int, sessions: int, size: in
     import aiosmtplib
 
     password = caducee.credentials["professionals"]["doctor"]["password"]
-    context = ssl.create_default_context(cafile=str(caducee.data_dir / "pki" / "ca.crt"))
+    context = ssl.create_default_context(cafile=str(caducee.data_dir / "pki" / "anchors.pem"))
     body = ("Compte rendu de consultation, ligne de texte pour atteindre la taille voulue.\r\n" * (size // 80)).encode()
     per_session = messages // sessions
 

@@ -89,6 +89,55 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pki(args: argparse.Namespace) -> int:
+    """`caducee pki init | issue ADDRESS | revoke SERIAL`: the test trust space in <data dir>/pki."""
+    from caducee.crypto.atrest import load_master_key
+    from caducee.crypto.pki import Issuer, TrustSpace, init_pki, key_passphrase
+
+    settings = _settings(args)
+    passphrase = key_passphrase(load_master_key(settings.data_dir))
+    directory = settings.data_dir / "pki"
+    if args.pki_command == "init":
+        existed = TrustSpace(directory).exists()
+        space = init_pki(directory, hostname=settings.hostname, operator=settings.operator_domain, passphrase=passphrase, force=args.force)
+        print(f"trust space {'kept' if existed and not args.force else 'created'} in {space.directory}")
+        print(f"  anchors (give these to peers): {space.anchors}")
+        return 0
+    space = TrustSpace(directory)
+    if not space.exists():
+        print(f"error: no trust space in {directory}: run `caducee pki init` first", file=sys.stderr)
+        return 1
+    issuer = Issuer(space, passphrase)
+    if args.pki_command == "revoke":
+        try:
+            serial = int(args.serial, 16)
+        except ValueError:
+            print(f"error: {args.serial!r} is not a hexadecimal serial number", file=sys.stderr)
+            return 2
+        issuer.revoke(serial)
+        print(f"serial {args.serial} added to {space.crl}")
+        return 0
+    return asyncio.run(_issue_and_publish(settings, issuer, args.address))
+
+
+async def _issue_and_publish(settings: Settings, issuer: object, address: str) -> int:
+    from caducee.annuaire import service
+
+    engine = db.create_engine(settings.effective_database_url)
+    try:
+        async with engine.begin() as conn:
+            mailbox = await service.get_mailbox(conn, address, published_only=False)
+            if mailbox is None:
+                print(f"error: no mailbox {address} in the annuaire", file=sys.stderr)
+                return 1
+            pair = issuer.mailbox(address.lower(), mailbox.display_name or address, settings.operator_domain)  # type: ignore[attr-defined]
+            await service.publish_certificate(conn, address, pair.cert.read_bytes())
+    finally:
+        await engine.dispose()
+    print(f"certificate for {address} issued ({pair.cert}) and published in the annuaire")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="caducee", description="Caducée secure health messaging operator")
     common = argparse.ArgumentParser(add_help=False)
@@ -117,6 +166,17 @@ def build_parser() -> argparse.ArgumentParser:
     importer.add_argument("file", help="the file to import")
     importer.add_argument("--report", help="write every refused row (line number, reason) to this file")
     importer.set_defaults(func=cmd_import)
+
+    pki = commands.add_parser("pki", help="the test trust space (IGC-Santé shaped)").add_subparsers(dest="pki_command", required=True)
+    init = pki.add_parser("init", parents=[common], help="create root CA, organisation CA, TLS certificates and CRL")
+    init.add_argument("--force", action="store_true", help="replace an existing trust space")
+    init.set_defaults(func=cmd_pki)
+    issue = pki.add_parser("issue", parents=[common], help="issue and publish the S/MIME certificate of a mailbox")
+    issue.add_argument("address")
+    issue.set_defaults(func=cmd_pki)
+    revoke = pki.add_parser("revoke", parents=[common], help="revoke a certificate by its serial number (hex)")
+    revoke.add_argument("serial")
+    revoke.set_defaults(func=cmd_pki)
     return parser
 
 

@@ -40,8 +40,12 @@ def credentials_path(settings: Settings) -> Path:
     return settings.data_dir / "demo-credentials.json"
 
 
-async def seed(engine: AsyncEngine, settings: Settings) -> dict[str, Any] | None:
-    """Seed the demo world if the database holds no mailbox; return the credentials written."""
+async def seed(engine: AsyncEngine, settings: Settings, *, certificates: bool = True) -> dict[str, Any] | None:
+    """Seed the demo world if the database holds no mailbox; return the credentials written.
+
+    With `certificates`, each demo mailbox also gets an S/MIME certificate from the test
+    trust space, published in the annuaire (RSA key generation: about a second in all).
+    """
     async with engine.begin() as conn:
         if not await service.is_empty(conn):
             return None
@@ -133,8 +137,27 @@ async def seed(engine: AsyncEngine, settings: Settings) -> dict[str, Any] | None
         }  # fmt: skip
         credentials["domains"] = {"operator": OPERATOR_DOMAIN, "patients": patient_domain, "peer_operator": PEER_OPERATOR_DOMAIN}
 
+    if certificates:
+        await publish_certificates(engine, settings, credentials)
     write_credentials(credentials_path(settings), credentials)
     return credentials
+
+
+async def publish_certificates(engine: AsyncEngine, settings: Settings, credentials: dict[str, Any]) -> None:
+    """Issue an S/MIME certificate for every demo mailbox from the test trust space and
+    publish it in the annuaire (patients and organisation mailboxes are the ones whose
+    keys Caducée holds; the demo professionals get one too, to try end-to-end mail)."""
+    from caducee.crypto.atrest import load_master_key
+    from caducee.crypto.pki import Issuer, init_pki, key_passphrase
+
+    passphrase = key_passphrase(load_master_key(settings.data_dir))
+    space = init_pki(settings.data_dir / "pki", hostname=settings.hostname, operator=settings.operator_domain, passphrase=passphrase)
+    issuer = Issuer(space, passphrase)
+    people = [*credentials["professionals"].values(), *credentials["patients"].values(), credentials["cnam"]]
+    async with engine.begin() as conn:
+        for person in people:
+            pair = issuer.mailbox(person["address"], person.get("name", person["address"]), settings.operator_domain)
+            await service.publish_certificate(conn, person["address"], pair.cert.read_bytes())
 
 
 def write_credentials(path: Path, credentials: dict[str, Any]) -> None:

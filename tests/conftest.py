@@ -174,12 +174,13 @@ class RunningGateway:
     async def start(self, *, trusted_networks: list[str] | None = None) -> "RunningGateway":
         from caducee import demo
         from caducee.crypto.atrest import BodyCipher, load_master_key
-        from caducee.crypto.devpki import DevCA, server_context
+        from caducee.crypto.devpki import DevCA
+        from caducee.crypto.tls import server_context
         from caducee.gateway.auth import MailboxAuthenticator
         from caducee.gateway.pipeline import AcceptPipeline
         from caducee.gateway.smtp import ListenerConfig, start_listener
 
-        self.credentials = await demo.seed(self.engine, self.settings)
+        self.credentials = await demo.seed(self.engine, self.settings, certificates=False)
         self.ca = DevCA(self.directory / "pki")
         server = self.ca.issue("server", "localhost", "Caducee", server=True, dns=["localhost"], ips=["127.0.0.1"])
         self.peer = self.ca.issue("peer", "mx.autre-operateur.mssante.fr", "Autre Operateur", client=True)

@@ -21,7 +21,7 @@ from caducee.annuaire import service
 from caducee.annuaire.models import MailboxType
 from caducee.config import Settings
 from caducee.crypto.atrest import BodyCipher, load_master_key
-from caducee.crypto.devpki import client_context, server_context
+from caducee.crypto.tls import client_context, server_context
 from caducee.gateway.auth import MailboxAuthenticator
 from caducee.gateway.models import QueuedRecipient
 from caducee.gateway.pipeline import AcceptPipeline

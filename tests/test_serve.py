@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import smtplib
+import ssl
 import subprocess
 import sys
 import time
@@ -43,6 +44,10 @@ def test_serve_with_two_workers(tmp_path: Path, database_url: str, engine: Async
         credentials = json.loads((data_dir / "demo-credentials.json").read_text())
         sender = credentials["professionals"]["doctor"]["address"]
         patient = credentials["patients"]["adult_1"]["address"]
+        anchors = ssl.create_default_context(cafile=str(data_dir / "pki" / "anchors.pem"))
+        with smtplib.SMTP("127.0.0.1", smtp_port, timeout=30) as client:  # the certificate chains to our anchors
+            client.starttls(context=anchors)
+            assert client.ehlo()[0] == 250
         for n in range(10):  # connections land on either worker
             with smtplib.SMTP("127.0.0.1", smtp_port, timeout=30) as client:
                 client.sendmail(sender, [patient], f"From: {sender}\r\nSubject: {n}\r\n\r\nhello\r\n".encode())

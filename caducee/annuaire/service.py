@@ -457,3 +457,58 @@ async def resolve_parties(
             password_hash=row.password_hash if usable else None,
         )
     return result
+
+
+# ---- certificates published per mailbox ---------------------------------------------------
+
+
+class CertificateError(ValueError):
+    """A certificate cannot be published for that mailbox (the message says why)."""
+
+
+async def publish_certificate(conn: AsyncConnection, address: str, pem: bytes, *, usage: str = "sign+encrypt") -> None:
+    """Publish `pem` for the mailbox at `address`; its rfc822Name must be that address."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+
+    from caducee.annuaire.models import Certificate
+
+    cert = x509.load_pem_x509_certificate(pem)
+    try:
+        names = [name.lower() for name in cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.RFC822Name)]
+    except x509.ExtensionNotFound:
+        names = []
+    normalised = validate_mailbox_address(address)
+    if normalised not in names:
+        raise CertificateError(f"the certificate is for {', '.join(names) or 'no e-mail address'}, not {normalised}")
+    mailbox_id = (await conn.execute(select(Mailbox.id).where(Mailbox.address == normalised))).scalar_one_or_none()
+    if mailbox_id is None:
+        raise CertificateError(f"no mailbox {normalised} in the annuaire")
+    fingerprint = cert.fingerprint(hashes.SHA256()).hex()
+    exists = (await conn.execute(select(Certificate.id).where(Certificate.fingerprint_sha256 == fingerprint))).first()
+    if exists:
+        return
+    await conn.execute(
+        Certificate.__table__.insert().values(
+            mailbox_id=mailbox_id, usage=usage, subject=cert.subject.rfc4514_string(), issuer=cert.issuer.rfc4514_string(),
+            serial=format(cert.serial_number, "x"), fingerprint_sha256=fingerprint, not_before=cert.not_valid_before_utc,
+            not_after=cert.not_valid_after_utc, pem=pem.decode("ascii"),
+        )  # fmt: skip
+    )
+
+
+async def certificates_for(conn: AsyncConnection, addresses: list[str], *, at: datetime | None = None) -> dict[str, list[str]]:
+    """The PEM certificates published for each address, within their validity period at `at`."""
+    from caducee.annuaire.models import Certificate
+
+    moment = at or datetime.now(timezone.utc)
+    rows = await conn.execute(
+        select(Mailbox.address, Certificate.pem)
+        .join(Certificate, Certificate.mailbox_id == Mailbox.id)
+        .where(Mailbox.address.in_([a.lower() for a in addresses]), Certificate.not_before <= moment, Certificate.not_after > moment)
+        .order_by(Certificate.not_after.desc())
+    )
+    found: dict[str, list[str]] = {}
+    for row in rows:
+        found.setdefault(row.address, []).append(row.pem)
+    return found

@@ -1,8 +1,7 @@
-"""A development trust space: a root CA, TLS server and operator client certificates.
+"""A throw-away CA for tests: issue TLS certificates on the fly (EC keys, unencrypted).
 
-Enough for the listeners and the tests to use real TLS and mutual TLS today; the S/MIME
-issue grows it into `caducee pki init` (intermediate CA, per-mailbox certificates, CRL).
-Files are PEM; private keys are written with mode 0600.
+The operator's trust space is `caducee.crypto.pki` (`caducee pki init`); this one exists
+so that tests can make peers, rogue CAs and odd certificates in a line each.
 """
 
 from __future__ import annotations
@@ -10,7 +9,6 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import os
-import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,45 +79,3 @@ class DevCA:
         if names:
             builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
         return _write(self.directory, stem, builder.sign(self.key, hashes.SHA256()), key)
-
-
-def ensure_dev_pki(directory: Path, hostname: str, organisation: str = "Caducee") -> dict[str, Issued]:
-    """The development trust space in `directory`, created on first use and kept after.
-
-    Several worker processes may start at once: a lock file makes one create it and the
-    others read what it wrote.
-    """
-    import fcntl
-
-    Path(directory).mkdir(parents=True, exist_ok=True)
-    with open(Path(directory) / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        ca = DevCA(directory)
-        issued = {"ca": ca.files}
-        for stem, server, client in (("server", True, False), ("operator", False, True)):
-            files = Issued(ca.directory / f"{stem}.crt", ca.directory / f"{stem}.key")
-            if not (files.cert.exists() and files.key.exists()):
-                files = ca.issue(stem, hostname, organisation, server=server, client=client,
-                                 dns=[hostname, "localhost"] if server else None, ips=["127.0.0.1"] if server else None)  # fmt: skip
-            issued[stem] = files
-    return issued
-
-
-def server_context(issued: Issued, *, client_ca: Path | None = None) -> ssl.SSLContext:
-    """A TLS 1.2+ server context; with `client_ca`, a client certificate is required."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(issued.cert, issued.key)
-    if client_ca is not None:
-        context.verify_mode = ssl.CERT_REQUIRED
-        context.load_verify_locations(cafile=str(client_ca))
-    return context
-
-
-def client_context(ca: Path, issued: Issued | None = None) -> ssl.SSLContext:
-    """A TLS 1.2+ client context trusting `ca`, presenting `issued` when given."""
-    context = ssl.create_default_context(cafile=str(ca))
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    if issued is not None:
-        context.load_cert_chain(issued.cert, issued.key)
-    return context

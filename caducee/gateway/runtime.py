@@ -12,7 +12,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from caducee.config import Settings
 from caducee.crypto.atrest import BodyCipher, load_master_key
-from caducee.crypto.devpki import Issued, client_context, ensure_dev_pki, server_context
+from caducee.crypto.pki import Pair, init_pki, key_passphrase
+from caducee.crypto.tls import client_context, server_context
 from caducee.gateway.auth import MailboxAuthenticator
 from caducee.gateway.pipeline import AcceptPipeline
 from caducee.gateway.relay import RelayWorker
@@ -23,22 +24,25 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TlsFiles:
-    server: Issued
+    server: Pair
     anchors: Path
-    relay_client: Issued
+    relay_client: Pair
+    password: bytes | None = None
 
 
 def tls_files(settings: Settings) -> TlsFiles:
-    """Certificates from the settings, or the development PKI in `<data dir>/pki`."""
+    """Certificates from the settings, or the test trust space in `<data dir>/pki` (created if absent)."""
     if settings.tls_cert:
         missing = [name for name in ("tls_key", "trust_anchors", "relay_client_cert", "relay_client_key") if not getattr(settings, name)]
         if missing:
             raise ValueError(f"tls_cert is set: set {', '.join(missing)} too")
-        return TlsFiles(Issued(Path(settings.tls_cert), Path(settings.tls_key)), Path(settings.trust_anchors),
-                        Issued(Path(settings.relay_client_cert), Path(settings.relay_client_key)))  # fmt: skip
-    log.warning("no tls_cert configured: using the development PKI in %s", settings.data_dir / "pki")
-    dev = ensure_dev_pki(settings.data_dir / "pki", settings.hostname)
-    return TlsFiles(dev["server"], Path(settings.trust_anchors) if settings.trust_anchors else dev["ca"].cert, dev["operator"])
+        return TlsFiles(Pair(Path(settings.tls_cert), Path(settings.tls_key)), Path(settings.trust_anchors),
+                        Pair(Path(settings.relay_client_cert), Path(settings.relay_client_key)))  # fmt: skip
+    log.warning("no tls_cert configured: using the test trust space in %s", settings.data_dir / "pki")
+    passphrase = key_passphrase(load_master_key(settings.data_dir))
+    space = init_pki(settings.data_dir / "pki", hostname=settings.hostname, operator=settings.operator_domain, passphrase=passphrase)
+    anchors = Path(settings.trust_anchors) if settings.trust_anchors else space.anchors
+    return TlsFiles(space.server, anchors, space.operator, passphrase)
 
 
 @dataclass
@@ -62,9 +66,9 @@ class GatewayRuntime:
 async def start_gateway(settings: Settings, engine: AsyncEngine, *, reuse_port: bool = False, relay: bool = True) -> GatewayRuntime:
     files = tls_files(settings)
     cipher = BodyCipher(load_master_key(settings.data_dir))
-    plain = server_context(files.server)
-    mutual = server_context(files.server, client_ca=files.anchors)
-    relay_context: ssl.SSLContext = client_context(files.anchors, files.relay_client)
+    plain = server_context(files.server, password=files.password)
+    mutual = server_context(files.server, client_ca=files.anchors, password=files.password)
+    relay_context: ssl.SSLContext = client_context(files.anchors, files.relay_client, password=files.password)
     worker = RelayWorker(engine, settings, cipher, relay_context)
     pipeline = AcceptPipeline(engine, settings, cipher, on_queued=worker.wake)
     authenticator = MailboxAuthenticator(engine, settings.local_domains)

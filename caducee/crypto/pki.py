@@ -1,0 +1,242 @@
+"""A test trust space shaped like IGC-Santé: `caducee pki init`.
+
+    AC racine (self-signed, path length 1)
+      └── AC organisations (path length 0), which issues
+            - the TLS server certificate of the listeners (serverAuth)
+            - the operator's client certificate for mutual TLS between operators (clientAuth)
+            - one S/MIME certificate per mailbox whose key Caducée holds (rfc822Name SAN,
+              digitalSignature + keyEncipherment, emailProtection)
+            - a CRL, re-signed by `revoke`
+
+RSA keys: CMS encryption to a recipient is RSA key transport. Private keys are written
+encrypted (PKCS#8, with a passphrase derived from the master key), mode 0600; production
+points the settings at real IGC-Santé files instead.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fcntl
+import ipaddress
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+KEY_BITS = 2048
+ROOT_NAME = "Caducee AC Racine IGC-Sante (test)"
+ORG_CA_NAME = "Caducee AC Organisations IGC-Sante (test)"
+
+
+def key_passphrase(master_key: bytes) -> bytes:
+    """The passphrase of the PKI's private keys, derived from the master key (never stored)."""
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"caducee pki private keys").derive(master_key).hex().encode()
+
+
+@dataclass(frozen=True)
+class Pair:
+    cert: Path
+    key: Path
+
+
+@dataclass(frozen=True)
+class TrustSpace:
+    """Where `init` put everything; `anchors` is what peers must chain to."""
+
+    directory: Path
+
+    @property
+    def root(self) -> Path:
+        return self.directory / "root-ca.crt"
+
+    @property
+    def org_ca(self) -> Pair:
+        return Pair(self.directory / "org-ca.crt", self.directory / "org-ca.key")
+
+    @property
+    def server(self) -> Pair:
+        return Pair(self.directory / "server.crt", self.directory / "server.key")
+
+    @property
+    def operator(self) -> Pair:
+        return Pair(self.directory / "operator.crt", self.directory / "operator.key")
+
+    @property
+    def crl(self) -> Path:
+        return self.directory / "org-ca.crl"
+
+    @property
+    def anchors(self) -> Path:
+        """Root and organisation CA in one PEM file (what TLS peers load)."""
+        return self.directory / "anchors.pem"
+
+    def mailbox(self, address: str) -> Pair:
+        return Pair(self.directory / "mailboxes" / f"{address}.crt", self.directory / "mailboxes" / f"{address}.key")
+
+    def exists(self) -> bool:
+        return all(path.exists() for path in (self.root, self.org_ca.cert, self.server.cert, self.operator.cert, self.crl))
+
+
+def _name(common_name: str, organisation: str, email: str | None = None) -> x509.Name:
+    attributes = [x509.NameAttribute(NameOID.COUNTRY_NAME, "FR"), x509.NameAttribute(NameOID.ORGANIZATION_NAME, organisation),
+                  x509.NameAttribute(NameOID.COMMON_NAME, common_name)]  # fmt: skip
+    if email:
+        attributes.append(x509.NameAttribute(NameOID.EMAIL_ADDRESS, email))
+    return x509.Name(attributes)
+
+
+def _usage(**flags: bool) -> x509.KeyUsage:
+    names = ["digital_signature", "content_commitment", "key_encipherment", "data_encipherment", "key_agreement",
+             "key_cert_sign", "crl_sign", "encipher_only", "decipher_only"]  # fmt: skip
+    return x509.KeyUsage(**{name: flags.get(name, False) for name in names})
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+
+
+def _save(pair: Pair, cert: x509.Certificate, key: rsa.RSAPrivateKey, passphrase: bytes) -> None:
+    pair.cert.parent.mkdir(parents=True, exist_ok=True)
+    pair.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    encryption = serialization.BestAvailableEncryption(passphrase)
+    _write_private(pair.key, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption))
+
+
+def load_key(path: Path, passphrase: bytes) -> rsa.RSAPrivateKey:
+    key = serialization.load_pem_private_key(path.read_bytes(), password=passphrase)
+    assert isinstance(key, rsa.RSAPrivateKey)
+    return key
+
+
+class Issuer:
+    """The organisation CA, loaded from the trust space, issuing and revoking."""
+
+    def __init__(self, space: TrustSpace, passphrase: bytes) -> None:
+        self.space = space
+        self.passphrase = passphrase
+        self.cert = x509.load_pem_x509_certificate(space.org_ca.cert.read_bytes())
+        self.key = load_key(space.org_ca.key, passphrase)
+
+    def _issue(self, subject: x509.Name, public_key: rsa.RSAPublicKey, *, days: int, extensions: list[tuple[x509.ExtensionType, bool]],
+               not_before: dt.datetime | None = None) -> x509.Certificate:  # fmt: skip
+        now = dt.datetime.now(dt.timezone.utc)
+        start = not_before or now - dt.timedelta(minutes=5)
+        builder = (
+            x509.CertificateBuilder().subject_name(subject).issuer_name(self.cert.subject).public_key(public_key)
+            .serial_number(x509.random_serial_number()).not_valid_before(start)
+            .not_valid_after(start + dt.timedelta(days=days))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()), critical=False)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+        )  # fmt: skip
+        for extension, critical in extensions:
+            builder = builder.add_extension(extension, critical=critical)
+        return builder.sign(self.key, hashes.SHA256())
+
+    def tls(self, pair: Pair, common_name: str, organisation: str, *, server: bool, names: list[str] | None = None) -> None:
+        key = rsa.generate_private_key(public_exponent=65537, key_size=KEY_BITS)
+        extensions: list[tuple[x509.ExtensionType, bool]] = [
+            (_usage(digital_signature=True, key_encipherment=True), True),
+            (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]), False),
+        ]
+        if names:
+            general: list[x509.GeneralName] = []
+            for name in names:
+                try:
+                    general.append(x509.IPAddress(ipaddress.ip_address(name)))
+                except ValueError:
+                    general.append(x509.DNSName(name))
+            extensions.append((x509.SubjectAlternativeName(general), False))
+        _save(pair, self._issue(_name(common_name, organisation), key.public_key(), days=825, extensions=extensions), key, self.passphrase)
+
+    def mailbox(self, address: str, display_name: str, organisation: str, *, days: int = 1095,
+                not_before: dt.datetime | None = None) -> Pair:  # fmt: skip
+        """An S/MIME certificate and key for `address` (signature and encryption)."""
+        key = rsa.generate_private_key(public_exponent=65537, key_size=KEY_BITS)
+        extensions: list[tuple[x509.ExtensionType, bool]] = [
+            (_usage(digital_signature=True, key_encipherment=True), True),
+            (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.EMAIL_PROTECTION]), False),
+            (x509.SubjectAlternativeName([x509.RFC822Name(address)]), False),
+        ]
+        cert = self._issue(_name(display_name, organisation, email=address), key.public_key(), days=days,
+                           extensions=extensions, not_before=not_before)  # fmt: skip
+        pair = self.space.mailbox(address)
+        _save(pair, cert, key, self.passphrase)
+        return pair
+
+    def write_crl(self, revoked: dict[int, dt.datetime] | None = None) -> None:
+        """Sign the CRL with `revoked` (serial -> date), valid seven days."""
+        now = dt.datetime.now(dt.timezone.utc)
+        builder = (
+            x509.CertificateRevocationListBuilder().issuer_name(self.cert.subject).last_update(now - dt.timedelta(minutes=5))
+            .next_update(now + dt.timedelta(days=7))
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()), critical=False)
+            .add_extension(x509.CRLNumber(int(now.timestamp())), critical=False)
+        )  # fmt: skip
+        for serial, when in sorted((revoked or {}).items()):
+            builder = builder.add_revoked_certificate(
+                x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(when).build()
+            )
+        self.space.crl.write_bytes(builder.sign(self.key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM))
+
+    def revoke(self, serial: int) -> None:
+        """Add `serial` to the CRL (what was revoked before stays revoked)."""
+        current = x509.load_pem_x509_crl(self.space.crl.read_bytes())
+        revoked = {entry.serial_number: entry.revocation_date_utc for entry in current}
+        revoked.setdefault(serial, dt.datetime.now(dt.timezone.utc))
+        self.write_crl(revoked)
+
+
+def init_pki(directory: Path, *, hostname: str, operator: str, passphrase: bytes, force: bool = False) -> TrustSpace:
+    """Create the trust space in `directory` (kept as it is when it exists, unless `force`).
+
+    A lock file lets several worker processes call this at once: one creates, the others
+    find it done.
+    """
+    space = TrustSpace(Path(directory))
+    space.directory.mkdir(parents=True, exist_ok=True)
+    with open(space.directory / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if space.exists() and not force:
+            return space
+        now = dt.datetime.now(dt.timezone.utc)
+        root_key = rsa.generate_private_key(public_exponent=65537, key_size=KEY_BITS)
+        root_name = _name(ROOT_NAME, operator)
+        root = (
+            x509.CertificateBuilder().subject_name(root_name).issuer_name(root_name).public_key(root_key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=3650))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=1), critical=True)
+            .add_extension(_usage(key_cert_sign=True, crl_sign=True), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(root_key.public_key()), critical=False)
+            .sign(root_key, hashes.SHA256())
+        )  # fmt: skip
+        space.root.write_bytes(root.public_bytes(serialization.Encoding.PEM))
+        _write_private(space.directory / "root-ca.key", root_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.BestAvailableEncryption(passphrase)))  # fmt: skip
+        org_key = rsa.generate_private_key(public_exponent=65537, key_size=KEY_BITS)
+        org = (
+            x509.CertificateBuilder().subject_name(_name(ORG_CA_NAME, operator)).issuer_name(root_name)
+            .public_key(org_key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=3000))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(_usage(key_cert_sign=True, crl_sign=True), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(org_key.public_key()), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(root_key.public_key()), critical=False)
+            .sign(root_key, hashes.SHA256())
+        )  # fmt: skip
+        _save(space.org_ca, org, org_key, passphrase)
+        issuer = Issuer(space, passphrase)
+        issuer.tls(space.server, hostname, operator, server=True, names=[hostname, "localhost", "127.0.0.1"])
+        issuer.tls(space.operator, hostname, operator, server=False)
+        issuer.write_crl()
+        space.anchors.write_bytes(space.root.read_bytes() + space.org_ca.cert.read_bytes())
+        return space
