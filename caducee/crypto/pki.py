@@ -124,6 +124,8 @@ class Issuer:
         self.passphrase = passphrase
         self.cert = x509.load_pem_x509_certificate(space.org_ca.cert.read_bytes())
         self.key = load_key(space.org_ca.key, passphrase)
+        organisation = self.cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)[0].value
+        self.crl_url = f"http://pki.{organisation}/org-ca.crl"
 
     def _issue(self, subject: x509.Name, public_key: rsa.RSAPublicKey, *, days: int, extensions: list[tuple[x509.ExtensionType, bool]],
                not_before: dt.datetime | None = None) -> x509.Certificate:  # fmt: skip
@@ -136,6 +138,11 @@ class Issuer:
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()), critical=False)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+            # Where the CRL is published: validators (pyHanko's hard-fail mode among them) only
+            # insist on revocation data for certificates that name a source for it.
+            .add_extension(x509.CRLDistributionPoints([x509.DistributionPoint(
+                full_name=[x509.UniformResourceIdentifier(self.crl_url)], relative_name=None, reasons=None, crl_issuer=None)]),
+                critical=False)
         )  # fmt: skip
         for extension, critical in extensions:
             builder = builder.add_extension(extension, critical=critical)
