@@ -52,6 +52,9 @@ class Settings:
     trusted_networks: list[str] = _setting(
         [], "Networks (CIDR) that may submit on the submission port without TLS or AUTH, like Postfix's mynetworks. Off by default."
     )
+    smtp_max_connections_per_client: int = _setting(
+        50, "Concurrent SMTP connections one client address may hold per worker (like Postfix's smtpd_client_connection_count_limit)."
+    )
     tls_cert: str = _setting("", "PEM certificate (chain) of the listeners. Empty: the development PKI in <data dir>/pki.")
     tls_key: str = _setting("", "PEM private key of the listeners.")
     trust_anchors: str = _setting("", "PEM file of the CAs other operators' certificates must chain to (MX and relay).")

@@ -148,3 +148,33 @@ async def test_dot_stuffing_is_undone_and_an_empty_message_is_answered(gateway) 
     assert empty.startswith("550 5.6.0") and "From header" in empty
     stored = await gateway.inbox(patient)
     assert b"\r\n.a leading dot\r\n..two dots\r\nend\r\n" in stored[0]
+
+
+async def test_one_client_address_cannot_hold_more_than_its_share_of_connections(gateway) -> None:  # type: ignore[no-untyped-def]
+    from caducee.gateway.smtp import ListenerConfig, start_listener
+    from caducee.crypto.tls import server_context
+    from conftest import free_port
+
+    server_cert = gateway.ca.issue("limit", "localhost", "Caducee", server=True, dns=["localhost"], ips=["127.0.0.1"])
+    config = ListenerConfig("submission", "127.0.0.1", free_port(), server_context(server_cert), max_connections_per_client=3)
+    listener = await start_listener(config, gateway.pipeline, gateway.authenticator)
+    try:
+        async def greeting() -> tuple[bytes, asyncio.StreamWriter]:
+            reader, writer = await asyncio.open_connection("127.0.0.1", config.port)
+            return await reader.readline(), writer
+
+        held = [await greeting() for _ in range(3)]
+        assert all(line.startswith(b"220 ") for line, _ in held)
+        refused, extra = await greeting()
+        assert refused.startswith(b"421 4.7.0 Too many connections")
+        extra.close()
+        held[0][1].close()
+        await held[0][1].wait_closed()
+        await asyncio.sleep(0.2)
+        again, writer = await greeting()  # a connection that ends frees its place
+        assert again.startswith(b"220 ")
+        for _, other in [*held[1:], (again, writer)]:
+            other.close()
+    finally:
+        listener.close()
+        await listener.wait_closed()

@@ -82,6 +82,7 @@ async def start_gateway(settings: Settings, engine: AsyncEngine, *, reuse_port: 
         if config.port == 0:
             continue
         config.max_message_size = settings.max_message_size
+        config.max_connections_per_client = settings.smtp_max_connections_per_client
         config.hostname = settings.hostname
         runtime.servers.append(await start_listener(config, pipeline, authenticator, reuse_port=reuse_port))
         log.info("SMTP %s on %s:%d%s", config.kind, config.host, config.port, " (implicit TLS)" if config.implicit_tls else "")

@@ -39,6 +39,7 @@ class ListenerConfig:
     implicit_tls: bool = False
     trusted_networks: list[str] = field(default_factory=list)
     max_message_size: int = 25 * 1024 * 1024
+    max_connections_per_client: int = 50
     hostname: str = "localhost"
 
 
@@ -84,16 +85,50 @@ END_OF_DATA = b"\r\n.\r\n"
 _SCAN_WINDOW = 256 * 1024
 
 
+class ClientConnections:
+    """Concurrent connections per client address on one listener, with a ceiling."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._open: dict[str, int] = {}
+
+    def enter(self, client: str) -> bool:
+        count = self._open.get(client, 0)
+        if count >= self.limit:
+            return False
+        self._open[client] = count + 1
+        return True
+
+    def leave(self, client: str) -> None:
+        count = self._open.get(client, 0) - 1
+        if count > 0:
+            self._open[client] = count
+        else:
+            self._open.pop(client, None)
+
+
 class GatewaySMTP(SMTP):
     """aiosmtpd's server with what we add: enhanced status codes on every reply, a DATA
     reader that works in large chunks, and trusted networks exempt from STARTTLS and AUTH."""
 
-    def __init__(self, handler: "GatewayHandler", *, trusted_networks: list[str], **kwargs: Any) -> None:
+    def __init__(self, handler: "GatewayHandler", *, trusted_networks: list[str], connections: "ClientConnections",
+                 **kwargs: Any) -> None:  # fmt: skip
         super().__init__(handler, **kwargs)
         self._trusted = [ipaddress.ip_network(network) for network in trusted_networks]
+        self._connections = connections
+        self._counted: str | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         first = self._original_transport is None and getattr(self, "transport", None) is None
+        if first:
+            peer = transport.get_extra_info("peername")
+            client = peer[0] if peer else "unknown"
+            if not self._connections.enter(client):
+                transport.write(b"421 4.7.0 Too many connections from your address, try again later / "
+                                b"trop de connexions depuis votre adresse\r\n")  # fmt: skip
+                transport.close()
+                return
+            self._counted = client
         super().connection_made(transport)
         if first and transport.get_extra_info("ssl_object") is not None:
             # Implicit TLS (port 5465): aiosmtpd only counts TLS it negotiated by STARTTLS.
@@ -107,6 +142,13 @@ class GatewaySMTP(SMTP):
                 self.session.trusted = True  # type: ignore[attr-defined]
                 self.require_starttls = False
                 self._auth_required = False
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self._counted is None:
+            return  # turned away in connection_made: aiosmtpd never set this connection up
+        self._connections.leave(self._counted)
+        self._counted = None
+        super().connection_lost(error)
 
     @syntax("DATA")
     async def smtp_DATA(self, arg: str) -> None:
@@ -310,11 +352,13 @@ async def start_listener(config: ListenerConfig, pipeline: AcceptPipeline, authe
     """Open one listener; the caller closes the returned server."""
     handler = GatewayHandler(pipeline, authenticator, config.kind)
     is_mx = config.kind == "mx"
+    connections = ClientConnections(config.max_connections_per_client)
 
     def factory() -> GatewaySMTP:
         return GatewaySMTP(
             handler,
             trusted_networks=config.trusted_networks,
+            connections=connections,
             hostname=config.hostname,
             ident="Caducee ESMTP",
             data_size_limit=config.max_message_size,
