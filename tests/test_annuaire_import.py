@@ -20,8 +20,21 @@ from caducee.annuaire import service
 from caducee.annuaire.formats import EXTRACTION_COLUMNS, PS_COLUMNS
 from caducee.annuaire.importer import import_on_connection
 from caducee.annuaire.importing import ImportFileError
-from caducee.annuaire.models import ImportRun, Mailbox, MailboxType, Professional, Structure, TrustDomain
-from caducee.annuaire.synthetic import extraction_row, finess, ps_row, whitelist_xml, write_file
+from caducee.annuaire.models import (
+    ImportRun,
+    Mailbox,
+    MailboxType,
+    Professional,
+    Structure,
+    TrustDomain,
+)
+from caducee.annuaire.synthetic import (
+    extraction_row,
+    finess,
+    ps_row,
+    whitelist_xml,
+    write_file,
+)
 
 
 async def run(engine: AsyncEngine, kind: str, path: Path, **kwargs):  # type: ignore[no-untyped-def]

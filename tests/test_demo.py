@@ -10,8 +10,19 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from caducee import demo
 from caducee.annuaire import service
-from caducee.annuaire.identifiers import luhn_valid, validate_finess, validate_ins, validate_rpps
-from caducee.annuaire.models import Guardianship, Mailbox, Patient, PatientStatus, TrustDomain
+from caducee.annuaire.identifiers import (
+    luhn_valid,
+    validate_finess,
+    validate_ins,
+    validate_rpps,
+)
+from caducee.annuaire.models import (
+    Guardianship,
+    Mailbox,
+    Patient,
+    PatientStatus,
+    TrustDomain,
+)
 from caducee.config import Settings
 from caducee.passwords import verify_password
 

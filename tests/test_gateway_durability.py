@@ -14,11 +14,11 @@ from email.utils import formatdate
 from pathlib import Path
 
 import aiosmtplib
+from conftest import free_port
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from caducee.mailbox.models import MailboxEntry, Message
-from conftest import free_port
 
 TOTAL = 4000
 KILL_AFTER = 1500

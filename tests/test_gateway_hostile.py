@@ -151,9 +151,10 @@ async def test_dot_stuffing_is_undone_and_an_empty_message_is_answered(gateway) 
 
 
 async def test_one_client_address_cannot_hold_more_than_its_share_of_connections(gateway) -> None:  # type: ignore[no-untyped-def]
-    from caducee.gateway.smtp import ListenerConfig, start_listener
-    from caducee.crypto.tls import server_context
     from conftest import free_port
+
+    from caducee.crypto.tls import server_context
+    from caducee.gateway.smtp import ListenerConfig, start_listener
 
     server_cert = gateway.ca.issue("limit", "localhost", "Caducee", server=True, dns=["localhost"], ips=["127.0.0.1"])
     config = ListenerConfig("submission", "127.0.0.1", free_port(), server_context(server_cert), max_connections_per_client=3)

@@ -7,10 +7,10 @@ from email.policy import SMTP as SMTP_POLICY
 
 import aiosmtplib
 import pytest
+from mail import message
 
 from caducee.crypto.devpki import DevCA
 from caducee.crypto.tls import client_context
-from mail import message
 
 PEER_SENDER = "dr.durand@autre-operateur.mssante.fr"
 

@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import email
-from email.header import decode_header, make_header
 import smtplib
 import ssl
 from datetime import datetime, timedelta, timezone
+from email.header import decode_header, make_header
 from email.policy import SMTP as SMTP_POLICY
 from pathlib import Path
 
 import pytest
 from aiosmtpd.smtp import SMTP as AioSMTP
+from conftest import free_port
+from mail import message
 from sqlalchemy import select, update
 
 from caducee import db
@@ -27,8 +29,6 @@ from caducee.gateway.models import QueuedRecipient
 from caducee.gateway.pipeline import AcceptPipeline
 from caducee.gateway.relay import RelayWorker
 from caducee.gateway.smtp import ListenerConfig, start_listener
-from conftest import free_port
-from mail import message
 
 REMOTE = "dr.durand@autre-operateur.mssante.fr"
 

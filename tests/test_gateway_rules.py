@@ -9,11 +9,11 @@ import smtplib
 import ssl
 from email.policy import SMTP as SMTP_POLICY
 
+from mail import message
 from sqlalchemy import update
 
 from caducee.annuaire.models import Patient
 from caducee.gateway.pipeline import Channel, Envelope
-from mail import message
 
 
 def smtp_send(gateway, msg, rcpts: list[str]) -> tuple[int, str]:  # type: ignore[no-untyped-def]
@@ -145,7 +145,8 @@ async def test_nobody_replies_to_a_campaign(gateway) -> None:  # type: ignore[no
 async def test_a_body_is_stored_once_whatever_the_number_of_recipients(gateway) -> None:  # type: ignore[no-untyped-def]
     from sqlalchemy import func, select
 
-    from caducee.mailbox.models import Folder, MailboxEntry, Message as StoredMessage
+    from caducee.mailbox.models import Folder, MailboxEntry
+    from caducee.mailbox.models import Message as StoredMessage
 
     patients = gateway.credentials["patients"]
     rcpts = [patients["adult_1"]["address"], patients["adult_2"]["address"], gateway.account("nurse")[0]]

@@ -6,11 +6,9 @@ import asyncio
 import base64
 import smtplib
 import ssl
-
-import aiosmtplib
-
 from email.policy import SMTP as SMTP_POLICY
 
+import aiosmtplib
 from mail import message
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from caducee.annuaire.synthetic import with_luhn
 from caducee.annuaire.identifiers import (
     InvalidIdentifier,
     luhn_valid,
@@ -17,6 +16,7 @@ from caducee.annuaire.identifiers import (
     validate_rpps,
     validate_siret,
 )
+from caducee.annuaire.synthetic import with_luhn
 
 
 @pytest.mark.parametrize(

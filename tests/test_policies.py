@@ -7,7 +7,17 @@ from dataclasses import replace
 
 import pytest
 
-from caducee.policies import CHAIN, Action, Conversation, ConversationState, Facts, Message, Party, PartyKind, decide
+from caducee.policies import (
+    CHAIN,
+    Action,
+    Conversation,
+    ConversationState,
+    Facts,
+    Message,
+    Party,
+    PartyKind,
+    decide,
+)
 
 DOCTOR = Party("dr.bernard@demo.mssante.fr", PartyKind.PROFESSIONAL)
 NURSE = Party("k.haddad@demo.mssante.fr", PartyKind.PROFESSIONAL)

@@ -13,9 +13,8 @@ import time
 from pathlib import Path
 
 import httpx
-from sqlalchemy.ext.asyncio import AsyncEngine
-
 from conftest import free_port
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 
 def test_serve_with_two_workers(tmp_path: Path, database_url: str, engine: AsyncEngine) -> None:

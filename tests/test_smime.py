@@ -11,7 +11,14 @@ from cryptography import x509
 
 from caducee.crypto import smime
 from caducee.crypto.devpki import DevCA
-from caducee.crypto.pki import Issuer, Pair, TrustSpace, init_pki, key_passphrase, load_key
+from caducee.crypto.pki import (
+    Issuer,
+    Pair,
+    TrustSpace,
+    init_pki,
+    key_passphrase,
+    load_key,
+)
 
 PASSPHRASE = key_passphrase(b"\x02" * 32)
 DOCTOR = "sophie.bernard@demo.mssante.fr"

@@ -150,7 +150,7 @@ def _signed_parts(message: bytes) -> tuple[bytes, bytes]:
     end = body.find(b"\r\n" + delimiter, start)
     entity = body[start:end]
     signature_part = body[end + 2 + len(delimiter) :]
-    sig_head, sig_body = _split(signature_part.lstrip(b"\r\n"))
+    _, sig_body = _split(signature_part.lstrip(b"\r\n"))
     sig_body = sig_body.split(b"\r\n" + delimiter)[0]
     try:
         der = base64.b64decode(b"".join(sig_body.split()), validate=True)
@@ -184,7 +184,6 @@ async def verify(message: bytes, *, anchors: list[x509.Certificate], crls: list[
     entity, der = _signed_parts(message)
     try:
         signed_data = asn1_cms.ContentInfo.load(der)["content"]
-        signer_cert = None
     except ValueError:
         raise SmimeError("5.7.5", "la signature S/MIME est illisible", "unreadable S/MIME signature (bad CMS)") from None
 

@@ -21,7 +21,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from caducee import db
 from caducee.gateway.models import QueuedRecipient
 from caducee.mailbox import store
-from caducee.mailbox.models import Conversation, ConversationParticipant, MailboxEntry, Message
+from caducee.mailbox.models import (
+    Conversation,
+    ConversationParticipant,
+    MailboxEntry,
+    Message,
+)
 
 
 @dataclass(frozen=True)
@@ -74,7 +79,7 @@ def write_batch(conn: Connection, plans: list[DeliveryPlan]) -> list[int]:
         members = plan.new_conversation.participants if plan.new_conversation is not None else plan.add_participants
         participants |= {(conversation, address) for address in members}
     if participants:
-        conn.execute(store._insert_ignore(conn, ConversationParticipant.__table__),
+        conn.execute(store.insert_ignore(conn, ConversationParticipant.__table__),
                            [{"conversation_id": c, "address": a} for c, a in sorted(participants)])  # fmt: skip
 
     message_ids = store.insert_returning_ids(conn, Message.__table__, [

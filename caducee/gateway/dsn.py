@@ -7,9 +7,9 @@ message/delivery-status part with one block per recipient, and the original head
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from email.message import EmailMessage, Message
 from email.utils import format_datetime, formatdate, make_msgid
-from datetime import datetime
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import email.policy
 import re
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from email import errors as email_errors
 from email.header import decode_header, make_header
 from email.message import Message
@@ -51,7 +51,6 @@ class InspectedMessage:
     has_content: bool
     has_attachment: bool
     mdn_to: str | None
-    headers_added: list[str] = field(default_factory=list)
 
     @property
     def size(self) -> int:
@@ -157,5 +156,4 @@ def inspect_message(raw: bytes, *, max_size: int, hostname: str, add_missing_hea
         has_content=has_content,
         has_attachment=has_attachment,
         mdn_to=mdn.strip() if mdn else None,
-        headers_added=added,
     )

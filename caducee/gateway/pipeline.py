@@ -13,10 +13,10 @@ import enum
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Callable
 from datetime import timedelta
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
+from typing import Callable
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -27,7 +27,19 @@ from caducee.gateway.batch import BatchWriter, DeliveryPlan, NewConversation, No
 from caducee.gateway.committer import GroupCommitter
 from caducee.gateway.inspect import InspectedMessage, MessageRejected, inspect_message
 from caducee.mailbox import store
-from caducee.policies import RCPT_CHAIN, Action, Conversation, ConversationState, Decision, Facts, Message, Party, PartyKind, decide
+from caducee.policies import (
+    RCPT_CHAIN,
+    Action,
+    Conversation,
+    ConversationState,
+    Decision,
+    Facts,
+    Message,
+    Party,
+    PartyKind,
+    decide,
+)
+from caducee.policies.rules import outside_trust_space
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +65,6 @@ class Envelope:
     channel: Channel
     authenticated: str | None = None  # the mailbox address the session authenticated as
     peer_dn: str | None = None  # MX: the subject DN of the client certificate
-    conversation_hint: int | None = None  # webmail: the conversation the reply is written in
 
 
 @dataclass
@@ -136,9 +147,7 @@ class AcceptPipeline:
         if channel is Channel.MX:
             info = (await self._parties([sender]))[sender]
             if not info.domain_trusted or info.is_local:
-                domain = sender.rpartition("@")[2]
-                return refusal(550, "5.7.1", f"le domaine {domain} n'appartient pas à l'espace de confiance MSSanté",
-                               f"domain {domain} is not in the MSSante trust space", "trust-space")  # fmt: skip
+                return outside_trust_space(sender)
             if peer_dn is not None and peer_dn not in info.operator_dns:
                 return refusal(550, "5.7.1", "le certificat de l'opérateur ne correspond pas au domaine expéditeur",
                                "the operator certificate does not match the sender domain", "trust-space")  # fmt: skip

@@ -19,16 +19,16 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 import aiosmtplib
-from sqlalchemy import bindparam, select, text, update
 from sqlalchemy import DateTime as SADateTime
+from sqlalchemy import bindparam, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from caducee.annuaire.service import resolve_parties
 from caducee.config import Settings
 from caducee.crypto.atrest import BodyCipher
+from caducee.gateway.batch import DeliveryPlan, write_batch
 from caducee.gateway.dsn import RecipientStatus, build_dsn
 from caducee.gateway.models import QueuedRecipient
-from caducee.gateway.batch import DeliveryPlan, write_batch
 from caducee.mailbox.models import Message
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiosmtpd.smtp as aiosmtpd_smtp
-from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope as SmtpEnvelope, Session, syntax
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Session, syntax
+from aiosmtpd.smtp import Envelope as SmtpEnvelope
 
 from caducee.gateway.auth import Locked, MailboxAuthenticator
 from caducee.gateway.pipeline import AcceptPipeline, Channel, Envelope

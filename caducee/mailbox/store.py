@@ -36,7 +36,8 @@ class ConversationView:
     is_campaign: bool
 
 
-def _insert_ignore(conn: Connection | AsyncConnection, table):  # type: ignore[no-untyped-def]
+def insert_ignore(conn: Connection | AsyncConnection, table):  # type: ignore[no-untyped-def]
+    """INSERT ... ON CONFLICT DO NOTHING, in the connection's dialect."""
     dialect_insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
     return dialect_insert(table).on_conflict_do_nothing()
 
@@ -109,7 +110,7 @@ def ensure_folders(conn: Connection, mailbox_ids: list[int]) -> None:
         for mailbox_id in missing
         for name, special in SPECIAL_FOLDERS
     ]
-    conn.execute(_insert_ignore(conn, Folder.__table__), rows)
+    conn.execute(insert_ignore(conn, Folder.__table__), rows)
 
 
 def allocate_uids(conn: Connection, counts: dict[tuple[int, str], int]) -> dict[tuple[int, str], tuple[int, int, int]]:

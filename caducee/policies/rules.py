@@ -18,6 +18,13 @@ def refuse(rule: str, code: int, enhanced: str, text_fr: str, text_en: str) -> D
     return Decision(accepted=False, rule=rule, code=code, enhanced=enhanced, text_fr=text_fr, text_en=text_en)
 
 
+def outside_trust_space(address: str) -> Decision:
+    """The refusal for an address whose domain is not in the trust space (rule 1)."""
+    domain = address.rpartition("@")[2]
+    return refuse("trust-space", 550, "5.7.1", f"le domaine {domain} n'appartient pas à l'espace de confiance MSSanté",
+                  f"domain {domain} is not in the MSSante trust space")  # fmt: skip
+
+
 class Rule:
     name: ClassVar[str]
     description: ClassVar[str]
@@ -31,16 +38,9 @@ class TrustSpace(Rule):
     description = "Mail is exchanged only with domains of the trust space (our own and the whitelist)."
 
     def check(self, facts: Facts) -> Decision | None:
-        if not facts.sender.domain_trusted:
-            domain = facts.sender.address.rpartition("@")[2]
-            return refuse(self.name, 550, "5.7.1",
-                          f"le domaine {domain} n'appartient pas à l'espace de confiance MSSanté",
-                          f"domain {domain} is not in the MSSante trust space")  # fmt: skip
-        if not facts.recipient.domain_trusted:
-            domain = facts.recipient.address.rpartition("@")[2]
-            return refuse(self.name, 550, "5.7.1",
-                          f"le domaine {domain} n'appartient pas à l'espace de confiance MSSanté",
-                          f"domain {domain} is not in the MSSante trust space")  # fmt: skip
+        for party in (facts.sender, facts.recipient):
+            if not party.domain_trusted:
+                return outside_trust_space(party.address)
         return None
 
 
