@@ -52,10 +52,10 @@ def wait_port(port: int, timeout: float = 120) -> None:
     raise RuntimeError(f"nothing listens on {port}")
 
 
-def smtp_source(port: int, messages: int, sessions: int, size: int) -> float:
+def smtp_source(port: int, messages: int, sessions: int, size: int, recipient: str = RECIPIENT) -> float:
     """Messages per second that smtp-source achieved against 127.0.0.1:port."""
     start = time.perf_counter()
-    subprocess.run(["smtp-source", "-s", str(sessions), "-m", str(messages), "-l", str(size), "-f", SENDER, "-t", RECIPIENT,
+    subprocess.run(["smtp-source", "-s", str(sessions), "-m", str(messages), "-l", str(size), "-f", SENDER, "-t", recipient,
                     f"127.0.0.1:{port}"], check=True, stdout=subprocess.DEVNULL)  # fmt: skip
     return messages / (time.perf_counter() - start)
 
@@ -80,13 +80,13 @@ def children_of(pid: int) -> list[int]:
 class Caducee:
     """`caducee serve --demo --workers N` in a data dir of its own."""
 
-    def __init__(self, workdir: Path, database_url: str, workers: int) -> None:
+    def __init__(self, workdir: Path, database_url: str, workers: int, extra_env: dict[str, str] | None = None) -> None:
         self.data_dir = workdir / f"caducee-{uuid.uuid4().hex[:6]}"
         self.port, self.tls_port = free_port(), free_port()
         env = {**os.environ, "CADUCEE_DATA_DIR": str(self.data_dir), "CADUCEE_DATABASE_URL": database_url,
                "CADUCEE_SUBMISSION_PORT": str(self.port), "CADUCEE_SUBMISSIONS_PORT": str(self.tls_port),
                "CADUCEE_MX_PORT": "0", "CADUCEE_HTTP_PORT": str(free_port()), "CADUCEE_TRUSTED_NETWORKS": "127.0.0.0/8",
-               "CADUCEE_LOG_LEVEL": "WARNING"}  # fmt: skip
+               "CADUCEE_LOG_LEVEL": "WARNING", **(extra_env or {})}  # fmt: skip
         self.process = subprocess.Popen([sys.executable, "-m", "caducee", "serve", "--demo", "--workers", str(workers)],
                                         env=env, stdout=subprocess.DEVNULL, stderr=open(workdir / "caducee.log", "ab"))  # fmt: skip
         wait_port(self.port)

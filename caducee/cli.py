@@ -92,17 +92,17 @@ def cmd_import(args: argparse.Namespace) -> int:
 def cmd_pki(args: argparse.Namespace) -> int:
     """`caducee pki init | issue ADDRESS | revoke SERIAL`: the test trust space in <data dir>/pki."""
     from caducee.crypto.atrest import load_master_key
-    from caducee.crypto.pki import Issuer, TrustSpace, init_pki, key_passphrase
+    from caducee.crypto.pki import Issuer, TrustSpace, development_space, key_passphrase
 
     settings = _settings(args)
-    passphrase = key_passphrase(load_master_key(settings.data_dir))
     directory = settings.data_dir / "pki"
     if args.pki_command == "init":
         existed = TrustSpace(directory).exists()
-        space = init_pki(directory, hostname=settings.hostname, operator=settings.operator_domain, passphrase=passphrase, force=args.force)
+        space, _ = development_space(settings, force=args.force)
         print(f"trust space {'kept' if existed and not args.force else 'created'} in {space.directory}")
         print(f"  anchors (give these to peers): {space.anchors}")
         return 0
+    passphrase = key_passphrase(load_master_key(settings.data_dir))
     space = TrustSpace(directory)
     if not space.exists():
         print(f"error: no trust space in {directory}: run `caducee pki init` first", file=sys.stderr)
@@ -117,10 +117,13 @@ def cmd_pki(args: argparse.Namespace) -> int:
         issuer.revoke(serial)
         print(f"serial {args.serial} added to {space.crl}")
         return 0
-    return asyncio.run(_issue_and_publish(settings, issuer, args.address))
+    return asyncio.run(_issue_and_publish(settings, issuer, args.address, args.holder))
 
 
-async def _issue_and_publish(settings: Settings, issuer: object, address: str) -> int:
+HELD_TYPES = {"PAT", "ORG", "APP"}  # patients and organisation mailboxes: Caducée signs and decrypts for them
+
+
+async def _issue_and_publish(settings: Settings, issuer: object, address: str, holder: str) -> int:
     from caducee.annuaire import service
 
     engine = db.create_engine(settings.effective_database_url)
@@ -130,11 +133,15 @@ async def _issue_and_publish(settings: Settings, issuer: object, address: str) -
             if mailbox is None:
                 print(f"error: no mailbox {address} in the annuaire", file=sys.stderr)
                 return 1
-            pair = issuer.mailbox(address.lower(), mailbox.display_name or address, settings.operator_domain)  # type: ignore[attr-defined]
+            held = mailbox.type in HELD_TYPES if holder == "auto" else holder == "operator"
+            pair = issuer.mailbox(address.lower(), mailbox.display_name or address, settings.operator_domain,  # type: ignore[attr-defined]
+                                  held=held)  # fmt: skip
             await service.publish_certificate(conn, address, pair.cert.read_bytes())
     finally:
         await engine.dispose()
     print(f"certificate for {address} issued ({pair.cert}) and published in the annuaire")
+    if not held:
+        print(f"  the key is for the owner's mail client ({pair.key}); Caducée does not keep it")
     return 0
 
 
@@ -173,6 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
     init.set_defaults(func=cmd_pki)
     issue = pki.add_parser("issue", parents=[common], help="issue and publish the S/MIME certificate of a mailbox")
     issue.add_argument("address")
+    issue.add_argument("--holder", choices=["auto", "operator", "owner"], default="auto",
+                       help="who keeps the private key: the operator (signs and decrypts for the mailbox) or the owner's "
+                            "mail client; auto: the operator for patients and organisation mailboxes")  # fmt: skip
     issue.set_defaults(func=cmd_pki)
     revoke = pki.add_parser("revoke", parents=[common], help="revoke a certificate by its serial number (hex)")
     revoke.add_argument("serial")

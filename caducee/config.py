@@ -58,6 +58,23 @@ class Settings:
     tls_cert: str = _setting("", "PEM certificate (chain) of the listeners. Empty: the development PKI in <data dir>/pki.")
     tls_key: str = _setting("", "PEM private key of the listeners.")
     trust_anchors: str = _setting("", "PEM file of the CAs other operators' certificates must chain to (MX and relay).")
+    smime: str = _setting(
+        "enforce", "`enforce`: sign and encrypt what users send, refuse inbound mail whose signature does not verify. "
+        "`off`: neither (benchmarks and tests of other stages only)."
+    )
+    smime_without_certificate: str = _setting(
+        "refuse-remote", "A recipient with no certificate in the annuaire: `refuse-remote` refuses other operators' recipients "
+        "(5.7.5) and gives ours at-rest encryption only; `refuse` refuses all; `deliver` delivers signed only."
+    )
+    smime_cert: str = _setting("", "PEM S/MIME certificate of the operator (signs for mailboxes whose keys it does not hold). "
+                                   "Empty: the development PKI.")  # fmt: skip
+    smime_key: str = _setting("", "PEM private key of `smime_cert` (encrypted with the passphrase derived from the master key).")
+    smime_keys_dir: str = _setting("", "Directory of `<address>.crt` / `<address>.key` for the mailboxes whose keys Caducée holds. "
+                                       "Empty: `<data dir>/pki/mailboxes`.")  # fmt: skip
+    crl_files: list[str] = _setting([], "CRL files (PEM or DER) checked when verifying signatures, re-read when they change. "
+                                        "Empty: the development PKI's CRL.")  # fmt: skip
+    cpu_workers: int = _setting(0, "Processes doing CPU-heavy work (S/MIME, parsing large messages) per server process "
+                                   "(0: one per CPU).")  # fmt: skip
     relay_client_cert: str = _setting("", "PEM certificate presented to other operators when relaying (mutual TLS).")
     relay_client_key: str = _setting("", "PEM private key of the relay client certificate.")
     relay_routes: dict[str, str] = _setting(
@@ -188,4 +205,10 @@ def load_settings(
     settings = Settings(**values)
     if settings.max_message_size <= 0:
         raise SettingsError("setting 'max_message_size' must be positive")
+    choices = {"smime": ("enforce", "off"), "smime_without_certificate": ("refuse-remote", "refuse", "deliver")}
+    for name, allowed in choices.items():
+        if getattr(settings, name) not in allowed:
+            raise SettingsError(f"setting {name!r} must be one of {', '.join(allowed)}, not {getattr(settings, name)!r}")
+    if settings.cpu_workers < 0:
+        raise SettingsError("setting 'cpu_workers' must be 0 (one per CPU) or more")
     return settings

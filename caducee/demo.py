@@ -145,19 +145,36 @@ async def seed(engine: AsyncEngine, settings: Settings, *, certificates: bool = 
 
 async def publish_certificates(engine: AsyncEngine, settings: Settings, credentials: dict[str, Any]) -> None:
     """Issue an S/MIME certificate for every demo mailbox from the test trust space and
-    publish it in the annuaire (patients and organisation mailboxes are the ones whose
-    keys Caducée holds; the demo professionals get one too, to try end-to-end mail)."""
-    from caducee.crypto.atrest import load_master_key
-    from caducee.crypto.pki import Issuer, init_pki, key_passphrase
+    publish it in the annuaire.
 
-    passphrase = key_passphrase(load_master_key(settings.data_dir))
-    space = init_pki(settings.data_dir / "pki", hostname=settings.hostname, operator=settings.operator_domain, passphrase=passphrase)
+    Caducée holds the keys of patients and organisation mailboxes (it signs and decrypts
+    for them). The demo doctor and nurse keep theirs, as professionals do in their own mail
+    client: their pair is left in `pki/handed-out/`, with a PKCS#12 file to import into
+    Thunderbird (its password is the account password).
+    """
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import BestAvailableEncryption, pkcs12
+
+    from caducee.crypto.pki import Issuer, development_space, load_key, write_private
+
+    space, passphrase = development_space(settings)
     issuer = Issuer(space, passphrase)
-    people = [*credentials["professionals"].values(), *credentials["patients"].values(), credentials["cnam"]]
+    owners = [credentials["professionals"]["doctor"], credentials["professionals"]["nurse"]]
+    held = [credentials["professionals"]["pharmacy"], *credentials["patients"].values(), credentials["cnam"]]
     async with engine.begin() as conn:
-        for person in people:
-            pair = issuer.mailbox(person["address"], person.get("name", person["address"]), settings.operator_domain)
+        for person in [*owners, *held]:
+            keeps_own_key = any(person is owner for owner in owners)
+            pair = issuer.mailbox(person["address"], person.get("name", person["address"]), settings.operator_domain,
+                                  held=not keeps_own_key)  # fmt: skip
             await service.publish_certificate(conn, person["address"], pair.cert.read_bytes())
+            if keeps_own_key:
+                bundle = pkcs12.serialize_key_and_certificates(
+                    person["address"].encode(), load_key(pair.key, passphrase), x509.load_pem_x509_certificate(pair.cert.read_bytes()),
+                    None, BestAvailableEncryption(person["password"].encode()),
+                )  # fmt: skip
+                p12 = pair.cert.with_suffix(".p12")
+                write_private(p12, bundle)
+                person["smime_pkcs12"] = str(p12)
 
 
 def write_credentials(path: Path, credentials: dict[str, Any]) -> None:

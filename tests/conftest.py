@@ -171,7 +171,10 @@ class RunningGateway:
         self.servers: list[asyncio.base_events.Server] = []
         self.ports: dict[str, int] = {}
 
-    async def start(self, *, trusted_networks: list[str] | None = None) -> "RunningGateway":
+    async def start(self, *, trusted_networks: list[str] | None = None, smime: bool = False,
+                    without_certificate: str = "refuse-remote") -> "RunningGateway":  # fmt: skip
+        """`smime`: the demo mailboxes get certificates and the pipeline its S/MIME stage
+        (the other tests leave it out: they are about other stages)."""
         from caducee import demo
         from caducee.crypto.atrest import BodyCipher, load_master_key
         from caducee.crypto.devpki import DevCA
@@ -180,12 +183,21 @@ class RunningGateway:
         from caducee.gateway.pipeline import AcceptPipeline
         from caducee.gateway.smtp import ListenerConfig, start_listener
 
-        self.credentials = await demo.seed(self.engine, self.settings, certificates=False)
+        self.credentials = await demo.seed(self.engine, self.settings, certificates=smime)
         self.ca = DevCA(self.directory / "pki")
         server = self.ca.issue("server", "localhost", "Caducee", server=True, dns=["localhost"], ips=["127.0.0.1"])
         self.peer = self.ca.issue("peer", "mx.autre-operateur.mssante.fr", "Autre Operateur", client=True)
         self.cipher = BodyCipher(load_master_key(self.settings.data_dir, environ_value=""))
-        self.pipeline = AcceptPipeline(self.engine, self.settings, self.cipher)
+        self.smime = None
+        if smime:
+            from caducee.crypto.material import material_from_settings
+            from caducee.cpu import shared_pool
+            from caducee.gateway.protection import SmimeStage, WithoutCertificate
+
+            self.material = material_from_settings(self.settings)
+            self.smime = SmimeStage(self.engine, self.material, shared_pool(2), without_certificate=WithoutCertificate(without_certificate))
+            await self.smime.pool.warm()
+        self.pipeline = AcceptPipeline(self.engine, self.settings, self.cipher, smime=self.smime)
         self.authenticator = MailboxAuthenticator(self.engine, self.settings.local_domains)
         plain = server_context(server)
         listeners = {

@@ -57,7 +57,8 @@ class OtherOperator:
     """A second Caducée, on SQLite, serving autre-operateur.mssante.fr; it trusts the same CA
     and lists demo.mssante.fr with the DN of the first operator's client certificate."""
 
-    async def start(self, gateway, directory: Path) -> "OtherOperator":  # type: ignore[no-untyped-def]
+    async def start(self, gateway, directory: Path, smime=None) -> "OtherOperator":  # type: ignore[no-untyped-def]
+        """`smime`: an S/MIME stage builder `(engine) -> SmimeStage` for this operator's pipeline."""
         url = f"sqlite:///{directory / 'b.sqlite3'}"
         await asyncio.to_thread(db.upgrade, url)
         self.engine = db.create_engine(url)
@@ -68,7 +69,7 @@ class OtherOperator:
             await service.add_trust_domain(conn, "demo.mssante.fr", operator_dns=["CN=mail.demo.mssante.fr,O=Caducee,C=FR"])
             await service.add_mailbox(conn, address=REMOTE, type=MailboxType.PER, display_name="Dr Durand")
         self.cipher = BodyCipher(load_master_key(self.settings.data_dir, environ_value=""))
-        self.pipeline = AcceptPipeline(self.engine, self.settings, self.cipher)
+        self.pipeline = AcceptPipeline(self.engine, self.settings, self.cipher, smime=smime(self.engine) if smime else None)
         server = gateway.ca.issue("server-b", "mx.autre-operateur.mssante.fr", "Autre Operateur", server=True, dns=["localhost"], ips=["127.0.0.1"])
         self.port = free_port()
         config = ListenerConfig("mx", "127.0.0.1", self.port, server_context(server, client_ca=gateway.ca.files.cert))

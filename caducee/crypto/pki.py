@@ -4,8 +4,12 @@
       └── AC organisations (path length 0), which issues
             - the TLS server certificate of the listeners (serverAuth)
             - the operator's client certificate for mutual TLS between operators (clientAuth)
-            - one S/MIME certificate per mailbox whose key Caducée holds (rfc822Name SAN,
-              digitalSignature + keyEncipherment, emailProtection)
+            - the operator's S/MIME signing certificate (dNSName SAN for every local
+              domain), which signs for the professionals whose keys Caducée does not hold
+            - one S/MIME certificate per mailbox (rfc822Name SAN, digitalSignature +
+              keyEncipherment, emailProtection); the key of a mailbox Caducée holds
+              (patients, organisations) goes to `mailboxes/`, the key of one whose owner
+              keeps it (a professional's mail client) to `handed-out/`
             - a CRL, re-signed by `revoke`
 
 RSA keys: CMS encryption to a recipient is RSA key transport. Private keys are written
@@ -21,12 +25,16 @@ import ipaddress
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+if TYPE_CHECKING:
+    from caducee.config import Settings
 
 KEY_BITS = 2048
 ROOT_NAME = "Caducee AC Racine IGC-Sante (test)"
@@ -67,6 +75,16 @@ class TrustSpace:
         return Pair(self.directory / "operator.crt", self.directory / "operator.key")
 
     @property
+    def operator_smime(self) -> Pair:
+        """The operator's S/MIME certificate: signs mail of mailboxes whose keys we do not hold."""
+        return Pair(self.directory / "operator-smime.crt", self.directory / "operator-smime.key")
+
+    @property
+    def held_keys(self) -> Path:
+        """Certificates and keys of the mailboxes whose keys Caducée holds (`<address>.crt/.key`)."""
+        return self.directory / "mailboxes"
+
+    @property
     def crl(self) -> Path:
         return self.directory / "org-ca.crl"
 
@@ -76,7 +94,11 @@ class TrustSpace:
         return self.directory / "anchors.pem"
 
     def mailbox(self, address: str) -> Pair:
-        return Pair(self.directory / "mailboxes" / f"{address}.crt", self.directory / "mailboxes" / f"{address}.key")
+        return Pair(self.held_keys / f"{address}.crt", self.held_keys / f"{address}.key")
+
+    def handed_out(self, address: str) -> Pair:
+        """Where a key Caducée does not keep is left for its owner (demo and tests only)."""
+        return Pair(self.directory / "handed-out" / f"{address}.crt", self.directory / "handed-out" / f"{address}.key")
 
     def exists(self) -> bool:
         return all(path.exists() for path in (self.root, self.org_ca.cert, self.server.cert, self.operator.cert, self.crl))
@@ -96,7 +118,8 @@ def _usage(**flags: bool) -> x509.KeyUsage:
     return x509.KeyUsage(**{name: flags.get(name, False) for name in names})
 
 
-def _write_private(path: Path, data: bytes) -> None:
+def write_private(path: Path, data: bytes) -> None:
+    """Write a secret file readable by its owner only, created so from the start."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as handle:
@@ -107,7 +130,7 @@ def _save(pair: Pair, cert: x509.Certificate, key: rsa.RSAPrivateKey, passphrase
     pair.cert.parent.mkdir(parents=True, exist_ok=True)
     pair.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     encryption = serialization.BestAvailableEncryption(passphrase)
-    _write_private(pair.key, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption))
+    write_private(pair.key, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption))
 
 
 def load_key(path: Path, passphrase: bytes) -> rsa.RSAPrivateKey:
@@ -165,8 +188,12 @@ class Issuer:
         _save(pair, self._issue(_name(common_name, organisation), key.public_key(), days=825, extensions=extensions), key, self.passphrase)
 
     def mailbox(self, address: str, display_name: str, organisation: str, *, days: int = 1095,
-                not_before: dt.datetime | None = None) -> Pair:  # fmt: skip
-        """An S/MIME certificate and key for `address` (signature and encryption)."""
+                not_before: dt.datetime | None = None, held: bool = True) -> Pair:  # fmt: skip
+        """An S/MIME certificate and key for `address` (signature and encryption).
+
+        `held`: Caducée keeps the key (it signs and decrypts for that mailbox); otherwise
+        the pair is handed out to the owner's mail client and Caducée never uses the key.
+        """
         key = rsa.generate_private_key(public_exponent=65537, key_size=KEY_BITS)
         extensions: list[tuple[x509.ExtensionType, bool]] = [
             (_usage(digital_signature=True, key_encipherment=True), True),
@@ -175,9 +202,28 @@ class Issuer:
         ]
         cert = self._issue(_name(display_name, organisation, email=address), key.public_key(), days=days,
                            extensions=extensions, not_before=not_before)  # fmt: skip
-        pair = self.space.mailbox(address)
+        pair = self.space.mailbox(address) if held else self.space.handed_out(address)
         _save(pair, cert, key, self.passphrase)
+        if not held:  # a key it used to hold and no longer does
+            self.space.mailbox(address).key.unlink(missing_ok=True)
+            self.space.mailbox(address).cert.unlink(missing_ok=True)
         return pair
+
+    def operator_smime(self, common_name: str, organisation: str, domains: list[str]) -> None:
+        """The operator's S/MIME signing certificate, valid for every address of `domains`.
+
+        A receiver accepts it for a From address when one of its dNSName entries is the
+        address's domain (an organisation certificate, as IGC-Santé issues them).
+        """
+        key = rsa.generate_private_key(public_exponent=65537, key_size=KEY_BITS)
+        names: list[x509.GeneralName] = [x509.DNSName(domain) for domain in dict.fromkeys(d.lower() for d in domains)]
+        extensions: list[tuple[x509.ExtensionType, bool]] = [
+            (_usage(digital_signature=True, key_encipherment=True), True),
+            (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.EMAIL_PROTECTION]), False),
+            (x509.SubjectAlternativeName(names), False),
+        ]
+        cert = self._issue(_name(common_name, organisation), key.public_key(), days=825, extensions=extensions)
+        _save(self.space.operator_smime, cert, key, self.passphrase)
 
     def write_crl(self, revoked: dict[int, dt.datetime] | None = None) -> None:
         """Sign the CRL with `revoked` (serial -> date), valid seven days."""
@@ -202,17 +248,24 @@ class Issuer:
         self.write_crl(revoked)
 
 
-def init_pki(directory: Path, *, hostname: str, operator: str, passphrase: bytes, force: bool = False) -> TrustSpace:
+def init_pki(directory: Path, *, hostname: str, operator: str, passphrase: bytes, force: bool = False,
+             domains: list[str] | None = None) -> TrustSpace:  # fmt: skip
     """Create the trust space in `directory` (kept as it is when it exists, unless `force`).
 
+    `domains`: the local domains the operator's S/MIME certificate signs for (the operator
+    domain when not given). A trust space made before that certificate existed gets it
+    added, without touching its CAs.
     A lock file lets several worker processes call this at once: one creates, the others
     find it done.
     """
     space = TrustSpace(Path(directory))
     space.directory.mkdir(parents=True, exist_ok=True)
+    smime_domains = domains or [operator]
     with open(space.directory / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if space.exists() and not force:
+            if not space.operator_smime.cert.exists():
+                Issuer(space, passphrase).operator_smime(f"Signature {operator}", operator, smime_domains)
             return space
         now = dt.datetime.now(dt.timezone.utc)
         root_key = rsa.generate_private_key(public_exponent=65537, key_size=KEY_BITS)
@@ -227,7 +280,7 @@ def init_pki(directory: Path, *, hostname: str, operator: str, passphrase: bytes
             .sign(root_key, hashes.SHA256())
         )  # fmt: skip
         space.root.write_bytes(root.public_bytes(serialization.Encoding.PEM))
-        _write_private(space.directory / "root-ca.key", root_key.private_bytes(
+        write_private(space.directory / "root-ca.key", root_key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.BestAvailableEncryption(passphrase)))  # fmt: skip
         org_key = rsa.generate_private_key(public_exponent=65537, key_size=KEY_BITS)
         org = (
@@ -244,6 +297,17 @@ def init_pki(directory: Path, *, hostname: str, operator: str, passphrase: bytes
         issuer = Issuer(space, passphrase)
         issuer.tls(space.server, hostname, operator, server=True, names=[hostname, "localhost", "127.0.0.1"])
         issuer.tls(space.operator, hostname, operator, server=False)
+        issuer.operator_smime(f"Signature {operator}", operator, smime_domains)
         issuer.write_crl()
         space.anchors.write_bytes(space.root.read_bytes() + space.org_ca.cert.read_bytes())
         return space
+
+
+def development_space(settings: Settings, *, force: bool = False) -> tuple[TrustSpace, bytes]:
+    """The test trust space of the data directory (created if absent) and its key passphrase."""
+    from caducee.crypto.atrest import load_master_key
+
+    passphrase = key_passphrase(load_master_key(settings.data_dir))
+    space = init_pki(settings.data_dir / "pki", hostname=settings.hostname, operator=settings.operator_domain,
+                     passphrase=passphrase, force=force, domains=settings.local_domains)  # fmt: skip
+    return space, passphrase

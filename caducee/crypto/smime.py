@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime as dt
+import os
 import re
 from dataclasses import dataclass
 from email.parser import BytesHeaderParser
@@ -39,6 +40,9 @@ class SmimeError(Exception):
     def __init__(self, enhanced: str, text_fr: str, text_en: str) -> None:
         self.decision = Decision(accepted=False, rule="smime", code=550, enhanced=enhanced, text_fr=text_fr, text_en=text_en)
         super().__init__(self.decision.smtp_reply)
+
+    def __reduce__(self) -> tuple[type, tuple[str, str, str]]:  # crosses the process pool intact
+        return (SmimeError, (self.decision.enhanced, self.decision.text_fr, self.decision.text_en))
 
 
 @dataclass(frozen=True)
@@ -73,14 +77,40 @@ def _outer_headers(message: bytes) -> bytes:
     return b"\r\n".join(lines) + b"\r\n" if lines else b""
 
 
+def _base64_lines(der: bytes) -> bytes:
+    """Base64 in 76-character CRLF lines (RFC 2045): one C encode, then slicing."""
+    encoded = base64.b64encode(der)
+    return b"\r\n".join([encoded[i : i + 76] for i in range(0, len(encoded), 76)]) + b"\r\n"
+
+
 def sign(message: bytes, signer: Signer) -> bytes:
-    """The message signed (multipart/signed, SHA-256, detached), headers protected."""
+    """The message signed (multipart/signed, SHA-256, detached), headers protected.
+
+    `cryptography` makes the CMS structure (DER); the MIME around it is written here,
+    because its S/MIME encoder goes through the `email` package line by line, which costs
+    more than the signature itself on a large message.
+    """
     inner = b"Content-Type: message/rfc822\r\n\r\n" + _crlf(message)
     builder = pkcs7.PKCS7SignatureBuilder().set_data(inner).add_signer(signer.cert, signer.key, hashes.SHA256())
     for cert in signer.chain:
         builder = builder.add_certificate(cert)
-    signed = _crlf(builder.sign(serialization.Encoding.SMIME, [pkcs7.PKCS7Options.DetachedSignature, pkcs7.PKCS7Options.Binary]))
+    der = builder.sign(serialization.Encoding.DER, [pkcs7.PKCS7Options.DetachedSignature, pkcs7.PKCS7Options.Binary])
+    boundary = _boundary(inner)
+    signed = b"".join([
+        b"MIME-Version: 1.0\r\n",
+        b'Content-Type: multipart/signed; protocol="application/pkcs7-signature"; micalg="sha-256"; boundary="', boundary, b'"\r\n',
+        b"\r\nThis is an S/MIME signed message\r\n\r\n--", boundary, b"\r\n", inner, b"\r\n--", boundary, b"\r\n",
+        b'Content-Type: application/pkcs7-signature; name="smime.p7s"\r\nContent-Transfer-Encoding: base64\r\n',
+        b'Content-Disposition: attachment; filename="smime.p7s"\r\n\r\n', _base64_lines(der), b"\r\n--", boundary, b"--\r\n",
+    ])  # fmt: skip
     return _outer_headers(message) + signed
+
+
+def _boundary(content: bytes) -> bytes:
+    while True:
+        boundary = b"----=_caducee_" + os.urandom(16).hex().encode()
+        if boundary not in content:
+            return boundary
 
 
 def encrypt(message: bytes, recipients: list[x509.Certificate]) -> bytes:
@@ -93,7 +123,11 @@ def encrypt(message: bytes, recipients: list[x509.Certificate]) -> bytes:
     builder = pkcs7.PKCS7EnvelopeBuilder().set_data(entity).set_content_encryption_algorithm(algorithms.AES256)
     for cert in recipients:
         builder = builder.add_recipient(cert)
-    enveloped = _crlf(builder.encrypt(serialization.Encoding.SMIME, [pkcs7.PKCS7Options.Binary]))
+    der = builder.encrypt(serialization.Encoding.DER, [pkcs7.PKCS7Options.Binary])
+    enveloped = b"".join([
+        b'MIME-Version: 1.0\r\nContent-Type: application/pkcs7-mime; smime-type=enveloped-data; name="smime.p7m"\r\n',
+        b'Content-Transfer-Encoding: base64\r\nContent-Disposition: attachment; filename="smime.p7m"\r\n\r\n', _base64_lines(der),
+    ])  # fmt: skip
     return _outer_headers(message) + enveloped
 
 
@@ -112,10 +146,74 @@ def is_signed(message: bytes) -> bool:
     return b"multipart/signed" in lowered and b"pkcs7-signature" in lowered
 
 
+def _enveloped_der(message: bytes) -> bytes:
+    """The DER of an application/pkcs7-mime body (base64 decoded in C)."""
+    _, body = _split(_crlf(message))
+    try:
+        return base64.b64decode(b"".join(body.split()), validate=True)
+    except ValueError:
+        raise SmimeError("5.7.5", "le message chiffré est illisible", "unreadable S/MIME enveloped data (bad base64)") from None
+
+
+def recipient_ids(message: bytes) -> set[tuple[str, object]]:
+    """Whom an enveloped message is encrypted to: ("serial", (issuer DER, serial)) or ("ski", bytes).
+
+    Lets the receiver pick the one key of its own that opens the message without trying
+    every key it holds.
+    """
+    from asn1crypto import cms as asn1_cms
+
+    der = _enveloped_der(message)
+    try:
+        info = asn1_cms.ContentInfo.load(der)
+        recipients = info["content"]["recipient_infos"]
+        found: set[tuple[str, object]] = set()
+        for recipient in recipients:
+            if recipient.name != "ktri":
+                continue
+            rid = recipient.chosen["rid"]
+            if rid.name == "issuer_and_serial_number":
+                found.add(("serial", (rid.chosen["issuer"].dump(), rid.chosen["serial_number"].native)))
+            else:
+                found.add(("ski", rid.chosen.native))
+        return found
+    except (ValueError, KeyError, TypeError):
+        raise SmimeError("5.7.5", "le message chiffré est illisible", "unreadable S/MIME enveloped data") from None
+
+
+def is_recipient(cert: x509.Certificate, ids: set[tuple[str, object]]) -> bool:
+    """Whether `cert` is one of the recipients `recipient_ids` found."""
+    if ("serial", (cert.issuer.public_bytes(), cert.serial_number)) in ids:
+        return True
+    try:
+        ski = cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
+    except x509.ExtensionNotFound:
+        return False
+    return ("ski", ski) in ids
+
+
+def may_sign_for(cert: x509.Certificate, address: str) -> bool:
+    """Whether a signature by `cert` vouches for mail From `address`.
+
+    The mailbox's own certificate (rfc822Name = the address), or an organisation
+    certificate whose dNSName is the address's domain (an operator signing for the
+    professionals whose keys it does not hold).
+    """
+    try:
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return False
+    address = address.lower()
+    domain = address.rpartition("@")[2]
+    return address in {n.lower() for n in names.get_values_for_type(x509.RFC822Name)} or domain in {
+        n.lower() for n in names.get_values_for_type(x509.DNSName)
+    }
+
+
 def decrypt(message: bytes, cert: x509.Certificate, key: rsa.RSAPrivateKey) -> bytes:
     """The decrypted entity, with the outer headers put back in front of it."""
     try:
-        inner = pkcs7.pkcs7_decrypt_smime(_crlf(message), cert, key, [])
+        inner = pkcs7.pkcs7_decrypt_der(_enveloped_der(message), cert, key, [])
     except ValueError as exc:
         raise SmimeError("5.7.5", "le message ne peut pas être déchiffré pour ce destinataire",
                          f"the message cannot be decrypted for this recipient ({exc})") from None  # fmt: skip
@@ -206,7 +304,7 @@ async def verify(message: bytes, *, anchors: list[x509.Certificate], crls: list[
         raise SmimeError("5.7.5", "le certificat de l'expéditeur est révoqué", "the sender's certificate is revoked")
     if not status.trusted:
         reason = str(getattr(status, "trust_problem_indic", "") or "untrusted")
-        if "EXPIRED" in reason.upper() or "NOT_YET_VALID" in reason.upper():
+        if any(word in reason.upper() for word in ("EXPIRED", "NOT_YET_VALID", "OUT_OF_BOUNDS")):
             raise SmimeError("5.7.5", "le certificat de l'expéditeur n'est pas en cours de validité",
                              "the sender's certificate is expired or not yet valid")  # fmt: skip
         if "REVOKED" in reason.upper():
@@ -216,15 +314,17 @@ async def verify(message: bytes, *, anchors: list[x509.Certificate], crls: list[
     signer_cert = x509.load_der_x509_certificate(status.signing_cert.dump())
     inner = entity
     entity_head, entity_body = _split(entity)
-    if b"message/rfc822" in entity_head.lower():
+    if b"message/rfc822" in entity_head.lower():  # RFC 8551 header protection
         inner = entity_body
-        outer, protected = _headers(_split(message)[0] + b"\r\n"), _headers(_split(inner)[0] + b"\r\n")
-        for name in ("from", "to", "cc"):
-            if outer[name] and _addresses(outer[name]) != _addresses(protected[name]):
-                raise SmimeError("5.7.7", f"l'en-tête {name.capitalize()} diffère de celui qui a été signé",
-                                 f"the {name.capitalize()} header differs from the signed one")  # fmt: skip
-        if outer["subject"] and outer["subject"] != protected["subject"]:
-            raise SmimeError("5.7.7", "l'objet diffère de celui qui a été signé", "the Subject header differs from the signed one")
+    # Headers inside the signature (a wrapped message, or a signed entity that carries
+    # them itself) must match the outer ones a mail client shows.
+    outer, protected = _headers(_split(message)[0] + b"\r\n"), _headers(_split(inner)[0] + b"\r\n")
+    for name in ("from", "to", "cc"):
+        if outer[name] and protected[name] and _addresses(outer[name]) != _addresses(protected[name]):
+            raise SmimeError("5.7.7", f"l'en-tête {name.capitalize()} diffère de celui qui a été signé",
+                             f"the {name.capitalize()} header differs from the signed one")  # fmt: skip
+    if outer["subject"] and protected["subject"] and outer["subject"] != protected["subject"]:
+        raise SmimeError("5.7.7", "l'objet diffère de celui qui a été signé", "the Subject header differs from the signed one")
     return Verified(signer=signer_cert, inner=inner)
 
 

@@ -47,24 +47,36 @@ class Notice:
     sender: str
 
 
-@dataclass
-class DeliveryPlan:
+@dataclass(frozen=True)
+class Copy:
+    """One stored form of a message and who receives that form.
+
+    Most messages have one form. With S/MIME there can be two: the readable (signed) form
+    for mailboxes whose keys we hold, and the enveloped form for everyone else. Each form
+    is stored once, whatever the number of its recipients.
+    """
+
     sealed: bytes
     size: int
+    local_boxes: list[int] = field(default_factory=list)
+    remote: list[str] = field(default_factory=list)
+
+
+@dataclass
+class DeliveryPlan:
+    copies: list[Copy]
     sender: str
     message_id_header: str
     conversation_id: int | None = None  # an existing conversation
     new_conversation: NewConversation | None = None
     add_participants: frozenset[str] = frozenset()
-    local_boxes: list[int] = field(default_factory=list)
-    remote: list[str] = field(default_factory=list)
     close_by: str | None = None
     notices: list[Notice] = field(default_factory=list)
     queue_lifetime: timedelta = timedelta(days=5)
 
 
 def write_batch(conn: Connection, plans: list[DeliveryPlan]) -> list[int]:
-    """Write every plan in the caller's transaction; the stored message ids, in order."""
+    """Write every plan in the caller's transaction; the id of each plan's first stored copy, in order."""
     now = datetime.now(timezone.utc)
     creating = [plan for plan in plans if plan.new_conversation is not None]
     new_ids = store.insert_returning_ids(conn, Conversation.__table__, [
@@ -82,10 +94,11 @@ def write_batch(conn: Connection, plans: list[DeliveryPlan]) -> list[int]:
         conn.execute(store.insert_ignore(conn, ConversationParticipant.__table__),
                            [{"conversation_id": c, "address": a} for c, a in sorted(participants)])  # fmt: skip
 
-    message_ids = store.insert_returning_ids(conn, Message.__table__, [
-        {"message_id_header": p.message_id_header[:998], "sender": p.sender, "size": p.size,
-         "conversation_id": conversation_of.get(id(p), p.conversation_id), "received_at": now, "body": p.sealed}
-        for p in plans
+    copies = [(plan, copy) for plan in plans for copy in plan.copies]
+    copy_ids = store.insert_returning_ids(conn, Message.__table__, [
+        {"message_id_header": p.message_id_header[:998], "sender": p.sender, "size": c.size,
+         "conversation_id": conversation_of.get(id(p), p.conversation_id), "received_at": now, "body": c.sealed}
+        for p, c in copies
     ])  # fmt: skip
     notices = [notice for plan in plans for notice in plan.notices]
     notice_ids = store.insert_returning_ids(conn, Message.__table__, [
@@ -93,7 +106,7 @@ def write_batch(conn: Connection, plans: list[DeliveryPlan]) -> list[int]:
         for n in notices
     ])  # fmt: skip
 
-    deliveries = [(box, message_id) for plan, message_id in zip(plans, message_ids, strict=True) for box in plan.local_boxes]
+    deliveries = [(box, message_id) for (_, copy), message_id in zip(copies, copy_ids, strict=True) for box in copy.local_boxes]
     deliveries += [(notice.mailbox_id, message_id) for notice, message_id in zip(notices, notice_ids, strict=True)]
     if deliveries:
         store.ensure_folders(conn, sorted({box for box, _ in deliveries}))
@@ -112,14 +125,17 @@ def write_batch(conn: Connection, plans: list[DeliveryPlan]) -> list[int]:
         {"message_id": message_id, "mail_from": plan.sender, "rcpt_to": rcpt, "domain": rcpt.rpartition("@")[2],
          "state": "scheduled", "attempts": 0, "next_attempt_at": now, "expires_at": now + plan.queue_lifetime,
          "last_error": "", "delay_warned": False, "created_at": now, "updated_at": now}
-        for plan, message_id in zip(plans, message_ids, strict=True) for rcpt in plan.remote
+        for (plan, copy), message_id in zip(copies, copy_ids, strict=True) for rcpt in copy.remote
     ]  # fmt: skip
     if queued:
         conn.execute(insert(QueuedRecipient.__table__), queued)
     for plan in plans:
         if plan.close_by is not None:
             store.close_conversation(conn, conversation_of.get(id(plan), plan.conversation_id), plan.close_by)  # type: ignore[arg-type]
-    return message_ids
+    first_copy: dict[int, int] = {}
+    for (plan, _), message_id in zip(copies, copy_ids, strict=True):
+        first_copy.setdefault(id(plan), message_id)
+    return [first_copy[id(plan)] for plan in plans]
 
 
 class BatchWriter:

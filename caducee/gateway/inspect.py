@@ -39,6 +39,10 @@ class MessageRejected(Exception):
         self.decision = Decision(accepted=False, rule="message-syntax", code=code, enhanced=enhanced, text_fr=text_fr, text_en=text_en)
         super().__init__(self.decision.smtp_reply)
 
+    def __reduce__(self) -> tuple[type, tuple[int, str, str, str]]:  # crosses the process pool intact
+        d = self.decision
+        return (MessageRejected, (d.code, d.enhanced, d.text_fr, d.text_en))
+
 
 @dataclass
 class InspectedMessage:

@@ -1,6 +1,7 @@
 """The one accept pipeline: every message, from SMTP, the webmail or the campaign API.
 
 parse -> sender identity -> annuaire -> policies.decide per recipient -> threading ->
+S/MIME (sign and encrypt what we send, verify and decrypt what we receive) ->
 one durable transaction (body sealed once, an entry per local mailbox, a queue row per
 remote recipient, the conversation change) -> only then the reply. The SMTP hooks are
 thin wrappers around `check_sender`, `check_recipient` and `accept`.
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -22,10 +24,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from caducee.annuaire.service import PartyInfo, resolve_parties
 from caducee.config import Settings
+from caducee.cpu import CpuPool
 from caducee.crypto.atrest import BodyCipher
-from caducee.gateway.batch import BatchWriter, DeliveryPlan, NewConversation, Notice
+from caducee.crypto.smime import SmimeError
+from caducee.gateway.batch import BatchWriter, Copy, DeliveryPlan, NewConversation, Notice
 from caducee.gateway.committer import GroupCommitter
 from caducee.gateway.inspect import InspectedMessage, MessageRejected, inspect_message
+from caducee.gateway.protection import Form, Protection, SmimeStage
 from caducee.mailbox import store
 from caducee.policies import (
     RCPT_CHAIN,
@@ -43,7 +48,7 @@ from caducee.policies.rules import outside_trust_space
 
 log = logging.getLogger(__name__)
 
-OFF_LOOP_SIZE = 256 * 1024  # parse larger messages in a thread: the event loop serves other sessions
+OFF_LOOP_SIZE = 256 * 1024  # parse larger messages in another process: the event loop serves other sessions
 
 
 class Channel(str, enum.Enum):
@@ -82,8 +87,11 @@ def refusal(code: int, enhanced: str, text_fr: str, text_en: str, rule: str) -> 
 
 class AcceptPipeline:
     def __init__(self, engine: AsyncEngine, settings: Settings, cipher: BodyCipher, committer: GroupCommitter | None = None,
-                 on_queued: Callable[[], None] | None = None) -> None:  # fmt: skip
+                 on_queued: Callable[[], None] | None = None, smime: SmimeStage | None = None,
+                 cpu: CpuPool | None = None) -> None:  # fmt: skip
         self.engine = engine
+        self.cpu = cpu or (smime.pool if smime is not None else None)  # large messages are parsed there
+        self.smime = smime  # None: S/MIME off (settings.smime = "off", and tests of other stages)
         self.on_queued = on_queued
         self.settings = settings
         self.cipher = cipher
@@ -216,12 +224,25 @@ class AcceptPipeline:
             first = next(iter(refused.values()))
             return AcceptResult([], refused, None, first.smtp_reply)
 
-        deliver = Action.DO_NOT_DELIVER not in actions
+        protection = Protection({Form.AS_RECEIVED: inspected.raw}, {rcpt: Form.AS_RECEIVED for rcpt in accepted})
+        if self.smime is not None:
+            try:
+                if envelope.channel is Channel.MX:
+                    signer_address = inspected.from_addresses[0] if inspected.from_addresses else sender
+                    protection = await self.smime.open(inspected.raw, signer_address, accepted, parties)
+                else:
+                    protection = await self.smime.protect(inspected.raw, sender, accepted, parties)
+            except SmimeError as failed:
+                return AcceptResult([], {rcpt: failed.decision for rcpt in envelope.rcpt_tos}, None, failed.decision.smtp_reply)
+            refused.update(protection.refused)
+            accepted = [rcpt for rcpt in accepted if rcpt in protection.form_of]
+            if not accepted:
+                first = next(iter(refused.values()))
+                return AcceptResult([], refused, None, first.smtp_reply)
+
         plan = DeliveryPlan(
-            sealed=self.cipher.seal(inspected.raw), size=inspected.size, sender=sender,
-            message_id_header=inspected.message_id,
-            local_boxes=[parties[r].mailbox_id for r in accepted if deliver and parties[r].mailbox_id is not None],  # type: ignore[misc]
-            remote=[r for r in accepted if deliver and not parties[r].is_local],
+            copies=self._copies(protection, accepted, parties, deliver=Action.DO_NOT_DELIVER not in actions),
+            sender=sender, message_id_header=inspected.message_id,
             close_by=parties[sender].display_name if Action.CLOSE_CONVERSATION in actions else None,
             notices=self._notices(envelope, parties[sender], inspected, refused, actions),
             queue_lifetime=self.queue_lifetime,
@@ -234,14 +255,30 @@ class AcceptPipeline:
             plan.new_conversation = NewConversation(sender, sender_party.kind.value, frozenset({sender, *accepted}),
                                                     is_campaign=sender_party.kind is PartyKind.CNAM)  # fmt: skip
         message_id = await self.committer.submit(plan)
-        if plan.remote and self.on_queued is not None:
+        if any(copy.remote for copy in plan.copies) and self.on_queued is not None:
             self.on_queued()
         return AcceptResult(accepted, refused, message_id, f"250 2.0.0 OK: queued as {message_id}", frozenset(actions))
+
+    def _copies(self, protection: Protection, accepted: list[str], parties: dict[str, PartyInfo], *, deliver: bool) -> list[Copy]:
+        """One stored copy per form someone receives (a message nobody receives is still kept once)."""
+        copies = []
+        for form, body in protection.forms.items():
+            receivers = [r for r in accepted if deliver and protection.form_of.get(r) is form]
+            boxes = [parties[r].mailbox_id for r in receivers if parties[r].mailbox_id is not None]
+            remote = [r for r in receivers if not parties[r].is_local]
+            if boxes or remote:
+                copies.append(Copy(self.cipher.seal(body), len(body), boxes, remote))  # type: ignore[arg-type]
+        if not copies:
+            body = next(iter(protection.forms.values()))
+            copies.append(Copy(self.cipher.seal(body), len(body)))
+        return copies
 
     async def _inspect(self, envelope: Envelope) -> InspectedMessage:
         arguments = dict(max_size=self.settings.max_message_size, hostname=self.settings.hostname,
                          add_missing_headers=envelope.channel in AUTHENTICATED_CHANNELS | {Channel.TRUSTED})  # fmt: skip
         if len(envelope.data) > OFF_LOOP_SIZE:
+            if self.cpu is not None:
+                return await self.cpu.run(functools.partial(inspect_message, envelope.data, **arguments))
             return await asyncio.to_thread(inspect_message, envelope.data, **arguments)
         return inspect_message(envelope.data, **arguments)
 

@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from caducee.annuaire.service import resolve_parties
 from caducee.config import Settings
 from caducee.crypto.atrest import BodyCipher
-from caducee.gateway.batch import DeliveryPlan, write_batch
+from caducee.gateway.batch import Copy, DeliveryPlan, write_batch
 from caducee.gateway.dsn import RecipientStatus, build_dsn
 from caducee.gateway.models import QueuedRecipient
 from caducee.mailbox.models import Message
@@ -218,8 +218,8 @@ class RelayWorker:
             return
         dsn = build_dsn(reporting_mta=self.settings.hostname, postmaster=f"postmaster@{self.settings.operator_domain}",
                         to=sender, original=original, recipients=statuses, arrival=arrival)  # fmt: skip
-        plan = DeliveryPlan(sealed=self.cipher.seal(dsn), size=len(dsn), sender=f"postmaster@{self.settings.operator_domain}",
-                            message_id_header="", local_boxes=[mailbox_id])  # fmt: skip
+        plan = DeliveryPlan([Copy(self.cipher.seal(dsn), len(dsn), local_boxes=[mailbox_id])],
+                            sender=f"postmaster@{self.settings.operator_domain}", message_id_header="")  # fmt: skip
         await conn.run_sync(write_batch, [plan])
 
 

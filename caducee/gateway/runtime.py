@@ -11,11 +11,14 @@ from pathlib import Path
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from caducee.config import Settings
+from caducee.cpu import CpuPool, shared_pool
 from caducee.crypto.atrest import BodyCipher, load_master_key
-from caducee.crypto.pki import Pair, init_pki, key_passphrase
+from caducee.crypto.material import material_from_settings
+from caducee.crypto.pki import Pair, development_space
 from caducee.crypto.tls import client_context, server_context
 from caducee.gateway.auth import MailboxAuthenticator
 from caducee.gateway.pipeline import AcceptPipeline
+from caducee.gateway.protection import SmimeStage, WithoutCertificate
 from caducee.gateway.relay import RelayWorker
 from caducee.gateway.smtp import ListenerConfig, start_listener
 
@@ -39,10 +42,19 @@ def tls_files(settings: Settings) -> TlsFiles:
         return TlsFiles(Pair(Path(settings.tls_cert), Path(settings.tls_key)), Path(settings.trust_anchors),
                         Pair(Path(settings.relay_client_cert), Path(settings.relay_client_key)))  # fmt: skip
     log.warning("no tls_cert configured: using the test trust space in %s", settings.data_dir / "pki")
-    passphrase = key_passphrase(load_master_key(settings.data_dir))
-    space = init_pki(settings.data_dir / "pki", hostname=settings.hostname, operator=settings.operator_domain, passphrase=passphrase)
+    space, passphrase = development_space(settings)
     anchors = Path(settings.trust_anchors) if settings.trust_anchors else space.anchors
     return TlsFiles(space.server, anchors, space.operator, passphrase)
+
+
+def smime_stage(settings: Settings, engine: AsyncEngine, pool: CpuPool) -> SmimeStage | None:
+    """The S/MIME stage, or None when `smime = "off"`."""
+    if settings.smime == "off":
+        log.warning("S/MIME is off: messages are neither signed, encrypted nor verified")
+        return None
+    return SmimeStage(engine, material_from_settings(settings), pool,
+                      without_certificate=WithoutCertificate(settings.smime_without_certificate),
+                      cache_seconds=settings.directory_cache_seconds)  # fmt: skip
 
 
 @dataclass
@@ -70,7 +82,9 @@ async def start_gateway(settings: Settings, engine: AsyncEngine, *, reuse_port: 
     mutual = server_context(files.server, client_ca=files.anchors, password=files.password)
     relay_context: ssl.SSLContext = client_context(files.anchors, files.relay_client, password=files.password)
     worker = RelayWorker(engine, settings, cipher, relay_context)
-    pipeline = AcceptPipeline(engine, settings, cipher, on_queued=worker.wake)
+    pool = shared_pool(settings.cpu_workers)
+    await pool.warm()
+    pipeline = AcceptPipeline(engine, settings, cipher, on_queued=worker.wake, smime=smime_stage(settings, engine, pool), cpu=pool)
     authenticator = MailboxAuthenticator(engine, settings.local_domains)
     runtime = GatewayRuntime(pipeline, worker)
     listeners = [
