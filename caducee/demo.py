@@ -164,8 +164,10 @@ async def publish_certificates(engine: AsyncEngine, settings: Settings, credenti
     async with engine.begin() as conn:
         for person in [*owners, *held]:
             keeps_own_key = any(person is owner for owner in owners)
-            pair = issuer.mailbox(person["address"], person.get("name", person["address"]), settings.operator_domain,
-                                  held=not keeps_own_key)  # fmt: skip
+            pair = space.handed_out(person["address"]) if keeps_own_key else space.mailbox(person["address"])
+            if not _usable(pair):  # a data dir seeded before keeps its keys (a database reset does not rotate them)
+                pair = issuer.mailbox(person["address"], person.get("name", person["address"]), settings.operator_domain,
+                                      held=not keeps_own_key)  # fmt: skip
             await service.publish_certificate(conn, person["address"], pair.cert.read_bytes())
             if keeps_own_key:
                 bundle = pkcs12.serialize_key_and_certificates(
@@ -175,6 +177,18 @@ async def publish_certificates(engine: AsyncEngine, settings: Settings, credenti
                 p12 = pair.cert.with_suffix(".p12")
                 write_private(p12, bundle)
                 person["smime_pkcs12"] = str(p12)
+
+
+def _usable(pair: Any) -> bool:
+    """Whether an S/MIME pair on disk exists and is valid for at least another month."""
+    from datetime import datetime, timedelta, timezone
+
+    from cryptography import x509
+
+    if not (pair.cert.exists() and pair.key.exists()):
+        return False
+    cert = x509.load_pem_x509_certificate(pair.cert.read_bytes())
+    return cert.not_valid_after_utc > datetime.now(timezone.utc) + timedelta(days=30)
 
 
 def write_credentials(path: Path, credentials: dict[str, Any]) -> None:

@@ -164,8 +164,9 @@ async def http(engine: AsyncEngine, settings: Settings) -> AsyncIterator[Running
 class RunningGateway:
     """The demo world, a development CA and the SMTP listeners on loopback ports."""
 
-    def __init__(self, engine: AsyncEngine, settings: Settings, directory: Path) -> None:
+    def __init__(self, engine: AsyncEngine, settings: Settings, directory: Path, smime_template: Path | None = None) -> None:
         self.engine = engine
+        self.smime_template = smime_template
         self.settings = settings
         self.directory = directory
         self.servers: list[asyncio.base_events.Server] = []
@@ -183,6 +184,8 @@ class RunningGateway:
         from caducee.gateway.pipeline import AcceptPipeline
         from caducee.gateway.smtp import ListenerConfig, start_listener
 
+        if smime and self.smime_template is not None:  # the trust space and the demo's keys, made once per run (RSA key generation is slow)
+            shutil.copytree(self.smime_template, self.settings.data_dir, dirs_exist_ok=True)
         self.credentials = await demo.seed(self.engine, self.settings, certificates=smime)
         self.ca = DevCA(self.directory / "pki")
         server = self.ca.issue("server", "localhost", "Caducee", server=True, dns=["localhost"], ips=["127.0.0.1"])
@@ -240,6 +243,29 @@ class RunningGateway:
                 .order_by(MailboxEntry.uid)
             )
             return [self.cipher.open(row.body) for row in rows]
+
+
+@pytest.fixture(scope="session")
+def smime_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data directory with a master key, the test trust space and the demo mailboxes'
+    S/MIME pairs; S/MIME tests start from a copy of it."""
+    from caducee import demo
+
+    directory = tmp_path_factory.mktemp("smime-template")
+    settings = Settings(data_dir=directory / "var", database_url=f"sqlite:///{directory / 'seed.sqlite3'}")
+    db.upgrade(settings.database_url)
+
+    async def seed() -> None:
+        engine = db.create_engine(settings.database_url)
+        try:
+            await demo.seed(engine, settings, certificates=True)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(seed())
+    for leftover in ("demo-credentials.json", "caducee.sqlite3"):
+        (settings.data_dir / leftover).unlink(missing_ok=True)
+    return settings.data_dir
 
 
 @pytest.fixture

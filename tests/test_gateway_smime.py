@@ -27,10 +27,10 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
 @pytest.fixture
-async def gateway(engine, settings, tmp_path: Path):  # type: ignore[no-untyped-def]
+async def gateway(engine, settings, tmp_path: Path, smime_template: Path):  # type: ignore[no-untyped-def]
     from conftest import RunningGateway
 
-    running = await RunningGateway(engine, settings, tmp_path).start(smime=True)
+    running = await RunningGateway(engine, settings, tmp_path, smime_template).start(smime=True)
     try:
         yield running
     finally:
@@ -161,13 +161,13 @@ async def test_a_remote_recipient_without_certificate_is_refused_by_default(gate
     assert PEER.encode() in notice and b"5.7.5" in notice
 
 
-async def test_the_deliver_setting_sends_signed_only(engine, settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_the_deliver_setting_sends_signed_only(engine, settings, tmp_path: Path, smime_template: Path) -> None:  # type: ignore[no-untyped-def]
     from conftest import RunningGateway
     from sqlalchemy import select
 
     from caducee.gateway.models import QueuedRecipient
 
-    gateway = await RunningGateway(engine, settings, tmp_path).start(smime=True, without_certificate="deliver")
+    gateway = await RunningGateway(engine, settings, tmp_path, smime_template).start(smime=True, without_certificate="deliver")
     try:
         doctor = gateway.account("doctor")[0]
         text = message(doctor, PEER, "Avis", "Pouvez-vous voir ce patient ?\n").as_bytes(policy=SMTP_POLICY)

@@ -53,6 +53,9 @@ class Signer:
 
 
 def _crlf(data: bytes) -> bytes:
+    """Canonical CRLF line ends; counting first spares two copies of what is already CRLF."""
+    if data.count(b"\n") == data.count(b"\r\n"):
+        return data
     return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
 
 
@@ -115,11 +118,16 @@ def _boundary(content: bytes) -> bytes:
 
 def encrypt(message: bytes, recipients: list[x509.Certificate]) -> bytes:
     """The message enveloped (AES-256-CBC, RSA key transport) to every certificate given."""
+    return _encrypt(_crlf(message), recipients)
+
+
+def _encrypt(message: bytes, recipients: list[x509.Certificate]) -> bytes:
+    """`encrypt` of a message already in CRLF form."""
     if not recipients:
         raise ValueError("no recipient certificate to encrypt to")
-    head, body = _split(_crlf(message))
+    head, body = _split(message)
     mime = [line for line in head.split(b"\r\n") if line.lower().startswith((b"content-type", b"content-transfer-encoding"))]
-    entity = b"\r\n".join(mime) + b"\r\n\r\n" + body if mime else _crlf(message)
+    entity = b"\r\n".join(mime) + b"\r\n\r\n" + body if mime else message
     builder = pkcs7.PKCS7EnvelopeBuilder().set_data(entity).set_content_encryption_algorithm(algorithms.AES256)
     for cert in recipients:
         builder = builder.add_recipient(cert)
@@ -132,7 +140,7 @@ def encrypt(message: bytes, recipients: list[x509.Certificate]) -> bytes:
 
 
 def sign_and_encrypt(message: bytes, signer: Signer, recipients: list[x509.Certificate]) -> bytes:
-    return encrypt(sign(message, signer), recipients)
+    return _encrypt(sign(message, signer), recipients)  # what `sign` returns is CRLF already
 
 
 def is_encrypted(message: bytes) -> bool:
