@@ -49,6 +49,8 @@ class Settings:
     mx_port: int = _setting(2525, "MX listener for other operators (STARTTLS, client certificate required). 0 disables it.")
     submission_port: int = _setting(5587, "Submission listener (STARTTLS required before AUTH). 0 disables it.")
     submissions_port: int = _setting(5465, "Submission listener with implicit TLS. 0 disables it.")
+    imap_port: int = _setting(1143, "IMAP listener (STARTTLS required before LOGIN). 0 disables it.")
+    imaps_port: int = _setting(1993, "IMAP listener with implicit TLS. 0 disables it.")
     trusted_networks: list[str] = _setting(
         [], "Networks (CIDR) that may submit on the submission port without TLS or AUTH, like Postfix's mynetworks. Off by default."
     )

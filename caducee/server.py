@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from caducee import db
 from caducee.annuaire.api import router as annuaire_router
 from caducee.config import Settings
+from caducee.mailbox.autoconfig import router as autoconfig_router
 
 log = logging.getLogger("caducee")
 
@@ -98,6 +99,7 @@ def build_app(engine: AsyncEngine, settings: Settings) -> FastAPI:
         return metrics.render()
 
     app.include_router(annuaire_router)
+    app.include_router(autoconfig_router)
     return app
 
 
