@@ -239,8 +239,9 @@ def main() -> None:
 
 Command: `.venv/bin/python bench/smtp_accept.py --messages {args.messages} --repeat {args.repeat}` ({machine()}).
 `smtp-source -s {args.sessions} -m {args.messages} -l {args.size}` (one message per connection) against each server on
-loopback; Caducée runs `caducee serve --demo --workers {args.workers}` with the rules and at-rest encryption on, a "250"
-only after the group commit; Postfix relays into `smtp-sink` with its own durable queue. The STARTTLS + AUTH line is
+loopback; Caducée runs `caducee serve --demo --workers {args.workers}` with the rules, S/MIME (each message signed with the
+operator's certificate; the patient's key is held, so no envelope) and at-rest encryption on, a "250" only after the
+group commit; Postfix relays into `smtp-sink` with its own durable queue. The STARTTLS + AUTH line is
 {args.messages // 2} messages from 20 aiosmtplib sessions that each log in once. Medians of {args.repeat} runs.
 Target: Caducée >= 1.0x Postfix; below 0.6x the gateway issue is not done.
 

@@ -85,6 +85,11 @@ def refusal(code: int, enhanced: str, text_fr: str, text_en: str, rule: str) -> 
     return Decision(accepted=False, rule=rule, code=code, enhanced=enhanced, text_fr=text_fr, text_en=text_en)
 
 
+def _nobody(refused: dict[str, Decision]) -> AcceptResult:
+    """Every recipient refused: the reply is the first refusal."""
+    return AcceptResult([], refused, None, next(iter(refused.values())).smtp_reply)
+
+
 class AcceptPipeline:
     def __init__(self, engine: AsyncEngine, settings: Settings, cipher: BodyCipher, committer: GroupCommitter | None = None,
                  on_queued: Callable[[], None] | None = None, smime: SmimeStage | None = None,
@@ -221,8 +226,7 @@ class AcceptPipeline:
             else:
                 refused[rcpt] = decision
         if not accepted:
-            first = next(iter(refused.values()))
-            return AcceptResult([], refused, None, first.smtp_reply)
+            return _nobody(refused)
 
         protection = Protection({Form.AS_RECEIVED: inspected.raw}, {rcpt: Form.AS_RECEIVED for rcpt in accepted})
         if self.smime is not None:
@@ -237,8 +241,7 @@ class AcceptPipeline:
             refused.update(protection.refused)
             accepted = [rcpt for rcpt in accepted if rcpt in protection.form_of]
             if not accepted:
-                first = next(iter(refused.values()))
-                return AcceptResult([], refused, None, first.smtp_reply)
+                return _nobody(refused)
 
         plan = DeliveryPlan(
             copies=self._copies(protection, accepted, parties, deliver=Action.DO_NOT_DELIVER not in actions),
