@@ -94,7 +94,10 @@ class Caducee:
         self.credentials = json.loads((self.data_dir / "demo-credentials.json").read_text())
 
     def workers(self) -> list[int]:
-        return children_of(self.process.pid) or [self.process.pid]
+        """The serving processes: the `--worker-process` children, or the process itself with
+        one worker (its other children are the CPU pool's, which serve no connection)."""
+        serving = [pid for pid in children_of(self.process.pid) if b"--worker-process" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+        return serving or [self.process.pid]
 
     def stop(self) -> float:
         rss = peak_rss_mb(self.workers())
@@ -134,6 +137,8 @@ PROFILE_FRAMES = [
     ("    waiting for / running the group commit", ("GroupCommitter._commit",)),
     ("  of which the RCPT and MAIL hooks (rules at RCPT, directory cache)", ("GatewayHandler.handle_RCPT", "GatewayHandler.handle_MAIL")),
     ("SQLite writer thread (batch statements, commit, fsync)", ("BatchWriter._write_sqlite",)),
+    ("hand-off to the CPU pool (S/MIME jobs: pickling, queue and result threads)", ("concurrent/futures/process.py",
+     "multiprocessing/queues.py", "multiprocessing/connection.py", "CpuPool.run")),
     ("event loop and socket I/O outside the handlers", ("_SelectorSocketTransport", "Loop.run_forever", "uvloop")),
 ]
 
