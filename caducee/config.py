@@ -57,6 +57,12 @@ class Settings:
     smtp_max_connections_per_client: int = _setting(
         50, "Concurrent SMTP connections one client address may hold per worker (like Postfix's smtpd_client_connection_count_limit)."
     )
+    imap_max_connections_per_client: int = _setting(
+        100, "Concurrent IMAP connections one client address may hold per worker (a practice behind one NAT address opens several per person)."
+    )
+    imap_timeout: int = _setting(1800, "Seconds an authenticated IMAP connection (in IDLE too) may stay silent before it is closed (RFC 3501: at least 30 minutes).")
+    imap_login_timeout: int = _setting(60, "Seconds an IMAP connection may take to log in.")
+    imap_poll_seconds: float = _setting(1.0, "How often one query per process looks for changes made elsewhere to folders that sessions are idling on.")
     tls_cert: str = _setting("", "PEM certificate (chain) of the listeners. Empty: the development PKI in <data dir>/pki.")
     tls_key: str = _setting("", "PEM private key of the listeners.")
     trust_anchors: str = _setting("", "PEM file of the CAs other operators' certificates must chain to (MX and relay).")

@@ -9,6 +9,7 @@ skip: a green run must mean both backends passed. Each run works in a database o
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import shutil
 import socket
@@ -203,6 +204,7 @@ class RunningGateway:
         self.pipeline = AcceptPipeline(self.engine, self.settings, self.cipher, smime=self.smime)
         self.authenticator = MailboxAuthenticator(self.engine, self.settings.local_domains)
         plain = server_context(server)
+        self.server_context = plain
         listeners = {
             "submission": ListenerConfig("submission", "127.0.0.1", free_port(), plain, hostname="localhost"),
             "submissions": ListenerConfig("submission", "127.0.0.1", free_port(), plain, implicit_tls=True, hostname="localhost"),
@@ -275,3 +277,19 @@ async def gateway(engine: AsyncEngine, settings: Settings, tmp_path: Path) -> As
         yield running
     finally:
         await running.stop()
+
+
+@pytest.fixture
+async def imap(gateway: RunningGateway, engine: AsyncEngine, settings: Settings) -> AsyncIterator[object]:
+    """The IMAP listeners (STARTTLS and implicit TLS) beside the gateway, sharing its lock-out."""
+    from caducee.mailbox.imap.server import start_imap
+
+    settings = dataclasses.replace(settings, imap_poll_seconds=0.2)
+    server = await start_imap(settings, engine, gateway.cipher, gateway.server_context, authenticator=gateway.authenticator,
+                              host="127.0.0.1", imap_port=free_port(), imaps_port=free_port())  # fmt: skip
+    gateway.ports["imap"] = server.servers[0].sockets[0].getsockname()[1]
+    gateway.ports["imaps"] = server.servers[1].sockets[0].getsockname()[1]
+    try:
+        yield server
+    finally:
+        await server.stop()

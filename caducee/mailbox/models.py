@@ -19,6 +19,7 @@ from sqlalchemy import (
     LargeBinary,
     String,
     UniqueConstraint,
+    true as sql_true,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -62,6 +63,10 @@ class Message(Base):
     conversation_id: Mapped[int | None] = mapped_column(ForeignKey("conversations.id"), nullable=True, index=True)
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     body: Mapped[bytes] = mapped_column(LargeBinary)
+    # ENVELOPE, BODY and BODYSTRUCTURE in IMAP form plus what SEARCH needs of the headers,
+    # computed once when the message is stored and sealed like the body (it is readable
+    # content): `UID FETCH 1:* (ENVELOPE BODYSTRUCTURE)` then opens no body.
+    summary: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
 
 
 class Folder(Base):
@@ -75,6 +80,7 @@ class Folder(Base):
     uidvalidity: Mapped[int] = mapped_column(BigInteger)
     uidnext: Mapped[int] = mapped_column(BigInteger, default=1)
     highestmodseq: Mapped[int] = mapped_column(BigInteger, default=1)
+    subscribed: Mapped[bool] = mapped_column(Boolean, default=True, server_default=sql_true())
 
 
 class MailboxEntry(Base):
@@ -93,3 +99,6 @@ class MailboxEntry(Base):
     modseq: Mapped[int] = mapped_column(BigInteger)
     flags: Mapped[str] = mapped_column(String(512), default="")
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # Set when the entry is expunged (to the MODSEQ of that change): the row stays as a
+    # tombstone so that other sessions learn of the EXPUNGE from their last known MODSEQ.
+    expunged_modseq: Mapped[int | None] = mapped_column(BigInteger, nullable=True)

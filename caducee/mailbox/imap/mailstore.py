@@ -1,0 +1,391 @@
+"""What the IMAP server reads and writes in the mailbox store: one method per IMAP need.
+
+Every method is one transaction and a fixed number of statements whatever the number of
+messages concerned (UIDs are passed as ranges, chunked): FETCH, SEARCH, STORE, COPY and
+EXPUNGE never issue one query per message.
+
+UIDs and MODSEQs come from `folders.uidnext` / `folders.highestmodseq`, reserved with an
+UPDATE whose row lock (PostgreSQL) or write lock (SQLite) is held until commit: ranges
+are disjoint across processes and become visible in order, so another session that saw
+MODSEQ m has seen every change up to m. An EXPUNGE leaves the entry as a tombstone
+(`expunged_modseq`) so that other sessions can still announce it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from array import array
+from dataclasses import dataclass
+from typing import AsyncIterator, Iterable
+
+from sqlalchemy import and_, bindparam, or_, select, text, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from caducee.annuaire.models import Mailbox
+from caducee.crypto.atrest import BodyCipher
+from caducee.mailbox import store
+from caducee.mailbox.imap.structure import Summary, summarize
+from caducee.mailbox.models import Folder, MailboxEntry, Message
+
+RANGES_PER_QUERY = 64
+SYSTEM_FLAGS = {f.upper(): f for f in ("\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft")}
+UNSEEN_SQL = "(' ' || flags || ' ') NOT LIKE '% \\Seen %' ESCAPE '!'"
+
+
+class StoreError(Exception):
+    """A request the store refuses: answered NO with this text (and code, if any)."""
+
+    def __init__(self, text: str, code: str = "") -> None:
+        super().__init__(text)
+        self.text = text
+        self.code = code
+
+
+@dataclass(frozen=True)
+class FolderInfo:
+    id: int
+    name: str
+    special_use: str | None
+    subscribed: bool
+    uidvalidity: int
+    uidnext: int
+    highestmodseq: int
+
+
+@dataclass(frozen=True)
+class Change:
+    uid: int
+    flags: str
+    modseq: int
+    expunged: bool
+
+
+@dataclass
+class FetchRow:
+    uid: int
+    flags: str
+    modseq: int
+    received_at: dt.datetime
+    size: int
+    summary: Summary | None = None
+    body: bytes | None = None
+
+
+def normalise_flags(flags: Iterable[str]) -> list[str]:
+    """System flags in their canonical case, keywords as given; no duplicates, sorted."""
+    out = {}
+    for flag in flags:
+        if flag.startswith("\\"):
+            canonical = SYSTEM_FLAGS.get(flag.upper())
+            if canonical is None:
+                raise StoreError(f"flag {flag[:30]} cannot be set")
+            out[canonical.upper()] = canonical
+        elif flag:
+            out[flag.upper()] = flag
+    return sorted(out.values())
+
+
+def flag_list(flags: str) -> list[str]:
+    return flags.split() if flags else []
+
+
+def uid_ranges(uids: Iterable[int]) -> list[tuple[int, int]]:
+    """Sorted UIDs as (low, high) runs."""
+    ranges: list[tuple[int, int]] = []
+    for uid in uids:
+        if ranges and uid == ranges[-1][1] + 1:
+            ranges[-1] = (ranges[-1][0], uid)
+        elif not ranges or uid > ranges[-1][1]:
+            ranges.append((uid, uid))
+    return ranges
+
+
+def _uid_condition(ranges: list[tuple[int, int]]):  # type: ignore[no-untyped-def]
+    return or_(*(MailboxEntry.uid.between(low, high) if low != high else MailboxEntry.uid == low for low, high in ranges))
+
+
+def _chunks(ranges: list[tuple[int, int]]) -> Iterable[list[tuple[int, int]]]:
+    for start in range(0, len(ranges), RANGES_PER_QUERY):
+        yield ranges[start : start + RANGES_PER_QUERY]
+
+
+class MailStore:
+    def __init__(self, engine: AsyncEngine, cipher: BodyCipher) -> None:
+        self.engine = engine
+        self.cipher = cipher
+
+    # ---- folders ---------------------------------------------------------------------
+
+    async def mailbox_id(self, address: str) -> int | None:
+        async with self.engine.connect() as conn:
+            return (await conn.execute(select(Mailbox.id).where(Mailbox.address == address.lower(), Mailbox.active.is_(True)))).scalar()
+
+    async def folders(self, mailbox_id: int) -> list[FolderInfo]:
+        """Every folder of a mailbox (the standard ones are created on first use)."""
+        async with self.engine.begin() as conn:
+            await conn.run_sync(store.ensure_folders, [mailbox_id])
+            rows = await conn.execute(select(Folder).where(Folder.mailbox_id == mailbox_id).order_by(Folder.name))
+            return [_folder_info(row) for row in rows]
+
+    async def folder(self, mailbox_id: int, name: str) -> FolderInfo | None:
+        async with self.engine.connect() as conn:
+            return await _folder(conn, mailbox_id, name)
+
+    async def create(self, mailbox_id: int, name: str) -> None:
+        async with self.engine.begin() as conn:
+            if await _folder(conn, mailbox_id, name) is not None:
+                raise StoreError("ce dossier existe déjà / folder exists", "ALREADYEXISTS")
+            await conn.execute(Folder.__table__.insert().values(mailbox_id=mailbox_id, name=name, special_use=None,
+                                                                 uidvalidity=store.new_uidvalidity(), uidnext=1,
+                                                                 highestmodseq=1, subscribed=True))  # fmt: skip
+
+    async def delete(self, mailbox_id: int, name: str) -> None:
+        if name == "INBOX":
+            raise StoreError("INBOX ne peut pas être supprimé / INBOX cannot be deleted", "CANNOT")
+        async with self.engine.begin() as conn:
+            folder = await _folder(conn, mailbox_id, name)
+            if folder is None:
+                raise StoreError("dossier inconnu / no such folder", "NONEXISTENT")
+            children = await conn.execute(select(Folder.id).where(Folder.mailbox_id == mailbox_id, Folder.name.startswith(name + "/")).limit(1))
+            if children.first() is not None:
+                raise StoreError("ce dossier contient des sous-dossiers / folder has children", "INUSE")
+            await conn.execute(MailboxEntry.__table__.delete().where(MailboxEntry.folder_id == folder.id))
+            await conn.execute(Folder.__table__.delete().where(Folder.id == folder.id))
+
+    async def rename(self, mailbox_id: int, old: str, new: str) -> None:
+        if old == "INBOX":
+            raise StoreError("renommer INBOX n'est pas possible / renaming INBOX is not supported", "CANNOT")
+        async with self.engine.begin() as conn:
+            if await _folder(conn, mailbox_id, old) is None:
+                raise StoreError("dossier inconnu / no such folder", "NONEXISTENT")
+            if await _folder(conn, mailbox_id, new) is not None:
+                raise StoreError("ce dossier existe déjà / folder exists", "ALREADYEXISTS")
+            rows = (await conn.execute(select(Folder.id, Folder.name).where(
+                Folder.mailbox_id == mailbox_id, or_(Folder.name == old, Folder.name.startswith(old + "/"))))).all()  # fmt: skip
+            for folder_id, name in rows:  # the folder and its children: a handful of rows
+                await conn.execute(update(Folder).where(Folder.id == folder_id).values(name=new + name[len(old) :]))
+
+    async def subscribe(self, mailbox_id: int, name: str, subscribed: bool) -> None:
+        async with self.engine.begin() as conn:
+            result = await conn.execute(update(Folder).where(Folder.mailbox_id == mailbox_id, Folder.name == name).values(subscribed=subscribed))
+            if result.rowcount == 0 and subscribed:
+                raise StoreError("dossier inconnu / no such folder", "NONEXISTENT")
+
+    async def status(self, folder_id: int) -> tuple[FolderInfo, int, int, int]:
+        """(folder, messages, unseen, total size) in one round trip."""
+        async with self.engine.connect() as conn:
+            folder = _folder_info((await conn.execute(select(Folder).where(Folder.id == folder_id))).one())
+            row = (await conn.execute(text(
+                "SELECT COUNT(*), COALESCE(SUM(CASE WHEN " + UNSEEN_SQL + " THEN 1 ELSE 0 END), 0), COALESCE(SUM(m.size), 0) "
+                "FROM mailbox_entries e JOIN messages m ON m.id = e.message_id "
+                "WHERE e.folder_id = :folder AND e.expunged_modseq IS NULL"), {"folder": folder_id})).one()  # fmt: skip
+            return folder, int(row[0]), int(row[1]), int(row[2])
+
+    # ---- the selected folder -----------------------------------------------------------
+
+    async def snapshot(self, folder_id: int) -> tuple[FolderInfo, array, list[str]]:
+        """The folder, its live UIDs in order and the keywords in use, for SELECT."""
+        async with self.engine.connect() as conn:
+            folder = _folder_info((await conn.execute(select(Folder).where(Folder.id == folder_id))).one())
+            rows = await conn.execute(
+                select(MailboxEntry.uid, MailboxEntry.flags)
+                .where(MailboxEntry.folder_id == folder_id, MailboxEntry.expunged_modseq.is_(None))
+                .order_by(MailboxEntry.uid)
+            )
+            uids = array("I")
+            keywords: set[str] = set()
+            for uid, flags in rows:
+                uids.append(uid)
+                if flags:
+                    keywords.update(flag for flag in flags.split() if not flag.startswith("\\"))
+            return folder, uids, sorted(keywords)
+
+    async def first_unseen(self, folder_id: int) -> int | None:
+        async with self.engine.connect() as conn:
+            return (await conn.execute(text(
+                "SELECT MIN(uid) FROM mailbox_entries WHERE folder_id = :folder AND expunged_modseq IS NULL AND " + UNSEEN_SQL),
+                {"folder": folder_id})).scalar()  # fmt: skip
+
+    async def changes(self, folder_id: int, since: int) -> list[Change]:
+        """Entries changed (flags, new, expunged) after MODSEQ `since`, in MODSEQ order."""
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                select(MailboxEntry.uid, MailboxEntry.flags, MailboxEntry.modseq, MailboxEntry.expunged_modseq)
+                .where(MailboxEntry.folder_id == folder_id, MailboxEntry.modseq > since)
+                .order_by(MailboxEntry.modseq, MailboxEntry.uid)
+            )
+            return [Change(row[0], row[1], row[2], row[3] is not None) for row in rows]
+
+    async def highest_modseqs(self, folder_ids: list[int]) -> dict[int, int]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(select(Folder.id, Folder.highestmodseq).where(Folder.id.in_(folder_ids)))
+            return {row[0]: row[1] for row in rows}
+
+    async def fetch(self, folder_id: int, uids: list[int], *, summary: bool, body: bool,
+                    changed_since: int | None = None, batch: int = 200) -> AsyncIterator[list[FetchRow]]:  # fmt: skip
+        """Rows for the UIDs (tombstones included: the session has not announced them yet), in batches.
+
+        Bodies are read with a streaming cursor, `batch` rows at a time, so memory does not
+        grow with the number of messages fetched.
+        """
+        columns = [MailboxEntry.uid, MailboxEntry.flags, MailboxEntry.modseq, MailboxEntry.received_at, Message.size, Message.id]
+        if summary:
+            columns.append(Message.summary)
+        if body:
+            columns.append(Message.body)
+        for ranges in _chunks(uid_ranges(uids)):
+            query = (
+                select(*columns)
+                .join(Message, Message.id == MailboxEntry.message_id)
+                .where(MailboxEntry.folder_id == folder_id, _uid_condition(ranges))
+                .order_by(MailboxEntry.uid)
+            )
+            if changed_since is not None:
+                query = query.where(MailboxEntry.modseq > changed_since)
+            async with self.engine.connect() as conn:
+                result = await conn.stream(query.execution_options(yield_per=batch))
+                async for partition in result.partitions(batch):
+                    yield await self._rows(conn, partition, summary=summary, body=body)
+
+    async def _rows(self, conn: AsyncConnection, partition: list, *, summary: bool, body: bool) -> list[FetchRow]:  # type: ignore[type-arg]
+        out = []
+        missing: dict[int, FetchRow] = {}
+        for row in partition:
+            item = FetchRow(row.uid, row.flags, row.modseq, row.received_at, row.size)
+            if body:
+                item.body = self.cipher.open(row.body)
+            if summary:
+                if row.summary is not None:
+                    item.summary = Summary.unpack(self.cipher.open(row.summary))
+                else:
+                    missing[row.id] = item
+            out.append(item)
+        if missing:  # stored before summaries existed (or a notice): computed once, kept
+            await self._fill_summaries(missing)
+        return out
+
+    async def _fill_summaries(self, missing: dict[int, FetchRow]) -> None:
+        async with self.engine.connect() as conn:
+            bodies = dict((await conn.execute(select(Message.id, Message.body).where(Message.id.in_(list(missing))))).all())
+        updates = []
+        for message_id, item in missing.items():
+            item.summary = summarize(self.cipher.open(bodies[message_id]))
+            updates.append({"target": message_id, "summary": self.cipher.seal(item.summary.pack())})
+        async with self.engine.begin() as conn:
+            await conn.execute(update(Message).where(Message.id == bindparam("target")).values(summary=bindparam("summary")),
+                               updates)  # fmt: skip
+
+    # ---- changes ------------------------------------------------------------------------
+
+    async def store_flags(self, folder_id: int, uids: list[int], action: str, flags: list[str],
+                          unchanged_since: int | None = None) -> tuple[list[Change], list[int]]:  # fmt: skip
+        """Apply FLAGS / +FLAGS / -FLAGS; (changed entries with their new flags, UIDs that failed UNCHANGEDSINCE).
+
+        One MODSEQ for the whole command; one UPDATE per distinct resulting flag set (a
+        handful), whatever the number of messages.
+        """
+        wanted = set(normalise_flags(flags))
+        changed: list[Change] = []
+        failed: list[int] = []
+        if not uids:
+            return changed, failed
+        async with self.engine.begin() as conn:
+            modseq = await _bump_modseq(conn, folder_id)  # takes the folder's lock first: no lost update
+            current: list[tuple[int, str, int]] = []
+            for ranges in _chunks(uid_ranges(uids)):
+                current += (await conn.execute(
+                    select(MailboxEntry.uid, MailboxEntry.flags, MailboxEntry.modseq)
+                    .where(MailboxEntry.folder_id == folder_id, MailboxEntry.expunged_modseq.is_(None), _uid_condition(ranges))
+                )).all()  # fmt: skip
+            groups: dict[str, list[int]] = {}
+            for uid, old_flags, old_modseq in current:
+                if unchanged_since is not None and old_modseq > unchanged_since:
+                    failed.append(uid)
+                    continue
+                old = set(flag_list(old_flags))
+                new = wanted if action == "FLAGS" else (old | wanted if action == "+FLAGS" else old - wanted)
+                if new == old:
+                    continue
+                groups.setdefault(" ".join(sorted(new)), []).append(uid)
+            for new_flags, group in groups.items():
+                for ranges in _chunks(uid_ranges(sorted(group))):
+                    await conn.execute(update(MailboxEntry).where(MailboxEntry.folder_id == folder_id, _uid_condition(ranges))
+                                       .values(flags=new_flags, modseq=modseq))  # fmt: skip
+                changed += [Change(uid, new_flags, modseq, False) for uid in group]
+        changed.sort(key=lambda change: change.uid)
+        return changed, sorted(failed)
+
+    async def expunge(self, folder_id: int, uids: list[int] | None = None) -> list[int]:
+        """Tombstone the entries flagged \\Deleted (among `uids` if given); their UIDs."""
+        async with self.engine.begin() as conn:
+            modseq = await _bump_modseq(conn, folder_id)
+            condition = and_(MailboxEntry.folder_id == folder_id, MailboxEntry.expunged_modseq.is_(None),
+                             text("(' ' || mailbox_entries.flags || ' ') LIKE '% \\Deleted %' ESCAPE '!'"))  # fmt: skip
+            gone: list[int] = []
+            for ranges in _chunks(uid_ranges(uids)) if uids is not None else [None]:
+                where = condition if ranges is None else and_(condition, _uid_condition(ranges))
+                gone += (await conn.execute(select(MailboxEntry.uid).where(where))).scalars().all()
+                await conn.execute(update(MailboxEntry).where(where).values(expunged_modseq=modseq, modseq=modseq))
+            return sorted(gone)
+
+    async def append(self, folder_id: int, raw: bytes, flags: list[str], internal_date: dt.datetime | None,
+                     sender: str) -> tuple[int, int]:  # fmt: skip
+        """Store a message a client appends; (UIDVALIDITY, UID)."""
+        summary = summarize(raw)
+        now = dt.datetime.now(dt.timezone.utc)
+        async with self.engine.begin() as conn:
+            message_id = store.insert_returning_ids(conn.sync_connection, Message.__table__, [  # type: ignore[arg-type]
+                {"message_id_header": "", "sender": sender, "size": len(raw), "conversation_id": None, "received_at": now,
+                 "body": self.cipher.seal(raw), "summary": self.cipher.seal(summary.pack())}])[0]  # fmt: skip
+            validity, uid, modseq = await _reserve(conn, folder_id, 1)
+            await conn.execute(MailboxEntry.__table__.insert().values(
+                folder_id=folder_id, uid=uid, message_id=message_id, modseq=modseq,
+                flags=" ".join(normalise_flags(flags)), received_at=internal_date or now))  # fmt: skip
+            return validity, uid
+
+    async def copy(self, folder_id: int, uids: list[int], target_id: int) -> tuple[int, list[int], list[int]]:
+        """New entries in the target for the same stored messages (bodies are not copied).
+
+        (target UIDVALIDITY, source UIDs, new UIDs), for COPYUID.
+        """
+        async with self.engine.begin() as conn:
+            rows = []
+            for ranges in _chunks(uid_ranges(uids)):
+                rows += (await conn.execute(
+                    select(MailboxEntry.uid, MailboxEntry.message_id, MailboxEntry.flags, MailboxEntry.received_at)
+                    .where(MailboxEntry.folder_id == folder_id, MailboxEntry.expunged_modseq.is_(None), _uid_condition(ranges))
+                    .order_by(MailboxEntry.uid)
+                )).all()  # fmt: skip
+            if not rows:
+                folder = (await conn.execute(select(Folder.uidvalidity).where(Folder.id == target_id))).scalar_one()
+                return folder, [], []
+            validity, first_uid, first_modseq = await _reserve(conn, target_id, len(rows))
+            await conn.execute(MailboxEntry.__table__.insert(), [
+                {"folder_id": target_id, "uid": first_uid + i, "message_id": row.message_id, "modseq": first_modseq + i,
+                 "flags": row.flags, "received_at": row.received_at}
+                for i, row in enumerate(rows)
+            ])  # fmt: skip
+            return validity, [row.uid for row in rows], [first_uid + i for i in range(len(rows))]
+
+
+async def _folder(conn: AsyncConnection, mailbox_id: int, name: str) -> FolderInfo | None:
+    row = (await conn.execute(select(Folder).where(Folder.mailbox_id == mailbox_id, Folder.name == name))).first()
+    return _folder_info(row) if row is not None else None
+
+
+def _folder_info(row) -> FolderInfo:  # type: ignore[no-untyped-def]
+    return FolderInfo(row.id, row.name, row.special_use, bool(row.subscribed), row.uidvalidity, row.uidnext, row.highestmodseq)
+
+
+async def _bump_modseq(conn: AsyncConnection, folder_id: int) -> int:
+    row = (await conn.execute(text("UPDATE folders SET highestmodseq = highestmodseq + 1 WHERE id = :id RETURNING highestmodseq"),
+                              {"id": folder_id})).one()  # fmt: skip
+    return int(row[0])
+
+
+async def _reserve(conn: AsyncConnection, folder_id: int, count: int) -> tuple[int, int, int]:
+    """(UIDVALIDITY, first UID, first MODSEQ) of `count` new entries in a folder."""
+    row = (await conn.execute(text(
+        "UPDATE folders SET uidnext = uidnext + :n, highestmodseq = highestmodseq + :n WHERE id = :id "
+        "RETURNING uidvalidity, uidnext - :n, highestmodseq - :n + 1"), {"n": count, "id": folder_id})).one()  # fmt: skip
+    return int(row[0]), int(row[1]), int(row[2])

@@ -1,0 +1,105 @@
+"""The IMAP listeners: STARTTLS on `imap_port`, implicit TLS on `imaps_port`.
+
+One `ImapServer` per process holds what every session shares: the mail store, the
+authenticator (the same lock-out as SMTP when the caller passes the gateway's), the
+folder watch that wakes sessions in IDLE, and the per-address connection ceiling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from dataclasses import dataclass, field
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from caducee.config import Settings
+from caducee.crypto.atrest import BodyCipher
+from caducee.gateway.auth import MailboxAuthenticator
+from caducee.gateway.smtp import ClientConnections
+from caducee.mailbox.imap.mailstore import MailStore
+from caducee.mailbox.imap.session import Session
+from caducee.mailbox.imap.watch import FolderWatch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ImapServer:
+    settings: Settings
+    store: MailStore
+    authenticator: MailboxAuthenticator
+    tls_context: ssl.SSLContext
+    watch: FolderWatch
+    connections: ClientConnections
+    servers: list[asyncio.base_events.Server] = field(default_factory=list)
+    sessions: set[asyncio.Task[None]] = field(default_factory=set)
+
+    async def serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, tls: bool) -> None:
+        peer = writer.get_extra_info("peername")
+        client = str(peer[0]) if isinstance(peer, tuple) else "unknown"
+        if not self.connections.enter(client):
+            writer.write(b"* BYE trop de connexions depuis votre adresse / too many connections from your address\r\n")
+            await _close(writer)
+            return
+        task = asyncio.current_task()
+        if task is not None:
+            self.sessions.add(task)
+        try:
+            await Session(self, reader, writer, tls=tls, client=client).run()
+        except Exception:  # one broken session must never take the listener down
+            log.exception("IMAP session from %s failed", client)
+        finally:
+            self.connections.leave(client)
+            if task is not None:
+                self.sessions.discard(task)
+            await _close(writer)
+
+    async def stop(self) -> None:
+        for server in self.servers:
+            server.close()
+        for task in list(self.sessions):
+            task.cancel()
+        await asyncio.gather(*self.sessions, return_exceptions=True)
+        for server in self.servers:
+            await server.wait_closed()
+        await self.watch.close()
+
+
+async def _close(writer: asyncio.StreamWriter) -> None:
+    try:
+        writer.close()
+        await asyncio.wait_for(writer.wait_closed(), 5)
+    except (ConnectionError, ssl.SSLError, asyncio.TimeoutError, OSError):
+        pass
+
+
+async def start_imap(settings: Settings, engine: AsyncEngine, cipher: BodyCipher, tls_context: ssl.SSLContext, *,
+                     authenticator: MailboxAuthenticator | None = None, host: str | None = None,
+                     imap_port: int | None = None, imaps_port: int | None = None,
+                     reuse_port: bool = False) -> ImapServer:  # fmt: skip
+    """Open the IMAP listeners (a port of 0 in the settings disables that listener)."""
+    store = MailStore(engine, cipher)
+    server = ImapServer(
+        settings, store, authenticator or MailboxAuthenticator(engine, settings.local_domains), tls_context,
+        FolderWatch(store.highest_modseqs, settings.imap_poll_seconds), ClientConnections(settings.imap_max_connections_per_client),
+    )  # fmt: skip
+    bind = host or settings.smtp_host
+    plain_port = settings.imap_port if imap_port is None else imap_port
+    tls_port = settings.imaps_port if imaps_port is None else imaps_port
+
+    async def plain(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.serve_connection(reader, writer, tls=False)
+
+    async def implicit(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.serve_connection(reader, writer, tls=True)
+
+    if plain_port:
+        server.servers.append(await asyncio.start_server(plain, bind, plain_port, reuse_port=reuse_port, limit=70 * 1024))
+        log.info("IMAP on %s:%d (STARTTLS)", bind, plain_port)
+    if tls_port:
+        server.servers.append(await asyncio.start_server(implicit, bind, tls_port, ssl=tls_context, reuse_port=reuse_port,
+                                                         limit=70 * 1024, ssl_handshake_timeout=30))  # fmt: skip
+        log.info("IMAP on %s:%d (implicit TLS)", bind, tls_port)
+    return server

@@ -1,0 +1,697 @@
+"""One IMAP connection: states, the command table, and what each command does.
+
+The grammar module turns bytes into a `Command`; the mail store does the reading and
+writing; this module decides what is allowed when and what to answer. A command in the
+wrong state is `BAD`, a refused one `NO` with a response code (RFC 5530) and a text the
+user may see (in French, with the English after a slash for the logs), never a crash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import logging
+import ssl
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Awaitable, Callable
+
+from caducee.gateway.auth import Locked
+from caducee.mailbox.imap import search as searching
+from caducee.mailbox.imap import structure
+from caducee.mailbox.imap.grammar import (
+    MAX_SMALL_LITERAL,
+    Command,
+    FetchItem,
+    LineTooLong,
+    LiteralTooLarge,
+    ParseError,
+    RawCommand,
+    astring,
+    format_datetime,
+    parse_command,
+    read_command,
+)
+from caducee.mailbox.imap.mailstore import FolderInfo, StoreError, normalise_flags, uid_ranges
+from caducee.mailbox.imap.selected import SelectedView
+
+if TYPE_CHECKING:
+    from caducee.mailbox.imap.server import ImapServer
+
+log = logging.getLogger(__name__)
+
+NOT_AUTHENTICATED, AUTHENTICATED, SELECTED, LOGOUT = "not authenticated", "authenticated", "selected", "logout"
+ANY = frozenset({NOT_AUTHENTICATED, AUTHENTICATED, SELECTED})
+AUTH = frozenset({AUTHENTICATED, SELECTED})
+SEL = frozenset({SELECTED})
+PRE = frozenset({NOT_AUTHENTICATED})
+DELIMITER = "/"
+FLUSH_AT = 256 * 1024
+PERMANENT_FLAGS = "\\Answered \\Flagged \\Deleted \\Seen \\Draft"
+# Commands during which EXPUNGE may not be announced (RFC 3501 7.4.1); UID forms may.
+NO_EXPUNGE_DURING = {"FETCH", "STORE", "SEARCH"}
+
+
+class Bye(Exception):
+    """End the connection after sending this untagged BYE text."""
+
+
+@dataclass(frozen=True)
+class Handler:
+    states: frozenset[str]
+    run: Callable[["Session", Command], Awaitable[bytes]]
+
+
+class Session:
+    def __init__(self, server: "ImapServer", reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *,
+                 tls: bool, client: str) -> None:  # fmt: skip
+        self.server = server
+        self.reader = reader
+        self.writer = writer
+        self.tls = tls
+        self.client = client
+        self.state = NOT_AUTHENTICATED
+        self.address: str | None = None
+        self.mailbox_id: int | None = None
+        self.view: SelectedView | None = None
+        self.condstore = False
+        self.wake = asyncio.Event()
+
+    # ---- the connection loop -----------------------------------------------------------
+
+    async def run(self) -> None:
+        await self.send(b"* OK [CAPABILITY " + self.capabilities() + b"] Caducee IMAP pret / ready\r\n")
+        try:
+            while self.state != LOGOUT:
+                timeout = self.server.settings.imap_login_timeout if self.state == NOT_AUTHENTICATED else self.server.settings.imap_timeout
+                try:
+                    raw = await asyncio.wait_for(read_command(self.reader, self._continue, self._literal_limit), timeout)
+                except asyncio.TimeoutError:
+                    raise Bye("deconnexion apres inactivite / autologout, idle for too long") from None
+                if raw is None:
+                    return
+                await self.handle(raw)
+        except Bye as bye:
+            await self.send(b"* BYE " + str(bye).encode() + b"\r\n")
+        except LineTooLong:
+            await self.send(b"* BYE ligne trop longue / line too long\r\n")
+        except ParseError as error:  # the stream is out of step (closed inside a literal): nothing to answer
+            log.debug("IMAP %s: %s", self.client, error.text)
+        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
+            return
+
+    async def _continue(self) -> None:
+        await self.send(b"+ OK\r\n")
+
+    def _literal_limit(self, command: RawCommand, size: int) -> int:
+        if self.state == NOT_AUTHENTICATED:
+            return 8 * 1024
+        if b" APPEND " in command.segments[0].upper():
+            return self.server.settings.max_message_size
+        return MAX_SMALL_LITERAL
+
+    async def send(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def handle(self, raw: RawCommand) -> None:
+        try:
+            command = parse_command(raw)
+        except LiteralTooLarge as error:
+            await self.send((error.tag or "*").encode() + b" NO [TOOBIG] " + error.text.encode() + b"\r\n")
+            return
+        except ParseError as error:
+            await self.send((error.tag or "*").encode() + b" BAD " + error.text.encode("utf-8", "replace") + b"\r\n")
+            return
+        handler = COMMANDS.get(command.name)
+        if handler is None:
+            await self.send(command.tag.encode() + b" BAD unknown command\r\n")
+            return
+        if self.state not in handler.states:
+            await self.send(command.tag.encode() + b" BAD %s is not allowed in the %s state\r\n" % (command.name.encode(), self.state.encode()))
+            return
+        try:
+            result = await handler.run(self, command)
+        except _Handled:
+            return
+        except ParseError as error:
+            result = b"BAD " + error.text.encode("utf-8", "replace")
+        except StoreError as error:
+            result = b"NO " + (b"[%s] " % error.code.encode() if error.code else b"") + error.text.encode("utf-8")
+        await self.send(await self.updates(command.name) + command.tag.encode() + b" " + result + b"\r\n")
+
+    async def updates(self, command_name: str = "NOOP") -> bytes:
+        """Untagged responses for what changed elsewhere in the selected folder."""
+        if self.view is None or self.state != SELECTED:
+            return b""
+        changes = await self.server.store.changes(self.view.folder_id, self.view.modseq)
+        if not changes and not self.view.pending_expunges:
+            return b""
+        allow = command_name not in NO_EXPUNGE_DURING
+        return b"".join(self.view.apply(changes, allow_expunge=allow, condstore=self.condstore))
+
+    def capabilities(self) -> bytes:
+        names = ["IMAP4rev1", "LITERAL+", "SASL-IR", "ID", "ENABLE"]
+        if self.state == NOT_AUTHENTICATED:
+            names += ["AUTH=PLAIN"] if self.tls else ["STARTTLS", "LOGINDISABLED"]
+        else:
+            names += ["IDLE", "UIDPLUS", "MOVE", "NAMESPACE", "UNSELECT", "SPECIAL-USE", "CONDSTORE",
+                      f"APPENDLIMIT={self.server.settings.max_message_size}"]  # fmt: skip
+        return " ".join(names).encode()
+
+    # ---- any state -----------------------------------------------------------------------
+
+    async def capability(self, command: Command) -> bytes:
+        await self.send(b"* CAPABILITY " + self.capabilities() + b"\r\n")
+        return b"OK CAPABILITY completed"
+
+    async def noop(self, command: Command) -> bytes:
+        return b"OK NOOP completed"
+
+    async def logout(self, command: Command) -> bytes:
+        await self.send(b"* BYE a bientot / logging out\r\n")
+        self.state = LOGOUT
+        return b"OK LOGOUT completed"
+
+    async def id_(self, command: Command) -> bytes:
+        await self.send(b'* ID ("name" "Caducee" "vendor" "Caducee")\r\n')
+        return b"OK ID completed"
+
+    # ---- not authenticated ---------------------------------------------------------------
+
+    async def starttls(self, command: Command) -> bytes:
+        if self.tls:
+            return b"BAD TLS is already active"
+        if self.reader._buffer:  # type: ignore[attr-defined]  # bytes sent before the handshake: an injection attempt
+            raise Bye("donnees envoyees avant TLS / data sent before the TLS handshake")
+        await self.send(command.tag.encode() + b" OK begin TLS negotiation now\r\n")
+        await self.writer.start_tls(self.server.tls_context)
+        self.tls = True
+        raise _Handled()
+
+    async def login(self, command: Command) -> bytes:
+        return await self._authenticate(command.args["user"], command.args["password"])  # type: ignore[arg-type]
+
+    async def authenticate(self, command: Command) -> bytes:
+        if command.args["mechanism"] != "PLAIN":
+            return b"NO [CANNOT] only AUTHENTICATE PLAIN is offered"
+        if not self.tls:
+            return b"NO [PRIVACYREQUIRED] STARTTLS d'abord / use STARTTLS first"
+        initial = command.args["initial"]
+        if initial is None or initial == b"=":
+            await self.send(b"+ \r\n")
+            line = await asyncio.wait_for(self.reader.readuntil(b"\r\n"), self.server.settings.imap_login_timeout)
+            initial = line[:-2]
+            if initial == b"*":
+                return b"BAD authentication cancelled"
+        try:
+            decoded = base64.b64decode(initial, validate=True)  # type: ignore[arg-type]
+            _authzid, user, password = decoded.split(b"\0")
+        except (binascii.Error, ValueError):
+            return b"BAD malformed PLAIN response"
+        return await self._authenticate(user, password)
+
+    async def _authenticate(self, user: bytes, password: bytes) -> bytes:
+        if not self.tls:
+            return b"NO [PRIVACYREQUIRED] STARTTLS d'abord / use STARTTLS first"
+        try:
+            login = user.decode("utf-8")
+            secret = password.decode("utf-8")
+        except UnicodeDecodeError:
+            return b"NO [AUTHENTICATIONFAILED] identifiants invalides / invalid credentials"
+        try:
+            address = await self.server.authenticator.verify(login, secret, self.client)
+        except Locked as locked:
+            return b"NO [UNAVAILABLE] trop d'essais, reessayez dans %d s / locked, retry in %d s" % (locked.seconds, locked.seconds)
+        mailbox_id = await self.server.store.mailbox_id(address) if address else None
+        if address is None or mailbox_id is None:
+            return b"NO [AUTHENTICATIONFAILED] identifiants invalides / invalid credentials"
+        self.address, self.mailbox_id, self.state = address, mailbox_id, AUTHENTICATED
+        await self.server.store.folders(mailbox_id)  # creates the standard folders on first login
+        return b"OK [CAPABILITY " + self.capabilities() + b"] connecte / logged in"
+
+    # ---- authenticated -------------------------------------------------------------------
+
+    async def enable(self, command: Command) -> bytes:
+        enabled = [name for name in command.args["capabilities"] if name == "CONDSTORE"]  # type: ignore[union-attr]
+        if enabled:
+            self.condstore = True
+        await self.send(b"* ENABLED" + b"".join(b" " + name.encode() for name in enabled) + b"\r\n")
+        return b"OK ENABLE completed"
+
+    async def namespace(self, command: Command) -> bytes:
+        await self.send(b'* NAMESPACE (("" "/")) NIL NIL\r\n')
+        return b"OK NAMESPACE completed"
+
+    async def _folder(self, name: str) -> FolderInfo:
+        assert self.mailbox_id is not None
+        folder = await self.server.store.folder(self.mailbox_id, name)
+        if folder is None:
+            raise StoreError("dossier inconnu / no such folder", "NONEXISTENT")
+        return folder
+
+    async def select(self, command: Command) -> bytes:
+        self._leave()
+        folder = await self._folder(command.args["mailbox"])  # type: ignore[arg-type]
+        read_only = command.name == "EXAMINE"
+        if command.args.get("condstore"):
+            self.condstore = True
+        folder, uids, keywords = await self.server.store.snapshot(folder.id)
+        self.view = SelectedView(folder.id, folder.name, folder.uidvalidity, read_only, uids, folder.highestmodseq)
+        unseen = await self.server.store.first_unseen(folder.id)
+        flags = " ".join([PERMANENT_FLAGS, *keywords])
+        lines = [
+            b"* %d EXISTS\r\n" % len(uids),
+            b"* 0 RECENT\r\n",
+            b"* FLAGS (%s)\r\n" % flags.encode(),
+            b"* OK [PERMANENTFLAGS (%s \\*)] flags permitted\r\n" % flags.encode() if not read_only
+            else b"* OK [PERMANENTFLAGS ()] read-only\r\n",
+            b"* OK [UIDVALIDITY %d] UIDs valid\r\n" % folder.uidvalidity,
+            b"* OK [UIDNEXT %d] predicted next UID\r\n" % folder.uidnext,
+            b"* OK [HIGHESTMODSEQ %d] highest\r\n" % folder.highestmodseq,
+        ]  # fmt: skip
+        if unseen is not None and self.view.sequence_of(unseen) is not None:
+            lines.append(b"* OK [UNSEEN %d] first unseen\r\n" % self.view.sequence_of(unseen))
+        await self.send(b"".join(lines))
+        self.state = SELECTED
+        return b"OK [READ-ONLY] EXAMINE completed" if read_only else b"OK [READ-WRITE] SELECT completed"
+
+    def _leave(self) -> None:
+        self.view = None
+        if self.state == SELECTED:
+            self.state = AUTHENTICATED
+
+    async def create(self, command: Command) -> bytes:
+        assert self.mailbox_id is not None
+        name = str(command.args["mailbox"]).rstrip(DELIMITER)
+        if not name or DELIMITER * 2 in name or name.startswith(DELIMITER):
+            return b"NO [CANNOT] nom de dossier invalide / bad folder name"
+        parts = name.split(DELIMITER)
+        for depth in range(1, len(parts) + 1):  # parents are created too (RFC 3501 6.3.3)
+            prefix = DELIMITER.join(parts[:depth])
+            if prefix == "INBOX" or await self.server.store.folder(self.mailbox_id, prefix) is not None:
+                if depth == len(parts):
+                    return b"NO [ALREADYEXISTS] ce dossier existe deja / folder exists"
+                continue
+            await self.server.store.create(self.mailbox_id, prefix)
+        return b"OK CREATE completed"
+
+    async def delete(self, command: Command) -> bytes:
+        assert self.mailbox_id is not None
+        name = str(command.args["mailbox"])
+        if self.view is not None and self.view.name == name:
+            self._leave()
+        await self.server.store.delete(self.mailbox_id, name)
+        return b"OK DELETE completed"
+
+    async def rename(self, command: Command) -> bytes:
+        assert self.mailbox_id is not None
+        await self.server.store.rename(self.mailbox_id, str(command.args["mailbox"]), str(command.args["new"]))
+        return b"OK RENAME completed"
+
+    async def subscribe(self, command: Command) -> bytes:
+        assert self.mailbox_id is not None
+        await self.server.store.subscribe(self.mailbox_id, str(command.args["mailbox"]), command.name == "SUBSCRIBE")
+        return b"OK %s completed" % command.name.encode()
+
+    async def list_(self, command: Command) -> bytes:
+        assert self.mailbox_id is not None
+        reference, pattern = str(command.args["reference"]), str(command.args["pattern"])
+        if pattern == "":
+            await self.send(b'* %s (\\Noselect) "/" ""\r\n' % command.name.encode())
+            return b"OK %s completed" % command.name.encode()
+        folders = await self.server.store.folders(self.mailbox_id)
+        names = {folder.name for folder in folders}
+        wanted = _pattern(reference + pattern)
+        subscribed_only = command.name == "LSUB" or "SUBSCRIBED" in command.args["selection"]  # type: ignore[operator]
+        special_only = "SPECIAL-USE" in command.args["selection"]  # type: ignore[operator]
+        lines = []
+        for folder in folders:
+            if not _matches(wanted, folder.name) or (subscribed_only and not folder.subscribed):
+                continue
+            if special_only and not folder.special_use:
+                continue
+            attributes = ["\\HasChildren" if any(n.startswith(folder.name + DELIMITER) for n in names) else "\\HasNoChildren"]
+            if folder.special_use:
+                attributes.append(folder.special_use)
+            if folder.subscribed and command.name == "LIST" and "SUBSCRIBED" in command.args["returns"]:  # type: ignore[operator]
+                attributes.append("\\Subscribed")
+            lines.append(b'* %s (%s) "/" %s\r\n' % (command.name.encode(), " ".join(attributes).encode(), astring(folder.name)))
+        await self.send(b"".join(lines))
+        return b"OK %s completed" % command.name.encode()
+
+    async def status(self, command: Command) -> bytes:
+        folder = await self._folder(str(command.args["mailbox"]))
+        folder, messages, unseen, size = await self.server.store.status(folder.id)
+        values = {"MESSAGES": messages, "RECENT": 0, "UIDNEXT": folder.uidnext, "UIDVALIDITY": folder.uidvalidity,
+                  "UNSEEN": unseen, "HIGHESTMODSEQ": folder.highestmodseq, "SIZE": size}  # fmt: skip
+        items = " ".join(f"{item} {values[item]}" for item in command.args["items"])  # type: ignore[union-attr]
+        await self.send(b"* STATUS %s (%s)\r\n" % (astring(folder.name), items.encode()))
+        return b"OK STATUS completed"
+
+    async def append(self, command: Command) -> bytes:
+        folder = await self.server.store.folder(self.mailbox_id, str(command.args["mailbox"]))  # type: ignore[arg-type]
+        if folder is None:
+            return b"NO [TRYCREATE] dossier inconnu / no such folder"
+        raw = _crlf(command.args["message"])  # type: ignore[arg-type]
+        if len(raw) > self.server.settings.max_message_size:
+            return b"NO [TOOBIG] message trop gros / message too large"
+        if not raw.strip():
+            return b"NO [CANNOT] message vide / empty message"
+        validity, uid = await self.server.store.append(folder.id, raw, normalise_flags(command.args["flags"]),  # type: ignore[arg-type]
+                                                       command.args["date"], self.address or "")  # type: ignore[arg-type]
+        self.server.watch.touched(folder.id)
+        return b"OK [APPENDUID %d %d] APPEND completed" % (validity, uid)
+
+    async def idle(self, command: Command) -> bytes:
+        await self.send(b"+ idling\r\n")
+        view = self.view
+        if view is not None:
+            self.server.watch.watch(view.folder_id, self.wake, view.modseq)
+        reading = asyncio.ensure_future(self.reader.readuntil(b"\r\n"))
+        try:
+            while True:
+                self.wake.clear()
+                if view is not None:
+                    pending = await self.updates("IDLE")
+                    if pending:
+                        await self.send(pending)
+                waking = asyncio.ensure_future(self.wake.wait())
+                done, _ = await asyncio.wait({reading, waking}, timeout=self.server.settings.imap_timeout,
+                                             return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+                if not done:
+                    waking.cancel()
+                    raise Bye("deconnexion apres inactivite / autologout, idle for too long")
+                if reading in done:
+                    waking.cancel()
+                    line = reading.result()
+                    if line.strip().upper() != b"DONE":
+                        return b"BAD expected DONE"
+                    return b"OK IDLE terminated"
+        finally:
+            if not reading.done():
+                reading.cancel()
+            if view is not None:
+                self.server.watch.unwatch(view.folder_id, self.wake)
+
+    # ---- selected ------------------------------------------------------------------------
+
+    async def check(self, command: Command) -> bytes:
+        return b"OK CHECK completed"
+
+    async def close(self, command: Command) -> bytes:
+        assert self.view is not None
+        if not self.view.read_only:
+            await self.server.store.expunge(self.view.folder_id)  # silently (RFC 3501 6.4.2)
+            self.server.watch.touched(self.view.folder_id)
+        self._leave()
+        return b"OK CLOSE completed"
+
+    async def unselect(self, command: Command) -> bytes:
+        self._leave()
+        return b"OK UNSELECT completed"
+
+    async def expunge(self, command: Command) -> bytes:
+        view = self._writable()
+        uids = view.resolve(command.args["sequence"], uid=True) if command.name == "UID EXPUNGE" else None  # type: ignore[arg-type]
+        gone = await self.server.store.expunge(view.folder_id, uids)
+        view.pending_expunges.update(uid for uid in gone if view.sequence_of(uid) is not None)
+        await self.send(b"".join(view.flush_expunges()))
+        self.server.watch.touched(view.folder_id)
+        return b"OK EXPUNGE completed"
+
+    def _writable(self) -> SelectedView:
+        assert self.view is not None
+        if self.view.read_only:
+            raise StoreError("dossier ouvert en lecture seule / folder is read-only", "READ-ONLY")
+        return self.view
+
+    async def store(self, command: Command) -> bytes:
+        view = self._writable()
+        args = command.args
+        uids = view.resolve(args["sequence"], uid=command.name.startswith("UID"))  # type: ignore[arg-type]
+        unchanged_since = args["unchanged_since"]
+        if unchanged_since is not None:
+            self.condstore = True
+        changed, failed = await self.server.store.store_flags(view.folder_id, uids, str(args["action"]), args["flags"],  # type: ignore[arg-type]
+                                                              unchanged_since)  # type: ignore[arg-type]
+        lines = []
+        for change in changed:
+            view.own_modseqs.add(change.modseq)
+            sequence = view.sequence_of(change.uid)
+            if sequence is None:
+                continue
+            if not args["silent"] or unchanged_since is not None:
+                items = [b"UID %d" % change.uid] if command.name.startswith("UID") else []
+                if not args["silent"]:
+                    items.append(b"FLAGS (%s)" % change.flags.encode())
+                if self.condstore:
+                    items.append(b"MODSEQ (%d)" % change.modseq)
+                lines.append(b"* %d FETCH (%s)\r\n" % (sequence, b" ".join(items)))
+        await self.send(b"".join(lines))
+        if changed:
+            self.server.watch.touched(view.folder_id)
+        if failed:
+            numbers = failed if command.name.startswith("UID") else [view.sequence_of(uid) or 0 for uid in failed]
+            return b"OK [MODIFIED %s] conditional STORE failed for some" % _set_text(numbers).encode()
+        return b"OK STORE completed"
+
+    async def copy(self, command: Command) -> bytes:
+        assert self.view is not None and self.mailbox_id is not None
+        target = await self.server.store.folder(self.mailbox_id, str(command.args["mailbox"]))
+        if target is None:
+            return b"NO [TRYCREATE] dossier inconnu / no such folder"
+        uids = self.view.resolve(command.args["sequence"], uid=command.name.startswith("UID"))  # type: ignore[arg-type]
+        moving = command.name.endswith("MOVE")
+        if moving:
+            self._writable()
+        validity, source, created = await self.server.store.copy(self.view.folder_id, uids, target.id)
+        self.server.watch.touched(target.id)
+        code = b"COPYUID %d %s %s" % (validity, _set_text(source).encode(), _set_text(created).encode()) if source else b""
+        if not moving:
+            return b"OK [%s] COPY completed" % code if code else b"OK COPY completed"
+        await self.send(b"* OK [%s] moved\r\n" % code if code else b"")
+        await self._remove(source)
+        return b"OK MOVE completed"
+
+    async def _remove(self, uids: list[int]) -> None:
+        """The second half of MOVE: expunge exactly these entries, whatever their flags."""
+        view = self._writable()
+        if not uids:
+            return
+        await self.server.store.store_flags(view.folder_id, uids, "+FLAGS", ["\\Deleted"])
+        gone = await self.server.store.expunge(view.folder_id, uids)
+        view.pending_expunges.update(uid for uid in gone if view.sequence_of(uid) is not None)
+        await self.send(b"".join(view.flush_expunges()))
+        self.server.watch.touched(view.folder_id)
+
+    async def search(self, command: Command) -> bytes:
+        assert self.view is not None
+        view = self.view
+        key = command.args["keys"]
+        need = searching.needs(key)  # type: ignore[arg-type]
+        if need.modseq:
+            self.condstore = True
+        found: list[tuple[int, int]] = []  # (number to answer, modseq)
+        largest_uid = view.uids[-1] if view.uids else 0
+        use_uid = command.name.startswith("UID")
+        async for rows in self.server.store.fetch(view.folder_id, list(view.uids), summary=need.summary, body=need.body):
+            for row in rows:
+                sequence = view.sequence_of(row.uid)
+                if sequence is None:
+                    continue
+                if searching.matches(key, searching.Candidate(row, sequence, len(view.uids), largest_uid)):  # type: ignore[arg-type]
+                    found.append((row.uid if use_uid else sequence, row.modseq))
+        line = b"* SEARCH" + b"".join(b" %d" % number for number, _ in found)
+        if need.modseq and found:
+            line += b" (MODSEQ %d)" % max(modseq for _, modseq in found)
+        await self.send(line + b"\r\n")
+        return b"OK SEARCH completed"
+
+    async def fetch(self, command: Command) -> bytes:
+        assert self.view is not None
+        view = self.view
+        use_uid = command.name.startswith("UID")
+        items: list[FetchItem] = list(command.args["items"])  # type: ignore[call-overload]
+        names = {item.name for item in items}
+        changed_since = command.args["changed_since"]
+        if changed_since is not None or "MODSEQ" in names:
+            self.condstore = True
+        if use_uid and "UID" not in names:
+            items.insert(0, FetchItem("UID", label="UID"))
+        if self.condstore and changed_since is not None and "MODSEQ" not in names:
+            items.append(FetchItem("MODSEQ", label="MODSEQ"))
+        uids = view.resolve(command.args["sequence"], uid=use_uid)  # type: ignore[arg-type]
+        need_summary = bool(names & {"ENVELOPE", "BODY", "BODYSTRUCTURE"})
+        need_body = any(item.name in ("BODY[]", "BINARY[]", "RFC822", "RFC822.HEADER", "RFC822.TEXT") for item in items)
+        marks_seen = not view.read_only and any(
+            (item.name in ("BODY[]", "BINARY[]") and not item.peek) or item.name in ("RFC822", "RFC822.TEXT") for item in items
+        )
+        seen_now: set[int] = set()
+        if marks_seen and uids:
+            changed, _ = await self.server.store.store_flags(view.folder_id, uids, "+FLAGS", ["\\Seen"])
+            for change in changed:
+                view.own_modseqs.add(change.modseq)
+                seen_now.add(change.uid)
+            if changed:
+                self.server.watch.touched(view.folder_id)
+        buffer: list[bytes] = []
+        size = 0
+        async for rows in self.server.store.fetch(view.folder_id, uids, summary=need_summary, body=need_body,
+                                                  changed_since=changed_since):  # fmt: skip
+            for row in rows:
+                sequence = view.sequence_of(row.uid)
+                if sequence is None:
+                    continue
+                pieces = _fetch_items(items, row, add_flags=row.uid in seen_now and "FLAGS" not in names)
+                response = b"* %d FETCH (" % sequence + b" ".join(pieces) + b")\r\n"
+                buffer.append(response)
+                size += len(response)
+                if size >= FLUSH_AT:
+                    await self.send(b"".join(buffer))
+                    buffer, size = [], 0
+        if buffer:
+            await self.send(b"".join(buffer))
+        return b"OK FETCH completed"
+
+
+class _Handled(Exception):
+    """The command already sent its tagged response (STARTTLS)."""
+
+
+def _fetch_items(items: list[FetchItem], row, *, add_flags: bool) -> list[bytes]:  # type: ignore[no-untyped-def]
+    pieces = []
+    root = None
+    for item in items:
+        name = item.name
+        if name == "UID":
+            pieces.append(b"UID %d" % row.uid)
+        elif name == "FLAGS":
+            pieces.append(b"FLAGS (%s)" % row.flags.encode())
+        elif name == "INTERNALDATE":
+            pieces.append(b'INTERNALDATE "%s"' % format_datetime(row.received_at).encode())
+        elif name == "RFC822.SIZE":
+            pieces.append(b"RFC822.SIZE %d" % row.size)
+        elif name == "MODSEQ":
+            pieces.append(b"MODSEQ (%d)" % row.modseq)
+        elif name == "ENVELOPE":
+            pieces.append(b"ENVELOPE " + row.summary.envelope)
+        elif name == "BODYSTRUCTURE":
+            pieces.append(b"BODYSTRUCTURE " + row.summary.bodystructure)
+        elif name == "BODY":
+            pieces.append(b"BODY " + row.summary.body)
+        elif name == "RFC822":
+            pieces.append(b"RFC822 " + _literal(row.body))
+        else:
+            if root is None and (item.part or item.kind or name in ("RFC822.HEADER", "RFC822.TEXT")):
+                root = structure.parse(row.body)
+            if name == "RFC822.HEADER":
+                pieces.append(b"RFC822.HEADER " + _literal(root.header_bytes))  # type: ignore[union-attr]
+            elif name == "RFC822.TEXT":
+                pieces.append(b"RFC822.TEXT " + _literal(root.body_bytes))  # type: ignore[union-attr]
+            else:
+                data = row.body if root is None else structure.section(root, item.part, item.kind, item.fields)
+                if name == "BINARY[]" and data is not None and root is not None:
+                    part = structure.find_part(root, item.part)
+                    data = structure.decoded(part, data) if part is not None else None
+                if data is not None and item.partial is not None:
+                    start, length = item.partial
+                    data = data[start : start + length]
+                pieces.append(item.label.encode() + b" " + (_literal(data) if data is not None else b"NIL"))
+    if add_flags:  # \Seen was just set by this FETCH: the client is told (RFC 3501 6.4.5)
+        pieces.append(b"FLAGS (%s)" % row.flags.encode())
+    return pieces
+
+
+def _literal(data: bytes) -> bytes:
+    return b"{%d}\r\n" % len(data) + data
+
+
+def _crlf(raw: bytes) -> bytes:
+    """Line ends as CRLF (some clients append with bare LF)."""
+    if b"\n" not in raw.replace(b"\r\n", b""):
+        return raw
+    return raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+
+def _set_text(numbers: list[int]) -> str:
+    return ",".join(f"{low}:{high}" if low != high else str(low) for low, high in uid_ranges(sorted(numbers)))
+
+
+def _pattern(text: str) -> list[str]:
+    """A LIST pattern as tokens: literal text, '*' (anything) and '%' (anything but the delimiter)."""
+    tokens, literal = [], ""
+    for char in text:
+        if char in "*%":
+            if literal:
+                tokens.append(literal)
+                literal = ""
+            tokens.append(char)
+        else:
+            literal += char
+    if literal:
+        tokens.append(literal)
+    return tokens
+
+
+def _matches(tokens: list[str], name: str) -> bool:
+    if tokens and tokens[0].upper() == "INBOX" and name == "INBOX":
+        tokens = ["INBOX", *tokens[1:]]
+
+    def match(ti: int, ni: int) -> bool:
+        if ti == len(tokens):
+            return ni == len(name)
+        token = tokens[ti]
+        if token == "*":
+            return any(match(ti + 1, k) for k in range(ni, len(name) + 1))
+        if token == "%":
+            k = ni
+            while True:
+                if match(ti + 1, k):
+                    return True
+                if k >= len(name) or name[k] == DELIMITER:
+                    return False
+                k += 1
+        return name.startswith(token, ni) and match(ti + 1, ni + len(token))
+
+    return match(0, 0)
+
+
+COMMANDS: dict[str, Handler] = {
+    "CAPABILITY": Handler(ANY, Session.capability),
+    "NOOP": Handler(ANY, Session.noop),
+    "LOGOUT": Handler(ANY, Session.logout),
+    "ID": Handler(ANY, Session.id_),
+    "STARTTLS": Handler(PRE, Session.starttls),
+    "LOGIN": Handler(PRE, Session.login),
+    "AUTHENTICATE": Handler(PRE, Session.authenticate),
+    "ENABLE": Handler(AUTH, Session.enable),
+    "NAMESPACE": Handler(AUTH, Session.namespace),
+    "SELECT": Handler(AUTH, Session.select),
+    "EXAMINE": Handler(AUTH, Session.select),
+    "CREATE": Handler(AUTH, Session.create),
+    "DELETE": Handler(AUTH, Session.delete),
+    "RENAME": Handler(AUTH, Session.rename),
+    "SUBSCRIBE": Handler(AUTH, Session.subscribe),
+    "UNSUBSCRIBE": Handler(AUTH, Session.subscribe),
+    "LIST": Handler(AUTH, Session.list_),
+    "LSUB": Handler(AUTH, Session.list_),
+    "STATUS": Handler(AUTH, Session.status),
+    "APPEND": Handler(AUTH, Session.append),
+    "IDLE": Handler(AUTH, Session.idle),
+    "CHECK": Handler(SEL, Session.check),
+    "CLOSE": Handler(SEL, Session.close),
+    "UNSELECT": Handler(SEL, Session.unselect),
+    "EXPUNGE": Handler(SEL, Session.expunge),
+    "UID EXPUNGE": Handler(SEL, Session.expunge),
+    "SEARCH": Handler(SEL, Session.search),
+    "UID SEARCH": Handler(SEL, Session.search),
+    "FETCH": Handler(SEL, Session.fetch),
+    "UID FETCH": Handler(SEL, Session.fetch),
+    "STORE": Handler(SEL, Session.store),
+    "UID STORE": Handler(SEL, Session.store),
+    "COPY": Handler(SEL, Session.copy),
+    "UID COPY": Handler(SEL, Session.copy),
+    "MOVE": Handler(SEL, Session.copy),
+    "UID MOVE": Handler(SEL, Session.copy),
+}

@@ -1,0 +1,352 @@
+"""The MIME structure of a stored message, with byte offsets: what FETCH answers from.
+
+IMAP names parts by number (`BODY[2.1.HEADER]`) and answers with the exact bytes of the
+stored message, so the parser here keeps offsets into the raw message rather than
+rebuilding it as the `email` package does. The `email` package still parses each header
+block (content type, parameters, addresses).
+
+`summarize()` runs once when a message is stored; its result (ENVELOPE, BODY and
+BODYSTRUCTURE already in IMAP form, plus the header text SEARCH looks at) is kept beside
+the body, so listing a folder never opens a body.
+
+Hostile input is bounded: nesting depth and number of parts. A message that is not valid
+MIME still gets a structure (a single text/plain part, as the RFC asks of servers).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import quopri
+import struct
+from dataclasses import dataclass, field
+from email.header import decode_header, make_header
+from email.message import Message as HeaderBlock
+from email.parser import BytesHeaderParser
+from email.policy import compat32
+from email.utils import getaddresses, parsedate_to_datetime
+
+from caducee.mailbox.imap.grammar import serialize
+
+MAX_DEPTH = 20
+MAX_PARTS = 2_000
+_HEADER_PARSER = BytesHeaderParser(policy=compat32)
+
+
+@dataclass
+class Part:
+    """One entity: [start, body_start) is its header, [body_start, end) its body."""
+
+    raw: bytes
+    start: int
+    body_start: int
+    end: int
+    headers: HeaderBlock
+    children: list["Part"] = field(default_factory=list)
+    message: "Part | None" = None  # the encapsulated message of a message/rfc822 part
+
+    @property
+    def header_bytes(self) -> bytes:
+        return self.raw[self.start : self.body_start]
+
+    @property
+    def body_bytes(self) -> bytes:
+        return self.raw[self.body_start : self.end]
+
+    @property
+    def content_type(self) -> tuple[str, str]:
+        maintype, _, subtype = self.headers.get_content_type().partition("/")
+        return maintype.upper(), subtype.upper()
+
+
+def parse(raw: bytes) -> Part:
+    """The whole message as a tree of parts."""
+    budget = [MAX_PARTS]
+    return _parse(raw, 0, len(raw), 0, budget, default_type="text/plain")
+
+
+def _parse(raw: bytes, start: int, end: int, depth: int, budget: list[int], *, default_type: str) -> Part:
+    budget[0] -= 1
+    if raw.startswith(b"\r\n", start) or start >= end:
+        body_start = min(start + 2, end)
+    else:
+        blank = raw.find(b"\r\n\r\n", start, end)
+        body_start = end if blank < 0 else blank + 4
+    headers = _HEADER_PARSER.parsebytes(raw[start:body_start])
+    if "content-type" not in headers:
+        headers.set_default_type(default_type)
+    part = Part(raw, start, body_start, end, headers)
+    if depth >= MAX_DEPTH or budget[0] <= 0:
+        return part
+    maintype, subtype = part.content_type
+    if maintype == "MULTIPART":
+        boundary = headers.get_boundary()
+        if boundary:
+            child_default = "message/rfc822" if subtype == "DIGEST" else "text/plain"
+            for child_start, child_end in _split(raw, body_start, end, boundary.encode("utf-8", "surrogateescape")):
+                if budget[0] <= 0:
+                    break
+                part.children.append(_parse(raw, child_start, child_end, depth + 1, budget, default_type=child_default))
+    elif (maintype, subtype) == ("MESSAGE", "RFC822") and _encoding(headers) in ("7BIT", "8BIT", "BINARY"):
+        part.message = _parse(raw, body_start, end, depth + 1, budget, default_type="text/plain")
+    return part
+
+
+def _split(raw: bytes, start: int, end: int, boundary: bytes) -> list[tuple[int, int]]:
+    """(start, end) of each body part between delimiter lines; the CRLF before a delimiter is the delimiter's."""
+    delimiter = b"--" + boundary
+    spans = []
+    position = _delimiter(raw, delimiter, start, end, start)
+    while position >= 0 and len(spans) < MAX_PARTS:
+        after = position + len(delimiter)
+        if raw.startswith(b"--", after):  # the close delimiter
+            break
+        line_end = raw.find(b"\r\n", after, end)
+        if line_end < 0:
+            break
+        part_start = line_end + 2
+        following = _delimiter(raw, delimiter, part_start, end, start)
+        if following < 0:  # no close delimiter: the part runs to the end
+            spans.append((part_start, end))
+            break
+        spans.append((part_start, max(part_start, following - 2)))
+        position = following
+    return spans
+
+
+def _delimiter(raw: bytes, delimiter: bytes, position: int, end: int, body_start: int) -> int:
+    while True:
+        found = raw.find(delimiter, position, end)
+        if found < 0:
+            return -1
+        if found == body_start or raw[found - 2 : found] == b"\r\n":
+            return found
+        position = found + 1
+
+
+def _encoding(headers: HeaderBlock) -> str:
+    return str(headers.get("content-transfer-encoding", "7bit")).strip().upper() or "7BIT"
+
+
+def _value(headers: HeaderBlock, name: str) -> bytes | None:
+    """A header's raw value, unfolded, as bytes (8-bit bytes kept as they came)."""
+    value = headers.get(name)
+    if value is None:
+        return None
+    text = str(value).replace("\r\n", "").replace("\n", "")
+    return text.strip().encode("utf-8", "surrogateescape")
+
+
+def _text(value: bytes | None) -> str:
+    """A header value decoded for searching: encoded-words decoded, case folded."""
+    if not value:
+        return ""
+    text = value.decode("utf-8", "replace")
+    try:
+        text = str(make_header(decode_header(text)))
+    except (ValueError, LookupError, binascii.Error):
+        pass
+    return text.casefold()
+
+
+# ---- ENVELOPE, BODY, BODYSTRUCTURE ---------------------------------------------------------
+
+
+def _addresses(headers: HeaderBlock, name: str) -> list[list[bytes | None]] | None:
+    values = headers.get_all(name)
+    if not values:
+        return None
+    out = []
+    for display, address in getaddresses([str(v).replace("\r\n", "").replace("\n", "") for v in values]):
+        if not display and not address:
+            continue
+        mailbox, _, host = address.rpartition("@") if "@" in address else (address, "", "")
+        encode = lambda text: text.encode("utf-8", "surrogateescape") if text else None  # noqa: E731
+        out.append([encode(display), None, encode(mailbox), encode(host) if host else None])
+    return out or None
+
+
+def envelope(part: Part) -> list[object]:
+    headers = part.headers
+    sender_from = _addresses(headers, "from")
+    return [
+        _value(headers, "date"), _value(headers, "subject"), sender_from,
+        _addresses(headers, "sender") or sender_from, _addresses(headers, "reply-to") or sender_from,
+        _addresses(headers, "to"), _addresses(headers, "cc"), _addresses(headers, "bcc"),
+        _value(headers, "in-reply-to"), _value(headers, "message-id"),
+    ]  # fmt: skip
+
+
+def _params(headers: HeaderBlock, name: str) -> list[bytes] | None:
+    params = headers.get_params(header=name, failobj=None)
+    if not params:
+        return None
+    out: list[bytes] = []
+    for key, value in params[1:]:  # the first pair is the value itself
+        if isinstance(value, tuple):  # RFC 2231: (charset, language, text)
+            value = value[2]
+        out += [key.upper().encode("utf-8", "surrogateescape"), str(value).encode("utf-8", "surrogateescape")]
+    return out or None
+
+
+def _lines(body: bytes) -> int:
+    return body.count(b"\n") + (1 if body and not body.endswith(b"\n") else 0)
+
+
+def _disposition(headers: HeaderBlock) -> list[object] | None:
+    value = headers.get("content-disposition")
+    if value is None:
+        return None
+    kind = str(value).split(";", 1)[0].strip()
+    return [kind.upper().encode("utf-8", "surrogateescape"), _params(headers, "content-disposition")]
+
+
+def body_structure(part: Part, *, extensions: bool) -> list[object]:
+    """The BODYSTRUCTURE (extensions) or BODY (no extensions) of a part, as nested lists."""
+    maintype, subtype = part.content_type
+    headers = part.headers
+    if part.children:
+        out: list[object] = [body_structure(child, extensions=extensions) for child in part.children]
+        out.append(subtype.encode())
+        if extensions:
+            out += [_params(headers, "content-type"), _disposition(headers), _value(headers, "content-language"),
+                    _value(headers, "content-location")]  # fmt: skip
+        return out
+    if maintype == "MULTIPART":  # no usable boundary: an empty text part stands in
+        maintype, subtype = "TEXT", "PLAIN"
+    params = _params(headers, "content-type")
+    if maintype == "TEXT" and not params:
+        params = [b"CHARSET", b"US-ASCII"]
+    body = part.body_bytes
+    out = [maintype.encode(), subtype.encode(), params, _value(headers, "content-id"), _value(headers, "content-description"),
+           _encoding(headers).encode(), len(body)]  # fmt: skip
+    if part.message is not None:
+        out += [envelope(part.message), body_structure(part.message, extensions=extensions), _lines(body)]
+    elif maintype == "TEXT":
+        out.append(_lines(body))
+    if extensions:
+        out += [_value(headers, "content-md5"), _disposition(headers), _value(headers, "content-language"),
+                _value(headers, "content-location")]  # fmt: skip
+    return out
+
+
+# ---- the stored summary --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Summary:
+    envelope: bytes
+    body: bytes
+    bodystructure: bytes
+    search_headers: dict[str, str]  # from/to/cc/bcc/subject, decoded and case folded
+    sent_date: str  # ISO date of the Date header, "" if none or unreadable
+
+    def pack(self) -> bytes:
+        headers = "\x1e".join(f"{name}\x1f{value}" for name, value in self.search_headers.items()).encode("utf-8", "replace")
+        fields = [self.envelope, self.body, self.bodystructure, headers, self.sent_date.encode()]
+        return struct.pack("!5I", *map(len, fields)) + b"".join(fields)
+
+    @classmethod
+    def unpack(cls, data: bytes) -> "Summary":
+        lengths = struct.unpack_from("!5I", data)
+        position, fields = 20, []
+        for length in lengths:
+            fields.append(data[position : position + length])
+            position += length
+        headers = {}
+        for item in fields[3].decode("utf-8", "replace").split("\x1e"):
+            name, _, value = item.partition("\x1f")
+            if name:
+                headers[name] = value
+        return cls(fields[0], fields[1], fields[2], headers, fields[4].decode())
+
+
+SEARCHED_HEADERS = ("from", "to", "cc", "bcc", "subject")
+
+
+def summarize(raw: bytes) -> Summary:
+    root = parse(raw)
+    sent = ""
+    date = root.headers.get("date")
+    if date is not None:
+        try:
+            sent = parsedate_to_datetime(str(date)).date().isoformat()
+        except (TypeError, ValueError, IndexError):
+            sent = ""
+    search_headers = {name: _text(b" ".join(v.encode("utf-8", "surrogateescape") for v in map(str, root.headers.get_all(name) or [])))
+                      for name in SEARCHED_HEADERS}  # fmt: skip
+    return Summary(serialize(envelope(root)), serialize(body_structure(root, extensions=False)),
+                   serialize(body_structure(root, extensions=True)), search_headers, sent)  # fmt: skip
+
+
+# ---- sections --------------------------------------------------------------------------------
+
+
+def find_part(root: Part, path: tuple[int, ...]) -> Part | None:
+    """The part a section path names (RFC 3501 6.4.5), or None."""
+    node = root
+    for index, number in enumerate(path):
+        if node.children:
+            if number > len(node.children):
+                return None
+            node = node.children[number - 1]
+        elif number != 1:
+            return None
+        if index < len(path) - 1:
+            if node.message is not None:
+                node = node.message
+            elif not node.children:
+                return None
+    return node
+
+
+def header_fields(header: bytes, names: tuple[str, ...], *, exclude: bool) -> bytes:
+    """The header lines (with their continuations) whose field name is (not) among `names`."""
+    wanted = {name.upper() for name in names}
+    out, keep = [], False
+    for line in header.split(b"\r\n"):
+        if not line:
+            continue
+        if line[:1] in (b" ", b"\t"):
+            if keep:
+                out.append(line)
+            continue
+        name = line.split(b":", 1)[0].strip().decode("ascii", "replace").upper()
+        keep = (name in wanted) != exclude
+        if keep:
+            out.append(line)
+    return b"".join(line + b"\r\n" for line in out) + b"\r\n"
+
+
+def section(root: Part, path: tuple[int, ...], kind: str, fields: tuple[str, ...]) -> bytes | None:
+    """The bytes of BODY[<path>.<kind>], None when the part does not exist."""
+    node = find_part(root, path) if path else root
+    if node is None:
+        return None
+    if kind == "MIME":
+        return node.header_bytes
+    if kind in ("HEADER", "TEXT", "HEADER.FIELDS", "HEADER.FIELDS.NOT"):
+        message = node if not path else node.message
+        if message is None:
+            return b""
+        if kind == "TEXT":
+            return message.body_bytes
+        if kind == "HEADER":
+            return message.header_bytes
+        return header_fields(message.header_bytes, fields, exclude=kind.endswith(".NOT"))
+    if not path:
+        return root.raw[root.start : root.end]
+    return node.body_bytes
+
+
+def decoded(part: Part, data: bytes) -> bytes | None:
+    """BINARY[]: a part's content with its transfer encoding undone; None if it cannot be."""
+    encoding = _encoding(part.headers)
+    try:
+        if encoding == "BASE64":
+            return base64.b64decode(data, validate=False)
+        if encoding == "QUOTED-PRINTABLE":
+            return quopri.decodestring(data)
+    except (binascii.Error, ValueError):
+        return None
+    return data if encoding in ("7BIT", "8BIT", "BINARY") else None
