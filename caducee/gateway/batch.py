@@ -45,6 +45,7 @@ class Notice:
     sealed: bytes
     size: int
     sender: str
+    summary: bytes | None = None  # sealed IMAP summary (caducee.mailbox.imap.structure)
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,7 @@ class Copy:
     size: int
     local_boxes: list[int] = field(default_factory=list)
     remote: list[str] = field(default_factory=list)
+    summary: bytes | None = None  # sealed IMAP summary, for the mailboxes that hold this form
 
 
 @dataclass
@@ -97,12 +99,14 @@ def write_batch(conn: Connection, plans: list[DeliveryPlan]) -> list[int]:
     copies = [(plan, copy) for plan in plans for copy in plan.copies]
     copy_ids = store.insert_returning_ids(conn, Message.__table__, [
         {"message_id_header": p.message_id_header[:998], "sender": p.sender, "size": c.size,
-         "conversation_id": conversation_of.get(id(p), p.conversation_id), "received_at": now, "body": c.sealed}
+         "conversation_id": conversation_of.get(id(p), p.conversation_id), "received_at": now, "body": c.sealed,
+         "summary": c.summary}
         for p, c in copies
     ])  # fmt: skip
     notices = [notice for plan in plans for notice in plan.notices]
     notice_ids = store.insert_returning_ids(conn, Message.__table__, [
-        {"message_id_header": "", "sender": n.sender, "size": n.size, "conversation_id": None, "received_at": now, "body": n.sealed}
+        {"message_id_header": "", "sender": n.sender, "size": n.size, "conversation_id": None, "received_at": now, "body": n.sealed,
+         "summary": n.summary}
         for n in notices
     ])  # fmt: skip
 

@@ -32,6 +32,7 @@ from caducee.gateway.committer import GroupCommitter
 from caducee.gateway.inspect import InspectedMessage, MessageRejected, inspect_message
 from caducee.gateway.protection import Form, Protection, SmimeStage
 from caducee.mailbox import store
+from caducee.mailbox.imap.structure import summarize
 from caducee.policies import (
     RCPT_CHAIN,
     Action,
@@ -270,7 +271,8 @@ class AcceptPipeline:
             boxes = [parties[r].mailbox_id for r in receivers if parties[r].mailbox_id is not None]
             remote = [r for r in receivers if not parties[r].is_local]
             if boxes or remote:
-                copies.append(Copy(self.cipher.seal(body), len(body), boxes, remote))  # type: ignore[arg-type]
+                summary = self.cipher.seal(summarize(body).pack()) if boxes else None  # what IMAP lists, computed once
+                copies.append(Copy(self.cipher.seal(body), len(body), boxes, remote, summary))  # type: ignore[arg-type]
         if not copies:
             body = next(iter(protection.forms.values()))
             copies.append(Copy(self.cipher.seal(body), len(body)))
@@ -304,7 +306,8 @@ class AcceptPipeline:
                                         "Comme son objet commence par [FIN], la conversation est maintenant close : "
                                         "le patient ne peut plus y répondre.", inspected.message_id))  # fmt: skip
         postmaster = f"postmaster@{self.settings.operator_domain}"
-        return [Notice(sender.mailbox_id, self.cipher.seal(raw), len(raw), postmaster) for raw in notices]
+        return [Notice(sender.mailbox_id, self.cipher.seal(raw), len(raw), postmaster, self.cipher.seal(summarize(raw).pack()))
+                for raw in notices]  # fmt: skip
 
     def _notice(self, to: str, subject: str, body: str, in_reply_to: str) -> bytes:
         message = EmailMessage()

@@ -26,6 +26,7 @@ MAX_SEARCH_DEPTH = 32
 MAX_SMALL_LITERAL = 64 * 1024  # a literal anywhere but APPEND's message
 UINT32 = 2**32 - 1
 
+_NOT_QUOTABLE = re.compile(rb"[\x00\r\n\x80-\xff]")
 _LITERAL_END = re.compile(rb"\{(\d{1,10})(\+?)\}\r\n$")
 _ATOM_SPECIALS = set(b'(){ %*"\\]') | set(range(0, 32)) | {127}  # RFC 3501 atom-specials
 _DATE = re.compile(r"^(\d{1,2})-([A-Za-z]{3})-(\d{4})$")
@@ -739,7 +740,7 @@ def _text(token: Token) -> str | None:
 def quote(value: bytes | str) -> bytes:
     """A string as a quoted string when it can be one, else as a literal."""
     data = value.encode("utf-8") if isinstance(value, str) else value
-    if len(data) < 1024 and not any(byte in (0, 0x0A, 0x0D) or byte > 127 for byte in data):
+    if len(data) < 1024 and _NOT_QUOTABLE.search(data) is None:
         return b'"' + data.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
     return b"{%d}\r\n" % len(data) + data
 
@@ -755,6 +756,11 @@ def astring(value: str) -> bytes:
 
 def serialize(value: object) -> bytes:
     """Python values as IMAP data: None NIL, int number, Atom as is, str/bytes string, list/tuple parenthesised."""
+    kind = type(value)
+    if kind is bytes or kind is str:
+        return quote(value)  # type: ignore[arg-type]
+    if kind is list:
+        return b"(" + b" ".join([serialize(item) for item in value]) + b")"  # type: ignore[attr-defined]
     if value is None:
         return b"NIL"
     if isinstance(value, bool):
