@@ -85,7 +85,7 @@ class Caducee:
         self.port, self.tls_port = free_port(), free_port()
         env = {**os.environ, "CADUCEE_DATA_DIR": str(self.data_dir), "CADUCEE_DATABASE_URL": database_url,
                "CADUCEE_SUBMISSION_PORT": str(self.port), "CADUCEE_SUBMISSIONS_PORT": str(self.tls_port),
-               "CADUCEE_MX_PORT": "0", "CADUCEE_HTTP_PORT": str(free_port()), "CADUCEE_TRUSTED_NETWORKS": "127.0.0.0/8",
+               "CADUCEE_MX_PORT": "0", "CADUCEE_IMAP_PORT": "0", "CADUCEE_IMAPS_PORT": "0", "CADUCEE_HTTP_PORT": str(free_port()), "CADUCEE_TRUSTED_NETWORKS": "127.0.0.0/8",
                "CADUCEE_LOG_LEVEL": "WARNING", **(extra_env or {})}  # fmt: skip
         self.process = subprocess.Popen([sys.executable, "-m", "caducee", "serve", "--demo", "--workers", str(workers)],
                                         env=env, stdout=subprocess.DEVNULL, stderr=open(workdir / "caducee.log", "ab"))  # fmt: skip

@@ -3,8 +3,11 @@
 #   swaks + libnet-ssleay-perl  an SMTP client nobody here wrote (with TLS)
 #   postfix                     smtp-source / smtp-sink and Postfix itself, the benchmark anchor
 #                               (preseeded to "No configuration": it must not start a daemon of its own)
+#   isync                       mbsync, a real two-way IMAP synchroniser for the IMAP tests
+#   dovecot-imapd               Dovecot, the IMAP benchmark anchor (started by bench/imap.py on a
+#                               loopback port with a configuration of its own, never as a service)
 set -euo pipefail
-PACKAGES=(swaks libnet-ssleay-perl postfix)
+PACKAGES=(swaks libnet-ssleay-perl postfix isync dovecot-imapd)
 missing=()
 for package in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
@@ -17,5 +20,12 @@ fi
 echo "installing Debian packages: ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
 echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+# No package may start a service here (Dovecot would take ports 143/993): policy-rc.d says no.
+policy=/usr/sbin/policy-rc.d
+created_policy=0
+if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod +x "$policy" && created_policy=1
+fi
+trap '[ "$created_policy" -eq 1 ] && rm -f "$policy"' EXIT
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

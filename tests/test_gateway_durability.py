@@ -29,7 +29,7 @@ def start_server(tmp_path: Path, database_url: str) -> tuple[subprocess.Popen[by
     port = free_port()
     data_dir = tmp_path / "var"
     env = {**os.environ, "CADUCEE_DATA_DIR": str(data_dir), "CADUCEE_DATABASE_URL": database_url,
-           "CADUCEE_SUBMISSION_PORT": str(port), "CADUCEE_SUBMISSIONS_PORT": "0", "CADUCEE_MX_PORT": "0",
+           "CADUCEE_SUBMISSION_PORT": str(port), "CADUCEE_SUBMISSIONS_PORT": "0", "CADUCEE_MX_PORT": "0", "CADUCEE_IMAP_PORT": "0", "CADUCEE_IMAPS_PORT": "0",
            "CADUCEE_HTTP_PORT": str(free_port()), "CADUCEE_TRUSTED_NETWORKS": "127.0.0.0/8", "CADUCEE_LOG_LEVEL": "WARNING"}  # fmt: skip
     process = subprocess.Popen([sys.executable, "-m", "caducee", "serve", "--demo"], env=env, stdout=subprocess.DEVNULL,
                                stderr=open(tmp_path / "server.log", "wb"))  # fmt: skip

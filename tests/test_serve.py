@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import imaplib
 import json
 import os
 import signal
@@ -19,10 +20,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 def test_serve_with_two_workers(tmp_path: Path, database_url: str, engine: AsyncEngine) -> None:
     """`engine` gives the test a clean schema, so the demo world is seeded afresh."""
-    smtp_port, http_port = free_port(), free_port()
+    smtp_port, http_port, imap_port = free_port(), free_port(), free_port()
     data_dir = tmp_path / "var"
     env = {**os.environ, "CADUCEE_DATA_DIR": str(data_dir), "CADUCEE_DATABASE_URL": database_url,
            "CADUCEE_SUBMISSION_PORT": str(smtp_port), "CADUCEE_SUBMISSIONS_PORT": "0", "CADUCEE_MX_PORT": "0",
+           "CADUCEE_IMAP_PORT": str(imap_port), "CADUCEE_IMAPS_PORT": "0",
            "CADUCEE_HTTP_PORT": str(http_port), "CADUCEE_TRUSTED_NETWORKS": "127.0.0.0/8", "CADUCEE_LOG_LEVEL": "WARNING"}  # fmt: skip
     process = subprocess.Popen([sys.executable, "-m", "caducee", "serve", "--demo", "--workers", "2"], env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
@@ -50,6 +52,12 @@ def test_serve_with_two_workers(tmp_path: Path, database_url: str, engine: Async
         for n in range(10):  # connections land on either worker
             with smtplib.SMTP("127.0.0.1", smtp_port, timeout=30) as client:
                 client.sendmail(sender, [patient], f"From: {sender}\r\nSubject: {n}\r\n\r\nhello\r\n".encode())
+        nurse = credentials["professionals"]["nurse"]
+        for _ in range(4):  # IMAP too, on either worker
+            with imaplib.IMAP4("127.0.0.1", imap_port, timeout=30) as client:
+                client.starttls(ssl_context=anchors)
+                client.login(nurse["address"], nurse["password"])
+                assert client.select("INBOX")[0] == "OK"
     finally:
         process.send_signal(signal.SIGTERM)
         code = process.wait(timeout=60)

@@ -1,4 +1,4 @@
-"""Starting and stopping the mail side of a process: listeners, group commit, relay."""
+"""Starting and stopping the mail side of a process: SMTP and IMAP listeners, group commit, relay."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from caducee.gateway.pipeline import AcceptPipeline
 from caducee.gateway.protection import SmimeStage, WithoutCertificate
 from caducee.gateway.relay import RelayWorker
 from caducee.gateway.smtp import ListenerConfig, start_listener
+from caducee.mailbox.imap.server import ImapServer, start_imap
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +64,11 @@ class GatewayRuntime:
     relay: RelayWorker
     servers: list[asyncio.base_events.Server] = field(default_factory=list)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    imap: ImapServer | None = None
 
     async def stop(self) -> None:
+        if self.imap is not None:
+            await self.imap.stop()
         for server in self.servers:
             server.close()
         for server in self.servers:
@@ -100,6 +104,8 @@ async def start_gateway(settings: Settings, engine: AsyncEngine, *, reuse_port: 
         config.hostname = settings.hostname
         runtime.servers.append(await start_listener(config, pipeline, authenticator, reuse_port=reuse_port))
         log.info("SMTP %s on %s:%d%s", config.kind, config.host, config.port, " (implicit TLS)" if config.implicit_tls else "")
+    if settings.imap_port or settings.imaps_port:
+        runtime.imap = await start_imap(settings, engine, cipher, plain, authenticator=authenticator, reuse_port=reuse_port)
     if relay:
         runtime.tasks.append(asyncio.create_task(worker.run_forever(), name="relay"))
     return runtime

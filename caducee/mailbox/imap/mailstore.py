@@ -334,9 +334,9 @@ class MailStore:
         summary = summarize(raw)
         now = dt.datetime.now(dt.timezone.utc)
         async with self.engine.begin() as conn:
-            message_id = store.insert_returning_ids(conn.sync_connection, Message.__table__, [  # type: ignore[arg-type]
-                {"message_id_header": "", "sender": sender, "size": len(raw), "conversation_id": None, "received_at": now,
-                 "body": self.cipher.seal(raw), "summary": self.cipher.seal(summary.pack())}])[0]  # fmt: skip
+            row = {"message_id_header": "", "sender": sender, "size": len(raw), "conversation_id": None, "received_at": now,
+                   "body": self.cipher.seal(raw), "summary": self.cipher.seal(summary.pack())}  # fmt: skip
+            message_id = (await conn.run_sync(store.insert_returning_ids, Message.__table__, [row]))[0]
             validity, uid, modseq = await _reserve(conn, folder_id, 1)
             await conn.execute(MailboxEntry.__table__.insert().values(
                 folder_id=folder_id, uid=uid, message_id=message_id, modseq=modseq,
