@@ -375,5 +375,5 @@ async def start_listener(config: ListenerConfig, pipeline: AcceptPipeline, authe
     loop = asyncio.get_running_loop()
     return await loop.create_server(
         factory, host=config.host, port=config.port, ssl=config.tls_context if config.implicit_tls else None,
-        reuse_port=reuse_port,
+        reuse_port=reuse_port, backlog=4096,  # SMTP speaks first: an overflowed accept queue leaves clients hanging
     )  # fmt: skip

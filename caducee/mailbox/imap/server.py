@@ -24,6 +24,10 @@ from caducee.mailbox.imap.watch import FolderWatch
 
 log = logging.getLogger(__name__)
 
+# IMAP is server-speaks-first: a client whose handshake overflowed a short accept queue waits
+# for a greeting that never comes, so the queue is as long as the kernel allows (somaxconn).
+BACKLOG = 4096
+
 
 @dataclass
 class ImapServer:
@@ -48,6 +52,8 @@ class ImapServer:
             self.sessions.add(task)
         try:
             await Session(self, reader, writer, tls=tls, client=client).run()
+        except asyncio.CancelledError:  # shutting down: the session ends here, quietly
+            pass
         except Exception:  # one broken session must never take the listener down
             log.exception("IMAP session from %s failed", client)
         finally:
@@ -96,10 +102,10 @@ async def start_imap(settings: Settings, engine: AsyncEngine, cipher: BodyCipher
         await server.serve_connection(reader, writer, tls=True)
 
     if plain_port:
-        server.servers.append(await asyncio.start_server(plain, bind, plain_port, reuse_port=reuse_port, limit=70 * 1024))
+        server.servers.append(await asyncio.start_server(plain, bind, plain_port, reuse_port=reuse_port, limit=70 * 1024, backlog=BACKLOG))
         log.info("IMAP on %s:%d (STARTTLS)", bind, plain_port)
     if tls_port:
         server.servers.append(await asyncio.start_server(implicit, bind, tls_port, ssl=tls_context, reuse_port=reuse_port,
-                                                         limit=70 * 1024, ssl_handshake_timeout=30))  # fmt: skip
+                                                         limit=70 * 1024, ssl_handshake_timeout=30, backlog=BACKLOG))  # fmt: skip
         log.info("IMAP on %s:%d (implicit TLS)", bind, tls_port)
     return server

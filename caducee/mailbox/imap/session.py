@@ -88,6 +88,9 @@ class Session:
                     raw = await asyncio.wait_for(read_command(self.reader, self._continue, self._literal_limit), timeout)
                 except asyncio.TimeoutError:
                     raise Bye("deconnexion apres inactivite / autologout, idle for too long") from None
+                except LiteralTooLarge as error:  # refused before it was read: the stream is still in step
+                    await self.send((error.tag or "*").encode() + b" NO [TOOBIG] " + error.text.encode() + b"\r\n")
+                    continue
                 if raw is None:
                     return
                 await self.handle(raw)
@@ -117,9 +120,6 @@ class Session:
     async def handle(self, raw: RawCommand) -> None:
         try:
             command = parse_command(raw)
-        except LiteralTooLarge as error:
-            await self.send((error.tag or "*").encode() + b" NO [TOOBIG] " + error.text.encode() + b"\r\n")
-            return
         except ParseError as error:
             await self.send((error.tag or "*").encode() + b" BAD " + error.text.encode("utf-8", "replace") + b"\r\n")
             return
