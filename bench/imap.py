@@ -117,12 +117,12 @@ class RawClient:
         marker = b"\r\n" + tag + b" "
         received = 0
         data = b"\r\n" + self.buffer
-        while marker not in data:
+        while marker not in data or b"\r\n" not in data.split(marker, 1)[1]:
             chunk = self.sock.recv(1 << 20)
             if not chunk:
                 raise ConnectionError("server closed the connection")
             received += len(chunk)
-            data = data[-len(marker):] + chunk if len(data) > 1 << 16 else data + chunk
+            data = data[-(len(marker) + 512):] + chunk if len(data) > 1 << 16 else data + chunk
         after = data.split(marker, 1)[1]
         status, _, rest = after.partition(b"\r\n")
         if not status.startswith(b"OK"):

@@ -777,9 +777,9 @@ def serialize(value: object) -> bytes:
 
 
 def format_datetime(moment: dt.datetime) -> str:
-    """INTERNALDATE form: "22-Nov-2026 10:00:00 +0000"."""
-    moment = moment if moment.tzinfo else moment.replace(tzinfo=dt.timezone.utc)
-    offset = moment.utcoffset() or dt.timedelta(0)
-    minutes = int(offset.total_seconds() // 60)
+    """INTERNALDATE form: "22-Nov-2026 10:00:00 +0000" (hot: once per message of a listing)."""
+    offset = moment.utcoffset() if moment.tzinfo else None
+    minutes = int(offset.total_seconds() // 60) if offset else 0
     sign = "+" if minutes >= 0 else "-"
-    return f"{moment.day:02d}-{MONTHS[moment.month - 1]}-{moment.year:04d} {moment:%H:%M:%S} {sign}{abs(minutes) // 60:02d}{abs(minutes) % 60:02d}"
+    return "%02d-%s-%04d %02d:%02d:%02d %s%02d%02d" % (moment.day, MONTHS[moment.month - 1], moment.year, moment.hour, moment.minute,
+                                                      moment.second, sign, abs(minutes) // 60, abs(minutes) % 60)  # fmt: skip

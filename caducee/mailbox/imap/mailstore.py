@@ -29,6 +29,16 @@ from caducee.mailbox.models import Folder, MailboxEntry, Message
 
 RANGES_PER_QUERY = 64
 SYSTEM_FLAGS = {f.upper(): f for f in ("\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft")}
+FLAG_BITS = {"\\Seen": 1, "\\Answered": 2, "\\Flagged": 4, "\\Deleted": 8, "\\Draft": 16}
+KEYWORD_BIT = 32
+
+
+def flag_bits(flags: str) -> int:
+    """System flags as bits (one byte per message in a selected view); KEYWORD_BIT if any keyword."""
+    bits = 0
+    for flag in flags.split():
+        bits |= FLAG_BITS.get(flag, KEYWORD_BIT)
+    return bits
 UNSEEN_SQL = "(' ' || flags || ' ') NOT LIKE '% \\Seen %' ESCAPE '!'"
 
 
@@ -183,8 +193,9 @@ class MailStore:
 
     # ---- the selected folder -----------------------------------------------------------
 
-    async def snapshot(self, folder_id: int) -> tuple[FolderInfo, array, list[str]]:
-        """The folder, its live UIDs in order and the keywords in use, for SELECT."""
+    async def snapshot(self, folder_id: int) -> tuple[FolderInfo, array, bytearray, dict[int, str], list[str]]:
+        """For SELECT: the folder, its live UIDs in order, their flag bits, the flags of
+        entries with keywords, and the keywords in use."""
         async with self.engine.connect() as conn:
             folder = _folder_info((await conn.execute(select(Folder).where(Folder.id == folder_id))).one())
             rows = await conn.execute(
@@ -193,12 +204,17 @@ class MailStore:
                 .order_by(MailboxEntry.uid)
             )
             uids = array("I")
+            bits = bytearray()
+            with_keywords: dict[int, str] = {}
             keywords: set[str] = set()
             for uid, flags in rows:
                 uids.append(uid)
-                if flags:
+                value = flag_bits(flags) if flags else 0
+                bits.append(value)
+                if value & KEYWORD_BIT:
+                    with_keywords[uid] = flags
                     keywords.update(flag for flag in flags.split() if not flag.startswith("\\"))
-            return folder, uids, sorted(keywords)
+            return folder, uids, bits, with_keywords, sorted(keywords)
 
     async def first_unseen(self, folder_id: int) -> int | None:
         async with self.engine.connect() as conn:
@@ -222,12 +238,13 @@ class MailStore:
             return {row[0]: row[1] for row in rows}
 
     async def fetch(self, folder_id: int, uids: list[int], *, summary: bool, body: bool,
-                    changed_since: int | None = None, batch: int = 200) -> AsyncIterator[list[FetchRow]]:  # fmt: skip
+                    changed_since: int | None = None, batch: int | None = None) -> AsyncIterator[list[FetchRow]]:  # fmt: skip
         """Rows for the UIDs (tombstones included: the session has not announced them yet), in batches.
 
         Bodies are read with a streaming cursor, `batch` rows at a time, so memory does not
         grow with the number of messages fetched.
         """
+        batch = batch or (100 if body else 2000)  # bodies: bounded memory; listings: few round trips
         columns = [MailboxEntry.uid, MailboxEntry.flags, MailboxEntry.modseq, MailboxEntry.received_at, Message.size, Message.id]
         if summary:
             columns.append(Message.summary)

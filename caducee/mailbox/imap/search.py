@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from functools import lru_cache
+from typing import Callable
 from email.header import decode_header, make_header
 
 from caducee.mailbox.imap.grammar import Search
-from caducee.mailbox.imap.mailstore import FetchRow, flag_list
+from caducee.mailbox.imap.mailstore import FLAG_BITS, FetchRow, flag_list
 from caducee.mailbox.imap.structure import header_fields, parse
 
 _FLAG_KEYS = {"ANSWERED": "\\Answered", "DELETED": "\\Deleted", "DRAFT": "\\Draft", "FLAGGED": "\\Flagged", "SEEN": "\\Seen"}
+_MEMORY_KEYS = {"AND", "OR", "NOT", "ALL", "NEW", "RECENT", "OLD", "KEYWORD", "UNKEYWORD", "SEQ", "UID"} | set(_FLAG_KEYS) | {
+    "UN" + name for name in _FLAG_KEYS}
 _SUMMARY_KEYS = {"FROM", "TO", "CC", "BCC", "SUBJECT", "SENTBEFORE", "SENTON", "SENTSINCE"}
 _BODY_KEYS = {"BODY", "TEXT", "HEADER"}
 
@@ -38,6 +42,48 @@ def needs(key: Search) -> Needs:
         modseq |= item.op == "MODSEQ"
         stack.extend(arg for arg in item.args if isinstance(arg, Search))
     return Needs(summary, body, modseq)
+
+
+def in_memory(key: Search) -> bool:
+    """Whether the selected view alone (UIDs, sequence numbers, flags) answers the key: no query at all."""
+    return key.op in _MEMORY_KEYS and all(in_memory(arg) for arg in key.args if isinstance(arg, Search))
+
+
+Test = Callable[[int, int, int, str], bool]  # (sequence, uid, flag bits, flags text if keywords) -> match
+
+
+def compile_memory(key: Search, largest_sequence: int, largest_uid: int) -> Test:
+    """A key as one Python closure over the view's data, built once per SEARCH."""
+    op, args = key.op, key.args
+    if op == "AND":
+        parts = [compile_memory(arg, largest_sequence, largest_uid) for arg in args]  # type: ignore[arg-type]
+        if len(parts) == 1:
+            return parts[0]
+        return lambda s, u, b, k: all(part(s, u, b, k) for part in parts)
+    if op == "OR":
+        left, right = (compile_memory(arg, largest_sequence, largest_uid) for arg in args)  # type: ignore[arg-type]
+        return lambda s, u, b, k: left(s, u, b, k) or right(s, u, b, k)
+    if op == "NOT":
+        inner = compile_memory(args[0], largest_sequence, largest_uid)  # type: ignore[arg-type]
+        return lambda s, u, b, k: not inner(s, u, b, k)
+    if op in ("ALL", "OLD"):
+        return lambda s, u, b, k: True
+    if op in ("NEW", "RECENT"):
+        return lambda s, u, b, k: False
+    if op in _FLAG_KEYS:
+        bit = FLAG_BITS[_FLAG_KEYS[op]]
+        return lambda s, u, b, k: bool(b & bit)
+    if op.startswith("UN") and op[2:] in _FLAG_KEYS:
+        bit = FLAG_BITS[_FLAG_KEYS[op[2:]]]
+        return lambda s, u, b, k: not b & bit
+    if op in ("KEYWORD", "UNKEYWORD"):
+        wanted = str(args[0]).upper()
+        has = lambda s, u, b, k: bool(k) and wanted in {flag.upper() for flag in k.split()}  # noqa: E731
+        return has if op == "KEYWORD" else (lambda s, u, b, k: not has(s, u, b, k))
+    ranges = args[0].resolve(largest_sequence if op == "SEQ" else largest_uid)  # type: ignore[attr-defined]
+    if op == "SEQ":
+        return lambda s, u, b, k: any(low <= s <= high for low, high in ranges)
+    return lambda s, u, b, k: any(low <= u <= high for low, high in ranges)
 
 
 @dataclass
@@ -87,8 +133,8 @@ def matches(key: Search, item: Candidate) -> bool:
         sent = row.summary.sent_date if row.summary else ""
         return bool(sent) and _compare_date(op[4:], dt.date.fromisoformat(sent), args[0])  # type: ignore[arg-type]
     if op in ("FROM", "TO", "CC", "BCC", "SUBJECT"):
-        needle = _needle(args[0])  # type: ignore[arg-type]
-        return row.summary is not None and needle in row.summary.search_headers.get(op.lower(), "")
+        needle = _needle(args[0]).encode("utf-8")  # type: ignore[arg-type]
+        return row.summary is not None and needle in row.summary.header_text(op.lower())
     if op == "HEADER":
         name, value = args
         header = parse(row.body or b"").header_bytes
@@ -107,6 +153,7 @@ def _compare_date(op: str, day: dt.date, wanted: dt.date) -> bool:
     return day < wanted if op == "BEFORE" else day == wanted if op == "ON" else day >= wanted
 
 
+@lru_cache(maxsize=256)
 def _needle(value: bytes) -> str:
     return value.decode("utf-8", "replace").casefold()
 

@@ -14,7 +14,7 @@ from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
 
 from caducee.mailbox.imap.grammar import ParseError, SequenceSet
-from caducee.mailbox.imap.mailstore import Change
+from caducee.mailbox.imap.mailstore import KEYWORD_BIT, Change, flag_bits
 
 
 @dataclass
@@ -25,12 +25,25 @@ class SelectedView:
     read_only: bool
     uids: array
     modseq: int
+    flags: bytearray = field(default_factory=bytearray)  # flag bits, parallel to uids (mailstore.flag_bits)
+    keywords: dict[int, str] = field(default_factory=dict)  # full flags of the entries that carry keywords
     own_modseqs: set[int] = field(default_factory=set)  # changes this session already reported
     pending_expunges: set[int] = field(default_factory=set)
 
     @property
     def exists(self) -> int:
         return len(self.uids)
+
+    def set_flags(self, uid: int, flags: str) -> None:
+        sequence = self.sequence_of(uid)
+        if sequence is None:
+            return
+        bits = flag_bits(flags)
+        self.flags[sequence - 1] = bits
+        if bits & KEYWORD_BIT:
+            self.keywords[uid] = flags
+        else:
+            self.keywords.pop(uid, None)
 
     def sequence_of(self, uid: int) -> int | None:
         index = bisect_left(self.uids, uid)
@@ -71,8 +84,9 @@ class SelectedView:
                     self.pending_expunges.add(change.uid)
                 continue
             if change.uid > last:
-                new.append(change.uid)
+                new.append(change)
                 continue
+            self.set_flags(change.uid, change.flags)
             if change.modseq in self.own_modseqs:
                 continue
             sequence = self.sequence_of(change.uid)
@@ -82,9 +96,10 @@ class SelectedView:
         if allow_expunge:
             out += self.flush_expunges()
         if new:
-            for uid in sorted(set(new)):
-                if uid not in self.pending_expunges:
-                    self.uids.append(uid)
+            for change in sorted({c.uid: c for c in new}.values(), key=lambda c: c.uid):
+                self.uids.append(change.uid)
+                self.flags.append(0)
+                self.set_flags(change.uid, change.flags)
             out.append(b"* %d EXISTS\r\n" % len(self.uids))
         self.own_modseqs = {m for m in self.own_modseqs if m > self.modseq}
         return out
@@ -96,6 +111,8 @@ class SelectedView:
             sequence = self.sequence_of(uid)
             if sequence is not None:
                 del self.uids[sequence - 1]
+                del self.flags[sequence - 1]
+                self.keywords.pop(uid, None)
                 out.append(b"* %d EXPUNGE\r\n" % sequence)
         self.pending_expunges.clear()
         return out

@@ -256,8 +256,9 @@ class Session:
         read_only = command.name == "EXAMINE"
         if command.args.get("condstore"):
             self.condstore = True
-        folder, uids, keywords = await self.server.store.snapshot(folder.id)
-        self.view = SelectedView(folder.id, folder.name, folder.uidvalidity, read_only, uids, folder.highestmodseq)
+        folder, uids, bits, with_keywords, keywords = await self.server.store.snapshot(folder.id)
+        self.view = SelectedView(folder.id, folder.name, folder.uidvalidity, read_only, uids, folder.highestmodseq, bits,
+                                 with_keywords)  # fmt: skip
         unseen = await self.server.store.first_unseen(folder.id)
         flags = " ".join([PERMANENT_FLAGS, *keywords])
         lines = [
@@ -438,6 +439,7 @@ class Session:
         lines = []
         for change in changed:
             view.own_modseqs.add(change.modseq)
+            view.set_flags(change.uid, change.flags)
             sequence = view.sequence_of(change.uid)
             if sequence is None:
                 continue
@@ -495,6 +497,15 @@ class Session:
         found: list[tuple[int, int]] = []  # (number to answer, modseq)
         largest_uid = view.uids[-1] if view.uids else 0
         use_uid = command.name.startswith("UID")
+        if searching.in_memory(key):  # type: ignore[arg-type]
+            # Flags, UIDs and numbers only: the view has them all, caught up with other sessions first.
+            await self.send(await self.updates(command.name))
+            test = searching.compile_memory(key, len(view.uids), view.uids[-1] if view.uids else 0)  # type: ignore[arg-type]
+            keywords, flags = view.keywords, view.flags
+            numbers = [uid if use_uid else index + 1 for index, uid in enumerate(view.uids)
+                       if test(index + 1, uid, flags[index], keywords.get(uid, ""))]  # fmt: skip
+            await self.send(b"* SEARCH" + b"".join(b" %d" % number for number in numbers) + b"\r\n")
+            return b"OK SEARCH completed"
         async for rows in self.server.store.fetch(view.folder_id, list(view.uids), summary=need.summary, body=need.body):
             for row in rows:
                 sequence = view.sequence_of(row.uid)
@@ -532,6 +543,7 @@ class Session:
             changed, _ = await self.server.store.store_flags(view.folder_id, uids, "+FLAGS", ["\\Seen"])
             for change in changed:
                 view.own_modseqs.add(change.modseq)
+                view.set_flags(change.uid, change.flags)
                 seen_now.add(change.uid)
             if changed:
                 self.server.watch.touched(view.folder_id)
