@@ -16,7 +16,7 @@ from email.header import decode_header, make_header
 
 from caducee.mailbox.imap.grammar import Search
 from caducee.mailbox.imap.mailstore import FLAG_BITS, FetchRow, flag_list
-from caducee.mailbox.imap.structure import header_fields, parse
+from caducee.mailbox.imap.structure import header_fields, header_text, parse
 
 _FLAG_KEYS = {"ANSWERED": "\\Answered", "DELETED": "\\Deleted", "DRAFT": "\\Draft", "FLAGGED": "\\Flagged", "SEEN": "\\Seen"}
 _MEMORY_KEYS = {"AND", "OR", "NOT", "ALL", "NEW", "RECENT", "OLD", "KEYWORD", "UNKEYWORD", "SEQ", "UID"} | set(_FLAG_KEYS) | {
@@ -44,28 +44,41 @@ def needs(key: Search) -> Needs:
     return Needs(summary, body, modseq)
 
 
-def in_memory(key: Search) -> bool:
-    """Whether the selected view alone (UIDs, sequence numbers, flags) answers the key: no query at all."""
-    return key.op in _MEMORY_KEYS and all(in_memory(arg) for arg in key.args if isinstance(arg, Search))
+_HEADER_KEYS = {"FROM", "TO", "CC", "BCC", "SUBJECT"}
+
+
+def in_memory(key: Search, *, headers: bool = False) -> bool:
+    """Whether the selected view (UIDs, numbers, flags) answers the key, with the header
+    cache if `headers`: then no query at all, or only one for UIDs not cached yet."""
+    allowed = _MEMORY_KEYS | _HEADER_KEYS if headers else _MEMORY_KEYS
+    return key.op in allowed and all(in_memory(arg, headers=headers) for arg in key.args if isinstance(arg, Search))
+
+
+def uses_headers(key: Search) -> bool:
+    return key.op in _HEADER_KEYS or any(uses_headers(arg) for arg in key.args if isinstance(arg, Search))
 
 
 Test = Callable[[int, int, int, str], bool]  # (sequence, uid, flag bits, flags text if keywords) -> match
 
 
-def compile_memory(key: Search, largest_sequence: int, largest_uid: int) -> Test:
+def compile_memory(key: Search, largest_sequence: int, largest_uid: int, headers: dict[int, bytes] | None = None) -> Test:
     """A key as one Python closure over the view's data, built once per SEARCH."""
     op, args = key.op, key.args
     if op == "AND":
-        parts = [compile_memory(arg, largest_sequence, largest_uid) for arg in args]  # type: ignore[arg-type]
+        parts = [compile_memory(arg, largest_sequence, largest_uid, headers) for arg in args]  # type: ignore[arg-type]
         if len(parts) == 1:
             return parts[0]
         return lambda s, u, b, k: all(part(s, u, b, k) for part in parts)
     if op == "OR":
-        left, right = (compile_memory(arg, largest_sequence, largest_uid) for arg in args)  # type: ignore[arg-type]
+        left, right = (compile_memory(arg, largest_sequence, largest_uid, headers) for arg in args)  # type: ignore[arg-type]
         return lambda s, u, b, k: left(s, u, b, k) or right(s, u, b, k)
     if op == "NOT":
-        inner = compile_memory(args[0], largest_sequence, largest_uid)  # type: ignore[arg-type]
+        inner = compile_memory(args[0], largest_sequence, largest_uid, headers)  # type: ignore[arg-type]
         return lambda s, u, b, k: not inner(s, u, b, k)
+    if op in _HEADER_KEYS:
+        assert headers is not None
+        needle, name = _needle(args[0]).encode("utf-8"), op.lower()  # type: ignore[arg-type]
+        return lambda s, u, b, k: needle in header_text(headers.get(u, b""), name)
     if op in ("ALL", "OLD"):
         return lambda s, u, b, k: True
     if op in ("NEW", "RECENT"):

@@ -18,6 +18,7 @@ from caducee.config import Settings
 from caducee.crypto.atrest import BodyCipher
 from caducee.gateway.auth import MailboxAuthenticator
 from caducee.gateway.smtp import ClientConnections
+from caducee.mailbox.imap.headercache import HeaderCache
 from caducee.mailbox.imap.mailstore import MailStore
 from caducee.mailbox.imap.session import Session
 from caducee.mailbox.imap.watch import FolderWatch
@@ -37,6 +38,7 @@ class ImapServer:
     tls_context: ssl.SSLContext
     watch: FolderWatch
     connections: ClientConnections
+    header_cache: HeaderCache = field(default_factory=HeaderCache)
     servers: list[asyncio.base_events.Server] = field(default_factory=list)
     sessions: set[asyncio.Task[None]] = field(default_factory=set)
 

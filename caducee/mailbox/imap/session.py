@@ -497,10 +497,18 @@ class Session:
         found: list[tuple[int, int]] = []  # (number to answer, modseq)
         largest_uid = view.uids[-1] if view.uids else 0
         use_uid = command.name.startswith("UID")
-        if searching.in_memory(key):  # type: ignore[arg-type]
-            # Flags, UIDs and numbers only: the view has them all, caught up with other sessions first.
-            await self.send(await self.updates(command.name))
-            test = searching.compile_memory(key, len(view.uids), view.uids[-1] if view.uids else 0)  # type: ignore[arg-type]
+        if searching.in_memory(key, headers=True):  # type: ignore[arg-type]
+            # Flags, UIDs, numbers (the view has them) and searched headers (the cache has them, or gets them now).
+            headers = None
+            if searching.uses_headers(key):  # type: ignore[arg-type]
+                headers = self.server.header_cache.folder(view.folder_id, view.uidvalidity)
+                missing = [uid for uid in view.uids if uid not in headers]
+                if missing:
+                    found: dict[int, bytes] = {}
+                    async for rows in self.server.store.fetch(view.folder_id, missing, summary=True, body=False):
+                        found.update((row.uid, row.summary.packed_headers) for row in rows if row.summary is not None)
+                    self.server.header_cache.add(view.folder_id, view.uidvalidity, found)
+            test = searching.compile_memory(key, len(view.uids), view.uids[-1] if view.uids else 0, headers)  # type: ignore[arg-type]
             keywords, flags = view.keywords, view.flags
             numbers = [uid if use_uid else index + 1 for index, uid in enumerate(view.uids)
                        if test(index + 1, uid, flags[index], keywords.get(uid, ""))]  # fmt: skip

@@ -297,15 +297,7 @@ class Summary(NamedTuple):
 
     def header_text(self, name: str) -> bytes:
         """One searched header's decoded, case-folded text (UTF-8), without unpacking the others."""
-        data = self.packed_headers
-        start = data.find(name.encode() + b"\x1f")
-        while start > 0 and data[start - 1 : start] != b"\x1e":
-            start = data.find(name.encode() + b"\x1f", start + 1)
-        if start < 0:
-            return b""
-        start += len(name) + 1
-        end = data.find(b"\x1e", start)
-        return data[start : end if end >= 0 else len(data)]
+        return header_text(self.packed_headers, name)
 
     @property
     def search_headers(self) -> dict[str, str]:
@@ -327,6 +319,19 @@ class Summary(NamedTuple):
         c += b
         d += c
         return cls(data[20 : a + 20], data[a + 20 : b], data[b:c], data[c:d], data[d : d + e].decode())
+
+
+def header_text(packed: bytes, name: str) -> bytes:
+    """A field of `Summary.packed_headers` ("name\\x1fvalue" items separated by "\\x1e")."""
+    key = name.encode() + b"\x1f"
+    start = packed.find(key)
+    while start > 0 and packed[start - 1 : start] != b"\x1e":
+        start = packed.find(key, start + 1)
+    if start < 0:
+        return b""
+    start += len(key)
+    end = packed.find(b"\x1e", start)
+    return packed[start : end if end >= 0 else len(packed)]
 
 
 SEARCHED_HEADERS = ("from", "to", "cc", "bcc", "subject")
