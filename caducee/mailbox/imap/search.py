@@ -54,6 +54,17 @@ def in_memory(key: Search, *, headers: bool = False) -> bool:
     return key.op in allowed and all(in_memory(arg, headers=headers) for arg in key.args if isinstance(arg, Search))
 
 
+def flags_only(key: Search) -> bool:
+    """Whether the answer depends on a message's system flags alone (then a 256-byte table decides it)."""
+    allowed = {"AND", "OR", "NOT", "ALL", "NEW", "RECENT", "OLD"} | set(_FLAG_KEYS) | {"UN" + name for name in _FLAG_KEYS}
+    return key.op in allowed and all(flags_only(arg) for arg in key.args if isinstance(arg, Search))
+
+
+def flag_table(test: "Test") -> bytes:
+    """For each possible flag-bits byte, 1 if it matches: `bytes.translate` then applies the key in C."""
+    return bytes(1 if test(0, 0, bits, "") else 0 for bits in range(256))
+
+
 def uses_headers(key: Search) -> bool:
     return key.op in _HEADER_KEYS or any(uses_headers(arg) for arg in key.args if isinstance(arg, Search))
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import itertools
 import logging
 import ssl
 from dataclasses import dataclass
@@ -510,8 +511,12 @@ class Session:
                     self.server.header_cache.add(view.folder_id, view.uidvalidity, found)
             test = searching.compile_memory(key, len(view.uids), view.uids[-1] if view.uids else 0, headers)  # type: ignore[arg-type]
             keywords, flags = view.keywords, view.flags
-            numbers = [uid if use_uid else index + 1 for index, uid in enumerate(view.uids)
-                       if test(index + 1, uid, flags[index], keywords.get(uid, ""))]  # fmt: skip
+            if searching.flags_only(key):  # type: ignore[arg-type]
+                chosen = view.flags.translate(searching.flag_table(test))
+                numbers = list(itertools.compress(view.uids if use_uid else range(1, len(view.uids) + 1), chosen))
+            else:
+                numbers = [uid if use_uid else index + 1 for index, uid in enumerate(view.uids)
+                           if test(index + 1, uid, flags[index], keywords.get(uid, ""))]  # fmt: skip
             await self.send(b"* SEARCH" + b"".join(b" %d" % number for number in numbers) + b"\r\n")
             return b"OK SEARCH completed"
         async for rows in self.server.store.fetch(view.folder_id, list(view.uids), summary=need.summary, body=need.body):
