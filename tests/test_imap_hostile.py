@@ -228,3 +228,32 @@ async def test_thousands_of_connections_from_one_address(gateway, engine, settin
             writer.close()
     finally:
         await server.stop()
+
+
+async def test_expunge_by_another_session_waits_for_a_command_that_allows_it(gateway, imap) -> None:  # type: ignore[no-untyped-def]
+    """RFC 3501 7.4.1: no EXPUNGE during FETCH, STORE or SEARCH; numbers stay valid until it is sent."""
+
+    def script() -> dict[str, list[bytes]]:
+        a, b = Raw(gateway), Raw(gateway)
+        a.send(b"a1 APPEND INBOX {5+}\r\nfirst\r\na2 APPEND INBOX {6+}\r\nsecond\r\na3 SELECT INBOX\r\n")
+        a.until(b"a3 ")
+        b.send(b"b1 SELECT INBOX\r\nb2 STORE 1 +FLAGS.SILENT (\\Deleted)\r\nb3 EXPUNGE\r\n")
+        b.until(b"b3 ")
+        out: dict[str, list[bytes]] = {}
+        for tag, command in ((b"a4", b"FETCH 1:* (UID FLAGS)"), (b"a5", b"SEARCH ALL"), (b"a6", b"NOOP"), (b"a7", b"FETCH 1:* (UID)")):
+            a.send(tag + b" " + command + b"\r\n")
+            lines = []
+            while True:
+                line = a.line()
+                lines.append(line)
+                if line.startswith(tag + b" "):
+                    break
+            out[tag.decode()] = lines
+        return out
+
+    out = await run(gateway, script)
+    assert not any(b"EXPUNGE" in line for line in out["a4"] + out["a5"])
+    assert b"* 1 FETCH (UID 1 FLAGS (\\Deleted))" in out["a4"] and b"* 2 FETCH (UID 2 FLAGS ())" in out["a4"]
+    assert b"* SEARCH 1 2" in out["a5"]  # the client's numbering still holds
+    assert b"* 1 EXPUNGE" in out["a6"]
+    assert out["a7"][0] == b"* 1 FETCH (UID 2)"
