@@ -206,14 +206,15 @@ class MailStore:
                 .where(MailboxEntry.folder_id == folder_id, MailboxEntry.expunged_modseq.is_(None))
                 .order_by(MailboxEntry.uid)
             )
-            uids = array("I")
-            bits = bytearray()
+            listed = rows.all()
+            # Exact-size arrays in one allocation each: they live as long as the session (a
+            # thousand sessions growing theirs by appends fragment the heap).
+            uids = array("I", [row[0] for row in listed])
+            values = [flag_bits(flags) if flags else 0 for _, flags in listed]
+            bits = bytearray(values)
             with_keywords: dict[int, str] = {}
             keywords: set[str] = set()
-            for uid, flags in rows:
-                uids.append(uid)
-                value = flag_bits(flags) if flags else 0
-                bits.append(value)
+            for (uid, flags), value in zip(listed, values):
                 if value & KEYWORD_BIT:
                     with_keywords[uid] = flags
                     keywords.update(flag for flag in flags.split() if not flag.startswith("\\"))

@@ -1,0 +1,82 @@
+"""The MIME structure FETCH answers from: well-formed mail, and mail that is not."""
+
+from __future__ import annotations
+
+import pytest
+
+from caducee.mailbox.imap import structure
+
+MULTIPART = (b"From: =?utf-8?q?Dr_J=C3=A9r=C3=B4me?= <jerome@demo.mssante.fr>\r\nTo: a@b.fr, \"X Y\" <x@y.fr>\r\n"
+             b"Subject: Hello\r\nDate: Mon, 23 Nov 2026 10:00:00 +0100\r\nMessage-ID: <1@x>\r\n"
+             b"Content-Type: multipart/mixed; boundary=\"b1\"\r\n\r\npreamble\r\n--b1\r\n"
+             b"Content-Type: text/plain; charset=utf-8\r\n\r\nhello\r\nworld\r\n--b1\r\nContent-Type: application/pdf;\r\n"
+             b" name*0*=utf-8''ordonnance%20du; name*1=\" 23.pdf\"\r\nContent-Transfer-Encoding: base64\r\n"
+             b"Content-Disposition: attachment; filename=a.pdf\r\n\r\nQUJD\r\n--b1--\r\nepilogue\r\n")  # fmt: skip
+
+
+def test_envelope_and_bodystructure() -> None:
+    summary = structure.summarize(MULTIPART)
+    assert summary.envelope == (b'("Mon, 23 Nov 2026 10:00:00 +0100" "Hello" (("=?utf-8?q?Dr_J=C3=A9r=C3=B4me?=" NIL "jerome" '
+                                b'"demo.mssante.fr")) (("=?utf-8?q?Dr_J=C3=A9r=C3=B4me?=" NIL "jerome" "demo.mssante.fr")) '
+                                b'(("=?utf-8?q?Dr_J=C3=A9r=C3=B4me?=" NIL "jerome" "demo.mssante.fr")) ((NIL NIL "a" "b.fr") '
+                                b'("X Y" NIL "x" "y.fr")) NIL NIL NIL "<1@x>")')  # fmt: skip
+    assert summary.bodystructure == (b'(("TEXT" "PLAIN" ("CHARSET" "utf-8") NIL NIL "7BIT" 12 2 NIL NIL NIL NIL) '
+                                     b'("APPLICATION" "PDF" ("NAME" "ordonnance du 23.pdf") NIL NIL "BASE64" 4 NIL '
+                                     b'("ATTACHMENT" ("FILENAME" "a.pdf")) NIL NIL) "MIXED" ("BOUNDARY" "b1") NIL NIL NIL)')  # fmt: skip
+    assert summary.header_text("from") == "dr jérôme <jerome@demo.mssante.fr>".encode()
+    assert summary.sent_date == "2026-11-23"
+    assert structure.Summary.unpack(summary.pack()) == summary
+
+
+@pytest.mark.parametrize(("path", "kind", "expected"), [
+    ((1,), "", b"hello\r\nworld"),
+    ((2,), "", b"QUJD"),
+    ((2,), "MIME", b"Content-Type: application/pdf;\r\n name*0*=utf-8''ordonnance%20du; name*1=\" 23.pdf\"\r\n"
+                   b"Content-Transfer-Encoding: base64\r\nContent-Disposition: attachment; filename=a.pdf\r\n\r\n"),
+    ((), "HEADER.FIELDS", b"Subject: Hello\r\n\r\n"),
+    ((3,), "", None),
+    ((1, 1), "", None),
+])  # fmt: skip
+def test_sections(path: tuple[int, ...], kind: str, expected: bytes | None) -> None:
+    root = structure.parse(MULTIPART)
+    assert structure.section(root, path, kind, ("SUBJECT",)) == expected
+
+
+def test_binary_decodes_the_transfer_encoding() -> None:
+    root = structure.parse(MULTIPART)
+    part = structure.find_part(root, (2,))
+    assert part is not None and structure.decoded(part, part.body_bytes) == b"ABC"
+
+
+def nested(depth: int) -> bytes:
+    out = b"Content-Type: text/plain\r\n\r\ninnermost\r\n"
+    for level in range(depth):
+        boundary = b"L%d" % level
+        out = (b"Content-Type: multipart/mixed; boundary=" + boundary + b"\r\n\r\n--" + boundary + b"\r\n" + out +
+               b"\r\n--" + boundary + b"--\r\n")  # fmt: skip
+    return b"Subject: deep\r\n" + out
+
+
+HOSTILE = [
+    ("no header/body separator", b"Subject: x\r\nFrom: a@b.fr"),
+    ("empty message", b""),
+    ("multipart without boundary", b"Content-Type: multipart/mixed\r\n\r\nbody\r\n"),
+    ("boundary never closed", b"Content-Type: multipart/mixed; boundary=z\r\n\r\n--z\r\n\r\npart one"),
+    ("boundary never used", b"Content-Type: multipart/mixed; boundary=z\r\n\r\nno parts at all\r\n"),
+    ("8-bit header bytes", b"Subject: \xe9t\xe9 \xff\r\nFrom: \xc3\xa9 <a@b.fr>\r\n\r\nx"),
+    ("broken content type", b"Content-Type: ;;;===\r\n\r\nx"),
+    ("broken RFC 2231", b"Content-Type: text/plain; name*0*=zz''%ZZ; name*1=x\r\n\r\nx"),
+    ("message/rfc822 in base64", b"Content-Type: message/rfc822\r\nContent-Transfer-Encoding: base64\r\n\r\nU3ViamVjdDogeA==\r\n"),
+    ("very deep nesting", nested(200)),
+    ("very many parts", b"Content-Type: multipart/mixed; boundary=q\r\n\r\n" + b"--q\r\n\r\nx\r\n" * 50_000 + b"--q--\r\n"),
+]
+
+
+@pytest.mark.parametrize(("what", "raw"), HOSTILE, ids=[case[0] for case in HOSTILE])
+def test_hostile_mime_still_has_a_structure(what: str, raw: bytes) -> None:
+    """Every message gets an ENVELOPE and a BODYSTRUCTURE, within the depth and part limits."""
+    summary = structure.summarize(raw)
+    assert summary.envelope.startswith(b"(") and summary.bodystructure.startswith(b"(")
+    assert summary.bodystructure.count(b"(") < 10 * structure.MAX_PARTS
+    root = structure.parse(raw)
+    assert structure.section(root, (), "", ()) == raw
