@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from array import array
 from bisect import bisect_left, bisect_right
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from caducee.mailbox.imap.grammar import ParseError, SequenceSet
-from caducee.mailbox.imap.mailstore import KEYWORD_BIT, Change, flag_bits
+from caducee.mailbox.imap.mailstore import KEYWORD_BIT, Change, FolderInfo, flag_bits
 
 
 @dataclass
@@ -29,6 +30,14 @@ class SelectedView:
     keywords: dict[int, str] = field(default_factory=dict)  # full flags of the entries that carry keywords
     own_modseqs: set[int] = field(default_factory=set)  # changes this session already reported
     pending_expunges: set[int] = field(default_factory=set)
+    shared: bool = False  # uids/flags/keywords are a snapshot other sessions read too: copy before changing
+
+    def _own(self) -> None:
+        """Copy-on-write: sessions that selected the same folder state share one snapshot
+        (a thousand clients idling on one 10,000-message INBOX hold it once) until one changes."""
+        if self.shared:
+            self.uids, self.flags, self.keywords = array("I", self.uids), bytearray(self.flags), dict(self.keywords)
+            self.shared = False
 
     @property
     def exists(self) -> int:
@@ -39,6 +48,9 @@ class SelectedView:
         if sequence is None:
             return
         bits = flag_bits(flags)
+        if self.flags[sequence - 1] == bits and (not bits & KEYWORD_BIT or self.keywords.get(uid) == flags):
+            return
+        self._own()
         self.flags[sequence - 1] = bits
         if bits & KEYWORD_BIT:
             self.keywords[uid] = flags
@@ -96,6 +108,7 @@ class SelectedView:
         if allow_expunge:
             out += self.flush_expunges()
         if new:
+            self._own()
             for change in sorted({c.uid: c for c in new}.values(), key=lambda c: c.uid):
                 self.uids.append(change.uid)
                 self.flags.append(0)
@@ -107,6 +120,8 @@ class SelectedView:
     def flush_expunges(self) -> list[bytes]:
         """EXPUNGE responses for the pending removals, highest number first (so each stays valid)."""
         out = []
+        if self.pending_expunges:
+            self._own()
         for uid in sorted(self.pending_expunges, reverse=True):
             sequence = self.sequence_of(uid)
             if sequence is not None:
@@ -116,3 +131,33 @@ class SelectedView:
                 out.append(b"* %d EXPUNGE\r\n" % sequence)
         self.pending_expunges.clear()
         return out
+
+
+Snapshot = tuple[FolderInfo, array, bytearray, dict[int, str], list[str]]
+
+
+class SnapshotCache:
+    """The last snapshot read of recently selected folders, by folder and HIGHESTMODSEQ.
+
+    A SELECT of a folder nobody changed since the last SELECT in this process reads no
+    entry: the views share the snapshot (copy-on-write, see `SelectedView._own`). A
+    snapshot read at MODSEQ m may already hold some later changes; a session catching up
+    from m then sees them again, which the view takes as no-ops.
+    """
+
+    def __init__(self, max_folders: int = 64) -> None:
+        self.max_folders = max_folders
+        self._by_folder: OrderedDict[int, Snapshot] = OrderedDict()
+
+    def get(self, folder_id: int, highestmodseq: int) -> Snapshot | None:
+        snapshot = self._by_folder.get(folder_id)
+        if snapshot is None or snapshot[0].highestmodseq != highestmodseq:
+            return None
+        self._by_folder.move_to_end(folder_id)
+        return snapshot
+
+    def put(self, snapshot: Snapshot) -> None:
+        self._by_folder[snapshot[0].id] = snapshot
+        self._by_folder.move_to_end(snapshot[0].id)
+        while len(self._by_folder) > self.max_folders:
+            self._by_folder.popitem(last=False)

@@ -20,6 +20,7 @@ from caducee.gateway.auth import MailboxAuthenticator
 from caducee.gateway.smtp import ClientConnections
 from caducee.mailbox.imap.headercache import HeaderCache
 from caducee.mailbox.imap.mailstore import MailStore
+from caducee.mailbox.imap.selected import SnapshotCache
 from caducee.mailbox.imap.session import Session
 from caducee.mailbox.imap.watch import FolderWatch
 
@@ -39,6 +40,7 @@ class ImapServer:
     watch: FolderWatch
     connections: ClientConnections
     header_cache: HeaderCache = field(default_factory=HeaderCache)
+    snapshots: SnapshotCache = field(default_factory=SnapshotCache)
     servers: list[asyncio.base_events.Server] = field(default_factory=list)
     sessions: set[asyncio.Task[None]] = field(default_factory=set)
 

@@ -257,9 +257,13 @@ class Session:
         read_only = command.name == "EXAMINE"
         if command.args.get("condstore"):
             self.condstore = True
-        folder, uids, bits, with_keywords, keywords = await self.server.store.snapshot(folder.id)
+        snapshot = self.server.snapshots.get(folder.id, folder.highestmodseq)
+        if snapshot is None:
+            snapshot = await self.server.store.snapshot(folder.id)
+            self.server.snapshots.put(snapshot)
+        folder, uids, bits, with_keywords, keywords = snapshot
         self.view = SelectedView(folder.id, folder.name, folder.uidvalidity, read_only, uids, folder.highestmodseq, bits,
-                                 with_keywords)  # fmt: skip
+                                 with_keywords, shared=True)  # fmt: skip
         unseen = await self.server.store.first_unseen(folder.id)
         flags = " ".join([PERMANENT_FLAGS, *keywords])
         lines = [
