@@ -89,11 +89,15 @@ async def test_append_to_sent_and_everything_persists(gateway, imap) -> None:  #
             assert client.select("Sent") == ("OK", [b"2"])
             flags = client.uid("FETCH", "1:*", "(FLAGS INTERNALDATE)")[1]
             body = client.uid("FETCH", str(uids[0]), "(BODY.PEEK[])")[1]
+            client.append("Drafts", "", '"23-Nov-2026 10:00:00 +0100"', note("brouillon"))
+            client.select("Drafts")
+            flags.append(client.fetch("1", "(INTERNALDATE)")[1][0])
             return flags, body
 
     flags, body = await asyncio.to_thread(second_session)
     assert b"FLAGS ($Label1 \\Seen)" in flags[0] and b'INTERNALDATE "' in flags[0]
     assert b"FLAGS (\\Flagged)" in flags[1]
+    assert flags[2] == b'1 (INTERNALDATE "23-Nov-2026 09:00:00 +0000")'  # the same instant, whatever the backend keeps
     assert body[0][1] == raw
 
 
@@ -331,3 +335,15 @@ async def test_rfc3501_fetch_examples(gateway, imap) -> None:  # type: ignore[no
     assert body[0].startswith(b'1 (BODY (("TEXT" "PLAIN" ("CHARSET" "us-ascii") NIL NIL "7BIT" 53 1) ("MESSAGE" "RFC822"')
     assert b"\\Seen" in fast[0] and b"RFC822.SIZE %d" % len(raw) in fast[0]
     assert missing == [b"1 (BODY[9] NIL)"]
+
+
+async def test_openssl_s_client_starttls(gateway, imap) -> None:  # type: ignore[no-untyped-def]
+    """`openssl s_client -starttls imap`, as the README shows it."""
+    address, password = gateway.account("doctor")
+    process = await asyncio.create_subprocess_exec(
+        "openssl", "s_client", "-quiet", "-crlf", "-starttls", "imap", "-connect", f"127.0.0.1:{gateway.ports['imap']}",
+        "-CAfile", str(gateway.ca.files.cert), "-verify_return_error",
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)  # fmt: skip
+    script = f'a LOGIN "{address}" "{password}"\nb SELECT INBOX\nc LOGOUT\n'.encode()
+    output, _ = await asyncio.wait_for(process.communicate(script), 60)
+    assert b"a OK [CAPABILITY" in output and b"b OK [READ-WRITE]" in output and b"c OK LOGOUT" in output

@@ -361,7 +361,8 @@ class MailStore:
             validity, uid, modseq = await _reserve(conn, folder_id, 1)
             await conn.execute(MailboxEntry.__table__.insert().values(
                 folder_id=folder_id, uid=uid, message_id=message_id, modseq=modseq,
-                flags=" ".join(normalise_flags(flags)), received_at=internal_date or now))  # fmt: skip
+                flags=" ".join(normalise_flags(flags)),
+                received_at=internal_date.astimezone(dt.timezone.utc) if internal_date else now))  # fmt: skip  # SQLite keeps no zone: store UTC
             return validity, uid
 
     async def copy(self, folder_id: int, uids: list[int], target_id: int) -> tuple[int, list[int], list[int]]:
