@@ -28,6 +28,9 @@ test: install
 
 bench: install
 	$(BIN)/python bench/annuaire_import.py
+	$(BIN)/python bench/smtp_accept.py
+	$(BIN)/python bench/smime.py
+	$(BIN)/python bench/imap.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache
