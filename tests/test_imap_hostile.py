@@ -58,10 +58,6 @@ class Raw:
             return False
 
 
-def run(gateway, script) -> object:  # type: ignore[no-untyped-def]
-    return asyncio.to_thread(script)
-
-
 CONNECTIONS = 2000
 
 CASES = [
@@ -91,7 +87,7 @@ async def test_bad_commands_get_precise_answers(gateway, imap, sent: bytes, expe
         client.send(b"z NOOP\r\n")  # the connection is still in step
         return reply, client.until(b"z ")
 
-    reply, after = await run(gateway, script)
+    reply, after = await asyncio.to_thread(script)
     assert reply.startswith(expected), reply
     assert after.startswith(b"z OK")
 
@@ -106,7 +102,7 @@ async def test_enormous_literal_is_refused_before_it_is_read(gateway, imap, sett
         client.send(b"a3 NOOP\r\n")
         return refused, too_many_digits, client.until(b"a3 ")
 
-    refused, digits, after = await run(gateway, script)
+    refused, digits, after = await asyncio.to_thread(script)
     assert refused.startswith(b"a1 NO [TOOBIG]")
     assert digits.startswith(b"a2 ")  # a 12-digit literal is no literal: the line is BAD, not a 1 TB read
     assert after == b"a3 OK NOOP completed"
@@ -121,7 +117,7 @@ async def test_non_synchronising_literal_over_the_limit_is_drained(gateway, imap
         client.send(b"a2 NOOP\r\n")
         return refused, client.until(b"a2 ")
 
-    refused, after = await run(gateway, script)
+    refused, after = await asyncio.to_thread(script)
     assert refused.startswith(b"a1 NO [TOOBIG]")
     assert after == b"a2 OK NOOP completed"
 
@@ -139,7 +135,7 @@ async def test_unterminated_literal_and_huge_line_close_the_connection(gateway, 
         bye = other.line()
         return unterminated, bye, other.closed()
 
-    unterminated, bye, closed = await run(gateway, script)
+    unterminated, bye, closed = await asyncio.to_thread(script)
     assert unterminated
     assert bye == b"* BYE ligne trop longue / line too long" and closed
 
@@ -155,7 +151,7 @@ async def test_no_message_is_lost_by_a_broken_append(gateway, imap) -> None:  # 
         client.send(b"a2 STATUS INBOX (MESSAGES)\r\n")
         return client.until(b"* STATUS")
 
-    assert await run(gateway, script) == b"* STATUS INBOX (MESSAGES 1)"
+    assert await asyncio.to_thread(script) == b"* STATUS INBOX (MESSAGES 1)"
 
 
 async def test_starttls_with_pipelined_plaintext_is_refused(gateway, imap) -> None:  # type: ignore[no-untyped-def]
@@ -167,7 +163,7 @@ async def test_starttls_with_pipelined_plaintext_is_refused(gateway, imap) -> No
         bye = client.line()
         return bye, client.closed()
 
-    bye, closed = await run(gateway, script)
+    bye, closed = await asyncio.to_thread(script)
     assert bye.startswith(b"* BYE") and closed
 
 
@@ -180,7 +176,7 @@ async def test_8bit_atoms_and_nul_bytes(gateway, imap) -> None:  # type: ignore[
             replies.append(client.line())
         return replies
 
-    replies = await run(gateway, script)
+    replies = await asyncio.to_thread(script)
     assert all(b" BAD " in reply or reply.startswith(b"* BAD") for reply in replies), replies
 
 
@@ -200,7 +196,7 @@ async def test_idle_connections_are_closed(gateway, engine, settings) -> None:  
             idler.until(b"+ ")
             return before_login, idler.line()
 
-        before_login, in_idle = await run(gateway, script)
+        before_login, in_idle = await asyncio.to_thread(script)
         assert before_login.startswith(b"* BYE") and b"autologout" in before_login
         assert in_idle.startswith(b"* BYE") and b"autologout" in in_idle
     finally:
@@ -251,7 +247,7 @@ async def test_expunge_by_another_session_waits_for_a_command_that_allows_it(gat
             out[tag.decode()] = lines
         return out
 
-    out = await run(gateway, script)
+    out = await asyncio.to_thread(script)
     assert not any(b"EXPUNGE" in line for line in out["a4"] + out["a5"])
     assert b"* 1 FETCH (UID 1 FLAGS (\\Deleted))" in out["a4"] and b"* 2 FETCH (UID 2 FLAGS ())" in out["a4"]
     assert b"* SEARCH 1 2" in out["a5"]  # the client's numbering still holds
