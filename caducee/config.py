@@ -102,6 +102,16 @@ class Settings:
         5.0, "How long the gateway trusts what it read from the annuaire (a changed patient status applies within it)."
     )
     annuaire_page_size_max: int = _setting(100, "Largest page the annuaire search API returns.")
+    webmail_code_minutes: int = _setting(15, "Minutes a webmail one-time login code stays valid.")
+    webmail_code_attempts: int = _setting(5, "Wrong one-time codes after which the login challenge is locked.")
+    webmail_idle_minutes: int = _setting(15, "Minutes without a request after which a webmail session ends.")
+    webmail_session_hours: int = _setting(12, "Hours after which a webmail session ends whatever the activity.")
+    webmail_cookie_secure: bool = _setting(
+        True, "Send the webmail cookies with `Secure` (browsers accept them over plain HTTP on localhost only)."
+    )
+    webmail_max_upload: int = _setting(10 * 1024 * 1024, "Largest prescription or attachment a patient may upload, in bytes.")
+    notify_relay: str = _setting("", "`host:port` of an SMTP relay for notifications (login codes). Empty: .eml files in <data dir>/outbox.")
+    notify_from: str = _setting("Caducée <ne-pas-repondre@demo.mssante.fr>", "From address of notifications.")
     log_level: str = _setting("INFO", "Logging level (DEBUG, INFO, WARNING, ERROR).")
 
     @property

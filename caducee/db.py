@@ -103,7 +103,9 @@ def import_all_models() -> None:
     """Import every component's models so `Base.metadata` holds the whole schema."""
     import caducee.annuaire.models  # noqa: F401
     import caducee.gateway.models  # noqa: F401
+    import caducee.history.models  # noqa: F401
     import caducee.mailbox.models  # noqa: F401
+    import caducee.webmail.models  # noqa: F401
 
 
 def _alembic_config(url: str) -> Any:

@@ -34,6 +34,7 @@ PHARMACY_FINESS = "750000010"
 ADULT_1_INS = "285037512345688"  # Claire Martin, born March 1985 in Paris
 ADULT_2_INS = "178112A12345684"  # Paul Rossi, born November 1978 in Corse-du-Sud
 MINOR_INS = "215067512345674"  # Léa Martin, born June 2015, Claire's daughter
+NEW_PATIENT_INS = "190076912345622"  # Marc Dubois, born July 1990 in the Rhône: profile created, not yet activated
 
 
 def credentials_path(settings: Settings) -> Path:
@@ -135,8 +136,18 @@ async def seed(engine: AsyncEngine, settings: Settings, *, certificates: bool = 
             "ins": MINOR_INS, "address": service.patient_address(MINOR_INS, patient_domain),
             "name": "Léa Martin", "guardian": "adult_1",
         }  # fmt: skip
+        await service.add_delegation(conn, patient_id=ids["adult_1"], carer_id=ids["adult_2"], scope="messages")
+        credentials["patients"]["adult_2"]["carer_of"] = "adult_1 (read only)"
+        new_patient = await service.add_patient(
+            conn, ins=NEW_PATIENT_INS, last_name="Dubois", first_names="Marc", birth_date=date(1990, 7, 8), sex="M",
+            patient_domain=patient_domain, status=PatientStatus.CREATED,
+        )  # fmt: skip
+        credentials["patients"]["not_activated"] = {
+            "ins": NEW_PATIENT_INS, "address": service.patient_address(NEW_PATIENT_INS, patient_domain), "name": "Marc Dubois",
+        }  # fmt: skip
         credentials["domains"] = {"operator": OPERATOR_DOMAIN, "patients": patient_domain, "peer_operator": PEER_OPERATOR_DOMAIN}
 
+    credentials["patients"]["not_activated"]["activation_code"] = await _activation_code(engine, settings, new_patient)
     if certificates:
         await publish_certificates(engine, settings, credentials)
     write_credentials(credentials_path(settings), credentials)
@@ -177,6 +188,17 @@ async def publish_certificates(engine: AsyncEngine, settings: Settings, credenti
                 p12 = pair.cert.with_suffix(".p12")
                 write_private(p12, bundle)
                 person["smime_pkcs12"] = str(p12)
+
+
+async def _activation_code(engine: AsyncEngine, settings: Settings, patient_id: int) -> str:
+    """The provisional code a created profile is activated with (sent by post in real life)."""
+    from caducee.crypto.atrest import load_master_key
+    from caducee.webmail.accounts import Accounts
+    from caducee.webmail.codes import CodeHasher
+    from caducee.webmail.notifier import notifier_from_settings
+
+    accounts = Accounts(engine, settings, notifier_from_settings(settings), CodeHasher(load_master_key(settings.data_dir)))
+    return await accounts.issue_activation_code(patient_id)
 
 
 def _usable(pair: Any) -> bool:

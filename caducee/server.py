@@ -12,29 +12,31 @@ import logging
 import socket
 import time
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import AsyncIterator
 
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.staticfiles import StaticFiles
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from caducee import db
 from caducee.annuaire.api import router as annuaire_router
 from caducee.config import Settings
+from caducee import webmail as webmail_package
+from caducee.gateway.pipeline import AcceptPipeline
+from caducee.history.service import AccessHistory
 from caducee.mailbox.autoconfig import router as autoconfig_router
+from caducee.webmail.accounts import Accounts
+from caducee.webmail.api import router as webmail_api
+from caducee.webmail.codes import CodeHasher
+from caducee.webmail.notifier import notifier_from_settings
+from caducee.webmail.pages import router as webmail_pages
+from caducee.webmail.service import Webmail
+from caducee.webmail.web import BodyLimit, WebmailContext, WebmailHeaders
 
 log = logging.getLogger("caducee")
-
-_HOME = """<!doctype html>
-<html lang="fr"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
-<title>Caducée — messagerie sécurisée de santé</title>
-<style>body{font:1.25rem/1.6 system-ui,sans-serif;max-width:40rem;margin:2rem auto;padding:0 1rem;color:#1a1a1a}
-a{color:#0b4f8a}</style></head>
-<body><main><h1>Caducée</h1><p>Messagerie sécurisée de santé.</p>
-<p>La messagerie des patients ouvrira ici prochainement.</p>
-<p><a href="/docs">Documentation de l'API</a></p></main></body></html>"""
-
 
 class Metrics:
     """Counters exposed at /metrics in Prometheus' text format."""
@@ -56,12 +58,20 @@ class Metrics:
         return "\n".join(lines) + "\n"
 
 
-def build_app(engine: AsyncEngine, settings: Settings) -> FastAPI:
-    """The HTTP application on `engine`; the caller owns the engine's lifetime."""
+def build_app(engine: AsyncEngine, settings: Settings, pipeline: AcceptPipeline | None = None) -> FastAPI:
+    """The HTTP application on `engine`; the caller owns the engine's lifetime.
+
+    `pipeline` is the gateway's accept pipeline, through which the webmail sends; without
+    it the webmail reads but does not send (and says so).
+    """
+    webmail = webmail_context(engine, settings, pipeline)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        yield
+        try:
+            yield
+        finally:
+            await webmail.webmail.history.close()
 
     app = FastAPI(
         title="Caducée",
@@ -71,6 +81,9 @@ def build_app(engine: AsyncEngine, settings: Settings) -> FastAPI:
     )
     app.state.engine = engine
     app.state.settings = settings
+    app.state.webmail = webmail
+    app.add_middleware(WebmailHeaders)
+    app.add_middleware(BodyLimit, limit=settings.webmail_max_upload + 1024 * 1024)
     metrics = Metrics()
     app.state.metrics = metrics
 
@@ -80,10 +93,6 @@ def build_app(engine: AsyncEngine, settings: Settings) -> FastAPI:
         key = (request.method, response.status_code)
         metrics.requests[key] = metrics.requests.get(key, 0) + 1
         return response
-
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    async def home() -> str:
-        return _HOME
 
     @app.get("/healthz", tags=["operations"], summary="Liveness and database reachability")
     async def healthz() -> JSONResponse:
@@ -100,7 +109,19 @@ def build_app(engine: AsyncEngine, settings: Settings) -> FastAPI:
 
     app.include_router(annuaire_router)
     app.include_router(autoconfig_router)
+    app.include_router(webmail_pages)
+    app.include_router(webmail_api)
+    app.mount("/static", StaticFiles(directory=str(Path(webmail_package.__file__).parent / "static")), name="static")
     return app
+
+
+def webmail_context(engine: AsyncEngine, settings: Settings, pipeline: AcceptPipeline | None) -> WebmailContext:
+    from caducee.crypto.atrest import BodyCipher, load_master_key
+
+    key = load_master_key(settings.data_dir)
+    accounts = Accounts(engine, settings, notifier_from_settings(settings), CodeHasher(key))
+    webmail = Webmail(engine, settings, BodyCipher(key), pipeline, AccessHistory(engine))
+    return WebmailContext(accounts, webmail, settings.webmail_cookie_secure, settings.webmail_idle_minutes)
 
 
 async def prepare_database(settings: Settings, *, demo: bool) -> AsyncEngine:
@@ -145,7 +166,7 @@ async def serve(settings: Settings, *, demo: bool = False, migrate: bool = True,
     else:
         engine = db.create_engine(settings.effective_database_url)
     gateway = await start_gateway(settings, engine, reuse_port=reuse_port)
-    app = build_app(engine, settings)
+    app = build_app(engine, settings, gateway.pipeline)
     config = uvicorn.Config(app, log_level=settings.log_level.lower(), access_log=False)
     server = uvicorn.Server(config)
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]

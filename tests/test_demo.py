@@ -51,15 +51,18 @@ async def test_demo_seed_world_and_credentials(engine: AsyncEngine, settings: Se
         assert pharmacy.items[0].type == "ORG"
 
         patients = {row.ins: row for row in (await conn.execute(select(Patient))).all()}
-        assert len(patients) == 3
+        assert len(patients) == 4
         assert all(validate_ins(ins) == ins for ins in patients)
+        waiting = credentials["patients"]["not_activated"]["ins"]
+        assert patients.pop(waiting).status == PatientStatus.CREATED.value
+        assert len(credentials["patients"]["not_activated"]["activation_code"]) == 8
         assert all(row.status == PatientStatus.ACTIVATED.value for row in patients.values())
         guardian = patients[credentials["patients"]["adult_1"]["ins"]]
         minor = patients[credentials["patients"]["minor"]["ins"]]
         link = (await conn.execute(select(Guardianship))).one()
         assert (link.guardian_id, link.minor_id) == (guardian.id, minor.id)
         patient_boxes = (await conn.execute(select(func.count()).select_from(Mailbox).where(Mailbox.type == "PAT"))).scalar_one()
-        assert patient_boxes == 3
+        assert patient_boxes == 4
         # Patients are never listed in the directory.
         assert await service.get_mailbox(conn, credentials["patients"]["adult_1"]["address"]) is None
         cnam = await service.get_mailbox(conn, credentials["cnam"]["address"])

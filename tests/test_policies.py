@@ -46,6 +46,7 @@ FIN_WITH_CONTENT = Message(size=5_000, subject="[FIN] vos résultats", has_conte
 MES_FIN = replace(TEXT, mss_mes_fin=True)
 HUGE = Message(size=26 * 1024 * 1024)
 FORGED = replace(TEXT, references_known=True, references_foreign=True)
+RECEIPT = replace(REPLY, is_receipt=True)
 
 R = "refused"
 CASES = [
@@ -59,6 +60,9 @@ CASES = [
     ("cnam-to-patient", CNAM, PATIENT, None, TEXT, True, ()),
     ("patient-reply-open", PATIENT, DOCTOR, OPEN, REPLY, True, ()),
     ("patient-reply-closed", PATIENT, DOCTOR, CLOSED, REPLY, True, (R, 550, "5.7.1", "patient-replies-only")),
+    ("patient-receipt-closed", PATIENT, DOCTOR, CLOSED, RECEIPT, True, ()),
+    ("patient-receipt-to-outsider", PATIENT, NURSE, CLOSED, RECEIPT, True, (R, 550, "5.7.1", "patient-replies-only")),
+    ("patient-receipt-campaign", PATIENT, CNAM, CAMPAIGN, RECEIPT, True, (R, 550, "5.7.1", "no-reply-to-campaign")),
     ("patient-starts", PATIENT, DOCTOR, None, TEXT, True, (R, 550, "5.7.1", "patient-replies-only")),
     ("patient-prescription", PATIENT, PHARMACY, None, PRESCRIPTION, True, ()),
     ("patient-pharmacy-no-doc", PATIENT, PHARMACY, None, TEXT, True, (R, 550, "5.7.1", "patient-replies-only")),

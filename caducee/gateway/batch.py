@@ -62,6 +62,7 @@ class Copy:
     local_boxes: list[int] = field(default_factory=list)
     remote: list[str] = field(default_factory=list)
     summary: bytes | None = None  # sealed IMAP summary, for the mailboxes that hold this form
+    sent_boxes: list[int] = field(default_factory=list)  # the sender's own mailbox, "Sent" folder (webmail)
 
 
 @dataclass
@@ -110,19 +111,23 @@ def write_batch(conn: Connection, plans: list[DeliveryPlan]) -> list[int]:
         for n in notices
     ])  # fmt: skip
 
-    deliveries = [(box, message_id) for (_, copy), message_id in zip(copies, copy_ids, strict=True) for box in copy.local_boxes]
-    deliveries += [(notice.mailbox_id, message_id) for notice, message_id in zip(notices, notice_ids, strict=True)]
+    # (mailbox, folder, message, flags): inboxes, notices, and the sender's own Sent copy (already read)
+    deliveries = [(box, "INBOX", message_id, "") for (_, copy), message_id in zip(copies, copy_ids, strict=True)
+                  for box in copy.local_boxes]  # fmt: skip
+    deliveries += [(notice.mailbox_id, "INBOX", message_id, "") for notice, message_id in zip(notices, notice_ids, strict=True)]
+    deliveries += [(box, "Sent", message_id, "\\Seen") for (_, copy), message_id in zip(copies, copy_ids, strict=True)
+                   for box in copy.sent_boxes]  # fmt: skip
     if deliveries:
-        store.ensure_folders(conn, sorted({box for box, _ in deliveries}))
-        reserved = store.allocate_uids(conn, dict(Counter((box, "INBOX") for box, _ in deliveries)))
+        store.ensure_folders(conn, sorted({box for box, *_ in deliveries}))
+        reserved = store.allocate_uids(conn, dict(Counter((box, folder) for box, folder, *_ in deliveries)))
         next_slot = {key: 0 for key in reserved}
         entries = []
-        for box, message_id in deliveries:
-            folder_id, first_uid, first_modseq = reserved[(box, "INBOX")]
-            offset = next_slot[(box, "INBOX")]
-            next_slot[(box, "INBOX")] = offset + 1
+        for box, folder, message_id, flags in deliveries:
+            folder_id, first_uid, first_modseq = reserved[(box, folder)]
+            offset = next_slot[(box, folder)]
+            next_slot[(box, folder)] = offset + 1
             entries.append({"folder_id": folder_id, "uid": first_uid + offset, "message_id": message_id,
-                            "modseq": first_modseq + offset, "flags": "", "received_at": now})  # fmt: skip
+                            "modseq": first_modseq + offset, "flags": flags, "received_at": now})  # fmt: skip
         conn.execute(insert(MailboxEntry.__table__), entries)
 
     queued = [

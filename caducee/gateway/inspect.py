@@ -55,6 +55,7 @@ class InspectedMessage:
     has_content: bool
     has_attachment: bool
     mdn_to: str | None
+    is_receipt: bool = False  # multipart/report; report-type=disposition-notification
 
     @property
     def size(self) -> int:
@@ -160,4 +161,6 @@ def inspect_message(raw: bytes, *, max_size: int, hostname: str, add_missing_hea
         has_content=has_content,
         has_attachment=has_attachment,
         mdn_to=mdn.strip() if mdn else None,
+        is_receipt=message.get_content_type() == "multipart/report"
+        and (message.get_param("report-type") or "").lower() == "disposition-notification",
     )

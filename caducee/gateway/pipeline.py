@@ -15,6 +15,7 @@ import functools
 import logging
 import time
 from dataclasses import dataclass, field
+from dataclasses import replace as dataclass_replace
 from datetime import timedelta
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
@@ -71,6 +72,27 @@ class Envelope:
     channel: Channel
     authenticated: str | None = None  # the mailbox address the session authenticated as
     peer_dn: str | None = None  # MX: the subject DN of the client certificate
+    keep_sent: bool = False  # file a copy in the sender's Sent folder (the webmail; mail clients APPEND their own)
+
+
+@dataclass
+class Verdict:
+    """The decision for each recipient of one message, and the facts it was made on."""
+
+    parties: dict[str, PartyInfo]
+    sender: Party
+    conversation: store.ConversationView | None  # the conversation the message threads into (None: a new one)
+    conversation_facts: Conversation | None
+    decisions: dict[str, Decision]
+    actions: frozenset[Action]
+
+    @property
+    def accepted(self) -> list[str]:
+        return [rcpt for rcpt, decision in self.decisions.items() if decision.accepted]
+
+    @property
+    def refused(self) -> dict[str, Decision]:
+        return {rcpt: decision for rcpt, decision in self.decisions.items() if not decision.accepted}
 
 
 @dataclass
@@ -179,6 +201,44 @@ class AcceptPipeline:
                       max_size=self.settings.max_message_size)  # fmt: skip
         return decide(facts, RCPT_CHAIN)
 
+    # ---- the decisions ----------------------------------------------------------------
+
+    async def judge(self, sender: str, recipients: list[str], *, references: list[str], message: Message,
+                    channel: Channel) -> Verdict:  # fmt: skip
+        """Apply the rules to each recipient, as `accept` will; nothing is written.
+
+        The webmail asks this before it offers an action, so that what it shows and what the
+        gateway then does can never disagree.
+        """
+        sender = sender.lower()
+        recipients = list(dict.fromkeys(rcpt.lower() for rcpt in recipients))
+        parties = await self._parties([sender, *recipients])
+        sender_party = self._party(parties[sender])
+        conversation = None
+        if references:  # most mail starts a conversation: no query for it
+            async with self.engine.connect() as conn:
+                conversation = await store.find_conversation(conn, references)
+        foreign = conversation is not None and sender not in conversation.participants
+        conversation_facts = None
+        if conversation is not None and not foreign:
+            conversation_facts = Conversation(
+                opener_kind=PartyKind(conversation.opener_kind), state=ConversationState(conversation.state),
+                participants=conversation.participants, closed_by=conversation.closed_by,
+                closed_at=conversation.closed_at.date().isoformat() if conversation.closed_at else None,
+                is_campaign=conversation.is_campaign,
+            )  # fmt: skip
+        facts = dataclass_replace(message, references_known=conversation is not None, references_foreign=foreign)
+        decisions: dict[str, Decision] = {}
+        actions: set[Action] = set()
+        for rcpt in recipients:
+            decision = decide(Facts(sender=sender_party, recipient=self._party(parties[rcpt]), message=facts,
+                                    conversation=conversation_facts, submission=channel in AUTHENTICATED_CHANNELS,
+                                    max_size=self.settings.max_message_size))  # fmt: skip
+            decisions[rcpt] = decision
+            if decision.accepted:
+                actions |= decision.actions
+        return Verdict(parties, sender_party, conversation if not foreign else None, conversation_facts, decisions, frozenset(actions))
+
     # ---- the whole message ------------------------------------------------------------
 
     async def accept(self, envelope: Envelope) -> AcceptResult:
@@ -193,39 +253,13 @@ class AcceptPipeline:
             return AcceptResult([], {rcpt: decision for rcpt in envelope.rcpt_tos}, None, decision.smtp_reply)
 
         recipients = list(dict.fromkeys(rcpt.lower() for rcpt in envelope.rcpt_tos))
-        parties = await self._parties([sender, *recipients])
-        sender_party = self._party(parties[sender])
-        conversation = None
-        if inspected.references:  # most mail starts a conversation: no query for it
-            async with self.engine.connect() as conn:
-                conversation = await store.find_conversation(conn, inspected.references)
-        foreign = conversation is not None and sender not in conversation.participants
-        conversation_facts = None
-        if conversation is not None and not foreign:
-            conversation_facts = Conversation(
-                opener_kind=PartyKind(conversation.opener_kind), state=ConversationState(conversation.state),
-                participants=conversation.participants, closed_by=conversation.closed_by,
-                closed_at=conversation.closed_at.date().isoformat() if conversation.closed_at else None,
-                is_campaign=conversation.is_campaign,
-            )  # fmt: skip
         message_facts = Message(
             size=inspected.size, subject=inspected.subject, has_content=inspected.has_content,
-            has_attachment=inspected.has_attachment, mss_mes_fin=inspected.mss_mes_fin,
-            references_known=conversation is not None, references_foreign=foreign,
+            has_attachment=inspected.has_attachment, mss_mes_fin=inspected.mss_mes_fin, is_receipt=inspected.is_receipt,
         )  # fmt: skip
-
-        accepted: list[str] = []
-        refused: dict[str, Decision] = {}
-        actions: set[Action] = set()
-        for rcpt in recipients:
-            decision = decide(Facts(sender=sender_party, recipient=self._party(parties[rcpt]), message=message_facts,
-                                    conversation=conversation_facts, submission=envelope.channel in AUTHENTICATED_CHANNELS,
-                                    max_size=self.settings.max_message_size))  # fmt: skip
-            if decision.accepted:
-                accepted.append(rcpt)
-                actions |= decision.actions
-            else:
-                refused[rcpt] = decision
+        verdict = await self.judge(sender, recipients, references=inspected.references, message=message_facts, channel=envelope.channel)
+        parties, sender_party, conversation, conversation_facts = verdict.parties, verdict.sender, verdict.conversation, verdict.conversation_facts
+        accepted, refused, actions = verdict.accepted, verdict.refused, set(verdict.actions)
         if not accepted:
             return _nobody(refused)
 
@@ -245,7 +279,8 @@ class AcceptPipeline:
                 return _nobody(refused)
 
         plan = DeliveryPlan(
-            copies=self._copies(protection, accepted, parties, deliver=Action.DO_NOT_DELIVER not in actions),
+            copies=self._copies(protection, accepted, parties, deliver=Action.DO_NOT_DELIVER not in actions,
+                                sent_box=parties[sender].mailbox_id if envelope.keep_sent else None),
             sender=sender, message_id_header=inspected.message_id,
             close_by=parties[sender].display_name if Action.CLOSE_CONVERSATION in actions else None,
             notices=self._notices(envelope, parties[sender], inspected, refused, actions),
@@ -263,16 +298,22 @@ class AcceptPipeline:
             self.on_queued()
         return AcceptResult(accepted, refused, message_id, f"250 2.0.0 OK: queued as {message_id}", frozenset(actions))
 
-    def _copies(self, protection: Protection, accepted: list[str], parties: dict[str, PartyInfo], *, deliver: bool) -> list[Copy]:
-        """One stored copy per form someone receives (a message nobody receives is still kept once)."""
+    def _copies(self, protection: Protection, accepted: list[str], parties: dict[str, PartyInfo], *, deliver: bool,
+                sent_box: int | None = None) -> list[Copy]:  # fmt: skip
+        """One stored copy per form someone receives (a message nobody receives is still kept once).
+
+        The sender's Sent copy is the readable form: the sender reads it on our pages.
+        """
+        sent_form = Form.READABLE if Form.READABLE in protection.forms else next(iter(protection.forms))
         copies = []
         for form, body in protection.forms.items():
             receivers = [r for r in accepted if deliver and protection.form_of.get(r) is form]
             boxes = [parties[r].mailbox_id for r in receivers if parties[r].mailbox_id is not None]
             remote = [r for r in receivers if not parties[r].is_local]
-            if boxes or remote:
-                summary = self.cipher.seal(summarize(body).pack()) if boxes else None  # what IMAP lists, computed once
-                copies.append(Copy(self.cipher.seal(body), len(body), boxes, remote, summary))  # type: ignore[arg-type]
+            sent = [sent_box] if sent_box is not None and form is sent_form else []
+            if boxes or remote or sent:
+                summary = self.cipher.seal(summarize(body).pack()) if boxes or sent else None  # what IMAP lists, computed once
+                copies.append(Copy(self.cipher.seal(body), len(body), boxes, remote, summary, sent))  # type: ignore[arg-type]
         if not copies:
             body = next(iter(protection.forms.values()))
             copies.append(Copy(self.cipher.seal(body), len(body)))
@@ -292,7 +333,7 @@ class AcceptPipeline:
     def _notices(self, envelope: Envelope, sender: PartyInfo, inspected: InspectedMessage,
                  refused: dict[str, Decision], actions: set[Action]) -> list[Notice]:  # fmt: skip
         """Messages for a local sender: recipients refused after DATA, a conversation closed."""
-        if sender.mailbox_id is None:
+        if sender.mailbox_id is None or envelope.channel is Channel.WEBMAIL:  # the webmail says it on the page
             return []
         notices = []
         if refused:

@@ -63,6 +63,7 @@ class Message:
     mss_mes_fin: bool = False  # header X-MSS-MES: FIN
     references_known: bool = False  # In-Reply-To/References name a message we hold
     references_foreign: bool = False  # ... that belongs to a conversation the sender is not in
+    is_receipt: bool = False  # a disposition notification (MDN, RFC 8098): says "read", carries nothing written
 
 
 @dataclass(frozen=True)

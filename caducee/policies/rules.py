@@ -129,7 +129,8 @@ class PatientRepliesOnly(Rule):
     name = "patient-replies-only"
     description = (
         "A patient only replies in an open conversation a professional opened, to someone taking part; "
-        "the one exception is a prescription sent to a pharmacy."
+        "the one exception is a prescription sent to a pharmacy. A read receipt (MDN) may still follow a "
+        "closing message: it tells the professional the patient read it and carries nothing written."
     )
 
     def check(self, facts: Facts) -> Decision | None:
@@ -149,7 +150,7 @@ class PatientRepliesOnly(Rule):
         if conversation.opener_kind not in SENDERS_WHO_OPEN:
             return refuse(self.name, 550, "5.7.1", "cette conversation n'accepte pas de réponse",
                           "this conversation does not accept replies")  # fmt: skip
-        if conversation.state is ConversationState.CLOSED:
+        if conversation.state is ConversationState.CLOSED and not facts.message.is_receipt:
             when = f" le {conversation.closed_at}" if conversation.closed_at else ""
             by = f" par {conversation.closed_by}" if conversation.closed_by else ""
             return refuse(self.name, 550, "5.7.1", f"cette conversation a été close{by}{when}",

@@ -783,3 +783,54 @@ def format_datetime(moment: dt.datetime) -> str:
     sign = "+" if minutes >= 0 else "-"
     return "%02d-%s-%04d %02d:%02d:%02d %s%02d%02d" % (moment.day, MONTHS[moment.month - 1], moment.year, moment.hour, moment.minute,
                                                       moment.second, sign, abs(minutes) // 60, abs(minutes) % 60)  # fmt: skip
+
+
+def deserialize(data: bytes) -> object:
+    """The inverse of `serialize` for what it writes (strings come back as bytes, atoms as
+    str): the webmail reads the stored ENVELOPE back to show subjects and senders."""
+    value, end = _read_value(data, 0)
+    return value
+
+
+def _read_value(data: bytes, position: int) -> tuple[object, int]:
+    while data[position : position + 1] == b" ":
+        position += 1
+    head = data[position : position + 1]
+    if head == b"(":
+        items: list[object] = []
+        position += 1
+        while True:
+            while data[position : position + 1] == b" ":
+                position += 1
+            if data[position : position + 1] == b")":
+                return items, position + 1
+            if position >= len(data):
+                raise ValueError("unterminated list")
+            item, position = _read_value(data, position)
+            items.append(item)
+    if head == b'"':
+        out = bytearray()
+        position += 1
+        while position < len(data):
+            char = data[position]
+            if char == 0x5C:  # backslash
+                out.append(data[position + 1])
+                position += 2
+            elif char == 0x22:
+                return bytes(out), position + 1
+            else:
+                out.append(char)
+                position += 1
+        raise ValueError("unterminated quoted string")
+    if head == b"{":
+        close = data.index(b"}", position)
+        size = int(data[position + 1 : close])
+        start = close + 3  # "}\r\n"
+        return data[start : start + size], start + size
+    end = position
+    while end < len(data) and data[end : end + 1] not in (b" ", b")", b"("):
+        end += 1
+    atom = data[position:end].decode("ascii", "replace")
+    if atom == "NIL":
+        return None, end
+    return (int(atom) if atom.isdigit() else atom), end

@@ -1,0 +1,132 @@
+"""The annuaire's service API for patient accounts: login look-up, profiles, lifecycle.
+
+The webmail calls these; it never reads the `patients`, `guardianships` or `delegations`
+tables itself. A profile is whose messages a person may see: their own, a minor's they are
+the legal guardian of, or a patient's who delegated access to them (a carer).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime, timezone
+
+from sqlalchemy import and_, func, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from caducee.annuaire.identifiers import InvalidIdentifier, validate_ins
+from caducee.annuaire.models import Delegation, Guardianship, Mailbox, Patient, PatientStatus
+from caducee.annuaire.service import MailboxEntry, _entry, _entry_query
+
+# Scopes a patient can grant a carer. "messages" lets the carer read; "messages:reply"
+# lets them answer too (in the patient's name, which the patient's history shows).
+SCOPE_READ = "messages"
+SCOPE_REPLY = "messages:reply"
+
+
+@dataclass(frozen=True)
+class PatientAccount:
+    id: int
+    ins: str
+    address: str  # the patient's mailbox address
+    mailbox_id: int
+    first_names: str
+    last_name: str
+    birth_date: date
+    status: str
+    email: str | None
+    password_hash: str | None
+
+    @property
+    def name(self) -> str:
+        return f"{self.first_names.split()[0]} {self.last_name}" if self.first_names else self.last_name
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A profile a person may act on, and on what grounds."""
+
+    account: PatientAccount
+    relation: str  # "self" / "guardian" / "carer"
+    may_reply: bool
+
+
+def _query():  # type: ignore[no-untyped-def]
+    return select(Patient.id, Patient.ins, Patient.first_names, Patient.last_name, Patient.birth_date, Patient.status,
+                  Patient.email, Patient.password_hash, Mailbox.address, Mailbox.id.label("mailbox_id")).join(
+        Mailbox, Mailbox.patient_id == Patient.id)  # fmt: skip
+
+
+def _account(row) -> PatientAccount:  # type: ignore[no-untyped-def]
+    return PatientAccount(row.id, row.ins, row.address, row.mailbox_id, row.first_names, row.last_name, row.birth_date,
+                          row.status, row.email, row.password_hash)  # fmt: skip
+
+
+async def find_for_login(conn: AsyncConnection, identifier: str) -> PatientAccount | None:
+    """The account named by an INS (spaces allowed) or a registered email; None if unknown."""
+    text = identifier.strip()
+    if "@" in text:
+        condition = Patient.email == text.lower()
+    else:
+        try:
+            condition = Patient.ins == validate_ins(text)
+        except InvalidIdentifier:
+            return None
+    row = (await conn.execute(_query().where(condition))).first()
+    return _account(row) if row else None
+
+
+async def get_account(conn: AsyncConnection, patient_id: int) -> PatientAccount | None:
+    row = (await conn.execute(_query().where(Patient.id == patient_id))).first()
+    return _account(row) if row else None
+
+
+async def profiles_for(conn: AsyncConnection, patient_id: int) -> list[Profile]:
+    """The person's own profile first, then the minors they are guardian of, then delegations."""
+    own = await get_account(conn, patient_id)
+    if own is None:
+        return []
+    profiles = [Profile(own, "self", True)]
+    minors = await conn.execute(_query().join(Guardianship, Guardianship.minor_id == Patient.id)
+                                .where(Guardianship.guardian_id == patient_id).order_by(Patient.first_names))  # fmt: skip
+    profiles += [Profile(_account(row), "guardian", True) for row in minors]
+    delegated = await conn.execute(_query().add_columns(Delegation.scope).join(Delegation, Delegation.patient_id == Patient.id)
+                                   .where(Delegation.carer_id == patient_id).order_by(Patient.last_name))  # fmt: skip
+    for row in delegated:
+        scopes = {scope.strip() for scope in row.scope.split(",")}
+        if scopes & {SCOPE_READ, SCOPE_REPLY}:
+            profiles.append(Profile(_account(row), "carer", SCOPE_REPLY in scopes))
+    return [profile for profile in profiles if profile.account.status in {PatientStatus.ACTIVATED.value, PatientStatus.CREATED.value}
+            or profile.relation == "self"]  # fmt: skip
+
+
+async def set_password(conn: AsyncConnection, patient_id: int, password_hash: str, email: str | None) -> None:
+    values: dict[str, object] = {"password_hash": password_hash, "updated_at": datetime.now(timezone.utc)}
+    if email:
+        values["email"] = email.lower()
+    await conn.execute(update(Patient).where(Patient.id == patient_id).values(**values))
+
+
+async def email_taken(conn: AsyncConnection, email: str, patient_id: int) -> bool:
+    count = await conn.execute(select(func.count()).select_from(Patient).where(and_(Patient.email == email.lower(), Patient.id != patient_id)))
+    return bool(count.scalar_one())
+
+
+async def set_status(conn: AsyncConnection, patient_id: int, status: PatientStatus) -> None:
+    """Move a profile along its lifecycle; the gateway applies it within `directory_cache_seconds`."""
+    now = datetime.now(timezone.utc)
+    values: dict[str, object] = {"status": status.value, "updated_at": now}
+    if status is PatientStatus.ACTIVATED:
+        values["activated_at"] = now
+    await conn.execute(update(Patient).where(Patient.id == patient_id).values(**values))
+
+
+async def describe(conn: AsyncConnection, addresses: list[str]) -> dict[str, MailboxEntry]:
+    """How to present correspondents (name, profession, structure), in one query.
+
+    Unlike the public search this includes liste rouge mailboxes: the patient already
+    corresponds with them, nothing is disclosed.
+    """
+    if not addresses:
+        return {}
+    rows = await conn.execute(_entry_query().where(Mailbox.address.in_(sorted({a.lower() for a in addresses}))))
+    return {row.address: _entry(row) for row in rows}

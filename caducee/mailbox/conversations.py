@@ -1,0 +1,145 @@
+"""Reading a mailbox as conversations: what the webmail lists and shows.
+
+A conversation's key is its id; a message that belongs to none (a notice) is a
+conversation of its own, keyed by minus its message id. Every function takes the
+mailbox the reader may see and never returns anything outside it: a conversation
+someone else takes part in is simply not found.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import and_, case, func, literal, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from caducee.mailbox.models import Conversation, ConversationParticipant, Folder, MailboxEntry, Message
+
+HIDDEN_FOLDERS = ("Trash",)  # what the patient deleted is not listed
+
+
+@dataclass(frozen=True)
+class ConversationRow:
+    """One line of the conversation list."""
+
+    key: int
+    last_message_id: int
+    last_at: datetime
+    messages: int
+    unread: int
+    sealed_summary: bytes | None  # of the latest message: its subject and sender
+    last_sender: str
+    state: str  # open / closed
+    closed_by: str | None
+    closed_at: datetime | None
+    is_campaign: bool
+    participants: frozenset[str]
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    """One message of a conversation as this mailbox holds it."""
+
+    id: int
+    folder_id: int
+    folder: str
+    uid: int
+    flags: str
+    sender: str
+    received_at: datetime
+    message_id_header: str
+    sealed_body: bytes
+
+    @property
+    def seen(self) -> bool:
+        return "\\Seen" in self.flags.split()
+
+
+def _visible(mailbox_id: int):  # type: ignore[no-untyped-def]
+    return and_(Folder.mailbox_id == mailbox_id, Folder.name.notin_(HIDDEN_FOLDERS), MailboxEntry.expunged_modseq.is_(None))
+
+
+def _key():  # type: ignore[no-untyped-def]
+    return func.coalesce(Message.conversation_id, literal(0) - Message.id)
+
+
+async def list_conversations(conn: AsyncConnection, mailbox_id: int, *, offset: int = 0, limit: int = 20,
+                             unread_only: bool = False) -> tuple[list[ConversationRow], int]:  # fmt: skip
+    """A page of conversations, most recent activity first, and how many there are in all."""
+    key = _key().label("key")
+    unseen = case(((literal(" ") + MailboxEntry.flags + literal(" ")).like("% \\Seen %", escape="!"), 0), else_=1)
+    grouped = (
+        select(key, func.max(Message.id).label("last_id"), func.max(MailboxEntry.received_at).label("last_at"),
+               func.count().label("messages"), func.sum(unseen).label("unread"))
+        .select_from(MailboxEntry).join(Folder, Folder.id == MailboxEntry.folder_id).join(Message, Message.id == MailboxEntry.message_id)
+        .where(_visible(mailbox_id)).group_by(key)
+    )  # fmt: skip
+    if unread_only:
+        grouped = grouped.having(func.sum(unseen) > 0)
+    total = (await conn.execute(select(func.count()).select_from(grouped.subquery()))).scalar_one()
+    rows = (await conn.execute(grouped.order_by(func.max(Message.id).desc()).limit(limit).offset(offset))).all()
+    if not rows:
+        return [], total
+    keys = [row.key for row in rows if row.key > 0]
+    conversations = {row.id: row for row in await conn.execute(select(Conversation).where(Conversation.id.in_(keys)))} if keys else {}
+    members: dict[int, set[str]] = {}
+    if keys:
+        for conversation_id, address in await conn.execute(
+            select(ConversationParticipant.conversation_id, ConversationParticipant.address).where(ConversationParticipant.conversation_id.in_(keys))
+        ):  # fmt: skip
+            members.setdefault(conversation_id, set()).add(address)
+    latest = {row.id: row for row in await conn.execute(select(Message.id, Message.summary, Message.sender)
+                                                          .where(Message.id.in_([row.last_id for row in rows])))}  # fmt: skip
+    result = []
+    for row in rows:
+        conversation = conversations.get(row.key)
+        last = latest[row.last_id]
+        result.append(ConversationRow(
+            key=row.key, last_message_id=row.last_id, last_at=row.last_at, messages=row.messages, unread=int(row.unread or 0),
+            sealed_summary=last.summary, last_sender=last.sender,
+            state=conversation.state if conversation else "open", closed_by=conversation.closed_by if conversation else None,
+            closed_at=conversation.closed_at if conversation else None, is_campaign=bool(conversation.is_campaign) if conversation else False,
+            participants=frozenset(members.get(row.key, ())),
+        ))  # fmt: skip
+    return result, total
+
+
+async def unread_count(conn: AsyncConnection, mailbox_id: int) -> int:
+    """Unread messages in the mailbox (what the page title and the profile switcher show)."""
+    count = await conn.execute(
+        select(func.count()).select_from(MailboxEntry).join(Folder, Folder.id == MailboxEntry.folder_id)
+        .where(_visible(mailbox_id), (literal(" ") + MailboxEntry.flags + literal(" ")).notlike("% \\Seen %", escape="!"))
+    )  # fmt: skip
+    return int(count.scalar_one())
+
+
+async def conversation_messages(conn: AsyncConnection, mailbox_id: int, key: int) -> list[StoredMessage]:
+    """The messages of one conversation this mailbox holds, oldest first; [] if it holds none."""
+    condition = Message.conversation_id == key if key > 0 else Message.id == -key
+    rows = await conn.execute(
+        select(Message.id, MailboxEntry.folder_id, Folder.name, MailboxEntry.uid, MailboxEntry.flags, Message.sender,
+               MailboxEntry.received_at, Message.message_id_header, Message.body)
+        .select_from(MailboxEntry).join(Folder, Folder.id == MailboxEntry.folder_id).join(Message, Message.id == MailboxEntry.message_id)
+        .where(_visible(mailbox_id), condition).order_by(Message.id, Folder.name)
+    )  # fmt: skip
+    seen_ids: set[int] = set()
+    messages = []
+    for row in rows:
+        if row.id in seen_ids:  # the same message filed twice (a copy in Archive): show it once
+            continue
+        seen_ids.add(row.id)
+        messages.append(StoredMessage(row.id, row.folder_id, row.name, row.uid, row.flags, row.sender, row.received_at,
+                                      row.message_id_header, row.body))  # fmt: skip
+    return messages
+
+
+async def conversation_state(conn: AsyncConnection, conversation_id: int) -> tuple[str, str | None, datetime | None, bool, str] | None:
+    """(state, closed by, closed at, is campaign, opener address) of a conversation."""
+    row = (await conn.execute(select(Conversation.state, Conversation.closed_by, Conversation.closed_at, Conversation.is_campaign,
+                                     Conversation.opener_address).where(Conversation.id == conversation_id))).first()  # fmt: skip
+    return (row.state, row.closed_by, row.closed_at, bool(row.is_campaign), row.opener_address) if row else None
+
+
+async def conversation_of_message(conn: AsyncConnection, message_id: int) -> int | None:
+    return (await conn.execute(select(Message.conversation_id).where(Message.id == message_id))).scalar_one_or_none()

@@ -1,0 +1,1 @@
+"""The patient webmail: server-rendered French pages and the JSON API they use."""

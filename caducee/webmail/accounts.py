@@ -1,0 +1,281 @@
+"""Patient accounts in the webmail: login in two steps, sessions, and the profile lifecycle.
+
+Login: an identifier (INS or registered email) and a password, then a 6-digit code sent
+through the notifier, valid `webmail_code_minutes`, single use, locked after
+`webmail_code_attempts` wrong tries. Each step refuses with one sentence a person can act
+on, and never says whether an account exists.
+
+Lifecycle: a created profile is activated with the provisional code the patient received
+(by post), choosing a password; the same code lets them oppose the profile instead. An
+activated patient can close their profile. Both stop all mail to them (rule 7).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from caducee.annuaire import patients
+from caducee.annuaire.models import PatientStatus
+from caducee.config import Settings
+from caducee.gateway.auth import Locked, LoginThrottle
+from caducee.passwords import hash_password, verify_password
+from caducee.webmail.codes import CodeHasher, mask_email, new_code, new_token, token_id
+from caducee.webmail.models import ActivationCode, LoginChallenge, WebSession
+from caducee.webmail.notifier import Notifier
+
+MIN_PASSWORD = 10
+TOUCH_EVERY = timedelta(seconds=60)  # a session's last-seen time is written at most this often
+
+
+def aware(moment: datetime) -> datetime:
+    """SQLite gives datetimes back without their zone; they were written in UTC."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Refused(Exception):
+    """A step refused; `text` is the French sentence shown to the person."""
+
+    def __init__(self, text: str, *, locked: bool = False, remaining: int | None = None) -> None:
+        super().__init__(text)
+        self.text = text
+        self.locked = locked
+        self.remaining = remaining
+
+
+WRONG_CREDENTIALS = "Identifiant ou mot de passe incorrect. Vérifiez votre numéro INS (ou votre adresse e-mail) et votre mot de passe."
+
+
+def password_problem(password: str, confirmation: str) -> str | None:
+    if password != confirmation:
+        return "Les deux mots de passe ne sont pas identiques."
+    if len(password) < MIN_PASSWORD:
+        return f"Le mot de passe doit contenir au moins {MIN_PASSWORD} caractères."
+    if password.isdigit() or password.isalpha():
+        return "Le mot de passe doit mélanger des lettres et des chiffres (ou d'autres signes)."
+    return None
+
+
+@dataclass(frozen=True)
+class Challenge:
+    token: str
+    sent_to: str
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    id: str
+    patient_id: int
+    acting_patient_id: int
+    csrf_token: str
+
+
+class Accounts:
+    def __init__(self, engine: AsyncEngine, settings: Settings, notifier: Notifier, codes: CodeHasher,
+                 throttle: LoginThrottle | None = None) -> None:  # fmt: skip
+        self.engine = engine
+        self.settings = settings
+        self.notifier = notifier
+        self.codes = codes
+        self.throttle = throttle or LoginThrottle()
+        self._checks = asyncio.Semaphore(2)  # argon2 uses 64 MiB per check: bound the memory
+
+    async def _verify_password(self, stored: str | None, password: str) -> bool:
+        async with self._checks:
+            return await asyncio.to_thread(verify_password, stored, password)
+
+    # ---- login, step 1: identifier and password -------------------------------------------
+
+    async def start_login(self, identifier: str, password: str, client: str) -> Challenge:
+        account_key, address_key = f"patient:{identifier.strip().lower()}", f"web:{client}"
+        try:
+            self.throttle.check(account_key, address_key)
+        except Locked as locked:
+            raise Refused(f"Trop d'essais. Pour votre sécurité, réessayez dans {locked.seconds // 60 + 1} minutes.", locked=True) from None
+        async with self.engine.connect() as conn:
+            account = await patients.find_for_login(conn, identifier)
+        ok = await self._verify_password(account.password_hash if account else None, password)
+        if not ok or account is None:
+            self.throttle.failed(account_key, address_key)
+            raise Refused(WRONG_CREDENTIALS)
+        self.throttle.succeeded(account_key)
+        if account.status == PatientStatus.CREATED.value:
+            raise Refused("Votre profil n'est pas encore activé. Activez-le avec le code provisoire reçu par courrier.")
+        if account.status in {PatientStatus.OPPOSED.value, PatientStatus.CLOSED.value}:
+            raise Refused("Ce profil est fermé : il ne permet plus de se connecter.")
+        if not account.email:
+            raise Refused("Aucune adresse e-mail n'est enregistrée pour vous envoyer le code. Contactez votre caisse d'assurance maladie.")
+        code, token = new_code(), new_token()
+        sent_to = mask_email(account.email)
+        async with self.engine.begin() as conn:
+            await conn.execute(LoginChallenge.__table__.insert().values(
+                id=token_id(token), patient_id=account.id, code_hash=self.codes.hash("login", account.id, code), sent_to=sent_to,
+                attempts=0, state="pending", created_at=now(), expires_at=now() + timedelta(minutes=self.settings.webmail_code_minutes),
+            ))  # fmt: skip
+        await self.notifier.send(account.email, "Votre code de connexion Caducée",
+                                 f"Bonjour,\n\nVotre code de connexion est : {code}\n\n"
+                                 f"Il est valable {self.settings.webmail_code_minutes} minutes et ne sert qu'une fois.\n"
+                                 "Ne le donnez à personne : Caducée ne vous le demandera jamais par téléphone.\n\n"
+                                 "Si vous n'avez pas essayé de vous connecter, changez votre mot de passe.\n")  # fmt: skip
+        return Challenge(token, sent_to)
+
+    async def challenge_destination(self, token: str) -> str | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(LoginChallenge.sent_to, LoginChallenge.state, LoginChallenge.expires_at)
+                                      .where(LoginChallenge.id == token_id(token)))).first()  # fmt: skip
+        if row is None or row.state != "pending" or aware(row.expires_at) < now():
+            return None
+        return str(row.sent_to)
+
+    # ---- login, step 2: the code ---------------------------------------------------------
+
+    async def verify_code(self, token: str, code: str) -> int:
+        """The patient id once the code is right; Refused otherwise (with tries left)."""
+        limit = self.settings.webmail_code_attempts
+        challenge = token_id(token)
+        code = "".join(ch for ch in code if ch.isdigit())
+        refusal: Refused | None = None
+        async with self.engine.begin() as conn:
+            # The try is counted before the code is compared, in the same transaction: two
+            # requests at once cannot both get a free try. A refusal is raised only after the
+            # commit, so that the counted try stays counted.
+            row = (await conn.execute(
+                update(LoginChallenge).where(LoginChallenge.id == challenge, LoginChallenge.state == "pending")
+                .values(attempts=LoginChallenge.attempts + 1)
+                .returning(LoginChallenge.patient_id, LoginChallenge.code_hash, LoginChallenge.attempts, LoginChallenge.expires_at)
+            )).first()  # fmt: skip
+            if row is None:
+                refusal = Refused("Ce code n'est plus valable. Reconnectez-vous pour recevoir un nouveau code.", locked=True)
+            elif aware(row.expires_at) < now():
+                refusal = Refused("Ce code a expiré. Reconnectez-vous pour recevoir un nouveau code.", locked=True)
+            elif len(code) != 6 or not self.codes.matches(row.code_hash, "login", row.patient_id, code):
+                remaining = limit - row.attempts
+                if remaining > 0:
+                    refusal = Refused(f"Code incorrect. Il vous reste {remaining} essai{'s' if remaining > 1 else ''}.", remaining=remaining)
+                else:
+                    refusal = Refused("Code incorrect. Trop d'essais : ce code est bloqué. Reconnectez-vous pour recevoir un nouveau code.",
+                                      locked=True)  # fmt: skip
+            new_state = "used" if refusal is None else ("locked" if refusal.locked and row is not None else None)
+            if new_state is not None:
+                await conn.execute(update(LoginChallenge).where(LoginChallenge.id == challenge).values(state=new_state))
+        if refusal is not None:
+            raise refusal
+        assert row is not None
+        return int(row.patient_id)
+
+    # ---- sessions ------------------------------------------------------------------------
+
+    async def open_session(self, patient_id: int) -> tuple[str, SessionInfo]:
+        token, csrf = new_token(), new_token()
+        moment = now()
+        info = SessionInfo(token_id(token), patient_id, patient_id, csrf)
+        async with self.engine.begin() as conn:
+            await conn.execute(WebSession.__table__.insert().values(
+                id=info.id, patient_id=patient_id, acting_patient_id=patient_id, csrf_token=csrf, created_at=moment,
+                last_seen_at=moment, expires_at=moment + timedelta(hours=self.settings.webmail_session_hours),
+            ))  # fmt: skip
+        return token, info
+
+    async def session(self, token: str) -> SessionInfo | None:
+        """The live session of a cookie value; None when unknown, idle too long or too old."""
+        if not token or len(token) > 100:
+            return None
+        session_id = token_id(token)
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(WebSession).where(WebSession.id == session_id))).first()
+        if row is None:
+            return None
+        moment = now()
+        last_seen = aware(row.last_seen_at)
+        if aware(row.expires_at) < moment or last_seen + timedelta(minutes=self.settings.webmail_idle_minutes) < moment:
+            await self.close_session(session_id)
+            return None
+        if moment - last_seen > TOUCH_EVERY:
+            async with self.engine.begin() as conn:
+                await conn.execute(update(WebSession).where(WebSession.id == session_id).values(last_seen_at=moment))
+        return SessionInfo(row.id, row.patient_id, row.acting_patient_id, row.csrf_token)
+
+    async def switch_profile(self, session: SessionInfo, acting_patient_id: int) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(update(WebSession).where(WebSession.id == session.id).values(acting_patient_id=acting_patient_id))
+
+    async def close_session(self, session_id: str) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(delete(WebSession).where(WebSession.id == session_id))
+
+    async def close_all_sessions(self, patient_id: int) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(delete(WebSession).where(WebSession.patient_id == patient_id))
+
+    # ---- lifecycle -----------------------------------------------------------------------
+
+    async def issue_activation_code(self, patient_id: int, *, valid_days: int = 90) -> str:
+        """A provisional code for a created profile (sent by post; the demo writes it down)."""
+        code = new_code(8)
+        async with self.engine.begin() as conn:
+            await conn.execute(delete(ActivationCode).where(ActivationCode.patient_id == patient_id))
+            await conn.execute(ActivationCode.__table__.insert().values(
+                patient_id=patient_id, code_hash=self.codes.hash("activation", patient_id, code), attempts=0, created_at=now(),
+                expires_at=now() + timedelta(days=valid_days)))  # fmt: skip
+        return code
+
+    async def _check_activation(self, ins: str, code: str) -> patients.PatientAccount:
+        async with self.engine.connect() as conn:
+            account = await patients.find_for_login(conn, ins)
+        if account is None or "@" in ins:
+            raise Refused("Numéro INS ou code provisoire incorrect.")
+        if account.status != PatientStatus.CREATED.value:
+            raise Refused("Ce profil n'attend pas d'activation : connectez-vous avec votre mot de passe."
+                          if account.status == PatientStatus.ACTIVATED.value else "Ce profil est fermé.")  # fmt: skip
+        async with self.engine.begin() as conn:  # the try is counted (and committed) before the code is compared
+            row = (await conn.execute(
+                update(ActivationCode).where(ActivationCode.patient_id == account.id)
+                .values(attempts=ActivationCode.attempts + 1).returning(ActivationCode.code_hash, ActivationCode.attempts, ActivationCode.expires_at)
+            )).first()  # fmt: skip
+        digits = "".join(ch for ch in code if ch.isdigit())
+        if row is None or aware(row.expires_at) < now() or row.attempts > self.settings.webmail_code_attempts:
+            raise Refused("Ce code provisoire n'est plus valable. Demandez-en un nouveau à votre caisse d'assurance maladie.", locked=True)
+        if not self.codes.matches(row.code_hash, "activation", account.id, digits):
+            raise Refused("Numéro INS ou code provisoire incorrect.")
+        return account
+
+    async def activate(self, ins: str, code: str, email: str, password: str, confirmation: str) -> patients.PatientAccount:
+        problem = password_problem(password, confirmation)
+        email = email.strip().lower()
+        if problem is None and ("@" not in email or "." not in email.rpartition("@")[2] or len(email) > 254):
+            problem = "L'adresse e-mail n'est pas valide : elle sert à vous envoyer vos codes de connexion."
+        if problem:
+            raise Refused(problem)
+        account = await self._check_activation(ins, code)
+        hashed = await asyncio.to_thread(hash_password, password)
+        async with self.engine.begin() as conn:
+            if await patients.email_taken(conn, email, account.id):
+                raise Refused("Cette adresse e-mail est déjà utilisée par un autre profil.")
+            await patients.set_password(conn, account.id, hashed, email)
+            await patients.set_status(conn, account.id, PatientStatus.ACTIVATED)
+            await conn.execute(delete(ActivationCode).where(ActivationCode.patient_id == account.id))
+        return account
+
+    async def oppose(self, ins: str, code: str) -> patients.PatientAccount:
+        account = await self._check_activation(ins, code)
+        async with self.engine.begin() as conn:
+            await patients.set_status(conn, account.id, PatientStatus.OPPOSED)
+            await conn.execute(delete(ActivationCode).where(ActivationCode.patient_id == account.id))
+        return account
+
+    async def close_profile(self, patient_id: int, password: str) -> None:
+        async with self.engine.connect() as conn:
+            account = await patients.get_account(conn, patient_id)
+        if account is None or not await self._verify_password(account.password_hash, password):
+            raise Refused("Mot de passe incorrect : votre profil n'a pas été fermé.")
+        async with self.engine.begin() as conn:
+            await patients.set_status(conn, patient_id, PatientStatus.CLOSED)
+        await self.close_all_sessions(patient_id)

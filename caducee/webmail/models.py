@@ -1,0 +1,55 @@
+"""Tables of the webmail: login challenges, sessions, provisional activation codes.
+
+Secrets never sit in these tables in usable form: session and challenge tokens are stored
+as their SHA-256, codes as an HMAC under a key derived from the master key (a 6-digit code
+hashed without a key would fall to a million guesses offline).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import DateTime, ForeignKey, Integer, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from caducee.annuaire.models import utcnow
+from caducee.db import Base
+
+
+class LoginChallenge(Base):
+    """The second step of a login: a 6-digit code sent to the patient, single use, few tries."""
+
+    __tablename__ = "webmail_login_challenges"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # SHA-256 of the browser's token
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id"), index=True)
+    code_hash: Mapped[str] = mapped_column(String(64))
+    sent_to: Mapped[str] = mapped_column(String(254))  # masked form, for the page
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    state: Mapped[str] = mapped_column(String(8), default="pending")  # pending / used / locked
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class WebSession(Base):
+    __tablename__ = "webmail_sessions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # SHA-256 of the cookie value
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id"), index=True)  # who logged in
+    acting_patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id"))  # whose messages are shown
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ActivationCode(Base):
+    """The provisional code a patient receives (by post) to activate a created profile."""
+
+    __tablename__ = "webmail_activation_codes"
+
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id"), primary_key=True)
+    code_hash: Mapped[str] = mapped_column(String(64))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -1,0 +1,336 @@
+"""What the webmail does, without HTTP: list, read, reply, send a prescription.
+
+The pages and the JSON API both call this; neither holds any rule of its own. Every send
+goes through the gateway's accept pipeline, and before an action is offered the pipeline
+is asked (`judge`) whether it would be accepted, so the page never offers what the
+gateway would refuse, and says why.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from caducee.annuaire import patients, service as annuaire
+from caducee.annuaire.patients import PatientAccount, Profile
+from caducee.config import Settings
+from caducee.crypto.atrest import BodyCipher
+from caducee.gateway.pipeline import AcceptPipeline, Channel, Envelope
+from caducee.history.service import Access, AccessHistory
+from caducee.mailbox import conversations as store
+from caducee.mailbox.imap.mailstore import MailStore
+from caducee.policies import Message as MessageFacts
+from caducee.webmail import compose, reading
+from caducee.webmail.accounts import aware
+from caducee.webmail.uploads import Upload
+
+log = logging.getLogger(__name__)
+
+PAGE_SIZE = 20
+RELATION_WORDS = {"self": "", "guardian": " (parent ou tuteur)", "carer": " (aidant)"}
+
+
+def actor_label(actor: PatientAccount, profile: Profile) -> str:
+    return f"{actor.name}{RELATION_WORDS.get(profile.relation, '')}"
+
+
+@dataclass(frozen=True)
+class Correspondent:
+    name: str
+    address: str
+    detail: str  # profession and place, from the annuaire ("Médecin — Cabinet médical des Lilas")
+
+
+@dataclass(frozen=True)
+class ConversationLine:
+    key: int
+    subject: str
+    correspondent: Correspondent
+    last_at: datetime
+    messages: int
+    unread: int
+    closed: bool
+    is_campaign: bool
+
+
+@dataclass(frozen=True)
+class ReplyOption:
+    allowed: bool
+    reason: str = ""  # why not, in French
+    to: list[Correspondent] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class MessageView:
+    id: int
+    author: Correspondent
+    mine: bool
+    at: datetime
+    subject: str
+    text: str
+    attachments: list[reading.Attachment]
+    encrypted: bool
+
+
+@dataclass(frozen=True)
+class ConversationView:
+    key: int
+    subject: str
+    messages: list[MessageView]
+    closed: bool
+    closed_by: str | None
+    closed_at: datetime | None
+    is_campaign: bool
+    reply: ReplyOption
+
+
+@dataclass(frozen=True)
+class SendResult:
+    sent: bool
+    text: str  # what to tell the person
+    conversation: int | None = None
+
+
+def _sentence(text: str) -> str:
+    text = text.strip()
+    return (text[:1].upper() + text[1:] + ("" if text.endswith(".") else ".")) if text else text
+
+
+def french_date(moment: datetime | None) -> str:
+    if moment is None:
+        return ""
+    months = ["janvier", "février", "mars", "avril", "mai", "juin", "juillet", "août", "septembre", "octobre", "novembre", "décembre"]
+    local = aware(moment)
+    return f"{local.day} {months[local.month - 1]} {local.year}"
+
+
+class Webmail:
+    def __init__(self, engine: AsyncEngine, settings: Settings, cipher: BodyCipher, pipeline: AcceptPipeline | None,
+                 history: AccessHistory) -> None:  # fmt: skip
+        self.engine = engine
+        self.settings = settings
+        self.cipher = cipher
+        self.pipeline = pipeline
+        self.history = history
+        self.mailstore = MailStore(engine, cipher)
+
+    # ---- who is who ------------------------------------------------------------------------
+
+    async def _correspondents(self, addresses: set[str]) -> dict[str, Correspondent]:
+        async with self.engine.connect() as conn:
+            entries = await patients.describe(conn, sorted(addresses))
+        result = {}
+        for address in addresses:
+            entry = entries.get(address)
+            if entry is None:
+                name = "Caducée (message automatique)" if address.startswith("postmaster@") else address
+                result[address] = Correspondent(name, address, "")
+                continue
+            if entry.type == "PAT":
+                result[address] = Correspondent(entry.display_name, address, "Patient")
+                continue
+            person = " ".join(part for part in (entry.civility, entry.first_name, entry.last_name) if part)
+            name = person or entry.display_name or entry.structure_name or address
+            place = entry.structure_name if entry.structure_name and entry.structure_name != name else ""
+            detail = " — ".join(part for part in (entry.savoir_faire_label or entry.profession_label, place, entry.city) if part)
+            result[address] = Correspondent(name, address, detail)
+        return result
+
+    # ---- the conversation list ---------------------------------------------------------------
+
+    async def inbox(self, profile: Profile, *, page: int = 1, unread_only: bool = False) -> tuple[list[ConversationLine], int]:
+        me = profile.account.address
+        async with self.engine.connect() as conn:
+            rows, total = await store.list_conversations(conn, profile.account.mailbox_id, offset=(page - 1) * PAGE_SIZE,
+                                                         limit=PAGE_SIZE, unread_only=unread_only)  # fmt: skip
+        wanted = {self._other_party(row, me) for row in rows}
+        people = await self._correspondents(wanted)
+        lines = []
+        for row in rows:
+            subject = ""
+            if row.sealed_summary is not None:
+                subject = reading.heading(self.cipher.open(row.sealed_summary)).subject
+            lines.append(ConversationLine(row.key, subject or "(sans objet)", people[self._other_party(row, me)], row.last_at,
+                                          row.messages, row.unread, row.state == "closed", row.is_campaign))  # fmt: skip
+        return lines, total
+
+    @staticmethod
+    def _other_party(row: store.ConversationRow, me: str) -> str:
+        others = sorted(row.participants - {me})
+        if row.last_sender != me and (not others or row.last_sender in others):
+            return row.last_sender
+        return others[0] if others else row.last_sender
+
+    async def unread(self, profile: Profile) -> int:
+        async with self.engine.connect() as conn:
+            return await store.unread_count(conn, profile.account.mailbox_id)
+
+    # ---- one conversation ----------------------------------------------------------------------
+
+    async def conversation(self, profile: Profile, actor: PatientAccount, key: int) -> ConversationView | None:
+        """The conversation as this profile sees it (None if it holds none of it); opening it
+        marks it read, sends the receipts asked for, and is recorded in the access history."""
+        me = profile.account.address
+        async with self.engine.connect() as conn:
+            stored = await store.conversation_messages(conn, profile.account.mailbox_id, key)
+            state = await store.conversation_state(conn, key) if key > 0 and stored else None
+        if not stored:
+            return None
+        opened = [(message, reading.read(self.cipher.open(message.sealed_body))) for message in stored]
+        people = await self._correspondents({message.sender for message in stored} | {r.from_address for _, r in opened if r.from_address})
+        views = []
+        for message, readable in opened:
+            author = people.get(message.sender) or Correspondent(readable.from_name or message.sender, message.sender, "")
+            views.append(MessageView(message.id, author, message.sender == me, message.received_at, readable.subject, readable.text,
+                                     readable.attachments, readable.encrypted))  # fmt: skip
+        closed = state is not None and state[0] == "closed"
+        is_campaign = state is not None and state[3]
+        subject = next((view.subject for view in views if view.subject), "(sans objet)")
+        reply = await self._reply_option(profile, key, stored, opened, closed, state)
+        conversation = ConversationView(key, subject, views, closed, state[1] if state else None, state[2] if state else None,
+                                        is_campaign, reply)  # fmt: skip
+        await self.history.record(Access(profile.account.id, actor_label(actor, profile), "message-read",
+                                         f"Conversation avec {reply.to[0].name if reply.to else views[0].author.name}"))  # fmt: skip
+        if profile.relation != "carer":  # a carer's reading leaves the patient's messages unread
+            await self._mark_read(profile, stored, opened, is_campaign)
+        return conversation
+
+    def _answerable(self, stored: list[store.StoredMessage], me: str) -> store.StoredMessage | None:
+        """The message a reply answers: the latest one someone else wrote."""
+        for message in reversed(stored):
+            if message.sender != me and not message.sender.startswith("postmaster@") and message.message_id_header:
+                return message
+        return None
+
+    async def _reply_option(self, profile: Profile, key: int, stored: list[store.StoredMessage],
+                            opened: list[tuple[store.StoredMessage, reading.Readable]], closed: bool,
+                            state: tuple | None) -> ReplyOption:  # type: ignore[type-arg]  # fmt: skip
+        me = profile.account.address
+        target = self._answerable(stored, me)
+        if target is None:
+            return ReplyOption(False, "Ce message est une information automatique : il n'attend pas de réponse.")
+        to = (await self._correspondents({target.sender}))[target.sender]
+        if state is not None and state[3]:
+            return ReplyOption(False, "Ce message de l'Assurance Maladie est une information : on ne peut pas y répondre.", [to])
+        if closed:
+            return ReplyOption(False, f"{state[1] or 'Le professionnel'} a clos cette conversation le {french_date(state[2])}. "  # type: ignore[index]
+                                      "Vous ne pouvez plus y répondre. Pour un nouveau besoin, contactez votre professionnel "
+                                      "comme d'habitude.", [to])  # fmt: skip
+        if not profile.may_reply:
+            return ReplyOption(False, f"Vous consultez les messages de {profile.account.name} en tant qu'aidant : "
+                                      "vous pouvez les lire mais pas y répondre.", [to])  # fmt: skip
+        if self.pipeline is None:
+            return ReplyOption(False, "L'envoi de messages est momentanément indisponible. Réessayez plus tard.", [to])
+        verdict = await self.pipeline.judge(me, [target.sender], references=[target.message_id_header],
+                                            message=MessageFacts(size=0, subject="Re:", has_content=True), channel=Channel.WEBMAIL)  # fmt: skip
+        decision = verdict.decisions[target.sender]
+        if not decision.accepted:
+            return ReplyOption(False, _sentence(decision.text_fr), [to])
+        return ReplyOption(True, "", [to])
+
+    async def _mark_read(self, profile: Profile, stored: list[store.StoredMessage],
+                         opened: list[tuple[store.StoredMessage, reading.Readable]], is_campaign: bool) -> None:  # fmt: skip
+        unseen = [message for message in stored if not message.seen]
+        by_folder: dict[int, list[int]] = {}
+        for message in unseen:
+            by_folder.setdefault(message.folder_id, []).append(message.uid)
+        for folder_id, uids in by_folder.items():
+            await self.mailstore.store_flags(folder_id, uids, "+FLAGS", ["\\Seen"])
+        if is_campaign or self.pipeline is None:
+            return
+        receipts = [(message, readable) for message, readable in opened
+                    if message in unseen and readable.mdn_to and "$MDNSent" not in message.flags.split()]  # fmt: skip
+        for message, readable in receipts:
+            await self._send_receipt(profile, message, readable)
+
+    async def _send_receipt(self, profile: Profile, message: store.StoredMessage, readable: reading.Readable) -> None:
+        """RFC 8098: automatically, only to the sender who asked (a different address would
+        need the patient's consent, section 2.1), and once ($MDNSent, RFC 3503)."""
+        asked_by = reading.parseaddr_lower(readable.mdn_to or "")
+        if asked_by != message.sender:
+            return
+        raw = compose.receipt(sender_name=profile.account.name, sender=profile.account.address, to=asked_by,
+                              original_message_id=message.message_id_header, original_subject=readable.subject,
+                              read_at=datetime.now(timezone.utc), hostname=self.settings.hostname)  # fmt: skip
+        assert self.pipeline is not None
+        result = await self.pipeline.accept(Envelope(profile.account.address, [asked_by], raw, Channel.WEBMAIL,
+                                                     authenticated=profile.account.address))  # fmt: skip
+        if not result.accepted:
+            log.info("read receipt to %s refused: %s", asked_by, result.reply)
+        await self.mailstore.store_flags(message.folder_id, [message.uid], "+FLAGS", ["$MDNSent"])
+
+    async def attachment(self, profile: Profile, actor: PatientAccount, key: int, message_id: int,
+                         index: int) -> tuple[reading.Attachment, bytes] | None:  # fmt: skip
+        async with self.engine.connect() as conn:
+            stored = await store.conversation_messages(conn, profile.account.mailbox_id, key)
+        message = next((m for m in stored if m.id == message_id), None)
+        if message is None:
+            return None
+        found = reading.attachment_data(self.cipher.open(message.sealed_body), index)
+        if found is not None:
+            await self.history.record(Access(profile.account.id, actor_label(actor, profile), "attachment-read", found[0].filename))
+        return found
+
+    # ---- sending -----------------------------------------------------------------------------
+
+    async def reply(self, profile: Profile, actor: PatientAccount, key: int, text: str, upload: Upload | None) -> SendResult:
+        if not compose.clean_text(text) and upload is None:
+            return SendResult(False, "Votre message est vide : écrivez votre réponse avant d'envoyer.")
+        async with self.engine.connect() as conn:
+            stored = await store.conversation_messages(conn, profile.account.mailbox_id, key)
+        if not stored:
+            return SendResult(False, "Cette conversation n'existe pas.")
+        if not profile.may_reply:
+            return SendResult(False, "En tant qu'aidant, vous pouvez lire ces messages mais pas y répondre.")
+        if self.pipeline is None:
+            return SendResult(False, "L'envoi de messages est momentanément indisponible. Réessayez plus tard.")
+        target = self._answerable(stored, profile.account.address)
+        if target is None:
+            return SendResult(False, "Ce message est une information automatique : il n'attend pas de réponse.")
+        original = reading.read(self.cipher.open(target.sealed_body))
+        to = (await self._correspondents({target.sender}))[target.sender]
+        raw = compose.reply(sender_name=profile.account.name, sender=profile.account.address, to=[(to.name, to.address)],
+                            subject=original.subject, in_reply_to=target.message_id_header, references=original.references,
+                            text=text, upload=upload, hostname=self.settings.hostname)  # fmt: skip
+        return await self._send(profile, actor, [target.sender], raw, f"Votre réponse a été envoyée à {to.name}.", key)
+
+    async def send_prescription(self, profile: Profile, actor: PatientAccount, pharmacy: str, note: str, upload: Upload) -> SendResult:
+        if not profile.may_reply:
+            return SendResult(False, "En tant qu'aidant, vous ne pouvez pas envoyer de message au nom de ce patient.")
+        if self.pipeline is None:
+            return SendResult(False, "L'envoi de messages est momentanément indisponible. Réessayez plus tard.")
+        async with self.engine.connect() as conn:
+            entry = await annuaire.get_mailbox(conn, pharmacy)
+        if entry is None or not entry.is_officine:
+            return SendResult(False, "Cette pharmacie n'est pas dans l'annuaire. Cherchez-la à nouveau.")
+        raw = compose.prescription(sender_name=profile.account.name, sender=profile.account.address,
+                                   pharmacy_name=entry.structure_name or entry.display_name, pharmacy=entry.address, note=note,
+                                   upload=upload, hostname=self.settings.hostname)  # fmt: skip
+        return await self._send(profile, actor, [entry.address], raw,
+                                f"Votre ordonnance a été envoyée à {entry.structure_name or entry.display_name}.", None)  # fmt: skip
+
+    async def _send(self, profile: Profile, actor: PatientAccount, to: list[str], raw: bytes, success: str, key: int | None) -> SendResult:
+        assert self.pipeline is not None
+        result = await self.pipeline.accept(Envelope(profile.account.address, to, raw, Channel.WEBMAIL,
+                                                     authenticated=profile.account.address, keep_sent=True))  # fmt: skip
+        if not result.accepted:
+            decision = next(iter(result.refused.values()), None)
+            why = _sentence(decision.text_fr) if decision is not None else "Le message n'a pas pu être envoyé."
+            return SendResult(False, f"Votre message n'a pas été envoyé : {why[:1].lower() + why[1:]}")
+        await self.history.record(Access(profile.account.id, actor_label(actor, profile), "message-sent", f"À {', '.join(to)}"))
+        conversation = key
+        if conversation is None and result.message_id is not None:
+            conversation = await self._conversation_of(result.message_id)
+        return SendResult(True, success, conversation)
+
+    async def _conversation_of(self, message_id: int) -> int | None:
+        async with self.engine.connect() as conn:
+            return await store.conversation_of_message(conn, message_id)
+
+    async def pharmacies(self, name: str, place: str, page: int = 1) -> annuaire.SearchPage:
+        async with self.engine.connect() as conn:
+            return await annuaire.search(conn, name=name or None, place=place or None, officine=True, mailbox_type="ORG",
+                                         page=page, per_page=10)  # fmt: skip

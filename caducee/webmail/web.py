@@ -1,0 +1,209 @@
+"""What every webmail request needs: the context, the signed-in person, CSRF, safe headers.
+
+Cookies: `caducee_session` (the session token; HttpOnly, SameSite=Lax, Secure unless
+configured off), `caducee_challenge` (between the two login steps, path /connexion and
+the API) and `caducee_csrf` (the double-submit token of forms shown before login).
+Forms after login carry the session's own CSRF token; the JSON API takes it in the
+`X-CSRF-Token` header.
+"""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import Response
+from fastapi.templating import Jinja2Templates
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from caducee.annuaire import patients
+from caducee.annuaire.patients import PatientAccount, Profile
+from caducee.webmail.accounts import Accounts, SessionInfo
+from caducee.webmail.codes import new_token
+from caducee.webmail.service import Webmail, french_date
+
+SESSION_COOKIE = "caducee_session"
+CHALLENGE_COOKIE = "caducee_challenge"
+CSRF_COOKIE = "caducee_csrf"
+TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
+TEMPLATES.env.filters["date_fr"] = french_date
+TEMPLATES.env.filters["time_fr"] = lambda moment: f"{moment:%H:%M}" if moment else ""
+
+
+@dataclass
+class WebmailContext:
+    accounts: Accounts
+    webmail: Webmail
+    cookie_secure: bool
+    idle_minutes: int
+
+
+def context(request: Request) -> WebmailContext:
+    return request.app.state.webmail  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True)
+class Viewer:
+    """The signed-in person and the profile they are looking at."""
+
+    session: SessionInfo
+    actor: PatientAccount
+    profiles: list[Profile]
+    profile: Profile
+
+    @property
+    def csrf(self) -> str:
+        return self.session.csrf_token
+
+
+async def current_viewer(request: Request) -> Viewer | None:
+    """The viewer of this request, or None (no cookie, expired, or the profile was closed)."""
+    token = request.cookies.get(SESSION_COOKIE, "")
+    if not token:
+        return None
+    ctx = context(request)
+    session = await ctx.accounts.session(token)
+    if session is None:
+        return None
+    async with ctx.accounts.engine.connect() as conn:
+        profiles = await patients.profiles_for(conn, session.patient_id)
+    if not profiles or profiles[0].account.status != "activated":
+        return None
+    acting = next((p for p in profiles if p.account.id == session.acting_patient_id), profiles[0])
+    return Viewer(session, profiles[0].account, profiles, acting)
+
+
+def set_cookie(response: Response, ctx: WebmailContext, name: str, value: str, *, path: str = "/", max_age: int | None = None) -> None:
+    response.set_cookie(name, value, max_age=max_age, path=path, secure=ctx.cookie_secure, httponly=True, samesite="lax")
+
+
+def anonymous_csrf(request: Request) -> str:
+    """The double-submit token for forms shown before login (a new one if none yet)."""
+    return request.cookies.get(CSRF_COOKIE) or request.state.__dict__.setdefault("new_csrf", new_token())
+
+
+def remember_anonymous_csrf(request: Request, response: Response) -> None:
+    fresh = request.state.__dict__.get("new_csrf")
+    if fresh:
+        set_cookie(response, context(request), CSRF_COOKIE, fresh)
+
+
+def csrf_ok(expected: str | None, given: str | None) -> bool:
+    return bool(expected) and bool(given) and hmac.compare_digest(str(expected), str(given))
+
+
+def render(request: Request, template: str, status_code: int = 200, **values: Any) -> Response:
+    response = TEMPLATES.TemplateResponse(request, template, values, status_code=status_code)
+    remember_anonymous_csrf(request, response)
+    return response
+
+
+# ---- middleware -------------------------------------------------------------------------------
+
+SAFE_HEADERS = [
+    (b"content-security-policy", b"default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+                                 b"form-action 'self'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"same-origin"),
+    (b"cache-control", b"no-store"),  # health data never sits in a shared or disk cache
+]
+UNPROTECTED = ("/docs", "/redoc", "/openapi.json", "/metrics", "/healthz", "/.well-known", "/mail/config")
+
+
+class WebmailHeaders:
+    """Adds the safe headers to every webmail page and API answer (not to /docs, which loads
+    its viewer from a CDN)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"].startswith(UNPROTECTED):
+            await self.app(scope, receive, send)
+            return
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                present = {name for name, _ in message.get("headers", [])}
+                message["headers"] = list(message.get("headers", [])) + [(k, v) for k, v in SAFE_HEADERS if k not in present]
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
+
+
+TOO_LARGE = ("<!doctype html><html lang=\"fr\"><head><meta charset=\"utf-8\"><title>Fichier trop lourd</title></head><body>"
+             "<main><h1>Fichier trop lourd</h1><p>Le fichier envoyé dépasse la limite de {limit} Mo. Rien n'a été envoyé.</p>"
+             "<p><a href=\"/\">Revenir à mes messages</a></p></main></body></html>")  # fmt: skip
+
+
+class BodyLimit:
+    """Refuses a request body larger than `limit` (413), before it is parsed or spooled,
+    whether or not it declared its length."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers", [])).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
+            await self._drain(receive, 0)
+            await self._refuse(send)
+            return
+        received = 0
+        finished = False
+        started = False
+
+        async def counting() -> Message:
+            nonlocal received, finished
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                finished = not message.get("more_body", False)
+                if received > self.limit:
+                    raise _TooLarge()
+            return message
+
+        async def tracking(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, counting, tracking)
+        except _TooLarge:
+            if not started:
+                if not finished:
+                    await self._drain(receive, received)
+                await self._refuse(send)
+
+    async def _drain(self, receive: Receive, already: int) -> None:
+        """Read and drop the rest of the body (up to a bound), so that the client, still
+        sending, reads our answer instead of a reset connection. Nothing is kept."""
+        seen = already
+        while seen <= 4 * self.limit:
+            message = await receive()
+            if message["type"] != "http.request":
+                return
+            seen += len(message.get("body", b""))
+            if not message.get("more_body", False):
+                return
+
+    async def _refuse(self, send: Send) -> None:
+        body = TOO_LARGE.format(limit=self.limit // 1_048_576).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"text/html; charset=utf-8"), (b"content-length", str(len(body)).encode()),
+                                (b"connection", b"close")]})  # fmt: skip
+        await send({"type": "http.response.body", "body": body})
+
+
+class _TooLarge(Exception):
+    pass
