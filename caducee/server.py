@@ -1,4 +1,4 @@
-"""One process wiring every listener: the HTTP app now, the mail listeners as they land.
+"""One process wiring every listener: HTTP (webmail, APIs), SMTP, IMAP and the relay.
 
 `build_app` makes the FastAPI application on a given engine (tests start it on a real
 socket); `serve` opens the database, applies migrations, seeds the demo world when asked,

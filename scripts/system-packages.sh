@@ -6,11 +6,11 @@
 #   isync                       mbsync, a real two-way IMAP synchroniser for the IMAP tests
 #   dovecot-imapd               Dovecot, the IMAP benchmark anchor (started by bench/imap.py on a
 #                               loopback port with a configuration of its own, never as a service)
-#   chromium + fonts-dejavu-core the real browser of the webmail tests (driven by Playwright; it cannot
+#   chromium (+ l10n, fonts)   the real browser of the webmail tests (driven by Playwright; it cannot
 #                               download browsers of its own here) and a font for readable screenshots
 #   wrk                         the HTTP load generator of bench/webmail.py
 set -euo pipefail
-PACKAGES=(swaks libnet-ssleay-perl postfix isync dovecot-imapd chromium fonts-dejavu-core wrk)
+PACKAGES=(swaks libnet-ssleay-perl postfix isync dovecot-imapd chromium chromium-l10n fonts-dejavu-core wrk)
 missing=()
 for package in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")

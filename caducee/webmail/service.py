@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timezone, tzinfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -30,6 +31,10 @@ from caducee.webmail.uploads import Upload
 log = logging.getLogger(__name__)
 
 PAGE_SIZE = 20
+try:
+    PARIS: tzinfo = ZoneInfo("Europe/Paris")
+except ZoneInfoNotFoundError:  # a system without a time zone database: UTC rather than nothing
+    PARIS = timezone.utc
 RELATION_WORDS = {"self": "", "guardian": " (parent ou tuteur)", "carer": " (aidant)"}
 
 
@@ -99,12 +104,21 @@ def _sentence(text: str) -> str:
     return (text[:1].upper() + text[1:] + ("" if text.endswith(".") else ".")) if text else text
 
 
+def local_time(moment: datetime) -> datetime:
+    """The moment as a clock in France shows it (stored times are UTC)."""
+    return aware(moment).astimezone(PARIS)
+
+
 def french_date(moment: datetime | None) -> str:
     if moment is None:
         return ""
     months = ["janvier", "février", "mars", "avril", "mai", "juin", "juillet", "août", "septembre", "octobre", "novembre", "décembre"]
-    local = aware(moment)
+    local = local_time(moment)
     return f"{local.day} {months[local.month - 1]} {local.year}"
+
+
+def french_time(moment: datetime | None) -> str:
+    return f"{local_time(moment):%H:%M}" if moment is not None else ""
 
 
 class Webmail:

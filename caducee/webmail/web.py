@@ -23,14 +23,14 @@ from caducee.annuaire import patients
 from caducee.annuaire.patients import PatientAccount, Profile
 from caducee.webmail.accounts import Accounts, SessionInfo
 from caducee.webmail.codes import new_token
-from caducee.webmail.service import Webmail, french_date
+from caducee.webmail.service import Webmail, french_date, french_time
 
 SESSION_COOKIE = "caducee_session"
 CHALLENGE_COOKIE = "caducee_challenge"
 CSRF_COOKIE = "caducee_csrf"
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 TEMPLATES.env.filters["date_fr"] = french_date
-TEMPLATES.env.filters["time_fr"] = lambda moment: f"{moment:%H:%M}" if moment else ""
+TEMPLATES.env.filters["time_fr"] = french_time
 
 
 @dataclass
