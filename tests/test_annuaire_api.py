@@ -79,8 +79,8 @@ async def test_mailbox_lookup(engine: AsyncEngine, http, tmp_path: Path) -> None
 async def test_operations_endpoints(engine: AsyncEngine, http) -> None:  # type: ignore[no-untyped-def]
     async with httpx.AsyncClient(base_url=http.base_url) as client:
         assert (await client.get("/healthz")).json() == {"status": "ok"}
-        home = await client.get("/")
-        assert home.status_code == 200 and 'lang="fr"' in home.text
+        home = await client.get("/", follow_redirects=True)  # the webmail: the login page until one logs in
+        assert home.status_code == 200 and 'lang="fr"' in home.text and "Se connecter" in home.text
         assert "/api/v1/annuaire/search" in (await client.get("/openapi.json")).json()["paths"]
         assert (await client.get("/docs")).status_code == 200
         metrics = (await client.get("/metrics")).text
