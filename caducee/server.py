@@ -15,10 +15,11 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import AsyncIterator
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import text
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from caducee import db
@@ -58,6 +59,28 @@ class Metrics:
         return "\n".join(lines) + "\n"
 
 
+class CountRequests:
+    """Counts answers by method and status (plain ASGI: Starlette's BaseHTTPMiddleware costs
+    a task group per request, more than some of our pages)."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def counting(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                key = (scope["method"], message["status"])
+                self.metrics.requests[key] = self.metrics.requests.get(key, 0) + 1
+            await send(message)
+
+        await self.app(scope, receive, counting)
+
+
 def build_app(engine: AsyncEngine, settings: Settings, pipeline: AcceptPipeline | None = None) -> FastAPI:
     """The HTTP application on `engine`; the caller owns the engine's lifetime.
 
@@ -87,12 +110,7 @@ def build_app(engine: AsyncEngine, settings: Settings, pipeline: AcceptPipeline 
     metrics = Metrics()
     app.state.metrics = metrics
 
-    @app.middleware("http")
-    async def count_requests(request: Request, call_next):  # type: ignore[no-untyped-def]
-        response = await call_next(request)
-        key = (request.method, response.status_code)
-        metrics.requests[key] = metrics.requests.get(key, 0) + 1
-        return response
+    app.add_middleware(CountRequests, metrics=metrics)
 
     @app.get("/healthz", tags=["operations"], summary="Liveness and database reachability")
     async def healthz() -> JSONResponse:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import and_, case, func, literal, select
+from sqlalchemy import and_, case, func, literal, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from caducee.mailbox.models import Conversation, ConversationParticipant, Folder, MailboxEntry, Message
@@ -143,3 +143,18 @@ async def conversation_state(conn: AsyncConnection, conversation_id: int) -> tup
 
 async def conversation_of_message(conn: AsyncConnection, message_id: int) -> int | None:
     return (await conn.execute(select(Message.conversation_id).where(Message.id == message_id))).scalar_one_or_none()
+
+
+_VERSION = text(
+    "SELECT (SELECT coalesce(sum(highestmodseq), 0) FROM folders WHERE mailbox_id = :box), "
+    "(SELECT count(*) FROM conversation_participants p JOIN conversations c ON c.id = p.conversation_id "
+    "WHERE p.address = :address AND c.state = 'closed')"
+)
+
+
+async def list_version(conn: AsyncConnection, mailbox_id: int, address: str) -> tuple[int, int]:
+    """Changes whenever the conversation list of this mailbox can change: a message filed,
+    a flag changed, an entry expunged (each bumps a folder's MODSEQ), or a conversation
+    closed, even silently. Two index look-ups: a cached list is checked against it."""
+    row = (await conn.execute(_VERSION, {"box": mailbox_id, "address": address})).one()
+    return int(row[0]), int(row[1])

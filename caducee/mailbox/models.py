@@ -47,6 +47,8 @@ class Conversation(Base):
 class ConversationParticipant(Base):
     __tablename__ = "conversation_participants"
 
+    __table_args__ = (Index("ix_conversation_participants_address", "address"),)
+
     conversation_id: Mapped[int] = mapped_column(ForeignKey("conversations.id"), primary_key=True)
     address: Mapped[str] = mapped_column(String(254), primary_key=True)
 

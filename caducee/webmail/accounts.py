@@ -13,10 +13,11 @@ activated patient can close their profile. Both stop all mail to them (rule 7).
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from caducee.annuaire import patients
@@ -29,7 +30,14 @@ from caducee.webmail.models import ActivationCode, LoginChallenge, WebSession
 from caducee.webmail.notifier import Notifier
 
 MIN_PASSWORD = 10
+PROFILES_SECONDS = 10.0
+SESSION_RECHECK_SECONDS = 2.0
 TOUCH_EVERY = timedelta(seconds=60)  # a session's last-seen time is written at most this often
+
+
+_SESSION = text("SELECT id, patient_id, acting_patient_id, csrf_token, last_seen_at, expires_at FROM webmail_sessions WHERE id = :id")
+_SESSION = _SESSION.columns(WebSession.id, WebSession.patient_id, WebSession.acting_patient_id, WebSession.csrf_token,
+                            WebSession.last_seen_at, WebSession.expires_at)  # the columns' types: datetimes come back typed
 
 
 def aware(moment: datetime) -> datetime:
@@ -87,6 +95,29 @@ class Accounts:
         self.codes = codes
         self.throttle = throttle or LoginThrottle()
         self._checks = asyncio.Semaphore(2)  # argon2 uses 64 MiB per check: bound the memory
+        self._profiles: dict[int, tuple[float, list[patients.Profile]]] = {}
+        self._sessions: dict[str, tuple[float, SessionInfo, datetime, datetime]] = {}
+
+    async def profiles(self, patient_id: int) -> list[patients.Profile]:
+        """The profiles a person may act on, reused for a few seconds: every page asks, and
+        guardianships, delegations and statuses change seldom (a closed profile also ends
+        its sessions, which is checked on every request)."""
+        moment = time.monotonic()
+        cached = self._profiles.get(patient_id)
+        if cached is not None and moment - cached[0] < PROFILES_SECONDS:
+            return cached[1]
+        async with self.engine.connect() as conn:
+            found = await patients.profiles_for(conn, patient_id)
+        if len(self._profiles) > 10_000:
+            self._profiles.clear()
+        self._profiles[patient_id] = (moment, found)
+        return found
+
+    def forget_profiles(self, patient_id: int | None = None) -> None:
+        if patient_id is None:
+            self._profiles.clear()
+        else:
+            self._profiles.pop(patient_id, None)
 
     async def _verify_password(self, stored: str | None, password: str) -> bool:
         async with self._checks:
@@ -185,33 +216,53 @@ class Accounts:
         return token, info
 
     async def session(self, token: str) -> SessionInfo | None:
-        """The live session of a cookie value; None when unknown, idle too long or too old."""
+        """The live session of a cookie value; None when unknown, idle too long or too old.
+
+        The row is re-read at most every `SESSION_RECHECK_SECONDS` per process: every request
+        asks, and the query costs more than the rest of a page. A session ended in this
+        process is forgotten at once; one ended in another worker process (a logout there)
+        still opens pages here for at most that long.
+        """
         if not token or len(token) > 100:
             return None
         session_id = token_id(token)
-        async with self.engine.connect() as conn:
-            row = (await conn.execute(select(WebSession).where(WebSession.id == session_id))).first()
-        if row is None:
-            return None
+        moment_mono = time.monotonic()
+        cached = self._sessions.get(session_id)
+        if cached is None or moment_mono - cached[0] > SESSION_RECHECK_SECONDS:
+            async with self.engine.connect() as conn:  # a prepared statement, no ORM
+                row = (await conn.execute(_SESSION, {"id": session_id})).first()
+            if row is None:
+                self._sessions.pop(session_id, None)
+                return None
+            if len(self._sessions) > 100_000:
+                self._sessions.clear()
+            cached = (moment_mono, SessionInfo(row.id, row.patient_id, row.acting_patient_id, row.csrf_token),
+                      aware(row.last_seen_at), aware(row.expires_at))  # fmt: skip
+            self._sessions[session_id] = cached
+        _, info, last_seen, expires = cached
         moment = now()
-        last_seen = aware(row.last_seen_at)
-        if aware(row.expires_at) < moment or last_seen + timedelta(minutes=self.settings.webmail_idle_minutes) < moment:
+        if expires < moment or last_seen + timedelta(minutes=self.settings.webmail_idle_minutes) < moment:
             await self.close_session(session_id)
             return None
         if moment - last_seen > TOUCH_EVERY:
             async with self.engine.begin() as conn:
                 await conn.execute(update(WebSession).where(WebSession.id == session_id).values(last_seen_at=moment))
-        return SessionInfo(row.id, row.patient_id, row.acting_patient_id, row.csrf_token)
+            self._sessions[session_id] = (cached[0], info, moment, expires)
+        return info
 
     async def switch_profile(self, session: SessionInfo, acting_patient_id: int) -> None:
         async with self.engine.begin() as conn:
             await conn.execute(update(WebSession).where(WebSession.id == session.id).values(acting_patient_id=acting_patient_id))
+        self._sessions.pop(session.id, None)
 
     async def close_session(self, session_id: str) -> None:
+        self._sessions.pop(session_id, None)
         async with self.engine.begin() as conn:
             await conn.execute(delete(WebSession).where(WebSession.id == session_id))
 
     async def close_all_sessions(self, patient_id: int) -> None:
+        for key in [key for key, cached in self._sessions.items() if cached[1].patient_id == patient_id]:
+            self._sessions.pop(key, None)
         async with self.engine.begin() as conn:
             await conn.execute(delete(WebSession).where(WebSession.patient_id == patient_id))
 
@@ -279,3 +330,4 @@ class Accounts:
         async with self.engine.begin() as conn:
             await patients.set_status(conn, patient_id, PatientStatus.CLOSED)
         await self.close_all_sessions(patient_id)
+        self.forget_profiles()  # guardians and carers of this profile lose it at once in this process

@@ -9,6 +9,8 @@ gateway would refuse, and says why.
 from __future__ import annotations
 
 import logging
+import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime, timezone, tzinfo
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -31,6 +33,9 @@ from caducee.webmail.uploads import Upload
 log = logging.getLogger(__name__)
 
 PAGE_SIZE = 20
+CACHE_ITEMS = 10_000  # conversation lists and correspondents kept per process
+READABLE_ITEMS = 2_000  # opened messages kept per process
+PEOPLE_SECONDS = 60.0  # how long a correspondent's name and profession are reused
 try:
     PARIS: tzinfo = ZoneInfo("Europe/Paris")
 except ZoneInfoNotFoundError:  # a system without a time zone database: UTC rather than nothing
@@ -130,10 +135,33 @@ class Webmail:
         self.pipeline = pipeline
         self.history = history
         self.mailstore = MailStore(engine, cipher)
+        # Per-process caches, each bounded. The conversation list is checked against the
+        # mailbox's version on every use, so it is never stale; names from the annuaire may
+        # be a minute old; an opened message never changes (bodies are immutable), but its
+        # readable text stays in this process's memory, like the IMAP header cache.
+        self._lists: dict[tuple[int, int, bool], tuple[tuple[int, int], list[ConversationLine], int]] = {}
+        self._people: dict[str, tuple[float, Correspondent]] = {}
+        self._readable: OrderedDict[int, reading.Readable] = OrderedDict()
 
     # ---- who is who ------------------------------------------------------------------------
 
     async def _correspondents(self, addresses: set[str]) -> dict[str, Correspondent]:
+        moment = time.monotonic()
+        result = {}
+        for address in addresses:
+            cached = self._people.get(address)
+            if cached is not None and moment - cached[0] < PEOPLE_SECONDS:
+                result[address] = cached[1]
+        missing = addresses - result.keys()
+        if missing:
+            if len(self._people) > CACHE_ITEMS:
+                self._people.clear()
+            for address, person in (await self._describe(missing)).items():
+                self._people[address] = (moment, person)
+                result[address] = person
+        return result
+
+    async def _describe(self, addresses: set[str]) -> dict[str, Correspondent]:
         async with self.engine.connect() as conn:
             entries = await patients.describe(conn, sorted(addresses))
         result = {}
@@ -157,7 +185,12 @@ class Webmail:
 
     async def inbox(self, profile: Profile, *, page: int = 1, unread_only: bool = False) -> tuple[list[ConversationLine], int]:
         me = profile.account.address
+        key = (profile.account.mailbox_id, page, unread_only)
         async with self.engine.connect() as conn:
+            version = await store.list_version(conn, profile.account.mailbox_id, me)
+            cached = self._lists.get(key)
+            if cached is not None and cached[0] == version:
+                return cached[1], cached[2]
             rows, total = await store.list_conversations(conn, profile.account.mailbox_id, offset=(page - 1) * PAGE_SIZE,
                                                          limit=PAGE_SIZE, unread_only=unread_only)  # fmt: skip
         wanted = {self._other_party(row, me) for row in rows}
@@ -169,6 +202,9 @@ class Webmail:
                 subject = reading.heading(self.cipher.open(row.sealed_summary)).subject
             lines.append(ConversationLine(row.key, subject or "(sans objet)", people[self._other_party(row, me)], row.last_at,
                                           row.messages, row.unread, row.state == "closed", row.is_campaign))  # fmt: skip
+        if len(self._lists) > CACHE_ITEMS:
+            self._lists.clear()
+        self._lists[key] = (version, lines, total)
         return lines, total
 
     @staticmethod
@@ -193,7 +229,7 @@ class Webmail:
             state = await store.conversation_state(conn, key) if key > 0 and stored else None
         if not stored:
             return None
-        opened = [(message, reading.read(self.cipher.open(message.sealed_body))) for message in stored]
+        opened = [(message, self._read(message)) for message in stored]
         people = await self._correspondents({message.sender for message in stored} | {r.from_address for _, r in opened if r.from_address})
         views = []
         for message, readable in opened:
@@ -211,6 +247,17 @@ class Webmail:
         if profile.relation != "carer":  # a carer's reading leaves the patient's messages unread
             await self._mark_read(profile, stored, opened, is_campaign)
         return conversation
+
+    def _read(self, message: store.StoredMessage) -> reading.Readable:
+        readable = self._readable.get(message.id)
+        if readable is None:
+            readable = reading.read(self.cipher.open(message.sealed_body))
+            self._readable[message.id] = readable
+            if len(self._readable) > READABLE_ITEMS:
+                self._readable.popitem(last=False)
+        else:
+            self._readable.move_to_end(message.id)
+        return readable
 
     def _answerable(self, stored: list[store.StoredMessage], me: str) -> store.StoredMessage | None:
         """The message a reply answers: the latest one someone else wrote."""
@@ -304,7 +351,7 @@ class Webmail:
         target = self._answerable(stored, profile.account.address)
         if target is None:
             return SendResult(False, "Ce message est une information automatique : il n'attend pas de réponse.")
-        original = reading.read(self.cipher.open(target.sealed_body))
+        original = self._read(target)
         to = (await self._correspondents({target.sender}))[target.sender]
         raw = compose.reply(sender_name=profile.account.name, sender=profile.account.address, to=[(to.name, to.address)],
                             subject=original.subject, in_reply_to=target.message_id_header, references=original.references,

@@ -19,7 +19,6 @@ from fastapi.responses import Response
 from fastapi.templating import Jinja2Templates
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from caducee.annuaire import patients
 from caducee.annuaire.patients import PatientAccount, Profile
 from caducee.webmail.accounts import Accounts, SessionInfo
 from caducee.webmail.codes import new_token
@@ -68,8 +67,7 @@ async def current_viewer(request: Request) -> Viewer | None:
     session = await ctx.accounts.session(token)
     if session is None:
         return None
-    async with ctx.accounts.engine.connect() as conn:
-        profiles = await patients.profiles_for(conn, session.patient_id)
+    profiles = await ctx.accounts.profiles(session.patient_id)
     if not profiles or profiles[0].account.status != "activated":
         return None
     acting = next((p for p in profiles if p.account.id == session.acting_patient_id), profiles[0])

@@ -1,4 +1,4 @@
-"""Webmail: login challenges, sessions, activation codes; the access history
+"""Webmail: login challenges, sessions, activation codes; the access history; participants by address
 
 Revision ID: 0004
 Revises: 0003
@@ -58,9 +58,12 @@ def upgrade() -> None:
         sa.Column("at", sa.DateTime(timezone=True), nullable=False),
     )
     op.create_index("ix_access_history_patient_at", "access_history", ["patient_id", "id"])
+    # A person's conversations, by address: the webmail's inbox version check.
+    op.create_index("ix_conversation_participants_address", "conversation_participants", ["address"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_conversation_participants_address", "conversation_participants")
     op.drop_index("ix_access_history_patient_at", "access_history")
     op.drop_table("access_history")
     op.drop_table("webmail_activation_codes")
