@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import and_, case, func, literal, select, text
+from sqlalchemy import and_, bindparam, case, func, literal, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from caducee.mailbox.models import Conversation, ConversationParticipant, Folder, MailboxEntry, Message
@@ -49,7 +49,7 @@ class StoredMessage:
     sender: str
     received_at: datetime
     message_id_header: str
-    sealed_body: bytes
+    sealed_body: bytes | None  # read only when needed (`sealed_bodies`)
 
     @property
     def seen(self) -> bool:
@@ -114,15 +114,31 @@ async def unread_count(conn: AsyncConnection, mailbox_id: int) -> int:
     return int(count.scalar_one())
 
 
-async def conversation_messages(conn: AsyncConnection, mailbox_id: int, key: int) -> list[StoredMessage]:
-    """The messages of one conversation this mailbox holds, oldest first; [] if it holds none."""
-    condition = Message.conversation_id == key if key > 0 else Message.id == -key
-    rows = await conn.execute(
+def _messages_query(condition):  # type: ignore[no-untyped-def]
+    return (
         select(Message.id, MailboxEntry.folder_id, Folder.name, MailboxEntry.uid, MailboxEntry.flags, Message.sender,
-               MailboxEntry.received_at, Message.message_id_header, Message.body)
+               MailboxEntry.received_at, Message.message_id_header)
         .select_from(MailboxEntry).join(Folder, Folder.id == MailboxEntry.folder_id).join(Message, Message.id == MailboxEntry.message_id)
-        .where(_visible(mailbox_id), condition).order_by(Message.id, Folder.name)
+        .where(Folder.mailbox_id == bindparam("box"), Folder.name.notin_(HIDDEN_FOLDERS), MailboxEntry.expunged_modseq.is_(None),
+               condition)
+        .order_by(Message.id, Folder.name)
     )  # fmt: skip
+
+
+# Built once: every conversation page runs one of these, and building a select costs more
+# than running it.
+_IN_CONVERSATION = _messages_query(Message.conversation_id == bindparam("key"))
+_ALONE = _messages_query(Message.id == bindparam("key"))
+
+
+async def conversation_messages(conn: AsyncConnection, mailbox_id: int, key: int) -> list[StoredMessage]:
+    """The messages of one conversation this mailbox holds, oldest first; [] if it holds none.
+
+    Bodies are not read (`sealed_body` is None): a page shows what it has already opened,
+    and asks `sealed_bodies` for the rest.
+    """
+    statement, value = (_IN_CONVERSATION, key) if key > 0 else (_ALONE, -key)
+    rows = await conn.execute(statement, {"box": mailbox_id, "key": value})
     seen_ids: set[int] = set()
     messages = []
     for row in rows:
@@ -130,14 +146,24 @@ async def conversation_messages(conn: AsyncConnection, mailbox_id: int, key: int
             continue
         seen_ids.add(row.id)
         messages.append(StoredMessage(row.id, row.folder_id, row.name, row.uid, row.flags, row.sender, row.received_at,
-                                      row.message_id_header, row.body))  # fmt: skip
+                                      row.message_id_header, None))  # fmt: skip
     return messages
+
+
+async def sealed_bodies(conn: AsyncConnection, message_ids: list[int]) -> dict[int, bytes]:
+    """The sealed bodies of messages the caller already found in a mailbox it may read."""
+    if not message_ids:
+        return {}
+    return {row.id: row.body for row in await conn.execute(select(Message.id, Message.body).where(Message.id.in_(message_ids)))}
+
+
+_STATE = select(Conversation.state, Conversation.closed_by, Conversation.closed_at, Conversation.is_campaign,
+                Conversation.opener_address).where(Conversation.id == bindparam("id"))  # fmt: skip
 
 
 async def conversation_state(conn: AsyncConnection, conversation_id: int) -> tuple[str, str | None, datetime | None, bool, str] | None:
     """(state, closed by, closed at, is campaign, opener address) of a conversation."""
-    row = (await conn.execute(select(Conversation.state, Conversation.closed_by, Conversation.closed_at, Conversation.is_campaign,
-                                     Conversation.opener_address).where(Conversation.id == conversation_id))).first()  # fmt: skip
+    row = (await conn.execute(_STATE, {"id": conversation_id})).first()
     return (row.state, row.closed_by, row.closed_at, bool(row.is_campaign), row.opener_address) if row else None
 
 

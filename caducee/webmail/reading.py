@@ -222,7 +222,8 @@ def read(raw: bytes) -> Readable:
             plain = _text_of(part)
         elif part.get_content_type() == "text/html" and html is None:
             html = _text_of(part)
-    readable.text = (plain if plain is not None else html_to_text(html) if html is not None else "").strip()
+    text = plain if plain is not None else html_to_text(html) if html is not None else ""
+    readable.text = text.replace("\r\n", "\n").replace("\r", "\n").strip()
     readable.attachments = [attachment for attachment, _ in attachments_of(message)]
     return readable
 

@@ -25,6 +25,7 @@ from caducee.gateway.pipeline import AcceptPipeline, Channel, Envelope
 from caducee.history.service import Access, AccessHistory
 from caducee.mailbox import conversations as store
 from caducee.mailbox.imap.mailstore import MailStore
+from caducee.policies import Decision
 from caducee.policies import Message as MessageFacts
 from caducee.webmail import compose, reading
 from caducee.webmail.accounts import aware
@@ -36,6 +37,7 @@ PAGE_SIZE = 20
 CACHE_ITEMS = 10_000  # conversation lists and correspondents kept per process
 READABLE_ITEMS = 2_000  # opened messages kept per process
 PEOPLE_SECONDS = 60.0  # how long a correspondent's name and profession are reused
+READ_RECORD_SECONDS = 600.0  # a conversation read again within this is not recorded again
 try:
     PARIS: tzinfo = ZoneInfo("Europe/Paris")
 except ZoneInfoNotFoundError:  # a system without a time zone database: UTC rather than nothing
@@ -142,6 +144,8 @@ class Webmail:
         self._lists: dict[tuple[int, int, bool], tuple[tuple[int, int], list[ConversationLine], int]] = {}
         self._people: dict[str, tuple[float, Correspondent]] = {}
         self._readable: OrderedDict[int, reading.Readable] = OrderedDict()
+        self._decisions: dict[tuple[str, int], tuple[float, Decision]] = {}
+        self._recorded: dict[tuple[int, int, int], float] = {}
 
     # ---- who is who ------------------------------------------------------------------------
 
@@ -229,7 +233,7 @@ class Webmail:
             state = await store.conversation_state(conn, key) if key > 0 and stored else None
         if not stored:
             return None
-        opened = [(message, self._read(message)) for message in stored]
+        opened = await self._read_all(stored)
         people = await self._correspondents({message.sender for message in stored} | {r.from_address for _, r in opened if r.from_address})
         views = []
         for message, readable in opened:
@@ -242,22 +246,44 @@ class Webmail:
         reply = await self._reply_option(profile, key, stored, opened, closed, state)
         conversation = ConversationView(key, subject, views, closed, state[1] if state else None, state[2] if state else None,
                                         is_campaign, reply)  # fmt: skip
-        await self.history.record(Access(profile.account.id, actor_label(actor, profile), "message-read",
-                                         f"Conversation avec {reply.to[0].name if reply.to else views[0].author.name}"))  # fmt: skip
+        await self._record_read(profile, actor, key, f"Conversation avec {reply.to[0].name if reply.to else views[0].author.name}")
         if profile.relation != "carer":  # a carer's reading leaves the patient's messages unread
             await self._mark_read(profile, stored, opened, is_campaign)
         return conversation
 
-    def _read(self, message: store.StoredMessage) -> reading.Readable:
-        readable = self._readable.get(message.id)
-        if readable is None:
-            readable = reading.read(self.cipher.open(message.sealed_body))
-            self._readable[message.id] = readable
-            if len(self._readable) > READABLE_ITEMS:
-                self._readable.popitem(last=False)
-        else:
+    async def _record_read(self, profile: Profile, actor: PatientAccount, key: int, detail: str) -> None:
+        """One record per reader, conversation and `READ_RECORD_SECONDS`: the history says who
+        read what and when; a page reloaded ten times in a minute is one reading, and ten
+        lines would hide the ones that matter."""
+        moment = time.monotonic()
+        seen = (actor.id, profile.account.id, key)
+        if moment - self._recorded.get(seen, -READ_RECORD_SECONDS) < READ_RECORD_SECONDS:
+            return
+        await self.history.record(Access(profile.account.id, actor_label(actor, profile), "message-read", detail))
+        if len(self._recorded) > CACHE_ITEMS:
+            self._recorded.clear()
+        self._recorded[seen] = moment
+
+    async def _read_all(self, messages: list[store.StoredMessage]) -> list[tuple[store.StoredMessage, reading.Readable]]:
+        """Each message opened: from the cache, else its body read, decrypted and parsed once."""
+        missing = [message.id for message in messages if message.id not in self._readable]
+        if missing:
+            async with self.engine.connect() as conn:
+                bodies = await store.sealed_bodies(conn, missing)
+            for message_id, sealed in bodies.items():
+                self._readable[message_id] = reading.read(self.cipher.open(sealed))
+        opened = []
+        for message in messages:
             self._readable.move_to_end(message.id)
-        return readable
+            opened.append((message, self._readable[message.id]))
+        while len(self._readable) > READABLE_ITEMS:
+            self._readable.popitem(last=False)
+        return opened
+
+    async def _raw(self, message: store.StoredMessage) -> bytes:
+        async with self.engine.connect() as conn:
+            bodies = await store.sealed_bodies(conn, [message.id])
+        return self.cipher.open(bodies[message.id])
 
     def _answerable(self, stored: list[store.StoredMessage], me: str) -> store.StoredMessage | None:
         """The message a reply answers: the latest one someone else wrote."""
@@ -285,12 +311,27 @@ class Webmail:
                                       "vous pouvez les lire mais pas y répondre.", [to])  # fmt: skip
         if self.pipeline is None:
             return ReplyOption(False, "L'envoi de messages est momentanément indisponible. Réessayez plus tard.", [to])
-        verdict = await self.pipeline.judge(me, [target.sender], references=[target.message_id_header],
-                                            message=MessageFacts(size=0, subject="Re:", has_content=True), channel=Channel.WEBMAIL)  # fmt: skip
-        decision = verdict.decisions[target.sender]
+        decision = await self._would_accept(me, target)
         if not decision.accepted:
             return ReplyOption(False, _sentence(decision.text_fr), [to])
         return ReplyOption(True, "", [to])
+
+    async def _would_accept(self, me: str, target: store.StoredMessage) -> Decision:
+        """The gateway's decision for a reply to `target`, reused for as long as the gateway
+        itself trusts what it read from the annuaire (`directory_cache_seconds`). Whether the
+        conversation is closed is read on every view before this is asked: closing shows at once."""
+        assert self.pipeline is not None
+        moment = time.monotonic()
+        key = (me, target.id)
+        cached = self._decisions.get(key)
+        if cached is not None and moment - cached[0] < self.settings.directory_cache_seconds:
+            return cached[1]
+        verdict = await self.pipeline.judge(me, [target.sender], references=[target.message_id_header],
+                                            message=MessageFacts(size=0, subject="Re:", has_content=True), channel=Channel.WEBMAIL)  # fmt: skip
+        if len(self._decisions) > CACHE_ITEMS:
+            self._decisions.clear()
+        self._decisions[key] = (moment, verdict.decisions[target.sender])
+        return verdict.decisions[target.sender]
 
     async def _mark_read(self, profile: Profile, stored: list[store.StoredMessage],
                          opened: list[tuple[store.StoredMessage, reading.Readable]], is_campaign: bool) -> None:  # fmt: skip
@@ -330,7 +371,7 @@ class Webmail:
         message = next((m for m in stored if m.id == message_id), None)
         if message is None:
             return None
-        found = reading.attachment_data(self.cipher.open(message.sealed_body), index)
+        found = reading.attachment_data(await self._raw(message), index)
         if found is not None:
             await self.history.record(Access(profile.account.id, actor_label(actor, profile), "attachment-read", found[0].filename))
         return found
@@ -351,7 +392,7 @@ class Webmail:
         target = self._answerable(stored, profile.account.address)
         if target is None:
             return SendResult(False, "Ce message est une information automatique : il n'attend pas de réponse.")
-        original = self._read(target)
+        original = (await self._read_all([target]))[0][1]
         to = (await self._correspondents({target.sender}))[target.sender]
         raw = compose.reply(sender_name=profile.account.name, sender=profile.account.address, to=[(to.name, to.address)],
                             subject=original.subject, in_reply_to=target.message_id_header, references=original.references,

@@ -28,6 +28,7 @@ SESSION_COOKIE = "caducee_session"
 CHALLENGE_COOKIE = "caducee_challenge"
 CSRF_COOKIE = "caducee_csrf"
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
+TEMPLATES.env.auto_reload = False  # templates ship with the package: no stat() of each file on every page
 TEMPLATES.env.filters["date_fr"] = french_date
 TEMPLATES.env.filters["time_fr"] = french_time
 
