@@ -31,6 +31,7 @@ bench: install
 	$(BIN)/python bench/smtp_accept.py
 	$(BIN)/python bench/smime.py
 	$(BIN)/python bench/imap.py
+	$(BIN)/python bench/webmail.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -57,16 +57,18 @@ async def app(scope, receive, send):
 def wrk(url: str, seconds: int, cookie: str | None = None, think_ms: int = 0) -> dict[str, float]:
     """p50 and p99 in milliseconds, requests per second, and non-2xx answers.
 
-    `think_ms`: each of the 50 users waits that long after an answer before the next click
-    (wrk's `delay()` hook; the wait is not counted in the latency). 0: back to back, which
-    measures the most the server can take.
+    `think_ms`: each of the 50 users waits that long on average after an answer before the
+    next click (wrk's `delay()` hook; the wait is not counted in the latency). 0: back to
+    back, which measures the most the server can take.
     """
     command = ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{seconds}s", "--latency", "--timeout", "10s"]
     if cookie:
         command += ["-H", f"Cookie: {cookie}"]
     if think_ms:
+        # A random pause (uniform, mean `think_ms`): with a fixed one the 50 users stay in step
+        # and arrive as one burst of 50 every pause, which no crowd of real people does.
         script = Path(tempfile.gettempdir()) / f"wrk-think-{think_ms}.lua"
-        script.write_text(f"function delay()\n  return {think_ms}\nend\n")
+        script.write_text(f"math.randomseed(os.time())\nfunction delay()\n  return math.random(0, {2 * think_ms})\nend\n")
         command += ["-s", str(script)]
     out = subprocess.run([*command, url], check=True, capture_output=True, text=True).stdout
 
@@ -149,7 +151,7 @@ def anchor(page_size: int, seconds: int, directory: Path) -> dict[str, float]:
         process.wait(timeout=30)
 
 
-LOADS = {"users": "50 users, a click every 0.5 s each", "saturation": "50 connections back to back"}
+LOADS = {"users": "50 users, a click every 0.5 s each (on average)", "saturation": "50 connections back to back"}
 PAGES = {"inbox": "inbox page `/`", "conversation": "conversation page"}
 
 
@@ -220,7 +222,8 @@ def main() -> None:
 `caducee serve --demo --workers {args.workers}` (S/MIME on), the patient's mailbox filled with {args.conversations}
 conversations by smtp-source, a session opened through both login steps; wrk (1 thread, {CONNECTIONS}
 connections, {args.seconds} s per figure, medians of {args.repeat} runs) sends the session cookie. Two loads:
-50 users who each click every 0.5 s (wrk's `delay()`; the pause is not counted in the latency),
+50 users who each click every 0.5 s on average (wrk's `delay()`, a random pause of 0 to 1 s so
+that the users do not arrive in step; the pause is not counted in the latency),
 and the same 50 connections back to back, which is the most the server can take. The anchor
 is a bare uvicorn app (same loop, same HTTP parser, one process) returning a fixed page of the
 inbox page's size: the floor of the stack. wrk runs on the same 2 cores as the server.

@@ -1,4 +1,4 @@
-"""The `caducee` command: serve, database migrations, annuaire imports."""
+"""The `caducee` command: serve, database migrations, annuaire imports, patient activation codes, the test PKI."""
 
 from __future__ import annotations
 
@@ -64,6 +64,36 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
 def cmd_db_current(args: argparse.Namespace) -> int:
     print(db.current_revision(_settings(args).effective_database_url) or "(empty database)")
     return 0
+
+
+def cmd_activation_code(args: argparse.Namespace) -> int:
+    """Issue the provisional code of a created profile (the operator sends it by post)."""
+    from caducee.annuaire import patients
+    from caducee.crypto.atrest import load_master_key
+    from caducee.webmail.accounts import Accounts
+    from caducee.webmail.codes import CodeHasher
+    from caducee.webmail.notifier import notifier_from_settings
+
+    settings = _settings(args)
+
+    async def issue() -> tuple[int, str]:
+        engine = db.create_engine(settings.effective_database_url)
+        try:
+            async with engine.connect() as conn:
+                account = await patients.find_for_login(conn, args.ins)
+            if account is None:
+                return 1, f"error: no patient profile with INS {args.ins!r} (check the 15 characters and the key)"
+            if account.status != "created":
+                return 1, f"error: the profile of {account.name} is {account.status}: only a created profile is activated with a code"
+            accounts = Accounts(engine, settings, notifier_from_settings(settings), CodeHasher(load_master_key(settings.data_dir)))
+            code = await accounts.issue_activation_code(account.id, valid_days=args.days)
+            return 0, f"{account.name} ({account.ins}): provisional code {code}, valid {args.days} days"
+        finally:
+            await engine.dispose()
+
+    code, message = asyncio.run(issue())
+    print(message, file=sys.stderr if code else sys.stdout)
+    return code
 
 
 def cmd_import(args: argparse.Namespace) -> int:
@@ -173,6 +203,12 @@ def build_parser() -> argparse.ArgumentParser:
     importer.add_argument("file", help="the file to import")
     importer.add_argument("--report", help="write every refused row (line number, reason) to this file")
     importer.set_defaults(func=cmd_import)
+
+    patients = commands.add_parser("patients", help="patient profiles").add_subparsers(dest="patients_command", required=True)
+    activation = patients.add_parser("activation-code", parents=[common], help="issue the provisional code of a created profile")
+    activation.add_argument("ins", help="the patient's INS (15 characters, spaces allowed)")
+    activation.add_argument("--days", type=int, default=90, help="how long the code stays valid")
+    activation.set_defaults(func=cmd_activation_code)
 
     pki = commands.add_parser("pki", help="the test trust space (IGC-Santé shaped)").add_subparsers(dest="pki_command", required=True)
     init = pki.add_parser("init", parents=[common], help="create root CA, organisation CA, TLS certificates and CRL")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from contextlib import aclosing
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import AsyncIterator
 
@@ -334,3 +335,99 @@ async def test_hostile_requests(webmail: Webmail) -> None:
         assert (await anonymous.get("/api/v1/conversations")).status_code == 401
         forged = await anonymous.post("/connexion", data={"identifiant": "x", "mot_de_passe": "y"})
         assert forged.status_code == 403
+
+
+def test_the_operator_issues_a_provisional_code(database_url: str, engine, settings) -> None:  # type: ignore[no-untyped-def]
+    """`caducee patients activation-code INS`: a new code replaces the old one; only created profiles get one."""
+    import os
+    import subprocess
+    import sys
+
+    from caducee import demo
+
+    async def seed() -> dict:  # type: ignore[type-arg]
+        fresh = __import__("caducee.db", fromlist=["create_engine"]).create_engine(database_url)
+        try:
+            return await demo.seed(fresh, settings, certificates=False)  # type: ignore[return-value]
+        finally:
+            await fresh.dispose()
+
+    credentials = asyncio.run(seed())
+    env = {**os.environ, "CADUCEE_DATABASE_URL": database_url, "CADUCEE_DATA_DIR": str(settings.data_dir)}
+
+    def run(ins: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "caducee", "patients", "activation-code", ins], env=env, capture_output=True,
+                              text=True, timeout=60)  # fmt: skip
+
+    issued = run(credentials["patients"]["not_activated"]["ins"])
+    assert issued.returncode == 0 and "provisional code" in issued.stdout
+    assert run(credentials["patients"]["adult_1"]["ins"]).returncode == 1  # activated already
+    wrong = run("285037512345689")  # a wrong key
+    assert wrong.returncode == 1 and "no patient profile" in wrong.stderr
+
+
+async def test_an_attachment_downloads_with_a_safe_name_and_its_checked_type(webmail: Webmail) -> None:
+    from mail import message
+    from test_gateway_rules import smtp_send
+
+    patient = webmail.patient("adult_1")["address"]
+    msg = message(webmail.gateway.account("doctor")[0], patient, "Compte rendu", "Le compte rendu est joint.",
+                  attachment=("../../Compte rendu.pdf", PDF, "application/pdf"))  # fmt: skip
+    assert (await asyncio.to_thread(smtp_send, webmail.gateway, msg, [patient]))[0] == 250
+    client, _ = await webmail.logged_in()
+    async with aclosing(client):
+        key = await conversation_id(client)
+        view = (await client.get(f"/api/v1/conversations/{key}")).json()
+        piece = view["messages"][0]["attachments"][0]
+        assert (piece["filename"], piece["content_type"]) == ("Compte rendu.pdf", "application/pdf")
+        download = await client.get(piece["url"])
+        assert download.content == PDF and download.headers["content-type"] == "application/pdf"
+        assert download.headers["content-disposition"].startswith('attachment; filename="Compte rendu.pdf"')
+        assert "sandbox" in download.headers["content-security-policy"]
+        page = await client.get(f"/conversations/{key}")
+        assert f'/conversations/{key}/messages/{view["messages"][0]["id"]}/pieces/0' in page.text
+        history = (await client.get("/api/v1/history")).json()
+        assert any(entry["action"] == "attachment-read" and entry["detail"] == "Compte rendu.pdf" for entry in history)
+
+
+async def test_an_idle_session_ends(webmail: Webmail) -> None:
+    from sqlalchemy import update
+
+    from caducee.webmail.accounts import SESSION_RECHECK_SECONDS
+    from caducee.webmail.models import WebSession
+
+    client, _ = await webmail.logged_in()
+    async with aclosing(client):
+        assert (await client.get("/")).status_code == 200
+        async with webmail.gateway.engine.begin() as conn:
+            await conn.execute(update(WebSession).values(last_seen_at=datetime(2020, 1, 1, tzinfo=timezone.utc)))
+        await asyncio.sleep(SESSION_RECHECK_SECONDS + 0.2)  # what this process remembers of the session is re-read
+        gone = await client.get("/")
+        assert gone.status_code == 303 and gone.headers["location"] == "/connexion?info=expire"
+        assert "Votre session a pris fin" in (await client.get(gone.headers["location"])).text
+        assert (await client.get("/api/v1/me")).status_code == 401
+
+
+async def test_codes_go_through_an_smtp_relay_when_one_is_configured(tmp_path: Path) -> None:
+    """The notifier's relay path against a real SMTP server (aiosmtpd)."""
+    from aiosmtpd.controller import Controller
+    from conftest import free_port
+
+    from caducee.webmail.notifier import SmtpNotifier
+
+    received: list[bytes] = []
+
+    class Sink:
+        async def handle_DATA(self, server, session, envelope):  # type: ignore[no-untyped-def]
+            received.append(envelope.content)
+            return "250 OK"
+
+    port = free_port()
+    controller = Controller(Sink(), hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        await SmtpNotifier(f"127.0.0.1:{port}", "Caducée <ne-pas-repondre@demo.mssante.fr>").send(
+            "claire.martin@example.org", "Votre code de connexion Caducée", "Votre code de connexion est : 123456")
+    finally:
+        controller.stop()
+    assert len(received) == 1 and b"123456" in received[0] and b"To: claire.martin@example.org" in received[0]
