@@ -43,7 +43,8 @@ class Webmail:
 async def webmail(engine, settings, tmp_path: Path) -> AsyncIterator[Webmail]:  # type: ignore[no-untyped-def]
     from caducee.server import build_app
 
-    settings = dataclasses.replace(settings, webmail_cookie_secure=False)  # httpx sends no Secure cookie over http://
+    # httpx sends no Secure cookie over http://; a patient status change applies within the directory cache
+    settings = dataclasses.replace(settings, webmail_cookie_secure=False, directory_cache_seconds=0.5)
     gateway = await RunningGateway(engine, settings, tmp_path).start()
     http = RunningHTTP(build_app(engine, settings, gateway.pipeline))
     await http.start()
