@@ -38,6 +38,22 @@ def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> d
 BACKENDS = ["sqlite"] + (["postgresql"] if PG_URL else [])
 
 
+@pytest.fixture(autouse=True, scope="session")
+def light_password_hashing() -> Iterator[None]:
+    """argon2id with small costs inside the test process: the demo world hashes six
+    passwords per test (0.15 s each with the real parameters) and the suite is about who
+    may log in, not about argon2's cost. The tests that start `caducee serve` as a process
+    (test_serve, the browser tests) run with the real parameters."""
+    from argon2 import PasswordHasher
+
+    from caducee import passwords
+
+    real = passwords._HASHER
+    passwords._HASHER = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
+    yield
+    passwords._HASHER = real
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
