@@ -326,6 +326,9 @@ async def test_hostile_requests(webmail: Webmail) -> None:
         assert (await client.get("/conversations/not-a-number")).status_code == 422
         assert (await client.get(f"/conversations/{key}/messages/999999/pieces/0")).status_code == 404
         assert (await client.get("/?page=-4")).status_code == 200
+        long_text = "Docteur, " + "x" * 25_000
+        too_long = await client.post(f"/conversations/{key}/reponse", data={"csrf": csrf, "texte": long_text})
+        assert too_long.status_code == 400 and "trop long" in too_long.text and long_text in too_long.text  # kept, not cut
         script = await client.post(f"/conversations/{key}/reponse", data={"csrf": csrf, "texte": "<script>alert(1)</script>"})
         assert script.status_code == 303
         page = await client.get(f"/conversations/{key}")

@@ -24,7 +24,7 @@ _POLICY = email.policy.SMTP  # CRLF line ends, headers encoded as RFC 2047 words
 def clean_text(text: str) -> str:
     """What the person typed, with line ends normalised and control characters removed."""
     text = text.replace("\r\n", "\n").replace("\r", "\n")
-    return "".join(ch for ch in text if ch in "\n\t" or ch >= " ").strip()[:MAX_TEXT]
+    return "".join(ch for ch in text if ch in "\n\t" or ch >= " ").strip()
 
 
 def _address(name: str, address: str) -> Address:

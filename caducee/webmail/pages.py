@@ -65,7 +65,8 @@ async def form_of(request: Request) -> Any:
 
 
 def page(request: Request, viewer: Viewer, template: str, status_code: int = 200, **values: Any) -> Response:
-    return render(request, template, status_code, viewer=viewer, csrf=viewer.csrf, notice=notice(request), **values)
+    return render(request, template, status_code, viewer=viewer, csrf=viewer.csrf, notice=notice(request),
+                  max_upload=context(request).webmail.settings.webmail_max_upload, **values)  # fmt: skip
 
 
 def bad_csrf(request: Request) -> Response:

@@ -379,8 +379,12 @@ class Webmail:
     # ---- sending -----------------------------------------------------------------------------
 
     async def reply(self, profile: Profile, actor: PatientAccount, key: int, text: str, upload: Upload | None) -> SendResult:
-        if not compose.clean_text(text) and upload is None:
+        written = compose.clean_text(text)
+        if not written and upload is None:
             return SendResult(False, "Votre message est vide : écrivez votre réponse avant d'envoyer.")
+        if len(written) > compose.MAX_TEXT:
+            return SendResult(False, f"Votre message est trop long ({len(written)} caractères, {compose.MAX_TEXT} au plus). "
+                                     "Raccourcissez-le ou joignez un document.")  # fmt: skip
         async with self.engine.connect() as conn:
             stored = await store.conversation_messages(conn, profile.account.mailbox_id, key)
         if not stored:
@@ -402,6 +406,8 @@ class Webmail:
     async def send_prescription(self, profile: Profile, actor: PatientAccount, pharmacy: str, note: str, upload: Upload) -> SendResult:
         if not profile.may_reply:
             return SendResult(False, "En tant qu'aidant, vous ne pouvez pas envoyer de message au nom de ce patient.")
+        if len(compose.clean_text(note)) > compose.MAX_TEXT:
+            return SendResult(False, f"Votre mot pour la pharmacie est trop long ({compose.MAX_TEXT} caractères au plus).")
         if self.pipeline is None:
             return SendResult(False, "L'envoi de messages est momentanément indisponible. Réessayez plus tard.")
         async with self.engine.connect() as conn:
