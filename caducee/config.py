@@ -112,6 +112,8 @@ class Settings:
     webmail_max_upload: int = _setting(10 * 1024 * 1024, "Largest prescription or attachment a patient may upload, in bytes.")
     notify_relay: str = _setting("", "`host:port` of an SMTP relay for notifications (login codes). Empty: .eml files in <data dir>/outbox.")
     notify_from: str = _setting("Caducée <ne-pas-repondre@demo.mssante.fr>", "From address of notifications.")
+    notify_new_mail_minutes: int = _setting(60, "At most one \"a message is waiting\" email per patient in this many minutes.")
+    webmail_url: str = _setting("http://127.0.0.1:8080/", "The webmail's address, given in the emails sent to patients.")
     log_level: str = _setting("INFO", "Logging level (DEBUG, INFO, WARNING, ERROR).")
 
     @property

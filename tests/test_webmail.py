@@ -435,3 +435,22 @@ async def test_codes_go_through_an_smtp_relay_when_one_is_configured(tmp_path: P
     finally:
         controller.stop()
     assert len(received) == 1 and b"123456" in received[0] and b"To: claire.martin@example.org" in received[0]
+
+
+async def test_a_patient_is_told_a_message_waits_without_what_it_says(webmail: Webmail) -> None:
+    import email
+    import email.policy
+
+    from caducee.webmail.alerts import NewMailAlerts
+    from caducee.webmail.notifier import OutboxNotifier
+
+    alerts = NewMailAlerts(webmail.gateway.engine, webmail.gateway.settings, OutboxNotifier(webmail.outbox, "Caducée <n@demo.mssante.fr>"))
+    webmail.gateway.pipeline.on_delivered = alerts.delivered
+    patient = webmail.patient("adult_1")
+    for subject in ("Résultats de biopsie", "Résultats de biopsie (suite)"):
+        await doctor_writes(webmail.gateway, patient["address"], subject, "Le détail est dans le compte rendu.")
+    await alerts.close()
+    sent = [email.message_from_bytes(path.read_bytes(), policy=email.policy.default) for path in sorted(webmail.outbox.glob("*.eml"))]
+    assert [m["To"] for m in sent] == [patient["email"]]  # one alert for two messages within the hour
+    text = sent[0].get_content()
+    assert "connectez-vous" in text and "biopsie" not in text and "Bernard" not in text and "biopsie" not in sent[0]["Subject"]

@@ -12,10 +12,11 @@ import httpx
 
 
 def latest_code(outbox: Path, to: str) -> str:
-    """The code of the newest notification sent to `to`."""
+    """The code of the newest login-code email sent to `to` (other notifications, such as
+    "a message is waiting", go to the same outbox)."""
     for path in sorted(outbox.glob("*.eml"), reverse=True):
         message = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
-        if message["To"] == to:
+        if message["To"] == to and message["Subject"] == "Votre code de connexion Caducée":
             found = re.search(r"\b(\d{6})\b", message.get_content())
             assert found, message.get_content()
             return found.group(1)

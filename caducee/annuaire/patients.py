@@ -130,3 +130,12 @@ async def describe(conn: AsyncConnection, addresses: list[str]) -> dict[str, Mai
         return {}
     rows = await conn.execute(_entry_query().where(Mailbox.address.in_(sorted({a.lower() for a in addresses}))))
     return {row.address: _entry(row) for row in rows}
+
+
+async def emails_of(conn: AsyncConnection, addresses: list[str]) -> dict[str, str]:
+    """The registered email of each activated patient mailbox among `addresses`."""
+    rows = await conn.execute(
+        select(Mailbox.address, Patient.email).join(Patient, Patient.id == Mailbox.patient_id)
+        .where(Mailbox.address.in_(addresses), Patient.email.is_not(None), Patient.status == PatientStatus.ACTIVATED.value)
+    )  # fmt: skip
+    return {row.address: row.email for row in rows}

@@ -121,6 +121,9 @@ class AcceptPipeline:
         self.cpu = cpu or (smime.pool if smime is not None else None)  # large messages are parsed there
         self.smime = smime  # None: S/MIME off (settings.smime = "off", and tests of other stages)
         self.on_queued = on_queued
+        # Called, after the commit, with the patients a message was delivered to (not for CNAM
+        # campaigns): the webmail tells them by email that something is waiting. It must not block.
+        self.on_delivered: Callable[[list[str]], None] | None = None
         self.settings = settings
         self.cipher = cipher
         self.writer = BatchWriter(engine)
@@ -296,6 +299,10 @@ class AcceptPipeline:
         message_id = await self.committer.submit(plan)
         if any(copy.remote for copy in plan.copies) and self.on_queued is not None:
             self.on_queued()
+        if self.on_delivered is not None and Action.DO_NOT_DELIVER not in actions and sender_party.kind is not PartyKind.CNAM:
+            patients = [rcpt for rcpt in accepted if parties[rcpt].mailbox_type == "PAT" and parties[rcpt].mailbox_id is not None]
+            if patients:
+                self.on_delivered(patients)
         return AcceptResult(accepted, refused, message_id, f"250 2.0.0 OK: queued as {message_id}", frozenset(actions))
 
     def _copies(self, protection: Protection, accepted: list[str], parties: dict[str, PartyInfo], *, deliver: bool,

@@ -22,6 +22,8 @@ from caducee.gateway.protection import SmimeStage, WithoutCertificate
 from caducee.gateway.relay import RelayWorker
 from caducee.gateway.smtp import ListenerConfig, start_listener
 from caducee.mailbox.imap.server import ImapServer, start_imap
+from caducee.webmail.alerts import NewMailAlerts
+from caducee.webmail.notifier import notifier_from_settings
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +91,7 @@ async def start_gateway(settings: Settings, engine: AsyncEngine, *, reuse_port: 
     pool = shared_pool(settings.cpu_workers)
     await pool.warm()
     pipeline = AcceptPipeline(engine, settings, cipher, on_queued=worker.wake, smime=smime_stage(settings, engine, pool), cpu=pool)
+    pipeline.on_delivered = NewMailAlerts(engine, settings, notifier_from_settings(settings)).delivered
     authenticator = MailboxAuthenticator(engine, settings.local_domains)
     runtime = GatewayRuntime(pipeline, worker)
     listeners = [
