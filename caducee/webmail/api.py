@@ -17,8 +17,8 @@ from caducee.annuaire.service import SearchError
 from caducee.history.service import Access
 from caducee.webmail.accounts import Refused
 from caducee.webmail.pages import attachment_response
-from caducee.webmail.service import PAGE_SIZE, ConversationView
-from caducee.webmail.uploads import UploadRefused, check_upload
+from caducee.webmail.service import PAGE_SIZE, ConversationView, SendResult
+from caducee.webmail.uploads import Upload, UploadRefused, check_upload
 from caducee.webmail.web import CHALLENGE_COOKIE, SESSION_COOKIE, Viewer, context, csrf_ok, current_viewer, set_cookie
 
 router = APIRouter(prefix="/api/v1", tags=["webmail"])
@@ -172,21 +172,26 @@ async def api_attachment(request: Request, key: int, message_id: int, index: int
     return attachment_response(*found)
 
 
+async def _checked(file: UploadFile, max_size: int) -> Upload:
+    try:
+        return check_upload(file.filename, await file.read(), max_size=max_size)
+    except UploadRefused as refused:
+        raise HTTPException(422, str(refused)) from None
+
+
+def _sent(result: SendResult) -> dict[str, Any]:
+    if not result.sent:
+        raise HTTPException(422, result.text)
+    return {"sent": True, "detail": result.text, "conversation": result.conversation}
+
+
 @router.post("/conversations/{key}/replies", summary="Reply in a conversation (when the rules allow)", status_code=201)
 async def api_reply(request: Request, key: int, text: str = Form("", max_length=40_000),
                     file: UploadFile | None = File(None)) -> dict[str, Any]:  # fmt: skip
     viewer = await viewer_of(request, changes=True)
     webmail = context(request).webmail
-    upload = None
-    if file is not None and file.filename:
-        try:
-            upload = check_upload(file.filename, await file.read(), max_size=webmail.settings.webmail_max_upload)
-        except UploadRefused as refused:
-            raise HTTPException(422, str(refused)) from None
-    result = await webmail.reply(viewer.profile, viewer.actor, key, text, upload)
-    if not result.sent:
-        raise HTTPException(422, result.text)
-    return {"sent": True, "detail": result.text, "conversation": result.conversation}
+    upload = await _checked(file, webmail.settings.webmail_max_upload) if file is not None and file.filename else None
+    return _sent(await webmail.reply(viewer.profile, viewer.actor, key, text, upload))
 
 
 @router.get("/pharmacies", summary="Pharmacies (officines) of the annuaire, by name and city or postcode")
@@ -209,14 +214,8 @@ async def api_prescription(request: Request, pharmacy: str = Form(..., max_lengt
                            file: UploadFile = File(...)) -> dict[str, Any]:  # fmt: skip
     viewer = await viewer_of(request, changes=True)
     webmail = context(request).webmail
-    try:
-        upload = check_upload(file.filename, await file.read(), max_size=webmail.settings.webmail_max_upload)
-    except UploadRefused as refused:
-        raise HTTPException(422, str(refused)) from None
-    result = await webmail.send_prescription(viewer.profile, viewer.actor, pharmacy, note, upload)
-    if not result.sent:
-        raise HTTPException(422, result.text)
-    return {"sent": True, "detail": result.text, "conversation": result.conversation}
+    upload = await _checked(file, webmail.settings.webmail_max_upload)
+    return _sent(await webmail.send_prescription(viewer.profile, viewer.actor, pharmacy, note, upload))
 
 
 @router.get("/history", summary="Who accessed this profile's data, newest first")

@@ -73,6 +73,18 @@ def bad_csrf(request: Request) -> Response:
     return render(request, "expired.html", 403, csrf=anonymous_csrf(request))
 
 
+async def signed_in_form(request: Request) -> tuple[Viewer, Any] | Response:
+    """The viewer and the posted form, or the answer to give instead: back to the login
+    page when the session ended, "page expired" when the CSRF token is wrong."""
+    viewer = await current_viewer(request)
+    if viewer is None:
+        return to_login(request)
+    form = await form_of(request)
+    if not csrf_ok(viewer.csrf, form.get("csrf")):
+        return bad_csrf(request)
+    return viewer, form
+
+
 # ---- login ----------------------------------------------------------------------------------
 
 
@@ -202,12 +214,10 @@ async def conversation(request: Request, key: int) -> Response:
 
 @router.post("/conversations/{key}/reponse")
 async def reply(request: Request, key: int) -> Response:
-    viewer = await current_viewer(request)
-    if viewer is None:
-        return to_login(request)
-    form = await form_of(request)
-    if not csrf_ok(viewer.csrf, form.get("csrf")):
-        return bad_csrf(request)
+    checked = await signed_in_form(request)
+    if isinstance(checked, Response):
+        return checked
+    viewer, form = checked
     webmail = context(request).webmail
     text = str(form.get("texte", ""))
     error = None
@@ -285,12 +295,10 @@ async def _pharmacy(request: Request, address: str) -> Any:
 
 @router.post("/ordonnance/envoi")
 async def prescription_send(request: Request) -> Response:
-    viewer = await current_viewer(request)
-    if viewer is None:
-        return to_login(request)
-    form = await form_of(request)
-    if not csrf_ok(viewer.csrf, form.get("csrf")):
-        return bad_csrf(request)
+    checked = await signed_in_form(request)
+    if isinstance(checked, Response):
+        return checked
+    viewer, form = checked
     pharmacy = await _pharmacy(request, str(form.get("pharmacie", "")))
     if pharmacy is None:
         return redirect("/ordonnance")
@@ -323,12 +331,10 @@ async def profiles_page(request: Request) -> Response:
 
 @router.post("/profils")
 async def switch_profile(request: Request) -> Response:
-    viewer = await current_viewer(request)
-    if viewer is None:
-        return to_login(request)
-    form = await form_of(request)
-    if not csrf_ok(viewer.csrf, form.get("csrf")):
-        return bad_csrf(request)
+    checked = await signed_in_form(request)
+    if isinstance(checked, Response):
+        return checked
+    viewer, form = checked
     wanted = next((p for p in viewer.profiles if str(p.account.id) == str(form.get("profil", ""))), None)
     if wanted is None:
         return redirect("/profils")
@@ -346,12 +352,10 @@ async def account_page(request: Request) -> Response:
 
 @router.post("/compte/fermer")
 async def close_profile(request: Request) -> Response:
-    viewer = await current_viewer(request)
-    if viewer is None:
-        return to_login(request)
-    form = await form_of(request)
-    if not csrf_ok(viewer.csrf, form.get("csrf")):
-        return bad_csrf(request)
+    checked = await signed_in_form(request)
+    if isinstance(checked, Response):
+        return checked
+    viewer, form = checked
     if form.get("confirmer") != "oui":
         return page(request, viewer, "account.html", 400, error="Cochez la case pour confirmer que vous voulez fermer votre profil.")
     try:
