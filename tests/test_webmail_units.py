@@ -89,6 +89,17 @@ def test_reading_hostile_and_ordinary_mail(raw: bytes, text: str, attachments: l
     assert [(a.filename, a.content_type) for a in readable.attachments] == attachments
 
 
+@pytest.mark.parametrize(("value", "shown"), [
+    ("=?utf-8?q?R=C3=A9sultats?=", "Résultats"),
+    ("=?utf-8?b?YWJj?= =?utf-8?b?Z@@@?=", "=?utf-8?b?YWJj?= =?utf-8?b?Z@@@?="),  # broken base64: shown as it came
+    ("=?x-unknown?q?abc?=", "=?x-unknown?q?abc?="),
+    (b"Compte rendu", "Compte rendu"),
+    (None, ""),
+])  # fmt: skip
+def test_header_words_never_break_a_page(value: str | bytes | None, shown: str) -> None:
+    assert reading.decode_words(value) == shown
+
+
 def test_an_encrypted_message_is_said_unreadable() -> None:
     raw = crlf("From: a@b.fr\nContent-Type: application/pkcs7-mime; smime-type=enveloped-data\n\nMIIB\n")
     assert reading.read(raw).encrypted

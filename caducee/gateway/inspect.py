@@ -62,7 +62,8 @@ class InspectedMessage:
         return len(self.raw)
 
 
-def _decoded(value: str | None) -> str:
+def decoded_header(value: str | None) -> str:
+    """A header value with its RFC 2047 words decoded; as it came if they are malformed."""
     if not value:
         return ""
     try:
@@ -153,7 +154,7 @@ def inspect_message(raw: bytes, *, max_size: int, hostname: str, add_missing_hea
     mdn = message.get("Disposition-Notification-To")
     return InspectedMessage(
         raw=raw,
-        subject=_decoded(message.get("Subject")),
+        subject=decoded_header(message.get("Subject")),
         message_id=message_id,
         from_addresses=from_addresses,
         references=references,

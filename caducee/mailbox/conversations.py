@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 
 from sqlalchemy import and_, bindparam, case, func, literal, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -157,14 +158,24 @@ async def sealed_bodies(conn: AsyncConnection, message_ids: list[int]) -> dict[i
     return {row.id: row.body for row in await conn.execute(select(Message.id, Message.body).where(Message.id.in_(message_ids)))}
 
 
-_STATE = select(Conversation.state, Conversation.closed_by, Conversation.closed_at, Conversation.is_campaign,
-                Conversation.opener_address).where(Conversation.id == bindparam("id"))  # fmt: skip
+_STATE = select(Conversation.state, Conversation.closed_by, Conversation.closed_at, Conversation.is_campaign).where(
+    Conversation.id == bindparam("id"))  # fmt: skip
 
 
-async def conversation_state(conn: AsyncConnection, conversation_id: int) -> tuple[str, str | None, datetime | None, bool, str] | None:
-    """(state, closed by, closed at, is campaign, opener address) of a conversation."""
+class ConversationStatus(NamedTuple):
+    state: str  # open / closed
+    closed_by: str | None
+    closed_at: datetime | None
+    is_campaign: bool
+
+    @property
+    def closed(self) -> bool:
+        return self.state == "closed"
+
+
+async def conversation_state(conn: AsyncConnection, conversation_id: int) -> ConversationStatus | None:
     row = (await conn.execute(_STATE, {"id": conversation_id})).first()
-    return (row.state, row.closed_by, row.closed_at, bool(row.is_campaign), row.opener_address) if row else None
+    return ConversationStatus(row.state, row.closed_by, row.closed_at, bool(row.is_campaign)) if row else None
 
 
 async def conversation_of_message(conn: AsyncConnection, message_id: int) -> int | None:

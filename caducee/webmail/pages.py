@@ -14,7 +14,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 from starlette.datastructures import UploadFile
 
-from caducee.annuaire.service import SearchError, get_mailbox
+from caducee.annuaire.service import SearchError
 from caducee.history.service import Access
 from caducee.webmail.accounts import Refused
 from caducee.webmail.service import PAGE_SIZE, actor_label
@@ -281,16 +281,10 @@ async def prescription_form(request: Request) -> Response:
     viewer = await current_viewer(request)
     if viewer is None:
         return to_login(request)
-    pharmacy = await _pharmacy(request, request.query_params.get("pharmacie", ""))
+    pharmacy = await context(request).webmail.pharmacy(request.query_params.get("pharmacie", ""))
     if pharmacy is None:
         return redirect("/ordonnance")
     return page(request, viewer, "prescription_send.html", pharmacy=pharmacy, note="")
-
-
-async def _pharmacy(request: Request, address: str) -> Any:
-    async with context(request).webmail.engine.connect() as conn:
-        entry = await get_mailbox(conn, address[:254])
-    return entry if entry is not None and entry.is_officine else None
 
 
 @router.post("/ordonnance/envoi")
@@ -299,7 +293,7 @@ async def prescription_send(request: Request) -> Response:
     if isinstance(checked, Response):
         return checked
     viewer, form = checked
-    pharmacy = await _pharmacy(request, str(form.get("pharmacie", "")))
+    pharmacy = await context(request).webmail.pharmacy(str(form.get("pharmacie", "")))
     if pharmacy is None:
         return redirect("/ordonnance")
     webmail = context(request).webmail

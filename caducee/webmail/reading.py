@@ -11,12 +11,12 @@ from __future__ import annotations
 import email.policy
 from dataclasses import dataclass, field
 from datetime import datetime
-from email.header import decode_header, make_header
 from email.message import EmailMessage, Message
 from email.parser import BytesParser
 from email.utils import parseaddr, parsedate_to_datetime
 from html.parser import HTMLParser
 
+from caducee.gateway.inspect import decoded_header
 from caducee.mailbox.imap.grammar import deserialize
 from caducee.mailbox.imap.structure import Summary
 from caducee.webmail.uploads import safe_filename, sniff
@@ -51,13 +51,10 @@ class Readable:
 
 
 def decode_words(value: str | bytes | None) -> str:
+    """A header value for display (stored envelopes hold bytes): the gateway's decoder."""
     if value is None:
         return ""
-    text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-    try:
-        return str(make_header(decode_header(text)))
-    except (ValueError, LookupError):
-        return text
+    return decoded_header(value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value))
 
 
 @dataclass(frozen=True)

@@ -240,12 +240,12 @@ class Webmail:
             author = people.get(message.sender) or Correspondent(readable.from_name or message.sender, message.sender, "")
             views.append(MessageView(message.id, author, message.sender == me, message.received_at, readable.subject, readable.text,
                                      readable.attachments, readable.encrypted))  # fmt: skip
-        closed = state is not None and state[0] == "closed"
-        is_campaign = state is not None and state[3]
+        closed = state is not None and state.closed
+        is_campaign = state is not None and state.is_campaign
         subject = next((view.subject for view in views if view.subject), "(sans objet)")
-        reply = await self._reply_option(profile, key, stored, opened, closed, state)
-        conversation = ConversationView(key, subject, views, closed, state[1] if state else None, state[2] if state else None,
-                                        is_campaign, reply)  # fmt: skip
+        reply = await self._reply_option(profile, stored, state)
+        conversation = ConversationView(key, subject, views, closed, state.closed_by if state else None,
+                                        state.closed_at if state else None, is_campaign, reply)  # fmt: skip
         await self._record_read(profile, actor, key, f"Conversation avec {reply.to[0].name if reply.to else views[0].author.name}")
         if profile.relation != "carer":  # a carer's reading leaves the patient's messages unread
             await self._mark_read(profile, stored, opened, is_campaign)
@@ -292,18 +292,17 @@ class Webmail:
                 return message
         return None
 
-    async def _reply_option(self, profile: Profile, key: int, stored: list[store.StoredMessage],
-                            opened: list[tuple[store.StoredMessage, reading.Readable]], closed: bool,
-                            state: tuple | None) -> ReplyOption:  # type: ignore[type-arg]  # fmt: skip
+    async def _reply_option(self, profile: Profile, stored: list[store.StoredMessage],
+                            state: store.ConversationStatus | None) -> ReplyOption:  # fmt: skip
         me = profile.account.address
         target = self._answerable(stored, me)
         if target is None:
             return ReplyOption(False, "Ce message est une information automatique : il n'attend pas de réponse.")
         to = (await self._correspondents({target.sender}))[target.sender]
-        if state is not None and state[3]:
+        if state is not None and state.is_campaign:
             return ReplyOption(False, "Ce message de l'Assurance Maladie est une information : on ne peut pas y répondre.", [to])
-        if closed:
-            return ReplyOption(False, f"{state[1] or 'Le professionnel'} a clos cette conversation le {french_date(state[2])}. "  # type: ignore[index]
+        if state is not None and state.closed:
+            return ReplyOption(False, f"{state.closed_by or 'Le professionnel'} a clos cette conversation le {french_date(state.closed_at)}. "
                                       "Vous ne pouvez plus y répondre. Pour un nouveau besoin, contactez votre professionnel "
                                       "comme d'habitude.", [to])  # fmt: skip
         if not profile.may_reply:
@@ -410,9 +409,8 @@ class Webmail:
             return SendResult(False, f"Votre mot pour la pharmacie est trop long ({compose.MAX_TEXT} caractères au plus).")
         if self.pipeline is None:
             return SendResult(False, "L'envoi de messages est momentanément indisponible. Réessayez plus tard.")
-        async with self.engine.connect() as conn:
-            entry = await annuaire.get_mailbox(conn, pharmacy)
-        if entry is None or not entry.is_officine:
+        entry = await self.pharmacy(pharmacy)
+        if entry is None:
             return SendResult(False, "Cette pharmacie n'est pas dans l'annuaire. Cherchez-la à nouveau.")
         raw = compose.prescription(sender_name=profile.account.name, sender=profile.account.address,
                                    pharmacy_name=entry.structure_name or entry.display_name, pharmacy=entry.address, note=note,
@@ -437,6 +435,12 @@ class Webmail:
     async def _conversation_of(self, message_id: int) -> int | None:
         async with self.engine.connect() as conn:
             return await store.conversation_of_message(conn, message_id)
+
+    async def pharmacy(self, address: str) -> annuaire.MailboxEntry | None:
+        """A published pharmacy (officine) mailbox of the annuaire, or None."""
+        async with self.engine.connect() as conn:
+            entry = await annuaire.get_mailbox(conn, address[:254])
+        return entry if entry is not None and entry.is_officine else None
 
     async def pharmacies(self, name: str, place: str, page: int = 1) -> annuaire.SearchPage:
         async with self.engine.connect() as conn:
