@@ -79,10 +79,38 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
         engine = create_async_engine(url, **kwargs)
         event.listen(engine.sync_engine, "connect", _sqlite_on_connect)
         return engine
-    kwargs.setdefault("pool_size", 10)
+    # Pool sizing and liveness, measured under the webmail benchmark (docs/webmail.md):
+    # - 20 kept connections per process: a busy worker has about that many requests in a
+    #   database call at once; connections above `pool_size` are closed when returned, so a
+    #   small pool under load reconnects (TLS included) on every other request.
+    # - no pre-ping: asyncpg's ping is BEGIN, a query and ROLLBACK, three round trips on
+    #   every checkout, more than the one-statement read it guards. A connection the server
+    #   dropped is still found out: its first statement fails with a disconnect error, the
+    #   pool discards every connection opened before, the request gets an error (a "451
+    #   try later" over SMTP) and the next one reconnects. `pool_recycle` retires
+    #   connections before a firewall's idle timer silently cuts them.
+    kwargs.setdefault("pool_size", 20)
     kwargs.setdefault("max_overflow", 20)
-    kwargs.setdefault("pool_pre_ping", True)
+    kwargs.setdefault("pool_pre_ping", False)
+    kwargs.setdefault("pool_recycle", 1800)
     return create_async_engine(url, **kwargs)
+
+
+def autocommit_reads(engine: AsyncEngine) -> AsyncEngine:
+    """The same engine (same pool) whose connections run each statement on its own.
+
+    A plain `engine.connect()` opens a transaction for its first statement and rolls it
+    back on release: on PostgreSQL a page that needs one read then pays three round trips
+    (BEGIN, the read, ROLLBACK). The webmail's hot pages each read one consistent thing per
+    statement (a version, a list, a session), so they use this engine; anything that writes,
+    or reads twice and needs both reads to agree, still uses `engine.begin()`.
+
+    SQLite is left as it is: its driver opens no transaction for a SELECT, and switching
+    an aiosqlite connection's mode costs a trip to its thread at each checkout and return.
+    """
+    if is_sqlite(engine):
+        return engine
+    return engine.execution_options(isolation_level="AUTOCOMMIT")
 
 
 def sync_engine_for(engine: AsyncEngine):  # type: ignore[no-untyped-def]

@@ -125,7 +125,8 @@ async def test_reimport_updates_retires_and_revives(engine: AsyncEngine, tmp_pat
     second = [extraction_row(n) for n in range(10) if n != 3]
     second[0] = extraction_row(0, city=("06000", "NICE"))
     report = await run(engine, "extraction", write_file(tmp_path / "v2.txt", EXTRACTION_COLUMNS, second, trailing_pipe=True))
-    assert (report.inserted, report.updated, report.retired) == (0, 9, 1)
+    assert (report.inserted, report.updated, report.unchanged, report.retired) == (0, 1, 8, 1)
+    assert "1 changed, 8 unchanged, 1 retired" in report.summary()
     async with engine.connect() as conn:
         assert await service.get_mailbox(conn, first[3][1]) is None  # retired: no longer published
         moved = await service.get_mailbox(conn, first[0][1])
@@ -134,7 +135,7 @@ async def test_reimport_updates_retires_and_revives(engine: AsyncEngine, tmp_pat
     assert retired is False
 
     report = await run(engine, "extraction", write_file(tmp_path / "v3.txt", EXTRACTION_COLUMNS, first))
-    assert (report.inserted, report.updated, report.retired) == (0, 10, 0)
+    assert (report.inserted, report.updated, report.unchanged, report.retired) == (0, 2, 8, 0)  # moved back, revived
     async with engine.connect() as conn:
         assert await service.get_mailbox(conn, first[3][1]) is not None
 
@@ -142,7 +143,7 @@ async def test_reimport_updates_retires_and_revives(engine: AsyncEngine, tmp_pat
 async def test_duplicate_addresses_keep_the_last_line(engine: AsyncEngine, tmp_path: Path) -> None:
     rows = [extraction_row(1), extraction_row(1, city=("06000", "NICE")), extraction_row(2)]
     report = await run(engine, "extraction", write_file(tmp_path / "dup.txt", EXTRACTION_COLUMNS, rows))
-    assert report.duplicates == 1 and report.inserted == 2
+    assert (report.duplicates, report.inserted, report.updated, report.unchanged) == (1, 2, 0, 0)
     async with engine.connect() as conn:
         entry = await service.get_mailbox(conn, rows[0][1])
     assert entry is not None and entry.city == "NICE"

@@ -149,6 +149,18 @@ _MAILBOX_UPDATES = ["type", "domain", "professional_national_id", "structure_key
                     "retired_at", "seen_in_run", "updated_at"]  # fmt: skip
 
 
+# Mailboxes of the public file that the new file no longer lists: an anti-join with the
+# staging table (not a mark written on every listed row, which would rewrite them all).
+# PostgreSQL plans NOT EXISTS as a hash anti-join; SQLite builds a transient index for NOT IN.
+_RETIRE_UNLISTED = {
+    "postgresql": "UPDATE mailboxes SET active = false, retired_at = :now, updated_at = :now "
+                  "WHERE source = 'extraction' AND active = true "
+                  "AND NOT EXISTS (SELECT 1 FROM {stage} x WHERE x.address = mailboxes.address)",
+    "sqlite": "UPDATE mailboxes SET active = false, retired_at = :now, updated_at = :now "
+              "WHERE source = 'extraction' AND active = true AND address NOT IN (SELECT address FROM {stage})",
+}  # fmt: skip
+
+
 class ExtractionFormat:
     """`Extraction_Correspondance_MSSante_*.txt`: one published mailbox per line."""
 
@@ -216,6 +228,7 @@ class ExtractionFormat:
                     update=_PROFESSIONAL_UPDATES,
                     # The PS file is the reference for persons: the extraction only fills gaps.
                     keep_when="professionals.in_ps_file = false", source_filter="x.national_id <> ''",
+                    skip_unchanged=True,
                 )
             ).bindparams(_NOW),
             params,
@@ -226,32 +239,32 @@ class ExtractionFormat:
                     dialect, target="structures", key="structure_key", source=t, source_key="x.structure_key",
                     columns=_STRUCTURE_COLUMNS | {"activity_sector": "''", "is_officine": "x.is_officine = 1"},
                     update=[c for c in _STRUCTURE_UPDATES if c != "is_officine"], source_filter="x.structure_key <> ''",
+                    skip_unchanged=True,
                 )
             ).bindparams(_NOW),
             params,
         )  # fmt: skip
         before = (await conn.execute(text("SELECT count(*) FROM mailboxes"))).scalar_one()
-        await conn.execute(
+        written = await conn.execute(
             text(
                 upsert_sql(
                     dialect, target="mailboxes", key="address", source=t, source_key="x.address",
                     columns=_MAILBOX_COLUMNS, update=_MAILBOX_UPDATES,
                     # Our own mailboxes (passwords, patients) are never rewritten by a public file.
-                    keep_when="mailboxes.source = 'extraction'",
+                    keep_when="mailboxes.source = 'extraction'", skip_unchanged=True,
+                    # SQLite applies every line of a repeated address (the last one wins); only
+                    # the last is read, so that each address counts once in the report.
+                    source_filter=f"x.line_no IN (SELECT max(line_no) FROM {t} GROUP BY address)"
+                    if dialect == "sqlite" and report.duplicates else "true",
                 )
             ).bindparams(_NOW, _RUN),
             params,
         )  # fmt: skip
         report.inserted = (await conn.execute(text("SELECT count(*) FROM mailboxes"))).scalar_one() - before
-        report.updated = report.rows_ok - report.duplicates - report.inserted
+        report.updated = written.rowcount - report.inserted
+        report.unchanged = report.rows_ok - report.duplicates - report.inserted - report.updated
         if not report.retire_skipped:
-            retired = await conn.execute(
-                text(
-                    "UPDATE mailboxes SET active = false, retired_at = :now, updated_at = :now "
-                    "WHERE source = 'extraction' AND active = true AND seen_in_run <> :run"
-                ).bindparams(_NOW, _RUN),
-                params,
-            )
+            retired = await conn.execute(text(_RETIRE_UNLISTED[dialect].format(stage=t)).bindparams(_NOW), params)
             report.retired = retired.rowcount
 
 

@@ -9,6 +9,7 @@ statements in the same transaction: the directory changes all at once or not at 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 from dataclasses import dataclass, field
@@ -43,7 +44,8 @@ class ImportReport:
     rows_bad: int = 0
     duplicates: int = 0
     inserted: int = 0
-    updated: int = 0
+    updated: int = 0  # rows whose values changed
+    unchanged: int = 0  # rows listed again with the same values: not rewritten
     retired: int = 0
     retire_skipped: bool = False
     bad_samples: list[tuple[int, str]] = field(default_factory=list)
@@ -51,7 +53,8 @@ class ImportReport:
     def summary(self) -> str:
         lines = [
             f"{self.kind} import of {self.file_name}: {self.rows_read} rows read, {self.rows_ok} accepted, "
-            f"{self.rows_bad} refused; {self.inserted} added, {self.updated} updated, {self.retired} retired"
+            f"{self.rows_bad} refused; {self.inserted} added, {self.updated} changed, {self.unchanged} unchanged, "
+            f"{self.retired} retired"
         ]
         if self.duplicates:
             lines.append(f"{self.duplicates} duplicate rows (the last one of each was kept)")
@@ -189,6 +192,18 @@ async def run_import(
 
     await _create_staging(conn, fmt)
     batch: list[tuple[Any, ...]] = []
+    # One batch is loaded while the next is parsed: the driver's work (sqlite3 in
+    # aiosqlite's thread, the server's side of COPY) overlaps the parsing.
+    loading: asyncio.Task[None] | None = None
+
+    async def load(rows: list[tuple[Any, ...]]) -> None:
+        nonlocal loading
+        if loading is not None:
+            await loading
+        loading = asyncio.ensure_future(bulk_insert(conn, fmt.staging_table, column_names, rows))
+        await asyncio.sleep(0)  # let the load hand its rows to the driver before parsing goes on
+        report.rows_ok += len(rows)
+
     try:
         for line_no, line in read_lines(path, progress.advance):
             if line_no == 1:
@@ -211,12 +226,14 @@ async def run_import(
                 bad(line_no, str(exc))
                 continue
             if len(batch) >= BATCH_ROWS:
-                await bulk_insert(conn, fmt.staging_table, column_names, batch)
-                report.rows_ok += len(batch)
+                await load(batch)
                 batch = []
-        await bulk_insert(conn, fmt.staging_table, column_names, batch)
-        report.rows_ok += len(batch)
+        await load(batch)
+        assert loading is not None
+        await loading
     finally:
+        if loading is not None and not loading.done():
+            loading.cancel()
         progress.close()
     if report.rows_read == 0:
         raise ImportFileError(f"{path.name} has a header but no rows; nothing was changed")

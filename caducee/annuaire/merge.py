@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
+NOT_COMPARED = {"updated_at", "seen_in_run"}  # bookkeeping: a change of these alone is no change
+
 
 def upsert_sql(
     dialect: str,
@@ -16,6 +18,7 @@ def upsert_sql(
     update: Sequence[str],
     keep_when: str | None = None,
     source_filter: str = "true",
+    skip_unchanged: bool = False,
 ) -> str:
     """`INSERT INTO target SELECT ... FROM source ON CONFLICT (key) DO UPDATE ...`.
 
@@ -24,7 +27,10 @@ def upsert_sql(
     refuses to update one row twice in a statement, so its source is reduced to the last
     line per key with DISTINCT ON; SQLite applies the rows in file order (the staging
     table's primary key), so the last line wins there too. `keep_when` guards the update
-    (e.g. never rewrite our own mailboxes).
+    (e.g. never rewrite our own mailboxes). With `skip_unchanged`, a row whose updated
+    columns (bookkeeping aside) already hold the file's values is left alone, so a
+    daily re-import of a file that barely changed writes (and leaves behind as dead rows
+    and WAL, on PostgreSQL) only what changed.
     """
     names = ", ".join(columns)
     expressions = ", ".join(columns.values())
@@ -36,7 +42,12 @@ def upsert_sql(
     else:
         select = f"SELECT {expressions} FROM {source} x WHERE {source_filter} ORDER BY x.line_no"
     assignments = ", ".join(f"{column} = excluded.{column}" for column in update)
-    guard = f" WHERE {keep_when}" if keep_when else ""
+    conditions = [keep_when] if keep_when else []
+    if skip_unchanged:
+        distinct = "IS DISTINCT FROM" if dialect == "postgresql" else "IS NOT"  # both null-safe
+        compared = [column for column in update if column not in NOT_COMPARED]
+        conditions.append("(" + " OR ".join(f"{target}.{c} {distinct} excluded.{c}" for c in compared) + ")")
+    guard = f" WHERE {' AND '.join(conditions)}" if conditions else ""
     return f"INSERT INTO {target} ({names}) {select} ON CONFLICT ({key}) DO UPDATE SET {assignments}{guard}"
 
 

@@ -117,9 +117,11 @@ class Mailbox(Base):
     # a re-import that rewrites a professional never breaks the link. No foreign-key
     # constraint: PostgreSQL checks one per row with a trigger, which tripled the import
     # time, and the importer writes the parents first in the same transaction; directory
-    # rows are retired, never deleted, so a link cannot dangle.
-    professional_national_id: Mapped[str | None] = mapped_column(String(40), nullable=True, index=True)
-    structure_key: Mapped[str | None] = mapped_column(String(40), nullable=True, index=True)
+    # rows are retired, never deleted, so a link cannot dangle. Not indexed: every query goes
+    # from a mailbox to its professional or structure (their unique keys), never back, and
+    # each index on this 535,000-row table is paid on every import (migration 0005).
+    professional_national_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    structure_key: Mapped[str | None] = mapped_column(String(40), nullable=True)
     patient_id: Mapped[int | None] = mapped_column(ForeignKey("patients.id"), nullable=True, unique=True)
     service: Mapped[str] = mapped_column(String(256), default="")
     display_name: Mapped[str] = mapped_column(String(256), default="")
@@ -130,10 +132,12 @@ class Mailbox(Base):
     password_hash: Mapped[str | None] = mapped_column(String(256), nullable=True)
     # Denormalised for the directory search, so that it filters one table (see service.search).
     search_text: Mapped[str] = mapped_column(String(800), default="")
-    profession_code: Mapped[str] = mapped_column(String(8), default="", index=True)
+    # Not indexed: a few dozen codes, "10" (médecin) on about half the rows; a search by
+    # profession is narrowed by the name or the place, whose columns are.
+    profession_code: Mapped[str] = mapped_column(String(8), default="")
     postcode: Mapped[str] = mapped_column(String(10), default="", index=True)
     city_search: Mapped[str] = mapped_column(String(128), default="", index=True)
-    seen_in_run: Mapped[int] = mapped_column(Integer, default=0)  # last extraction import that listed it
+    seen_in_run: Mapped[int] = mapped_column(Integer, default=0)  # last extraction import that added or changed it
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     retired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

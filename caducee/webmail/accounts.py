@@ -20,6 +20,7 @@ from datetime import datetime, timedelta, timezone
 from sqlalchemy import delete, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from caducee import db
 from caducee.annuaire import patients
 from caducee.annuaire.models import PatientStatus
 from caducee.config import Settings
@@ -90,6 +91,7 @@ class Accounts:
     def __init__(self, engine: AsyncEngine, settings: Settings, notifier: Notifier, codes: CodeHasher,
                  throttle: LoginThrottle | None = None) -> None:  # fmt: skip
         self.engine = engine
+        self.reads = db.autocommit_reads(engine)
         self.settings = settings
         self.notifier = notifier
         self.codes = codes
@@ -106,7 +108,7 @@ class Accounts:
         cached = self._profiles.get(patient_id)
         if cached is not None and moment - cached[0] < PROFILES_SECONDS:
             return cached[1]
-        async with self.engine.connect() as conn:
+        async with self.reads.connect() as conn:
             found = await patients.profiles_for(conn, patient_id)
         if len(self._profiles) > 10_000:
             self._profiles.clear()
@@ -229,7 +231,7 @@ class Accounts:
         moment_mono = time.monotonic()
         cached = self._sessions.get(session_id)
         if cached is None or moment_mono - cached[0] > SESSION_RECHECK_SECONDS:
-            async with self.engine.connect() as conn:  # a prepared statement, no ORM
+            async with self.reads.connect() as conn:  # a prepared statement, no ORM, no transaction
                 row = (await conn.execute(_SESSION, {"id": session_id})).first()
             if row is None:
                 self._sessions.pop(session_id, None)

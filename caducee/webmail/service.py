@@ -17,6 +17,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from caducee import db
 from caducee.annuaire import patients, service as annuaire
 from caducee.annuaire.patients import PatientAccount, Profile
 from caducee.config import Settings
@@ -132,6 +133,7 @@ class Webmail:
     def __init__(self, engine: AsyncEngine, settings: Settings, cipher: BodyCipher, pipeline: AcceptPipeline | None,
                  history: AccessHistory) -> None:  # fmt: skip
         self.engine = engine
+        self.reads = db.autocommit_reads(engine)  # the pages' reads: one statement each, no BEGIN/ROLLBACK
         self.settings = settings
         self.cipher = cipher
         self.pipeline = pipeline
@@ -166,7 +168,7 @@ class Webmail:
         return result
 
     async def _describe(self, addresses: set[str]) -> dict[str, Correspondent]:
-        async with self.engine.connect() as conn:
+        async with self.reads.connect() as conn:
             entries = await patients.describe(conn, sorted(addresses))
         result = {}
         for address in addresses:
@@ -190,7 +192,7 @@ class Webmail:
     async def inbox(self, profile: Profile, *, page: int = 1, unread_only: bool = False) -> tuple[list[ConversationLine], int]:
         me = profile.account.address
         key = (profile.account.mailbox_id, page, unread_only)
-        async with self.engine.connect() as conn:
+        async with self.reads.connect() as conn:
             version = await store.list_version(conn, profile.account.mailbox_id, me)
             cached = self._lists.get(key)
             if cached is not None and cached[0] == version:
@@ -219,7 +221,7 @@ class Webmail:
         return others[0] if others else row.last_sender
 
     async def unread(self, profile: Profile) -> int:
-        async with self.engine.connect() as conn:
+        async with self.reads.connect() as conn:
             return await store.unread_count(conn, profile.account.mailbox_id)
 
     # ---- one conversation ----------------------------------------------------------------------
@@ -228,7 +230,7 @@ class Webmail:
         """The conversation as this profile sees it (None if it holds none of it); opening it
         marks it read, sends the receipts asked for, and is recorded in the access history."""
         me = profile.account.address
-        async with self.engine.connect() as conn:
+        async with self.reads.connect() as conn:
             stored = await store.conversation_messages(conn, profile.account.mailbox_id, key)
             state = await store.conversation_state(conn, key) if key > 0 and stored else None
         if not stored:
@@ -268,7 +270,7 @@ class Webmail:
         """Each message opened: from the cache, else its body read, decrypted and parsed once."""
         missing = [message.id for message in messages if message.id not in self._readable]
         if missing:
-            async with self.engine.connect() as conn:
+            async with self.reads.connect() as conn:
                 bodies = await store.sealed_bodies(conn, missing)
             for message_id, sealed in bodies.items():
                 self._readable[message_id] = reading.read(self.cipher.open(sealed))
@@ -281,7 +283,7 @@ class Webmail:
         return opened
 
     async def _raw(self, message: store.StoredMessage) -> bytes:
-        async with self.engine.connect() as conn:
+        async with self.reads.connect() as conn:
             bodies = await store.sealed_bodies(conn, [message.id])
         return self.cipher.open(bodies[message.id])
 
@@ -365,7 +367,7 @@ class Webmail:
 
     async def attachment(self, profile: Profile, actor: PatientAccount, key: int, message_id: int,
                          index: int) -> tuple[reading.Attachment, bytes] | None:  # fmt: skip
-        async with self.engine.connect() as conn:
+        async with self.reads.connect() as conn:
             stored = await store.conversation_messages(conn, profile.account.mailbox_id, key)
         message = next((m for m in stored if m.id == message_id), None)
         if message is None:
@@ -384,7 +386,7 @@ class Webmail:
         if len(written) > compose.MAX_TEXT:
             return SendResult(False, f"Votre message est trop long ({len(written)} caractères, {compose.MAX_TEXT} au plus). "
                                      "Raccourcissez-le ou joignez un document.")  # fmt: skip
-        async with self.engine.connect() as conn:
+        async with self.reads.connect() as conn:
             stored = await store.conversation_messages(conn, profile.account.mailbox_id, key)
         if not stored:
             return SendResult(False, "Cette conversation n'existe pas.")
@@ -433,16 +435,16 @@ class Webmail:
         return SendResult(True, success, conversation)
 
     async def _conversation_of(self, message_id: int) -> int | None:
-        async with self.engine.connect() as conn:
+        async with self.reads.connect() as conn:
             return await store.conversation_of_message(conn, message_id)
 
     async def pharmacy(self, address: str) -> annuaire.MailboxEntry | None:
         """A published pharmacy (officine) mailbox of the annuaire, or None."""
-        async with self.engine.connect() as conn:
+        async with self.reads.connect() as conn:
             entry = await annuaire.get_mailbox(conn, address[:254])
         return entry if entry is not None and entry.is_officine else None
 
     async def pharmacies(self, name: str, place: str, page: int = 1) -> annuaire.SearchPage:
-        async with self.engine.connect() as conn:
+        async with self.reads.connect() as conn:
             return await annuaire.search(conn, name=name or None, place=place or None, officine=True, mailbox_type="ORG",
                                          page=page, per_page=10)  # fmt: skip
