@@ -38,6 +38,12 @@ class Settings:
         "Database URL. Empty means SQLite in the data directory. "
         "`postgresql://user@host/db` uses asyncpg.",
     )
+    database_pool_size: int = _setting(
+        30,
+        "Database connections each server process keeps open (opened as needed, 10 more allowed at peaks). "
+        "Size it to the requests a busy process has in a database call at once: connections beyond it are "
+        "closed when returned, and reopened on the next request.",
+    )
     http_host: str = _setting("127.0.0.1", "Address the HTTP app listens on.")
     http_port: int = _setting(8080, "HTTP port (webmail, JSON API, /docs, /metrics, /healthz).")
     local_domains: list[str] = _setting(
@@ -229,6 +235,8 @@ def load_settings(
     for name, allowed in choices.items():
         if getattr(settings, name) not in allowed:
             raise SettingsError(f"setting {name!r} must be one of {', '.join(allowed)}, not {getattr(settings, name)!r}")
+    if settings.database_pool_size < 1:
+        raise SettingsError("setting 'database_pool_size' must be 1 or more")
     if settings.cpu_workers < 0:
         raise SettingsError("setting 'cpu_workers' must be 0 (one per CPU) or more")
     return settings

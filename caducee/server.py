@@ -146,7 +146,7 @@ async def prepare_database(settings: Settings, *, demo: bool) -> AsyncEngine:
     """Migrate the database to head, seed the demo world if asked; return the engine."""
     url = settings.effective_database_url
     await asyncio.to_thread(db.upgrade, url)
-    engine = db.create_engine(url)
+    engine = db.create_engine(url, pool_size=settings.database_pool_size)
     if demo:
         from caducee import demo as demo_world
 
@@ -197,7 +197,7 @@ async def serve(settings: Settings, *, demo: bool = False, migrate: bool = True,
     if migrate:
         engine = await prepare_database(settings, demo=demo)
     else:
-        engine = db.create_engine(settings.effective_database_url)
+        engine = db.create_engine(settings.effective_database_url, pool_size=settings.database_pool_size)
     gateway = await start_gateway(settings, engine, reuse_port=reuse_port)
     app = build_app(engine, settings, gateway.pipeline)
     config = uvicorn.Config(app, log_level=settings.log_level.lower(), access_log=False)

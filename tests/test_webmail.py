@@ -98,6 +98,28 @@ async def test_reply_after_fin_is_not_offered_and_refused(webmail: Webmail) -> N
         assert api["closed"] and not api["reply"]["allowed"] and api["closed_by"] == "Dr Sophie Bernard"
 
 
+async def test_a_closing_the_patient_did_not_receive_still_shows(webmail: Webmail) -> None:
+    """The doctor writes to the patient and the nurse, then closes the conversation with a
+    [FIN] to the nurse alone: nothing new reaches the patient's mailbox, yet the list the
+    patient already looked at (cached against the mailbox's version) must show it closed."""
+    from mail import message
+    from test_gateway_rules import smtp_send
+
+    doctor, nurse = webmail.gateway.account("doctor")[0], webmail.gateway.account("nurse")[0]
+    patient = webmail.patient("adult_1")["address"]
+    first = message(doctor, patient, "Soins à domicile", "L'infirmière passera demain.", headers={"Cc": nurse})
+    assert (await asyncio.to_thread(smtp_send, webmail.gateway, first, [patient, nurse]))[0] == 250
+    client, _ = await webmail.logged_in()
+    async with aclosing(client):
+        assert "conversation close" not in (await client.get("/")).text
+        fin = message(doctor, nurse, "[FIN] Soins à domicile", "Fin du suivi.",
+                      headers={"In-Reply-To": first["Message-ID"], "References": first["Message-ID"]})  # fmt: skip
+        assert (await asyncio.to_thread(smtp_send, webmail.gateway, fin, [nurse]))[0] == 250
+        assert "conversation close" in (await client.get("/")).text
+        page = await client.get(f"/conversations/{await conversation_id(client)}")
+        assert "a clos cette conversation le" in page.text and "Envoyer ma réponse" not in page.text
+
+
 async def test_cnam_message_cannot_be_answered(webmail: Webmail) -> None:
     from email.policy import SMTP
 

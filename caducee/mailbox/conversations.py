@@ -115,8 +115,8 @@ async def unread_count(conn: AsyncConnection, mailbox_id: int) -> int:
     return int(count.scalar_one())
 
 
-def _messages_query(condition):  # type: ignore[no-untyped-def]
-    return (
+def _messages_query(condition, *, with_state: bool = False):  # type: ignore[no-untyped-def]
+    query = (
         select(Message.id, MailboxEntry.folder_id, Folder.name, MailboxEntry.uid, MailboxEntry.flags, Message.sender,
                MailboxEntry.received_at, Message.message_id_header)
         .select_from(MailboxEntry).join(Folder, Folder.id == MailboxEntry.folder_id).join(Message, Message.id == MailboxEntry.message_id)
@@ -124,22 +124,20 @@ def _messages_query(condition):  # type: ignore[no-untyped-def]
                condition)
         .order_by(Message.id, Folder.name)
     )  # fmt: skip
+    if with_state:  # the conversation's state on every row: one round trip for the whole page
+        query = query.add_columns(Conversation.state, Conversation.closed_by, Conversation.closed_at, Conversation.is_campaign).outerjoin(
+            Conversation, Conversation.id == Message.conversation_id)  # fmt: skip
+    return query
 
 
 # Built once: every conversation page runs one of these, and building a select costs more
 # than running it.
 _IN_CONVERSATION = _messages_query(Message.conversation_id == bindparam("key"))
+_IN_CONVERSATION_WITH_STATE = _messages_query(Message.conversation_id == bindparam("key"), with_state=True)
 _ALONE = _messages_query(Message.id == bindparam("key"))
 
 
-async def conversation_messages(conn: AsyncConnection, mailbox_id: int, key: int) -> list[StoredMessage]:
-    """The messages of one conversation this mailbox holds, oldest first; [] if it holds none.
-
-    Bodies are not read (`sealed_body` is None): a page shows what it has already opened,
-    and asks `sealed_bodies` for the rest.
-    """
-    statement, value = (_IN_CONVERSATION, key) if key > 0 else (_ALONE, -key)
-    rows = await conn.execute(statement, {"box": mailbox_id, "key": value})
+def _stored(rows) -> list[StoredMessage]:  # type: ignore[no-untyped-def]
     seen_ids: set[int] = set()
     messages = []
     for row in rows:
@@ -151,15 +149,33 @@ async def conversation_messages(conn: AsyncConnection, mailbox_id: int, key: int
     return messages
 
 
+async def conversation_messages(conn: AsyncConnection, mailbox_id: int, key: int) -> list[StoredMessage]:
+    """The messages of one conversation this mailbox holds, oldest first; [] if it holds none.
+
+    Bodies are not read (`sealed_body` is None): a page shows what it has already opened,
+    and asks `sealed_bodies` for the rest.
+    """
+    statement, value = (_IN_CONVERSATION, key) if key > 0 else (_ALONE, -key)
+    return _stored(await conn.execute(statement, {"box": mailbox_id, "key": value}))
+
+
+async def conversation_with_state(conn: AsyncConnection, mailbox_id: int,
+                                  key: int) -> tuple[list[StoredMessage], ConversationStatus | None]:  # fmt: skip
+    """`conversation_messages` and `conversation_state` in one statement (the page needs both)."""
+    if key <= 0:
+        return await conversation_messages(conn, mailbox_id, key), None
+    rows = (await conn.execute(_IN_CONVERSATION_WITH_STATE, {"box": mailbox_id, "key": key})).all()
+    if not rows:
+        return [], None
+    first = rows[0]
+    return _stored(rows), ConversationStatus(first.state, first.closed_by, first.closed_at, bool(first.is_campaign))
+
+
 async def sealed_bodies(conn: AsyncConnection, message_ids: list[int]) -> dict[int, bytes]:
     """The sealed bodies of messages the caller already found in a mailbox it may read."""
     if not message_ids:
         return {}
     return {row.id: row.body for row in await conn.execute(select(Message.id, Message.body).where(Message.id.in_(message_ids)))}
-
-
-_STATE = select(Conversation.state, Conversation.closed_by, Conversation.closed_at, Conversation.is_campaign).where(
-    Conversation.id == bindparam("id"))  # fmt: skip
 
 
 class ConversationStatus(NamedTuple):
@@ -173,25 +189,20 @@ class ConversationStatus(NamedTuple):
         return self.state == "closed"
 
 
-async def conversation_state(conn: AsyncConnection, conversation_id: int) -> ConversationStatus | None:
-    row = (await conn.execute(_STATE, {"id": conversation_id})).first()
-    return ConversationStatus(row.state, row.closed_by, row.closed_at, bool(row.is_campaign)) if row else None
-
-
 async def conversation_of_message(conn: AsyncConnection, message_id: int) -> int | None:
     return (await conn.execute(select(Message.conversation_id).where(Message.id == message_id))).scalar_one_or_none()
 
 
 _VERSION = text(
     "SELECT (SELECT coalesce(sum(highestmodseq), 0) FROM folders WHERE mailbox_id = :box), "
-    "(SELECT count(*) FROM conversation_participants p JOIN conversations c ON c.id = p.conversation_id "
-    "WHERE p.address = :address AND c.state = 'closed')"
+    "(SELECT max(closed_at) FROM conversation_participants WHERE address = :address AND closed_at IS NOT NULL)"
 )
 
 
-async def list_version(conn: AsyncConnection, mailbox_id: int, address: str) -> tuple[int, int]:
+async def list_version(conn: AsyncConnection, mailbox_id: int, address: str) -> tuple[int, str]:
     """Changes whenever the conversation list of this mailbox can change: a message filed,
     a flag changed, an entry expunged (each bumps a folder's MODSEQ), or a conversation
-    closed, even silently. Two index look-ups: a cached list is checked against it."""
+    closed, even by a message this mailbox did not receive (the latest closing among its
+    conversations). Two index look-ups: a cached list is checked against it."""
     row = (await conn.execute(_VERSION, {"box": mailbox_id, "address": address})).one()
-    return int(row[0]), int(row[1])
+    return int(row[0]), str(row[1])

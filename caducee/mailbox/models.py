@@ -47,10 +47,19 @@ class Conversation(Base):
 class ConversationParticipant(Base):
     __tablename__ = "conversation_participants"
 
-    __table_args__ = (Index("ix_conversation_participants_address", "address"),)
+    __table_args__ = (
+        Index("ix_conversation_participants_address", "address"),
+        # The webmail's list version reads max(closed_at) of one address: a look-up here,
+        # where counting the closed conversations of a 1,000-conversation patient cost
+        # 1.5 ms of database time on every page (migration 0006).
+        Index("ix_conversation_participants_closed", "address", "closed_at",
+              postgresql_where="closed_at IS NOT NULL", sqlite_where="closed_at IS NOT NULL"),  # fmt: skip
+    )
 
     conversation_id: Mapped[int] = mapped_column(ForeignKey("conversations.id"), primary_key=True)
     address: Mapped[str] = mapped_column(String(254), primary_key=True)
+    # When the conversation was closed (a copy of conversations.closed_at, per participant).
+    closed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 class Message(Base):

@@ -64,11 +64,18 @@ async def find_conversation(conn: AsyncConnection, message_id_headers: list[str]
 
 
 def close_conversation(conn: Connection, conversation_id: int, closed_by: str) -> None:
-    conn.execute(
+    """Close a conversation, and mark each participant's row with the moment, so that a
+    participant's conversation list can tell it changed with one index look-up."""
+    moment = datetime.now(timezone.utc)
+    closed = conn.execute(
         update(Conversation)
         .where(Conversation.id == conversation_id, Conversation.state == "open")
-        .values(state="closed", closed_by=closed_by, closed_at=datetime.now(timezone.utc))
+        .values(state="closed", closed_by=closed_by, closed_at=moment)
     )
+    if closed.rowcount:
+        conn.execute(
+            update(ConversationParticipant).where(ConversationParticipant.conversation_id == conversation_id).values(closed_at=moment)
+        )
 
 
 def new_uidvalidity() -> int:

@@ -143,7 +143,7 @@ class Webmail:
         # mailbox's version on every use, so it is never stale; names from the annuaire may
         # be a minute old; an opened message never changes (bodies are immutable), but its
         # readable text stays in this process's memory, like the IMAP header cache.
-        self._lists: dict[tuple[int, int, bool], tuple[tuple[int, int], list[ConversationLine], int]] = {}
+        self._lists: dict[tuple[int, int, bool], tuple[tuple[int, str], list[ConversationLine], int]] = {}
         self._people: dict[str, tuple[float, Correspondent]] = {}
         self._readable: OrderedDict[int, reading.Readable] = OrderedDict()
         self._decisions: dict[tuple[str, int], tuple[float, Decision]] = {}
@@ -231,8 +231,7 @@ class Webmail:
         marks it read, sends the receipts asked for, and is recorded in the access history."""
         me = profile.account.address
         async with self.reads.connect() as conn:
-            stored = await store.conversation_messages(conn, profile.account.mailbox_id, key)
-            state = await store.conversation_state(conn, key) if key > 0 and stored else None
+            stored, state = await store.conversation_with_state(conn, profile.account.mailbox_id, key)
         if not stored:
             return None
         opened = await self._read_all(stored)
