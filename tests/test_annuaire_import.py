@@ -186,7 +186,7 @@ async def test_ps_file_import_people_pharmacies_and_retirement(engine: AsyncEngi
     assert await scalar(engine, select(Structure.is_officine).where(Structure.identifier == officine)) is True
 
     report = await run(engine, "ps", write_file(tmp_path / "ps2.txt", PS_COLUMNS, rows[:5]))
-    assert report.retired == 4 and report.updated == 5
+    assert (report.retired, report.updated, report.unchanged) == (4, 0, 5)
     assert await scalar(engine, select(func.count()).select_from(Professional).where(Professional.active.is_(True))) == 5
 
 

@@ -149,7 +149,7 @@ _MAILBOX_UPDATES = ["type", "domain", "professional_national_id", "structure_key
                     "retired_at", "seen_in_run", "updated_at"]  # fmt: skip
 
 
-# Mailboxes of the public file that the new file no longer lists: an anti-join with the
+# Mailboxes (people) of the public file that the new file no longer lists: an anti-join with the
 # staging table (not a mark written on every listed row, which would rewrite them all).
 # PostgreSQL plans NOT EXISTS as a hash anti-join; SQLite builds a transient index for NOT IN.
 _RETIRE_UNLISTED = {
@@ -158,6 +158,12 @@ _RETIRE_UNLISTED = {
                   "AND NOT EXISTS (SELECT 1 FROM {stage} x WHERE x.address = mailboxes.address)",
     "sqlite": "UPDATE mailboxes SET active = false, retired_at = :now, updated_at = :now "
               "WHERE source = 'extraction' AND active = true AND address NOT IN (SELECT address FROM {stage})",
+}  # fmt: skip
+_RETIRE_UNLISTED_PEOPLE = {
+    "postgresql": "UPDATE professionals SET active = false, updated_at = :now WHERE in_ps_file = true AND active = true "
+                  "AND NOT EXISTS (SELECT 1 FROM {stage} x WHERE x.national_id = professionals.national_id)",
+    "sqlite": "UPDATE professionals SET active = false, updated_at = :now WHERE in_ps_file = true AND active = true "
+              "AND national_id NOT IN (SELECT national_id FROM {stage})",
 }  # fmt: skip
 
 
@@ -322,12 +328,15 @@ class PersonActivityFormat:
         params = {**_now_params(), "run": run_id}
         before = (await conn.execute(text("SELECT count(*) FROM professionals"))).scalar_one()
         distinct = (await conn.execute(text(f"SELECT count(DISTINCT national_id) FROM {t}"))).scalar_one()
-        await conn.execute(
+        written = await conn.execute(
             text(
                 upsert_sql(
                     dialect, target="professionals", key="national_id", source=t, source_key="x.national_id",
                     columns=_PROFESSIONAL_COLUMNS | {"in_ps_file": "true", "active": "true", "seen_in_run": ":run"},
-                    update=[*_PROFESSIONAL_UPDATES, "in_ps_file", "active", "seen_in_run"],
+                    update=[*_PROFESSIONAL_UPDATES, "in_ps_file", "active", "seen_in_run"], skip_unchanged=True,
+                    # A person has one line per activity: on SQLite only the last is read, so
+                    # that each person is written (and counted) once, as DISTINCT ON does.
+                    source_filter=f"x.line_no IN (SELECT max(line_no) FROM {t} GROUP BY national_id)" if dialect == "sqlite" else "true",
                 )
             ).bindparams(_NOW, _RUN),
             params,
@@ -338,18 +347,14 @@ class PersonActivityFormat:
                     dialect, target="structures", key="structure_key", source=t, source_key="x.structure_key",
                     columns=_STRUCTURE_COLUMNS | {"activity_sector": "x.sector", "is_officine": "x.is_officine = 1"},
                     update=[*_STRUCTURE_UPDATES, "activity_sector"], source_filter="x.structure_key <> ''",
+                    skip_unchanged=True,
                 )
             ).bindparams(_NOW),
             params,
         )  # fmt: skip
         report.inserted = (await conn.execute(text("SELECT count(*) FROM professionals"))).scalar_one() - before
-        report.updated = distinct - report.inserted
+        report.updated = written.rowcount - report.inserted
+        report.unchanged = distinct - report.inserted - report.updated
         if not report.retire_skipped:
-            retired = await conn.execute(
-                text(
-                    "UPDATE professionals SET active = false, updated_at = :now "
-                    "WHERE in_ps_file = true AND active = true AND seen_in_run <> :run"
-                ).bindparams(_NOW, _RUN),
-                params,
-            )
+            retired = await conn.execute(text(_RETIRE_UNLISTED_PEOPLE[dialect].format(stage=t)).bindparams(_NOW), params)
             report.retired = retired.rowcount

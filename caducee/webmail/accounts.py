@@ -26,6 +26,7 @@ from caducee.annuaire.models import PatientStatus
 from caducee.config import Settings
 from caducee.gateway.auth import Locked, LoginThrottle
 from caducee.passwords import hash_password, verify_password
+from caducee.singleflight import SingleFlight
 from caducee.webmail.codes import CodeHasher, mask_email, new_code, new_token, token_id
 from caducee.webmail.models import ActivationCode, LoginChallenge, WebSession
 from caducee.webmail.notifier import Notifier
@@ -99,6 +100,9 @@ class Accounts:
         self._checks = asyncio.Semaphore(2)  # argon2 uses 64 MiB per check: bound the memory
         self._profiles: dict[int, tuple[float, list[patients.Profile]]] = {}
         self._sessions: dict[str, tuple[float, SessionInfo, datetime, datetime]] = {}
+        self._reading_sessions: SingleFlight[str, tuple[float, SessionInfo, datetime, datetime] | None] = SingleFlight()
+        self._loading_profiles: SingleFlight[int, list[patients.Profile]] = SingleFlight()
+        self._touching: set[str] = set()
 
     async def profiles(self, patient_id: int) -> list[patients.Profile]:
         """The profiles a person may act on, reused for a few seconds: every page asks, and
@@ -108,12 +112,16 @@ class Accounts:
         cached = self._profiles.get(patient_id)
         if cached is not None and moment - cached[0] < PROFILES_SECONDS:
             return cached[1]
-        async with self.reads.connect() as conn:
-            found = await patients.profiles_for(conn, patient_id)
-        if len(self._profiles) > 10_000:
-            self._profiles.clear()
-        self._profiles[patient_id] = (moment, found)
-        return found
+
+        async def load() -> list[patients.Profile]:
+            async with self.reads.connect() as conn:
+                found = await patients.profiles_for(conn, patient_id)
+            if len(self._profiles) > 10_000:
+                self._profiles.clear()
+            self._profiles[patient_id] = (moment, found)
+            return found
+
+        return await self._loading_profiles.run(patient_id, load)
 
     def forget_profiles(self, patient_id: int | None = None) -> None:
         if patient_id is None:
@@ -231,26 +239,39 @@ class Accounts:
         moment_mono = time.monotonic()
         cached = self._sessions.get(session_id)
         if cached is None or moment_mono - cached[0] > SESSION_RECHECK_SECONDS:
-            async with self.reads.connect() as conn:  # a prepared statement, no ORM, no transaction
-                row = (await conn.execute(_SESSION, {"id": session_id})).first()
-            if row is None:
-                self._sessions.pop(session_id, None)
+            cached = await self._reading_sessions.run(session_id, lambda: self._read_session(session_id, moment_mono))
+            if cached is None:
                 return None
-            if len(self._sessions) > 100_000:
-                self._sessions.clear()
-            cached = (moment_mono, SessionInfo(row.id, row.patient_id, row.acting_patient_id, row.csrf_token),
-                      aware(row.last_seen_at), aware(row.expires_at))  # fmt: skip
-            self._sessions[session_id] = cached
         _, info, last_seen, expires = cached
         moment = now()
         if expires < moment or last_seen + timedelta(minutes=self.settings.webmail_idle_minutes) < moment:
             await self.close_session(session_id)
             return None
-        if moment - last_seen > TOUCH_EVERY:
-            async with self.engine.begin() as conn:
-                await conn.execute(update(WebSession).where(WebSession.id == session_id).values(last_seen_at=moment))
-            self._sessions[session_id] = (cached[0], info, moment, expires)
+        if moment - last_seen > TOUCH_EVERY and session_id not in self._touching:
+            # One write per session and minute, not one per request in flight at that moment.
+            self._touching.add(session_id)
+            try:
+                async with self.engine.begin() as conn:
+                    await conn.execute(update(WebSession).where(WebSession.id == session_id).values(last_seen_at=moment))
+                current = self._sessions.get(session_id)
+                if current is not None:
+                    self._sessions[session_id] = (current[0], current[1], moment, current[3])
+            finally:
+                self._touching.discard(session_id)
         return info
+
+    async def _read_session(self, session_id: str, moment_mono: float) -> tuple[float, SessionInfo, datetime, datetime] | None:
+        async with self.reads.connect() as conn:  # a prepared statement, no ORM, no transaction
+            row = (await conn.execute(_SESSION, {"id": session_id})).first()
+        if row is None:
+            self._sessions.pop(session_id, None)
+            return None
+        if len(self._sessions) > 100_000:
+            self._sessions.clear()
+        cached = (moment_mono, SessionInfo(row.id, row.patient_id, row.acting_patient_id, row.csrf_token),
+                  aware(row.last_seen_at), aware(row.expires_at))  # fmt: skip
+        self._sessions[session_id] = cached
+        return cached
 
     async def switch_profile(self, session: SessionInfo, acting_patient_id: int) -> None:
         async with self.engine.begin() as conn:

@@ -28,6 +28,7 @@ from caducee.mailbox import conversations as store
 from caducee.mailbox.imap.mailstore import MailStore
 from caducee.policies import Decision
 from caducee.policies import Message as MessageFacts
+from caducee.singleflight import SingleFlight
 from caducee.webmail import compose, reading
 from caducee.webmail.accounts import aware
 from caducee.webmail.uploads import Upload
@@ -147,6 +148,8 @@ class Webmail:
         self._people: dict[str, tuple[float, Correspondent]] = {}
         self._readable: OrderedDict[int, reading.Readable] = OrderedDict()
         self._decisions: dict[tuple[str, int], tuple[float, Decision]] = {}
+        self._judging: SingleFlight[tuple[str, int], Decision] = SingleFlight()
+        self._describing: SingleFlight[frozenset[str], dict[str, Correspondent]] = SingleFlight()
         self._recorded: dict[tuple[int, int, int], float] = {}
 
     # ---- who is who ------------------------------------------------------------------------
@@ -158,11 +161,11 @@ class Webmail:
             cached = self._people.get(address)
             if cached is not None and moment - cached[0] < PEOPLE_SECONDS:
                 result[address] = cached[1]
-        missing = addresses - result.keys()
+        missing = frozenset(addresses - result.keys())
         if missing:
             if len(self._people) > CACHE_ITEMS:
                 self._people.clear()
-            for address, person in (await self._describe(missing)).items():
+            for address, person in (await self._describing.run(missing, lambda: self._describe(missing))).items():
                 self._people[address] = (moment, person)
                 result[address] = person
         return result
@@ -320,18 +323,23 @@ class Webmail:
         """The gateway's decision for a reply to `target`, reused for as long as the gateway
         itself trusts what it read from the annuaire (`directory_cache_seconds`). Whether the
         conversation is closed is read on every view before this is asked: closing shows at once."""
-        assert self.pipeline is not None
+        pipeline = self.pipeline
+        assert pipeline is not None
         moment = time.monotonic()
         key = (me, target.id)
         cached = self._decisions.get(key)
         if cached is not None and moment - cached[0] < self.settings.directory_cache_seconds:
             return cached[1]
-        verdict = await self.pipeline.judge(me, [target.sender], references=[target.message_id_header],
-                                            message=MessageFacts(size=0, subject="Re:", has_content=True), channel=Channel.WEBMAIL)  # fmt: skip
-        if len(self._decisions) > CACHE_ITEMS:
-            self._decisions.clear()
-        self._decisions[key] = (moment, verdict.decisions[target.sender])
-        return verdict.decisions[target.sender]
+
+        async def judge() -> Decision:
+            verdict = await pipeline.judge(me, [target.sender], references=[target.message_id_header],
+                                           message=MessageFacts(size=0, subject="Re:", has_content=True), channel=Channel.WEBMAIL)  # fmt: skip
+            if len(self._decisions) > CACHE_ITEMS:
+                self._decisions.clear()
+            self._decisions[key] = (moment, verdict.decisions[target.sender])
+            return verdict.decisions[target.sender]
+
+        return await self._judging.run(key, judge)
 
     async def _mark_read(self, profile: Profile, stored: list[store.StoredMessage],
                          opened: list[tuple[store.StoredMessage, reading.Readable]], is_campaign: bool) -> None:  # fmt: skip
