@@ -153,6 +153,19 @@ async def test_a_read_receipt_goes_back_once_when_asked(webmail: Webmail) -> Non
     assert b"Disposition: automatic-action/MDN-sent-automatically; displayed" in receipts[0]
 
 
+async def test_a_message_opened_in_five_tabs_at_once_gets_one_receipt(webmail: Webmail) -> None:
+    doctor = webmail.gateway.account("doctor")[0]
+    patient = webmail.patient("adult_1")
+    await doctor_writes(webmail.gateway, patient["address"], "Compte rendu", headers={"Disposition-Notification-To": doctor})
+    client, _ = await webmail.logged_in()
+    async with aclosing(client):
+        key = await conversation_id(client)
+        pages = await asyncio.gather(*(client.get(f"/conversations/{key}") for _ in range(5)))
+        assert all(page.status_code == 200 for page in pages)
+    receipts = [raw for raw in await webmail.gateway.inbox(doctor) if b"disposition-notification" in raw]
+    assert len(receipts) == 1
+
+
 async def test_prescription_reaches_the_pharmacy(webmail: Webmail) -> None:
     pharmacy = webmail.gateway.account("pharmacy")[0]
     client, csrf = await webmail.logged_in()

@@ -358,9 +358,18 @@ class Webmail:
 
     async def _send_receipt(self, profile: Profile, message: store.StoredMessage, readable: reading.Readable) -> None:
         """RFC 8098: automatically, only to the sender who asked (a different address would
-        need the patient's consent, section 2.1), and once ($MDNSent, RFC 3503)."""
+        need the patient's consent, section 2.1), and once ($MDNSent, RFC 3503).
+
+        The flag is claimed before the receipt is sent: setting it takes the folder's lock
+        and says whether it changed, so of two tabs (or two workers) opening the message at
+        the same moment exactly one sends. A receipt the gateway then refuses is not retried
+        (RFC 8098 receipts are best effort); the refusal is logged.
+        """
         asked_by = reading.parseaddr_lower(readable.mdn_to or "")
         if asked_by != message.sender:
+            return
+        claimed, _ = await self.mailstore.store_flags(message.folder_id, [message.uid], "+FLAGS", ["$MDNSent"])
+        if not claimed:
             return
         raw = compose.receipt(sender_name=profile.account.name, sender=profile.account.address, to=asked_by,
                               original_message_id=message.message_id_header, original_subject=readable.subject,
@@ -370,7 +379,6 @@ class Webmail:
                                                      authenticated=profile.account.address))  # fmt: skip
         if not result.accepted:
             log.info("read receipt to %s refused: %s", asked_by, result.reply)
-        await self.mailstore.store_flags(message.folder_id, [message.uid], "+FLAGS", ["$MDNSent"])
 
     async def attachment(self, profile: Profile, actor: PatientAccount, key: int, message_id: int,
                          index: int) -> tuple[reading.Attachment, bytes] | None:  # fmt: skip
