@@ -36,18 +36,21 @@ _DOUBLE_DIGIT = str.maketrans("0123456789", "0246813579")  # 2*d, minus 9 above 
 
 
 def luhn_valid(digits: str) -> bool:
-    """Luhn (mod 10) check over a string of decimal digits, check digit last.
+    """Luhn (mod 10) check over a string of ASCII digits (0-9), check digit last.
 
-    Written with slices, translate and map so that the loop runs in C: the importers check
-    two numbers on each of 535,000 rows.
+    Written with slices, translate and a sum over bytes so that every loop runs in C (the
+    sum of the characters' codes less 48 each is the sum of the digits): the importers
+    check two numbers on each of 535,000 rows.
     """
+    if not digits.isascii() or not digits.isdigit():
+        return False
     reversed_digits = digits[::-1]
-    kept = sum(map(int, reversed_digits[0::2]))
-    doubled = sum(map(int, reversed_digits[1::2].translate(_DOUBLE_DIGIT)))
-    return (kept + doubled) % 10 == 0
+    kept = reversed_digits[0::2].encode()
+    doubled = reversed_digits[1::2].translate(_DOUBLE_DIGIT).encode()
+    return (sum(kept) + sum(doubled) - 48 * len(digits)) % 10 == 0
 
 
-_INS_SHAPE = re.compile(r"^[1-8]\d{4}(?:\d{2}|2[AB])\d{6}\d{2}$")
+_INS_SHAPE = re.compile(r"^[1-8][0-9]{4}(?:[0-9]{2}|2[AB])[0-9]{6}[0-9]{2}$")
 
 
 def nir_key(first_13: str) -> int:
@@ -74,10 +77,16 @@ def validate_ins(value: str) -> str:
     return ins
 
 
+# ASCII digits only: `\d` would also take other scripts' digits, which int() accepts.
+_RPPS_SHAPE = re.compile(r"[0-9]{11}")
+_NINE_SHAPE = re.compile(r"(?:[0-9]{2}|2[AB])[0-9]{7}")  # ADELI and FINESS
+_SIRET_SHAPE = re.compile(r"[0-9]{14}")
+
+
 def validate_rpps(value: str) -> str:
     """An RPPS number: 11 digits whose Luhn check holds."""
     rpps = (value or "").strip()
-    if not re.fullmatch(r"\d{11}", rpps):
+    if not _RPPS_SHAPE.fullmatch(rpps):
         raise InvalidIdentifier("RPPS", f"an RPPS number has exactly 11 digits, got {rpps!r}")
     if not luhn_valid(rpps):
         raise InvalidIdentifier("RPPS", f"{rpps} fails the Luhn check (a digit is wrong)")
@@ -87,7 +96,7 @@ def validate_rpps(value: str) -> str:
 def validate_adeli(value: str) -> str:
     """An ADELI number: 9 characters, digits (2A/2B department for Corsica)."""
     adeli = (value or "").strip().upper()
-    if not re.fullmatch(r"(?:\d{2}|2[AB])\d{7}", adeli):
+    if not _NINE_SHAPE.fullmatch(adeli):
         raise InvalidIdentifier("ADELI", f"an ADELI number has 9 characters, got {adeli!r}")
     return adeli
 
@@ -99,7 +108,7 @@ def validate_finess(value: str) -> str:
     written as its former code 20 (assumption documented in docs/annuaire.md).
     """
     finess = (value or "").strip().upper()
-    if not re.fullmatch(r"(?:\d{2}|2[AB])\d{7}", finess):
+    if not _NINE_SHAPE.fullmatch(finess):
         raise InvalidIdentifier("FINESS", f"a FINESS number has 9 characters, got {finess!r}")
     digits = "20" + finess[2:] if finess[:2] in {"2A", "2B"} else finess
     if not luhn_valid(digits):
@@ -110,7 +119,7 @@ def validate_finess(value: str) -> str:
 def validate_siret(value: str) -> str:
     """A SIRET: 14 digits, Luhn over the whole number (La Poste's SIRETs are exempt)."""
     siret = re.sub(r"\s", "", value or "")
-    if not re.fullmatch(r"\d{14}", siret):
+    if not _SIRET_SHAPE.fullmatch(siret):
         raise InvalidIdentifier("SIRET", f"a SIRET has 14 digits, got {siret!r}")
     if not luhn_valid(siret) and not siret.startswith("356000000"):
         raise InvalidIdentifier("SIRET", f"{siret} fails the Luhn check (a digit is wrong)")

@@ -9,7 +9,6 @@ statements in the same transaction: the directory changes all at once or not at 
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sys
 from dataclasses import dataclass, field
@@ -192,18 +191,6 @@ async def run_import(
 
     await _create_staging(conn, fmt)
     batch: list[tuple[Any, ...]] = []
-    # One batch is loaded while the next is parsed: the driver's work (sqlite3 in
-    # aiosqlite's thread, the server's side of COPY) overlaps the parsing.
-    loading: asyncio.Task[None] | None = None
-
-    async def load(rows: list[tuple[Any, ...]]) -> None:
-        nonlocal loading
-        if loading is not None:
-            await loading
-        loading = asyncio.ensure_future(bulk_insert(conn, fmt.staging_table, column_names, rows))
-        await asyncio.sleep(0)  # let the load hand its rows to the driver before parsing goes on
-        report.rows_ok += len(rows)
-
     try:
         for line_no, line in read_lines(path, progress.advance):
             if line_no == 1:
@@ -226,14 +213,12 @@ async def run_import(
                 bad(line_no, str(exc))
                 continue
             if len(batch) >= BATCH_ROWS:
-                await load(batch)
+                await bulk_insert(conn, fmt.staging_table, column_names, batch)
+                report.rows_ok += len(batch)
                 batch = []
-        await load(batch)
-        assert loading is not None
-        await loading
+        await bulk_insert(conn, fmt.staging_table, column_names, batch)
+        report.rows_ok += len(batch)
     finally:
-        if loading is not None and not loading.done():
-            loading.cancel()
         progress.close()
     if report.rows_read == 0:
         raise ImportFileError(f"{path.name} has a header but no rows; nothing was changed")
