@@ -105,7 +105,8 @@ def validate_finess(value: str) -> str:
     """A FINESS number: 9 characters, the last a Luhn check digit.
 
     Corsican numbers start with 2A/2B; the key is then computed with the department
-    written as its former code 20 (assumption documented in docs/annuaire.md).
+    written as its former code 20. This is an assumption of ours, not a published rule:
+    if a real Corsican FINESS is refused, this is the place to look.
     """
     finess = (value or "").strip().upper()
     if not _NINE_SHAPE.fullmatch(finess):
