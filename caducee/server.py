@@ -15,8 +15,8 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import AsyncIterator
 
-from fastapi import FastAPI
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import text
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -35,7 +35,7 @@ from caducee.webmail.codes import CodeHasher
 from caducee.webmail.notifier import notifier_from_settings
 from caducee.webmail.pages import router as webmail_pages
 from caducee.webmail.service import Webmail
-from caducee.webmail.web import BodyLimit, WebmailContext, WebmailHeaders
+from caducee.webmail.web import TEMPLATES, BodyLimit, WebmailContext, WebmailHeaders
 
 log = logging.getLogger("caducee")
 
@@ -111,6 +111,15 @@ def build_app(engine: AsyncEngine, settings: Settings, pipeline: AcceptPipeline 
     app.state.metrics = metrics
 
     app.add_middleware(CountRequests, metrics=metrics)
+
+    @app.exception_handler(Exception)
+    async def unavailable(request: Request, exc: Exception) -> Response:
+        """A failure nobody foresaw (the database dropped its connections, say): the person
+        sees a plain page in French and can try again; the details go to the log (the
+        exception is raised on after this answer), never to the page."""
+        if request.url.path.startswith("/api/"):
+            return JSONResponse({"detail": "Service momentanément indisponible : réessayez dans un instant."}, status_code=500)
+        return TEMPLATES.TemplateResponse(request, "unavailable.html", {}, status_code=500)
 
     @app.get("/healthz", tags=["operations"], summary="Liveness and database reachability")
     async def healthz() -> JSONResponse:

@@ -120,6 +120,40 @@ async def test_a_closing_the_patient_did_not_receive_still_shows(webmail: Webmai
         assert "a clos cette conversation le" in page.text and "Envoyer ma réponse" not in page.text
 
 
+async def test_pages_and_smtp_come_back_after_postgresql_drops_every_connection(webmail: Webmail, backend: str) -> None:
+    """The pool does not ping connections before use (three round trips per checkout on
+    asyncpg): when the server drops them all (a restart, a failover), the first request that
+    meets a dead connection fails cleanly, the pool renews itself, and the next one works.
+    Over SMTP the failure is a 451: the client keeps the message and retries."""
+    if backend != "postgresql":
+        pytest.skip("SQLite has no server to lose")
+    import asyncpg
+
+    patient = webmail.patient("adult_1")
+    client, _ = await webmail.logged_in()
+    async with aclosing(client):
+        assert (await client.get("/")).status_code == 200
+        url = webmail.gateway.engine.url
+        admin = await asyncpg.connect(host=url.host, port=url.port or 5432, user=url.username, database=url.database)
+        try:  # from outside the pool, so that every pooled connection is among the dropped ones
+            killed = await admin.fetchval("SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity "
+                                          "WHERE datname = current_database() AND pid <> pg_backend_pid()")  # fmt: skip
+        finally:
+            await admin.close()
+        assert killed >= 1
+        pages = [await client.get("/") for _ in range(3)]
+        assert pages[-1].status_code == 200 and all(page.status_code in (200, 500) for page in pages), pages
+        for failed in (page for page in pages if page.status_code == 500):  # in French, without the details
+            assert "momentanément indisponible" in failed.text and "Traceback" not in failed.text
+        codes = []
+        for _ in range(3):
+            codes.append((await doctor_writes(webmail.gateway, patient["address"], "Après la coupure"))[1])
+            if codes[-1] == 250:
+                break
+        assert codes[-1] == 250 and all(code in (250, 451) for code in codes), codes
+        assert "Après la coupure" in (await client.get("/")).text
+
+
 async def test_cnam_message_cannot_be_answered(webmail: Webmail) -> None:
     from email.policy import SMTP
 
