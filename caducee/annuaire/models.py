@@ -62,7 +62,8 @@ class Professional(Base):
     savoir_faire_label: Mapped[str] = mapped_column(String(256), default="")
     search_name: Mapped[str] = mapped_column(String(260), default="")
     in_ps_file: Mapped[bool] = mapped_column(Boolean, default=False)
-    seen_in_run: Mapped[int] = mapped_column(Integer, default=0)  # last PS-file import that listed it
+    # The last PS-file import that added or changed it: an audit trail (retiring compares with the file, not this).
+    seen_in_run: Mapped[int] = mapped_column(Integer, default=0)
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
@@ -137,7 +138,8 @@ class Mailbox(Base):
     profession_code: Mapped[str] = mapped_column(String(8), default="")
     postcode: Mapped[str] = mapped_column(String(10), default="", index=True)
     city_search: Mapped[str] = mapped_column(String(128), default="", index=True)
-    seen_in_run: Mapped[int] = mapped_column(Integer, default=0)  # last extraction import that added or changed it
+    # The last extraction import that added or changed it: an audit trail (retiring compares with the file, not this).
+    seen_in_run: Mapped[int] = mapped_column(Integer, default=0)
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     retired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
