@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import os
 import shutil
 import socket
@@ -141,7 +142,12 @@ class RunningHTTP:
     def __init__(self, app: object) -> None:
         import uvicorn
 
-        self.port = free_port()
+        # Bound here and handed to uvicorn: a port found free and bound later can be taken in
+        # between (by an outgoing connection's ephemeral port, say).
+        self.socket = socket.socket()
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.socket.bind(("127.0.0.1", 0))
+        self.port = int(self.socket.getsockname()[1])
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on"))
         self.task: asyncio.Task[None] | None = None
 
@@ -150,7 +156,7 @@ class RunningHTTP:
         return f"http://127.0.0.1:{self.port}"
 
     async def start(self) -> None:
-        self.task = asyncio.create_task(self.server.serve())
+        self.task = asyncio.create_task(self.server.serve(sockets=[self.socket]))
         for _ in range(500):
             if self.server.started:
                 return
@@ -230,7 +236,14 @@ class RunningGateway:
             listeners["trusted"] = ListenerConfig("submission", "127.0.0.1", free_port(), plain,
                                                   trusted_networks=trusted_networks, hostname="localhost")  # fmt: skip
         for name, config in listeners.items():
-            self.servers.append(await start_listener(config, self.pipeline, self.authenticator))
+            for attempt in range(5):
+                try:
+                    self.servers.append(await start_listener(config, self.pipeline, self.authenticator))
+                    break
+                except OSError as exc:  # the port found free was taken before we bound it: take another
+                    if exc.errno != errno.EADDRINUSE or attempt == 4:
+                        raise
+                    config = dataclasses.replace(config, port=free_port())
             self.ports[name] = config.port
         return self
 
