@@ -117,8 +117,10 @@ def child(mode: str, backend: str, path: Path, workdir: Path, pg_url: str) -> No
 def run_child(mode: str, backend: str, path: Path, workdir: Path, pg_url: str) -> dict[str, float]:
     done = subprocess.run(
         [sys.executable, __file__, "--child", mode, backend, str(path), str(workdir), "--pg", pg_url],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if done.returncode != 0:
         raise SystemExit(f"{mode} on {backend} failed:\n{done.stderr}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -151,8 +153,11 @@ def main() -> None:
             for attempt in range(args.repeat):
                 imports.append(run_child("import", backend, big, workdir, args.pg))
                 bares.append(run_child("bare", backend, big, workdir, args.pg))
-                print(f"{backend} #{attempt + 1}: import {imports[-1]['seconds']:.1f}s, again {imports[-1]['reimport_seconds']:.1f}s, "
-                      f"bare {bares[-1]['seconds']:.1f}s", flush=True)
+                print(
+                    f"{backend} #{attempt + 1}: import {imports[-1]['seconds']:.1f}s, again {imports[-1]['reimport_seconds']:.1f}s, "
+                    f"bare {bares[-1]['seconds']:.1f}s",
+                    flush=True,
+                )
             small_import = run_child("import", backend, small, workdir, args.pg)
             import_rate = median([r["rows"] / r["seconds"] for r in imports])
             reimport_rate = median([r["rows"] / r["reimport_seconds"] for r in imports])
@@ -164,7 +169,8 @@ def main() -> None:
                 f"| {median([r['peak_rss_mb'] for r in bares]):.0f} MB |"
             )
             print(lines[-1], flush=True)
-    body = f"""## Annuaire import (`bench/annuaire_import.py`)
+    body = (
+        f"""## Annuaire import (`bench/annuaire_import.py`)
 
 Command: `.venv/bin/python bench/annuaire_import.py --rows {args.rows} --repeat {args.repeat}` ({machine()}).
 A generated `Extraction_Correspondance_MSSante` file of {args.rows:,} rows in the real 31-column layout.
@@ -177,7 +183,9 @@ memory flat in the file size (compare the full file with one ten times smaller).
 
 | backend | import rows/s | bare insert rows/s | ratio | same file again, rows/s | ratio | import peak RSS | same, 1/10 file | bare peak RSS |
 |---|---|---|---|---|---|---|---|---|
-""" + "\n".join(lines) + """
+"""
+        + "\n".join(lines)
+        + """
 
 Memory is flat: the import streams the file in batches of 5,000 rows and the folding caches are bounded.
 The ratio is short of the 0.5x target, and the reason is the anchor, not a hot spot. Timed phase by phase on
@@ -191,6 +199,7 @@ the import to parse, validate, stage and merge in the time the anchor only copie
 is still read, validated and staged, which is most of the time.
 Profile: `python -m cProfile -s tottime -m caducee annuaire import extraction FILE`.
 """
+    )
     print(body)
     if not args.no_write:
         write_section("annuaire_import", body)

@@ -33,9 +33,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from email.utils import format_datetime
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -45,19 +45,18 @@ from smtp_accept import DEFAULT_PG, Caducee, wait_port  # noqa: E402
 
 OPERATIONS = {
     "SELECT INBOX": "SELECT INBOX",
-    "UID FETCH 1:* (UID FLAGS INTERNALDATE RFC822.SIZE ENVELOPE BODYSTRUCTURE)":
-        "UID FETCH 1:* (UID FLAGS INTERNALDATE RFC822.SIZE ENVELOPE BODYSTRUCTURE)",
+    "UID FETCH 1:* (UID FLAGS INTERNALDATE RFC822.SIZE ENVELOPE BODYSTRUCTURE)": "UID FETCH 1:* (UID FLAGS INTERNALDATE RFC822.SIZE ENVELOPE BODYSTRUCTURE)",
     "UID SEARCH UNSEEN": "UID SEARCH UNSEEN",
     'UID SEARCH FROM "dupont"': 'UID SEARCH FROM "dupont"',
     "UID FETCH 1:500 (BODY.PEEK[])": "UID FETCH 1:500 (BODY.PEEK[])",
-}  # fmt: skip
+}
 NAMES = ["Dupont", "Martin", "Bernard", "Thomas", "Petit", "Robert", "Richard", "Durand", "Leroy", "Moreau"]
 
 
 def messages(count: int, seed: int = 7) -> list[bytes]:
     """Realistic mail: mostly short text, some multipart/alternative, some with a PDF attachment."""
     rng = random.Random(seed)
-    start = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    start = datetime(2026, 1, 1, tzinfo=UTC)
     out = []
     for n in range(count):
         mail = EmailMessage()
@@ -67,7 +66,9 @@ def messages(count: int, seed: int = 7) -> list[bytes]:
         mail["Subject"] = f"Compte rendu n°{n} — patient {rng.randint(1000, 9999)}"
         mail["Date"] = format_datetime(start + timedelta(minutes=37 * n))
         mail["Message-ID"] = f"<bench-{n}@hopital.mssante.fr>"
-        text = "\n".join(f"Ligne {i} du compte rendu : examen normal, à revoir dans {rng.randint(1, 12)} mois." for i in range(rng.randint(10, 60)))
+        text = "\n".join(
+            f"Ligne {i} du compte rendu : examen normal, à revoir dans {rng.randint(1, 12)} mois." for i in range(rng.randint(10, 60))
+        )
         mail.set_content(text)
         kind = n % 10
         if kind in (1, 2):
@@ -121,7 +122,7 @@ class RawClient:
             if not chunk:
                 raise ConnectionError("server closed the connection")
             received += len(chunk)
-            data = data[-(len(marker) + 512):] + chunk if len(data) > 1 << 16 else data + chunk
+            data = data[-(len(marker) + 512) :] + chunk if len(data) > 1 << 16 else data + chunk
         after = data.split(marker, 1)[1]
         status, _, rest = after.partition(b"\r\n")
         if not status.startswith(b"OK"):
@@ -181,9 +182,28 @@ class Dovecot:
         (self.root / "home").mkdir(parents=True)
         self.port = free_port()
         cert, key = self.root / "cert.pem", self.root / "key.pem"
-        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
-                        "-days", "2", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost"],
-                       check=True, capture_output=True)  # fmt: skip
+        subprocess.run(
+            [
+                "openssl",
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                str(key),
+                "-out",
+                str(cert),
+                "-days",
+                "2",
+                "-subj",
+                "/CN=localhost",
+                "-addext",
+                "subjectAltName=DNS:localhost",
+            ],
+            check=True,
+            capture_output=True,
+        )
         (self.root / "users").write_text(f"{user}:{{PLAIN}}{password}\n")
         shutil.chown(self.root / "home", "dovecot", "dovecot")
         self.config = self.root / "dovecot.conf"
@@ -317,8 +337,9 @@ def main() -> None:
             else:
                 pg_name, url = create_pg_database(args.pg, "caducee_imapbench")
             imap_port = free_port()
-            caducee = Caducee(workdir, url, 1, {"CADUCEE_IMAP_PORT": str(imap_port),
-                                                 "CADUCEE_IMAP_MAX_CONNECTIONS_PER_CLIENT": str(args.idle + 100)})  # fmt: skip
+            caducee = Caducee(
+                workdir, url, 1, {"CADUCEE_IMAP_PORT": str(imap_port), "CADUCEE_IMAP_MAX_CONNECTIONS_PER_CLIENT": str(args.idle + 100)}
+            )
             try:
                 wait_port(imap_port)
                 nurse = caducee.credentials["professionals"]["nurse"]
@@ -329,8 +350,9 @@ def main() -> None:
                 results[f"Caducée {backend}"] = time_operations(client, args.repeat)
                 client.close()
                 if args.idle:
-                    idle[backend] = asyncio.run(idle_memory(imap_port, nurse["address"], nurse["password"], args.idle,
-                                                            caducee.workers()[0]))  # fmt: skip
+                    idle[backend] = asyncio.run(
+                        idle_memory(imap_port, nurse["address"], nurse["password"], args.idle, caducee.workers()[0])
+                    )
             finally:
                 caducee.stop()
                 if pg_name:
@@ -347,9 +369,12 @@ def main() -> None:
             if name != "Dovecot":
                 cells += [f"{1 / times[label]:,.1f}", f"**{dovecot_times[label] / times[label]:.2f}x**"]
         rows.append("| " + " | ".join(cells) + " |")
-    idle_lines = "\n".join(f"- Caducée {backend}: {count} connections in IDLE, **{per:.0f} KB** of resident memory each"
-                           for backend, (per, count) in idle.items())  # fmt: skip
-    body = f"""## IMAP against Dovecot (`bench/imap.py`)
+    idle_lines = "\n".join(
+        f"- Caducée {backend}: {count} connections in IDLE, **{per:.0f} KB** of resident memory each"
+        for backend, (per, count) in idle.items()
+    )
+    body = (
+        f"""## IMAP against Dovecot (`bench/imap.py`)
 
 Command: `.venv/bin/python bench/imap.py --messages {args.messages} --repeat {args.repeat} --idle {args.idle}` ({machine()}).
 A {args.messages:,}-message INBOX (generated: 70% short text, 20% multipart/alternative, 10% with a 20 KB PDF; 70%
@@ -364,13 +389,16 @@ Target: >= 0.5x Dovecot's throughput on each operation; IDLE under 100 KB per co
 
 {header}
 {rule}
-""" + "\n".join(rows) + f"""
+"""
+        + "\n".join(rows)
+        + f"""
 
 Memory in IDLE (growth of the serving process's RSS over {args.idle} connections that logged in over STARTTLS,
 selected INBOX and entered IDLE, divided by their number):
 
 {idle_lines}
 """
+    )
     print(body)
     if not args.no_write:
         write_section("imap", body)

@@ -42,21 +42,38 @@ class PostfixRelay:
         (self.config / "main.cf").write_text("")  # compiled-in defaults, plus what we set below
         shutil.copy("/etc/postfix/dynamicmaps.cf", self.config / "dynamicmaps.cf")
         master = (self.config / "master.cf").read_text()
-        master = master.replace("smtp      inet  n       -       y       -       -       smtpd",
-                                f"127.0.0.1:{self.port} inet n - n - - smtpd")  # fmt: skip
+        master = master.replace(
+            "smtp      inet  n       -       y       -       -       smtpd", f"127.0.0.1:{self.port} inet n - n - - smtpd"
+        )
         (self.config / "master.cf").write_text(master)
         for directory in (self.queue, self.data):
             shutil.chown(directory, "postfix")
         _postconf(
             self.config,
-            "compatibility_level = 3.6", f"queue_directory = {self.queue}", f"data_directory = {self.data}",
-            "mail_owner = postfix", "myhostname = bench.localdomain", "mydestination =", "inet_interfaces = 127.0.0.1",
-            "inet_protocols = ipv4", "mynetworks = 127.0.0.0/8", f"relayhost = [127.0.0.1]:{self.sink_port}",
-            "smtpd_relay_restrictions = permit_mynetworks, reject", "smtpd_recipient_restrictions = permit_mynetworks, reject",
-            "smtp_tls_security_level = none", "smtpd_tls_security_level = none", f"maillog_file_prefixes = {self.data}", f"maillog_file = {self.data / 'maillog'}",
-            "default_process_limit = 100", "smtpd_client_connection_count_limit = 0", "local_recipient_maps =",
-            "alias_maps =", "alias_database =", "message_size_limit = 30000000", "smtp_destination_concurrency_limit = 20",
-        )  # fmt: skip
+            "compatibility_level = 3.6",
+            f"queue_directory = {self.queue}",
+            f"data_directory = {self.data}",
+            "mail_owner = postfix",
+            "myhostname = bench.localdomain",
+            "mydestination =",
+            "inet_interfaces = 127.0.0.1",
+            "inet_protocols = ipv4",
+            "mynetworks = 127.0.0.0/8",
+            f"relayhost = [127.0.0.1]:{self.sink_port}",
+            "smtpd_relay_restrictions = permit_mynetworks, reject",
+            "smtpd_recipient_restrictions = permit_mynetworks, reject",
+            "smtp_tls_security_level = none",
+            "smtpd_tls_security_level = none",
+            f"maillog_file_prefixes = {self.data}",
+            f"maillog_file = {self.data / 'maillog'}",
+            "default_process_limit = 100",
+            "smtpd_client_connection_count_limit = 0",
+            "local_recipient_maps =",
+            "alias_maps =",
+            "alias_database =",
+            "message_size_limit = 30000000",
+            "smtp_destination_concurrency_limit = 20",
+        )
         _authorise(self.config)
         subprocess.run(["postfix", "-c", str(self.config), "check"], check=True)
         subprocess.run(["postfix", "-c", str(self.config), "start"], check=True, capture_output=True)

@@ -23,13 +23,12 @@ from email.message import EmailMessage
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from report import machine, median, write_section  # noqa: E402
-from smtp_accept import Caducee, smtp_source  # noqa: E402
-
 from cryptography import x509  # noqa: E402
 from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
 from cryptography.hazmat.primitives.ciphers import algorithms  # noqa: E402
 from cryptography.hazmat.primitives.serialization import pkcs7  # noqa: E402
+from report import machine, median, write_section  # noqa: E402
+from smtp_accept import Caducee, smtp_source  # noqa: E402
 
 from caducee.crypto import smime  # noqa: E402
 from caducee.crypto.pki import Issuer, init_pki, key_passphrase, load_key  # noqa: E402
@@ -51,8 +50,12 @@ def sample_message(size: int) -> bytes:
 
 def bare(message: bytes, cert: x509.Certificate, key: object, recipients: list[x509.Certificate]) -> bytes:
     """What a program using `cryptography` alone writes for sign-then-encrypt in S/MIME."""
-    signed = (pkcs7.PKCS7SignatureBuilder().set_data(message).add_signer(cert, key, hashes.SHA256())  # type: ignore[arg-type]
-              .sign(serialization.Encoding.SMIME, [pkcs7.PKCS7Options.DetachedSignature]))  # fmt: skip
+    signed = (
+        pkcs7.PKCS7SignatureBuilder()
+        .set_data(message)
+        .add_signer(cert, key, hashes.SHA256())  # type: ignore[arg-type]
+        .sign(serialization.Encoding.SMIME, [pkcs7.PKCS7Options.DetachedSignature])
+    )
     builder = pkcs7.PKCS7EnvelopeBuilder().set_data(signed).set_content_encryption_algorithm(algorithms.AES256)
     for recipient in recipients:
         builder = builder.add_recipient(recipient)
@@ -61,8 +64,12 @@ def bare(message: bytes, cert: x509.Certificate, key: object, recipients: list[x
 
 def bare_der(message: bytes, cert: x509.Certificate, key: object, recipients: list[x509.Certificate]) -> bytes:
     """The CMS work alone (DER, no MIME at all): the floor no S/MIME writer can go under."""
-    signed = (pkcs7.PKCS7SignatureBuilder().set_data(message).add_signer(cert, key, hashes.SHA256())  # type: ignore[arg-type]
-              .sign(serialization.Encoding.DER, [pkcs7.PKCS7Options.DetachedSignature, pkcs7.PKCS7Options.Binary]))  # fmt: skip
+    signed = (
+        pkcs7.PKCS7SignatureBuilder()
+        .set_data(message)
+        .add_signer(cert, key, hashes.SHA256())  # type: ignore[arg-type]
+        .sign(serialization.Encoding.DER, [pkcs7.PKCS7Options.DetachedSignature, pkcs7.PKCS7Options.Binary])
+    )
     builder = pkcs7.PKCS7EnvelopeBuilder().set_data(message + signed).set_content_encryption_algorithm(algorithms.AES256)
     for recipient in recipients:
         builder = builder.add_recipient(recipient)
@@ -91,9 +98,9 @@ def crypto_rates(workdir: Path, repeat: int) -> list[str]:
         message = sample_message(size)
         ours_runs, bare_runs, floor_runs = [], [], []
         for _ in range(repeat):
-            ours_runs.append(rate(lambda: smime.sign_and_encrypt(message, signer, certs)))
-            bare_runs.append(rate(lambda: bare(message, certs[0], key, certs)))
-            floor_runs.append(rate(lambda: bare_der(message, certs[0], key, certs)))
+            ours_runs.append(rate(lambda message=message: smime.sign_and_encrypt(message, signer, certs)))
+            bare_runs.append(rate(lambda message=message: bare(message, certs[0], key, certs)))
+            floor_runs.append(rate(lambda message=message: bare_der(message, certs[0], key, certs)))
         ours, anchor, floor = median(ours_runs), median(bare_runs), median(floor_runs)
         rows.append(f"| {label} | {ours:,.0f} | {anchor:,.0f} | {ours / anchor:.2f}x | {floor:,.0f} | {ours / floor:.2f}x |")
         print(rows[-1], flush=True)
@@ -136,7 +143,8 @@ def main() -> None:
         crypto = crypto_rates(workdir, args.repeat)
         smtp = smtp_rates(workdir, args.messages, args.sessions, args.size, args.repeat)
     off, on = smtp["off"], smtp["enforce"]
-    body = f"""## S/MIME (`bench/smime.py`)
+    body = (
+        f"""## S/MIME (`bench/smime.py`)
 
 Command: `.venv/bin/python bench/smime.py --messages {args.messages} --repeat {args.repeat}` ({machine()}). Medians of {args.repeat} runs.
 
@@ -146,7 +154,9 @@ with S/MIME output) on the same messages. Target: >= 0.8x.
 
 | message | Caducée (messages/s) | bare cryptography, S/MIME output (messages/s) | ratio | CMS alone, DER (messages/s) | ratio |
 |---|---|---|---|---|---|
-""" + "\n".join(crypto) + f"""
+"""
+        + "\n".join(crypto)
+        + f"""
 
 Caducée writes the MIME around the CMS structures itself (one C base64 call, then slicing): `cryptography`'s S/MIME
 encoder goes through the `email` package line by line, which costs more than the RSA operations on large messages.
@@ -161,6 +171,7 @@ nurse's and the doctor's certificates, in the CPU process pool. Target: on >= 0.
 |---|---|---|---|
 | off | {off[0]:,.0f} | {off[1]:.0f}% | 1.00x |
 | enforce | {on[0]:,.0f} | {on[1]:.0f}% | {on[0] / off[0]:.2f}x |"""
+    )
     print(body)
     if not args.no_write:
         write_section("smime", body)

@@ -55,8 +55,11 @@ def wait_port(port: int, timeout: float = 120) -> None:
 def smtp_source(port: int, messages: int, sessions: int, size: int, recipient: str = RECIPIENT) -> float:
     """Messages per second that smtp-source achieved against 127.0.0.1:port."""
     start = time.perf_counter()
-    subprocess.run(["smtp-source", "-s", str(sessions), "-m", str(messages), "-l", str(size), "-f", SENDER, "-t", recipient,
-                    f"127.0.0.1:{port}"], check=True, stdout=subprocess.DEVNULL)  # fmt: skip
+    subprocess.run(
+        ["smtp-source", "-s", str(sessions), "-m", str(messages), "-l", str(size), "-f", SENDER, "-t", recipient, f"127.0.0.1:{port}"],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     return messages / (time.perf_counter() - start)
 
 
@@ -83,12 +86,26 @@ class Caducee:
     def __init__(self, workdir: Path, database_url: str, workers: int, extra_env: dict[str, str] | None = None) -> None:
         self.data_dir = workdir / f"caducee-{uuid.uuid4().hex[:6]}"
         self.port, self.tls_port = free_port(), free_port()
-        env = {**os.environ, "CADUCEE_DATA_DIR": str(self.data_dir), "CADUCEE_DATABASE_URL": database_url,
-               "CADUCEE_SUBMISSION_PORT": str(self.port), "CADUCEE_SUBMISSIONS_PORT": str(self.tls_port),
-               "CADUCEE_MX_PORT": "0", "CADUCEE_IMAP_PORT": "0", "CADUCEE_IMAPS_PORT": "0", "CADUCEE_HTTP_PORT": str(free_port()), "CADUCEE_TRUSTED_NETWORKS": "127.0.0.0/8",
-               "CADUCEE_LOG_LEVEL": "WARNING", **(extra_env or {})}  # fmt: skip
-        self.process = subprocess.Popen([sys.executable, "-m", "caducee", "serve", "--demo", "--workers", str(workers)],
-                                        env=env, stdout=subprocess.DEVNULL, stderr=open(workdir / "caducee.log", "ab"))  # fmt: skip
+        env = {
+            **os.environ,
+            "CADUCEE_DATA_DIR": str(self.data_dir),
+            "CADUCEE_DATABASE_URL": database_url,
+            "CADUCEE_SUBMISSION_PORT": str(self.port),
+            "CADUCEE_SUBMISSIONS_PORT": str(self.tls_port),
+            "CADUCEE_MX_PORT": "0",
+            "CADUCEE_IMAP_PORT": "0",
+            "CADUCEE_IMAPS_PORT": "0",
+            "CADUCEE_HTTP_PORT": str(free_port()),
+            "CADUCEE_TRUSTED_NETWORKS": "127.0.0.0/8",
+            "CADUCEE_LOG_LEVEL": "WARNING",
+            **(extra_env or {}),
+        }
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "caducee", "serve", "--demo", "--workers", str(workers)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=open(workdir / "caducee.log", "ab"),
+        )
         wait_port(self.port)
         wait_port(self.tls_port)
         self.credentials = json.loads((self.data_dir / "demo-credentials.json").read_text())
@@ -137,8 +154,10 @@ PROFILE_FRAMES = [
     ("    waiting for / running the group commit", ("GroupCommitter._commit",)),
     ("  of which the RCPT and MAIL hooks (rules at RCPT, directory cache)", ("GatewayHandler.handle_RCPT", "GatewayHandler.handle_MAIL")),
     ("SQLite writer thread (batch statements, commit, fsync)", ("BatchWriter._write_sqlite",)),
-    ("hand-off to the CPU pool (S/MIME jobs: pickling, queue and result threads)", ("concurrent/futures/process.py",
-     "multiprocessing/queues.py", "multiprocessing/connection.py", "CpuPool.run")),
+    (
+        "hand-off to the CPU pool (S/MIME jobs: pickling, queue and result threads)",
+        ("concurrent/futures/process.py", "multiprocessing/queues.py", "multiprocessing/connection.py", "CpuPool.run"),
+    ),
     ("event loop and socket I/O outside the handlers", ("_SelectorSocketTransport", "Loop.run_forever", "uvloop")),
 ]
 
@@ -151,11 +170,29 @@ def profile_worker(workdir: Path, messages: int, sessions: int, size: int) -> st
     caducee = Caducee(workdir, f"sqlite:///{workdir / 'profile.sqlite3'}", 1)
     raw = workdir / "profile.txt"
     try:
-        load = subprocess.Popen(["smtp-source", "-s", str(sessions), "-m", str(messages), "-l", str(size), "-f", SENDER,
-                                 "-t", RECIPIENT, f"127.0.0.1:{caducee.port}"], stdout=subprocess.DEVNULL)  # fmt: skip
+        load = subprocess.Popen(
+            [
+                "smtp-source",
+                "-s",
+                str(sessions),
+                "-m",
+                str(messages),
+                "-l",
+                str(size),
+                "-f",
+                SENDER,
+                "-t",
+                RECIPIENT,
+                f"127.0.0.1:{caducee.port}",
+            ],
+            stdout=subprocess.DEVNULL,
+        )
         time.sleep(1)
-        subprocess.run([spy, "record", "-p", str(caducee.workers()[0]), "-d", "6", "-f", "raw", "-o", str(raw), "--threads"],
-                       capture_output=True, check=False)  # fmt: skip
+        subprocess.run(
+            [spy, "record", "-p", str(caducee.workers()[0]), "-d", "6", "-f", "raw", "-o", str(raw), "--threads"],
+            capture_output=True,
+            check=False,
+        )
         load.wait()
     finally:
         caducee.stop()
@@ -209,7 +246,9 @@ def main() -> None:
         try:
             for attempt in range(args.repeat):
                 results.setdefault("aiosmtpd sink", []).append(smtp_source(bare_port, args.messages, args.sessions, args.size))
-                results.setdefault("Postfix (relay to smtp-sink)", []).append(smtp_source(postfix_port, args.messages, args.sessions, args.size))
+                results.setdefault("Postfix (relay to smtp-sink)", []).append(
+                    smtp_source(postfix_port, args.messages, args.sessions, args.size)
+                )
                 for backend in ("sqlite", "postgresql"):
                     if backend == "sqlite":
                         url = f"sqlite:///{workdir / f'bench-{attempt}.sqlite3'}"
@@ -222,7 +261,8 @@ def main() -> None:
                         results.setdefault(key, []).append(smtp_source(caducee.port, args.messages, args.sessions, args.size))
                         if backend == "sqlite":
                             results.setdefault("Caducée sqlite, STARTTLS + AUTH (aiosmtplib)", []).append(
-                                asyncio.run(tls_auth_rate(caducee, args.messages // 2, args.sessions, args.size)))  # fmt: skip
+                                asyncio.run(tls_auth_rate(caducee, args.messages // 2, args.sessions, args.size))
+                            )
                     finally:
                         rss.setdefault(key, []).append(caducee.stop())
                 print({k: f"{v[-1]:.0f}" for k, v in results.items()}, flush=True)
@@ -240,7 +280,8 @@ def main() -> None:
         rate = median(values)
         memory = f"{median(rss[key]):.0f} MB" if key in rss else ""
         lines.append(f"| {key} | {rate:,.0f} | {rate / postfix_rate:.2f}x | {memory} |")
-    body = f"""## SMTP accept rate (`bench/smtp_accept.py`)
+    body = (
+        f"""## SMTP accept rate (`bench/smtp_accept.py`)
 
 Command: `.venv/bin/python bench/smtp_accept.py --messages {args.messages} --repeat {args.repeat}` ({machine()}).
 `smtp-source -s {args.sessions} -m {args.messages} -l {args.size}` (one message per connection) against each server on
@@ -252,7 +293,9 @@ Target: Caducée >= 1.0x Postfix; below 0.6x the gateway issue is not done.
 
 | server | messages/s | vs Postfix | peak RSS (all workers) |
 |---|---|---|---|
-""" + "\n".join(lines) + f"""
+"""
+        + "\n".join(lines)
+        + f"""
 
 Where the time goes: one worker on SQLite under the same load, sampled by py-spy (shares of its busy samples;
 nested lines are part of the line above). The SMTP protocol layer (aiosmtpd on uvloop) is most of it; a bare aiosmtpd
@@ -262,6 +305,7 @@ sink in one process is itself slower than Postfix, which is why the gateway runs
 
 Peak RSS is dominated by argon2id password checks (64 MiB each, at most two at a time per worker) when clients log in;
 under trusted-network load a worker stays near 115 MB."""
+    )
     print(body)
     if not args.no_write:
         write_section("smtp_accept", body)

@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PG = os.environ.get("CADUCEE_TEST_PG") or "postgresql://postgres@127.0.0.1:5432/test"
 CONNECTIONS = 50
 
-ANCHOR_APP = '''
+ANCHOR_APP = """
 import os
 from pathlib import Path
 PAGE = Path(os.environ["ANCHOR_PAGE"]).read_bytes()
@@ -51,7 +51,7 @@ async def app(scope, receive, send):
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/html; charset=utf-8"),
                 (b"content-length", str(len(PAGE)).encode())]})
     await send({"type": "http.response.body", "body": PAGE})
-'''
+"""
 
 
 def wrk(url: str, seconds: int, cookie: str | None = None, think_ms: int = 0) -> dict[str, float]:
@@ -77,9 +77,12 @@ def wrk(url: str, seconds: int, cookie: str | None = None, think_ms: int = 0) ->
         return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return {"p50": milliseconds("50"), "p99": milliseconds("99"),
-            "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
-            "errors": float(errors.group(1)) if errors else 0.0}  # fmt: skip
+    return {
+        "p50": milliseconds("50"),
+        "p99": milliseconds("99"),
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
+        "errors": float(errors.group(1)) if errors else 0.0,
+    }
 
 
 class Caducee:
@@ -87,16 +90,30 @@ class Caducee:
         self.directory = directory
         self.workers = workers
         self.http_port, self.smtp_port = free_port(), free_port()
-        self.env = {**os.environ, "CADUCEE_DATA_DIR": str(directory / "var"), "CADUCEE_DATABASE_URL": database_url,
-                    "CADUCEE_HTTP_PORT": str(self.http_port), "CADUCEE_SUBMISSION_PORT": str(self.smtp_port),
-                    "CADUCEE_SUBMISSIONS_PORT": "0", "CADUCEE_MX_PORT": "0", "CADUCEE_IMAP_PORT": "0", "CADUCEE_IMAPS_PORT": "0",
-                    "CADUCEE_TRUSTED_NETWORKS": "127.0.0.0/8", "CADUCEE_LOG_LEVEL": "WARNING",
-                    "CADUCEE_WEBMAIL_COOKIE_SECURE": "false", "CADUCEE_WEBMAIL_IDLE_MINUTES": "120"}  # fmt: skip
+        self.env = {
+            **os.environ,
+            "CADUCEE_DATA_DIR": str(directory / "var"),
+            "CADUCEE_DATABASE_URL": database_url,
+            "CADUCEE_HTTP_PORT": str(self.http_port),
+            "CADUCEE_SUBMISSION_PORT": str(self.smtp_port),
+            "CADUCEE_SUBMISSIONS_PORT": "0",
+            "CADUCEE_MX_PORT": "0",
+            "CADUCEE_IMAP_PORT": "0",
+            "CADUCEE_IMAPS_PORT": "0",
+            "CADUCEE_TRUSTED_NETWORKS": "127.0.0.0/8",
+            "CADUCEE_LOG_LEVEL": "WARNING",
+            "CADUCEE_WEBMAIL_COOKIE_SECURE": "false",
+            "CADUCEE_WEBMAIL_IDLE_MINUTES": "120",
+        }
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        self.process = subprocess.Popen([sys.executable, "-m", "caducee", "serve", "--demo", "--workers", str(self.workers)], env=self.env,
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "caducee", "serve", "--demo", "--workers", str(self.workers)],
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         wait_port(self.http_port)
         wait_port(self.smtp_port)
 
@@ -113,8 +130,26 @@ class Caducee:
         """One new conversation per message: smtp-source gives each its own Message-ID."""
         doctor = self.credentials["professionals"]["doctor"]["address"]
         patient = self.credentials["patients"]["adult_1"]["address"]
-        subprocess.run(["smtp-source", "-s", "10", "-m", str(conversations), "-l", "2000", "-f", doctor, "-t", patient,
-                        "-S", "Compte rendu de consultation", f"127.0.0.1:{self.smtp_port}"], check=True, stdout=subprocess.DEVNULL)  # fmt: skip
+        subprocess.run(
+            [
+                "smtp-source",
+                "-s",
+                "10",
+                "-m",
+                str(conversations),
+                "-l",
+                "2000",
+                "-f",
+                doctor,
+                "-t",
+                patient,
+                "-S",
+                "Compte rendu de consultation",
+                f"127.0.0.1:{self.smtp_port}",
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
 
     def session_cookie(self) -> str:
         from webmail_client import form_token, latest_code
@@ -138,10 +173,27 @@ def anchor(page_size: int, seconds: int, directory: Path) -> dict[str, float]:
     page = directory / "anchor.html"
     page.write_bytes(b"x" * page_size)
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "uvicorn", "anchor_app:app", "--port", str(port), "--log-level", "warning",
-                                "--no-access-log", "--loop", "uvloop", "--http", "httptools"],
-                               cwd=directory, env={**os.environ, "ANCHOR_PAGE": str(page)},
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "anchor_app:app",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            "--no-access-log",
+            "--loop",
+            "uvloop",
+            "--http",
+            "httptools",
+        ],
+        cwd=directory,
+        env={**os.environ, "ANCHOR_PAGE": str(page)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_port(port)
         wrk(f"http://127.0.0.1:{port}/", 2)  # warm-up
@@ -182,9 +234,14 @@ def run_backend(backend: str, args: argparse.Namespace) -> dict[tuple[str, str],
                 for page, url in urls.items():
                     results.setdefault((page, load), []).append(wrk(url, args.seconds, cookie, think_ms=500 if load == "users" else 0))
             results.setdefault(("anchor", "saturation"), []).append(anchor(server.inbox_size, args.seconds, directory))
-            print(f"[{backend}] run {run + 1}: " + "; ".join(
-                f"{page}/{load} p50 {r[-1]['p50']:.1f} p99 {r[-1]['p99']:.1f} ms {r[-1]['rps']:.0f}/s" for (page, load), r in results.items()),
-                flush=True)  # fmt: skip
+            print(
+                f"[{backend}] run {run + 1}: "
+                + "; ".join(
+                    f"{page}/{load} p50 {r[-1]['p50']:.1f} p99 {r[-1]['p99']:.1f} ms {r[-1]['rps']:.0f}/s"
+                    for (page, load), r in results.items()
+                ),
+                flush=True,
+            )
         for (page, load), measured in results.items():
             assert all(r["errors"] == 0 for r in measured), f"{page}/{load}: non-2xx answers (session lost?)"
     finally:
@@ -212,13 +269,19 @@ def main() -> None:
                 measured = results[(page, load)]
                 p50, p99, rps = (median([r[k] for r in measured]) for k in ("p50", "p99", "rps"))
                 versus = f"{rps / anchor_rps:.2f}x" if load == "saturation" else ""
-                rows.append(f"| {backend} | {page_label} | {load_label} | {p50:.1f} | {p99:.1f} | {'yes' if p99 < 100 else '**no**'} | "
-                            f"{rps:.0f} | {versus} |")  # fmt: skip
+                rows.append(
+                    f"| {backend} | {page_label} | {load_label} | {p50:.1f} | {p99:.1f} | {'yes' if p99 < 100 else '**no**'} | "
+                    f"{rps:.0f} | {versus} |"
+                )
         anchor_runs = results[("anchor", "saturation")]
-        rows.append(f"| {backend} | anchor: bare uvicorn, fixed page | {LOADS['saturation']} | {median([r['p50'] for r in anchor_runs]):.1f} | "
-                    f"{median([r['p99'] for r in anchor_runs]):.1f} | | {anchor_rps:.0f} | 1.00x |")  # fmt: skip
-    command = (f"`.venv/bin/python bench/webmail.py --conversations {args.conversations} --seconds {args.seconds} "
-               f"--repeat {args.repeat} --workers {args.workers}`")  # fmt: skip
+        rows.append(
+            f"| {backend} | anchor: bare uvicorn, fixed page | {LOADS['saturation']} | {median([r['p50'] for r in anchor_runs]):.1f} | "
+            f"{median([r['p99'] for r in anchor_runs]):.1f} | | {anchor_rps:.0f} | 1.00x |"
+        )
+    command = (
+        f"`.venv/bin/python bench/webmail.py --conversations {args.conversations} --seconds {args.seconds} "
+        f"--repeat {args.repeat} --workers {args.workers}`"
+    )
     body = f"""## Webmail pages under 50 concurrent users (`bench/webmail.py`)
 
 {command} — {machine()}.
@@ -235,7 +298,7 @@ Target: p99 < 100 ms.
 
 | backend | page | load | p50 (ms) | p99 (ms) | p99 < 100 ms | requests/s | vs anchor |
 |---|---|---|---|---|---|---|---|
-""" + "\n".join(rows)  # fmt: skip
+""" + "\n".join(rows)
     write_section("webmail", body)
     print(body)
 

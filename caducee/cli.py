@@ -6,8 +6,8 @@ import argparse
 import asyncio
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from caducee import db
 from caducee.config import Settings, SettingsError, load_settings
@@ -164,8 +164,12 @@ async def _issue_and_publish(settings: Settings, issuer: object, address: str, h
                 print(f"error: no mailbox {address} in the annuaire", file=sys.stderr)
                 return 1
             held = mailbox.type in HELD_TYPES if holder == "auto" else holder == "operator"
-            pair = issuer.mailbox(address.lower(), mailbox.display_name or address, settings.operator_domain,  # type: ignore[attr-defined]
-                                  held=held)  # fmt: skip
+            pair = issuer.mailbox(
+                address.lower(),
+                mailbox.display_name or address,
+                settings.operator_domain,  # type: ignore[attr-defined]
+                held=held,
+            )
             await service.publish_certificate(conn, address, pair.cert.read_bytes())
     finally:
         await engine.dispose()
@@ -197,9 +201,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     annuaire = commands.add_parser("annuaire", help="national directory").add_subparsers(dest="annuaire_command", required=True)
     importer = annuaire.add_parser("import", parents=[common], help="import a public directory file")
-    importer.add_argument("kind", choices=["extraction", "ps", "whitelist"],
-                          help="extraction: Extraction_Correspondance_MSSante_*.txt; "
-                               "ps: PS_LibreAcces_Personne_activite_*.txt; whitelist: trust-space XML")  # fmt: skip
+    importer.add_argument(
+        "kind",
+        choices=["extraction", "ps", "whitelist"],
+        help="extraction: Extraction_Correspondance_MSSante_*.txt; ps: PS_LibreAcces_Personne_activite_*.txt; whitelist: trust-space XML",
+    )
     importer.add_argument("file", help="the file to import")
     importer.add_argument("--report", help="write every refused row (line number, reason) to this file")
     importer.set_defaults(func=cmd_import)
@@ -216,9 +222,13 @@ def build_parser() -> argparse.ArgumentParser:
     init.set_defaults(func=cmd_pki)
     issue = pki.add_parser("issue", parents=[common], help="issue and publish the S/MIME certificate of a mailbox")
     issue.add_argument("address")
-    issue.add_argument("--holder", choices=["auto", "operator", "owner"], default="auto",
-                       help="who keeps the private key: the operator (signs and decrypts for the mailbox) or the owner's "
-                            "mail client; auto: the operator for patients and organisation mailboxes")  # fmt: skip
+    issue.add_argument(
+        "--holder",
+        choices=["auto", "operator", "owner"],
+        default="auto",
+        help="who keeps the private key: the operator (signs and decrypts for the mailbox) or the owner's "
+        "mail client; auto: the operator for patients and organisation mailboxes",
+    )
     issue.set_defaults(func=cmd_pki)
     revoke = pki.add_parser("revoke", parents=[common], help="revoke a certificate by its serial number (hex)")
     revoke.add_argument("serial")

@@ -10,9 +10,10 @@ from __future__ import annotations
 import dataclasses
 import os
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 ENV_PREFIX = "CADUCEE_"
 
@@ -35,8 +36,7 @@ class Settings:
     data_dir: Path = _setting(Path("var"), "Data directory: SQLite database, keys, outbox, PKI.")
     database_url: str = _setting(
         "",
-        "Database URL. Empty means SQLite in the data directory. "
-        "`postgresql://user@host/db` uses asyncpg.",
+        "Database URL. Empty means SQLite in the data directory. `postgresql://user@host/db` uses asyncpg.",
     )
     database_pool_size: int = _setting(
         30,
@@ -64,35 +64,44 @@ class Settings:
         50, "Concurrent SMTP connections one client address may hold per worker (like Postfix's smtpd_client_connection_count_limit)."
     )
     imap_max_connections_per_client: int = _setting(
-        100, "Concurrent IMAP connections one client address may hold per worker (a practice behind one NAT address opens several per person)."
+        100,
+        "Concurrent IMAP connections one client address may hold per worker (a practice behind one NAT address opens several per person).",
     )
-    imap_timeout: int = _setting(1800, "Seconds an authenticated IMAP connection (in IDLE too) may stay silent before it is closed (RFC 3501: at least 30 minutes).")
+    imap_timeout: int = _setting(
+        1800, "Seconds an authenticated IMAP connection (in IDLE too) may stay silent before it is closed (RFC 3501: at least 30 minutes)."
+    )
     imap_login_timeout: int = _setting(60, "Seconds an IMAP connection may take to log in.")
-    imap_poll_seconds: float = _setting(1.0, "How often one query per process looks for changes made elsewhere to folders that sessions are idling on.")
+    imap_poll_seconds: float = _setting(
+        1.0, "How often one query per process looks for changes made elsewhere to folders that sessions are idling on."
+    )
     tls_cert: str = _setting("", "PEM certificate (chain) of the listeners. Empty: the development PKI in <data dir>/pki.")
     tls_key: str = _setting("", "PEM private key of the listeners.")
     trust_anchors: str = _setting("", "PEM file of the CAs other operators' certificates must chain to (MX and relay).")
     smime: str = _setting(
-        "enforce", "`enforce`: sign and encrypt what users send, refuse inbound mail whose signature does not verify. "
-        "`off`: neither (benchmarks and tests of other stages only)."
+        "enforce",
+        "`enforce`: sign and encrypt what users send, refuse inbound mail whose signature does not verify. "
+        "`off`: neither (benchmarks and tests of other stages only).",
     )
     smime_without_certificate: str = _setting(
-        "refuse-remote", "A recipient with no certificate in the annuaire: `refuse-remote` refuses other operators' recipients "
-        "(5.7.5) and gives ours at-rest encryption only; `refuse` refuses all; `deliver` delivers signed only."
+        "refuse-remote",
+        "A recipient with no certificate in the annuaire: `refuse-remote` refuses other operators' recipients "
+        "(5.7.5) and gives ours at-rest encryption only; `refuse` refuses all; `deliver` delivers signed only.",
     )
-    smime_cert: str = _setting("", "PEM S/MIME certificate of the operator (signs for mailboxes whose keys it does not hold). "
-                                   "Empty: the development PKI.")  # fmt: skip
+    smime_cert: str = _setting(
+        "", "PEM S/MIME certificate of the operator (signs for mailboxes whose keys it does not hold). Empty: the development PKI."
+    )
     smime_key: str = _setting("", "PEM private key of `smime_cert` (encrypted with the passphrase derived from the master key).")
-    smime_keys_dir: str = _setting("", "Directory of `<address>.crt` / `<address>.key` for the mailboxes whose keys Caducée holds. "
-                                       "Empty: `<data dir>/pki/mailboxes`.")  # fmt: skip
-    crl_files: list[str] = _setting([], "CRL files (PEM or DER) checked when verifying signatures, re-read when they change. "
-                                        "Empty: the development PKI's CRL.")  # fmt: skip
-    cpu_workers: int = _setting(0, "Processes doing CPU-heavy work (S/MIME, parsing large messages) per server process "
-                                   "(0: one per CPU).")  # fmt: skip
+    smime_keys_dir: str = _setting(
+        "", "Directory of `<address>.crt` / `<address>.key` for the mailboxes whose keys Caducée holds. Empty: `<data dir>/pki/mailboxes`."
+    )
+    crl_files: list[str] = _setting(
+        [], "CRL files (PEM or DER) checked when verifying signatures, re-read when they change. Empty: the development PKI's CRL."
+    )
+    cpu_workers: int = _setting(0, "Processes doing CPU-heavy work (S/MIME, parsing large messages) per server process (0: one per CPU).")
     relay_client_cert: str = _setting("", "PEM certificate presented to other operators when relaying (mutual TLS).")
     relay_client_key: str = _setting("", "PEM private key of the relay client certificate.")
     relay_routes: dict[str, str] = _setting(
-        {}, "Static routes `domain = \"host:port\"` (environment: `domain=host:port,...`); other domains use DNS MX."
+        {}, 'Static routes `domain = "host:port"` (environment: `domain=host:port,...`); other domains use DNS MX.'
     )
     relay_retry_base: float = _setting(60.0, "First retry delay in seconds; later ones grow 1, 5, 15, 30, 60, 120, 240 times it.")
     relay_expiry_hours: float = _setting(120.0, "Hours after which an undelivered message expires and the sender gets a DSN.")
@@ -116,9 +125,11 @@ class Settings:
         True, "Send the webmail cookies with `Secure` (browsers accept them over plain HTTP on localhost only)."
     )
     webmail_max_upload: int = _setting(10 * 1024 * 1024, "Largest prescription or attachment a patient may upload, in bytes.")
-    notify_relay: str = _setting("", "`host:port` of an SMTP relay for notifications (login codes). Empty: .eml files in <data dir>/outbox.")
+    notify_relay: str = _setting(
+        "", "`host:port` of an SMTP relay for notifications (login codes). Empty: .eml files in <data dir>/outbox."
+    )
     notify_from: str = _setting("Caducée <ne-pas-repondre@demo.mssante.fr>", "From address of notifications.")
-    notify_new_mail_minutes: int = _setting(60, "At most one \"a message is waiting\" email per patient in this many minutes.")
+    notify_new_mail_minutes: int = _setting(60, 'At most one "a message is waiting" email per patient in this many minutes.')
     webmail_url: str = _setting("http://127.0.0.1:8080/", "The webmail's address, given in the emails sent to patients.")
     log_level: str = _setting("INFO", "Logging level (DEBUG, INFO, WARNING, ERROR).")
 
@@ -131,7 +142,7 @@ class Settings:
             return normalise_url(self.database_url)
         return normalise_url(f"sqlite:///{(self.data_dir / 'caducee.sqlite3').resolve()}")
 
-    def replace(self, **changes: Any) -> "Settings":
+    def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
 
 

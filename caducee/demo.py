@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from datetime import date
+from datetime import UTC, date
 from pathlib import Path
 from typing import Any
 
@@ -60,55 +60,105 @@ async def seed(engine: AsyncEngine, settings: Settings, *, certificates: bool = 
         )
 
         cabinet = await service.add_structure(
-            conn, id_type="SIRET", identifier="73282932000074", name="Cabinet médical des Lilas",
-            address_line="12 rue des Lilas", postcode="75019", city="Paris",
-        )  # fmt: skip
+            conn,
+            id_type="SIRET",
+            identifier="73282932000074",
+            name="Cabinet médical des Lilas",
+            address_line="12 rue des Lilas",
+            postcode="75019",
+            city="Paris",
+        )
         pharmacy = await service.add_structure(
-            conn, id_type="FINESS", identifier=PHARMACY_FINESS, name="Pharmacie du Canal",
-            address_line="4 quai de Jemmapes", postcode="75010", city="Paris", is_officine=True,
-        )  # fmt: skip
+            conn,
+            id_type="FINESS",
+            identifier=PHARMACY_FINESS,
+            name="Pharmacie du Canal",
+            address_line="4 quai de Jemmapes",
+            postcode="75010",
+            city="Paris",
+            is_officine=True,
+        )
         cnam = await service.add_structure(
-            conn, id_type="SIRET", identifier="18003502400017", name="Caisse nationale de l'Assurance Maladie",
-            address_line="50 avenue du Professeur André Lemierre", postcode="75020", city="Paris",
-        )  # fmt: skip
+            conn,
+            id_type="SIRET",
+            identifier="18003502400017",
+            name="Caisse nationale de l'Assurance Maladie",
+            address_line="50 avenue du Professeur André Lemierre",
+            postcode="75020",
+            city="Paris",
+        )
 
         people = [
-            ("doctor", "8" + DOCTOR_RPPS, "Dr", "Sophie", "Bernard", "10", "Médecin", "Médecine générale",
-             f"sophie.bernard@{OPERATOR_DOMAIN}", cabinet),
-            ("nurse", "8" + NURSE_RPPS, "M.", "Karim", "Haddad", "60", "Infirmier", "",
-             f"karim.haddad@{OPERATOR_DOMAIN}", cabinet),
-        ]  # fmt: skip
+            (
+                "doctor",
+                "8" + DOCTOR_RPPS,
+                "Dr",
+                "Sophie",
+                "Bernard",
+                "10",
+                "Médecin",
+                "Médecine générale",
+                f"sophie.bernard@{OPERATOR_DOMAIN}",
+                cabinet,
+            ),
+            ("nurse", "8" + NURSE_RPPS, "M.", "Karim", "Haddad", "60", "Infirmier", "", f"karim.haddad@{OPERATOR_DOMAIN}", cabinet),
+        ]
         for key, national_id, civility, first, last, code, label, savoir_faire, address, structure in people:
             pro = await service.add_professional(
-                conn, national_id=national_id, civility=civility, first_name=first, last_name=last,
-                profession_code=code, profession_label=label, savoir_faire_label=savoir_faire,
-            )  # fmt: skip
+                conn,
+                national_id=national_id,
+                civility=civility,
+                first_name=first,
+                last_name=last,
+                profession_code=code,
+                profession_label=label,
+                savoir_faire_label=savoir_faire,
+            )
             password = generate_password()
             await service.add_mailbox(
-                conn, address=address, type=MailboxType.PER, display_name=f"{civility} {first} {last}",
-                password_hash=hash_password(password), professional=pro, structure=structure,
-            )  # fmt: skip
+                conn,
+                address=address,
+                type=MailboxType.PER,
+                display_name=f"{civility} {first} {last}",
+                password_hash=hash_password(password),
+                professional=pro,
+                structure=structure,
+            )
             credentials["professionals"][key] = {"address": address, "password": password, "name": f"{first} {last}"}
 
         pharmacist = await service.add_professional(
-            conn, national_id="8" + PHARMACIST_RPPS, civility="Mme", first_name="Nadia", last_name="Lefèvre",
-            profession_code="21", profession_label="Pharmacien",
-        )  # fmt: skip
+            conn,
+            national_id="8" + PHARMACIST_RPPS,
+            civility="Mme",
+            first_name="Nadia",
+            last_name="Lefèvre",
+            profession_code="21",
+            profession_label="Pharmacien",
+        )
         del pharmacist  # the pharmacy's ORG mailbox is the one patients write to
         pharmacy_address = f"pharmacie.canal@{OPERATOR_DOMAIN}"
         password = generate_password()
         await service.add_mailbox(
-            conn, address=pharmacy_address, type=MailboxType.ORG, display_name="Pharmacie du Canal",
-            password_hash=hash_password(password), structure=pharmacy, service="Officine",
-        )  # fmt: skip
+            conn,
+            address=pharmacy_address,
+            type=MailboxType.ORG,
+            display_name="Pharmacie du Canal",
+            password_hash=hash_password(password),
+            structure=pharmacy,
+            service="Officine",
+        )
         credentials["professionals"]["pharmacy"] = {"address": pharmacy_address, "password": password, "name": "Pharmacie du Canal"}
 
         token = generate_password(24)
         cnam_address = f"prevention.cnam@{OPERATOR_DOMAIN}"
         await service.add_mailbox(
-            conn, address=cnam_address, type=MailboxType.APP, display_name="Assurance Maladie - Prévention",
-            password_hash=hash_password(token), structure=cnam,
-        )  # fmt: skip
+            conn,
+            address=cnam_address,
+            type=MailboxType.APP,
+            display_name="Assurance Maladie - Prévention",
+            password_hash=hash_password(token),
+            structure=cnam,
+        )
         credentials["cnam"] = {"address": cnam_address, "api_token": token}
 
         patients = [
@@ -119,32 +169,58 @@ async def seed(engine: AsyncEngine, settings: Settings, *, certificates: bool = 
         for key, ins, last, first, born, sex, email in patients:
             password = generate_password()
             ids[key] = await service.add_patient(
-                conn, ins=ins, last_name=last, first_names=first, birth_date=born, sex=sex,
-                patient_domain=patient_domain, status=PatientStatus.ACTIVATED, email=email,
+                conn,
+                ins=ins,
+                last_name=last,
+                first_names=first,
+                birth_date=born,
+                sex=sex,
+                patient_domain=patient_domain,
+                status=PatientStatus.ACTIVATED,
+                email=email,
                 password_hash=hash_password(password),
-            )  # fmt: skip
+            )
             credentials["patients"][key] = {
-                "ins": ins, "address": service.patient_address(ins, patient_domain), "email": email,
-                "password": password, "name": f"{first.split()[0]} {last}",
-            }  # fmt: skip
+                "ins": ins,
+                "address": service.patient_address(ins, patient_domain),
+                "email": email,
+                "password": password,
+                "name": f"{first.split()[0]} {last}",
+            }
         minor = await service.add_patient(
-            conn, ins=MINOR_INS, last_name="Martin", first_names="Léa", birth_date=date(2015, 6, 21), sex="F",
-            patient_domain=patient_domain, status=PatientStatus.ACTIVATED,
-        )  # fmt: skip
+            conn,
+            ins=MINOR_INS,
+            last_name="Martin",
+            first_names="Léa",
+            birth_date=date(2015, 6, 21),
+            sex="F",
+            patient_domain=patient_domain,
+            status=PatientStatus.ACTIVATED,
+        )
         await service.add_guardianship(conn, guardian_id=ids["adult_1"], minor_id=minor)
         credentials["patients"]["minor"] = {
-            "ins": MINOR_INS, "address": service.patient_address(MINOR_INS, patient_domain),
-            "name": "Léa Martin", "guardian": "adult_1",
-        }  # fmt: skip
+            "ins": MINOR_INS,
+            "address": service.patient_address(MINOR_INS, patient_domain),
+            "name": "Léa Martin",
+            "guardian": "adult_1",
+        }
         await service.add_delegation(conn, patient_id=ids["adult_1"], carer_id=ids["adult_2"], scope="messages")
         credentials["patients"]["adult_2"]["carer_of"] = "adult_1 (read only)"
         new_patient = await service.add_patient(
-            conn, ins=NEW_PATIENT_INS, last_name="Dubois", first_names="Marc", birth_date=date(1990, 7, 8), sex="M",
-            patient_domain=patient_domain, status=PatientStatus.CREATED,
-        )  # fmt: skip
+            conn,
+            ins=NEW_PATIENT_INS,
+            last_name="Dubois",
+            first_names="Marc",
+            birth_date=date(1990, 7, 8),
+            sex="M",
+            patient_domain=patient_domain,
+            status=PatientStatus.CREATED,
+        )
         credentials["patients"]["not_activated"] = {
-            "ins": NEW_PATIENT_INS, "address": service.patient_address(NEW_PATIENT_INS, patient_domain), "name": "Marc Dubois",
-        }  # fmt: skip
+            "ins": NEW_PATIENT_INS,
+            "address": service.patient_address(NEW_PATIENT_INS, patient_domain),
+            "name": "Marc Dubois",
+        }
         credentials["domains"] = {"operator": OPERATOR_DOMAIN, "patients": patient_domain, "peer_operator": PEER_OPERATOR_DOMAIN}
 
     credentials["patients"]["not_activated"]["activation_code"] = await _activation_code(engine, settings, new_patient)
@@ -177,14 +253,18 @@ async def publish_certificates(engine: AsyncEngine, settings: Settings, credenti
             keeps_own_key = any(person is owner for owner in owners)
             pair = space.handed_out(person["address"]) if keeps_own_key else space.mailbox(person["address"])
             if not _usable(pair):  # a data dir seeded before keeps its keys (a database reset does not rotate them)
-                pair = issuer.mailbox(person["address"], person.get("name", person["address"]), settings.operator_domain,
-                                      held=not keeps_own_key)  # fmt: skip
+                pair = issuer.mailbox(
+                    person["address"], person.get("name", person["address"]), settings.operator_domain, held=not keeps_own_key
+                )
             await service.publish_certificate(conn, person["address"], pair.cert.read_bytes())
             if keeps_own_key:
                 bundle = pkcs12.serialize_key_and_certificates(
-                    person["address"].encode(), load_key(pair.key, passphrase), x509.load_pem_x509_certificate(pair.cert.read_bytes()),
-                    None, BestAvailableEncryption(person["password"].encode()),
-                )  # fmt: skip
+                    person["address"].encode(),
+                    load_key(pair.key, passphrase),
+                    x509.load_pem_x509_certificate(pair.cert.read_bytes()),
+                    None,
+                    BestAvailableEncryption(person["password"].encode()),
+                )
                 p12 = pair.cert.with_suffix(".p12")
                 write_private(p12, bundle)
                 person["smime_pkcs12"] = str(p12)
@@ -203,14 +283,14 @@ async def _activation_code(engine: AsyncEngine, settings: Settings, patient_id: 
 
 def _usable(pair: Any) -> bool:
     """Whether an S/MIME pair on disk exists and is valid for at least another month."""
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timedelta
 
     from cryptography import x509
 
     if not (pair.cert.exists() and pair.key.exists()):
         return False
     cert = x509.load_pem_x509_certificate(pair.cert.read_bytes())
-    return cert.not_valid_after_utc > datetime.now(timezone.utc) + timedelta(days=30)
+    return cert.not_valid_after_utc > datetime.now(UTC) + timedelta(days=30)
 
 
 def write_credentials(path: Path, credentials: dict[str, Any]) -> None:

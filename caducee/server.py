@@ -11,21 +11,21 @@ import asyncio
 import logging
 import socket
 import time
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import AsyncIterator
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import text
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from caducee import db
+from caducee import webmail as webmail_package
 from caducee.annuaire.api import router as annuaire_router
 from caducee.config import Settings
-from caducee import webmail as webmail_package
 from caducee.gateway.pipeline import AcceptPipeline
 from caducee.history.service import AccessHistory
 from caducee.mailbox.autoconfig import router as autoconfig_router
@@ -38,6 +38,7 @@ from caducee.webmail.service import Webmail
 from caducee.webmail.web import TEMPLATES, BodyLimit, WebmailContext, WebmailHeaders
 
 log = logging.getLogger("caducee")
+
 
 class Metrics:
     """Counters exposed at /metrics in Prometheus' text format."""

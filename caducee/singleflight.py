@@ -8,7 +8,8 @@ webmail benchmark), and those requests were the slowest 1 % of pages.
 from __future__ import annotations
 
 import asyncio
-from typing import Awaitable, Callable, Generic, Hashable, TypeVar
+from collections.abc import Awaitable, Callable, Hashable
+from typing import Generic, TypeVar
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")

@@ -15,8 +15,8 @@ import os
 import shutil
 import socket
 import uuid
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import AsyncIterator, Iterator
 
 import pytest
 from sqlalchemy import text
@@ -36,6 +36,8 @@ def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> d
 
         return {"uvloop": uvloop.new_event_loop}
     return {"asyncio": asyncio.new_event_loop}
+
+
 BACKENDS = ["sqlite"] + (["postgresql"] if PG_URL else [])
 
 
@@ -66,9 +68,13 @@ async def _admin(url: str, statement: str) -> None:
 
     parsed = make_url(db.normalise_url(url))
     conn = await asyncpg.connect(
-        host=parsed.host or "127.0.0.1", port=parsed.port or 5432, user=parsed.username or "postgres",
-        password=parsed.password, database=parsed.database or "postgres", timeout=10,
-    )  # fmt: skip
+        host=parsed.host or "127.0.0.1",
+        port=parsed.port or 5432,
+        user=parsed.username or "postgres",
+        password=parsed.password,
+        database=parsed.database or "postgres",
+        timeout=10,
+    )
     try:
         await conn.execute(statement)
     finally:
@@ -195,8 +201,9 @@ class RunningGateway:
         self.servers: list[asyncio.base_events.Server] = []
         self.ports: dict[str, int] = {}
 
-    async def start(self, *, trusted_networks: list[str] | None = None, smime: bool = False,
-                    without_certificate: str = "refuse-remote") -> "RunningGateway":  # fmt: skip
+    async def start(
+        self, *, trusted_networks: list[str] | None = None, smime: bool = False, without_certificate: str = "refuse-remote"
+    ) -> RunningGateway:
         """`smime`: the demo mailboxes get certificates and the pipeline its S/MIME stage
         (the other tests leave it out: they are about other stages)."""
         from caducee import demo
@@ -216,8 +223,8 @@ class RunningGateway:
         self.cipher = BodyCipher(load_master_key(self.settings.data_dir, environ_value=""))
         self.smime = None
         if smime:
-            from caducee.crypto.material import material_from_settings
             from caducee.cpu import shared_pool
+            from caducee.crypto.material import material_from_settings
             from caducee.gateway.protection import SmimeStage, WithoutCertificate
 
             self.material = material_from_settings(self.settings)
@@ -230,11 +237,14 @@ class RunningGateway:
         listeners = {
             "submission": ListenerConfig("submission", "127.0.0.1", free_port(), plain, hostname="localhost"),
             "submissions": ListenerConfig("submission", "127.0.0.1", free_port(), plain, implicit_tls=True, hostname="localhost"),
-            "mx": ListenerConfig("mx", "127.0.0.1", free_port(), server_context(server, client_ca=self.ca.files.cert), hostname="localhost"),
+            "mx": ListenerConfig(
+                "mx", "127.0.0.1", free_port(), server_context(server, client_ca=self.ca.files.cert), hostname="localhost"
+            ),
         }
         if trusted_networks:
-            listeners["trusted"] = ListenerConfig("submission", "127.0.0.1", free_port(), plain,
-                                                  trusted_networks=trusted_networks, hostname="localhost")  # fmt: skip
+            listeners["trusted"] = ListenerConfig(
+                "submission", "127.0.0.1", free_port(), plain, trusted_networks=trusted_networks, hostname="localhost"
+            )
         for name, config in listeners.items():
             for attempt in range(5):
                 try:
@@ -314,8 +324,16 @@ async def imap(gateway: RunningGateway, engine: AsyncEngine, settings: Settings)
     from caducee.mailbox.imap.server import start_imap
 
     settings = dataclasses.replace(settings, imap_poll_seconds=0.2)
-    server = await start_imap(settings, engine, gateway.cipher, gateway.server_context, authenticator=gateway.authenticator,
-                              host="127.0.0.1", imap_port=free_port(), imaps_port=free_port())  # fmt: skip
+    server = await start_imap(
+        settings,
+        engine,
+        gateway.cipher,
+        gateway.server_context,
+        authenticator=gateway.authenticator,
+        host="127.0.0.1",
+        imap_port=free_port(),
+        imaps_port=free_port(),
+    )
     gateway.ports["imap"] = server.servers[0].sockets[0].getsockname()[1]
     gateway.ports["imaps"] = server.servers[1].sockets[0].getsockname()[1]
     try:

@@ -6,8 +6,15 @@ from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 
 
-def message(sender: str, to: str, subject: str = "Résultats d'analyse", body: str = "Bonjour,\nvoici vos résultats.\n",
-            *, headers: dict[str, str] | None = None, attachment: tuple[str, bytes, str] | None = None) -> EmailMessage:  # fmt: skip
+def message(
+    sender: str,
+    to: str,
+    subject: str = "Résultats d'analyse",
+    body: str = "Bonjour,\nvoici vos résultats.\n",
+    *,
+    headers: dict[str, str] | None = None,
+    attachment: tuple[str, bytes, str] | None = None,
+) -> EmailMessage:
     msg = EmailMessage()
     msg["From"] = sender
     msg["To"] = to

@@ -15,13 +15,24 @@ from caducee.annuaire.synthetic import extraction_row, write_file
 async def load(engine: AsyncEngine, tmp_path: Path) -> list[list[str]]:
     rows = [extraction_row(n) for n in range(45)]
     rows += [
-        extraction_row(200, mailbox_type="ORG", address="officine@pharmacie-eglise.mssante.fr",
-                       structure_name="PHARMACIE DE L'ÉGLISE", city=("69003", "LYON")),
-        extraction_row(201, mailbox_type="ORG", address="accueil@pharmacie-gare.mssante.fr",
-                       structure_name="PHARMACIE DE LA GARE", city=("69007", "LYON")),
-        extraction_row(202, mailbox_type="ORG", address="urgences@ch-lyon.mssante.fr",
-                       structure_name="CENTRE HOSPITALIER", city=("69003", "LYON")),
-    ]  # fmt: skip
+        extraction_row(
+            200,
+            mailbox_type="ORG",
+            address="officine@pharmacie-eglise.mssante.fr",
+            structure_name="PHARMACIE DE L'ÉGLISE",
+            city=("69003", "LYON"),
+        ),
+        extraction_row(
+            201,
+            mailbox_type="ORG",
+            address="accueil@pharmacie-gare.mssante.fr",
+            structure_name="PHARMACIE DE LA GARE",
+            city=("69007", "LYON"),
+        ),
+        extraction_row(
+            202, mailbox_type="ORG", address="urgences@ch-lyon.mssante.fr", structure_name="CENTRE HOSPITALIER", city=("69003", "LYON")
+        ),
+    ]
     async with engine.begin() as conn:
         await import_on_connection(conn, "extraction", write_file(tmp_path / "e.txt", EXTRACTION_COLUMNS, rows))
     return rows
@@ -36,8 +47,7 @@ async def test_search_by_name_place_profession_type_and_pages(engine: AsyncEngin
         lyon = (await client.get("/api/v1/annuaire/search", params={"name": "Pharmacie", "place": "Lyon"})).json()
         assert lyon["total"] == 2 and all(item["is_officine"] for item in lyon["items"])
         by_postcode = (await client.get("/api/v1/annuaire/search", params={"place": "69003", "type": "ORG"})).json()
-        assert {item["address"] for item in by_postcode["items"]} == {
-            "officine@pharmacie-eglise.mssante.fr", "urgences@ch-lyon.mssante.fr"}  # fmt: skip
+        assert {item["address"] for item in by_postcode["items"]} == {"officine@pharmacie-eglise.mssante.fr", "urgences@ch-lyon.mssante.fr"}
         officines = (await client.get("/api/v1/annuaire/search", params={"place": "lyon", "officine": "true"})).json()
         assert officines["total"] == 2
 

@@ -51,10 +51,13 @@ async def test_extraction_import_creates_mailboxes_people_and_structures(engine:
     rows = [extraction_row(n) for n in range(20)]
     rows.append(
         extraction_row(
-            100, mailbox_type="ORG", address="contact@pharmacie-du-port.mssante.fr",
-            structure_name="PHARMACIE DU PORT", city=("13002", "MARSEILLE"),
+            100,
+            mailbox_type="ORG",
+            address="contact@pharmacie-du-port.mssante.fr",
+            structure_name="PHARMACIE DU PORT",
+            city=("13002", "MARSEILLE"),
         )
-    )  # fmt: skip
+    )
     path = write_file(tmp_path / "Extraction_Correspondance_MSSante_20261122.txt", EXTRACTION_COLUMNS, rows)
     report = await run(engine, "extraction", path)
     assert (report.rows_read, report.rows_ok, report.rows_bad) == (21, 21, 0)
@@ -80,8 +83,11 @@ async def test_bad_rows_are_reported_with_line_numbers_and_never_abort(engine: A
     short = "|".join(extraction_row(14)[:20]) + "\n"
     long = "|".join(extraction_row(15) + ["extra", "columns"]) + "\n"
     path = tmp_path / "extraction.txt"
-    write_file(path, EXTRACTION_COLUMNS, [good[0], bad_key, good[1], bad_address, bad_type, short, long,
-                                          "\n", good[2], bad_finess, good[3], good[4]])  # fmt: skip
+    write_file(
+        path,
+        EXTRACTION_COLUMNS,
+        [good[0], bad_key, good[1], bad_address, bad_type, short, long, "\n", good[2], bad_finess, good[3], good[4]],
+    )
     # A line saved in Latin-1 in the middle of the file.
     with open(path, "ab") as handle:
         handle.write("|".join(extraction_row(16, last_name="LEFÈVRE")).encode("latin-1") + b"\n")
@@ -160,8 +166,9 @@ async def test_mostly_bad_file_does_not_retire(engine: AsyncEngine, tmp_path: Pa
 
 async def test_our_own_mailboxes_are_not_rewritten_by_the_public_file(engine: AsyncEngine, tmp_path: Path) -> None:
     async with engine.begin() as conn:
-        await service.add_mailbox(conn, address="sophie.bernard@demo.mssante.fr", type=MailboxType.PER,
-                                  display_name="Dr Sophie Bernard", password_hash="hash")  # fmt: skip
+        await service.add_mailbox(
+            conn, address="sophie.bernard@demo.mssante.fr", type=MailboxType.PER, display_name="Dr Sophie Bernard", password_hash="hash"
+        )
     row = extraction_row(1, address="sophie.bernard@demo.mssante.fr", last_name="AUTRE")
     await run(engine, "extraction", write_file(tmp_path / "x.txt", EXTRACTION_COLUMNS, [row]))
     await run(engine, "extraction", write_file(tmp_path / "y.txt", EXTRACTION_COLUMNS, [extraction_row(2)]))
@@ -229,8 +236,11 @@ def test_cli_import_reports_and_exit_codes(tmp_path: Path, database_url: str) ->
     report = tmp_path / "bad.tsv"
     done = subprocess.run(
         [sys.executable, "-m", "caducee", "annuaire", "import", "extraction", str(path), "--report", str(report)],
-        env=env, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     assert "4 rows read, 3 accepted, 1 refused; 3 added" in done.stdout
     assert "line 5:" in done.stdout
@@ -239,12 +249,18 @@ def test_cli_import_reports_and_exit_codes(tmp_path: Path, database_url: str) ->
     wrong = write_file(tmp_path / "ps.txt", PS_COLUMNS, [ps_row(1)])
     done = subprocess.run(
         [sys.executable, "-m", "caducee", "annuaire", "import", "extraction", str(wrong)],
-        env=env, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 1
     assert "is this the right file?" in done.stderr
     missing = subprocess.run(
         [sys.executable, "-m", "caducee", "annuaire", "import", "ps", str(tmp_path / "nope.txt")],
-        env=env, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert missing.returncode == 2 and "does not exist" in missing.stderr

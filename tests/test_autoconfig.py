@@ -24,9 +24,11 @@ async def test_autoconfig_lists_imap_and_submission(http, path: str, query: str)
         response = await client.get(path + query)
     assert response.status_code == 200 and response.headers["content-type"].startswith("application/xml")
     assert servers(response.text) == [
-        ("imap", "1993", "SSL", "%EMAILADDRESS%"), ("imap", "1143", "STARTTLS", "%EMAILADDRESS%"),
-        ("smtp", "5465", "SSL", "%EMAILADDRESS%"), ("smtp", "5587", "STARTTLS", "%EMAILADDRESS%"),
-    ]  # fmt: skip
+        ("imap", "1993", "SSL", "%EMAILADDRESS%"),
+        ("imap", "1143", "STARTTLS", "%EMAILADDRESS%"),
+        ("smtp", "5465", "SSL", "%EMAILADDRESS%"),
+        ("smtp", "5587", "STARTTLS", "%EMAILADDRESS%"),
+    ]
     assert "<domain>demo.mssante.fr</domain>" in response.text
 
 

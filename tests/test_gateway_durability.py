@@ -28,11 +28,22 @@ SESSIONS = 20
 def start_server(tmp_path: Path, database_url: str) -> tuple[subprocess.Popen[bytes], int, dict]:  # type: ignore[type-arg]
     port = free_port()
     data_dir = tmp_path / "var"
-    env = {**os.environ, "CADUCEE_DATA_DIR": str(data_dir), "CADUCEE_DATABASE_URL": database_url,
-           "CADUCEE_SUBMISSION_PORT": str(port), "CADUCEE_SUBMISSIONS_PORT": "0", "CADUCEE_MX_PORT": "0", "CADUCEE_IMAP_PORT": "0", "CADUCEE_IMAPS_PORT": "0",
-           "CADUCEE_HTTP_PORT": str(free_port()), "CADUCEE_TRUSTED_NETWORKS": "127.0.0.0/8", "CADUCEE_LOG_LEVEL": "WARNING"}  # fmt: skip
-    process = subprocess.Popen([sys.executable, "-m", "caducee", "serve", "--demo"], env=env, stdout=subprocess.DEVNULL,
-                               stderr=open(tmp_path / "server.log", "wb"))  # fmt: skip
+    env = {
+        **os.environ,
+        "CADUCEE_DATA_DIR": str(data_dir),
+        "CADUCEE_DATABASE_URL": database_url,
+        "CADUCEE_SUBMISSION_PORT": str(port),
+        "CADUCEE_SUBMISSIONS_PORT": "0",
+        "CADUCEE_MX_PORT": "0",
+        "CADUCEE_IMAP_PORT": "0",
+        "CADUCEE_IMAPS_PORT": "0",
+        "CADUCEE_HTTP_PORT": str(free_port()),
+        "CADUCEE_TRUSTED_NETWORKS": "127.0.0.0/8",
+        "CADUCEE_LOG_LEVEL": "WARNING",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "caducee", "serve", "--demo"], env=env, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "server.log", "wb")
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         credentials = data_dir / "demo-credentials.json"
@@ -63,14 +74,16 @@ async def test_sigkill_during_load_loses_nothing_acknowledged(tmp_path: Path, da
             async with aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False, timeout=30) as client:
                 for number in next_number:
                     tag = f"<load-{number}@demo.mssante.fr>"
-                    data = (f"From: {sender}\r\nTo: {patient}\r\nSubject: charge {number}\r\nDate: {formatdate()}\r\n"
-                            f"Message-ID: {tag}\r\n\r\n" + "Ligne de test.\r\n" * 50).encode()  # fmt: skip
+                    data = (
+                        f"From: {sender}\r\nTo: {patient}\r\nSubject: charge {number}\r\nDate: {formatdate()}\r\n"
+                        f"Message-ID: {tag}\r\n\r\n" + "Ligne de test.\r\n" * 50
+                    ).encode()
                     await client.sendmail(sender, [patient], data)
                     acknowledged.append(tag)  # only after the server said 250
                     if len(acknowledged) >= KILL_AFTER and not killed.is_set():
                         killed.set()
                         os.kill(process.pid, signal.SIGKILL)
-        except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError):
+        except (TimeoutError, aiosmtplib.SMTPException, OSError):
             return  # the server is gone: this session's in-flight message was never acknowledged
 
     try:
@@ -83,12 +96,14 @@ async def test_sigkill_during_load_loses_nothing_acknowledged(tmp_path: Path, da
     assert process.returncode == -signal.SIGKILL
 
     async with engine.connect() as conn:
-        rows = (await conn.execute(
-            select(Message.message_id_header, func.count(MailboxEntry.id))
-            .join(MailboxEntry, MailboxEntry.message_id == Message.id)
-            .where(Message.message_id_header.like("<load-%"))
-            .group_by(Message.id, Message.message_id_header)
-        )).all()  # fmt: skip
+        rows = (
+            await conn.execute(
+                select(Message.message_id_header, func.count(MailboxEntry.id))
+                .join(MailboxEntry, MailboxEntry.message_id == Message.id)
+                .where(Message.message_id_header.like("<load-%"))
+                .group_by(Message.id, Message.message_id_header)
+            )
+        ).all()
     stored: dict[str, int] = {}
     for header, entries in rows:
         stored[header] = stored.get(header, 0) + entries

@@ -70,7 +70,11 @@ def body(gateway, tag: str, text: bytes) -> bytes:  # type: ignore[no-untyped-de
     [
         ("bare-lf", b"line one\nline two\r\n.\r\n", "554 5.6.0"),
         ("bare-cr", b"line one\rline two\r\n.\r\n", "554 5.6.0"),
-        ("smuggling-lf-dot-crlf", b"hello\r\n\n.\r\nMAIL FROM:<x@demo.mssante.fr>\r\nRCPT TO:<y@demo.mssante.fr>\r\nDATA\r\nsmuggled\r\n.\r\n", "554 5.6.0"),
+        (
+            "smuggling-lf-dot-crlf",
+            b"hello\r\n\n.\r\nMAIL FROM:<x@demo.mssante.fr>\r\nRCPT TO:<y@demo.mssante.fr>\r\nDATA\r\nsmuggled\r\n.\r\n",
+            "554 5.6.0",
+        ),
         ("smuggling-crlf-dot-lf", b"hello\r\n.\nMAIL FROM:<x@demo.mssante.fr>\r\nDATA\r\nsmuggled\r\n.\r\n", "554 5.6.0"),
         ("line-over-998", b"x" * 1200 + b"\r\n.\r\n", "554 5.6.0"),
         ("dot-stuffed-terminator-lookalike", b"..\r\n.\n\r\n.\r\n", "554 5.6.0"),
@@ -160,6 +164,7 @@ async def test_one_client_address_cannot_hold_more_than_its_share_of_connections
     config = ListenerConfig("submission", "127.0.0.1", free_port(), server_context(server_cert), max_connections_per_client=3)
     listener = await start_listener(config, gateway.pipeline, gateway.authenticator)
     try:
+
         async def greeting() -> tuple[bytes, asyncio.StreamWriter]:
             reader, writer = await asyncio.open_connection("127.0.0.1", config.port)
             return await reader.readline(), writer

@@ -7,7 +7,7 @@ import asyncio
 import email
 import smtplib
 import ssl
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from email.header import decode_header, make_header
 from email.policy import SMTP as SMTP_POLICY
 from pathlib import Path
@@ -57,20 +57,27 @@ class OtherOperator:
     """A second Caducée, on SQLite, serving autre-operateur.mssante.fr; it trusts the same CA
     and lists demo.mssante.fr with the DN of the first operator's client certificate."""
 
-    async def start(self, gateway, directory: Path, smime=None) -> "OtherOperator":  # type: ignore[no-untyped-def]
+    async def start(self, gateway, directory: Path, smime=None) -> OtherOperator:  # type: ignore[no-untyped-def]
         """`smime`: an S/MIME stage builder `(engine) -> SmimeStage` for this operator's pipeline."""
         url = f"sqlite:///{directory / 'b.sqlite3'}"
         await asyncio.to_thread(db.upgrade, url)
         self.engine = db.create_engine(url)
-        self.settings = Settings(data_dir=directory / "var-b", database_url=url, local_domains=["autre-operateur.mssante.fr"],
-                                 operator_domain="autre-operateur.mssante.fr", hostname="mx.autre-operateur.mssante.fr")  # fmt: skip
+        self.settings = Settings(
+            data_dir=directory / "var-b",
+            database_url=url,
+            local_domains=["autre-operateur.mssante.fr"],
+            operator_domain="autre-operateur.mssante.fr",
+            hostname="mx.autre-operateur.mssante.fr",
+        )
         async with self.engine.begin() as conn:
             await service.add_trust_domain(conn, "autre-operateur.mssante.fr", is_local=True)
             await service.add_trust_domain(conn, "demo.mssante.fr", operator_dns=["CN=mail.demo.mssante.fr,O=Caducee,C=FR"])
             await service.add_mailbox(conn, address=REMOTE, type=MailboxType.PER, display_name="Dr Durand")
         self.cipher = BodyCipher(load_master_key(self.settings.data_dir, environ_value=""))
         self.pipeline = AcceptPipeline(self.engine, self.settings, self.cipher, smime=smime(self.engine) if smime else None)
-        server = gateway.ca.issue("server-b", "mx.autre-operateur.mssante.fr", "Autre Operateur", server=True, dns=["localhost"], ips=["127.0.0.1"])
+        server = gateway.ca.issue(
+            "server-b", "mx.autre-operateur.mssante.fr", "Autre Operateur", server=True, dns=["localhost"], ips=["127.0.0.1"]
+        )
         self.port = free_port()
         config = ListenerConfig("mx", "127.0.0.1", self.port, server_context(server, client_ca=gateway.ca.files.cert))
         self.server = await start_listener(config, self.pipeline, MailboxAuthenticator(self.engine, self.settings.local_domains))
@@ -131,7 +138,8 @@ class ScriptedPeer:
         context = server_context(issued)
         port = free_port()
         self.server = await asyncio.get_running_loop().create_server(
-            lambda: AioSMTP(self, tls_context=context, require_starttls=True, hostname="peer", decode_data=False), "127.0.0.1", port)
+            lambda: AioSMTP(self, tls_context=context, require_starttls=True, hostname="peer", decode_data=False), "127.0.0.1", port
+        )
         return port
 
     async def stop(self) -> None:
@@ -177,11 +185,11 @@ async def test_temporary_failures_are_retried_later(gateway, failure: str) -> No
     try:
         await asyncio.to_thread(submit, gateway, [REMOTE])
         worker = worker_for(gateway, {"autre-operateur.mssante.fr": f"127.0.0.1:{port}"})
-        before = datetime.now(timezone.utc)
+        before = datetime.now(UTC)
         assert await worker.run_once() == 1
         row = (await queue_rows(gateway))[0]
         assert (row.state, row.attempts) == ("temp_failure", 1)
-        next_attempt = row.next_attempt_at if row.next_attempt_at.tzinfo else row.next_attempt_at.replace(tzinfo=timezone.utc)
+        next_attempt = row.next_attempt_at if row.next_attempt_at.tzinfo else row.next_attempt_at.replace(tzinfo=UTC)
         assert next_attempt >= before + timedelta(seconds=59)
         assert await worker.run_once() == 0  # not due yet
         assert await gateway.inbox(gateway.account("doctor")[0]) == []  # no DSN for a temporary failure
@@ -198,9 +206,9 @@ async def test_retry_succeeds_then_expiry_and_delay_warning(gateway) -> None:  #
         worker = worker_for(gateway, {"autre-operateur.mssante.fr": f"127.0.0.1:{port}"})
         await worker.run_once()
         # Make both due again, one of them old enough for a delay warning, then let the peer accept.
-        old = datetime.now(timezone.utc) - timedelta(hours=5)
+        old = datetime.now(UTC) - timedelta(hours=5)
         async with gateway.engine.begin() as conn:
-            await conn.execute(update(QueuedRecipient).values(next_attempt_at=datetime.now(timezone.utc) - timedelta(seconds=1), created_at=old))
+            await conn.execute(update(QueuedRecipient).values(next_attempt_at=datetime.now(UTC) - timedelta(seconds=1), created_at=old))
         await worker.run_once()
         rows = await queue_rows(gateway)
         assert [(row.state, row.attempts, row.delay_warned) for row in rows] == [("temp_failure", 2, True)] * 2
@@ -209,10 +217,12 @@ async def test_retry_succeeds_then_expiry_and_delay_warning(gateway) -> None:  #
 
         # Now the peer takes REMOTE; the other recipient keeps failing and its time is up.
         peer.per_recipient = {REMOTE: "250 OK"}
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         async with gateway.engine.begin() as conn:
             await conn.execute(update(QueuedRecipient).values(next_attempt_at=now - timedelta(seconds=1)))
-            await conn.execute(update(QueuedRecipient).where(QueuedRecipient.rcpt_to != REMOTE).values(expires_at=now - timedelta(seconds=1)))
+            await conn.execute(
+                update(QueuedRecipient).where(QueuedRecipient.rcpt_to != REMOTE).values(expires_at=now - timedelta(seconds=1))
+            )
         await worker.run_once()
     finally:
         await peer.stop()

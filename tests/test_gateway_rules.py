@@ -107,7 +107,9 @@ async def test_x_mss_mes_fin_delivers_then_blocks_replies(gateway) -> None:  # t
 async def test_prescription_to_the_pharmacy(gateway) -> None:  # type: ignore[no-untyped-def]
     pharmacy = gateway.account("pharmacy")[0]
     pdf = b"%PDF-1.4\n% ordonnance\n"
-    result = await patient_writes(gateway, "adult_1", pharmacy, subject="Mon ordonnance", attachment=("ordonnance.pdf", pdf, "application/pdf"))
+    result = await patient_writes(
+        gateway, "adult_1", pharmacy, subject="Mon ordonnance", attachment=("ordonnance.pdf", pdf, "application/pdf")
+    )
     assert result.accepted == [pharmacy], result.reply
     assert b"ordonnance.pdf" in (await gateway.inbox(pharmacy))[0]
     without = await patient_writes(gateway, "adult_1", pharmacy, subject="Bonjour")
@@ -135,8 +137,9 @@ async def test_nobody_replies_to_a_campaign(gateway) -> None:  # type: ignore[no
     cnam = gateway.credentials["cnam"]["address"]
     patient = gateway.credentials["patients"]["adult_1"]["address"]
     campaign = message(cnam, patient, "Dépistage", "Pensez au dépistage.")
-    sent = await gateway.pipeline.accept(Envelope(mail_from=cnam, rcpt_tos=[patient], data=campaign.as_bytes(policy=SMTP_POLICY),
-                                                  channel=Channel.API, authenticated=cnam))  # fmt: skip
+    sent = await gateway.pipeline.accept(
+        Envelope(mail_from=cnam, rcpt_tos=[patient], data=campaign.as_bytes(policy=SMTP_POLICY), channel=Channel.API, authenticated=cnam)
+    )
     assert sent.accepted == [patient]
     result = await patient_writes(gateway, "adult_1", cnam, reply_to=campaign)
     assert not result.accepted and "cannot be answered" in result.reply
@@ -154,8 +157,11 @@ async def test_a_body_is_stored_once_whatever_the_number_of_recipients(gateway) 
     assert (await asyncio.to_thread(smtp_send, gateway, msg, rcpts))[0] == 250
     async with gateway.engine.connect() as conn:
         assert (await conn.execute(select(func.count()).select_from(StoredMessage))).scalar_one() == 1
-        entries = (await conn.execute(select(MailboxEntry.uid, MailboxEntry.modseq, Folder.name, Folder.uidnext)
-                                      .join(Folder, Folder.id == MailboxEntry.folder_id))).all()  # fmt: skip
+        entries = (
+            await conn.execute(
+                select(MailboxEntry.uid, MailboxEntry.modseq, Folder.name, Folder.uidnext).join(Folder, Folder.id == MailboxEntry.folder_id)
+            )
+        ).all()
     assert len(entries) == 3
     assert all(row.name == "INBOX" and row.uid == 1 and row.uidnext == 2 for row in entries)
     for address in rcpts:

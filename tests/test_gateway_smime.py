@@ -60,8 +60,18 @@ class Openssl:
         return self.run("-verify", "-CAfile", str(self.space.anchors), "-purpose", "smimesign", "-signer", str(signer_out), stdin=data)
 
     def sign(self, data: bytes, pair: Pair) -> bytes:
-        return self.run("-sign", "-signer", str(pair.cert), "-inkey", str(pair.key), "-passin", self.passin,
-                        "-certfile", str(self.space.org_ca.cert), stdin=data)  # fmt: skip
+        return self.run(
+            "-sign",
+            "-signer",
+            str(pair.cert),
+            "-inkey",
+            str(pair.key),
+            "-passin",
+            self.passin,
+            "-certfile",
+            str(self.space.org_ca.cert),
+            stdin=data,
+        )
 
     def encrypt(self, data: bytes, *certs: Path) -> bytes:
         return self.run("-encrypt", "-aes256", *map(str, certs), stdin=data)
@@ -73,8 +83,10 @@ def crlf(data: bytes) -> bytes:
 
 def with_headers(entity: bytes, sender: str, to: str, subject: str = "Compte rendu") -> bytes:
     """What a mail client sends: its own headers in front of the S/MIME entity OpenSSL made."""
-    head = f"From: {sender}\r\nTo: {to}\r\nSubject: {subject}\r\nDate: Sun, 22 Nov 2026 10:00:00 +0100\r\n" \
-           f"Message-ID: <{os.urandom(6).hex()}@autre-operateur.mssante.fr>\r\n"  # fmt: skip
+    head = (
+        f"From: {sender}\r\nTo: {to}\r\nSubject: {subject}\r\nDate: Sun, 22 Nov 2026 10:00:00 +0100\r\n"
+        f"Message-ID: <{os.urandom(6).hex()}@autre-operateur.mssante.fr>\r\n"
+    )
     return head.encode() + crlf(entity)
 
 
@@ -139,8 +151,7 @@ async def test_mail_the_client_already_protected_passes_untouched(gateway) -> No
     tools = Openssl(gateway)
     nurse = gateway.account("nurse")[0]
     patient = gateway.credentials["patients"]["adult_2"]["address"]
-    entity = tools.sign(b"Content-Type: text/plain; charset=utf-8\r\n\r\nPansement a refaire jeudi.\r\n",
-                        tools.space.handed_out(nurse))  # fmt: skip
+    entity = tools.sign(b"Content-Type: text/plain; charset=utf-8\r\n\r\nPansement a refaire jeudi.\r\n", tools.space.handed_out(nurse))
     sent = with_headers(entity, nurse, patient)
     await asyncio.to_thread(submit, gateway, "nurse", [patient], sent)
     assert await gateway.inbox(patient) == [sent]
@@ -191,8 +202,9 @@ class Peer:
         self.patient_cert = self.tools.space.mailbox(self.patient).cert
         self.other_patient_cert = self.tools.space.mailbox(gateway.credentials["patients"]["adult_1"]["address"]).cert
 
-    def signed(self, text: bytes = b"Vos examens sont normaux.", *, subject: str = "Examens", pair: Pair | None = None,
-               to: str | None = None) -> bytes:  # fmt: skip
+    def signed(
+        self, text: bytes = b"Vos examens sont normaux.", *, subject: str = "Examens", pair: Pair | None = None, to: str | None = None
+    ) -> bytes:
         inner = with_headers(b"Content-Type: text/plain; charset=utf-8\r\n\r\n" + text + b"\r\n", PEER, to or self.patient, subject)
         return with_headers(self.tools.sign(inner, pair or self.pair), PEER, to or self.patient, subject)
 
@@ -247,8 +259,14 @@ def _revoked(peer: Peer) -> bytes:
 
 
 def _expired(peer: Peer) -> bytes:
-    old = peer.tools.issuer.mailbox(PEER, "Dr Durand", "autre-operateur.mssante.fr", held=False, days=1,
-                                    not_before=dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=3))  # fmt: skip
+    old = peer.tools.issuer.mailbox(
+        PEER,
+        "Dr Durand",
+        "autre-operateur.mssante.fr",
+        held=False,
+        days=1,
+        not_before=dt.datetime.now(dt.UTC) - dt.timedelta(days=3),
+    )
     return peer.signed(pair=old)
 
 
@@ -315,13 +333,22 @@ async def test_a_session_stays_responsive_while_large_messages_are_signed(gatewa
         "    client.starttls(context=ssl.create_default_context(cafile=ca))\n"
         "    client.login(user, password)\n"
         "    client.sendmail(sender, [rcpt], open(path, 'rb').read())\n"
-    )  # fmt: skip
+    )
 
     async def send_big() -> asyncio.subprocess.Process:  # another process: the client's work stays off the loop under test
         return await asyncio.create_subprocess_exec(
-            sys.executable, "-c", sender_script, "127.0.0.1", str(gateway.ports["submission"]), str(gateway.ca.files.cert),
-            doctor, password, doctor, nurse, str(message_file),
-        )  # fmt: skip
+            sys.executable,
+            "-c",
+            sender_script,
+            "127.0.0.1",
+            str(gateway.ports["submission"]),
+            str(gateway.ca.files.cert),
+            doctor,
+            password,
+            doctor,
+            nurse,
+            str(message_file),
+        )
 
     round_trips: list[float] = []
     async with aiosmtplib.SMTP(hostname="127.0.0.1", port=gateway.ports["submission"], start_tls=True, tls_context=context) as probe:

@@ -14,10 +14,32 @@ pytestmark = pytest.mark.skipif(shutil.which("swaks") is None, reason="swaks is 
 def swaks(gateway, *extra: str) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]
     address, password = gateway.account("doctor")
     patient = gateway.credentials["patients"]["adult_1"]["address"]
-    command = ["swaks", "--server", f"127.0.0.1:{gateway.ports['submission']}", "--from", address, "--to", patient,
-               "--header", "Subject: Rendez-vous", "--body", "Votre rendez-vous est confirmé pour mardi.",
-               "--tls", "--tls-verify", "--tls-ca-path", str(gateway.ca.files.cert), "--tls-sni", "localhost",
-               "--auth", "PLAIN", "--auth-user", address, "--auth-password", password, *extra]  # fmt: skip
+    command = [
+        "swaks",
+        "--server",
+        f"127.0.0.1:{gateway.ports['submission']}",
+        "--from",
+        address,
+        "--to",
+        patient,
+        "--header",
+        "Subject: Rendez-vous",
+        "--body",
+        "Votre rendez-vous est confirmé pour mardi.",
+        "--tls",
+        "--tls-verify",
+        "--tls-ca-path",
+        str(gateway.ca.files.cert),
+        "--tls-sni",
+        "localhost",
+        "--auth",
+        "PLAIN",
+        "--auth-user",
+        address,
+        "--auth-password",
+        password,
+        *extra,
+    ]
     return subprocess.run(command, capture_output=True, text=True, timeout=60)
 
 

@@ -134,8 +134,11 @@ async def test_search_fetch_sections_copy_and_move(gateway, imap) -> None:  # ty
     assert out["body"] == [b"1 2 3"]  # every note's body says "compte rendu"
     assert out["not_uid"] == [b"3"]
     assert out["larger"] == [b""]
-    assert out["fields"][0][1] == "Subject: =?utf-8?q?R=C3=A9sultats_de_biologie?=\r\nFrom: dr.martin@demo.mssante.fr\r\n\r\n".encode() \
-        or out["fields"][0][1].startswith(b"Subject:") or out["fields"][0][1].startswith(b"From:")  # fmt: skip
+    assert (
+        out["fields"][0][1] == b"Subject: =?utf-8?q?R=C3=A9sultats_de_biologie?=\r\nFrom: dr.martin@demo.mssante.fr\r\n\r\n"
+        or out["fields"][0][1].startswith(b"Subject:")
+        or out["fields"][0][1].startswith(b"From:")
+    )
     assert out["partial"][0][0].endswith(b"BODY[]<0> {10}") and len(out["partial"][0][1]) == 10
     assert out["text"][0][1] == b"Bonjour,\r\nvoici le compte rendu.\r\n"
     assert out["copy"][0] == "OK" and b"COPYUID" in out["copy"][1][0]
@@ -305,11 +308,13 @@ async def test_a_large_body_is_streamed_whole(gateway, imap) -> None:  # type: i
 
 async def test_rfc3501_fetch_examples(gateway, imap) -> None:  # type: ignore[no-untyped-def]
     """RFC 3501 6.4.5's FETCH forms on a multipart message with an attached message."""
-    raw = (b"From: Fred Foobar <foobar@Blurdybloop.example>\r\nSubject: afternoon meeting\r\nTo: mooch@owatagu.example\r\n"
-           b"Message-Id: <B27397-0100000@Blurdybloop.example>\r\nMIME-Version: 1.0\r\n"
-           b"Content-Type: multipart/mixed; boundary=\"xyz\"\r\n\r\n--xyz\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n"
-           b"Hello Joe, do you think we can meet at 3:30 tomorrow?\r\n--xyz\r\nContent-Type: message/rfc822\r\n\r\n"
-           b"Subject: inner\r\n\r\ninner text\r\n--xyz--\r\n")  # fmt: skip
+    raw = (
+        b"From: Fred Foobar <foobar@Blurdybloop.example>\r\nSubject: afternoon meeting\r\nTo: mooch@owatagu.example\r\n"
+        b"Message-Id: <B27397-0100000@Blurdybloop.example>\r\nMIME-Version: 1.0\r\n"
+        b'Content-Type: multipart/mixed; boundary="xyz"\r\n\r\n--xyz\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n'
+        b"Hello Joe, do you think we can meet at 3:30 tomorrow?\r\n--xyz\r\nContent-Type: message/rfc822\r\n\r\n"
+        b"Subject: inner\r\n\r\ninner text\r\n--xyz--\r\n"
+    )
 
     def session() -> list:
         with connect(gateway) as client:
@@ -341,9 +346,21 @@ async def test_openssl_s_client_starttls(gateway, imap) -> None:  # type: ignore
     """`openssl s_client -starttls imap`, as the README shows it."""
     address, password = gateway.account("doctor")
     process = await asyncio.create_subprocess_exec(
-        "openssl", "s_client", "-quiet", "-crlf", "-starttls", "imap", "-connect", f"127.0.0.1:{gateway.ports['imap']}",
-        "-CAfile", str(gateway.ca.files.cert), "-verify_return_error",
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)  # fmt: skip
+        "openssl",
+        "s_client",
+        "-quiet",
+        "-crlf",
+        "-starttls",
+        "imap",
+        "-connect",
+        f"127.0.0.1:{gateway.ports['imap']}",
+        "-CAfile",
+        str(gateway.ca.files.cert),
+        "-verify_return_error",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
     script = f'a LOGIN "{address}" "{password}"\nb SELECT INBOX\nc LOGOUT\n'.encode()
     output, _ = await asyncio.wait_for(process.communicate(script), 60)
     assert b"a OK [CAPABILITY" in output and b"b OK [READ-WRITE]" in output and b"c OK LOGOUT" in output

@@ -38,7 +38,7 @@ EXAMPLES = [
     (b"a001 CAPABILITY", "CAPABILITY", {}),
     (b"a002 NOOP", "NOOP", {}),
     (b"A023 LOGOUT", "LOGOUT", {}),
-    (b'a001 LOGIN SMITH SESAME', "LOGIN", {"user": b"SMITH", "password": b"SESAME"}),
+    (b"a001 LOGIN SMITH SESAME", "LOGIN", {"user": b"SMITH", "password": b"SESAME"}),
     (b'a001 login "fred" "fo\\"o"', "LOGIN", {"user": b"fred", "password": b'fo"o'}),
     (b"A142 SELECT INBOX", "SELECT", {"mailbox": "INBOX", "condstore": False}),
     (b"A142 SELECT inbox (CONDSTORE)", "SELECT", {"mailbox": "INBOX", "condstore": True}),
@@ -46,18 +46,35 @@ EXAMPLES = [
     (b"A003 CREATE owatagusiam/", "CREATE", {"mailbox": "owatagusiam/"}),
     (b"A683 RENAME blurdybloop sarasoop", "RENAME", {"mailbox": "blurdybloop", "new": "sarasoop"}),
     (b'A101 LIST "" ""', "LIST", {"reference": "", "pattern": "", "selection": [], "returns": []}),
-    (b'A202 LIST ~/Mail/ %', "LIST", {"reference": "~/Mail/", "pattern": "%", "selection": [], "returns": []}),
-    (b'A1 LIST (SPECIAL-USE) "" "*" RETURN (SPECIAL-USE)', "LIST",
-     {"reference": "", "pattern": "*", "selection": ["SPECIAL-USE"], "returns": ["SPECIAL-USE"]}),
+    (b"A202 LIST ~/Mail/ %", "LIST", {"reference": "~/Mail/", "pattern": "%", "selection": [], "returns": []}),
+    (
+        b'A1 LIST (SPECIAL-USE) "" "*" RETURN (SPECIAL-USE)',
+        "LIST",
+        {"reference": "", "pattern": "*", "selection": ["SPECIAL-USE"], "returns": ["SPECIAL-USE"]},
+    ),
     (b"A042 STATUS blurdybloop (UIDNEXT MESSAGES)", "STATUS", {"mailbox": "blurdybloop", "items": ["UIDNEXT", "MESSAGES"]}),
     (b"A202 EXPUNGE", "EXPUNGE", {}),
-    (b"A283 SEARCH FLAGGED SINCE 1-Feb-1994 NOT FROM \"Smith\"", "SEARCH", {"charset": None, "keys": Search("AND", (
-        Search("FLAGGED"), Search("SINCE", (dt.date(1994, 2, 1),)), Search("NOT", (Search("FROM", (b"Smith",)),))))}),
-    (b"A285 SEARCH CHARSET UTF-8 TEXT {}", "SEARCH", {"charset": "UTF-8", "keys": Search("AND", (Search("TEXT", ("XXXXXX".encode(),)),))}),
-    (b"A003 STORE 2:4 +FLAGS (\\Deleted)", "STORE",
-     {"sequence": SequenceSet(((2, 4),)), "action": "+FLAGS", "silent": False, "flags": ["\\Deleted"], "unchanged_since": None}),
-    (b"A004 STORE 1 (UNCHANGEDSINCE 12) FLAGS.SILENT (\\Seen $Label1)", "STORE",
-     {"sequence": SequenceSet(((1, 1),)), "action": "FLAGS", "silent": True, "flags": ["\\Seen", "$Label1"], "unchanged_since": 12}),
+    (
+        b'A283 SEARCH FLAGGED SINCE 1-Feb-1994 NOT FROM "Smith"',
+        "SEARCH",
+        {
+            "charset": None,
+            "keys": Search(
+                "AND", (Search("FLAGGED"), Search("SINCE", (dt.date(1994, 2, 1),)), Search("NOT", (Search("FROM", (b"Smith",)),)))
+            ),
+        },
+    ),
+    (b"A285 SEARCH CHARSET UTF-8 TEXT {}", "SEARCH", {"charset": "UTF-8", "keys": Search("AND", (Search("TEXT", (b"XXXXXX",)),))}),
+    (
+        b"A003 STORE 2:4 +FLAGS (\\Deleted)",
+        "STORE",
+        {"sequence": SequenceSet(((2, 4),)), "action": "+FLAGS", "silent": False, "flags": ["\\Deleted"], "unchanged_since": None},
+    ),
+    (
+        b"A004 STORE 1 (UNCHANGEDSINCE 12) FLAGS.SILENT (\\Seen $Label1)",
+        "STORE",
+        {"sequence": SequenceSet(((1, 1),)), "action": "FLAGS", "silent": True, "flags": ["\\Seen", "$Label1"], "unchanged_since": 12},
+    ),
     (b"A003 COPY 2:4 MEETING", "COPY", {"sequence": SequenceSet(((2, 4),)), "mailbox": "MEETING"}),
     (b"A999 UID FETCH 4827313:4828442 FLAGS", "UID FETCH", None),
     (b"a UID EXPUNGE 3000:3002", "UID EXPUNGE", {"sequence": SequenceSet(((3000, 3002),))}),
@@ -98,8 +115,9 @@ def test_append_with_flags_date_and_literal() -> None:
 
 def test_search_or_groups_uid_and_sequence_sets() -> None:
     keys = parse(b'a SEARCH OR (FROM "a" TO "b") UID 1:5,9 2,4:* HEADER Message-ID "<x@y>"').args["keys"]
-    assert keys.args[0] == Search("OR", (Search("AND", (Search("FROM", (b"a",)), Search("TO", (b"b",)))),
-                                         Search("UID", (SequenceSet(((1, 5), (9, 9))),))))  # fmt: skip
+    assert keys.args[0] == Search(
+        "OR", (Search("AND", (Search("FROM", (b"a",)), Search("TO", (b"b",)))), Search("UID", (SequenceSet(((1, 5), (9, 9))),)))
+    )
     assert keys.args[1] == Search("SEQ", (SequenceSet(((2, 2), (4, None))),))
     assert keys.args[2] == Search("HEADER", ("Message-ID", b"<x@y>"))
 
@@ -162,8 +180,8 @@ HOSTILE = [
     (b"a FETCH 1 BODY[0]", "start at 1"),
     (b"a FETCH 1 (RFC822.SMELL)", "unknown fetch item"),
     (b"a SELECT \xc3\xa9t\xc3\xa9", "8-bit"),
-    (b"a LOGIN \"unterminated", "unterminated quoted"),
-    (b"a LOGIN \"bad\\escape\" x", "bad escape"),
+    (b'a LOGIN "unterminated', "unterminated quoted"),
+    (b'a LOGIN "bad\\escape" x', "bad escape"),
     (b"a SEARCH " + b"NOT " * 40 + b"ALL", "nested too deeply"),
     (b"a SEARCH SINCE 31-Feb-2020", "bad date"),
     (b"a SEARCH CHARSET KOI8-R ALL", "BADCHARSET"),

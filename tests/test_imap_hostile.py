@@ -68,11 +68,11 @@ CASES = [
     (b"a2 LIST " + b"(" * 50 + b")" * 50 + b' ""\r\n', b"a2 BAD"),
     (b"a2 SEARCH " + b"NOT " * 100 + b"ALL\r\n", b"a2 BAD"),
     (b"a2 SELECT \xc3\xa9t\xc3\xa9\xff\r\n", b"a2 BAD 8-bit characters in an atom"),
-    (b"a2 SELECT \"Dossier inconnu\"\r\n", b"a2 NO [NONEXISTENT]"),
+    (b'a2 SELECT "Dossier inconnu"\r\n', b"a2 NO [NONEXISTENT]"),
     (b"a2 XYZZY\r\n", b"a2 BAD unknown command"),
     (b"a2 LOGIN a b\r\n", b"a2 BAD LOGIN is not allowed in the authenticated state"),
     (b"a2 STORE 1 +FLAGS (\\Seen)\r\n", b"a2 BAD STORE is not allowed"),
-    (b'a2 APPEND INBOX (\\Recent) {5+}\r\nhello\r\n', b"a2 NO flag \\Recent cannot be set"),
+    (b"a2 APPEND INBOX (\\Recent) {5+}\r\nhello\r\n", b"a2 NO flag \\Recent cannot be set"),
     (b"a1 SELECT INBOX\r\na2 UID FETCH 1:* (BODY[0])\r\n", b"a2 BAD part numbers start at 1"),
     (b"\r\n", b"* BAD missing or invalid tag"),
 ]
@@ -184,10 +184,10 @@ async def test_idle_connections_are_closed(gateway, engine, settings) -> None:  
     from caducee.mailbox.imap.server import start_imap
 
     quick = dataclasses.replace(settings, imap_login_timeout=1, imap_timeout=2)
-    server = await start_imap(quick, engine, gateway.cipher, gateway.server_context, host="127.0.0.1",
-                              imap_port=free_port(), imaps_port=0)  # fmt: skip
+    server = await start_imap(quick, engine, gateway.cipher, gateway.server_context, host="127.0.0.1", imap_port=free_port(), imaps_port=0)
     gateway.ports["imap"] = server.servers[0].sockets[0].getsockname()[1]
     try:
+
         def script() -> tuple[bytes, bytes]:
             silent = Raw(gateway, login=False)
             before_login = silent.line()
@@ -208,10 +208,10 @@ async def test_thousands_of_connections_from_one_address(gateway, engine, settin
     from caducee.mailbox.imap.server import start_imap
 
     capped = dataclasses.replace(settings, imap_max_connections_per_client=50)
-    server = await start_imap(capped, engine, gateway.cipher, gateway.server_context, host="127.0.0.1",
-                              imap_port=free_port(), imaps_port=0)  # fmt: skip
+    server = await start_imap(capped, engine, gateway.cipher, gateway.server_context, host="127.0.0.1", imap_port=free_port(), imaps_port=0)
     port = server.servers[0].sockets[0].getsockname()[1]
     try:
+
         async def one() -> tuple[bytes, asyncio.StreamWriter]:
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             return await reader.readline(), writer

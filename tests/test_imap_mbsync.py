@@ -53,8 +53,9 @@ Sync All
 
 
 async def mbsync(config: Path) -> str:
-    process = await asyncio.create_subprocess_exec("mbsync", "-c", str(config), "-a", stdout=asyncio.subprocess.PIPE,
-                                                   stderr=asyncio.subprocess.STDOUT)  # fmt: skip
+    process = await asyncio.create_subprocess_exec(
+        "mbsync", "-c", str(config), "-a", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
     output, _ = await asyncio.wait_for(process.communicate(), 120)
     assert process.returncode == 0, output.decode()
     return output.decode()
@@ -126,4 +127,3 @@ async def test_two_way_sync_with_flags_and_deletions(gateway, imap, tmp_path: Pa
     await mbsync(config)
     assert await asyncio.to_thread(server_view) == remote
     assert local_inbox(tmp_path) == local
-

@@ -16,7 +16,7 @@ from caducee.mailbox.imap.grammar import RawCommand, parse_command
 from caducee.mailbox.imap.mailstore import FetchRow, flag_bits
 from caducee.mailbox.imap.structure import summarize
 
-DAY = dt.datetime(2026, 11, 20, 9, 0, tzinfo=dt.timezone.utc)
+DAY = dt.datetime(2026, 11, 20, 9, 0, tzinfo=dt.UTC)
 FOLDER = [  # (uid, flags, size, internal date, From, Subject)
     (3, "\\Seen", 1200, DAY, "Dr Dupont <dupont@hopital.fr>", "Résultats"),
     (5, "", 80_000, DAY + dt.timedelta(days=1), "Martin <martin@cabinet.fr>", "Ordonnance"),
@@ -69,8 +69,7 @@ def test_search_keys(keys: str, expected: list[int]) -> None:
     key = parse(keys)
     stored = rows()
     largest_sequence, largest_uid = len(stored), stored[-1].uid
-    by_rows = [row.uid for n, row in enumerate(stored, 1)
-               if search.matches(key, search.Candidate(row, n, largest_sequence, largest_uid))]  # fmt: skip
+    by_rows = [row.uid for n, row in enumerate(stored, 1) if search.matches(key, search.Candidate(row, n, largest_sequence, largest_uid))]
     assert by_rows == expected
     if search.in_memory(key, headers=True):
         headers = {row.uid: row.summary.packed_headers for row in stored}  # type: ignore[union-attr]

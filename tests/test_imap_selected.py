@@ -33,8 +33,9 @@ def test_changes_from_other_sessions_and_copy_on_write() -> None:
     cache.put(shot)
     first, second = view_of(cache.get(7, 50)), view_of(cache.get(7, 50))  # type: ignore[arg-type]
     assert cache.get(7, 51) is None  # the folder moved on: a new SELECT reads it again
-    out = first.apply([Change(4, "\\Seen", 51, False), Change(6, "", 52, True), Change(11, "", 53, False)],
-                      allow_expunge=False, condstore=True)  # fmt: skip
+    out = first.apply(
+        [Change(4, "\\Seen", 51, False), Change(6, "", 52, True), Change(11, "", 53, False)], allow_expunge=False, condstore=True
+    )
     assert out == [b"* 2 FETCH (UID 4 FLAGS (\\Seen) MODSEQ (51))\r\n", b"* 5 EXISTS\r\n"]
     assert first.sequence_of(6) == 3  # not announced yet: numbers hold
     assert first.flush_expunges() == [b"* 3 EXPUNGE\r\n"]

@@ -6,37 +6,50 @@ import pytest
 
 from caducee.mailbox.imap import structure
 
-MULTIPART = (b"From: =?utf-8?q?Dr_J=C3=A9r=C3=B4me?= <jerome@demo.mssante.fr>\r\nTo: a@b.fr, \"X Y\" <x@y.fr>\r\n"
-             b"Subject: Hello\r\nDate: Mon, 23 Nov 2026 10:00:00 +0100\r\nMessage-ID: <1@x>\r\n"
-             b"Content-Type: multipart/mixed; boundary=\"b1\"\r\n\r\npreamble\r\n--b1\r\n"
-             b"Content-Type: text/plain; charset=utf-8\r\n\r\nhello\r\nworld\r\n--b1\r\nContent-Type: application/pdf;\r\n"
-             b" name*0*=utf-8''ordonnance%20du; name*1=\" 23.pdf\"\r\nContent-Transfer-Encoding: base64\r\n"
-             b"Content-Disposition: attachment; filename=a.pdf\r\n\r\nQUJD\r\n--b1--\r\nepilogue\r\n")  # fmt: skip
+MULTIPART = (
+    b'From: =?utf-8?q?Dr_J=C3=A9r=C3=B4me?= <jerome@demo.mssante.fr>\r\nTo: a@b.fr, "X Y" <x@y.fr>\r\n'
+    b"Subject: Hello\r\nDate: Mon, 23 Nov 2026 10:00:00 +0100\r\nMessage-ID: <1@x>\r\n"
+    b'Content-Type: multipart/mixed; boundary="b1"\r\n\r\npreamble\r\n--b1\r\n'
+    b"Content-Type: text/plain; charset=utf-8\r\n\r\nhello\r\nworld\r\n--b1\r\nContent-Type: application/pdf;\r\n"
+    b" name*0*=utf-8''ordonnance%20du; name*1=\" 23.pdf\"\r\nContent-Transfer-Encoding: base64\r\n"
+    b"Content-Disposition: attachment; filename=a.pdf\r\n\r\nQUJD\r\n--b1--\r\nepilogue\r\n"
+)
 
 
 def test_envelope_and_bodystructure() -> None:
     summary = structure.summarize(MULTIPART)
-    assert summary.envelope == (b'("Mon, 23 Nov 2026 10:00:00 +0100" "Hello" (("=?utf-8?q?Dr_J=C3=A9r=C3=B4me?=" NIL "jerome" '
-                                b'"demo.mssante.fr")) (("=?utf-8?q?Dr_J=C3=A9r=C3=B4me?=" NIL "jerome" "demo.mssante.fr")) '
-                                b'(("=?utf-8?q?Dr_J=C3=A9r=C3=B4me?=" NIL "jerome" "demo.mssante.fr")) ((NIL NIL "a" "b.fr") '
-                                b'("X Y" NIL "x" "y.fr")) NIL NIL NIL "<1@x>")')  # fmt: skip
-    assert summary.bodystructure == (b'(("TEXT" "PLAIN" ("CHARSET" "utf-8") NIL NIL "7BIT" 12 2 NIL NIL NIL NIL) '
-                                     b'("APPLICATION" "PDF" ("NAME" "ordonnance du 23.pdf") NIL NIL "BASE64" 4 NIL '
-                                     b'("ATTACHMENT" ("FILENAME" "a.pdf")) NIL NIL) "MIXED" ("BOUNDARY" "b1") NIL NIL NIL)')  # fmt: skip
+    assert summary.envelope == (
+        b'("Mon, 23 Nov 2026 10:00:00 +0100" "Hello" (("=?utf-8?q?Dr_J=C3=A9r=C3=B4me?=" NIL "jerome" '
+        b'"demo.mssante.fr")) (("=?utf-8?q?Dr_J=C3=A9r=C3=B4me?=" NIL "jerome" "demo.mssante.fr")) '
+        b'(("=?utf-8?q?Dr_J=C3=A9r=C3=B4me?=" NIL "jerome" "demo.mssante.fr")) ((NIL NIL "a" "b.fr") '
+        b'("X Y" NIL "x" "y.fr")) NIL NIL NIL "<1@x>")'
+    )
+    assert summary.bodystructure == (
+        b'(("TEXT" "PLAIN" ("CHARSET" "utf-8") NIL NIL "7BIT" 12 2 NIL NIL NIL NIL) '
+        b'("APPLICATION" "PDF" ("NAME" "ordonnance du 23.pdf") NIL NIL "BASE64" 4 NIL '
+        b'("ATTACHMENT" ("FILENAME" "a.pdf")) NIL NIL) "MIXED" ("BOUNDARY" "b1") NIL NIL NIL)'
+    )
     assert summary.header_text("from") == "dr jérôme <jerome@demo.mssante.fr>".encode()
     assert summary.sent_date == "2026-11-23"
     assert structure.Summary.unpack(summary.pack()) == summary
 
 
-@pytest.mark.parametrize(("path", "kind", "expected"), [
-    ((1,), "", b"hello\r\nworld"),
-    ((2,), "", b"QUJD"),
-    ((2,), "MIME", b"Content-Type: application/pdf;\r\n name*0*=utf-8''ordonnance%20du; name*1=\" 23.pdf\"\r\n"
-                   b"Content-Transfer-Encoding: base64\r\nContent-Disposition: attachment; filename=a.pdf\r\n\r\n"),
-    ((), "HEADER.FIELDS", b"Subject: Hello\r\n\r\n"),
-    ((3,), "", None),
-    ((1, 1), "", None),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("path", "kind", "expected"),
+    [
+        ((1,), "", b"hello\r\nworld"),
+        ((2,), "", b"QUJD"),
+        (
+            (2,),
+            "MIME",
+            b"Content-Type: application/pdf;\r\n name*0*=utf-8''ordonnance%20du; name*1=\" 23.pdf\"\r\n"
+            b"Content-Transfer-Encoding: base64\r\nContent-Disposition: attachment; filename=a.pdf\r\n\r\n",
+        ),
+        ((), "HEADER.FIELDS", b"Subject: Hello\r\n\r\n"),
+        ((3,), "", None),
+        ((1, 1), "", None),
+    ],
+)
 def test_sections(path: tuple[int, ...], kind: str, expected: bytes | None) -> None:
     root = structure.parse(MULTIPART)
     assert structure.section(root, path, kind, ("SUBJECT",)) == expected
@@ -52,8 +65,17 @@ def nested(depth: int) -> bytes:
     out = b"Content-Type: text/plain\r\n\r\ninnermost\r\n"
     for level in range(depth):
         boundary = b"L%d" % level
-        out = (b"Content-Type: multipart/mixed; boundary=" + boundary + b"\r\n\r\n--" + boundary + b"\r\n" + out +
-               b"\r\n--" + boundary + b"--\r\n")  # fmt: skip
+        out = (
+            b"Content-Type: multipart/mixed; boundary="
+            + boundary
+            + b"\r\n\r\n--"
+            + boundary
+            + b"\r\n"
+            + out
+            + b"\r\n--"
+            + boundary
+            + b"--\r\n"
+        )
     return b"Subject: deep\r\n" + out
 
 

@@ -30,8 +30,18 @@ def space(tmp_path: Path) -> TrustSpace:
 
 
 def openssl_verify(space: TrustSpace, cert: Path, purpose: str | None = None) -> subprocess.CompletedProcess[str]:
-    command = ["openssl", "verify", "-CAfile", str(space.root), "-untrusted", str(space.org_ca.cert),
-               "-crl_check", "-CRLfile", str(space.crl), str(cert)]  # fmt: skip
+    command = [
+        "openssl",
+        "verify",
+        "-CAfile",
+        str(space.root),
+        "-untrusted",
+        str(space.org_ca.cert),
+        "-crl_check",
+        "-CRLfile",
+        str(space.crl),
+        str(cert),
+    ]
     if purpose:
         command[2:2] = ["-purpose", purpose]
     return subprocess.run(command, capture_output=True, text=True)
@@ -49,7 +59,8 @@ def test_mailbox_certificate_shape_and_purposes(space: TrustSpace) -> None:
         assert openssl_verify(space, pair.cert, purpose).returncode == 0
     cert = x509.load_pem_x509_certificate(pair.cert.read_bytes())
     assert cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.RFC822Name) == [
-        "sophie.bernard@demo.mssante.fr"]  # fmt: skip
+        "sophie.bernard@demo.mssante.fr"
+    ]
     usage = cert.extensions.get_extension_for_class(x509.KeyUsage)
     assert usage.critical and usage.value.digital_signature and usage.value.key_encipherment
     assert list(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value) == [ExtendedKeyUsageOID.EMAIL_PROTECTION]
@@ -78,8 +89,7 @@ def test_revoked_and_expired_certificates_fail(space: TrustSpace) -> None:
         assert result.returncode != 0 and "certificate revoked" in result.stdout + result.stderr
     still = openssl_verify(space, first.cert)  # revoking the second kept the first on the CRL
     assert "certificate revoked" in still.stdout + still.stderr
-    old = issuer.mailbox("c@demo.mssante.fr", "C", "demo.mssante.fr", days=1,
-                         not_before=dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=10))  # fmt: skip
+    old = issuer.mailbox("c@demo.mssante.fr", "C", "demo.mssante.fr", days=1, not_before=dt.datetime.now(dt.UTC) - dt.timedelta(days=10))
     result = openssl_verify(space, old.cert)
     assert result.returncode != 0 and "expired" in result.stdout + result.stderr
 
@@ -100,9 +110,8 @@ async def test_demo_publishes_a_certificate_per_mailbox(engine: AsyncEngine, set
         published = await service.certificates_for(conn, addresses)
         assert set(published) == set(addresses)
         with pytest.raises(service.CertificateError, match="not karim.haddad@demo.mssante.fr"):
-            await service.publish_certificate(conn, credentials["professionals"]["nurse"]["address"],
-                                              published[addresses[0]][0].encode())  # fmt: skip
-        later = dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=4000)
+            await service.publish_certificate(conn, credentials["professionals"]["nurse"]["address"], published[addresses[0]][0].encode())
+        later = dt.datetime.now(dt.UTC) + dt.timedelta(days=4000)
         assert await service.certificates_for(conn, addresses, at=later) == {}  # expired ones are not offered
 
 
@@ -110,8 +119,9 @@ async def test_cli_issue_publishes_and_refuses_unknown_mailboxes(tmp_path: Path,
     env = {**os.environ, "CADUCEE_DATABASE_URL": database_url, "CADUCEE_DATA_DIR": str(tmp_path / "var")}
 
     async def caducee(*args: str) -> subprocess.CompletedProcess[str]:
-        return await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "caducee", *args], env=env,
-                                       capture_output=True, text=True, timeout=120)  # fmt: skip
+        return await asyncio.to_thread(
+            subprocess.run, [sys.executable, "-m", "caducee", *args], env=env, capture_output=True, text=True, timeout=120
+        )
 
     assert "no trust space" in (await caducee("pki", "issue", "x@demo.mssante.fr")).stderr
     created = await caducee("pki", "init")

@@ -87,8 +87,11 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize(("sender", "recipient", "conversation", "message", "submission", "expected"),
-                         [case[1:] for case in CASES], ids=[case[0] for case in CASES])  # fmt: skip
+@pytest.mark.parametrize(
+    ("sender", "recipient", "conversation", "message", "submission", "expected"),
+    [case[1:] for case in CASES],
+    ids=[case[0] for case in CASES],
+)
 def test_chain(sender, recipient, conversation, message, submission, expected) -> None:  # type: ignore[no-untyped-def]
     decision = decide(Facts(sender=sender, recipient=recipient, conversation=conversation, message=message, submission=submission))
     if isinstance(expected, tuple) and expected and expected[0] == R:

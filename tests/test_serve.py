@@ -22,12 +22,22 @@ def test_serve_with_two_workers(tmp_path: Path, database_url: str, engine: Async
     """`engine` gives the test a clean schema, so the demo world is seeded afresh."""
     smtp_port, http_port, imap_port = free_port(), free_port(), free_port()
     data_dir = tmp_path / "var"
-    env = {**os.environ, "CADUCEE_DATA_DIR": str(data_dir), "CADUCEE_DATABASE_URL": database_url,
-           "CADUCEE_SUBMISSION_PORT": str(smtp_port), "CADUCEE_SUBMISSIONS_PORT": "0", "CADUCEE_MX_PORT": "0",
-           "CADUCEE_IMAP_PORT": str(imap_port), "CADUCEE_IMAPS_PORT": "0",
-           "CADUCEE_HTTP_PORT": str(http_port), "CADUCEE_TRUSTED_NETWORKS": "127.0.0.0/8", "CADUCEE_LOG_LEVEL": "WARNING"}  # fmt: skip
-    process = subprocess.Popen([sys.executable, "-m", "caducee", "serve", "--demo", "--workers", "2"], env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    env = {
+        **os.environ,
+        "CADUCEE_DATA_DIR": str(data_dir),
+        "CADUCEE_DATABASE_URL": database_url,
+        "CADUCEE_SUBMISSION_PORT": str(smtp_port),
+        "CADUCEE_SUBMISSIONS_PORT": "0",
+        "CADUCEE_MX_PORT": "0",
+        "CADUCEE_IMAP_PORT": str(imap_port),
+        "CADUCEE_IMAPS_PORT": "0",
+        "CADUCEE_HTTP_PORT": str(http_port),
+        "CADUCEE_TRUSTED_NETWORKS": "127.0.0.0/8",
+        "CADUCEE_LOG_LEVEL": "WARNING",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "caducee", "serve", "--demo", "--workers", "2"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     try:
         deadline = time.monotonic() + 90
         while True:

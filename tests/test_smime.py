@@ -23,9 +23,11 @@ from caducee.crypto.pki import (
 PASSPHRASE = key_passphrase(b"\x02" * 32)
 DOCTOR = "sophie.bernard@demo.mssante.fr"
 PATIENT = "285037512345688@patient.mssante.fr"
-MESSAGE = (f"From: Dr Sophie Bernard <{DOCTOR}>\r\nTo: {PATIENT}\r\nSubject: Resultats d'analyse\r\n"
-           "Message-ID: <r1@demo.mssante.fr>\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
-           "Vos resultats sont normaux.\r\n").encode()  # fmt: skip
+MESSAGE = (
+    f"From: Dr Sophie Bernard <{DOCTOR}>\r\nTo: {PATIENT}\r\nSubject: Resultats d'analyse\r\n"
+    "Message-ID: <r1@demo.mssante.fr>\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+    "Vos resultats sont normaux.\r\n"
+).encode()
 
 
 class World:
@@ -61,8 +63,9 @@ def test_what_caducee_produces_decrypts_and_verifies_with_openssl(world: World) 
     assert b"Subject: Resultats d'analyse" in protected  # outer headers stay readable
     assert b"Vos resultats" not in protected
     for reader in (world.patient, world.doctor):  # every recipient and the sender can read it
-        decrypted = world.openssl("-decrypt", "-recip", str(reader.cert), "-inkey", str(reader.key),
-                                  "-passin", f"pass:{PASSPHRASE.decode()}", stdin=protected)  # fmt: skip
+        decrypted = world.openssl(
+            "-decrypt", "-recip", str(reader.cert), "-inkey", str(reader.key), "-passin", f"pass:{PASSPHRASE.decode()}", stdin=protected
+        )
         assert decrypted.returncode == 0, decrypted.stderr
         verified = world.openssl("-verify", "-CAfile", str(world.space.anchors), "-purpose", "smimesign", stdin=decrypted.stdout)
         assert verified.returncode == 0, verified.stderr
@@ -70,8 +73,18 @@ def test_what_caducee_produces_decrypts_and_verifies_with_openssl(world: World) 
 
 
 async def test_what_openssl_signs_and_encrypts_is_verified_and_decrypted(world: World) -> None:
-    signed = world.openssl("-sign", "-signer", str(world.doctor.cert), "-inkey", str(world.doctor.key),
-                           "-passin", f"pass:{PASSPHRASE.decode()}", "-certfile", str(world.space.org_ca.cert), stdin=MESSAGE)  # fmt: skip
+    signed = world.openssl(
+        "-sign",
+        "-signer",
+        str(world.doctor.cert),
+        "-inkey",
+        str(world.doctor.key),
+        "-passin",
+        f"pass:{PASSPHRASE.decode()}",
+        "-certfile",
+        str(world.space.org_ca.cert),
+        stdin=MESSAGE,
+    )
     assert signed.returncode == 0, signed.stderr
     encrypted = world.openssl("-encrypt", "-aes256", str(world.patient.cert), stdin=signed.stdout)
     assert encrypted.returncode == 0, encrypted.stderr
@@ -97,10 +110,13 @@ async def test_a_tampered_body_is_refused(world: World) -> None:
     assert caught.value.decision.enhanced == "5.7.7" and "altered" in caught.value.decision.text_en
 
 
-@pytest.mark.parametrize(("header", "forged", "name"), [
-    (b"Subject: Resultats d'analyse", b"Subject: Facture a regler", "Subject"),
-    (f"From: Dr Sophie Bernard <{DOCTOR}>".encode(), b"From: Dr Sophie Bernard <escroc@demo.mssante.fr>", "From"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("header", "forged", "name"),
+    [
+        (b"Subject: Resultats d'analyse", b"Subject: Facture a regler", "Subject"),
+        (f"From: Dr Sophie Bernard <{DOCTOR}>".encode(), b"From: Dr Sophie Bernard <escroc@demo.mssante.fr>", "From"),
+    ],
+)
 async def test_outer_headers_that_differ_from_the_signed_ones_are_refused(world: World, header: bytes, forged: bytes, name: str) -> None:
     signed = smime.sign(MESSAGE, world.signer(world.doctor))
     head, _, rest = signed.partition(b"\r\n\r\n")
@@ -117,8 +133,9 @@ def test_a_wrong_recipient_cannot_decrypt(world: World) -> None:
 
 
 async def test_an_expired_certificate_is_refused(world: World) -> None:
-    old = world.issuer.mailbox("ancien@demo.mssante.fr", "Ancien", "demo.mssante.fr", days=2,
-                               not_before=dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=30))  # fmt: skip
+    old = world.issuer.mailbox(
+        "ancien@demo.mssante.fr", "Ancien", "demo.mssante.fr", days=2, not_before=dt.datetime.now(dt.UTC) - dt.timedelta(days=30)
+    )
     signed = smime.sign(MESSAGE.replace(DOCTOR.encode(), b"ancien@demo.mssante.fr"), world.signer(old))
     with pytest.raises(smime.SmimeError) as caught:
         await world.verify(signed)
@@ -139,8 +156,9 @@ async def test_a_revoked_certificate_is_refused(tmp_path: Path) -> None:
 async def test_a_foreign_ca_is_refused_and_unsigned_mail_too(world: World, tmp_path: Path) -> None:
     foreign = TrustSpace(init_pki(tmp_path / "foreign", hostname="x", operator="Autre", passphrase=PASSPHRASE).directory)
     stranger = Issuer(foreign, PASSPHRASE).mailbox(DOCTOR, "Faux Docteur", "Autre")
-    signed = smime.sign(MESSAGE, smime.Signer(x509.load_pem_x509_certificate(stranger.cert.read_bytes()),
-                                              load_key(stranger.key, PASSPHRASE)))  # fmt: skip
+    signed = smime.sign(
+        MESSAGE, smime.Signer(x509.load_pem_x509_certificate(stranger.cert.read_bytes()), load_key(stranger.key, PASSPHRASE))
+    )
     with pytest.raises(smime.SmimeError) as caught:
         await world.verify(signed)
     assert caught.value.decision.enhanced == "5.7.5" and "trusted anchor" in caught.value.decision.text_en

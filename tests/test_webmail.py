@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from collections.abc import AsyncIterator
 from contextlib import aclosing
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import AsyncIterator
 
 import httpx
 import pytest
@@ -84,8 +84,13 @@ async def test_login_read_and_reply(webmail: Webmail) -> None:
 async def test_reply_after_fin_is_not_offered_and_refused(webmail: Webmail) -> None:
     patient = webmail.patient("adult_1")
     first, _, _ = await doctor_writes(webmail.gateway, patient["address"], "Suivi")
-    await doctor_writes(webmail.gateway, patient["address"], "[FIN] Suivi", "Je clos notre échange, bonne continuation.",
-                        headers={"In-Reply-To": first["Message-ID"], "References": first["Message-ID"]})  # fmt: skip
+    await doctor_writes(
+        webmail.gateway,
+        patient["address"],
+        "[FIN] Suivi",
+        "Je clos notre échange, bonne continuation.",
+        headers={"In-Reply-To": first["Message-ID"], "References": first["Message-ID"]},
+    )
     client, csrf = await webmail.logged_in()
     async with aclosing(client):
         key = await conversation_id(client)
@@ -112,8 +117,13 @@ async def test_a_closing_the_patient_did_not_receive_still_shows(webmail: Webmai
     client, _ = await webmail.logged_in()
     async with aclosing(client):
         assert "conversation close" not in (await client.get("/")).text
-        fin = message(doctor, nurse, "[FIN] Soins à domicile", "Fin du suivi.",
-                      headers={"In-Reply-To": first["Message-ID"], "References": first["Message-ID"]})  # fmt: skip
+        fin = message(
+            doctor,
+            nurse,
+            "[FIN] Soins à domicile",
+            "Fin du suivi.",
+            headers={"In-Reply-To": first["Message-ID"], "References": first["Message-ID"]},
+        )
         assert (await asyncio.to_thread(smtp_send, webmail.gateway, fin, [nurse]))[0] == 250
         assert "conversation close" in (await client.get("/")).text
         page = await client.get(f"/conversations/{await conversation_id(client)}")
@@ -136,8 +146,10 @@ async def test_pages_and_smtp_come_back_after_postgresql_drops_every_connection(
         url = webmail.gateway.engine.url
         admin = await asyncpg.connect(host=url.host, port=url.port or 5432, user=url.username, database=url.database)
         try:  # from outside the pool, so that every pooled connection is among the dropped ones
-            killed = await admin.fetchval("SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity "
-                                          "WHERE datname = current_database() AND pid <> pg_backend_pid()")  # fmt: skip
+            killed = await admin.fetchval(
+                "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
         finally:
             await admin.close()
         assert killed >= 1
@@ -164,7 +176,9 @@ async def test_cnam_message_cannot_be_answered(webmail: Webmail) -> None:
     cnam = webmail.gateway.credentials["cnam"]["address"]
     patient = webmail.patient("adult_1")["address"]
     campaign = message(cnam, patient, "Dépistage du cancer colorectal", "Vous avez entre 50 et 74 ans : faites le test.")
-    result = await webmail.gateway.pipeline.accept(Envelope(cnam, [patient], campaign.as_bytes(policy=SMTP), Channel.API, authenticated=cnam))
+    result = await webmail.gateway.pipeline.accept(
+        Envelope(cnam, [patient], campaign.as_bytes(policy=SMTP), Channel.API, authenticated=cnam)
+    )
     assert result.accepted
     client, _ = await webmail.logged_in()
     async with aclosing(client):
@@ -197,11 +211,17 @@ async def test_prescription_reaches_the_pharmacy(webmail: Webmail) -> None:
         assert [item["address"] for item in found["items"]] == [pharmacy]
         page = await client.get("/ordonnance", params={"nom": "canal"})
         assert "Pharmacie du Canal" in page.text
-        refused = await client.post("/ordonnance/envoi", data={"csrf": csrf, "pharmacie": pharmacy},
-                                    files={"ordonnance": ("ordonnance.exe", b"MZ\x90\x00 not a pdf", "application/pdf")})  # fmt: skip
+        refused = await client.post(
+            "/ordonnance/envoi",
+            data={"csrf": csrf, "pharmacie": pharmacy},
+            files={"ordonnance": ("ordonnance.exe", b"MZ\x90\x00 not a pdf", "application/pdf")},
+        )
         assert refused.status_code == 400 and "type de fichier n&#39;est pas accepté" in refused.text
-        sent = await client.post("/ordonnance/envoi", data={"csrf": csrf, "pharmacie": pharmacy, "message": "Je passe demain."},
-                                 files={"ordonnance": ("../../etc/ordonnance.pdf", PDF, "application/octet-stream")})  # fmt: skip
+        sent = await client.post(
+            "/ordonnance/envoi",
+            data={"csrf": csrf, "pharmacie": pharmacy, "message": "Je passe demain."},
+            files={"ordonnance": ("../../etc/ordonnance.pdf", PDF, "application/octet-stream")},
+        )
         assert sent.status_code == 303, sent.text[:2000]
         page = await client.get(sent.headers["location"])
         assert "Votre ordonnance a été envoyée" in page.text and "ordonnance.pdf" in page.text
@@ -213,8 +233,9 @@ async def test_a_patient_cannot_write_to_a_doctor_out_of_the_blue(webmail: Webma
     client, csrf = await webmail.logged_in()
     async with aclosing(client):
         doctor = webmail.gateway.account("doctor")[0]
-        answer = await client.post("/ordonnance/envoi", data={"csrf": csrf, "pharmacie": doctor},
-                                   files={"ordonnance": ("o.pdf", PDF, "application/pdf")})  # fmt: skip
+        answer = await client.post(
+            "/ordonnance/envoi", data={"csrf": csrf, "pharmacie": doctor}, files={"ordonnance": ("o.pdf", PDF, "application/pdf")}
+        )
         assert answer.status_code == 303 and answer.headers["location"] == "/ordonnance"  # not a pharmacy: nothing sent
     assert await webmail.gateway.inbox(doctor) == []
 
@@ -229,7 +250,7 @@ async def test_five_wrong_codes_lock_the_challenge(webmail: Webmail) -> None:
         wrong = f"{(int(right) + 1) % 1_000_000:06d}"
         for remaining in (4, 3, 2, 1):
             answer = await client.post("/connexion/code", data={"csrf": csrf, "code": wrong})
-            assert f"Il vous reste {remaining} essai" in answer.text, answer.text[answer.text.find("<main"):][:800]
+            assert f"Il vous reste {remaining} essai" in answer.text, answer.text[answer.text.find("<main") :][:800]
         answer = await client.post("/connexion/code", data={"csrf": csrf, "code": wrong})
         assert "ce code est bloqué" in answer.text
         answer = await client.post("/connexion/code", data={"csrf": csrf, "code": right})  # even the right one, now
@@ -241,8 +262,9 @@ async def test_a_code_is_single_use_and_bound_to_its_login(webmail: Webmail) -> 
     async with webmail.client() as first, webmail.client() as second:
         for client in (first, second):
             page = await client.get("/connexion")
-            await client.post("/connexion", data={"csrf": form_token(page.text), "identifiant": patient["ins"],
-                                                  "mot_de_passe": patient["password"]})  # fmt: skip
+            await client.post(
+                "/connexion", data={"csrf": form_token(page.text), "identifiant": patient["ins"], "mot_de_passe": patient["password"]}
+            )
         second_code = latest_code(webmail.outbox, patient["email"])
         csrf = form_token((await first.get("/connexion/code")).text)
         assert (await first.post("/connexion/code", data={"csrf": csrf, "code": second_code})).status_code == 400
@@ -319,7 +341,9 @@ async def test_activation_then_login(webmail: Webmail) -> None:
         base = {"csrf": csrf, "ins": waiting["ins"], "code": waiting["activation_code"], "email": "marc.dubois@example.org"}
         weak = await client.post("/activation", data={**base, "mot_de_passe": "court", "confirmation": "court"})
         assert weak.status_code == 400 and "au moins 10 caractères" in weak.text and "marc.dubois@example.org" in weak.text
-        wrong = await client.post("/activation", data={**base, "code": "00000000", "mot_de_passe": "bonjour-2026", "confirmation": "bonjour-2026"})
+        wrong = await client.post(
+            "/activation", data={**base, "code": "00000000", "mot_de_passe": "bonjour-2026", "confirmation": "bonjour-2026"}
+        )
         assert wrong.status_code == 400 and "code provisoire incorrect" in wrong.text
         done = await client.post("/activation", data={**base, "mot_de_passe": "bonjour-2026", "confirmation": "bonjour-2026"})
         assert done.status_code == 303 and done.headers["location"] == "/connexion?info=active"
@@ -330,15 +354,17 @@ async def test_opposition_and_closing_stop_all_mail(webmail: Webmail) -> None:
     waiting = webmail.patient("not_activated")
     async with webmail.client() as client:
         csrf = form_token((await client.get("/activation")).text)
-        opposed = await client.post("/activation", data={"csrf": csrf, "ins": waiting["ins"], "code": waiting["activation_code"],
-                                                         "action": "opposer"})  # fmt: skip
+        opposed = await client.post(
+            "/activation", data={"csrf": csrf, "ins": waiting["ins"], "code": waiting["activation_code"], "action": "opposer"}
+        )
         assert opposed.status_code == 303
     claire, csrf = await webmail.logged_in("adult_1")
     async with aclosing(claire):
         refused = await claire.post("/compte/fermer", data={"csrf": csrf, "confirmer": "oui", "mot_de_passe": "wrong"})
         assert refused.status_code == 400 and "Mot de passe incorrect" in refused.text
-        closed = await claire.post("/compte/fermer", data={"csrf": csrf, "confirmer": "oui",
-                                                          "mot_de_passe": webmail.patient("adult_1")["password"]})  # fmt: skip
+        closed = await claire.post(
+            "/compte/fermer", data={"csrf": csrf, "confirmer": "oui", "mot_de_passe": webmail.patient("adult_1")["password"]}
+        )
         assert closed.status_code == 303
         assert (await claire.get("/")).status_code == 303  # the session ended with the profile
     await asyncio.sleep(webmail.gateway.settings.directory_cache_seconds + 0.1)
@@ -364,8 +390,9 @@ async def test_the_json_api_logs_in_with_the_same_two_steps(webmail: Webmail) ->
         sent = await client.post(f"/api/v1/conversations/{key}/replies", data={"text": "Merci"}, headers={"X-CSRF-Token": csrf})
         assert sent.status_code == 201, sent.text
         history = (await client.get("/api/v1/history")).json()
-        assert [entry["action"] for entry in history][:3] == ["message-sent", "message-read", "login"] or \
-            {"message-sent", "login"} <= {entry["action"] for entry in history}
+        assert [entry["action"] for entry in history][:3] == ["message-sent", "message-read", "login"] or {"message-sent", "login"} <= {
+            entry["action"] for entry in history
+        }
         assert (await client.delete("/api/v1/session", headers={"X-CSRF-Token": csrf})).status_code == 204
         assert (await client.get("/api/v1/conversations")).status_code == 401
     async with webmail.client() as client:
@@ -378,8 +405,11 @@ async def test_hostile_requests(webmail: Webmail) -> None:
     client, csrf = await webmail.logged_in()
     async with aclosing(client):
         key = await conversation_id(client)
-        huge = await client.post(f"/conversations/{key}/reponse", data={"csrf": csrf, "texte": "x"},
-                                 files={"piece": ("big.pdf", b"%PDF-" + b"0" * (12 * 1024 * 1024), "application/pdf")})  # fmt: skip
+        huge = await client.post(
+            f"/conversations/{key}/reponse",
+            data={"csrf": csrf, "texte": "x"},
+            files={"piece": ("big.pdf", b"%PDF-" + b"0" * (12 * 1024 * 1024), "application/pdf")},
+        )
         assert huge.status_code == 413 and "trop lourd" in huge.text
         assert (await client.get("/conversations/not-a-number")).status_code == 422
         assert (await client.get(f"/conversations/{key}/messages/999999/pieces/0")).status_code == 404
@@ -418,8 +448,9 @@ def test_the_operator_issues_a_provisional_code(database_url: str, engine, setti
     env = {**os.environ, "CADUCEE_DATABASE_URL": database_url, "CADUCEE_DATA_DIR": str(settings.data_dir)}
 
     def run(ins: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "caducee", "patients", "activation-code", ins], env=env, capture_output=True,
-                              text=True, timeout=60)  # fmt: skip
+        return subprocess.run(
+            [sys.executable, "-m", "caducee", "patients", "activation-code", ins], env=env, capture_output=True, text=True, timeout=60
+        )
 
     issued = run(credentials["patients"]["not_activated"]["ins"])
     assert issued.returncode == 0 and "provisional code" in issued.stdout
@@ -433,8 +464,13 @@ async def test_an_attachment_downloads_with_a_safe_name_and_its_checked_type(web
     from test_gateway_rules import smtp_send
 
     patient = webmail.patient("adult_1")["address"]
-    msg = message(webmail.gateway.account("doctor")[0], patient, "Compte rendu", "Le compte rendu est joint.",
-                  attachment=("../../Compte rendu.pdf", PDF, "application/pdf"))  # fmt: skip
+    msg = message(
+        webmail.gateway.account("doctor")[0],
+        patient,
+        "Compte rendu",
+        "Le compte rendu est joint.",
+        attachment=("../../Compte rendu.pdf", PDF, "application/pdf"),
+    )
     assert (await asyncio.to_thread(smtp_send, webmail.gateway, msg, [patient]))[0] == 250
     client, _ = await webmail.logged_in()
     async with aclosing(client):
@@ -447,7 +483,7 @@ async def test_an_attachment_downloads_with_a_safe_name_and_its_checked_type(web
         assert download.headers["content-disposition"].startswith('attachment; filename="Compte rendu.pdf"')
         assert "sandbox" in download.headers["content-security-policy"]
         page = await client.get(f"/conversations/{key}")
-        assert f'/conversations/{key}/messages/{view["messages"][0]["id"]}/pieces/0' in page.text
+        assert f"/conversations/{key}/messages/{view['messages'][0]['id']}/pieces/0" in page.text
         history = (await client.get("/api/v1/history")).json()
         assert any(entry["action"] == "attachment-read" and entry["detail"] == "Compte rendu.pdf" for entry in history)
 
@@ -462,7 +498,7 @@ async def test_an_idle_session_ends(webmail: Webmail) -> None:
     async with aclosing(client):
         assert (await client.get("/")).status_code == 200
         async with webmail.gateway.engine.begin() as conn:
-            await conn.execute(update(WebSession).values(last_seen_at=datetime(2020, 1, 1, tzinfo=timezone.utc)))
+            await conn.execute(update(WebSession).values(last_seen_at=datetime(2020, 1, 1, tzinfo=UTC)))
         await asyncio.sleep(SESSION_RECHECK_SECONDS + 0.2)  # what this process remembers of the session is re-read
         gone = await client.get("/")
         assert gone.status_code == 303 and gone.headers["location"] == "/connexion?info=expire"
@@ -489,7 +525,8 @@ async def test_codes_go_through_an_smtp_relay_when_one_is_configured(tmp_path: P
     controller.start()
     try:
         await SmtpNotifier(f"127.0.0.1:{port}", "Caducée <ne-pas-repondre@demo.mssante.fr>").send(
-            "claire.martin@example.org", "Votre code de connexion Caducée", "Votre code de connexion est : 123456")
+            "claire.martin@example.org", "Votre code de connexion Caducée", "Votre code de connexion est : 123456"
+        )
     finally:
         controller.stop()
     assert len(received) == 1 and b"123456" in received[0] and b"To: claire.martin@example.org" in received[0]

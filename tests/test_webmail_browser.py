@@ -19,10 +19,11 @@ import ssl
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from email.policy import SMTP as SMTP_POLICY
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -34,8 +35,16 @@ from caducee import db
 
 playwright_sync = pytest.importorskip("playwright.sync_api")
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--lang=fr-FR"]  # fmt: skip
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--lang=fr-FR",
+]
 PDF = b"%PDF-1.4\n1 0 obj <<>> endobj\ntrailer <<>>\n%%EOF\n"
 
 
@@ -98,10 +107,19 @@ def site(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     directory = tmp_path_factory.mktemp(f"site-{request.param}")
     data_dir = directory / "var"
     http_port, smtp_port, imap_port = free_port(), free_port(), free_port()
-    env = {**os.environ, "CADUCEE_DATA_DIR": str(data_dir), "CADUCEE_DATABASE_URL": _database_for(request.param, directory, request),
-           "CADUCEE_HTTP_PORT": str(http_port), "CADUCEE_SUBMISSION_PORT": str(smtp_port), "CADUCEE_SUBMISSIONS_PORT": "0",
-           "CADUCEE_MX_PORT": "0", "CADUCEE_IMAP_PORT": str(imap_port), "CADUCEE_IMAPS_PORT": "0", "CADUCEE_LOG_LEVEL": "WARNING",
-           "CADUCEE_IMAP_POLL_SECONDS": "0.2"}  # fmt: skip
+    env = {
+        **os.environ,
+        "CADUCEE_DATA_DIR": str(data_dir),
+        "CADUCEE_DATABASE_URL": _database_for(request.param, directory, request),
+        "CADUCEE_HTTP_PORT": str(http_port),
+        "CADUCEE_SUBMISSION_PORT": str(smtp_port),
+        "CADUCEE_SUBMISSIONS_PORT": "0",
+        "CADUCEE_MX_PORT": "0",
+        "CADUCEE_IMAP_PORT": str(imap_port),
+        "CADUCEE_IMAPS_PORT": "0",
+        "CADUCEE_LOG_LEVEL": "WARNING",
+        "CADUCEE_IMAP_POLL_SECONDS": "0.2",
+    }
     log = (directory / "serve.log").open("wb")
     process = subprocess.Popen([sys.executable, "-m", "caducee", "serve", "--demo"], env=env, stdout=log, stderr=subprocess.STDOUT)
     base_url = f"http://127.0.0.1:{http_port}"
@@ -134,8 +152,9 @@ def browser(site: Site) -> Iterator[Any]:
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} is missing: `make test` installs Debian's chromium package", pytrace=False)
     with playwright_sync.sync_playwright() as driver:
-        chromium = driver.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
-                                          env={**os.environ, "LANG": "fr_FR.UTF-8", "LANGUAGE": "fr"})  # the file picker's words
+        chromium = driver.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS, env={**os.environ, "LANG": "fr_FR.UTF-8", "LANGUAGE": "fr"}
+        )  # the file picker's words
         yield chromium
         chromium.close()
 
@@ -205,8 +224,13 @@ def test_doctor_writes_patient_reads_and_replies(site: Site, page: Any) -> None:
 def test_a_reply_after_fin_is_impossible_and_explained(site: Site, page: Any) -> None:
     patient = site.patient("adult_2")
     first = site.send(site.pro("nurse"), patient["address"], "Pansement", "Je passe jeudi refaire le pansement.")
-    site.send(site.pro("nurse"), patient["address"], "[FIN] Pansement", "La plaie est cicatrisée, je clos notre échange.",
-              headers={"In-Reply-To": first["Message-ID"], "References": first["Message-ID"]})  # fmt: skip
+    site.send(
+        site.pro("nurse"),
+        patient["address"],
+        "[FIN] Pansement",
+        "La plaie est cicatrisée, je clos notre échange.",
+        headers={"In-Reply-To": first["Message-ID"], "References": first["Message-ID"]},
+    )
     log_in(page, site, "adult_2")
     open_conversation(page, "Pansement")
     assert "La plaie est cicatrisée" in page.content()  # the closing message is delivered with its content
@@ -265,8 +289,11 @@ def check_page(page: Any, name: str, shots: Path) -> None:
         page.screenshot(path=str(shots / f"{name}-{width}.png"), full_page=True)
     page.set_viewport_size({"width": 1280, "height": 900})
     results = Axe().run(page)
-    serious = [(v["id"], v["impact"], v["help"], [n["target"] for n in v["nodes"]][:3])
-               for v in results.response["violations"] if v["impact"] in {"serious", "critical"}]  # fmt: skip
+    serious = [
+        (v["id"], v["impact"], v["help"], [n["target"] for n in v["nodes"]][:3])
+        for v in results.response["violations"]
+        if v["impact"] in {"serious", "critical"}
+    ]
     assert not serious, f"{name}: {serious}"
 
 
@@ -275,13 +302,26 @@ def test_every_page_is_accessible_and_photographed(site: Site, browser: Any, tmp
     shots.mkdir(parents=True, exist_ok=True)
     patient = site.patient("adult_1")
     doctor = site.pro("doctor")
-    first = site.send(doctor, patient["address"], "Compte rendu de consultation",
-                      "Bonjour Madame Martin,\n\nVoici le compte rendu de votre consultation du 20 novembre.\n"
-                      "Votre tension est bonne. Continuez le traitement.\n\nDr Sophie Bernard")  # fmt: skip
-    site.send(doctor, patient["address"], "[FIN] Compte rendu de consultation", "Je clos cet échange. Bonne journée.",
-              headers={"In-Reply-To": first["Message-ID"], "References": first["Message-ID"]})  # fmt: skip
-    site.send(site.credentials["cnam"], patient["address"], "Dépistage du cancer colorectal",
-              "Vous avez entre 50 et 74 ans : un test simple, à faire chez vous, est pris en charge à 100 %.")  # fmt: skip
+    first = site.send(
+        doctor,
+        patient["address"],
+        "Compte rendu de consultation",
+        "Bonjour Madame Martin,\n\nVoici le compte rendu de votre consultation du 20 novembre.\n"
+        "Votre tension est bonne. Continuez le traitement.\n\nDr Sophie Bernard",
+    )
+    site.send(
+        doctor,
+        patient["address"],
+        "[FIN] Compte rendu de consultation",
+        "Je clos cet échange. Bonne journée.",
+        headers={"In-Reply-To": first["Message-ID"], "References": first["Message-ID"]},
+    )
+    site.send(
+        site.credentials["cnam"],
+        patient["address"],
+        "Dépistage du cancer colorectal",
+        "Vous avez entre 50 et 74 ans : un test simple, à faire chez vous, est pris en charge à 100 %.",
+    )
     site.send(site.pro("nurse"), patient["address"], "Prise de sang de lundi", "Je passerai lundi à 8 h pour la prise de sang.")
     context = browser.new_context(viewport={"width": 1280, "height": 900}, locale="fr-FR", bypass_csp=True)
     page = context.new_page()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
@@ -29,8 +29,16 @@ async def import_on_connection(
     runs = ImportRun.__table__
     run_id = (
         await conn.execute(
-            runs.insert().values(kind=kind, file_name=Path(path).name, started_at=datetime.now(timezone.utc),
-                                 rows_read=0, rows_bad=0, inserted=0, updated=0, retired=0)  # fmt: skip
+            runs.insert().values(
+                kind=kind,
+                file_name=Path(path).name,
+                started_at=datetime.now(UTC),
+                rows_read=0,
+                rows_bad=0,
+                inserted=0,
+                updated=0,
+                retired=0,
+            )
         )
     ).inserted_primary_key[0]
     if kind == "whitelist":
@@ -39,16 +47,18 @@ async def import_on_connection(
             for line_no, message in report.bad_samples:
                 report_stream.write(f"{line_no}\t{message}\n")
     else:
-        report = await run_import(
-            conn, FORMATS[kind](), path, run_id, report_stream=report_stream, progress_stream=progress_stream
-        )
+        report = await run_import(conn, FORMATS[kind](), path, run_id, report_stream=report_stream, progress_stream=progress_stream)
     await conn.execute(
         runs.update()
         .where(runs.c.id == run_id)
         .values(
-            finished_at=datetime.now(timezone.utc), rows_read=report.rows_read, rows_bad=report.rows_bad,
-            inserted=report.inserted, updated=report.updated, retired=report.retired,
-        )  # fmt: skip
+            finished_at=datetime.now(UTC),
+            rows_read=report.rows_read,
+            rows_bad=report.rows_bad,
+            inserted=report.inserted,
+            updated=report.updated,
+            retired=report.retired,
+        )
     )
     return report
 

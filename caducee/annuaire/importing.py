@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol, Sequence, TextIO
+from typing import Any, Protocol, TextIO
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -58,10 +59,7 @@ class ImportReport:
         if self.duplicates:
             lines.append(f"{self.duplicates} duplicate rows (the last one of each was kept)")
         if self.retire_skipped:
-            lines.append(
-                "nothing was retired: more than half of the rows were refused, which looks like a wrong "
-                "or truncated file"
-            )
+            lines.append("nothing was retired: more than half of the rows were refused, which looks like a wrong or truncated file")
         for line_no, message in self.bad_samples:
             lines.append(f"  line {line_no}: {message}")
         if self.rows_bad > len(self.bad_samples):
@@ -112,9 +110,9 @@ def read_lines(path: Path, progress: Callable[[int], None]) -> Iterator[tuple[in
             try:
                 decoded = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
-                yield line_no, BadRow(
-                    f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at position {exc.start + 1}); "
-                    "the file must be saved as UTF-8"
+                yield (
+                    line_no,
+                    BadRow(f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at position {exc.start + 1}); the file must be saved as UTF-8"),
                 )
                 continue
             yield line_no, decoded.rstrip("\r\n")
@@ -233,8 +231,6 @@ def check_header(kind: str, fields: list[str], expected_count: int, first_word: 
     if fields and fields[-1].strip() == "" and len(fields) == expected_count + 1:
         fields = fields[:-1]
     if len(fields) != expected_count:
-        raise ImportFileError(
-            f"the header has {len(fields)} columns where a {kind} file has {expected_count}: is this the right file?"
-        )
+        raise ImportFileError(f"the header has {len(fields)} columns where a {kind} file has {expected_count}: is this the right file?")
     if not fields[0].strip().lower().startswith(first_word):
         raise ImportFileError(f"the header starts with {fields[0]!r}, not with a {kind} column name")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 NOT_COMPARED = {"updated_at", "seen_in_run"}  # bookkeeping: a change of these alone is no change
 
@@ -36,8 +36,7 @@ def upsert_sql(
     expressions = ", ".join(columns.values())
     if dialect == "postgresql":
         select = (
-            f"SELECT DISTINCT ON ({source_key}) {expressions} FROM {source} x WHERE {source_filter} "
-            f"ORDER BY {source_key}, x.line_no DESC"
+            f"SELECT DISTINCT ON ({source_key}) {expressions} FROM {source} x WHERE {source_filter} ORDER BY {source_key}, x.line_no DESC"
         )
     else:
         select = f"SELECT {expressions} FROM {source} x WHERE {source_filter} ORDER BY x.line_no"

@@ -7,7 +7,7 @@ Only `caducee.annuaire` reads and writes these tables; other components go throu
 from __future__ import annotations
 
 import enum
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 
 from sqlalchemy import (
     Boolean,
@@ -25,7 +25,7 @@ from caducee.db import Base
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class MailboxType(str, enum.Enum):
@@ -215,4 +215,3 @@ class ImportRun(Base):
     inserted: Mapped[int] = mapped_column(Integer, default=0)
     updated: Mapped[int] = mapped_column(Integer, default=0)
     retired: Mapped[int] = mapped_column(Integer, default=0)
-

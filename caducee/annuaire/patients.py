@@ -8,7 +8,7 @@ the legal guardian of, or a patient's who delegated access to them (a carer).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 
 from sqlalchemy import and_, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -51,14 +51,33 @@ class Profile:
 
 
 def _query():  # type: ignore[no-untyped-def]
-    return select(Patient.id, Patient.ins, Patient.first_names, Patient.last_name, Patient.birth_date, Patient.status,
-                  Patient.email, Patient.password_hash, Mailbox.address, Mailbox.id.label("mailbox_id")).join(
-        Mailbox, Mailbox.patient_id == Patient.id)  # fmt: skip
+    return select(
+        Patient.id,
+        Patient.ins,
+        Patient.first_names,
+        Patient.last_name,
+        Patient.birth_date,
+        Patient.status,
+        Patient.email,
+        Patient.password_hash,
+        Mailbox.address,
+        Mailbox.id.label("mailbox_id"),
+    ).join(Mailbox, Mailbox.patient_id == Patient.id)
 
 
 def _account(row) -> PatientAccount:  # type: ignore[no-untyped-def]
-    return PatientAccount(row.id, row.ins, row.address, row.mailbox_id, row.first_names, row.last_name, row.birth_date,
-                          row.status, row.email, row.password_hash)  # fmt: skip
+    return PatientAccount(
+        row.id,
+        row.ins,
+        row.address,
+        row.mailbox_id,
+        row.first_names,
+        row.last_name,
+        row.birth_date,
+        row.status,
+        row.email,
+        row.password_hash,
+    )
 
 
 async def find_for_login(conn: AsyncConnection, identifier: str) -> PatientAccount | None:
@@ -86,34 +105,48 @@ async def profiles_for(conn: AsyncConnection, patient_id: int) -> list[Profile]:
     if own is None:
         return []
     profiles = [Profile(own, "self", True)]
-    minors = await conn.execute(_query().join(Guardianship, Guardianship.minor_id == Patient.id)
-                                .where(Guardianship.guardian_id == patient_id).order_by(Patient.first_names))  # fmt: skip
+    minors = await conn.execute(
+        _query()
+        .join(Guardianship, Guardianship.minor_id == Patient.id)
+        .where(Guardianship.guardian_id == patient_id)
+        .order_by(Patient.first_names)
+    )
     profiles += [Profile(_account(row), "guardian", True) for row in minors]
-    delegated = await conn.execute(_query().add_columns(Delegation.scope).join(Delegation, Delegation.patient_id == Patient.id)
-                                   .where(Delegation.carer_id == patient_id).order_by(Patient.last_name))  # fmt: skip
+    delegated = await conn.execute(
+        _query()
+        .add_columns(Delegation.scope)
+        .join(Delegation, Delegation.patient_id == Patient.id)
+        .where(Delegation.carer_id == patient_id)
+        .order_by(Patient.last_name)
+    )
     for row in delegated:
         scopes = {scope.strip() for scope in row.scope.split(",")}
         if scopes & {SCOPE_READ, SCOPE_REPLY}:
             profiles.append(Profile(_account(row), "carer", SCOPE_REPLY in scopes))
-    return [profile for profile in profiles if profile.account.status in {PatientStatus.ACTIVATED.value, PatientStatus.CREATED.value}
-            or profile.relation == "self"]  # fmt: skip
+    return [
+        profile
+        for profile in profiles
+        if profile.account.status in {PatientStatus.ACTIVATED.value, PatientStatus.CREATED.value} or profile.relation == "self"
+    ]
 
 
 async def set_password(conn: AsyncConnection, patient_id: int, password_hash: str, email: str | None) -> None:
-    values: dict[str, object] = {"password_hash": password_hash, "updated_at": datetime.now(timezone.utc)}
+    values: dict[str, object] = {"password_hash": password_hash, "updated_at": datetime.now(UTC)}
     if email:
         values["email"] = email.lower()
     await conn.execute(update(Patient).where(Patient.id == patient_id).values(**values))
 
 
 async def email_taken(conn: AsyncConnection, email: str, patient_id: int) -> bool:
-    count = await conn.execute(select(func.count()).select_from(Patient).where(and_(Patient.email == email.lower(), Patient.id != patient_id)))
+    count = await conn.execute(
+        select(func.count()).select_from(Patient).where(and_(Patient.email == email.lower(), Patient.id != patient_id))
+    )
     return bool(count.scalar_one())
 
 
 async def set_status(conn: AsyncConnection, patient_id: int, status: PatientStatus) -> None:
     """Move a profile along its lifecycle; the gateway applies it within `directory_cache_seconds`."""
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     values: dict[str, object] = {"status": status.value, "updated_at": now}
     if status is PatientStatus.ACTIVATED:
         values["activated_at"] = now
@@ -135,7 +168,8 @@ async def describe(conn: AsyncConnection, addresses: list[str]) -> dict[str, Mai
 async def emails_of(conn: AsyncConnection, addresses: list[str]) -> dict[str, str]:
     """The registered email of each activated patient mailbox among `addresses`."""
     rows = await conn.execute(
-        select(Mailbox.address, Patient.email).join(Patient, Patient.id == Mailbox.patient_id)
+        select(Mailbox.address, Patient.email)
+        .join(Patient, Patient.id == Mailbox.patient_id)
         .where(Mailbox.address.in_(addresses), Patient.email.is_not(None), Patient.status == PatientStatus.ACTIVATED.value)
-    )  # fmt: skip
+    )
     return {row.address: row.email for row in rows}

@@ -8,7 +8,7 @@ through them by accident.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from typing import Any
 
 from sqlalchemy import and_, func, or_, select
@@ -160,11 +160,11 @@ async def search(
         conditions.append(Mailbox.type == kind)
     query = _entry_query().where(and_(*conditions))
     if officine is not None:
-        query = query.where(Structure.is_officine.is_(officine) if officine else or_(Structure.is_officine.is_(False), Structure.structure_key.is_(None)))
+        query = query.where(
+            Structure.is_officine.is_(officine) if officine else or_(Structure.is_officine.is_(False), Structure.structure_key.is_(None))
+        )
     total = (await conn.execute(select(func.count()).select_from(query.subquery()))).scalar_one()
-    rows = await conn.execute(
-        query.order_by(Mailbox.search_text, Mailbox.address).limit(per_page).offset((page - 1) * per_page)
-    )
+    rows = await conn.execute(query.order_by(Mailbox.search_text, Mailbox.address).limit(per_page).offset((page - 1) * per_page))
     return SearchPage(items=[_entry(row) for row in rows], total=total, page=page, per_page=per_page)
 
 
@@ -199,7 +199,7 @@ async def add_trust_domain(
             is_local=is_local,
             source="local",
             active=True,
-            updated_at=datetime.now(timezone.utc),
+            updated_at=datetime.now(UTC),
         )
     )
 
@@ -233,7 +233,7 @@ async def add_professional(
             search_name=fold(f"{last_name} {first_name}"),
             in_ps_file=False,
             active=True,
-            updated_at=datetime.now(timezone.utc),
+            updated_at=datetime.now(UTC),
         )
     )
     return national_id
@@ -269,7 +269,7 @@ async def add_structure(
             is_officine=is_officine,
             search_name=fold(name),
             active=True,
-            updated_at=datetime.now(timezone.utc),
+            updated_at=datetime.now(UTC),
         )
     )
     return f"{id_type}:{identifier}"
@@ -304,9 +304,7 @@ async def add_mailbox(
         profession_code = pro.profession_code
     if structure is not None:
         st = (
-            await conn.execute(
-                select(Structure.name, Structure.postcode, Structure.city).where(Structure.structure_key == structure)
-            )
+            await conn.execute(select(Structure.name, Structure.postcode, Structure.city).where(Structure.structure_key == structure))
         ).one()
         search_parts.append(st.name)
         postcode, city = st.postcode, st.city
@@ -329,7 +327,7 @@ async def add_mailbox(
             postcode=postcode,
             city_search=fold(city),
             active=True,
-            updated_at=datetime.now(timezone.utc),
+            updated_at=datetime.now(UTC),
         )
     )
     return int(result.inserted_primary_key[0])
@@ -350,7 +348,7 @@ async def add_patient(
 ) -> int:
     """Create a patient profile and its mailbox `<INS>@<patient domain>`."""
     ins = validate_ins(ins)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     result = await conn.execute(
         Patient.__table__.insert().values(
             ins=ins,
@@ -377,12 +375,12 @@ async def add_patient(
 
 
 async def add_guardianship(conn: AsyncConnection, guardian_id: int, minor_id: int) -> None:
-    await conn.execute(Guardianship.__table__.insert().values(guardian_id=guardian_id, minor_id=minor_id, since=datetime.now(timezone.utc)))
+    await conn.execute(Guardianship.__table__.insert().values(guardian_id=guardian_id, minor_id=minor_id, since=datetime.now(UTC)))
 
 
 async def add_delegation(conn: AsyncConnection, patient_id: int, carer_id: int, scope: str = "messages") -> None:
     await conn.execute(
-        Delegation.__table__.insert().values(patient_id=patient_id, carer_id=carer_id, scope=scope, granted_at=datetime.now(timezone.utc))
+        Delegation.__table__.insert().values(patient_id=patient_id, carer_id=carer_id, scope=scope, granted_at=datetime.now(UTC))
     )
 
 
@@ -410,9 +408,7 @@ class PartyInfo:
     password_hash: str | None
 
 
-async def resolve_parties(
-    conn: AsyncConnection, addresses: list[str], *, local_domains: list[str]
-) -> dict[str, PartyInfo]:
+async def resolve_parties(conn: AsyncConnection, addresses: list[str], *, local_domains: list[str]) -> dict[str, PartyInfo]:
     """PartyInfo for each address (normalised, lower case), in two queries whatever the count."""
     normalised = sorted({address.lower() for address in addresses})
     local = {domain.lower() for domain in local_domains}
@@ -429,9 +425,15 @@ async def resolve_parties(
     if normalised:
         query = (
             select(
-                Mailbox.id, Mailbox.address, Mailbox.type, Mailbox.display_name, Mailbox.password_hash,
-                Mailbox.active, Patient.status, Structure.is_officine,
-            )  # fmt: skip
+                Mailbox.id,
+                Mailbox.address,
+                Mailbox.type,
+                Mailbox.display_name,
+                Mailbox.password_hash,
+                Mailbox.active,
+                Patient.status,
+                Structure.is_officine,
+            )
             .select_from(Mailbox)
             .outerjoin(Patient, Patient.id == Mailbox.patient_id)
             .outerjoin(Structure, Structure.structure_key == Mailbox.structure_key)
@@ -475,7 +477,10 @@ async def publish_certificate(conn: AsyncConnection, address: str, pem: bytes, *
 
     cert = x509.load_pem_x509_certificate(pem)
     try:
-        names = [name.lower() for name in cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.RFC822Name)]
+        names = [
+            name.lower()
+            for name in cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.RFC822Name)
+        ]
     except x509.ExtensionNotFound:
         names = []
     normalised = validate_mailbox_address(address)
@@ -490,10 +495,16 @@ async def publish_certificate(conn: AsyncConnection, address: str, pem: bytes, *
         return
     await conn.execute(
         Certificate.__table__.insert().values(
-            mailbox_id=mailbox_id, usage=usage, subject=cert.subject.rfc4514_string(), issuer=cert.issuer.rfc4514_string(),
-            serial=format(cert.serial_number, "x"), fingerprint_sha256=fingerprint, not_before=cert.not_valid_before_utc,
-            not_after=cert.not_valid_after_utc, pem=pem.decode("ascii"),
-        )  # fmt: skip
+            mailbox_id=mailbox_id,
+            usage=usage,
+            subject=cert.subject.rfc4514_string(),
+            issuer=cert.issuer.rfc4514_string(),
+            serial=format(cert.serial_number, "x"),
+            fingerprint_sha256=fingerprint,
+            not_before=cert.not_valid_before_utc,
+            not_after=cert.not_valid_after_utc,
+            pem=pem.decode("ascii"),
+        )
     )
 
 
@@ -501,7 +512,7 @@ async def certificates_for(conn: AsyncConnection, addresses: list[str], *, at: d
     """The PEM certificates published for each address, within their validity period at `at`."""
     from caducee.annuaire.models import Certificate
 
-    moment = at or datetime.now(timezone.utc)
+    moment = at or datetime.now(UTC)
     rows = await conn.execute(
         select(Mailbox.address, Certificate.pem)
         .join(Certificate, Certificate.mailbox_id == Mailbox.id)

@@ -7,21 +7,78 @@ header, column count, separators and encoding, with valid identifiers unless ask
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from caducee.annuaire.formats import EXTRACTION_COLUMNS, PS_COLUMNS
 from caducee.annuaire.identifiers import luhn_valid
 from caducee.annuaire.text import fold
 
-LAST_NAMES = ["MARTIN", "BERNARD", "THOMAS", "PETIT", "ROBERT", "RICHARD", "DURAND", "DUBOIS", "MOREAU", "LAURENT",
-              "SIMON", "MICHEL", "LEFÈVRE", "LEROY", "ROUX", "DAVID", "BERTRAND", "MOREL", "FOURNIER", "GIRARD"]  # fmt: skip
-FIRST_NAMES = ["Sophie", "Jean", "Marie", "Pierre", "Nathalie", "Michel", "Isabelle", "André", "Céline", "Hélène",
-               "Karim", "Fatima", "Louis", "Chloé", "Hugo", "Inès", "Paul", "Léa", "Éric", "Zoé"]  # fmt: skip
-CITIES = [("75012", "PARIS"), ("69003", "LYON"), ("13005", "MARSEILLE"), ("31000", "TOULOUSE"), ("33000", "BORDEAUX"),
-          ("59000", "LILLE"), ("67000", "STRASBOURG"), ("44000", "NANTES"), ("20000", "AJACCIO"), ("97400", "SAINT-DENIS")]  # fmt: skip
-PROFESSIONS = [("10", "Médecin"), ("21", "Pharmacien"), ("40", "Chirurgien-Dentiste"), ("50", "Sage-Femme"),
-               ("60", "Infirmier"), ("70", "Masseur-Kinésithérapeute"), ("91", "Orthophoniste")]  # fmt: skip
+LAST_NAMES = [
+    "MARTIN",
+    "BERNARD",
+    "THOMAS",
+    "PETIT",
+    "ROBERT",
+    "RICHARD",
+    "DURAND",
+    "DUBOIS",
+    "MOREAU",
+    "LAURENT",
+    "SIMON",
+    "MICHEL",
+    "LEFÈVRE",
+    "LEROY",
+    "ROUX",
+    "DAVID",
+    "BERTRAND",
+    "MOREL",
+    "FOURNIER",
+    "GIRARD",
+]
+FIRST_NAMES = [
+    "Sophie",
+    "Jean",
+    "Marie",
+    "Pierre",
+    "Nathalie",
+    "Michel",
+    "Isabelle",
+    "André",
+    "Céline",
+    "Hélène",
+    "Karim",
+    "Fatima",
+    "Louis",
+    "Chloé",
+    "Hugo",
+    "Inès",
+    "Paul",
+    "Léa",
+    "Éric",
+    "Zoé",
+]
+CITIES = [
+    ("75012", "PARIS"),
+    ("69003", "LYON"),
+    ("13005", "MARSEILLE"),
+    ("31000", "TOULOUSE"),
+    ("33000", "BORDEAUX"),
+    ("59000", "LILLE"),
+    ("67000", "STRASBOURG"),
+    ("44000", "NANTES"),
+    ("20000", "AJACCIO"),
+    ("97400", "SAINT-DENIS"),
+]
+PROFESSIONS = [
+    ("10", "Médecin"),
+    ("21", "Pharmacien"),
+    ("40", "Chirurgien-Dentiste"),
+    ("50", "Sage-Femme"),
+    ("60", "Infirmier"),
+    ("70", "Masseur-Kinésithérapeute"),
+    ("91", "Orthophoniste"),
+]
 
 
 def with_luhn(prefix: str) -> str:
@@ -139,6 +196,8 @@ def whitelist_xml(domains: Iterable[tuple[str, str, Sequence[str]]]) -> str:
     parts = []
     for name, description, dns in domains:
         dn_lines = "".join(f"<DNCertificatOperateur>{dn}</DNCertificatOperateur>" for dn in dns)
-        parts.append(f"  <Domaine><Nom>{name}</Nom><Description>{description}</Description>{dn_lines}"
-                     "<DateMiseAJour>2026-11-01</DateMiseAJour></Domaine>")  # fmt: skip
+        parts.append(
+            f"  <Domaine><Nom>{name}</Nom><Description>{description}</Description>{dn_lines}"
+            "<DateMiseAJour>2026-11-01</DateMiseAJour></Domaine>"
+        )
     return WHITELIST_TEMPLATE.format(domains="\n".join(parts))

@@ -30,7 +30,7 @@ _TABLE = _build_table()
 
 @lru_cache(maxsize=1 << 16)
 def fold(text: str) -> str:
-    """"Pharmacie de l'Église" -> "pharmacie de l eglise": what users type must match what
+    """ "Pharmacie de l'Église" -> "pharmacie de l eglise": what users type must match what
     the directory spells, whatever the accents, case, apostrophes or hyphens.
 
     Cached (bounded): names of cities and structures repeat across a directory file.

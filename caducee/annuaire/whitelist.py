@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import xml.etree.ElementTree as ET
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy import select, update
@@ -68,11 +68,8 @@ async def import_whitelist(conn: AsyncConnection, path: Path) -> ImportReport:
     report = ImportReport(kind="whitelist", file_name=path.name)
     domains = parse_whitelist(path, report)
     report.retire_skipped = report.rows_bad * 2 > report.rows_read
-    now = datetime.now(timezone.utc)
-    existing = {
-        row.domain: row
-        for row in (await conn.execute(select(TrustDomain.domain, TrustDomain.is_local, TrustDomain.id))).all()
-    }
+    now = datetime.now(UTC)
+    existing = {row.domain: row for row in (await conn.execute(select(TrustDomain.domain, TrustDomain.is_local, TrustDomain.id))).all()}
     for name, (description, dns) in domains.items():
         values = dict(description=description, operator_dns="\n".join(dns), active=True, updated_at=now)
         if name in existing:
@@ -81,9 +78,7 @@ async def import_whitelist(conn: AsyncConnection, path: Path) -> ImportReport:
             await conn.execute(update(TrustDomain).where(TrustDomain.domain == name).values(**values))
             report.updated += 1
         else:
-            await conn.execute(
-                TrustDomain.__table__.insert().values(domain=name, is_local=False, source="whitelist", **values)
-            )
+            await conn.execute(TrustDomain.__table__.insert().values(domain=name, is_local=False, source="whitelist", **values))
             report.inserted += 1
     if not report.retire_skipped:
         stale = [d for d, row in existing.items() if not row.is_local and d not in domains]

@@ -25,8 +25,13 @@ class Issued:
 
 
 def _name(common_name: str, organisation: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COUNTRY_NAME, "FR"), x509.NameAttribute(NameOID.ORGANIZATION_NAME, organisation),
-                      x509.NameAttribute(NameOID.COMMON_NAME, common_name)])  # fmt: skip
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.COUNTRY_NAME, "FR"),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, organisation),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
 
 
 def _write(directory: Path, stem: str, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> Issued:
@@ -48,34 +53,62 @@ class DevCA:
             self.files = Issued(self.directory / "ca.crt", self.directory / "ca.key")
             return
         self.key = ec.generate_private_key(ec.SECP256R1())
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
         subject = _name(name, organisation)
         self.cert = (
-            x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(self.key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(subject)
+            .public_key(self.key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
             .not_valid_after(now + dt.timedelta(days=3650))
             .add_extension(x509.BasicConstraints(ca=True, path_length=1), critical=True)
-            .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
-                                         data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
-                                         encipher_only=False, decipher_only=False), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=False,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
             .sign(self.key, hashes.SHA256())
-        )  # fmt: skip
+        )
         self.files = _write(self.directory, "ca", self.cert, self.key)
 
-    def issue(self, stem: str, common_name: str, organisation: str, *, server: bool = False, client: bool = False,
-              dns: list[str] | None = None, ips: list[str] | None = None) -> Issued:  # fmt: skip
+    def issue(
+        self,
+        stem: str,
+        common_name: str,
+        organisation: str,
+        *,
+        server: bool = False,
+        client: bool = False,
+        dns: list[str] | None = None,
+        ips: list[str] | None = None,
+    ) -> Issued:
         key = ec.generate_private_key(ec.SECP256R1())
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
         usages = ([ExtendedKeyUsageOID.SERVER_AUTH] if server else []) + ([ExtendedKeyUsageOID.CLIENT_AUTH] if client else [])
         names: list[x509.GeneralName] = [x509.DNSName(name) for name in (dns or [])]
         names += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in (ips or [])]
         builder = (
-            x509.CertificateBuilder().subject_name(_name(common_name, organisation)).issuer_name(self.cert.subject)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=825))
+            x509.CertificateBuilder()
+            .subject_name(_name(common_name, organisation))
+            .issuer_name(self.cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=825))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
-        )  # fmt: skip
+        )
         if names:
             builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
         return _write(self.directory, stem, builder.sign(self.key, hashes.SHA256()), key)

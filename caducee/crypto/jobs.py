@@ -50,7 +50,9 @@ def protect(material: SmimeMaterial, message: bytes, sender: str, recipient_pems
     encrypt it to every certificate in `recipient_pems` (no envelope when empty)."""
     signer = loaded.held_signer(material, sender) or loaded.operator_signer(material)
     signed = smime.sign(message, signer)
-    certificates = list({cert.fingerprint(hashes.SHA256()): cert for cert in (x509.load_pem_x509_certificate(p) for p in recipient_pems)}.values())
+    certificates = list(
+        {cert.fingerprint(hashes.SHA256()): cert for cert in (x509.load_pem_x509_certificate(p) for p in recipient_pems)}.values()
+    )
     enveloped = smime.encrypt(signed, certificates) if certificates else None
     return Protected(signed, enveloped, signer.cert.subject.rfc4514_string(), os.getpid())
 
@@ -80,7 +82,9 @@ def _verified(material: SmimeMaterial, current: bytes, from_address: str) -> Ope
     roots, intermediates = loaded.anchors_and_intermediates(material)
     verified = smime.verify_sync(current, anchors=roots, intermediates=intermediates, crls=loaded.crls(material))
     if not smime.may_sign_for(verified.signer, from_address):
-        raise smime.SmimeError("5.7.5", "la signature n'est pas celle de l'expéditeur",
-                               f"the signing certificate ({verified.signer.subject.rfc4514_string()}) is not {from_address}'s")  # fmt: skip
+        raise smime.SmimeError(
+            "5.7.5",
+            "la signature n'est pas celle de l'expéditeur",
+            f"the signing certificate ({verified.signer.subject.rfc4514_string()}) is not {from_address}'s",
+        )
     return Opened(current, True, verified.signer.subject.rfc4514_string(), os.getpid())
-

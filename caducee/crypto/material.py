@@ -10,9 +10,10 @@ the key-derivation of an encrypted private key twice.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -52,16 +53,23 @@ def material_from_settings(settings: Settings) -> SmimeMaterial:
         from caducee.crypto.atrest import load_master_key
         from caducee.crypto.pki import key_passphrase
 
-        return SmimeMaterial(Path(settings.trust_anchors), tuple(Path(p) for p in settings.crl_files), Path(settings.smime_cert),
-                             Path(settings.smime_key), Path(settings.smime_keys_dir),
-                             key_passphrase(load_master_key(settings.data_dir)))  # fmt: skip
+        return SmimeMaterial(
+            Path(settings.trust_anchors),
+            tuple(Path(p) for p in settings.crl_files),
+            Path(settings.smime_cert),
+            Path(settings.smime_key),
+            Path(settings.smime_keys_dir),
+            key_passphrase(load_master_key(settings.data_dir)),
+        )
     space, passphrase = development_space(settings)
     return SmimeMaterial(
         anchors=Path(settings.trust_anchors) if settings.trust_anchors else space.anchors,
         crls=tuple(Path(p) for p in settings.crl_files) or (space.crl,),
-        operator_cert=space.operator_smime.cert, operator_key=space.operator_smime.key,
-        held_keys=Path(settings.smime_keys_dir) if settings.smime_keys_dir else space.held_keys, passphrase=passphrase,
-    )  # fmt: skip
+        operator_cert=space.operator_smime.cert,
+        operator_key=space.operator_smime.key,
+        held_keys=Path(settings.smime_keys_dir) if settings.smime_keys_dir else space.held_keys,
+        passphrase=passphrase,
+    )
 
 
 class _FileCache:

@@ -105,16 +105,28 @@ class TrustSpace:
 
 
 def _name(common_name: str, organisation: str, email: str | None = None) -> x509.Name:
-    attributes = [x509.NameAttribute(NameOID.COUNTRY_NAME, "FR"), x509.NameAttribute(NameOID.ORGANIZATION_NAME, organisation),
-                  x509.NameAttribute(NameOID.COMMON_NAME, common_name)]  # fmt: skip
+    attributes = [
+        x509.NameAttribute(NameOID.COUNTRY_NAME, "FR"),
+        x509.NameAttribute(NameOID.ORGANIZATION_NAME, organisation),
+        x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+    ]
     if email:
         attributes.append(x509.NameAttribute(NameOID.EMAIL_ADDRESS, email))
     return x509.Name(attributes)
 
 
 def _usage(**flags: bool) -> x509.KeyUsage:
-    names = ["digital_signature", "content_commitment", "key_encipherment", "data_encipherment", "key_agreement",
-             "key_cert_sign", "crl_sign", "encipher_only", "decipher_only"]  # fmt: skip
+    names = [
+        "digital_signature",
+        "content_commitment",
+        "key_encipherment",
+        "data_encipherment",
+        "key_agreement",
+        "key_cert_sign",
+        "crl_sign",
+        "encipher_only",
+        "decipher_only",
+    ]
     return x509.KeyUsage(**{name: flags.get(name, False) for name in names})
 
 
@@ -150,23 +162,41 @@ class Issuer:
         organisation = self.cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)[0].value
         self.crl_url = f"http://pki.{organisation}/org-ca.crl"
 
-    def _issue(self, subject: x509.Name, public_key: rsa.RSAPublicKey, *, days: int, extensions: list[tuple[x509.ExtensionType, bool]],
-               not_before: dt.datetime | None = None) -> x509.Certificate:  # fmt: skip
-        now = dt.datetime.now(dt.timezone.utc)
+    def _issue(
+        self,
+        subject: x509.Name,
+        public_key: rsa.RSAPublicKey,
+        *,
+        days: int,
+        extensions: list[tuple[x509.ExtensionType, bool]],
+        not_before: dt.datetime | None = None,
+    ) -> x509.Certificate:
+        now = dt.datetime.now(dt.UTC)
         start = not_before or now - dt.timedelta(minutes=5)
         builder = (
-            x509.CertificateBuilder().subject_name(subject).issuer_name(self.cert.subject).public_key(public_key)
-            .serial_number(x509.random_serial_number()).not_valid_before(start)
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(self.cert.subject)
+            .public_key(public_key)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(start)
             .not_valid_after(start + dt.timedelta(days=days))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()), critical=False)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
             # Where the CRL is published: validators (pyHanko's hard-fail mode among them) only
             # insist on revocation data for certificates that name a source for it.
-            .add_extension(x509.CRLDistributionPoints([x509.DistributionPoint(
-                full_name=[x509.UniformResourceIdentifier(self.crl_url)], relative_name=None, reasons=None, crl_issuer=None)]),
-                critical=False)
-        )  # fmt: skip
+            .add_extension(
+                x509.CRLDistributionPoints(
+                    [
+                        x509.DistributionPoint(
+                            full_name=[x509.UniformResourceIdentifier(self.crl_url)], relative_name=None, reasons=None, crl_issuer=None
+                        )
+                    ]
+                ),
+                critical=False,
+            )
+        )
         for extension, critical in extensions:
             builder = builder.add_extension(extension, critical=critical)
         return builder.sign(self.key, hashes.SHA256())
@@ -187,8 +217,16 @@ class Issuer:
             extensions.append((x509.SubjectAlternativeName(general), False))
         _save(pair, self._issue(_name(common_name, organisation), key.public_key(), days=825, extensions=extensions), key, self.passphrase)
 
-    def mailbox(self, address: str, display_name: str, organisation: str, *, days: int = 1095,
-                not_before: dt.datetime | None = None, held: bool = True) -> Pair:  # fmt: skip
+    def mailbox(
+        self,
+        address: str,
+        display_name: str,
+        organisation: str,
+        *,
+        days: int = 1095,
+        not_before: dt.datetime | None = None,
+        held: bool = True,
+    ) -> Pair:
         """An S/MIME certificate and key for `address` (signature and encryption).
 
         `held`: Caducée keeps the key (it signs and decrypts for that mailbox); otherwise
@@ -200,8 +238,9 @@ class Issuer:
             (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.EMAIL_PROTECTION]), False),
             (x509.SubjectAlternativeName([x509.RFC822Name(address)]), False),
         ]
-        cert = self._issue(_name(display_name, organisation, email=address), key.public_key(), days=days,
-                           extensions=extensions, not_before=not_before)  # fmt: skip
+        cert = self._issue(
+            _name(display_name, organisation, email=address), key.public_key(), days=days, extensions=extensions, not_before=not_before
+        )
         pair = self.space.mailbox(address) if held else self.space.handed_out(address)
         _save(pair, cert, key, self.passphrase)
         if not held:  # a key it used to hold and no longer does
@@ -227,29 +266,30 @@ class Issuer:
 
     def write_crl(self, revoked: dict[int, dt.datetime] | None = None) -> None:
         """Sign the CRL with `revoked` (serial -> date), valid seven days."""
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
         builder = (
-            x509.CertificateRevocationListBuilder().issuer_name(self.cert.subject).last_update(now - dt.timedelta(minutes=5))
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(self.cert.subject)
+            .last_update(now - dt.timedelta(minutes=5))
             .next_update(now + dt.timedelta(days=7))
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()), critical=False)
             .add_extension(x509.CRLNumber(int(now.timestamp())), critical=False)
-        )  # fmt: skip
+        )
         for serial, when in sorted((revoked or {}).items()):
-            builder = builder.add_revoked_certificate(
-                x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(when).build()
-            )
+            builder = builder.add_revoked_certificate(x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(when).build())
         self.space.crl.write_bytes(builder.sign(self.key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM))
 
     def revoke(self, serial: int) -> None:
         """Add `serial` to the CRL (what was revoked before stays revoked)."""
         current = x509.load_pem_x509_crl(self.space.crl.read_bytes())
         revoked = {entry.serial_number: entry.revocation_date_utc for entry in current}
-        revoked.setdefault(serial, dt.datetime.now(dt.timezone.utc))
+        revoked.setdefault(serial, dt.datetime.now(dt.UTC))
         self.write_crl(revoked)
 
 
-def init_pki(directory: Path, *, hostname: str, operator: str, passphrase: bytes, force: bool = False,
-             domains: list[str] | None = None) -> TrustSpace:  # fmt: skip
+def init_pki(
+    directory: Path, *, hostname: str, operator: str, passphrase: bytes, force: bool = False, domains: list[str] | None = None
+) -> TrustSpace:
     """Create the trust space in `directory` (kept as it is when it exists, unless `force`).
 
     `domains`: the local domains the operator's S/MIME certificate signs for (the operator
@@ -267,32 +307,44 @@ def init_pki(directory: Path, *, hostname: str, operator: str, passphrase: bytes
             if not space.operator_smime.cert.exists():
                 Issuer(space, passphrase).operator_smime(f"Signature {operator}", operator, smime_domains)
             return space
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
         root_key = rsa.generate_private_key(public_exponent=65537, key_size=KEY_BITS)
         root_name = _name(ROOT_NAME, operator)
         root = (
-            x509.CertificateBuilder().subject_name(root_name).issuer_name(root_name).public_key(root_key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
+            x509.CertificateBuilder()
+            .subject_name(root_name)
+            .issuer_name(root_name)
+            .public_key(root_key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
             .not_valid_after(now + dt.timedelta(days=3650))
             .add_extension(x509.BasicConstraints(ca=True, path_length=1), critical=True)
             .add_extension(_usage(key_cert_sign=True, crl_sign=True), critical=True)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(root_key.public_key()), critical=False)
             .sign(root_key, hashes.SHA256())
-        )  # fmt: skip
+        )
         space.root.write_bytes(root.public_bytes(serialization.Encoding.PEM))
-        write_private(space.directory / "root-ca.key", root_key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.BestAvailableEncryption(passphrase)))  # fmt: skip
+        write_private(
+            space.directory / "root-ca.key",
+            root_key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.BestAvailableEncryption(passphrase)
+            ),
+        )
         org_key = rsa.generate_private_key(public_exponent=65537, key_size=KEY_BITS)
         org = (
-            x509.CertificateBuilder().subject_name(_name(ORG_CA_NAME, operator)).issuer_name(root_name)
-            .public_key(org_key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=3000))
+            x509.CertificateBuilder()
+            .subject_name(_name(ORG_CA_NAME, operator))
+            .issuer_name(root_name)
+            .public_key(org_key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=3000))
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
             .add_extension(_usage(key_cert_sign=True, crl_sign=True), critical=True)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(org_key.public_key()), critical=False)
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(root_key.public_key()), critical=False)
             .sign(root_key, hashes.SHA256())
-        )  # fmt: skip
+        )
         _save(space.org_ca, org, org_key, passphrase)
         issuer = Issuer(space, passphrase)
         issuer.tls(space.server, hostname, operator, server=True, names=[hostname, "localhost", "127.0.0.1"])
@@ -308,6 +360,12 @@ def development_space(settings: Settings, *, force: bool = False) -> tuple[Trust
     from caducee.crypto.atrest import load_master_key
 
     passphrase = key_passphrase(load_master_key(settings.data_dir))
-    space = init_pki(settings.data_dir / "pki", hostname=settings.hostname, operator=settings.operator_domain,
-                     passphrase=passphrase, force=force, domains=settings.local_domains)  # fmt: skip
+    space = init_pki(
+        settings.data_dir / "pki",
+        hostname=settings.hostname,
+        operator=settings.operator_domain,
+        passphrase=passphrase,
+        force=force,
+        domains=settings.local_domains,
+    )
     return space, passphrase

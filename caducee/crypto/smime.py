@@ -29,8 +29,20 @@ from cryptography.hazmat.primitives.serialization import pkcs7
 from caducee.policies.facts import Decision
 
 PROTECTED_HEADERS = ("From", "To", "Cc", "Subject", "Date", "Message-ID")
-_OUTER_COPY = ("From", "To", "Cc", "Subject", "Date", "Message-ID", "In-Reply-To", "References", "X-MSS-MES",
-               "X-MSS-CODECDA", "X-MSS-INS", "Disposition-Notification-To")  # fmt: skip
+_OUTER_COPY = (
+    "From",
+    "To",
+    "Cc",
+    "Subject",
+    "Date",
+    "Message-ID",
+    "In-Reply-To",
+    "References",
+    "X-MSS-MES",
+    "X-MSS-CODECDA",
+    "X-MSS-INS",
+    "Disposition-Notification-To",
+)
 _BOUNDARY = re.compile(rb'boundary="?([^";\r\n]+)"?', re.I)
 
 
@@ -99,13 +111,27 @@ def sign(message: bytes, signer: Signer) -> bytes:
         builder = builder.add_certificate(cert)
     der = builder.sign(serialization.Encoding.DER, [pkcs7.PKCS7Options.DetachedSignature, pkcs7.PKCS7Options.Binary])
     boundary = _boundary(inner)
-    signed = b"".join([
-        b"MIME-Version: 1.0\r\n",
-        b'Content-Type: multipart/signed; protocol="application/pkcs7-signature"; micalg="sha-256"; boundary="', boundary, b'"\r\n',
-        b"\r\nThis is an S/MIME signed message\r\n\r\n--", boundary, b"\r\n", inner, b"\r\n--", boundary, b"\r\n",
-        b'Content-Type: application/pkcs7-signature; name="smime.p7s"\r\nContent-Transfer-Encoding: base64\r\n',
-        b'Content-Disposition: attachment; filename="smime.p7s"\r\n\r\n', _base64_lines(der), b"\r\n--", boundary, b"--\r\n",
-    ])  # fmt: skip
+    signed = b"".join(
+        [
+            b"MIME-Version: 1.0\r\n",
+            b'Content-Type: multipart/signed; protocol="application/pkcs7-signature"; micalg="sha-256"; boundary="',
+            boundary,
+            b'"\r\n',
+            b"\r\nThis is an S/MIME signed message\r\n\r\n--",
+            boundary,
+            b"\r\n",
+            inner,
+            b"\r\n--",
+            boundary,
+            b"\r\n",
+            b'Content-Type: application/pkcs7-signature; name="smime.p7s"\r\nContent-Transfer-Encoding: base64\r\n',
+            b'Content-Disposition: attachment; filename="smime.p7s"\r\n\r\n',
+            _base64_lines(der),
+            b"\r\n--",
+            boundary,
+            b"--\r\n",
+        ]
+    )
     return _outer_headers(message) + signed
 
 
@@ -132,10 +158,13 @@ def _encrypt(message: bytes, recipients: list[x509.Certificate]) -> bytes:
     for cert in recipients:
         builder = builder.add_recipient(cert)
     der = builder.encrypt(serialization.Encoding.DER, [pkcs7.PKCS7Options.Binary])
-    enveloped = b"".join([
-        b'MIME-Version: 1.0\r\nContent-Type: application/pkcs7-mime; smime-type=enveloped-data; name="smime.p7m"\r\n',
-        b'Content-Transfer-Encoding: base64\r\nContent-Disposition: attachment; filename="smime.p7m"\r\n\r\n', _base64_lines(der),
-    ])  # fmt: skip
+    enveloped = b"".join(
+        [
+            b'MIME-Version: 1.0\r\nContent-Type: application/pkcs7-mime; smime-type=enveloped-data; name="smime.p7m"\r\n',
+            b'Content-Transfer-Encoding: base64\r\nContent-Disposition: attachment; filename="smime.p7m"\r\n\r\n',
+            _base64_lines(der),
+        ]
+    )
     return _outer_headers(message) + enveloped
 
 
@@ -223,8 +252,11 @@ def decrypt(message: bytes, cert: x509.Certificate, key: rsa.RSAPrivateKey) -> b
     try:
         inner = pkcs7.pkcs7_decrypt_der(_enveloped_der(message), cert, key, [])
     except ValueError as exc:
-        raise SmimeError("5.7.5", "le message ne peut pas être déchiffré pour ce destinataire",
-                         f"the message cannot be decrypted for this recipient ({exc})") from None  # fmt: skip
+        raise SmimeError(
+            "5.7.5",
+            "le message ne peut pas être déchiffré pour ce destinataire",
+            f"the message cannot be decrypted for this recipient ({exc})",
+        ) from None
     inner = _crlf(inner)
     head, _ = _split(inner)
     outer = _outer_headers(message)
@@ -274,8 +306,14 @@ def _addresses(value: str) -> list[str]:
     return sorted(address.lower() for _, address in getaddresses([value]) if address)
 
 
-async def verify(message: bytes, *, anchors: list[x509.Certificate], crls: list[bytes],
-                 intermediates: list[x509.Certificate] = (), at: dt.datetime | None = None) -> Verified:  # type: ignore[assignment]  # fmt: skip
+async def verify(
+    message: bytes,
+    *,
+    anchors: list[x509.Certificate],
+    crls: list[bytes],
+    intermediates: list[x509.Certificate] = (),
+    at: dt.datetime | None = None,
+) -> Verified:  # type: ignore[assignment]
     """Verify a signed message against `anchors` and `crls`; raise SmimeError otherwise."""
     from asn1crypto import cms as asn1_cms
     from asn1crypto import x509 as asn1_x509
@@ -285,8 +323,11 @@ async def verify(message: bytes, *, anchors: list[x509.Certificate], crls: list[
 
     message = _crlf(message)
     if not is_signed(message):
-        raise SmimeError("5.7.1", "le message n'est pas signé : la signature S/MIME est obligatoire",
-                         "the message is not signed: an S/MIME signature is required")  # fmt: skip
+        raise SmimeError(
+            "5.7.1",
+            "le message n'est pas signé : la signature S/MIME est obligatoire",
+            "the message is not signed: an S/MIME signature is required",
+        )
     entity, der = _signed_parts(message)
     try:
         signed_data = asn1_cms.ContentInfo.load(der)["content"]
@@ -296,12 +337,15 @@ async def verify(message: bytes, *, anchors: list[x509.Certificate], crls: list[
     def as_asn1(cert: x509.Certificate) -> asn1_x509.Certificate:
         return asn1_x509.Certificate.load(cert.public_bytes(serialization.Encoding.DER))
 
-    der_crls = [x509.load_pem_x509_crl(c).public_bytes(serialization.Encoding.DER) if c.lstrip().startswith(b"-----") else c
-                for c in crls]  # fmt: skip
+    der_crls = [x509.load_pem_x509_crl(c).public_bytes(serialization.Encoding.DER) if c.lstrip().startswith(b"-----") else c for c in crls]
     context = ValidationContext(
-        trust_roots=[as_asn1(c) for c in anchors], other_certs=[as_asn1(c) for c in intermediates], crls=der_crls,
-        allow_fetching=False, revocation_mode="hard-fail", moment=at,
-    )  # fmt: skip
+        trust_roots=[as_asn1(c) for c in anchors],
+        other_certs=[as_asn1(c) for c in intermediates],
+        crls=der_crls,
+        allow_fetching=False,
+        revocation_mode="hard-fail",
+        moment=at,
+    )
     # S/MIME signing keys assert digitalSignature and emailProtection (pyHanko's default
     # policy is the PDF one, which wants nonRepudiation).
     usage = KeyUsageConstraints(key_usage={"digital_signature"}, extd_key_usage={"email_protection"})
@@ -313,12 +357,18 @@ async def verify(message: bytes, *, anchors: list[x509.Certificate], crls: list[
     if not status.trusted:
         reason = str(getattr(status, "trust_problem_indic", "") or "untrusted")
         if any(word in reason.upper() for word in ("EXPIRED", "NOT_YET_VALID", "OUT_OF_BOUNDS")):
-            raise SmimeError("5.7.5", "le certificat de l'expéditeur n'est pas en cours de validité",
-                             "the sender's certificate is expired or not yet valid")  # fmt: skip
+            raise SmimeError(
+                "5.7.5",
+                "le certificat de l'expéditeur n'est pas en cours de validité",
+                "the sender's certificate is expired or not yet valid",
+            )
         if "REVOKED" in reason.upper():
             raise SmimeError("5.7.5", "le certificat de l'expéditeur est révoqué", "the sender's certificate is revoked")
-        raise SmimeError("5.7.5", "la signature ne remonte pas à une autorité de confiance de l'espace MSSanté",
-                         f"the signature does not chain to a trusted anchor ({reason})")  # fmt: skip
+        raise SmimeError(
+            "5.7.5",
+            "la signature ne remonte pas à une autorité de confiance de l'espace MSSanté",
+            f"the signature does not chain to a trusted anchor ({reason})",
+        )
     signer_cert = x509.load_der_x509_certificate(status.signing_cert.dump())
     inner = entity
     entity_head, entity_body = _split(entity)
@@ -329,8 +379,11 @@ async def verify(message: bytes, *, anchors: list[x509.Certificate], crls: list[
     outer, protected = _headers(_split(message)[0] + b"\r\n"), _headers(_split(inner)[0] + b"\r\n")
     for name in ("from", "to", "cc"):
         if outer[name] and protected[name] and _addresses(outer[name]) != _addresses(protected[name]):
-            raise SmimeError("5.7.7", f"l'en-tête {name.capitalize()} diffère de celui qui a été signé",
-                             f"the {name.capitalize()} header differs from the signed one")  # fmt: skip
+            raise SmimeError(
+                "5.7.7",
+                f"l'en-tête {name.capitalize()} diffère de celui qui a été signé",
+                f"the {name.capitalize()} header differs from the signed one",
+            )
     if outer["subject"] and protected["subject"] and outer["subject"] != protected["subject"]:
         raise SmimeError("5.7.7", "l'objet diffère de celui qui a été signé", "the Subject header differs from the signed one")
     return Verified(signer=signer_cert, inner=inner)

@@ -32,8 +32,7 @@ class Locked(Exception):
 
 
 class LoginThrottle:
-    def __init__(self, *, max_failures: int = 5, window: float = 900.0, lockout: float = 900.0,
-                 max_failures_per_address: int = 20) -> None:  # fmt: skip
+    def __init__(self, *, max_failures: int = 5, window: float = 900.0, lockout: float = 900.0, max_failures_per_address: int = 20) -> None:
         self.max_failures = max_failures
         self.max_failures_per_address = max_failures_per_address
         self.window = window
@@ -65,8 +64,9 @@ class LoginThrottle:
 class MailboxAuthenticator:
     """Checks a mailbox address and password against the annuaire (argon2, off the loop)."""
 
-    def __init__(self, engine: AsyncEngine, local_domains: list[str], throttle: LoginThrottle | None = None,
-                 *, concurrent_checks: int = 2) -> None:  # fmt: skip
+    def __init__(
+        self, engine: AsyncEngine, local_domains: list[str], throttle: LoginThrottle | None = None, *, concurrent_checks: int = 2
+    ) -> None:
         self.engine = engine
         self.local_domains = local_domains
         self.throttle = throttle or LoginThrottle()

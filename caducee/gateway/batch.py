@@ -12,7 +12,7 @@ import asyncio
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import insert
 from sqlalchemy.engine import Connection
@@ -80,13 +80,22 @@ class DeliveryPlan:
 
 def write_batch(conn: Connection, plans: list[DeliveryPlan]) -> list[int]:
     """Write every plan in the caller's transaction; the id of each plan's first stored copy, in order."""
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     creating = [plan for plan in plans if plan.new_conversation is not None]
-    new_ids = store.insert_returning_ids(conn, Conversation.__table__, [
-        {"opener_address": p.new_conversation.opener, "opener_kind": p.new_conversation.opener_kind,  # type: ignore[union-attr]
-         "state": "open", "is_campaign": p.new_conversation.is_campaign, "created_at": now}  # type: ignore[union-attr]
-        for p in creating
-    ])  # fmt: skip
+    new_ids = store.insert_returning_ids(
+        conn,
+        Conversation.__table__,
+        [
+            {
+                "opener_address": p.new_conversation.opener,
+                "opener_kind": p.new_conversation.opener_kind,  # type: ignore[union-attr]
+                "state": "open",
+                "is_campaign": p.new_conversation.is_campaign,
+                "created_at": now,
+            }  # type: ignore[union-attr]
+            for p in creating
+        ],
+    )
     conversation_of = {id(plan): conversation for plan, conversation in zip(creating, new_ids, strict=True)}
     participants = set()
     for plan in plans:
@@ -94,29 +103,54 @@ def write_batch(conn: Connection, plans: list[DeliveryPlan]) -> list[int]:
         members = plan.new_conversation.participants if plan.new_conversation is not None else plan.add_participants
         participants |= {(conversation, address) for address in members}
     if participants:
-        conn.execute(store.insert_ignore(conn, ConversationParticipant.__table__),
-                           [{"conversation_id": c, "address": a} for c, a in sorted(participants)])  # fmt: skip
+        conn.execute(
+            store.insert_ignore(conn, ConversationParticipant.__table__),
+            [{"conversation_id": c, "address": a} for c, a in sorted(participants)],
+        )
 
     copies = [(plan, copy) for plan in plans for copy in plan.copies]
-    copy_ids = store.insert_returning_ids(conn, Message.__table__, [
-        {"message_id_header": p.message_id_header[:998], "sender": p.sender, "size": c.size,
-         "conversation_id": conversation_of.get(id(p), p.conversation_id), "received_at": now, "body": c.sealed,
-         "summary": c.summary}
-        for p, c in copies
-    ])  # fmt: skip
+    copy_ids = store.insert_returning_ids(
+        conn,
+        Message.__table__,
+        [
+            {
+                "message_id_header": p.message_id_header[:998],
+                "sender": p.sender,
+                "size": c.size,
+                "conversation_id": conversation_of.get(id(p), p.conversation_id),
+                "received_at": now,
+                "body": c.sealed,
+                "summary": c.summary,
+            }
+            for p, c in copies
+        ],
+    )
     notices = [notice for plan in plans for notice in plan.notices]
-    notice_ids = store.insert_returning_ids(conn, Message.__table__, [
-        {"message_id_header": "", "sender": n.sender, "size": n.size, "conversation_id": None, "received_at": now, "body": n.sealed,
-         "summary": n.summary}
-        for n in notices
-    ])  # fmt: skip
+    notice_ids = store.insert_returning_ids(
+        conn,
+        Message.__table__,
+        [
+            {
+                "message_id_header": "",
+                "sender": n.sender,
+                "size": n.size,
+                "conversation_id": None,
+                "received_at": now,
+                "body": n.sealed,
+                "summary": n.summary,
+            }
+            for n in notices
+        ],
+    )
 
     # (mailbox, folder, message, flags): inboxes, notices, and the sender's own Sent copy (already read)
-    deliveries = [(box, "INBOX", message_id, "") for (_, copy), message_id in zip(copies, copy_ids, strict=True)
-                  for box in copy.local_boxes]  # fmt: skip
+    deliveries = [
+        (box, "INBOX", message_id, "") for (_, copy), message_id in zip(copies, copy_ids, strict=True) for box in copy.local_boxes
+    ]
     deliveries += [(notice.mailbox_id, "INBOX", message_id, "") for notice, message_id in zip(notices, notice_ids, strict=True)]
-    deliveries += [(box, "Sent", message_id, "\\Seen") for (_, copy), message_id in zip(copies, copy_ids, strict=True)
-                   for box in copy.sent_boxes]  # fmt: skip
+    deliveries += [
+        (box, "Sent", message_id, "\\Seen") for (_, copy), message_id in zip(copies, copy_ids, strict=True) for box in copy.sent_boxes
+    ]
     if deliveries:
         store.ensure_folders(conn, sorted({box for box, *_ in deliveries}))
         reserved = store.allocate_uids(conn, dict(Counter((box, folder) for box, folder, *_ in deliveries)))
@@ -126,16 +160,36 @@ def write_batch(conn: Connection, plans: list[DeliveryPlan]) -> list[int]:
             folder_id, first_uid, first_modseq = reserved[(box, folder)]
             offset = next_slot[(box, folder)]
             next_slot[(box, folder)] = offset + 1
-            entries.append({"folder_id": folder_id, "uid": first_uid + offset, "message_id": message_id,
-                            "modseq": first_modseq + offset, "flags": flags, "received_at": now})  # fmt: skip
+            entries.append(
+                {
+                    "folder_id": folder_id,
+                    "uid": first_uid + offset,
+                    "message_id": message_id,
+                    "modseq": first_modseq + offset,
+                    "flags": flags,
+                    "received_at": now,
+                }
+            )
         conn.execute(insert(MailboxEntry.__table__), entries)
 
     queued = [
-        {"message_id": message_id, "mail_from": plan.sender, "rcpt_to": rcpt, "domain": rcpt.rpartition("@")[2],
-         "state": "scheduled", "attempts": 0, "next_attempt_at": now, "expires_at": now + plan.queue_lifetime,
-         "last_error": "", "delay_warned": False, "created_at": now, "updated_at": now}
-        for (plan, copy), message_id in zip(copies, copy_ids, strict=True) for rcpt in copy.remote
-    ]  # fmt: skip
+        {
+            "message_id": message_id,
+            "mail_from": plan.sender,
+            "rcpt_to": rcpt,
+            "domain": rcpt.rpartition("@")[2],
+            "state": "scheduled",
+            "attempts": 0,
+            "next_attempt_at": now,
+            "expires_at": now + plan.queue_lifetime,
+            "last_error": "",
+            "delay_warned": False,
+            "created_at": now,
+            "updated_at": now,
+        }
+        for (plan, copy), message_id in zip(copies, copy_ids, strict=True)
+        for rcpt in copy.remote
+    ]
     if queued:
         conn.execute(insert(QueuedRecipient.__table__), queued)
     for plan in plans:

@@ -28,20 +28,27 @@ def _headers_of(original: bytes) -> bytes:
     return original if end < 0 else original[: end + 2]
 
 
-def build_dsn(*, reporting_mta: str, postmaster: str, to: str, original: bytes, recipients: list[RecipientStatus],
-              arrival: datetime | None = None) -> bytes:  # fmt: skip
+def build_dsn(
+    *, reporting_mta: str, postmaster: str, to: str, original: bytes, recipients: list[RecipientStatus], arrival: datetime | None = None
+) -> bytes:
     """The DSN as CRLF bytes, ready to store or send."""
     delayed = all(r.action == "delayed" for r in recipients)
     lines_fr = "\n".join(f"  - {r.address} : {r.diagnostic}" for r in recipients)
     if delayed:
         subject = "Remise retardée / Delivery delayed"
-        human = ("Votre message n'a pas encore pu être remis aux destinataires ci-dessous. Nous réessayons "
-                 "automatiquement ; vous n'avez rien à faire pour l'instant.\n\n" + lines_fr +
-                 "\n\nThis is a warning only: delivery is still being attempted.")  # fmt: skip
+        human = (
+            "Votre message n'a pas encore pu être remis aux destinataires ci-dessous. Nous réessayons "
+            "automatiquement ; vous n'avez rien à faire pour l'instant.\n\n"
+            + lines_fr
+            + "\n\nThis is a warning only: delivery is still being attempted."
+        )
     else:
         subject = "Message non remis / Undelivered mail"
-        human = ("Votre message n'a pas pu être remis aux destinataires ci-dessous :\n\n" + lines_fr +
-                 "\n\nYour message could not be delivered to the recipients above.")  # fmt: skip
+        human = (
+            "Votre message n'a pas pu être remis aux destinataires ci-dessous :\n\n"
+            + lines_fr
+            + "\n\nYour message could not be delivered to the recipients above."
+        )
     report = EmailMessage()
     report["From"] = f"Caducée <{postmaster}>"
     report["To"] = to

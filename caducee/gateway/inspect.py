@@ -105,27 +105,40 @@ def inspect_message(raw: bytes, *, max_size: int, hostname: str, add_missing_hea
     """Check `raw` and extract the facts the rules need; raise MessageRejected if hostile."""
     if len(raw) > max_size:
         limit = max_size // (1024 * 1024)
-        raise MessageRejected(552, "5.3.4", f"le message dépasse la taille maximale de {limit} Mo",
-                              f"message exceeds the maximum size of {limit} MB")  # fmt: skip
+        raise MessageRejected(
+            552, "5.3.4", f"le message dépasse la taille maximale de {limit} Mo", f"message exceeds the maximum size of {limit} MB"
+        )
     without_crlf = raw.replace(b"\r\n", b"")
     if b"\n" in without_crlf or b"\r" in without_crlf:
-        raise MessageRejected(554, "5.6.0", "le message contient un CR ou un LF isolé (RFC 5321, 2.3.8)",
-                              "message contains a bare CR or LF (RFC 5321 section 2.3.8)")  # fmt: skip
+        raise MessageRejected(
+            554,
+            "5.6.0",
+            "le message contient un CR ou un LF isolé (RFC 5321, 2.3.8)",
+            "message contains a bare CR or LF (RFC 5321 section 2.3.8)",
+        )
     if len(raw) > MAX_LINE and max(map(len, raw.split(b"\r\n"))) > MAX_LINE:
-        raise MessageRejected(554, "5.6.0", f"une ligne du message dépasse {MAX_LINE} caractères",
-                              f"a line of the message is longer than {MAX_LINE} characters")  # fmt: skip
+        raise MessageRejected(
+            554,
+            "5.6.0",
+            f"une ligne du message dépasse {MAX_LINE} caractères",
+            f"a line of the message is longer than {MAX_LINE} characters",
+        )
     head_end = raw.find(b"\r\n\r\n")
     head = raw if head_end < 0 else raw[: head_end + 2]
     if not head.isascii():
-        raise MessageRejected(554, "5.6.7", "les en-têtes contiennent des caractères non ASCII (encodez-les selon la RFC 2047)",
-                              "8-bit characters in headers; encode them as RFC 2047 words")  # fmt: skip
+        raise MessageRejected(
+            554,
+            "5.6.7",
+            "les en-têtes contiennent des caractères non ASCII (encodez-les selon la RFC 2047)",
+            "8-bit characters in headers; encode them as RFC 2047 words",
+        )
     # Most mail is one text part: its headers say all we need. Only a MIME tree is parsed
     # whole (attachments, structure defects), which is most of the cost of inspection.
     message = _HEADER_PARSER.parsebytes(head + b"\r\n")
     if message.get_content_maintype() in {"multipart", "message"}:
         message = _PARSER.parsebytes(raw)
     else:
-        message.set_payload(raw[head_end + 4:].decode("ascii", "surrogateescape") if head_end >= 0 else "")
+        message.set_payload(raw[head_end + 4 :].decode("ascii", "surrogateescape") if head_end >= 0 else "")
     serious = [defect for part in message.walk() for defect in part.defects if isinstance(defect, _SERIOUS_DEFECTS)]
     serious += [defect for defect in message.defects if isinstance(defect, _SERIOUS_DEFECTS)]
     if serious:
@@ -134,8 +147,9 @@ def inspect_message(raw: bytes, *, max_size: int, hostname: str, add_missing_hea
     from_headers = message.get_all("From") or []
     from_addresses = [address.lower() for _name, address in getaddresses(from_headers) if address]
     if len(from_headers) != 1 or not from_addresses:
-        raise MessageRejected(550, "5.6.0", "le message doit avoir un et un seul en-tête From",
-                              "the message must have exactly one From header")  # fmt: skip
+        raise MessageRejected(
+            550, "5.6.0", "le message doit avoir un et un seul en-tête From", "the message must have exactly one From header"
+        )
     added: list[str] = []
     message_ids = _message_ids(message.get("Message-ID"))
     if message_ids:

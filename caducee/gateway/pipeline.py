@@ -14,12 +14,12 @@ import enum
 import functools
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from dataclasses import replace as dataclass_replace
 from datetime import timedelta
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
-from typing import Callable
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -114,9 +114,16 @@ def _nobody(refused: dict[str, Decision]) -> AcceptResult:
 
 
 class AcceptPipeline:
-    def __init__(self, engine: AsyncEngine, settings: Settings, cipher: BodyCipher, committer: GroupCommitter | None = None,
-                 on_queued: Callable[[], None] | None = None, smime: SmimeStage | None = None,
-                 cpu: CpuPool | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        settings: Settings,
+        cipher: BodyCipher,
+        committer: GroupCommitter | None = None,
+        on_queued: Callable[[], None] | None = None,
+        smime: SmimeStage | None = None,
+        cpu: CpuPool | None = None,
+    ) -> None:
         self.engine = engine
         self.cpu = cpu or (smime.pool if smime is not None else None)  # large messages are parsed there
         self.smime = smime  # None: S/MIME off (settings.smime = "off", and tests of other stages)
@@ -163,8 +170,13 @@ class AcceptPipeline:
     def _kind(self, info: PartyInfo) -> PartyKind:
         if info.address in self._cnam:
             return PartyKind.CNAM
-        kinds = {"PAT": PartyKind.PATIENT, "PER": PartyKind.PROFESSIONAL, "CAB": PartyKind.PROFESSIONAL,
-                 "ORG": PartyKind.ORGANISATION, "APP": PartyKind.ORGANISATION}  # fmt: skip
+        kinds = {
+            "PAT": PartyKind.PATIENT,
+            "PER": PartyKind.PROFESSIONAL,
+            "CAB": PartyKind.PROFESSIONAL,
+            "ORG": PartyKind.ORGANISATION,
+            "APP": PartyKind.ORGANISATION,
+        }
         if info.mailbox_type in kinds:
             return kinds[info.mailbox_type]
         if not info.is_local and info.domain_trusted:
@@ -172,8 +184,14 @@ class AcceptPipeline:
         return PartyKind.UNKNOWN
 
     def _party(self, info: PartyInfo) -> Party:
-        return Party(address=info.address, kind=self._kind(info), domain_trusted=info.domain_trusted, is_local=info.is_local,
-                     patient_status=info.patient_status, is_officine=info.is_officine)  # fmt: skip
+        return Party(
+            address=info.address,
+            kind=self._kind(info),
+            domain_trusted=info.domain_trusted,
+            is_local=info.is_local,
+            patient_status=info.patient_status,
+            is_officine=info.is_officine,
+        )
 
     # ---- SMTP stages ------------------------------------------------------------------
 
@@ -181,15 +199,25 @@ class AcceptPipeline:
         """MAIL FROM: rule 2 on submission, the trust space and the operator DN on MX."""
         sender = mail_from.lower()
         if channel in AUTHENTICATED_CHANNELS and sender != (authenticated or "").lower():
-            return refusal(550, "5.7.1", f"vous n'êtes pas autorisé à envoyer en tant que {mail_from}",
-                           f"not authorised to send as {mail_from}", "no-spoofing")  # fmt: skip
+            return refusal(
+                550,
+                "5.7.1",
+                f"vous n'êtes pas autorisé à envoyer en tant que {mail_from}",
+                f"not authorised to send as {mail_from}",
+                "no-spoofing",
+            )
         if channel is Channel.MX:
             info = (await self._parties([sender]))[sender]
             if not info.domain_trusted or info.is_local:
                 return outside_trust_space(sender)
             if peer_dn is not None and peer_dn not in info.operator_dns:
-                return refusal(550, "5.7.1", "le certificat de l'opérateur ne correspond pas au domaine expéditeur",
-                               "the operator certificate does not match the sender domain", "trust-space")  # fmt: skip
+                return refusal(
+                    550,
+                    "5.7.1",
+                    "le certificat de l'opérateur ne correspond pas au domaine expéditeur",
+                    "the operator certificate does not match the sender domain",
+                    "trust-space",
+                )
         return None
 
     async def check_recipient(self, mail_from: str, rcpt: str, channel: Channel) -> Decision:
@@ -197,17 +225,25 @@ class AcceptPipeline:
         sender, recipient = mail_from.lower(), rcpt.lower()
         parties = await self._parties([sender, recipient])
         if channel is Channel.MX and not parties[recipient].is_local:
-            return refusal(550, "5.7.1", "relais refusé : ce destinataire n'est pas chez nous",
-                           "relaying denied: recipient is not hosted here", "no-relay")  # fmt: skip
-        facts = Facts(sender=self._party(parties[sender]), recipient=self._party(parties[recipient]),
-                      message=Message(size=0), submission=channel in AUTHENTICATED_CHANNELS,
-                      max_size=self.settings.max_message_size)  # fmt: skip
+            return refusal(
+                550,
+                "5.7.1",
+                "relais refusé : ce destinataire n'est pas chez nous",
+                "relaying denied: recipient is not hosted here",
+                "no-relay",
+            )
+        facts = Facts(
+            sender=self._party(parties[sender]),
+            recipient=self._party(parties[recipient]),
+            message=Message(size=0),
+            submission=channel in AUTHENTICATED_CHANNELS,
+            max_size=self.settings.max_message_size,
+        )
         return decide(facts, RCPT_CHAIN)
 
     # ---- the decisions ----------------------------------------------------------------
 
-    async def judge(self, sender: str, recipients: list[str], *, references: list[str], message: Message,
-                    channel: Channel) -> Verdict:  # fmt: skip
+    async def judge(self, sender: str, recipients: list[str], *, references: list[str], message: Message, channel: Channel) -> Verdict:
         """Apply the rules to each recipient, as `accept` will; nothing is written.
 
         The webmail asks this before it offers an action, so that what it shows and what the
@@ -225,18 +261,27 @@ class AcceptPipeline:
         conversation_facts = None
         if conversation is not None and not foreign:
             conversation_facts = Conversation(
-                opener_kind=PartyKind(conversation.opener_kind), state=ConversationState(conversation.state),
-                participants=conversation.participants, closed_by=conversation.closed_by,
+                opener_kind=PartyKind(conversation.opener_kind),
+                state=ConversationState(conversation.state),
+                participants=conversation.participants,
+                closed_by=conversation.closed_by,
                 closed_at=conversation.closed_at.date().isoformat() if conversation.closed_at else None,
                 is_campaign=conversation.is_campaign,
-            )  # fmt: skip
+            )
         facts = dataclass_replace(message, references_known=conversation is not None, references_foreign=foreign)
         decisions: dict[str, Decision] = {}
         actions: set[Action] = set()
         for rcpt in recipients:
-            decision = decide(Facts(sender=sender_party, recipient=self._party(parties[rcpt]), message=facts,
-                                    conversation=conversation_facts, submission=channel in AUTHENTICATED_CHANNELS,
-                                    max_size=self.settings.max_message_size))  # fmt: skip
+            decision = decide(
+                Facts(
+                    sender=sender_party,
+                    recipient=self._party(parties[rcpt]),
+                    message=facts,
+                    conversation=conversation_facts,
+                    submission=channel in AUTHENTICATED_CHANNELS,
+                    max_size=self.settings.max_message_size,
+                )
+            )
             decisions[rcpt] = decision
             if decision.accepted:
                 actions |= decision.actions
@@ -251,17 +296,31 @@ class AcceptPipeline:
             return AcceptResult([], {rcpt: rejected.decision for rcpt in envelope.rcpt_tos}, None, rejected.decision.smtp_reply)
         sender = envelope.mail_from.lower()
         if envelope.channel in AUTHENTICATED_CHANNELS and any(address != sender for address in inspected.from_addresses):
-            decision = refusal(550, "5.7.1", "l'en-tête From n'appartient pas au compte authentifié",
-                               "the From header is not owned by the authenticated account", "no-spoofing")  # fmt: skip
+            decision = refusal(
+                550,
+                "5.7.1",
+                "l'en-tête From n'appartient pas au compte authentifié",
+                "the From header is not owned by the authenticated account",
+                "no-spoofing",
+            )
             return AcceptResult([], {rcpt: decision for rcpt in envelope.rcpt_tos}, None, decision.smtp_reply)
 
         recipients = list(dict.fromkeys(rcpt.lower() for rcpt in envelope.rcpt_tos))
         message_facts = Message(
-            size=inspected.size, subject=inspected.subject, has_content=inspected.has_content,
-            has_attachment=inspected.has_attachment, mss_mes_fin=inspected.mss_mes_fin, is_receipt=inspected.is_receipt,
-        )  # fmt: skip
+            size=inspected.size,
+            subject=inspected.subject,
+            has_content=inspected.has_content,
+            has_attachment=inspected.has_attachment,
+            mss_mes_fin=inspected.mss_mes_fin,
+            is_receipt=inspected.is_receipt,
+        )
         verdict = await self.judge(sender, recipients, references=inspected.references, message=message_facts, channel=envelope.channel)
-        parties, sender_party, conversation, conversation_facts = verdict.parties, verdict.sender, verdict.conversation, verdict.conversation_facts
+        parties, sender_party, conversation, conversation_facts = (
+            verdict.parties,
+            verdict.sender,
+            verdict.conversation,
+            verdict.conversation_facts,
+        )
         accepted, refused, actions = verdict.accepted, verdict.refused, set(verdict.actions)
         if not accepted:
             return _nobody(refused)
@@ -282,20 +341,27 @@ class AcceptPipeline:
                 return _nobody(refused)
 
         plan = DeliveryPlan(
-            copies=self._copies(protection, accepted, parties, deliver=Action.DO_NOT_DELIVER not in actions,
-                                sent_box=parties[sender].mailbox_id if envelope.keep_sent else None),
-            sender=sender, message_id_header=inspected.message_id,
+            copies=self._copies(
+                protection,
+                accepted,
+                parties,
+                deliver=Action.DO_NOT_DELIVER not in actions,
+                sent_box=parties[sender].mailbox_id if envelope.keep_sent else None,
+            ),
+            sender=sender,
+            message_id_header=inspected.message_id,
             close_by=parties[sender].display_name if Action.CLOSE_CONVERSATION in actions else None,
             notices=self._notices(envelope, parties[sender], inspected, refused, actions),
             queue_lifetime=self.queue_lifetime,
-        )  # fmt: skip
+        )
         if conversation_facts is not None:
             plan.conversation_id = conversation.id  # type: ignore[union-attr]
             if sender_party.kind in {PartyKind.PROFESSIONAL, PartyKind.ORGANISATION}:
                 plan.add_participants = frozenset(set(accepted) - conversation_facts.participants)
         else:
-            plan.new_conversation = NewConversation(sender, sender_party.kind.value, frozenset({sender, *accepted}),
-                                                    is_campaign=sender_party.kind is PartyKind.CNAM)  # fmt: skip
+            plan.new_conversation = NewConversation(
+                sender, sender_party.kind.value, frozenset({sender, *accepted}), is_campaign=sender_party.kind is PartyKind.CNAM
+            )
         message_id = await self.committer.submit(plan)
         if any(copy.remote for copy in plan.copies) and self.on_queued is not None:
             self.on_queued()
@@ -305,8 +371,9 @@ class AcceptPipeline:
                 self.on_delivered(patients)
         return AcceptResult(accepted, refused, message_id, f"250 2.0.0 OK: queued as {message_id}", frozenset(actions))
 
-    def _copies(self, protection: Protection, accepted: list[str], parties: dict[str, PartyInfo], *, deliver: bool,
-                sent_box: int | None = None) -> list[Copy]:  # fmt: skip
+    def _copies(
+        self, protection: Protection, accepted: list[str], parties: dict[str, PartyInfo], *, deliver: bool, sent_box: int | None = None
+    ) -> list[Copy]:
         """One stored copy per form someone receives (a message nobody receives is still kept once).
 
         The sender's Sent copy is the readable form: the sender reads it on our pages.
@@ -327,8 +394,11 @@ class AcceptPipeline:
         return copies
 
     async def _inspect(self, envelope: Envelope) -> InspectedMessage:
-        arguments = dict(max_size=self.settings.max_message_size, hostname=self.settings.hostname,
-                         add_missing_headers=envelope.channel in AUTHENTICATED_CHANNELS | {Channel.TRUSTED})  # fmt: skip
+        arguments = dict(
+            max_size=self.settings.max_message_size,
+            hostname=self.settings.hostname,
+            add_missing_headers=envelope.channel in AUTHENTICATED_CHANNELS | {Channel.TRUSTED},
+        )
         if len(envelope.data) > OFF_LOOP_SIZE:
             if self.cpu is not None:
                 return await self.cpu.run(functools.partial(inspect_message, envelope.data, **arguments))
@@ -337,25 +407,41 @@ class AcceptPipeline:
 
     # ---- notices to the sender ---------------------------------------------------------
 
-    def _notices(self, envelope: Envelope, sender: PartyInfo, inspected: InspectedMessage,
-                 refused: dict[str, Decision], actions: set[Action]) -> list[Notice]:  # fmt: skip
+    def _notices(
+        self, envelope: Envelope, sender: PartyInfo, inspected: InspectedMessage, refused: dict[str, Decision], actions: set[Action]
+    ) -> list[Notice]:
         """Messages for a local sender: recipients refused after DATA, a conversation closed."""
         if sender.mailbox_id is None or envelope.channel is Channel.WEBMAIL:  # the webmail says it on the page
             return []
         notices = []
         if refused:
-            lines = "\n".join(f"  - {rcpt} : {decision.text_fr} ({decision.code} {decision.enhanced})" for rcpt, decision in refused.items())
-            notices.append(self._notice(sender.address, f"Non remis : {inspected.subject}",
-                                        f"Votre message « {inspected.subject} » n'a pas été remis à :\n{lines}\n\n"
-                                        "Les autres destinataires l'ont bien reçu.", inspected.message_id))  # fmt: skip
+            lines = "\n".join(
+                f"  - {rcpt} : {decision.text_fr} ({decision.code} {decision.enhanced})" for rcpt, decision in refused.items()
+            )
+            notices.append(
+                self._notice(
+                    sender.address,
+                    f"Non remis : {inspected.subject}",
+                    f"Votre message « {inspected.subject} » n'a pas été remis à :\n{lines}\n\nLes autres destinataires l'ont bien reçu.",
+                    inspected.message_id,
+                )
+            )
         if Action.TELL_SENDER_CLOSED in actions:
-            notices.append(self._notice(sender.address, f"Conversation close : {inspected.subject}",
-                                        f"Votre message « {inspected.subject} » a bien été remis au patient, avec son contenu.\n"
-                                        "Comme son objet commence par [FIN], la conversation est maintenant close : "
-                                        "le patient ne peut plus y répondre.", inspected.message_id))  # fmt: skip
+            notices.append(
+                self._notice(
+                    sender.address,
+                    f"Conversation close : {inspected.subject}",
+                    f"Votre message « {inspected.subject} » a bien été remis au patient, avec son contenu.\n"
+                    "Comme son objet commence par [FIN], la conversation est maintenant close : "
+                    "le patient ne peut plus y répondre.",
+                    inspected.message_id,
+                )
+            )
         postmaster = f"postmaster@{self.settings.operator_domain}"
-        return [Notice(sender.mailbox_id, self.cipher.seal(raw), len(raw), postmaster, self.cipher.seal(summarize(raw).pack()))
-                for raw in notices]  # fmt: skip
+        return [
+            Notice(sender.mailbox_id, self.cipher.seal(raw), len(raw), postmaster, self.cipher.seal(summarize(raw).pack()))
+            for raw in notices
+        ]
 
     def _notice(self, to: str, subject: str, body: str, in_reply_to: str) -> bytes:
         message = EmailMessage()

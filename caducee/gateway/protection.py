@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from caducee.annuaire.service import PartyInfo, certificates_for
+from caducee.cpu import CpuPool
 from caducee.crypto import jobs, smime
 from caducee.crypto.material import SmimeMaterial
-from caducee.cpu import CpuPool
 from caducee.policies import Decision
 
 
@@ -56,14 +56,22 @@ class Protection:
 
 def no_certificate(recipient: str) -> Decision:
     return smime.SmimeError(
-        "5.7.5", f"aucun certificat de chiffrement n'est publié dans l'annuaire pour {recipient}",
+        "5.7.5",
+        f"aucun certificat de chiffrement n'est publié dans l'annuaire pour {recipient}",
         f"no encryption certificate is published in the annuaire for {recipient}",
-    ).decision  # fmt: skip
+    ).decision
 
 
 class SmimeStage:
-    def __init__(self, engine: AsyncEngine, material: SmimeMaterial, pool: CpuPool, *,
-                 without_certificate: WithoutCertificate = WithoutCertificate.REFUSE_REMOTE, cache_seconds: float = 5.0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        material: SmimeMaterial,
+        pool: CpuPool,
+        *,
+        without_certificate: WithoutCertificate = WithoutCertificate.REFUSE_REMOTE,
+        cache_seconds: float = 5.0,
+    ) -> None:
         self.engine = engine
         self.material = material
         self.pool = pool
@@ -139,8 +147,10 @@ class SmimeStage:
         for rcpt in recipients:
             if rcpt in opened.not_encrypted_to:
                 result.refused[rcpt] = smime.SmimeError(
-                    "5.7.5", "le message n'est pas chiffré pour ce destinataire", "the message is not encrypted to this recipient",
-                ).decision  # fmt: skip
+                    "5.7.5",
+                    "le message n'est pas chiffré pour ce destinataire",
+                    "the message is not encrypted to this recipient",
+                ).decision
             elif rcpt in held and opened.readable is not None:
                 result.form_of[rcpt] = Form.READABLE
             else:

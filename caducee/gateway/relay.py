@@ -16,7 +16,7 @@ import logging
 import ssl
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import aiosmtplib
 from sqlalchemy import DateTime as SADateTime
@@ -69,7 +69,7 @@ class Outcome:
 
 
 def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 def _enhanced(outcome: Outcome, default: str) -> str:
@@ -80,8 +80,16 @@ def _enhanced(outcome: Outcome, default: str) -> str:
 
 
 class RelayWorker:
-    def __init__(self, engine: AsyncEngine, settings: Settings, cipher: BodyCipher, tls_context: ssl.SSLContext,
-                 *, batch: int = 50, timeout: float = 60.0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        settings: Settings,
+        cipher: BodyCipher,
+        tls_context: ssl.SSLContext,
+        *,
+        batch: int = 50,
+        timeout: float = 60.0,
+    ) -> None:
         self.engine = engine
         self.settings = settings
         self.cipher = cipher
@@ -106,7 +114,7 @@ class RelayWorker:
             if handled == 0:
                 try:
                     await asyncio.wait_for(self._wake.wait(), timeout=self.settings.relay_poll_interval)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
                 self._wake.clear()
 
@@ -120,7 +128,7 @@ class RelayWorker:
         return len(claimed)
 
     async def _claim(self) -> list[Claimed]:
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         lock = " FOR UPDATE SKIP LOCKED" if self.engine.dialect.name == "postgresql" else ""
         statement = text(
             "UPDATE outbound_queue SET next_attempt_at = :lease WHERE id IN ("
@@ -131,8 +139,20 @@ class RelayWorker:
         statement = statement.columns(expires_at=SADateTime(timezone=True), created_at=SADateTime(timezone=True))
         async with self.engine.begin() as conn:
             rows = (await conn.execute(statement, {"lease": now + LEASE, "now": now, "batch": self.batch})).all()
-        return [Claimed(r.id, r.message_id, r.mail_from, r.rcpt_to, r.domain, r.attempts, _aware(r.expires_at),
-                        _aware(r.created_at), bool(r.delay_warned)) for r in rows]  # fmt: skip
+        return [
+            Claimed(
+                r.id,
+                r.message_id,
+                r.mail_from,
+                r.rcpt_to,
+                r.domain,
+                r.attempts,
+                _aware(r.expires_at),
+                _aware(r.created_at),
+                bool(r.delay_warned),
+            )
+            for r in rows
+        ]
 
     async def _route(self, domain: str) -> tuple[str, int]:
         route = self.settings.relay_routes.get(domain)
@@ -155,14 +175,20 @@ class RelayWorker:
         except Exception as exc:  # DNS failure: try again later
             return {rcpt: Outcome(0, f"4.4.3 no route to {domain}: {exc}", None) for rcpt in rcpts}
         try:
-            async with aiosmtplib.SMTP(hostname=host, port=port, start_tls=True, tls_context=self.tls_context,
-                                       timeout=self.timeout, local_hostname=self.settings.hostname) as client:  # fmt: skip
+            async with aiosmtplib.SMTP(
+                hostname=host,
+                port=port,
+                start_tls=True,
+                tls_context=self.tls_context,
+                timeout=self.timeout,
+                local_hostname=self.settings.hostname,
+            ) as client:
                 errors, reply = await client.sendmail(mail_from, rcpts, raw)
         except aiosmtplib.SMTPRecipientsRefused as exc:
             return {r.recipient.lower(): Outcome(r.code, r.message, host) for r in exc.recipients}
         except aiosmtplib.SMTPResponseException as exc:
             return {rcpt: Outcome(exc.code, exc.message, host) for rcpt in rcpts}
-        except (OSError, asyncio.TimeoutError, ssl.SSLError, aiosmtplib.SMTPException) as exc:
+        except (TimeoutError, OSError, ssl.SSLError, aiosmtplib.SMTPException) as exc:
             return {rcpt: Outcome(0, f"4.4.1 {type(exc).__name__}: {exc}", host) for rcpt in rcpts}
         outcomes = {rcpt: Outcome(250, reply, host) for rcpt in rcpts}
         for rcpt, response in errors.items():
@@ -174,7 +200,7 @@ class RelayWorker:
         return timedelta(seconds=self.settings.relay_retry_base * factor)
 
     async def _record(self, rows: list[Claimed], outcomes: dict[str, Outcome], raw: bytes) -> None:
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         failed: list[RecipientStatus] = []
         delayed: list[RecipientStatus] = []
         changes: list[tuple[int, dict[str, object]]] = []
@@ -182,25 +208,42 @@ class RelayWorker:
         for row in rows:
             outcome = outcomes.get(row.rcpt_to.lower(), Outcome(0, "4.4.1 no answer for this recipient", None))
             attempts = row.attempts + 1
-            values: dict[str, object] = {"attempts": attempts, "updated_at": now, "last_error": "" if outcome.delivered else outcome.message[:2000]}
+            values: dict[str, object] = {
+                "attempts": attempts,
+                "updated_at": now,
+                "last_error": "" if outcome.delivered else outcome.message[:2000],
+            }
             if outcome.delivered:
                 values["state"] = "delivered"
             elif outcome.permanent:
                 values["state"] = "perm_failure"
-                failed.append(RecipientStatus(row.rcpt_to, "failed", _enhanced(outcome, "5.0.0"),
-                                              f"{outcome.code} {outcome.message}", outcome.remote_mta, now))  # fmt: skip
+                failed.append(
+                    RecipientStatus(
+                        row.rcpt_to, "failed", _enhanced(outcome, "5.0.0"), f"{outcome.code} {outcome.message}", outcome.remote_mta, now
+                    )
+                )
             elif now >= row.expires_at:
                 values["state"] = "expired"
-                failed.append(RecipientStatus(row.rcpt_to, "failed", "4.4.7",
-                                              f"délai de remise dépassé / delivery time expired; dernière erreur : {outcome.message}",
-                                              outcome.remote_mta, now))  # fmt: skip
+                failed.append(
+                    RecipientStatus(
+                        row.rcpt_to,
+                        "failed",
+                        "4.4.7",
+                        f"délai de remise dépassé / delivery time expired; dernière erreur : {outcome.message}",
+                        outcome.remote_mta,
+                        now,
+                    )
+                )
             else:
                 values["state"] = "temp_failure"
                 values["next_attempt_at"] = min(now + self._next_delay(attempts), row.expires_at)
                 if not row.delay_warned and now - row.created_at >= warn_after:
                     values["delay_warned"] = True
-                    delayed.append(RecipientStatus(row.rcpt_to, "delayed", _enhanced(outcome, "4.0.0"), outcome.message,
-                                                   outcome.remote_mta, now, row.expires_at))  # fmt: skip
+                    delayed.append(
+                        RecipientStatus(
+                            row.rcpt_to, "delayed", _enhanced(outcome, "4.0.0"), outcome.message, outcome.remote_mta, now, row.expires_at
+                        )
+                    )
             changes.append((row.id, values))
         sender = rows[0].mail_from
         async with self.engine.begin() as conn:
@@ -210,16 +253,27 @@ class RelayWorker:
                 if statuses:
                     await self._notify(conn, sender, raw, statuses, rows[0].created_at)
 
-    async def _notify(self, conn: AsyncConnection, sender: str, original: bytes, statuses: list[RecipientStatus], arrival: datetime) -> None:
+    async def _notify(
+        self, conn: AsyncConnection, sender: str, original: bytes, statuses: list[RecipientStatus], arrival: datetime
+    ) -> None:
         parties = await resolve_parties(conn, [sender], local_domains=self.settings.local_domains)
         mailbox_id = parties[sender.lower()].mailbox_id
         if mailbox_id is None:
             log.warning("DSN for %s not delivered: not a local mailbox", sender)
             return
-        dsn = build_dsn(reporting_mta=self.settings.hostname, postmaster=f"postmaster@{self.settings.operator_domain}",
-                        to=sender, original=original, recipients=statuses, arrival=arrival)  # fmt: skip
-        plan = DeliveryPlan([Copy(self.cipher.seal(dsn), len(dsn), local_boxes=[mailbox_id])],
-                            sender=f"postmaster@{self.settings.operator_domain}", message_id_header="")  # fmt: skip
+        dsn = build_dsn(
+            reporting_mta=self.settings.hostname,
+            postmaster=f"postmaster@{self.settings.operator_domain}",
+            to=sender,
+            original=original,
+            recipients=statuses,
+            arrival=arrival,
+        )
+        plan = DeliveryPlan(
+            [Copy(self.cipher.seal(dsn), len(dsn), local_boxes=[mailbox_id])],
+            sender=f"postmaster@{self.settings.operator_domain}",
+            message_id_header="",
+        )
         await conn.run_sync(write_batch, [plan])
 
 

@@ -42,8 +42,11 @@ def tls_files(settings: Settings) -> TlsFiles:
         missing = [name for name in ("tls_key", "trust_anchors", "relay_client_cert", "relay_client_key") if not getattr(settings, name)]
         if missing:
             raise ValueError(f"tls_cert is set: set {', '.join(missing)} too")
-        return TlsFiles(Pair(Path(settings.tls_cert), Path(settings.tls_key)), Path(settings.trust_anchors),
-                        Pair(Path(settings.relay_client_cert), Path(settings.relay_client_key)))  # fmt: skip
+        return TlsFiles(
+            Pair(Path(settings.tls_cert), Path(settings.tls_key)),
+            Path(settings.trust_anchors),
+            Pair(Path(settings.relay_client_cert), Path(settings.relay_client_key)),
+        )
     log.warning("no tls_cert configured: using the test trust space in %s", settings.data_dir / "pki")
     space, passphrase = development_space(settings)
     anchors = Path(settings.trust_anchors) if settings.trust_anchors else space.anchors
@@ -55,9 +58,13 @@ def smime_stage(settings: Settings, engine: AsyncEngine, pool: CpuPool) -> Smime
     if settings.smime == "off":
         log.warning("S/MIME is off: messages are neither signed, encrypted nor verified")
         return None
-    return SmimeStage(engine, material_from_settings(settings), pool,
-                      without_certificate=WithoutCertificate(settings.smime_without_certificate),
-                      cache_seconds=settings.directory_cache_seconds)  # fmt: skip
+    return SmimeStage(
+        engine,
+        material_from_settings(settings),
+        pool,
+        without_certificate=WithoutCertificate(settings.smime_without_certificate),
+        cache_seconds=settings.directory_cache_seconds,
+    )
 
 
 @dataclass

@@ -112,8 +112,7 @@ class GatewaySMTP(SMTP):
     """aiosmtpd's server with what we add: enhanced status codes on every reply, a DATA
     reader that works in large chunks, and trusted networks exempt from STARTTLS and AUTH."""
 
-    def __init__(self, handler: "GatewayHandler", *, trusted_networks: list[str], connections: "ClientConnections",
-                 **kwargs: Any) -> None:  # fmt: skip
+    def __init__(self, handler: GatewayHandler, *, trusted_networks: list[str], connections: ClientConnections, **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
         self._trusted = [ipaddress.ip_network(network) for network in trusted_networks]
         self._connections = connections
@@ -125,8 +124,9 @@ class GatewaySMTP(SMTP):
             peer = transport.get_extra_info("peername")
             client = peer[0] if peer else "unknown"
             if not self._connections.enter(client):
-                transport.write(b"421 4.7.0 Too many connections from your address, try again later / "
-                                b"trop de connexions depuis votre adresse\r\n")  # fmt: skip
+                transport.write(
+                    b"421 4.7.0 Too many connections from your address, try again later / trop de connexions depuis votre adresse\r\n"
+                )
                 transport.close()
                 return
             self._counted = client
@@ -223,8 +223,13 @@ class GatewaySMTP(SMTP):
             status = status.decode("utf-8", "replace")
         code = status[:3]
         continuation = len(status) > 3 and status[3] == "-"
-        if (code.isdigit() and not continuation and not getattr(self, "_multiline", False)
-                and code not in {"220", "221", "235", "334", "354"} and not _HAS_ENHANCED.match(status)):  # fmt: skip
+        if (
+            code.isdigit()
+            and not continuation
+            and not getattr(self, "_multiline", False)
+            and code not in {"220", "221", "235", "334", "354"}
+            and not _HAS_ENHANCED.match(status)
+        ):
             enhanced = _SPECIFIC.get(code, _DEFAULT_ENHANCED.get(code[0], ""))
             if enhanced:
                 status = f"{code} {enhanced} {status[4:]}"
@@ -292,8 +297,14 @@ class GatewayHandler:
             content = content.encode("utf-8", "surrogateescape")
         try:
             result = await self.pipeline.accept(
-                Envelope(mail_from=envelope.mail_from, rcpt_tos=list(envelope.rcpt_tos), data=bytes(content),
-                         channel=self._channel(session), authenticated=identity, peer_dn=peer_dn(server.transport))  # fmt: skip
+                Envelope(
+                    mail_from=envelope.mail_from,
+                    rcpt_tos=list(envelope.rcpt_tos),
+                    data=bytes(content),
+                    channel=self._channel(session),
+                    authenticated=identity,
+                    peer_dn=peer_dn(server.transport),
+                )
             )
         except Exception:
             # Nothing was committed, so nothing is lost: the client keeps the message and retries.
@@ -309,9 +320,11 @@ class GatewayHandler:
             account = await self.authenticator.verify(login.decode("utf-8", "replace"), password.decode("utf-8", "replace"), peer)
         except Locked as locked:
             minutes = max(1, (locked.seconds + 59) // 60)
-            return AuthResult(success=False, handled=False,
-                              message=f"454 4.7.0 Too many failed logins, try again in {minutes} min / "
-                                      f"trop d'échecs, réessayez dans {minutes} min")  # fmt: skip
+            return AuthResult(
+                success=False,
+                handled=False,
+                message=f"454 4.7.0 Too many failed logins, try again in {minutes} min / trop d'échecs, réessayez dans {minutes} min",
+            )
         if account is None:
             return AuthResult(success=False, handled=False, message="535 5.7.8 Authentication credentials invalid / identifiants invalides")
         return AuthResult(success=True, auth_data=account)
@@ -348,8 +361,9 @@ class GatewayHandler:
         return await self._check(server, login, bytes(password))
 
 
-async def start_listener(config: ListenerConfig, pipeline: AcceptPipeline, authenticator: MailboxAuthenticator,
-                         *, reuse_port: bool = False) -> asyncio.base_events.Server:  # fmt: skip
+async def start_listener(
+    config: ListenerConfig, pipeline: AcceptPipeline, authenticator: MailboxAuthenticator, *, reuse_port: bool = False
+) -> asyncio.base_events.Server:
     """Open one listener; the caller closes the returned server."""
     handler = GatewayHandler(pipeline, authenticator, config.kind)
     is_mx = config.kind == "mx"
@@ -374,6 +388,10 @@ async def start_listener(config: ListenerConfig, pipeline: AcceptPipeline, authe
 
     loop = asyncio.get_running_loop()
     return await loop.create_server(
-        factory, host=config.host, port=config.port, ssl=config.tls_context if config.implicit_tls else None,
-        reuse_port=reuse_port, backlog=4096,  # SMTP speaks first: an overflowed accept queue leaves clients hanging
-    )  # fmt: skip
+        factory,
+        host=config.host,
+        port=config.port,
+        ssl=config.tls_context if config.implicit_tls else None,
+        reuse_port=reuse_port,
+        backlog=4096,  # SMTP speaks first: an overflowed accept queue leaves clients hanging
+    )

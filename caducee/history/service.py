@@ -8,7 +8,7 @@ one transaction instead of fifty fsyncs.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -50,12 +50,15 @@ class AccessHistory:
         self._committer = GroupCommitter(self._write)
 
     async def _write(self, items: list[Access]) -> list[None]:
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         async with self.engine.begin() as conn:
-            await conn.execute(insert(AccessRecord.__table__), [
-                {"patient_id": a.patient_id, "actor": a.actor[:256], "action": a.action, "detail": a.detail[:512], "at": now}
-                for a in items
-            ])  # fmt: skip
+            await conn.execute(
+                insert(AccessRecord.__table__),
+                [
+                    {"patient_id": a.patient_id, "actor": a.actor[:256], "action": a.action, "detail": a.detail[:512], "at": now}
+                    for a in items
+                ],
+            )
         return [None] * len(items)
 
     async def record(self, access: Access) -> None:
@@ -67,8 +70,10 @@ class AccessHistory:
         async with self.engine.connect() as conn:
             rows = await conn.execute(
                 select(AccessRecord.at, AccessRecord.actor, AccessRecord.action, AccessRecord.detail)
-                .where(AccessRecord.patient_id == patient_id).order_by(AccessRecord.id.desc()).limit(limit)
-            )  # fmt: skip
+                .where(AccessRecord.patient_id == patient_id)
+                .order_by(AccessRecord.id.desc())
+                .limit(limit)
+            )
             return [AccessEntry(row.at, row.actor, row.action, ACTION_LABELS.get(row.action, row.action), row.detail) for row in rows]
 
     async def close(self) -> None:

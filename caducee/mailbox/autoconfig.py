@@ -22,16 +22,23 @@ router = APIRouter(include_in_schema=False)
 def config_xml(settings: Settings, domain: str) -> str:
     """The document: IMAP on implicit TLS first, STARTTLS second; submission the same way."""
     host = escape(settings.hostname)
-    listeners = [("incomingServer", "imap", settings.imaps_port, "SSL"), ("incomingServer", "imap", settings.imap_port, "STARTTLS"),
-                 ("outgoingServer", "smtp", settings.submissions_port, "SSL"),
-                 ("outgoingServer", "smtp", settings.submission_port, "STARTTLS")]  # fmt: skip
-    servers = [f"""    <{tag} type="{kind}">
+    listeners = [
+        ("incomingServer", "imap", settings.imaps_port, "SSL"),
+        ("incomingServer", "imap", settings.imap_port, "STARTTLS"),
+        ("outgoingServer", "smtp", settings.submissions_port, "SSL"),
+        ("outgoingServer", "smtp", settings.submission_port, "STARTTLS"),
+    ]
+    servers = [
+        f"""    <{tag} type="{kind}">
       <hostname>{host}</hostname>
       <port>{port}</port>
       <socketType>{socket_type}</socketType>
       <authentication>password-cleartext</authentication>
       <username>%EMAILADDRESS%</username>
-    </{tag}>""" for tag, kind, port, socket_type in listeners if port]
+    </{tag}>"""
+        for tag, kind, port, socket_type in listeners
+        if port
+    ]
     domains = "\n".join(f"    <domain>{escape(d)}</domain>" for d in dict.fromkeys([domain, *settings.local_domains]))
     servers_xml = "\n".join(servers)
     return f"""<?xml version="1.0" encoding="UTF-8"?>

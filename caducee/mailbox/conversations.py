@@ -65,17 +65,26 @@ def _key():  # type: ignore[no-untyped-def]
     return func.coalesce(Message.conversation_id, literal(0) - Message.id)
 
 
-async def list_conversations(conn: AsyncConnection, mailbox_id: int, *, offset: int = 0, limit: int = 20,
-                             unread_only: bool = False) -> tuple[list[ConversationRow], int]:  # fmt: skip
+async def list_conversations(
+    conn: AsyncConnection, mailbox_id: int, *, offset: int = 0, limit: int = 20, unread_only: bool = False
+) -> tuple[list[ConversationRow], int]:
     """A page of conversations, most recent activity first, and how many there are in all."""
     key = _key().label("key")
     unseen = case(((literal(" ") + MailboxEntry.flags + literal(" ")).like("% \\Seen %", escape="!"), 0), else_=1)
     grouped = (
-        select(key, func.max(Message.id).label("last_id"), func.max(MailboxEntry.received_at).label("last_at"),
-               func.count().label("messages"), func.sum(unseen).label("unread"))
-        .select_from(MailboxEntry).join(Folder, Folder.id == MailboxEntry.folder_id).join(Message, Message.id == MailboxEntry.message_id)
-        .where(_visible(mailbox_id)).group_by(key)
-    )  # fmt: skip
+        select(
+            key,
+            func.max(Message.id).label("last_id"),
+            func.max(MailboxEntry.received_at).label("last_at"),
+            func.count().label("messages"),
+            func.sum(unseen).label("unread"),
+        )
+        .select_from(MailboxEntry)
+        .join(Folder, Folder.id == MailboxEntry.folder_id)
+        .join(Message, Message.id == MailboxEntry.message_id)
+        .where(_visible(mailbox_id))
+        .group_by(key)
+    )
     if unread_only:
         grouped = grouped.having(func.sum(unseen) > 0)
     total = (await conn.execute(select(func.count()).select_from(grouped.subquery()))).scalar_one()
@@ -87,46 +96,73 @@ async def list_conversations(conn: AsyncConnection, mailbox_id: int, *, offset: 
     members: dict[int, set[str]] = {}
     if keys:
         for conversation_id, address in await conn.execute(
-            select(ConversationParticipant.conversation_id, ConversationParticipant.address).where(ConversationParticipant.conversation_id.in_(keys))
-        ):  # fmt: skip
+            select(ConversationParticipant.conversation_id, ConversationParticipant.address).where(
+                ConversationParticipant.conversation_id.in_(keys)
+            )
+        ):
             members.setdefault(conversation_id, set()).add(address)
-    latest = {row.id: row for row in await conn.execute(select(Message.id, Message.summary, Message.sender)
-                                                          .where(Message.id.in_([row.last_id for row in rows])))}  # fmt: skip
+    latest = {
+        row.id: row
+        for row in await conn.execute(
+            select(Message.id, Message.summary, Message.sender).where(Message.id.in_([row.last_id for row in rows]))
+        )
+    }
     result = []
     for row in rows:
         conversation = conversations.get(row.key)
         last = latest[row.last_id]
-        result.append(ConversationRow(
-            key=row.key, last_message_id=row.last_id, last_at=row.last_at, messages=row.messages, unread=int(row.unread or 0),
-            sealed_summary=last.summary, last_sender=last.sender,
-            state=conversation.state if conversation else "open", closed_by=conversation.closed_by if conversation else None,
-            closed_at=conversation.closed_at if conversation else None, is_campaign=bool(conversation.is_campaign) if conversation else False,
-            participants=frozenset(members.get(row.key, ())),
-        ))  # fmt: skip
+        result.append(
+            ConversationRow(
+                key=row.key,
+                last_message_id=row.last_id,
+                last_at=row.last_at,
+                messages=row.messages,
+                unread=int(row.unread or 0),
+                sealed_summary=last.summary,
+                last_sender=last.sender,
+                state=conversation.state if conversation else "open",
+                closed_by=conversation.closed_by if conversation else None,
+                closed_at=conversation.closed_at if conversation else None,
+                is_campaign=bool(conversation.is_campaign) if conversation else False,
+                participants=frozenset(members.get(row.key, ())),
+            )
+        )
     return result, total
 
 
 async def unread_count(conn: AsyncConnection, mailbox_id: int) -> int:
     """Unread messages in the mailbox (what the page title and the profile switcher show)."""
     count = await conn.execute(
-        select(func.count()).select_from(MailboxEntry).join(Folder, Folder.id == MailboxEntry.folder_id)
+        select(func.count())
+        .select_from(MailboxEntry)
+        .join(Folder, Folder.id == MailboxEntry.folder_id)
         .where(_visible(mailbox_id), (literal(" ") + MailboxEntry.flags + literal(" ")).notlike("% \\Seen %", escape="!"))
-    )  # fmt: skip
+    )
     return int(count.scalar_one())
 
 
 def _messages_query(condition, *, with_state: bool = False):  # type: ignore[no-untyped-def]
     query = (
-        select(Message.id, MailboxEntry.folder_id, Folder.name, MailboxEntry.uid, MailboxEntry.flags, Message.sender,
-               MailboxEntry.received_at, Message.message_id_header)
-        .select_from(MailboxEntry).join(Folder, Folder.id == MailboxEntry.folder_id).join(Message, Message.id == MailboxEntry.message_id)
-        .where(Folder.mailbox_id == bindparam("box"), Folder.name.notin_(HIDDEN_FOLDERS), MailboxEntry.expunged_modseq.is_(None),
-               condition)
+        select(
+            Message.id,
+            MailboxEntry.folder_id,
+            Folder.name,
+            MailboxEntry.uid,
+            MailboxEntry.flags,
+            Message.sender,
+            MailboxEntry.received_at,
+            Message.message_id_header,
+        )
+        .select_from(MailboxEntry)
+        .join(Folder, Folder.id == MailboxEntry.folder_id)
+        .join(Message, Message.id == MailboxEntry.message_id)
+        .where(Folder.mailbox_id == bindparam("box"), Folder.name.notin_(HIDDEN_FOLDERS), MailboxEntry.expunged_modseq.is_(None), condition)
         .order_by(Message.id, Folder.name)
-    )  # fmt: skip
+    )
     if with_state:  # the conversation's state on every row: one round trip for the whole page
         query = query.add_columns(Conversation.state, Conversation.closed_by, Conversation.closed_at, Conversation.is_campaign).outerjoin(
-            Conversation, Conversation.id == Message.conversation_id)  # fmt: skip
+            Conversation, Conversation.id == Message.conversation_id
+        )
     return query
 
 
@@ -144,8 +180,9 @@ def _stored(rows) -> list[StoredMessage]:  # type: ignore[no-untyped-def]
         if row.id in seen_ids:  # the same message filed twice (a copy in Archive): show it once
             continue
         seen_ids.add(row.id)
-        messages.append(StoredMessage(row.id, row.folder_id, row.name, row.uid, row.flags, row.sender, row.received_at,
-                                      row.message_id_header, None))  # fmt: skip
+        messages.append(
+            StoredMessage(row.id, row.folder_id, row.name, row.uid, row.flags, row.sender, row.received_at, row.message_id_header, None)
+        )
     return messages
 
 
@@ -159,8 +196,9 @@ async def conversation_messages(conn: AsyncConnection, mailbox_id: int, key: int
     return _stored(await conn.execute(statement, {"box": mailbox_id, "key": value}))
 
 
-async def conversation_with_state(conn: AsyncConnection, mailbox_id: int,
-                                  key: int) -> tuple[list[StoredMessage], ConversationStatus | None]:  # fmt: skip
+async def conversation_with_state(
+    conn: AsyncConnection, mailbox_id: int, key: int
+) -> tuple[list[StoredMessage], ConversationStatus | None]:
     """`conversation_messages` and `conversation_state` in one statement (the page needs both)."""
     if key <= 0:
         return await conversation_messages(conn, mailbox_id, key), None

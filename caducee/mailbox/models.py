@@ -19,6 +19,8 @@ from sqlalchemy import (
     LargeBinary,
     String,
     UniqueConstraint,
+)
+from sqlalchemy import (
     true as sql_true,
 )
 from sqlalchemy.orm import Mapped, mapped_column
@@ -52,8 +54,13 @@ class ConversationParticipant(Base):
         # The webmail's list version reads max(closed_at) of one address: a look-up here,
         # where counting the closed conversations of a 1,000-conversation patient cost
         # 1.5 ms of database time on every page (migration 0006).
-        Index("ix_conversation_participants_closed", "address", "closed_at",
-              postgresql_where="closed_at IS NOT NULL", sqlite_where="closed_at IS NOT NULL"),  # fmt: skip
+        Index(
+            "ix_conversation_participants_closed",
+            "address",
+            "closed_at",
+            postgresql_where="closed_at IS NOT NULL",
+            sqlite_where="closed_at IS NOT NULL",
+        ),
     )
 
     conversation_id: Mapped[int] = mapped_column(ForeignKey("conversations.id"), primary_key=True)

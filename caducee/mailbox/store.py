@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from sqlalchemy import insert, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -66,7 +66,7 @@ async def find_conversation(conn: AsyncConnection, message_id_headers: list[str]
 def close_conversation(conn: Connection, conversation_id: int, closed_by: str) -> None:
     """Close a conversation, and mark each participant's row with the moment, so that a
     participant's conversation list can tell it changed with one index look-up."""
-    moment = datetime.now(timezone.utc)
+    moment = datetime.now(UTC)
     closed = conn.execute(
         update(Conversation)
         .where(Conversation.id == conversation_id, Conversation.state == "open")
@@ -112,8 +112,7 @@ def ensure_folders(conn: Connection, mailbox_ids: list[int]) -> None:
         return
     validity = new_uidvalidity()
     rows = [
-        {"mailbox_id": mailbox_id, "name": name, "special_use": special, "uidvalidity": validity,
-         "uidnext": 1, "highestmodseq": 1}  # fmt: skip
+        {"mailbox_id": mailbox_id, "name": name, "special_use": special, "uidvalidity": validity, "uidnext": 1, "highestmodseq": 1}
         for mailbox_id in missing
         for name, special in SPECIAL_FOLDERS
     ]

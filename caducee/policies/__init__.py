@@ -12,4 +12,16 @@ from caducee.policies.facts import (
     PartyKind,
 )
 
-__all__ = ["CHAIN", "RCPT_CHAIN", "decide", "Action", "Conversation", "ConversationState", "Decision", "Facts", "Message", "Party", "PartyKind"]
+__all__ = [
+    "CHAIN",
+    "RCPT_CHAIN",
+    "decide",
+    "Action",
+    "Conversation",
+    "ConversationState",
+    "Decision",
+    "Facts",
+    "Message",
+    "Party",
+    "PartyKind",
+]

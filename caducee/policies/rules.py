@@ -21,8 +21,13 @@ def refuse(rule: str, code: int, enhanced: str, text_fr: str, text_en: str) -> D
 def outside_trust_space(address: str) -> Decision:
     """The refusal for an address whose domain is not in the trust space (rule 1)."""
     domain = address.rpartition("@")[2]
-    return refuse("trust-space", 550, "5.7.1", f"le domaine {domain} n'appartient pas à l'espace de confiance MSSanté",
-                  f"domain {domain} is not in the MSSante trust space")  # fmt: skip
+    return refuse(
+        "trust-space",
+        550,
+        "5.7.1",
+        f"le domaine {domain} n'appartient pas à l'espace de confiance MSSanté",
+        f"domain {domain} is not in the MSSante trust space",
+    )
 
 
 class Rule:
@@ -50,9 +55,13 @@ class NoSpoofing(Rule):
 
     def check(self, facts: Facts) -> Decision | None:
         if facts.submission and not facts.sender_owned:
-            return refuse(self.name, 550, "5.7.1",
-                          "l'adresse d'expéditeur n'appartient pas au compte authentifié",
-                          "sender address not owned by the authenticated account")  # fmt: skip
+            return refuse(
+                self.name,
+                550,
+                "5.7.1",
+                "l'adresse d'expéditeur n'appartient pas au compte authentifié",
+                "sender address not owned by the authenticated account",
+            )
         return None
 
 
@@ -63,8 +72,13 @@ class SizeLimit(Rule):
     def check(self, facts: Facts) -> Decision | None:
         if facts.message.size > facts.max_size:
             limit = facts.max_size // (1024 * 1024)
-            return refuse(self.name, 552, "5.3.4", f"le message dépasse la taille maximale de {limit} Mo",
-                          f"message exceeds the maximum size of {limit} MB")  # fmt: skip
+            return refuse(
+                self.name,
+                552,
+                "5.3.4",
+                f"le message dépasse la taille maximale de {limit} Mo",
+                f"message exceeds the maximum size of {limit} MB",
+            )
         return None
 
 
@@ -74,8 +88,13 @@ class KnownRecipient(Rule):
 
     def check(self, facts: Facts) -> Decision | None:
         if facts.recipient.is_local and facts.recipient.kind is PartyKind.UNKNOWN:
-            return refuse(self.name, 550, "5.1.1", f"la boîte {facts.recipient.address} n'existe pas",
-                          f"mailbox {facts.recipient.address} does not exist")  # fmt: skip
+            return refuse(
+                self.name,
+                550,
+                "5.1.1",
+                f"la boîte {facts.recipient.address} n'existe pas",
+                f"mailbox {facts.recipient.address} does not exist",
+            )
         return None
 
 
@@ -85,8 +104,13 @@ class PatientProfileOpen(Rule):
 
     def check(self, facts: Facts) -> Decision | None:
         if facts.recipient.kind is PartyKind.PATIENT and facts.recipient.patient_status in {"opposed", "closed"}:
-            return refuse(self.name, 550, "5.1.1", "ce patient ne peut pas recevoir de messages (profil fermé)",
-                          "this patient cannot receive messages (profile closed)")  # fmt: skip
+            return refuse(
+                self.name,
+                550,
+                "5.1.1",
+                "ce patient ne peut pas recevoir de messages (profil fermé)",
+                "this patient cannot receive messages (profile closed)",
+            )
         return None
 
 
@@ -96,8 +120,7 @@ class NoPatientToPatient(Rule):
 
     def check(self, facts: Facts) -> Decision | None:
         if facts.sender.kind is PartyKind.PATIENT and facts.recipient.kind is PartyKind.PATIENT:
-            return refuse(self.name, 550, "5.7.1", "un patient ne peut pas écrire à un autre patient",
-                          "patients cannot write to patients")  # fmt: skip
+            return refuse(self.name, 550, "5.7.1", "un patient ne peut pas écrire à un autre patient", "patients cannot write to patients")
         return None
 
 
@@ -108,8 +131,13 @@ class NoReplyToCampaign(Rule):
     def check(self, facts: Facts) -> Decision | None:
         conversation = facts.conversation
         if conversation is not None and conversation.is_campaign and facts.sender.kind is not PartyKind.CNAM:
-            return refuse(self.name, 550, "5.7.1", "on ne peut pas répondre à un message de l'Assurance Maladie",
-                          "messages from the national health insurer cannot be answered")  # fmt: skip
+            return refuse(
+                self.name,
+                550,
+                "5.7.1",
+                "on ne peut pas répondre à un message de l'Assurance Maladie",
+                "messages from the national health insurer cannot be answered",
+            )
         return None
 
 
@@ -119,9 +147,13 @@ class NoForgedThreading(Rule):
 
     def check(self, facts: Facts) -> Decision | None:
         if facts.message.references_foreign and facts.sender.kind is PartyKind.PATIENT:
-            return refuse(self.name, 550, "5.7.1",
-                          "ce message répond à une conversation à laquelle vous ne participez pas",
-                          "this message replies to a conversation you are not part of")  # fmt: skip
+            return refuse(
+                self.name,
+                550,
+                "5.7.1",
+                "ce message répond à une conversation à laquelle vous ne participez pas",
+                "this message replies to a conversation you are not part of",
+            )
         return None
 
 
@@ -141,23 +173,42 @@ class PatientRepliesOnly(Rule):
             if facts.recipient.is_officine and facts.message.has_attachment:
                 return None  # the prescription exception
             if facts.recipient.is_officine:
-                return refuse(self.name, 550, "5.7.1",
-                              "pour écrire à une pharmacie, joignez votre ordonnance",
-                              "to write to a pharmacy, attach your prescription")  # fmt: skip
-            return refuse(self.name, 550, "5.7.1",
-                          "un patient ne peut que répondre à un message d'un professionnel de santé",
-                          "a patient can only reply to a message from a health professional")  # fmt: skip
+                return refuse(
+                    self.name,
+                    550,
+                    "5.7.1",
+                    "pour écrire à une pharmacie, joignez votre ordonnance",
+                    "to write to a pharmacy, attach your prescription",
+                )
+            return refuse(
+                self.name,
+                550,
+                "5.7.1",
+                "un patient ne peut que répondre à un message d'un professionnel de santé",
+                "a patient can only reply to a message from a health professional",
+            )
         if conversation.opener_kind not in SENDERS_WHO_OPEN:
-            return refuse(self.name, 550, "5.7.1", "cette conversation n'accepte pas de réponse",
-                          "this conversation does not accept replies")  # fmt: skip
+            return refuse(
+                self.name, 550, "5.7.1", "cette conversation n'accepte pas de réponse", "this conversation does not accept replies"
+            )
         if conversation.state is ConversationState.CLOSED and not facts.message.is_receipt:
             when = f" le {conversation.closed_at}" if conversation.closed_at else ""
             by = f" par {conversation.closed_by}" if conversation.closed_by else ""
-            return refuse(self.name, 550, "5.7.1", f"cette conversation a été close{by}{when}",
-                          f"this conversation was closed{' by ' + conversation.closed_by if conversation.closed_by else ''}")  # fmt: skip
+            return refuse(
+                self.name,
+                550,
+                "5.7.1",
+                f"cette conversation a été close{by}{when}",
+                f"this conversation was closed{' by ' + conversation.closed_by if conversation.closed_by else ''}",
+            )
         if facts.recipient.address not in conversation.participants:
-            return refuse(self.name, 550, "5.7.1", "ce destinataire ne participe pas à la conversation",
-                          "this recipient is not part of the conversation")  # fmt: skip
+            return refuse(
+                self.name,
+                550,
+                "5.7.1",
+                "ce destinataire ne participe pas à la conversation",
+                "this recipient is not part of the conversation",
+            )
         return None
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import delete, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -38,17 +38,23 @@ TOUCH_EVERY = timedelta(seconds=60)  # a session's last-seen time is written at 
 
 
 _SESSION = text("SELECT id, patient_id, acting_patient_id, csrf_token, last_seen_at, expires_at FROM webmail_sessions WHERE id = :id")
-_SESSION = _SESSION.columns(WebSession.id, WebSession.patient_id, WebSession.acting_patient_id, WebSession.csrf_token,
-                            WebSession.last_seen_at, WebSession.expires_at)  # the columns' types: datetimes come back typed
+_SESSION = _SESSION.columns(
+    WebSession.id,
+    WebSession.patient_id,
+    WebSession.acting_patient_id,
+    WebSession.csrf_token,
+    WebSession.last_seen_at,
+    WebSession.expires_at,
+)  # the columns' types: datetimes come back typed
 
 
 def aware(moment: datetime) -> datetime:
     """SQLite gives datetimes back without their zone; they were written in UTC."""
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class Refused(Exception):
@@ -89,8 +95,9 @@ class SessionInfo:
 
 
 class Accounts:
-    def __init__(self, engine: AsyncEngine, settings: Settings, notifier: Notifier, codes: CodeHasher,
-                 throttle: LoginThrottle | None = None) -> None:  # fmt: skip
+    def __init__(
+        self, engine: AsyncEngine, settings: Settings, notifier: Notifier, codes: CodeHasher, throttle: LoginThrottle | None = None
+    ) -> None:
         self.engine = engine
         self.reads = db.autocommit_reads(engine)
         self.settings = settings
@@ -157,21 +164,37 @@ class Accounts:
         code, token = new_code(), new_token()
         sent_to = mask_email(account.email)
         async with self.engine.begin() as conn:
-            await conn.execute(LoginChallenge.__table__.insert().values(
-                id=token_id(token), patient_id=account.id, code_hash=self.codes.hash("login", account.id, code), sent_to=sent_to,
-                attempts=0, state="pending", created_at=now(), expires_at=now() + timedelta(minutes=self.settings.webmail_code_minutes),
-            ))  # fmt: skip
-        await self.notifier.send(account.email, "Votre code de connexion Caducée",
-                                 f"Bonjour,\n\nVotre code de connexion est : {code}\n\n"
-                                 f"Il est valable {self.settings.webmail_code_minutes} minutes et ne sert qu'une fois.\n"
-                                 "Ne le donnez à personne : Caducée ne vous le demandera jamais par téléphone.\n\n"
-                                 "Si vous n'avez pas essayé de vous connecter, changez votre mot de passe.\n")  # fmt: skip
+            await conn.execute(
+                LoginChallenge.__table__.insert().values(
+                    id=token_id(token),
+                    patient_id=account.id,
+                    code_hash=self.codes.hash("login", account.id, code),
+                    sent_to=sent_to,
+                    attempts=0,
+                    state="pending",
+                    created_at=now(),
+                    expires_at=now() + timedelta(minutes=self.settings.webmail_code_minutes),
+                )
+            )
+        await self.notifier.send(
+            account.email,
+            "Votre code de connexion Caducée",
+            f"Bonjour,\n\nVotre code de connexion est : {code}\n\n"
+            f"Il est valable {self.settings.webmail_code_minutes} minutes et ne sert qu'une fois.\n"
+            "Ne le donnez à personne : Caducée ne vous le demandera jamais par téléphone.\n\n"
+            "Si vous n'avez pas essayé de vous connecter, changez votre mot de passe.\n",
+        )
         return Challenge(token, sent_to)
 
     async def challenge_destination(self, token: str) -> str | None:
         async with self.engine.connect() as conn:
-            row = (await conn.execute(select(LoginChallenge.sent_to, LoginChallenge.state, LoginChallenge.expires_at)
-                                      .where(LoginChallenge.id == token_id(token)))).first()  # fmt: skip
+            row = (
+                await conn.execute(
+                    select(LoginChallenge.sent_to, LoginChallenge.state, LoginChallenge.expires_at).where(
+                        LoginChallenge.id == token_id(token)
+                    )
+                )
+            ).first()
         if row is None or row.state != "pending" or aware(row.expires_at) < now():
             return None
         return str(row.sent_to)
@@ -188,11 +211,14 @@ class Accounts:
             # The try is counted before the code is compared, in the same transaction: two
             # requests at once cannot both get a free try. A refusal is raised only after the
             # commit, so that the counted try stays counted.
-            row = (await conn.execute(
-                update(LoginChallenge).where(LoginChallenge.id == challenge, LoginChallenge.state == "pending")
-                .values(attempts=LoginChallenge.attempts + 1)
-                .returning(LoginChallenge.patient_id, LoginChallenge.code_hash, LoginChallenge.attempts, LoginChallenge.expires_at)
-            )).first()  # fmt: skip
+            row = (
+                await conn.execute(
+                    update(LoginChallenge)
+                    .where(LoginChallenge.id == challenge, LoginChallenge.state == "pending")
+                    .values(attempts=LoginChallenge.attempts + 1)
+                    .returning(LoginChallenge.patient_id, LoginChallenge.code_hash, LoginChallenge.attempts, LoginChallenge.expires_at)
+                )
+            ).first()
             if row is None:
                 refusal = Refused("Ce code n'est plus valable. Reconnectez-vous pour recevoir un nouveau code.", locked=True)
             elif aware(row.expires_at) < now():
@@ -200,10 +226,13 @@ class Accounts:
             elif len(code) != 6 or not self.codes.matches(row.code_hash, "login", row.patient_id, code):
                 remaining = limit - row.attempts
                 if remaining > 0:
-                    refusal = Refused(f"Code incorrect. Il vous reste {remaining} essai{'s' if remaining > 1 else ''}.", remaining=remaining)
+                    refusal = Refused(
+                        f"Code incorrect. Il vous reste {remaining} essai{'s' if remaining > 1 else ''}.", remaining=remaining
+                    )
                 else:
-                    refusal = Refused("Code incorrect. Trop d'essais : ce code est bloqué. Reconnectez-vous pour recevoir un nouveau code.",
-                                      locked=True)  # fmt: skip
+                    refusal = Refused(
+                        "Code incorrect. Trop d'essais : ce code est bloqué. Reconnectez-vous pour recevoir un nouveau code.", locked=True
+                    )
             new_state = "used" if refusal is None else ("locked" if refusal.locked and row is not None else None)
             if new_state is not None:
                 await conn.execute(update(LoginChallenge).where(LoginChallenge.id == challenge).values(state=new_state))
@@ -219,10 +248,17 @@ class Accounts:
         moment = now()
         info = SessionInfo(token_id(token), patient_id, patient_id, csrf)
         async with self.engine.begin() as conn:
-            await conn.execute(WebSession.__table__.insert().values(
-                id=info.id, patient_id=patient_id, acting_patient_id=patient_id, csrf_token=csrf, created_at=moment,
-                last_seen_at=moment, expires_at=moment + timedelta(hours=self.settings.webmail_session_hours),
-            ))  # fmt: skip
+            await conn.execute(
+                WebSession.__table__.insert().values(
+                    id=info.id,
+                    patient_id=patient_id,
+                    acting_patient_id=patient_id,
+                    csrf_token=csrf,
+                    created_at=moment,
+                    last_seen_at=moment,
+                    expires_at=moment + timedelta(hours=self.settings.webmail_session_hours),
+                )
+            )
         return token, info
 
     async def session(self, token: str) -> SessionInfo | None:
@@ -268,8 +304,12 @@ class Accounts:
             return None
         if len(self._sessions) > 100_000:
             self._sessions.clear()
-        cached = (moment_mono, SessionInfo(row.id, row.patient_id, row.acting_patient_id, row.csrf_token),
-                  aware(row.last_seen_at), aware(row.expires_at))  # fmt: skip
+        cached = (
+            moment_mono,
+            SessionInfo(row.id, row.patient_id, row.acting_patient_id, row.csrf_token),
+            aware(row.last_seen_at),
+            aware(row.expires_at),
+        )
         self._sessions[session_id] = cached
         return cached
 
@@ -296,9 +336,15 @@ class Accounts:
         code = new_code(8)
         async with self.engine.begin() as conn:
             await conn.execute(delete(ActivationCode).where(ActivationCode.patient_id == patient_id))
-            await conn.execute(ActivationCode.__table__.insert().values(
-                patient_id=patient_id, code_hash=self.codes.hash("activation", patient_id, code), attempts=0, created_at=now(),
-                expires_at=now() + timedelta(days=valid_days)))  # fmt: skip
+            await conn.execute(
+                ActivationCode.__table__.insert().values(
+                    patient_id=patient_id,
+                    code_hash=self.codes.hash("activation", patient_id, code),
+                    attempts=0,
+                    created_at=now(),
+                    expires_at=now() + timedelta(days=valid_days),
+                )
+            )
         return code
 
     async def _check_activation(self, ins: str, code: str) -> patients.PatientAccount:
@@ -307,13 +353,20 @@ class Accounts:
         if account is None or "@" in ins:
             raise Refused("Numéro INS ou code provisoire incorrect.")
         if account.status != PatientStatus.CREATED.value:
-            raise Refused("Ce profil n'attend pas d'activation : connectez-vous avec votre mot de passe."
-                          if account.status == PatientStatus.ACTIVATED.value else "Ce profil est fermé.")  # fmt: skip
+            raise Refused(
+                "Ce profil n'attend pas d'activation : connectez-vous avec votre mot de passe."
+                if account.status == PatientStatus.ACTIVATED.value
+                else "Ce profil est fermé."
+            )
         async with self.engine.begin() as conn:  # the try is counted (and committed) before the code is compared
-            row = (await conn.execute(
-                update(ActivationCode).where(ActivationCode.patient_id == account.id)
-                .values(attempts=ActivationCode.attempts + 1).returning(ActivationCode.code_hash, ActivationCode.attempts, ActivationCode.expires_at)
-            )).first()  # fmt: skip
+            row = (
+                await conn.execute(
+                    update(ActivationCode)
+                    .where(ActivationCode.patient_id == account.id)
+                    .values(attempts=ActivationCode.attempts + 1)
+                    .returning(ActivationCode.code_hash, ActivationCode.attempts, ActivationCode.expires_at)
+                )
+            ).first()
         digits = "".join(ch for ch in code if ch.isdigit())
         if row is None or aware(row.expires_at) < now() or row.attempts > self.settings.webmail_code_attempts:
             raise Refused("Ce code provisoire n'est plus valable. Demandez-en un nouveau à votre caisse d'assurance maladie.", locked=True)

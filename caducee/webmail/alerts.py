@@ -50,11 +50,14 @@ class NewMailAlerts:
             async with self.engine.connect() as conn:
                 emails = await patients.emails_of(conn, addresses)
             for email in emails.values():
-                await self.notifier.send(email, "Un nouveau message vous attend sur votre messagerie santé",
-                                         "Bonjour,\n\nUn professionnel de santé vous a écrit sur votre messagerie santé Caducée.\n"
-                                         f"Pour lire son message, connectez-vous : {self.settings.webmail_url}\n\n"
-                                         "Pour protéger votre vie privée, ce courriel ne dit ni qui vous a écrit ni à quel sujet.\n"
-                                         "Caducée ne vous demandera jamais votre mot de passe ni votre code par courriel.\n")  # fmt: skip
+                await self.notifier.send(
+                    email,
+                    "Un nouveau message vous attend sur votre messagerie santé",
+                    "Bonjour,\n\nUn professionnel de santé vous a écrit sur votre messagerie santé Caducée.\n"
+                    f"Pour lire son message, connectez-vous : {self.settings.webmail_url}\n\n"
+                    "Pour protéger votre vie privée, ce courriel ne dit ni qui vous a écrit ni à quel sujet.\n"
+                    "Caducée ne vous demandera jamais votre mot de passe ni votre code par courriel.\n",
+                )
         except Exception:  # best effort: the message itself is safely stored
             log.exception("new-mail alert to %d patient(s) not sent", len(addresses))
 

@@ -97,16 +97,25 @@ async def api_logout(request: Request) -> Response:
 
 
 def _profile(profile: Any) -> dict[str, Any]:
-    return {"patient_id": profile.account.id, "name": profile.account.name, "address": profile.account.address,
-            "relation": profile.relation, "may_reply": profile.may_reply}  # fmt: skip
+    return {
+        "patient_id": profile.account.id,
+        "name": profile.account.name,
+        "address": profile.account.address,
+        "relation": profile.relation,
+        "may_reply": profile.may_reply,
+    }
 
 
 @router.get("/me", summary="Who is signed in, the profiles they may act on, the CSRF token")
 async def api_me(request: Request) -> dict[str, Any]:
     viewer = await viewer_of(request)
-    return {"name": viewer.actor.name, "csrf_token": viewer.csrf, "acting": _profile(viewer.profile),
-            "profiles": [_profile(p) for p in viewer.profiles],
-            "unread": await context(request).webmail.unread(viewer.profile)}  # fmt: skip
+    return {
+        "name": viewer.actor.name,
+        "csrf_token": viewer.csrf,
+        "acting": _profile(viewer.profile),
+        "profiles": [_profile(p) for p in viewer.profiles],
+        "unread": await context(request).webmail.unread(viewer.profile),
+    }
 
 
 @router.put("/me/profile", summary="Act on another profile (a minor's, a delegation)")
@@ -130,28 +139,58 @@ def _correspondent(person: Any) -> dict[str, str]:
 async def api_conversations(request: Request, page: int = Query(1, ge=1, le=10_000), unread: bool = False) -> dict[str, Any]:
     viewer = await viewer_of(request)
     lines, total = await context(request).webmail.inbox(viewer.profile, page=page, unread_only=unread)
-    return {"total": total, "page": page, "per_page": PAGE_SIZE, "items": [
-        {"id": line.key, "subject": line.subject, "correspondent": _correspondent(line.correspondent),
-         "last_at": line.last_at.isoformat(), "messages": line.messages, "unread": line.unread, "closed": line.closed,
-         "is_campaign": line.is_campaign}
-        for line in lines
-    ]}  # fmt: skip
+    return {
+        "total": total,
+        "page": page,
+        "per_page": PAGE_SIZE,
+        "items": [
+            {
+                "id": line.key,
+                "subject": line.subject,
+                "correspondent": _correspondent(line.correspondent),
+                "last_at": line.last_at.isoformat(),
+                "messages": line.messages,
+                "unread": line.unread,
+                "closed": line.closed,
+                "is_campaign": line.is_campaign,
+            }
+            for line in lines
+        ],
+    }
 
 
 def _conversation(view: ConversationView) -> dict[str, Any]:
     return {
-        "id": view.key, "subject": view.subject, "closed": view.closed, "closed_by": view.closed_by,
-        "closed_at": view.closed_at.isoformat() if view.closed_at else None, "is_campaign": view.is_campaign,
+        "id": view.key,
+        "subject": view.subject,
+        "closed": view.closed,
+        "closed_by": view.closed_by,
+        "closed_at": view.closed_at.isoformat() if view.closed_at else None,
+        "is_campaign": view.is_campaign,
         "reply": {"allowed": view.reply.allowed, "reason": view.reply.reason, "to": [_correspondent(p) for p in view.reply.to]},
         "messages": [
-            {"id": m.id, "author": _correspondent(m.author), "mine": m.mine, "at": m.at.isoformat(), "subject": m.subject,
-             "text": m.text, "encrypted": m.encrypted,
-             "attachments": [{"index": a.index, "filename": a.filename, "content_type": a.content_type, "size": a.size,
-                              "url": f"/api/v1/conversations/{view.key}/messages/{m.id}/attachments/{a.index}"}
-                             for a in m.attachments]}
+            {
+                "id": m.id,
+                "author": _correspondent(m.author),
+                "mine": m.mine,
+                "at": m.at.isoformat(),
+                "subject": m.subject,
+                "text": m.text,
+                "encrypted": m.encrypted,
+                "attachments": [
+                    {
+                        "index": a.index,
+                        "filename": a.filename,
+                        "content_type": a.content_type,
+                        "size": a.size,
+                        "url": f"/api/v1/conversations/{view.key}/messages/{m.id}/attachments/{a.index}",
+                    }
+                    for a in m.attachments
+                ],
+            }
             for m in view.messages
         ],
-    }  # fmt: skip
+    }
 
 
 @router.get("/conversations/{key}", summary="One conversation (opening it marks it read and returns receipts)")
@@ -186,8 +225,9 @@ def _sent(result: SendResult) -> dict[str, Any]:
 
 
 @router.post("/conversations/{key}/replies", summary="Reply in a conversation (when the rules allow)", status_code=201)
-async def api_reply(request: Request, key: int, text: str = Form("", max_length=40_000),
-                    file: UploadFile | None = File(None)) -> dict[str, Any]:  # fmt: skip
+async def api_reply(
+    request: Request, key: int, text: str = Form("", max_length=40_000), file: UploadFile | None = File(None)
+) -> dict[str, Any]:
     viewer = await viewer_of(request, changes=True)
     webmail = context(request).webmail
     upload = await _checked(file, webmail.settings.webmail_max_upload) if file is not None and file.filename else None
@@ -195,23 +235,34 @@ async def api_reply(request: Request, key: int, text: str = Form("", max_length=
 
 
 @router.get("/pharmacies", summary="Pharmacies (officines) of the annuaire, by name and city or postcode")
-async def api_pharmacies(request: Request, name: str = Query("", max_length=100), place: str = Query("", max_length=100),
-                         page: int = Query(1, ge=1, le=1000)) -> dict[str, Any]:  # fmt: skip
+async def api_pharmacies(
+    request: Request, name: str = Query("", max_length=100), place: str = Query("", max_length=100), page: int = Query(1, ge=1, le=1000)
+) -> dict[str, Any]:
     await viewer_of(request)
     try:
         found = await context(request).webmail.pharmacies(name, place, page)
     except SearchError:
         raise HTTPException(422, "Indiquez le nom de la pharmacie, sa ville ou son code postal.") from None
-    return {"total": found.total, "page": found.page, "items": [
-        {"name": item.structure_name or item.display_name, "address": item.address, "address_line": item.address_line,
-         "postcode": item.postcode, "city": item.city}
-        for item in found.items
-    ]}  # fmt: skip
+    return {
+        "total": found.total,
+        "page": found.page,
+        "items": [
+            {
+                "name": item.structure_name or item.display_name,
+                "address": item.address,
+                "address_line": item.address_line,
+                "postcode": item.postcode,
+                "city": item.city,
+            }
+            for item in found.items
+        ],
+    }
 
 
 @router.post("/prescriptions", summary="Send a prescription to a pharmacy (starts a conversation)", status_code=201)
-async def api_prescription(request: Request, pharmacy: str = Form(..., max_length=254), note: str = Form("", max_length=40_000),
-                           file: UploadFile = File(...)) -> dict[str, Any]:  # fmt: skip
+async def api_prescription(
+    request: Request, pharmacy: str = Form(..., max_length=254), note: str = Form("", max_length=40_000), file: UploadFile = File(...)
+) -> dict[str, Any]:
     viewer = await viewer_of(request, changes=True)
     webmail = context(request).webmail
     upload = await _checked(file, webmail.settings.webmail_max_upload)

@@ -7,7 +7,7 @@ mail client's: the rules, the signature and the encryption are the same.
 from __future__ import annotations
 
 import email.policy
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.mime.base import MIMEBase
@@ -56,8 +56,18 @@ def reply_subject(subject: str) -> str:
     return subject if subject.lower().startswith(("re:", "re :")) else f"Re: {subject}"
 
 
-def reply(*, sender_name: str, sender: str, to: list[tuple[str, str]], subject: str, in_reply_to: str,
-          references: list[str], text: str, upload: Upload | None, hostname: str) -> bytes:  # fmt: skip
+def reply(
+    *,
+    sender_name: str,
+    sender: str,
+    to: list[tuple[str, str]],
+    subject: str,
+    in_reply_to: str,
+    references: list[str],
+    text: str,
+    upload: Upload | None,
+    hostname: str,
+) -> bytes:
     message = _base(sender_name, sender, to, reply_subject(subject), hostname)
     message["In-Reply-To"] = in_reply_to
     message["References"] = " ".join([*references[-10:], in_reply_to])
@@ -67,8 +77,7 @@ def reply(*, sender_name: str, sender: str, to: list[tuple[str, str]], subject: 
     return message.as_bytes()
 
 
-def prescription(*, sender_name: str, sender: str, pharmacy_name: str, pharmacy: str, note: str, upload: Upload,
-                 hostname: str) -> bytes:  # fmt: skip
+def prescription(*, sender_name: str, sender: str, pharmacy_name: str, pharmacy: str, note: str, upload: Upload, hostname: str) -> bytes:
     message = _base(sender_name, sender, [(pharmacy_name, pharmacy)], f"Ordonnance de {sender_name}", hostname)
     text = "Bonjour,\n\nVeuillez trouver ci-joint mon ordonnance."
     note = clean_text(note)
@@ -79,8 +88,9 @@ def prescription(*, sender_name: str, sender: str, pharmacy_name: str, pharmacy:
     return message.as_bytes()
 
 
-def receipt(*, sender_name: str, sender: str, to: str, original_message_id: str, original_subject: str,
-            read_at: datetime, hostname: str) -> bytes:  # fmt: skip
+def receipt(
+    *, sender_name: str, sender: str, to: str, original_message_id: str, original_subject: str, read_at: datetime, hostname: str
+) -> bytes:
     """An MDN (RFC 8098): "displayed", sent automatically when the patient opened the message."""
     report = MIMEMultipart("report", report_type="disposition-notification", policy=_POLICY)
     report["From"] = str(_address(sender_name, sender))
@@ -91,9 +101,14 @@ def receipt(*, sender_name: str, sender: str, to: str, original_message_id: str,
     report["In-Reply-To"] = original_message_id
     report["References"] = original_message_id
     report["Auto-Submitted"] = "auto-replied"
-    when = format_datetime(read_at.astimezone(timezone.utc))
-    human = MIMEText(f"Votre message « {original_subject} » a été affiché par {sender_name} ({sender}) le {when}.\n"
-                     "Cet accusé ne dit pas que le message a été compris ou accepté.\n", "plain", "utf-8", policy=_POLICY)  # fmt: skip
+    when = format_datetime(read_at.astimezone(UTC))
+    human = MIMEText(
+        f"Votre message « {original_subject} » a été affiché par {sender_name} ({sender}) le {when}.\n"
+        "Cet accusé ne dit pas que le message a été compris ou accepté.\n",
+        "plain",
+        "utf-8",
+        policy=_POLICY,
+    )
     report.attach(human)
     notification = MIMEBase("message", "disposition-notification", policy=_POLICY)
     notification.set_payload(

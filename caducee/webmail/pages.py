@@ -65,8 +65,16 @@ async def form_of(request: Request) -> Any:
 
 
 def page(request: Request, viewer: Viewer, template: str, status_code: int = 200, **values: Any) -> Response:
-    return render(request, template, status_code, viewer=viewer, csrf=viewer.csrf, notice=notice(request),
-                  max_upload=context(request).webmail.settings.webmail_max_upload, **values)  # fmt: skip
+    return render(
+        request,
+        template,
+        status_code,
+        viewer=viewer,
+        csrf=viewer.csrf,
+        notice=notice(request),
+        max_upload=context(request).webmail.settings.webmail_max_upload,
+        **values,
+    )
 
 
 def bad_csrf(request: Request) -> Response:
@@ -103,8 +111,9 @@ async def login(request: Request) -> Response:
     identifier = str(form.get("identifiant", ""))[:254]
     ctx = context(request)
     try:
-        challenge = await ctx.accounts.start_login(identifier, str(form.get("mot_de_passe", ""))[:1024],
-                                                   request.client.host if request.client else "?")  # fmt: skip
+        challenge = await ctx.accounts.start_login(
+            identifier, str(form.get("mot_de_passe", ""))[:1024], request.client.host if request.client else "?"
+        )
     except Refused as refused:
         return render(request, "login.html", 400, csrf=anonymous_csrf(request), error=refused.text, identifier=identifier)
     response = redirect("/connexion/code")
@@ -131,8 +140,9 @@ async def verify_code(request: Request) -> Response:
         patient_id = await ctx.accounts.verify_code(token, str(form.get("code", ""))[:32])
     except Refused as refused:
         sent_to = await ctx.accounts.challenge_destination(token)
-        return render(request, "code.html", 400, csrf=anonymous_csrf(request), error=refused.text, locked=refused.locked,
-                      sent_to=sent_to or "")  # fmt: skip
+        return render(
+            request, "code.html", 400, csrf=anonymous_csrf(request), error=refused.text, locked=refused.locked, sent_to=sent_to or ""
+        )
     session_token, _ = await ctx.accounts.open_session(patient_id)
     await ctx.webmail.history.record(Access(patient_id, "Vous", "login"))
     response = redirect("/")
@@ -175,8 +185,7 @@ async def activation(request: Request) -> Response:
             account = await accounts.oppose(ins, code)
             await context(request).webmail.history.record(Access(account.id, account.name, "profile-opposed"))
             return redirect("/connexion?info=oppose")
-        account = await accounts.activate(ins, code, values["email"], str(form.get("mot_de_passe", "")),
-                                          str(form.get("confirmation", "")))  # fmt: skip
+        account = await accounts.activate(ins, code, values["email"], str(form.get("mot_de_passe", "")), str(form.get("confirmation", "")))
     except Refused as refused:
         return render(request, "activation.html", 400, csrf=anonymous_csrf(request), error=refused.text, values=values)
     await context(request).webmail.history.record(Access(account.id, account.name, "activated"))
@@ -252,10 +261,14 @@ async def attachment(request: Request, key: int, message_id: int, index: int) ->
 
 def attachment_response(attachment: Any, data: bytes) -> Response:
     """Always a download, never rendered in our origin; the type is the one checked by content."""
-    return Response(data, media_type=attachment.content_type, headers={
-        "Content-Disposition": f"attachment; filename=\"{attachment.filename}\"; filename*=UTF-8''{quote(attachment.filename)}",
-        "Content-Security-Policy": "sandbox; default-src 'none'",
-    })  # fmt: skip
+    return Response(
+        data,
+        media_type=attachment.content_type,
+        headers={
+            "Content-Disposition": f"attachment; filename=\"{attachment.filename}\"; filename*=UTF-8''{quote(attachment.filename)}",
+            "Content-Security-Policy": "sandbox; default-src 'none'",
+        },
+    )
 
 
 # ---- prescription ------------------------------------------------------------------------------

@@ -182,8 +182,11 @@ def attachments_of(message: Message) -> list[tuple[Attachment, Message]]:
         data = _payload(part)
         sniffed = sniff(data)
         declared = part.get_content_type()
-        served = declared if sniffed is not None and sniffed[0] == declared and declared in SERVED_AS_IS else (
-            sniffed[0] if sniffed is not None else "application/octet-stream")  # fmt: skip
+        served = (
+            declared
+            if sniffed is not None and sniffed[0] == declared and declared in SERVED_AS_IS
+            else (sniffed[0] if sniffed is not None else "application/octet-stream")
+        )
         name = decode_words(part.get_filename()) or None
         declared_extension = "".join(ch for ch in (name or "").rpartition(".")[2] if ch.isalnum())[:8] if name and "." in name else ""
         extension = sniffed[1] if sniffed else (declared_extension or "bin")
@@ -203,11 +206,16 @@ def read(raw: bytes) -> Readable:
         date = None
     references = str(headers.get("References", "")).split()
     readable = Readable(
-        subject=decode_words(headers.get("Subject")), from_name=decode_words(name), from_address=address.lower(),
-        date=date, text="", message_id=str(headers.get("Message-ID", "")).strip(), references=references,
+        subject=decode_words(headers.get("Subject")),
+        from_name=decode_words(name),
+        from_address=address.lower(),
+        date=date,
+        text="",
+        message_id=str(headers.get("Message-ID", "")).strip(),
+        references=references,
         mdn_to=str(outer.get("Disposition-Notification-To") or headers.get("Disposition-Notification-To") or "").strip() or None,
         signed=signed,
-    )  # fmt: skip
+    )
     if message.get_content_type() in ENCRYPTED_TYPES:
         readable.encrypted = True
         return readable

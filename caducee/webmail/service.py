@@ -12,13 +12,14 @@ import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from datetime import datetime, timezone, tzinfo
+from datetime import UTC, datetime, tzinfo
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from caducee import db
-from caducee.annuaire import patients, service as annuaire
+from caducee.annuaire import patients
+from caducee.annuaire import service as annuaire
 from caducee.annuaire.patients import PatientAccount, Profile
 from caducee.config import Settings
 from caducee.crypto.atrest import BodyCipher
@@ -43,7 +44,7 @@ READ_RECORD_SECONDS = 600.0  # a conversation read again within this is not reco
 try:
     PARIS: tzinfo = ZoneInfo("Europe/Paris")
 except ZoneInfoNotFoundError:  # a system without a time zone database: UTC rather than nothing
-    PARIS = timezone.utc
+    PARIS = UTC
 RELATION_WORDS = {"self": "", "guardian": " (parent ou tuteur)", "carer": " (aidant)"}
 
 
@@ -131,8 +132,9 @@ def french_time(moment: datetime | None) -> str:
 
 
 class Webmail:
-    def __init__(self, engine: AsyncEngine, settings: Settings, cipher: BodyCipher, pipeline: AcceptPipeline | None,
-                 history: AccessHistory) -> None:  # fmt: skip
+    def __init__(
+        self, engine: AsyncEngine, settings: Settings, cipher: BodyCipher, pipeline: AcceptPipeline | None, history: AccessHistory
+    ) -> None:
         self.engine = engine
         self.reads = db.autocommit_reads(engine)  # the pages' reads: one statement each, no BEGIN/ROLLBACK
         self.settings = settings
@@ -200,8 +202,9 @@ class Webmail:
             cached = self._lists.get(key)
             if cached is not None and cached[0] == version:
                 return cached[1], cached[2]
-            rows, total = await store.list_conversations(conn, profile.account.mailbox_id, offset=(page - 1) * PAGE_SIZE,
-                                                         limit=PAGE_SIZE, unread_only=unread_only)  # fmt: skip
+            rows, total = await store.list_conversations(
+                conn, profile.account.mailbox_id, offset=(page - 1) * PAGE_SIZE, limit=PAGE_SIZE, unread_only=unread_only
+            )
         wanted = {self._other_party(row, me) for row in rows}
         people = await self._correspondents(wanted)
         lines = []
@@ -209,8 +212,18 @@ class Webmail:
             subject = ""
             if row.sealed_summary is not None:
                 subject = reading.heading(self.cipher.open(row.sealed_summary)).subject
-            lines.append(ConversationLine(row.key, subject or "(sans objet)", people[self._other_party(row, me)], row.last_at,
-                                          row.messages, row.unread, row.state == "closed", row.is_campaign))  # fmt: skip
+            lines.append(
+                ConversationLine(
+                    row.key,
+                    subject or "(sans objet)",
+                    people[self._other_party(row, me)],
+                    row.last_at,
+                    row.messages,
+                    row.unread,
+                    row.state == "closed",
+                    row.is_campaign,
+                )
+            )
         if len(self._lists) > CACHE_ITEMS:
             self._lists.clear()
         self._lists[key] = (version, lines, total)
@@ -242,14 +255,25 @@ class Webmail:
         views = []
         for message, readable in opened:
             author = people.get(message.sender) or Correspondent(readable.from_name or message.sender, message.sender, "")
-            views.append(MessageView(message.id, author, message.sender == me, message.received_at, readable.subject, readable.text,
-                                     readable.attachments, readable.encrypted))  # fmt: skip
+            views.append(
+                MessageView(
+                    message.id,
+                    author,
+                    message.sender == me,
+                    message.received_at,
+                    readable.subject,
+                    readable.text,
+                    readable.attachments,
+                    readable.encrypted,
+                )
+            )
         closed = state is not None and state.closed
         is_campaign = state is not None and state.is_campaign
         subject = next((view.subject for view in views if view.subject), "(sans objet)")
         reply = await self._reply_option(profile, stored, state)
-        conversation = ConversationView(key, subject, views, closed, state.closed_by if state else None,
-                                        state.closed_at if state else None, is_campaign, reply)  # fmt: skip
+        conversation = ConversationView(
+            key, subject, views, closed, state.closed_by if state else None, state.closed_at if state else None, is_campaign, reply
+        )
         await self._record_read(profile, actor, key, f"Conversation avec {reply.to[0].name if reply.to else views[0].author.name}")
         if profile.relation != "carer":  # a carer's reading leaves the patient's messages unread
             await self._mark_read(profile, stored, opened, is_campaign)
@@ -296,8 +320,9 @@ class Webmail:
                 return message
         return None
 
-    async def _reply_option(self, profile: Profile, stored: list[store.StoredMessage],
-                            state: store.ConversationStatus | None) -> ReplyOption:  # fmt: skip
+    async def _reply_option(
+        self, profile: Profile, stored: list[store.StoredMessage], state: store.ConversationStatus | None
+    ) -> ReplyOption:
         me = profile.account.address
         target = self._answerable(stored, me)
         if target is None:
@@ -306,12 +331,19 @@ class Webmail:
         if state is not None and state.is_campaign:
             return ReplyOption(False, "Ce message de l'Assurance Maladie est une information : on ne peut pas y répondre.", [to])
         if state is not None and state.closed:
-            return ReplyOption(False, f"{state.closed_by or 'Le professionnel'} a clos cette conversation le {french_date(state.closed_at)}. "
-                                      "Vous ne pouvez plus y répondre. Pour un nouveau besoin, contactez votre professionnel "
-                                      "comme d'habitude.", [to])  # fmt: skip
+            return ReplyOption(
+                False,
+                f"{state.closed_by or 'Le professionnel'} a clos cette conversation le {french_date(state.closed_at)}. "
+                "Vous ne pouvez plus y répondre. Pour un nouveau besoin, contactez votre professionnel "
+                "comme d'habitude.",
+                [to],
+            )
         if not profile.may_reply:
-            return ReplyOption(False, f"Vous consultez les messages de {profile.account.name} en tant qu'aidant : "
-                                      "vous pouvez les lire mais pas y répondre.", [to])  # fmt: skip
+            return ReplyOption(
+                False,
+                f"Vous consultez les messages de {profile.account.name} en tant qu'aidant : vous pouvez les lire mais pas y répondre.",
+                [to],
+            )
         if self.pipeline is None:
             return ReplyOption(False, "L'envoi de messages est momentanément indisponible. Réessayez plus tard.", [to])
         decision = await self._would_accept(me, target)
@@ -332,8 +364,13 @@ class Webmail:
             return cached[1]
 
         async def judge() -> Decision:
-            verdict = await pipeline.judge(me, [target.sender], references=[target.message_id_header],
-                                           message=MessageFacts(size=0, subject="Re:", has_content=True), channel=Channel.WEBMAIL)  # fmt: skip
+            verdict = await pipeline.judge(
+                me,
+                [target.sender],
+                references=[target.message_id_header],
+                message=MessageFacts(size=0, subject="Re:", has_content=True),
+                channel=Channel.WEBMAIL,
+            )
             if len(self._decisions) > CACHE_ITEMS:
                 self._decisions.clear()
             self._decisions[key] = (moment, verdict.decisions[target.sender])
@@ -341,8 +378,13 @@ class Webmail:
 
         return await self._judging.run(key, judge)
 
-    async def _mark_read(self, profile: Profile, stored: list[store.StoredMessage],
-                         opened: list[tuple[store.StoredMessage, reading.Readable]], is_campaign: bool) -> None:  # fmt: skip
+    async def _mark_read(
+        self,
+        profile: Profile,
+        stored: list[store.StoredMessage],
+        opened: list[tuple[store.StoredMessage, reading.Readable]],
+        is_campaign: bool,
+    ) -> None:
         unseen = [message for message in stored if not message.seen]
         by_folder: dict[int, list[int]] = {}
         for message in unseen:
@@ -351,8 +393,11 @@ class Webmail:
             await self.mailstore.store_flags(folder_id, uids, "+FLAGS", ["\\Seen"])
         if is_campaign or self.pipeline is None:
             return
-        receipts = [(message, readable) for message, readable in opened
-                    if message in unseen and readable.mdn_to and "$MDNSent" not in message.flags.split()]  # fmt: skip
+        receipts = [
+            (message, readable)
+            for message, readable in opened
+            if message in unseen and readable.mdn_to and "$MDNSent" not in message.flags.split()
+        ]
         for message, readable in receipts:
             await self._send_receipt(profile, message, readable)
 
@@ -371,17 +416,25 @@ class Webmail:
         claimed, _ = await self.mailstore.store_flags(message.folder_id, [message.uid], "+FLAGS", ["$MDNSent"])
         if not claimed:
             return
-        raw = compose.receipt(sender_name=profile.account.name, sender=profile.account.address, to=asked_by,
-                              original_message_id=message.message_id_header, original_subject=readable.subject,
-                              read_at=datetime.now(timezone.utc), hostname=self.settings.hostname)  # fmt: skip
+        raw = compose.receipt(
+            sender_name=profile.account.name,
+            sender=profile.account.address,
+            to=asked_by,
+            original_message_id=message.message_id_header,
+            original_subject=readable.subject,
+            read_at=datetime.now(UTC),
+            hostname=self.settings.hostname,
+        )
         assert self.pipeline is not None
-        result = await self.pipeline.accept(Envelope(profile.account.address, [asked_by], raw, Channel.WEBMAIL,
-                                                     authenticated=profile.account.address))  # fmt: skip
+        result = await self.pipeline.accept(
+            Envelope(profile.account.address, [asked_by], raw, Channel.WEBMAIL, authenticated=profile.account.address)
+        )
         if not result.accepted:
             log.info("read receipt to %s refused: %s", asked_by, result.reply)
 
-    async def attachment(self, profile: Profile, actor: PatientAccount, key: int, message_id: int,
-                         index: int) -> tuple[reading.Attachment, bytes] | None:  # fmt: skip
+    async def attachment(
+        self, profile: Profile, actor: PatientAccount, key: int, message_id: int, index: int
+    ) -> tuple[reading.Attachment, bytes] | None:
         async with self.reads.connect() as conn:
             stored = await store.conversation_messages(conn, profile.account.mailbox_id, key)
         message = next((m for m in stored if m.id == message_id), None)
@@ -399,8 +452,11 @@ class Webmail:
         if not written and upload is None:
             return SendResult(False, "Votre message est vide : écrivez votre réponse avant d'envoyer.")
         if len(written) > compose.MAX_TEXT:
-            return SendResult(False, f"Votre message est trop long ({len(written)} caractères, {compose.MAX_TEXT} au plus). "
-                                     "Raccourcissez-le ou joignez un document.")  # fmt: skip
+            return SendResult(
+                False,
+                f"Votre message est trop long ({len(written)} caractères, {compose.MAX_TEXT} au plus). "
+                "Raccourcissez-le ou joignez un document.",
+            )
         async with self.reads.connect() as conn:
             stored = await store.conversation_messages(conn, profile.account.mailbox_id, key)
         if not stored:
@@ -414,9 +470,17 @@ class Webmail:
             return SendResult(False, "Ce message est une information automatique : il n'attend pas de réponse.")
         original = (await self._read_all([target]))[0][1]
         to = (await self._correspondents({target.sender}))[target.sender]
-        raw = compose.reply(sender_name=profile.account.name, sender=profile.account.address, to=[(to.name, to.address)],
-                            subject=original.subject, in_reply_to=target.message_id_header, references=original.references,
-                            text=text, upload=upload, hostname=self.settings.hostname)  # fmt: skip
+        raw = compose.reply(
+            sender_name=profile.account.name,
+            sender=profile.account.address,
+            to=[(to.name, to.address)],
+            subject=original.subject,
+            in_reply_to=target.message_id_header,
+            references=original.references,
+            text=text,
+            upload=upload,
+            hostname=self.settings.hostname,
+        )
         return await self._send(profile, actor, [target.sender], raw, f"Votre réponse a été envoyée à {to.name}.", key)
 
     async def send_prescription(self, profile: Profile, actor: PatientAccount, pharmacy: str, note: str, upload: Upload) -> SendResult:
@@ -429,16 +493,24 @@ class Webmail:
         entry = await self.pharmacy(pharmacy)
         if entry is None:
             return SendResult(False, "Cette pharmacie n'est pas dans l'annuaire. Cherchez-la à nouveau.")
-        raw = compose.prescription(sender_name=profile.account.name, sender=profile.account.address,
-                                   pharmacy_name=entry.structure_name or entry.display_name, pharmacy=entry.address, note=note,
-                                   upload=upload, hostname=self.settings.hostname)  # fmt: skip
-        return await self._send(profile, actor, [entry.address], raw,
-                                f"Votre ordonnance a été envoyée à {entry.structure_name or entry.display_name}.", None)  # fmt: skip
+        raw = compose.prescription(
+            sender_name=profile.account.name,
+            sender=profile.account.address,
+            pharmacy_name=entry.structure_name or entry.display_name,
+            pharmacy=entry.address,
+            note=note,
+            upload=upload,
+            hostname=self.settings.hostname,
+        )
+        return await self._send(
+            profile, actor, [entry.address], raw, f"Votre ordonnance a été envoyée à {entry.structure_name or entry.display_name}.", None
+        )
 
     async def _send(self, profile: Profile, actor: PatientAccount, to: list[str], raw: bytes, success: str, key: int | None) -> SendResult:
         assert self.pipeline is not None
-        result = await self.pipeline.accept(Envelope(profile.account.address, to, raw, Channel.WEBMAIL,
-                                                     authenticated=profile.account.address, keep_sent=True))  # fmt: skip
+        result = await self.pipeline.accept(
+            Envelope(profile.account.address, to, raw, Channel.WEBMAIL, authenticated=profile.account.address, keep_sent=True)
+        )
         if not result.accepted:
             decision = next(iter(result.refused.values()), None)
             why = _sentence(decision.text_fr) if decision is not None else "Le message n'a pas pu être envoyé."
@@ -461,5 +533,6 @@ class Webmail:
 
     async def pharmacies(self, name: str, place: str, page: int = 1) -> annuaire.SearchPage:
         async with self.reads.connect() as conn:
-            return await annuaire.search(conn, name=name or None, place=place or None, officine=True, mailbox_type="ORG",
-                                         page=page, per_page=10)  # fmt: skip
+            return await annuaire.search(
+                conn, name=name or None, place=place or None, officine=True, mailbox_type="ORG", page=page, per_page=10
+            )

@@ -54,8 +54,10 @@ def check_upload(filename: str | None, data: bytes, *, max_size: int) -> Upload:
     if not data:
         raise UploadRefused("Le fichier est vide. Choisissez le fichier de votre ordonnance.")
     if len(data) > max_size:
-        raise UploadRefused(f"Le fichier est trop lourd ({len(data) / 1_048_576:.1f} Mo) : "
-                            f"la limite est de {max_size / 1_048_576:.0f} Mo. Prenez une photo moins grande ou un PDF.")  # fmt: skip
+        raise UploadRefused(
+            f"Le fichier est trop lourd ({len(data) / 1_048_576:.1f} Mo) : "
+            f"la limite est de {max_size / 1_048_576:.0f} Mo. Prenez une photo moins grande ou un PDF."
+        )
     found = sniff(data)
     if found is None:
         raise UploadRefused("Ce type de fichier n'est pas accepté. Envoyez un PDF ou une photo (JPEG ou PNG).")

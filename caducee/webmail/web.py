@@ -103,8 +103,11 @@ def render(request: Request, template: str, status_code: int = 200, **values: An
 # ---- middleware -------------------------------------------------------------------------------
 
 SAFE_HEADERS = [
-    (b"content-security-policy", b"default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
-                                 b"form-action 'self'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'"),
+    (
+        b"content-security-policy",
+        b"default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+        b"form-action 'self'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'",
+    ),
     (b"x-content-type-options", b"nosniff"),
     (b"x-frame-options", b"DENY"),
     (b"referrer-policy", b"same-origin"),
@@ -134,9 +137,11 @@ class WebmailHeaders:
         await self.app(scope, receive, with_headers)
 
 
-TOO_LARGE = ("<!doctype html><html lang=\"fr\"><head><meta charset=\"utf-8\"><title>Fichier trop lourd</title></head><body>"
-             "<main><h1>Fichier trop lourd</h1><p>Le fichier envoyé dépasse la limite de {limit} Mo. Rien n'a été envoyé.</p>"
-             "<p><a href=\"/\">Revenir à mes messages</a></p></main></body></html>")  # fmt: skip
+TOO_LARGE = (
+    '<!doctype html><html lang="fr"><head><meta charset="utf-8"><title>Fichier trop lourd</title></head><body>'
+    "<main><h1>Fichier trop lourd</h1><p>Le fichier envoyé dépasse la limite de {limit} Mo. Rien n'a été envoyé.</p>"
+    '<p><a href="/">Revenir à mes messages</a></p></main></body></html>'
+)
 
 
 class BodyLimit:
@@ -198,9 +203,17 @@ class BodyLimit:
 
     async def _refuse(self, send: Send) -> None:
         body = TOO_LARGE.format(limit=self.limit // 1_048_576).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"text/html; charset=utf-8"), (b"content-length", str(len(body)).encode()),
-                                (b"connection", b"close")]})  # fmt: skip
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"text/html; charset=utf-8"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
 

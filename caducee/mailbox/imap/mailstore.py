@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import datetime as dt
 from array import array
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
-from typing import AsyncIterator, Iterable
 
 from sqlalchemy import and_, bindparam, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -39,6 +39,8 @@ def flag_bits(flags: str) -> int:
     for flag in flags.split():
         bits |= FLAG_BITS.get(flag, KEYWORD_BIT)
     return bits
+
+
 UNSEEN_SQL = "(' ' || flags || ' ') NOT LIKE '% \\Seen %' ESCAPE '!'"
 
 
@@ -148,9 +150,17 @@ class MailStore:
         async with self.engine.begin() as conn:
             if await _folder(conn, mailbox_id, name) is not None:
                 raise StoreError("ce dossier existe déjà / folder exists", "ALREADYEXISTS")
-            await conn.execute(Folder.__table__.insert().values(mailbox_id=mailbox_id, name=name, special_use=None,
-                                                                 uidvalidity=store.new_uidvalidity(), uidnext=1,
-                                                                 highestmodseq=1, subscribed=True))  # fmt: skip
+            await conn.execute(
+                Folder.__table__.insert().values(
+                    mailbox_id=mailbox_id,
+                    name=name,
+                    special_use=None,
+                    uidvalidity=store.new_uidvalidity(),
+                    uidnext=1,
+                    highestmodseq=1,
+                    subscribed=True,
+                )
+            )
 
     async def delete(self, mailbox_id: int, name: str) -> None:
         if name == "INBOX":
@@ -159,7 +169,9 @@ class MailStore:
             folder = await _folder(conn, mailbox_id, name)
             if folder is None:
                 raise StoreError("dossier inconnu / no such folder", "NONEXISTENT")
-            children = await conn.execute(select(Folder.id).where(Folder.mailbox_id == mailbox_id, Folder.name.startswith(name + "/")).limit(1))
+            children = await conn.execute(
+                select(Folder.id).where(Folder.mailbox_id == mailbox_id, Folder.name.startswith(name + "/")).limit(1)
+            )
             if children.first() is not None:
                 raise StoreError("ce dossier contient des sous-dossiers / folder has children", "INUSE")
             await conn.execute(MailboxEntry.__table__.delete().where(MailboxEntry.folder_id == folder.id))
@@ -173,14 +185,21 @@ class MailStore:
                 raise StoreError("dossier inconnu / no such folder", "NONEXISTENT")
             if await _folder(conn, mailbox_id, new) is not None:
                 raise StoreError("ce dossier existe déjà / folder exists", "ALREADYEXISTS")
-            rows = (await conn.execute(select(Folder.id, Folder.name).where(
-                Folder.mailbox_id == mailbox_id, or_(Folder.name == old, Folder.name.startswith(old + "/"))))).all()  # fmt: skip
+            rows = (
+                await conn.execute(
+                    select(Folder.id, Folder.name).where(
+                        Folder.mailbox_id == mailbox_id, or_(Folder.name == old, Folder.name.startswith(old + "/"))
+                    )
+                )
+            ).all()
             for folder_id, name in rows:  # the folder and its children: a handful of rows
                 await conn.execute(update(Folder).where(Folder.id == folder_id).values(name=new + name[len(old) :]))
 
     async def subscribe(self, mailbox_id: int, name: str, subscribed: bool) -> None:
         async with self.engine.begin() as conn:
-            result = await conn.execute(update(Folder).where(Folder.mailbox_id == mailbox_id, Folder.name == name).values(subscribed=subscribed))
+            result = await conn.execute(
+                update(Folder).where(Folder.mailbox_id == mailbox_id, Folder.name == name).values(subscribed=subscribed)
+            )
             if result.rowcount == 0 and subscribed:
                 raise StoreError("dossier inconnu / no such folder", "NONEXISTENT")
 
@@ -188,10 +207,16 @@ class MailStore:
         """(folder, messages, unseen, total size) in one round trip."""
         async with self.reads.connect() as conn:
             folder = _folder_info((await conn.execute(select(Folder).where(Folder.id == folder_id))).one())
-            row = (await conn.execute(text(
-                "SELECT COUNT(*), COALESCE(SUM(CASE WHEN " + UNSEEN_SQL + " THEN 1 ELSE 0 END), 0), COALESCE(SUM(m.size), 0) "
-                "FROM mailbox_entries e JOIN messages m ON m.id = e.message_id "
-                "WHERE e.folder_id = :folder AND e.expunged_modseq IS NULL"), {"folder": folder_id})).one()  # fmt: skip
+            row = (
+                await conn.execute(
+                    text(
+                        "SELECT COUNT(*), COALESCE(SUM(CASE WHEN " + UNSEEN_SQL + " THEN 1 ELSE 0 END), 0), COALESCE(SUM(m.size), 0) "
+                        "FROM mailbox_entries e JOIN messages m ON m.id = e.message_id "
+                        "WHERE e.folder_id = :folder AND e.expunged_modseq IS NULL"
+                    ),
+                    {"folder": folder_id},
+                )
+            ).one()
             return folder, int(row[0]), int(row[1]), int(row[2])
 
     # ---- the selected folder -----------------------------------------------------------
@@ -214,7 +239,7 @@ class MailStore:
             bits = bytearray(values)
             with_keywords: dict[int, str] = {}
             keywords: set[str] = set()
-            for (uid, flags), value in zip(listed, values):
+            for (uid, flags), value in zip(listed, values, strict=True):
                 if value & KEYWORD_BIT:
                     with_keywords[uid] = flags
                     keywords.update(flag for flag in flags.split() if not flag.startswith("\\"))
@@ -222,9 +247,12 @@ class MailStore:
 
     async def first_unseen(self, folder_id: int) -> int | None:
         async with self.reads.connect() as conn:
-            return (await conn.execute(text(
-                "SELECT MIN(uid) FROM mailbox_entries WHERE folder_id = :folder AND expunged_modseq IS NULL AND " + UNSEEN_SQL),
-                {"folder": folder_id})).scalar()  # fmt: skip
+            return (
+                await conn.execute(
+                    text("SELECT MIN(uid) FROM mailbox_entries WHERE folder_id = :folder AND expunged_modseq IS NULL AND " + UNSEEN_SQL),
+                    {"folder": folder_id},
+                )
+            ).scalar()
 
     async def changes(self, folder_id: int, since: int) -> list[Change]:
         """Entries changed (flags, new, expunged) after MODSEQ `since`, in MODSEQ order."""
@@ -241,8 +269,9 @@ class MailStore:
             rows = await conn.execute(select(Folder.id, Folder.highestmodseq).where(Folder.id.in_(folder_ids)))
             return {row[0]: row[1] for row in rows}
 
-    async def fetch(self, folder_id: int, uids: list[int], *, summary: bool, body: bool,
-                    changed_since: int | None = None, batch: int | None = None) -> AsyncIterator[list[FetchRow]]:  # fmt: skip
+    async def fetch(
+        self, folder_id: int, uids: list[int], *, summary: bool, body: bool, changed_since: int | None = None, batch: int | None = None
+    ) -> AsyncIterator[list[FetchRow]]:
         """Rows for the UIDs (tombstones included: the session has not announced them yet), in batches.
 
         Bodies are read with a streaming cursor, `batch` rows at a time, so memory does not
@@ -293,13 +322,13 @@ class MailStore:
             item.summary = summarize(self.cipher.open(bodies[message_id]))
             updates.append({"target": message_id, "summary": self.cipher.seal(item.summary.pack())})
         async with self.engine.begin() as conn:
-            await conn.execute(update(Message).where(Message.id == bindparam("target")).values(summary=bindparam("summary")),
-                               updates)  # fmt: skip
+            await conn.execute(update(Message).where(Message.id == bindparam("target")).values(summary=bindparam("summary")), updates)
 
     # ---- changes ------------------------------------------------------------------------
 
-    async def store_flags(self, folder_id: int, uids: list[int], action: str, flags: list[str],
-                          unchanged_since: int | None = None) -> tuple[list[Change], list[int]]:  # fmt: skip
+    async def store_flags(
+        self, folder_id: int, uids: list[int], action: str, flags: list[str], unchanged_since: int | None = None
+    ) -> tuple[list[Change], list[int]]:
         """Apply FLAGS / +FLAGS / -FLAGS; (changed entries with their new flags, UIDs that failed UNCHANGEDSINCE).
 
         One MODSEQ for the whole command; one UPDATE per distinct resulting flag set (a
@@ -314,10 +343,13 @@ class MailStore:
             modseq = await _bump_modseq(conn, folder_id)  # takes the folder's lock first: no lost update
             current: list[tuple[int, str, int]] = []
             for ranges in _chunks(uid_ranges(uids)):
-                current += (await conn.execute(
-                    select(MailboxEntry.uid, MailboxEntry.flags, MailboxEntry.modseq)
-                    .where(MailboxEntry.folder_id == folder_id, MailboxEntry.expunged_modseq.is_(None), _uid_condition(ranges))
-                )).all()  # fmt: skip
+                current += (
+                    await conn.execute(
+                        select(MailboxEntry.uid, MailboxEntry.flags, MailboxEntry.modseq).where(
+                            MailboxEntry.folder_id == folder_id, MailboxEntry.expunged_modseq.is_(None), _uid_condition(ranges)
+                        )
+                    )
+                ).all()
             groups: dict[str, list[int]] = {}
             for uid, old_flags, old_modseq in current:
                 if unchanged_since is not None and old_modseq > unchanged_since:
@@ -330,8 +362,11 @@ class MailStore:
                 groups.setdefault(" ".join(sorted(new)), []).append(uid)
             for new_flags, group in groups.items():
                 for ranges in _chunks(uid_ranges(sorted(group))):
-                    await conn.execute(update(MailboxEntry).where(MailboxEntry.folder_id == folder_id, _uid_condition(ranges))
-                                       .values(flags=new_flags, modseq=modseq))  # fmt: skip
+                    await conn.execute(
+                        update(MailboxEntry)
+                        .where(MailboxEntry.folder_id == folder_id, _uid_condition(ranges))
+                        .values(flags=new_flags, modseq=modseq)
+                    )
                 changed += [Change(uid, new_flags, modseq, False) for uid in group]
         changed.sort(key=lambda change: change.uid)
         return changed, sorted(failed)
@@ -340,8 +375,11 @@ class MailStore:
         """Tombstone the entries flagged \\Deleted (among `uids` if given); their UIDs."""
         async with self.engine.begin() as conn:
             modseq = await _bump_modseq(conn, folder_id)
-            condition = and_(MailboxEntry.folder_id == folder_id, MailboxEntry.expunged_modseq.is_(None),
-                             text("(' ' || mailbox_entries.flags || ' ') LIKE '% \\Deleted %' ESCAPE '!'"))  # fmt: skip
+            condition = and_(
+                MailboxEntry.folder_id == folder_id,
+                MailboxEntry.expunged_modseq.is_(None),
+                text("(' ' || mailbox_entries.flags || ' ') LIKE '% \\Deleted %' ESCAPE '!'"),
+            )
             gone: list[int] = []
             for ranges in _chunks(uid_ranges(uids)) if uids is not None else [None]:
                 where = condition if ranges is None else and_(condition, _uid_condition(ranges))
@@ -349,20 +387,32 @@ class MailStore:
                 await conn.execute(update(MailboxEntry).where(where).values(expunged_modseq=modseq, modseq=modseq))
             return sorted(gone)
 
-    async def append(self, folder_id: int, raw: bytes, flags: list[str], internal_date: dt.datetime | None,
-                     sender: str) -> tuple[int, int]:  # fmt: skip
+    async def append(self, folder_id: int, raw: bytes, flags: list[str], internal_date: dt.datetime | None, sender: str) -> tuple[int, int]:
         """Store a message a client appends; (UIDVALIDITY, UID)."""
         summary = summarize(raw)
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
         async with self.engine.begin() as conn:
-            row = {"message_id_header": "", "sender": sender, "size": len(raw), "conversation_id": None, "received_at": now,
-                   "body": self.cipher.seal(raw), "summary": self.cipher.seal(summary.pack())}  # fmt: skip
+            row = {
+                "message_id_header": "",
+                "sender": sender,
+                "size": len(raw),
+                "conversation_id": None,
+                "received_at": now,
+                "body": self.cipher.seal(raw),
+                "summary": self.cipher.seal(summary.pack()),
+            }
             message_id = (await conn.run_sync(store.insert_returning_ids, Message.__table__, [row]))[0]
             validity, uid, modseq = await _reserve(conn, folder_id, 1)
-            await conn.execute(MailboxEntry.__table__.insert().values(
-                folder_id=folder_id, uid=uid, message_id=message_id, modseq=modseq,
-                flags=" ".join(normalise_flags(flags)),
-                received_at=internal_date.astimezone(dt.timezone.utc) if internal_date else now))  # fmt: skip  # SQLite keeps no zone: store UTC
+            await conn.execute(
+                MailboxEntry.__table__.insert().values(
+                    folder_id=folder_id,
+                    uid=uid,
+                    message_id=message_id,
+                    modseq=modseq,
+                    flags=" ".join(normalise_flags(flags)),
+                    received_at=internal_date.astimezone(dt.UTC) if internal_date else now,
+                )
+            )  # SQLite keeps no zone: store UTC
             return validity, uid
 
     async def copy(self, folder_id: int, uids: list[int], target_id: int) -> tuple[int, list[int], list[int]]:
@@ -373,20 +423,31 @@ class MailStore:
         async with self.engine.begin() as conn:
             rows = []
             for ranges in _chunks(uid_ranges(uids)):
-                rows += (await conn.execute(
-                    select(MailboxEntry.uid, MailboxEntry.message_id, MailboxEntry.flags, MailboxEntry.received_at)
-                    .where(MailboxEntry.folder_id == folder_id, MailboxEntry.expunged_modseq.is_(None), _uid_condition(ranges))
-                    .order_by(MailboxEntry.uid)
-                )).all()  # fmt: skip
+                rows += (
+                    await conn.execute(
+                        select(MailboxEntry.uid, MailboxEntry.message_id, MailboxEntry.flags, MailboxEntry.received_at)
+                        .where(MailboxEntry.folder_id == folder_id, MailboxEntry.expunged_modseq.is_(None), _uid_condition(ranges))
+                        .order_by(MailboxEntry.uid)
+                    )
+                ).all()
             if not rows:
                 folder = (await conn.execute(select(Folder.uidvalidity).where(Folder.id == target_id))).scalar_one()
                 return folder, [], []
             validity, first_uid, first_modseq = await _reserve(conn, target_id, len(rows))
-            await conn.execute(MailboxEntry.__table__.insert(), [
-                {"folder_id": target_id, "uid": first_uid + i, "message_id": row.message_id, "modseq": first_modseq + i,
-                 "flags": row.flags, "received_at": row.received_at}
-                for i, row in enumerate(rows)
-            ])  # fmt: skip
+            await conn.execute(
+                MailboxEntry.__table__.insert(),
+                [
+                    {
+                        "folder_id": target_id,
+                        "uid": first_uid + i,
+                        "message_id": row.message_id,
+                        "modseq": first_modseq + i,
+                        "flags": row.flags,
+                        "received_at": row.received_at,
+                    }
+                    for i, row in enumerate(rows)
+                ],
+            )
             return validity, [row.uid for row in rows], [first_uid + i for i in range(len(rows))]
 
 
@@ -400,14 +461,23 @@ def _folder_info(row) -> FolderInfo:  # type: ignore[no-untyped-def]
 
 
 async def _bump_modseq(conn: AsyncConnection, folder_id: int) -> int:
-    row = (await conn.execute(text("UPDATE folders SET highestmodseq = highestmodseq + 1 WHERE id = :id RETURNING highestmodseq"),
-                              {"id": folder_id})).one()  # fmt: skip
+    row = (
+        await conn.execute(
+            text("UPDATE folders SET highestmodseq = highestmodseq + 1 WHERE id = :id RETURNING highestmodseq"), {"id": folder_id}
+        )
+    ).one()
     return int(row[0])
 
 
 async def _reserve(conn: AsyncConnection, folder_id: int, count: int) -> tuple[int, int, int]:
     """(UIDVALIDITY, first UID, first MODSEQ) of `count` new entries in a folder."""
-    row = (await conn.execute(text(
-        "UPDATE folders SET uidnext = uidnext + :n, highestmodseq = highestmodseq + :n WHERE id = :id "
-        "RETURNING uidvalidity, uidnext - :n, highestmodseq - :n + 1"), {"n": count, "id": folder_id})).one()  # fmt: skip
+    row = (
+        await conn.execute(
+            text(
+                "UPDATE folders SET uidnext = uidnext + :n, highestmodseq = highestmodseq + :n WHERE id = :id "
+                "RETURNING uidvalidity, uidnext - :n, highestmodseq - :n + 1"
+            ),
+            {"n": count, "id": folder_id},
+        )
+    ).one()
     return int(row[0]), int(row[1]), int(row[2])

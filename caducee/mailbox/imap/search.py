@@ -9,18 +9,21 @@ Strings match case-insensitively on the decoded text (RFC 3501 6.4.4).
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
-from typing import Callable
 from email.header import decode_header, make_header
+from functools import lru_cache
 
 from caducee.mailbox.imap.grammar import Search
 from caducee.mailbox.imap.mailstore import FLAG_BITS, FetchRow, flag_list
 from caducee.mailbox.imap.structure import header_fields, header_text, parse
 
 _FLAG_KEYS = {"ANSWERED": "\\Answered", "DELETED": "\\Deleted", "DRAFT": "\\Draft", "FLAGGED": "\\Flagged", "SEEN": "\\Seen"}
-_MEMORY_KEYS = {"AND", "OR", "NOT", "ALL", "NEW", "RECENT", "OLD", "KEYWORD", "UNKEYWORD", "SEQ", "UID"} | set(_FLAG_KEYS) | {
-    "UN" + name for name in _FLAG_KEYS}
+_MEMORY_KEYS = (
+    {"AND", "OR", "NOT", "ALL", "NEW", "RECENT", "OLD", "KEYWORD", "UNKEYWORD", "SEQ", "UID"}
+    | set(_FLAG_KEYS)
+    | {"UN" + name for name in _FLAG_KEYS}
+)
 _SUMMARY_KEYS = {"FROM", "TO", "CC", "BCC", "SUBJECT", "SENTBEFORE", "SENTON", "SENTSINCE"}
 _BODY_KEYS = {"BODY", "TEXT", "HEADER"}
 
@@ -60,7 +63,7 @@ def flags_only(key: Search) -> bool:
     return key.op in allowed and all(flags_only(arg) for arg in key.args if isinstance(arg, Search))
 
 
-def flag_table(test: "Test") -> bytes:
+def flag_table(test: Test) -> bytes:
     """For each possible flag-bits byte, 1 if it matches: `bytes.translate` then applies the key in C."""
     return bytes(1 if test(0, 0, bits, "") else 0 for bits in range(256))
 

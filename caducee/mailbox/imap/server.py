@@ -81,20 +81,32 @@ async def _close(writer: asyncio.StreamWriter) -> None:
     try:
         writer.close()
         await asyncio.wait_for(writer.wait_closed(), 5)
-    except (ConnectionError, ssl.SSLError, asyncio.TimeoutError, OSError):
+    except (TimeoutError, ConnectionError, ssl.SSLError, OSError):
         pass
 
 
-async def start_imap(settings: Settings, engine: AsyncEngine, cipher: BodyCipher, tls_context: ssl.SSLContext, *,
-                     authenticator: MailboxAuthenticator | None = None, host: str | None = None,
-                     imap_port: int | None = None, imaps_port: int | None = None,
-                     reuse_port: bool = False) -> ImapServer:  # fmt: skip
+async def start_imap(
+    settings: Settings,
+    engine: AsyncEngine,
+    cipher: BodyCipher,
+    tls_context: ssl.SSLContext,
+    *,
+    authenticator: MailboxAuthenticator | None = None,
+    host: str | None = None,
+    imap_port: int | None = None,
+    imaps_port: int | None = None,
+    reuse_port: bool = False,
+) -> ImapServer:
     """Open the IMAP listeners (a port of 0 in the settings disables that listener)."""
     store = MailStore(engine, cipher)
     server = ImapServer(
-        settings, store, authenticator or MailboxAuthenticator(engine, settings.local_domains), tls_context,
-        FolderWatch(store.highest_modseqs, settings.imap_poll_seconds), ClientConnections(settings.imap_max_connections_per_client),
-    )  # fmt: skip
+        settings,
+        store,
+        authenticator or MailboxAuthenticator(engine, settings.local_domains),
+        tls_context,
+        FolderWatch(store.highest_modseqs, settings.imap_poll_seconds),
+        ClientConnections(settings.imap_max_connections_per_client),
+    )
     bind = host or settings.smtp_host
     plain_port = settings.imap_port if imap_port is None else imap_port
     tls_port = settings.imaps_port if imaps_port is None else imaps_port
@@ -109,7 +121,10 @@ async def start_imap(settings: Settings, engine: AsyncEngine, cipher: BodyCipher
         server.servers.append(await asyncio.start_server(plain, bind, plain_port, reuse_port=reuse_port, limit=70 * 1024, backlog=BACKLOG))
         log.info("IMAP on %s:%d (STARTTLS)", bind, plain_port)
     if tls_port:
-        server.servers.append(await asyncio.start_server(implicit, bind, tls_port, ssl=tls_context, reuse_port=reuse_port,
-                                                         limit=70 * 1024, ssl_handshake_timeout=30, backlog=BACKLOG))  # fmt: skip
+        server.servers.append(
+            await asyncio.start_server(
+                implicit, bind, tls_port, ssl=tls_context, reuse_port=reuse_port, limit=70 * 1024, ssl_handshake_timeout=30, backlog=BACKLOG
+            )
+        )
         log.info("IMAP on %s:%d (implicit TLS)", bind, tls_port)
     return server

@@ -14,8 +14,9 @@ import binascii
 import itertools
 import logging
 import ssl
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from caducee.gateway.auth import Locked
 from caducee.mailbox.imap import search as searching
@@ -60,12 +61,11 @@ class Bye(Exception):
 @dataclass(frozen=True)
 class Handler:
     states: frozenset[str]
-    run: Callable[["Session", Command], Awaitable[bytes]]
+    run: Callable[[Session, Command], Awaitable[bytes]]
 
 
 class Session:
-    def __init__(self, server: "ImapServer", reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *,
-                 tls: bool, client: str) -> None:  # fmt: skip
+    def __init__(self, server: ImapServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, tls: bool, client: str) -> None:
         self.server = server
         self.reader = reader
         self.writer = writer
@@ -87,7 +87,7 @@ class Session:
                 timeout = self.server.settings.imap_login_timeout if self.state == NOT_AUTHENTICATED else self.server.settings.imap_timeout
                 try:
                     raw = await asyncio.wait_for(read_command(self.reader, self._continue, self._literal_limit), timeout)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     raise Bye("deconnexion apres inactivite / autologout, idle for too long") from None
                 except LiteralTooLarge as error:  # refused before it was read: the stream is still in step
                     await self.send((error.tag or "*").encode() + b" NO [TOOBIG] " + error.text.encode() + b"\r\n")
@@ -129,7 +129,9 @@ class Session:
             await self.send(command.tag.encode() + b" BAD unknown command\r\n")
             return
         if self.state not in handler.states:
-            await self.send(command.tag.encode() + b" BAD %s is not allowed in the %s state\r\n" % (command.name.encode(), self.state.encode()))
+            await self.send(
+                command.tag.encode() + b" BAD %s is not allowed in the %s state\r\n" % (command.name.encode(), self.state.encode())
+            )
             return
         try:
             result = await handler.run(self, command)
@@ -156,8 +158,16 @@ class Session:
         if self.state == NOT_AUTHENTICATED:
             names += ["AUTH=PLAIN"] if self.tls else ["STARTTLS", "LOGINDISABLED"]
         else:
-            names += ["IDLE", "UIDPLUS", "MOVE", "NAMESPACE", "UNSELECT", "SPECIAL-USE", "CONDSTORE",
-                      f"APPENDLIMIT={self.server.settings.max_message_size}"]  # fmt: skip
+            names += [
+                "IDLE",
+                "UIDPLUS",
+                "MOVE",
+                "NAMESPACE",
+                "UNSELECT",
+                "SPECIAL-USE",
+                "CONDSTORE",
+                f"APPENDLIMIT={self.server.settings.max_message_size}",
+            ]
         return " ".join(names).encode()
 
     # ---- any state -----------------------------------------------------------------------
@@ -262,20 +272,22 @@ class Session:
             snapshot = await self.server.store.snapshot(folder.id)
             self.server.snapshots.put(snapshot)
         folder, uids, bits, with_keywords, keywords = snapshot
-        self.view = SelectedView(folder.id, folder.name, folder.uidvalidity, read_only, uids, folder.highestmodseq, bits,
-                                 with_keywords, shared=True)  # fmt: skip
+        self.view = SelectedView(
+            folder.id, folder.name, folder.uidvalidity, read_only, uids, folder.highestmodseq, bits, with_keywords, shared=True
+        )
         unseen = await self.server.store.first_unseen(folder.id)
         flags = " ".join([PERMANENT_FLAGS, *keywords])
         lines = [
             b"* %d EXISTS\r\n" % len(uids),
             b"* 0 RECENT\r\n",
             b"* FLAGS (%s)\r\n" % flags.encode(),
-            b"* OK [PERMANENTFLAGS (%s \\*)] flags permitted\r\n" % flags.encode() if not read_only
+            b"* OK [PERMANENTFLAGS (%s \\*)] flags permitted\r\n" % flags.encode()
+            if not read_only
             else b"* OK [PERMANENTFLAGS ()] read-only\r\n",
             b"* OK [UIDVALIDITY %d] UIDs valid\r\n" % folder.uidvalidity,
             b"* OK [UIDNEXT %d] predicted next UID\r\n" % folder.uidnext,
             b"* OK [HIGHESTMODSEQ %d] highest\r\n" % folder.highestmodseq,
-        ]  # fmt: skip
+        ]
         if unseen is not None and self.view.sequence_of(unseen) is not None:
             lines.append(b"* OK [UNSEEN %d] first unseen\r\n" % self.view.sequence_of(unseen))
         await self.send(b"".join(lines))
@@ -349,8 +361,15 @@ class Session:
     async def status(self, command: Command) -> bytes:
         folder = await self._folder(str(command.args["mailbox"]))
         folder, messages, unseen, size = await self.server.store.status(folder.id)
-        values = {"MESSAGES": messages, "RECENT": 0, "UIDNEXT": folder.uidnext, "UIDVALIDITY": folder.uidvalidity,
-                  "UNSEEN": unseen, "HIGHESTMODSEQ": folder.highestmodseq, "SIZE": size}  # fmt: skip
+        values = {
+            "MESSAGES": messages,
+            "RECENT": 0,
+            "UIDNEXT": folder.uidnext,
+            "UIDVALIDITY": folder.uidvalidity,
+            "UNSEEN": unseen,
+            "HIGHESTMODSEQ": folder.highestmodseq,
+            "SIZE": size,
+        }
         items = " ".join(f"{item} {values[item]}" for item in command.args["items"])  # type: ignore[union-attr]
         await self.send(b"* STATUS %s (%s)\r\n" % (astring(folder.name), items.encode()))
         return b"OK STATUS completed"
@@ -364,8 +383,13 @@ class Session:
             return b"NO [TOOBIG] message trop gros / message too large"
         if not raw.strip():
             return b"NO [CANNOT] message vide / empty message"
-        validity, uid = await self.server.store.append(folder.id, raw, normalise_flags(command.args["flags"]),  # type: ignore[arg-type]
-                                                       command.args["date"], self.address or "")  # type: ignore[arg-type]
+        validity, uid = await self.server.store.append(
+            folder.id,
+            raw,
+            normalise_flags(command.args["flags"]),  # type: ignore[arg-type]
+            command.args["date"],
+            self.address or "",
+        )  # type: ignore[arg-type]
         self.server.watch.touched(folder.id)
         return b"OK [APPENDUID %d %d] APPEND completed" % (validity, uid)
 
@@ -383,8 +407,9 @@ class Session:
                     if pending:
                         await self.send(pending)
                 waking = asyncio.ensure_future(self.wake.wait())
-                done, _ = await asyncio.wait({reading, waking}, timeout=self.server.settings.imap_timeout,
-                                             return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+                done, _ = await asyncio.wait(
+                    {reading, waking}, timeout=self.server.settings.imap_timeout, return_when=asyncio.FIRST_COMPLETED
+                )
                 if not done:
                     waking.cancel()
                     raise Bye("deconnexion apres inactivite / autologout, idle for too long")
@@ -439,8 +464,13 @@ class Session:
         unchanged_since = args["unchanged_since"]
         if unchanged_since is not None:
             self.condstore = True
-        changed, failed = await self.server.store.store_flags(view.folder_id, uids, str(args["action"]), args["flags"],  # type: ignore[arg-type]
-                                                              unchanged_since)  # type: ignore[arg-type]
+        changed, failed = await self.server.store.store_flags(
+            view.folder_id,
+            uids,
+            str(args["action"]),
+            args["flags"],  # type: ignore[arg-type]
+            unchanged_since,
+        )  # type: ignore[arg-type]
         lines = []
         for change in changed:
             view.own_modseqs.add(change.modseq)
@@ -519,8 +549,11 @@ class Session:
                 chosen = view.flags.translate(searching.flag_table(test))
                 numbers = list(itertools.compress(view.uids if use_uid else range(1, len(view.uids) + 1), chosen))
             else:
-                numbers = [uid if use_uid else index + 1 for index, uid in enumerate(view.uids)
-                           if test(index + 1, uid, flags[index], keywords.get(uid, ""))]  # fmt: skip
+                numbers = [
+                    uid if use_uid else index + 1
+                    for index, uid in enumerate(view.uids)
+                    if test(index + 1, uid, flags[index], keywords.get(uid, ""))
+                ]
             await self.send(b"* SEARCH" + b"".join(b" %d" % number for number in numbers) + b"\r\n")
             return b"OK SEARCH completed"
         async for rows in self.server.store.fetch(view.folder_id, list(view.uids), summary=need.summary, body=need.body):
@@ -566,8 +599,7 @@ class Session:
                 self.server.watch.touched(view.folder_id)
         buffer: list[bytes] = []
         size = 0
-        async for rows in self.server.store.fetch(view.folder_id, uids, summary=need_summary, body=need_body,
-                                                  changed_since=changed_since):  # fmt: skip
+        async for rows in self.server.store.fetch(view.folder_id, uids, summary=need_summary, body=need_body, changed_since=changed_since):
             for row in rows:
                 sequence = view.sequence_of(row.uid)
                 if sequence is None:

@@ -18,12 +18,12 @@ from __future__ import annotations
 import base64
 import binascii
 import quopri
+import re
 import struct
 from dataclasses import dataclass, field
-from typing import NamedTuple
-import re
 from email.header import decode_header, make_header
 from email.utils import collapse_rfc2231_value, decode_params, getaddresses, parsedate_to_datetime, unquote
+from typing import NamedTuple
 
 from caducee.mailbox.imap.grammar import serialize
 
@@ -101,8 +101,8 @@ class Part:
     body_start: int
     end: int
     headers: HeaderBlock
-    children: list["Part"] = field(default_factory=list)
-    message: "Part | None" = None  # the encapsulated message of a message/rfc822 part
+    children: list[Part] = field(default_factory=list)
+    message: Part | None = None  # the encapsulated message of a message/rfc822 part
 
     @property
     def header_bytes(self) -> bytes:
@@ -224,11 +224,17 @@ def envelope(part: Part) -> list[object]:
     headers = part.headers
     sender_from = _addresses(headers, "from")
     return [
-        _value(headers, "date"), _value(headers, "subject"), sender_from,
-        _addresses(headers, "sender") or sender_from, _addresses(headers, "reply-to") or sender_from,
-        _addresses(headers, "to"), _addresses(headers, "cc"), _addresses(headers, "bcc"),
-        _value(headers, "in-reply-to"), _value(headers, "message-id"),
-    ]  # fmt: skip
+        _value(headers, "date"),
+        _value(headers, "subject"),
+        sender_from,
+        _addresses(headers, "sender") or sender_from,
+        _addresses(headers, "reply-to") or sender_from,
+        _addresses(headers, "to"),
+        _addresses(headers, "cc"),
+        _addresses(headers, "bcc"),
+        _value(headers, "in-reply-to"),
+        _value(headers, "message-id"),
+    ]
 
 
 def _params(headers: HeaderBlock, name: str) -> list[bytes] | None:
@@ -257,8 +263,12 @@ def body_structure(part: Part, *, extensions: bool) -> list[object]:
         out: list[object] = [body_structure(child, extensions=extensions) for child in part.children]
         out.append(subtype.encode())
         if extensions:
-            out += [_params(headers, "content-type"), _disposition(headers), _value(headers, "content-language"),
-                    _value(headers, "content-location")]  # fmt: skip
+            out += [
+                _params(headers, "content-type"),
+                _disposition(headers),
+                _value(headers, "content-language"),
+                _value(headers, "content-location"),
+            ]
         return out
     if maintype == "MULTIPART":  # no usable boundary: an empty text part stands in
         maintype, subtype = "TEXT", "PLAIN"
@@ -266,15 +276,26 @@ def body_structure(part: Part, *, extensions: bool) -> list[object]:
     if maintype == "TEXT" and not params:
         params = [b"CHARSET", b"US-ASCII"]
     body = part.body_bytes
-    out = [maintype.encode(), subtype.encode(), params, _value(headers, "content-id"), _value(headers, "content-description"),
-           _encoding(headers).encode(), len(body)]  # fmt: skip
+    out = [
+        maintype.encode(),
+        subtype.encode(),
+        params,
+        _value(headers, "content-id"),
+        _value(headers, "content-description"),
+        _encoding(headers).encode(),
+        len(body),
+    ]
     if part.message is not None:
         out += [envelope(part.message), body_structure(part.message, extensions=extensions), _lines(body)]
     elif maintype == "TEXT":
         out.append(_lines(body))
     if extensions:
-        out += [_value(headers, "content-md5"), _disposition(headers), _value(headers, "content-language"),
-                _value(headers, "content-location")]  # fmt: skip
+        out += [
+            _value(headers, "content-md5"),
+            _disposition(headers),
+            _value(headers, "content-language"),
+            _value(headers, "content-location"),
+        ]
     return out
 
 
@@ -291,7 +312,7 @@ class Summary(NamedTuple):
     sent_date: str  # ISO date of the Date header, "" if none or unreadable
 
     @classmethod
-    def build(cls, envelope: bytes, body: bytes, bodystructure: bytes, headers: dict[str, str], sent_date: str) -> "Summary":
+    def build(cls, envelope: bytes, body: bytes, bodystructure: bytes, headers: dict[str, str], sent_date: str) -> Summary:
         packed = "\x1e".join(f"{name}\x1f{value}" for name, value in headers.items()).encode("utf-8", "replace")
         return cls(envelope, body, bodystructure, packed, sent_date)
 
@@ -313,7 +334,7 @@ class Summary(NamedTuple):
         return struct.pack("!5I", *map(len, fields)) + b"".join(fields)
 
     @classmethod
-    def unpack(cls, data: bytes) -> "Summary":
+    def unpack(cls, data: bytes) -> Summary:
         a, b, c, d, e = struct.unpack_from("!5I", data)
         b += a + 20
         c += b
@@ -347,8 +368,13 @@ def summarize(raw: bytes) -> Summary:
         except (TypeError, ValueError, IndexError):
             sent = ""
     search_headers = {name: _text(" ".join(root.headers.get_all(name)).encode("utf-8", "surrogateescape")) for name in SEARCHED_HEADERS}
-    return Summary.build(serialize(envelope(root)), serialize(body_structure(root, extensions=False)),
-                         serialize(body_structure(root, extensions=True)), search_headers, sent)  # fmt: skip
+    return Summary.build(
+        serialize(envelope(root)),
+        serialize(body_structure(root, extensions=False)),
+        serialize(body_structure(root, extensions=True)),
+        search_headers,
+        sent,
+    )
 
 
 # ---- sections --------------------------------------------------------------------------------

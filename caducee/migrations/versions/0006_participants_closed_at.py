@@ -31,9 +31,12 @@ def upgrade() -> None:
         "WHERE conversation_id IN (SELECT id FROM conversations WHERE state = 'closed')"
     )
     op.create_index(
-        "ix_conversation_participants_closed", "conversation_participants", ["address", "closed_at"],
-        postgresql_where=sa.text("closed_at IS NOT NULL"), sqlite_where=sa.text("closed_at IS NOT NULL"),
-    )  # fmt: skip
+        "ix_conversation_participants_closed",
+        "conversation_participants",
+        ["address", "closed_at"],
+        postgresql_where=sa.text("closed_at IS NOT NULL"),
+        sqlite_where=sa.text("closed_at IS NOT NULL"),
+    )
 
 
 def downgrade() -> None:
