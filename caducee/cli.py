@@ -70,9 +70,9 @@ def cmd_activation_code(args: argparse.Namespace) -> int:
     """Issue the provisional code of a created profile (the operator sends it by post)."""
     from caducee.annuaire import patients
     from caducee.crypto.atrest import load_master_key
+    from caducee.notify.notifier import notifier_from_settings
     from caducee.webmail.accounts import Accounts
     from caducee.webmail.codes import CodeHasher
-    from caducee.webmail.notifier import notifier_from_settings
 
     settings = _settings(args)
 

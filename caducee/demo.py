@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from caducee.annuaire import service
 from caducee.annuaire.models import MailboxType, PatientStatus
 from caducee.config import Settings
-from caducee.passwords import generate_password, hash_password
+from caducee.core.passwords import generate_password, hash_password
 
 OPERATOR_DOMAIN = "demo.mssante.fr"
 PEER_OPERATOR_DOMAIN = "autre-operateur.mssante.fr"
@@ -273,9 +273,9 @@ async def publish_certificates(engine: AsyncEngine, settings: Settings, credenti
 async def _activation_code(engine: AsyncEngine, settings: Settings, patient_id: int) -> str:
     """The provisional code a created profile is activated with (sent by post in real life)."""
     from caducee.crypto.atrest import load_master_key
+    from caducee.notify.notifier import notifier_from_settings
     from caducee.webmail.accounts import Accounts
     from caducee.webmail.codes import CodeHasher
-    from caducee.webmail.notifier import notifier_from_settings
 
     accounts = Accounts(engine, settings, notifier_from_settings(settings), CodeHasher(load_master_key(settings.data_dir)))
     return await accounts.issue_activation_code(patient_id)

@@ -1,5 +1,9 @@
-"""One process wiring every listener: HTTP (webmail, APIs), SMTP, IMAP and the relay.
+"""The one place where components are wired together: HTTP (webmail, APIs), SMTP, IMAP,
+the relay, notifications.
 
+Components never import each other to be started: this module builds each one from the
+settings and hands it what it needs (the webmail gets the gateway's accept pipeline, the
+pipeline gets the notifier's new-mail alerts, IMAP gets the login throttle SMTP uses).
 `build_app` makes the FastAPI application on a given engine (tests start it on a real
 socket); `serve` opens the database, applies migrations, seeds the demo world when asked,
 and runs the listeners until SIGINT/SIGTERM.
@@ -10,9 +14,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import ssl
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from fastapi import FastAPI, Request
@@ -26,13 +32,24 @@ from caducee import db
 from caducee import webmail as webmail_package
 from caducee.annuaire.api import router as annuaire_router
 from caducee.config import Settings
+from caducee.core.cpu import CpuPool, shared_pool
+from caducee.crypto.atrest import BodyCipher, load_master_key
+from caducee.crypto.material import material_from_settings
+from caducee.crypto.pki import Pair, development_space
+from caducee.crypto.tls import client_context, server_context
 from caducee.gateway.pipeline import AcceptPipeline
+from caducee.gateway.protection import SmimeStage, WithoutCertificate
+from caducee.gateway.relay import RelayWorker
+from caducee.gateway.smtp import ListenerConfig, start_listener
 from caducee.history.service import AccessHistory
+from caducee.identity.mailauth import MailboxAuthenticator
+from caducee.imap.server import ImapServer, start_imap
 from caducee.mailbox.autoconfig import router as autoconfig_router
+from caducee.notify.alerts import NewMailAlerts
+from caducee.notify.notifier import notifier_from_settings
 from caducee.webmail.accounts import Accounts
 from caducee.webmail.api import router as webmail_api
 from caducee.webmail.codes import CodeHasher
-from caducee.webmail.notifier import notifier_from_settings
 from caducee.webmail.pages import router as webmail_pages
 from caducee.webmail.service import Webmail
 from caducee.webmail.web import TEMPLATES, BodyLimit, WebmailContext, WebmailHeaders
@@ -144,8 +161,6 @@ def build_app(engine: AsyncEngine, settings: Settings, pipeline: AcceptPipeline 
 
 
 def webmail_context(engine: AsyncEngine, settings: Settings, pipeline: AcceptPipeline | None) -> WebmailContext:
-    from caducee.crypto.atrest import BodyCipher, load_master_key
-
     key = load_master_key(settings.data_dir)
     accounts = Accounts(engine, settings, notifier_from_settings(settings), CodeHasher(key))
     webmail = Webmail(engine, settings, BodyCipher(key), pipeline, AccessHistory(engine))
@@ -167,6 +182,102 @@ async def prepare_database(settings: Settings, *, demo: bool) -> AsyncEngine:
         else:
             log.info("database not empty: demo seed skipped (credentials stay in %s)", where)
     return engine
+
+
+# ---- the mail side of a process: SMTP and IMAP listeners, group commit, relay ----------------
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    server: Pair
+    anchors: Path
+    relay_client: Pair
+    password: bytes | None = None
+
+
+def tls_files(settings: Settings) -> TlsFiles:
+    """Certificates from the settings, or the test trust space in `<data dir>/pki` (created if absent)."""
+    if settings.tls_cert:
+        missing = [name for name in ("tls_key", "trust_anchors", "relay_client_cert", "relay_client_key") if not getattr(settings, name)]
+        if missing:
+            raise ValueError(f"tls_cert is set: set {', '.join(missing)} too")
+        return TlsFiles(
+            Pair(Path(settings.tls_cert), Path(settings.tls_key)),
+            Path(settings.trust_anchors),
+            Pair(Path(settings.relay_client_cert), Path(settings.relay_client_key)),
+        )
+    log.warning("no tls_cert configured: using the test trust space in %s", settings.data_dir / "pki")
+    space, passphrase = development_space(settings)
+    anchors = Path(settings.trust_anchors) if settings.trust_anchors else space.anchors
+    return TlsFiles(space.server, anchors, space.operator, passphrase)
+
+
+def smime_stage(settings: Settings, engine: AsyncEngine, pool: CpuPool) -> SmimeStage | None:
+    """The S/MIME stage, or None when `smime = "off"`."""
+    if settings.smime == "off":
+        log.warning("S/MIME is off: messages are neither signed, encrypted nor verified")
+        return None
+    return SmimeStage(
+        engine,
+        material_from_settings(settings),
+        pool,
+        without_certificate=WithoutCertificate(settings.smime_without_certificate),
+        cache_seconds=settings.directory_cache_seconds,
+    )
+
+
+@dataclass
+class GatewayRuntime:
+    pipeline: AcceptPipeline
+    relay: RelayWorker
+    servers: list[asyncio.base_events.Server] = field(default_factory=list)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    imap: ImapServer | None = None
+
+    async def stop(self) -> None:
+        if self.imap is not None:
+            await self.imap.stop()
+        for server in self.servers:
+            server.close()
+        for server in self.servers:
+            await server.wait_closed()
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.pipeline.close()
+
+
+async def start_gateway(settings: Settings, engine: AsyncEngine, *, reuse_port: bool = False, relay: bool = True) -> GatewayRuntime:
+    files = tls_files(settings)
+    cipher = BodyCipher(load_master_key(settings.data_dir))
+    plain = server_context(files.server, password=files.password)
+    mutual = server_context(files.server, client_ca=files.anchors, password=files.password)
+    relay_context: ssl.SSLContext = client_context(files.anchors, files.relay_client, password=files.password)
+    worker = RelayWorker(engine, settings, cipher, relay_context)
+    pool = shared_pool(settings.cpu_workers)
+    await pool.warm()
+    pipeline = AcceptPipeline(engine, settings, cipher, on_queued=worker.wake, smime=smime_stage(settings, engine, pool), cpu=pool)
+    pipeline.on_delivered = NewMailAlerts(engine, settings, notifier_from_settings(settings)).delivered
+    authenticator = MailboxAuthenticator(engine, settings.local_domains)
+    runtime = GatewayRuntime(pipeline, worker)
+    listeners = [
+        ListenerConfig("mx", settings.smtp_host, settings.mx_port, mutual),
+        ListenerConfig("submission", settings.smtp_host, settings.submission_port, plain, trusted_networks=settings.trusted_networks),
+        ListenerConfig("submission", settings.smtp_host, settings.submissions_port, plain, implicit_tls=True),
+    ]
+    for config in listeners:
+        if config.port == 0:
+            continue
+        config.max_message_size = settings.max_message_size
+        config.max_connections_per_client = settings.smtp_max_connections_per_client
+        config.hostname = settings.hostname
+        runtime.servers.append(await start_listener(config, pipeline, authenticator, reuse_port=reuse_port))
+        log.info("SMTP %s on %s:%d%s", config.kind, config.host, config.port, " (implicit TLS)" if config.implicit_tls else "")
+    if settings.imap_port or settings.imaps_port:
+        runtime.imap = await start_imap(settings, engine, cipher, plain, authenticator=authenticator, reuse_port=reuse_port)
+    if relay:
+        runtime.tasks.append(asyncio.create_task(worker.run_forever(), name="relay"))
+    return runtime
 
 
 def settle_garbage_collector() -> None:
@@ -200,8 +311,6 @@ async def serve(settings: Settings, *, demo: bool = False, migrate: bool = True,
     import signal
 
     import uvicorn
-
-    from caducee.gateway.runtime import start_gateway
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     if migrate:
@@ -247,9 +356,6 @@ def serve_workers(settings: Settings, argv: list[str], workers: int, *, demo: bo
 
 
 async def _prepare_only(settings: Settings, *, demo: bool) -> None:
-    from caducee.crypto.atrest import load_master_key
-    from caducee.gateway.runtime import tls_files
-
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     tls_files(settings)  # the development PKI and the master key, before the workers race for them
     load_master_key(settings.data_dir)

@@ -49,7 +49,7 @@ def light_password_hashing() -> Iterator[None]:
     (test_serve, the browser tests) run with the real parameters."""
     from argon2 import PasswordHasher
 
-    from caducee import passwords
+    from caducee.core import passwords
 
     real = passwords._HASHER
     passwords._HASHER = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
@@ -210,9 +210,9 @@ class RunningGateway:
         from caducee.crypto.atrest import BodyCipher, load_master_key
         from caducee.crypto.devpki import DevCA
         from caducee.crypto.tls import server_context
-        from caducee.gateway.auth import MailboxAuthenticator
         from caducee.gateway.pipeline import AcceptPipeline
         from caducee.gateway.smtp import ListenerConfig, start_listener
+        from caducee.identity.mailauth import MailboxAuthenticator
 
         if smime and self.smime_template is not None:  # the trust space and the demo's keys, made once per run (RSA key generation is slow)
             shutil.copytree(self.smime_template, self.settings.data_dir, dirs_exist_ok=True)
@@ -223,7 +223,7 @@ class RunningGateway:
         self.cipher = BodyCipher(load_master_key(self.settings.data_dir, environ_value=""))
         self.smime = None
         if smime:
-            from caducee.cpu import shared_pool
+            from caducee.core.cpu import shared_pool
             from caducee.crypto.material import material_from_settings
             from caducee.gateway.protection import SmimeStage, WithoutCertificate
 
@@ -321,7 +321,7 @@ async def gateway(engine: AsyncEngine, settings: Settings, tmp_path: Path) -> As
 @pytest.fixture
 async def imap(gateway: RunningGateway, engine: AsyncEngine, settings: Settings) -> AsyncIterator[object]:
     """The IMAP listeners (STARTTLS and implicit TLS) beside the gateway, sharing its lock-out."""
-    from caducee.mailbox.imap.server import start_imap
+    from caducee.imap.server import start_imap
 
     settings = dataclasses.replace(settings, imap_poll_seconds=0.2)
     server = await start_imap(

@@ -24,7 +24,7 @@ from caducee.annuaire.models import (
     TrustDomain,
 )
 from caducee.config import Settings
-from caducee.passwords import verify_password
+from caducee.core.passwords import verify_password
 
 
 async def test_demo_seed_world_and_credentials(engine: AsyncEngine, settings: Settings) -> None:

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from caducee.gateway.auth import Locked, LoginThrottle
+from caducee.core.throttle import Locked, LoginThrottle
 
 
 def test_account_is_locked_after_five_failures_and_others_are_not() -> None:

@@ -24,11 +24,11 @@ from caducee.annuaire.models import MailboxType
 from caducee.config import Settings
 from caducee.crypto.atrest import BodyCipher, load_master_key
 from caducee.crypto.tls import client_context, server_context
-from caducee.gateway.auth import MailboxAuthenticator
 from caducee.gateway.models import QueuedRecipient
 from caducee.gateway.pipeline import AcceptPipeline
 from caducee.gateway.relay import RelayWorker
 from caducee.gateway.smtp import ListenerConfig, start_listener
+from caducee.identity.mailauth import MailboxAuthenticator
 
 REMOTE = "dr.durand@autre-operateur.mssante.fr"
 

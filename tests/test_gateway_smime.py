@@ -380,7 +380,7 @@ async def test_two_operators_exchange_signed_and_encrypted_mail(gateway, tmp_pat
 
     from caducee.annuaire import service
     from caducee.annuaire.models import MailboxType
-    from caducee.cpu import shared_pool
+    from caducee.core.cpu import shared_pool
     from caducee.gateway.protection import SmimeStage
     from caducee.mailbox.models import Message
 

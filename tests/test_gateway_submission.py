@@ -127,7 +127,7 @@ async def test_sender_not_owned_is_refused(gateway) -> None:  # type: ignore[no-
             return 250, b""
 
     code, text = await asyncio.to_thread(send_with_doctor_envelope)
-    assert code == 550 and b"5.7.1" in text and b"From header" in text
+    assert code == 550 and b"5.7.1" in text and nurse_address.encode() in text and b"not owned" in text
     assert await gateway.inbox(patient) == []
 
 

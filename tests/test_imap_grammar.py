@@ -8,7 +8,7 @@ import datetime as dt
 
 import pytest
 
-from caducee.mailbox.imap.grammar import (
+from caducee.imap.grammar import (
     MAX_DEPTH,
     Atom,
     LineTooLong,

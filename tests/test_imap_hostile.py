@@ -181,7 +181,7 @@ async def test_8bit_atoms_and_nul_bytes(gateway, imap) -> None:  # type: ignore[
 
 
 async def test_idle_connections_are_closed(gateway, engine, settings) -> None:  # type: ignore[no-untyped-def]
-    from caducee.mailbox.imap.server import start_imap
+    from caducee.imap.server import start_imap
 
     quick = dataclasses.replace(settings, imap_login_timeout=1, imap_timeout=2)
     server = await start_imap(quick, engine, gateway.cipher, gateway.server_context, host="127.0.0.1", imap_port=free_port(), imaps_port=0)
@@ -205,7 +205,7 @@ async def test_idle_connections_are_closed(gateway, engine, settings) -> None:  
 
 async def test_thousands_of_connections_from_one_address(gateway, engine, settings) -> None:  # type: ignore[no-untyped-def]
     """Past the per-address ceiling a connection gets BYE at once; those inside keep working."""
-    from caducee.mailbox.imap.server import start_imap
+    from caducee.imap.server import start_imap
 
     capped = dataclasses.replace(settings, imap_max_connections_per_client=50)
     server = await start_imap(capped, engine, gateway.cipher, gateway.server_context, host="127.0.0.1", imap_port=free_port(), imaps_port=0)

@@ -11,10 +11,10 @@ import datetime as dt
 
 import pytest
 
-from caducee.mailbox.imap import search
-from caducee.mailbox.imap.grammar import RawCommand, parse_command
-from caducee.mailbox.imap.mailstore import FetchRow, flag_bits
-from caducee.mailbox.imap.structure import summarize
+from caducee.imap import search
+from caducee.imap.grammar import RawCommand, parse_command
+from caducee.mailbox.mailstore import FetchRow, flag_bits
+from caducee.mime.summary import summarize
 
 DAY = dt.datetime(2026, 11, 20, 9, 0, tzinfo=dt.UTC)
 FOLDER = [  # (uid, flags, size, internal date, From, Subject)

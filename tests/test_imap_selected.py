@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from array import array
 
-from caducee.mailbox.imap.grammar import parse_sequence_set
-from caducee.mailbox.imap.mailstore import Change, FolderInfo
-from caducee.mailbox.imap.selected import SelectedView, SnapshotCache
+from caducee.imap.grammar import parse_sequence_set
+from caducee.imap.selected import SelectedView, SnapshotCache
+from caducee.mailbox.mailstore import Change, FolderInfo
 
 
 def snapshot() -> tuple:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from caducee.mailbox.imap import structure
+from caducee.mime import structure
+from caducee.mime.summary import Summary, summarize
 
 MULTIPART = (
     b'From: =?utf-8?q?Dr_J=C3=A9r=C3=B4me?= <jerome@demo.mssante.fr>\r\nTo: a@b.fr, "X Y" <x@y.fr>\r\n'
@@ -17,21 +18,44 @@ MULTIPART = (
 
 
 def test_envelope_and_bodystructure() -> None:
-    summary = structure.summarize(MULTIPART)
-    assert summary.envelope == (
+    summary = summarize(MULTIPART)
+    assert summary.imap_envelope == (
         b'("Mon, 23 Nov 2026 10:00:00 +0100" "Hello" (("=?utf-8?q?Dr_J=C3=A9r=C3=B4me?=" NIL "jerome" '
         b'"demo.mssante.fr")) (("=?utf-8?q?Dr_J=C3=A9r=C3=B4me?=" NIL "jerome" "demo.mssante.fr")) '
         b'(("=?utf-8?q?Dr_J=C3=A9r=C3=B4me?=" NIL "jerome" "demo.mssante.fr")) ((NIL NIL "a" "b.fr") '
         b'("X Y" NIL "x" "y.fr")) NIL NIL NIL "<1@x>")'
     )
-    assert summary.bodystructure == (
+    assert summary.imap_bodystructure == (
         b'(("TEXT" "PLAIN" ("CHARSET" "utf-8") NIL NIL "7BIT" 12 2 NIL NIL NIL NIL) '
         b'("APPLICATION" "PDF" ("NAME" "ordonnance du 23.pdf") NIL NIL "BASE64" 4 NIL '
         b'("ATTACHMENT" ("FILENAME" "a.pdf")) NIL NIL) "MIXED" ("BOUNDARY" "b1") NIL NIL NIL)'
     )
     assert summary.header_text("from") == "dr jérôme <jerome@demo.mssante.fr>".encode()
     assert summary.sent_date == "2026-11-23"
-    assert structure.Summary.unpack(summary.pack()) == summary
+    assert Summary.unpack(summary.pack()) == summary
+
+
+def test_the_neutral_summary_needs_no_imap_syntax() -> None:
+    """What the webmail reads: decoded subject and sender, the attachments, from plain values."""
+    view = summarize(MULTIPART).view()
+    assert (view.subject, view.from_name, view.from_address) == ("Hello", "Dr Jérôme", "jerome@demo.mssante.fr")
+    assert [(a.filename, a.content_type, a.size) for a in view.attachments] == [("a.pdf", "application/pdf", 4)]
+    assert [address.address for address in view.envelope.to or ()] == ["a@b.fr", "x@y.fr"]
+    assert view.structure.children[0].params == (("CHARSET", "utf-8"),)
+
+
+def test_a_summary_stored_before_the_neutral_form_still_reads() -> None:
+    """Summaries written by earlier versions (five fields, IMAP forms only) keep working."""
+    import struct
+
+    new = summarize(MULTIPART)
+    fields = [new.imap_envelope, new.imap_body, new.imap_bodystructure, new.packed_headers, new.sent_date.encode()]
+    old = struct.pack("!5I", *map(len, fields)) + b"".join(fields)
+    legacy = Summary.unpack(old)
+    assert legacy.imap_envelope == new.imap_envelope and legacy.neutral == b""
+    view = legacy.view()
+    assert (view.subject, view.from_name, view.from_address) == ("Hello", "Dr Jérôme", "jerome@demo.mssante.fr")
+    assert [(a.filename, a.content_type) for a in view.attachments] == [("a.pdf", "application/pdf")]
 
 
 @pytest.mark.parametrize(
@@ -97,8 +121,8 @@ HOSTILE = [
 @pytest.mark.parametrize(("what", "raw"), HOSTILE, ids=[case[0] for case in HOSTILE])
 def test_hostile_mime_still_has_a_structure(what: str, raw: bytes) -> None:
     """Every message gets an ENVELOPE and a BODYSTRUCTURE, within the depth and part limits."""
-    summary = structure.summarize(raw)
-    assert summary.envelope.startswith(b"(") and summary.bodystructure.startswith(b"(")
-    assert summary.bodystructure.count(b"(") < 10 * structure.MAX_PARTS
+    summary = summarize(raw)
+    assert summary.imap_envelope.startswith(b"(") and summary.imap_bodystructure.startswith(b"(")
+    assert summary.imap_bodystructure.count(b"(") < 10 * structure.MAX_PARTS
     root = structure.parse(raw)
     assert structure.section(root, (), "", ()) == raw

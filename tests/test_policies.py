@@ -10,13 +10,17 @@ import pytest
 from caducee.policies import (
     CHAIN,
     Action,
+    Channel,
     Conversation,
     ConversationState,
     Facts,
     Message,
     Party,
     PartyKind,
+    SenderFacts,
     decide,
+    decide_sender,
+    kind_of,
 )
 
 DOCTOR = Party("dr.bernard@demo.mssante.fr", PartyKind.PROFESSIONAL)
@@ -59,7 +63,7 @@ CASES = [
     ("org-to-patient", HOSPITAL, PATIENT, None, TEXT, False, ()),
     ("cnam-to-patient", CNAM, PATIENT, None, TEXT, True, ()),
     ("patient-reply-open", PATIENT, DOCTOR, OPEN, REPLY, True, ()),
-    ("patient-reply-closed", PATIENT, DOCTOR, CLOSED, REPLY, True, (R, 550, "5.7.1", "patient-replies-only")),
+    ("patient-reply-closed", PATIENT, DOCTOR, CLOSED, REPLY, True, (R, 550, "5.7.1", "conversation-closed")),
     ("patient-receipt-closed", PATIENT, DOCTOR, CLOSED, RECEIPT, True, ()),
     ("patient-receipt-to-outsider", PATIENT, NURSE, CLOSED, RECEIPT, True, (R, 550, "5.7.1", "patient-replies-only")),
     ("patient-receipt-campaign", PATIENT, CNAM, CAMPAIGN, RECEIPT, True, (R, 550, "5.7.1", "no-reply-to-campaign")),
@@ -106,7 +110,7 @@ def test_chain(sender, recipient, conversation, message, submission, expected) -
 
 
 def test_spoofing_is_refused_on_submission_only() -> None:
-    facts = Facts(sender=DOCTOR, recipient=PATIENT, message=TEXT, submission=True, sender_owned=False)
+    facts = Facts(sender=DOCTOR, recipient=PATIENT, message=TEXT, submission=True, unowned_address=NURSE.address)
     decision = decide(facts)
     assert (decision.accepted, decision.rule, decision.enhanced) == (False, "no-spoofing", "5.7.1")
     assert decide(replace(facts, submission=False)).accepted
@@ -126,3 +130,70 @@ def test_every_rule_has_a_name_and_a_description() -> None:
     names = [rule.name for rule in CHAIN]
     assert len(names) == len(set(names))
     assert all(rule.description for rule in CHAIN)
+
+
+PEER_DN = "CN=mx.autre-operateur.mssante.fr,O=Autre Operateur"
+SENDER_CASES = [
+    # id, facts, expected rule ("accept" when accepted)
+    ("submission-own-address", SenderFacts(DOCTOR, Channel.SUBMISSION), "accept"),
+    ("submission-someone-else", SenderFacts(DOCTOR, Channel.SUBMISSION, unowned_address=NURSE.address), "no-spoofing"),
+    ("webmail-someone-else", SenderFacts(PATIENT, Channel.WEBMAIL, unowned_address=OTHER_PATIENT.address), "no-spoofing"),
+    ("trusted-network-any-address", SenderFacts(NURSE, Channel.TRUSTED, unowned_address=NURSE.address), "accept"),
+    (
+        "mx-whitelisted-right-certificate",
+        SenderFacts(REMOTE_DOCTOR, Channel.MX, operator_dns=frozenset({PEER_DN}), peer_dn=PEER_DN),
+        "accept",
+    ),
+    (
+        "mx-whitelisted-other-certificate",
+        SenderFacts(REMOTE_DOCTOR, Channel.MX, operator_dns=frozenset({"CN=x"}), peer_dn=PEER_DN),
+        "trust-space",
+    ),
+    ("mx-claims-our-domain", SenderFacts(DOCTOR, Channel.MX, peer_dn=PEER_DN), "trust-space"),
+    ("mx-outside-trust-space", SenderFacts(OUTSIDER, Channel.MX, peer_dn=PEER_DN), "trust-space"),
+]
+
+
+@pytest.mark.parametrize(("facts", "expected"), [case[1:] for case in SENDER_CASES], ids=[case[0] for case in SENDER_CASES])
+def test_sender_chain(facts: SenderFacts, expected: str) -> None:
+    """MAIL FROM: rule 2 on authenticated channels, the whitelist and the operator's certificate on MX."""
+    decision = decide_sender(facts)
+    assert decision.rule == expected
+    if not decision.accepted:
+        assert (decision.code, decision.enhanced) == (550, "5.7.1") and decision.text_fr and decision.text_en
+
+
+def test_rule_2_says_the_same_at_mail_from_and_for_the_from_header() -> None:
+    at_mail_from = decide_sender(SenderFacts(DOCTOR, Channel.SUBMISSION, unowned_address=NURSE.address))
+    in_the_header = decide(Facts(sender=DOCTOR, recipient=PATIENT, message=TEXT, submission=True, unowned_address=NURSE.address))
+    assert at_mail_from == in_the_header and NURSE.address in at_mail_from.text_fr
+
+
+def test_over_mx_only_our_mailboxes_are_recipients() -> None:
+    relayed = decide(Facts(sender=REMOTE_DOCTOR, recipient=HOSPITAL, message=TEXT, relaying=True))
+    assert (relayed.accepted, relayed.rule) == (False, "no-relay")
+    assert decide(Facts(sender=REMOTE_DOCTOR, recipient=PATIENT, message=TEXT, relaying=True)).accepted
+
+
+def test_a_read_only_carer_cannot_write_for_the_patient() -> None:
+    facts = Facts(sender=PATIENT, recipient=DOCTOR, conversation=OPEN, message=REPLY, submission=True, read_only_delegate=True)
+    assert decide(facts).rule == "read-only-delegate"
+    assert decide(replace(facts, read_only_delegate=False)).accepted
+
+
+@pytest.mark.parametrize(
+    ("mailbox_type", "cnam", "local", "trusted", "kind"),
+    [
+        ("PAT", False, True, True, PartyKind.PATIENT),
+        ("PER", False, True, True, PartyKind.PROFESSIONAL),
+        ("CAB", False, True, True, PartyKind.PROFESSIONAL),
+        ("ORG", False, True, True, PartyKind.ORGANISATION),
+        ("APP", True, True, True, PartyKind.CNAM),
+        ("APP", False, True, True, PartyKind.ORGANISATION),
+        (None, False, False, True, PartyKind.PROFESSIONAL),  # another operator's address we do not list
+        (None, False, True, True, PartyKind.UNKNOWN),
+        (None, False, False, False, PartyKind.UNKNOWN),
+    ],
+)
+def test_who_is_who(mailbox_type: str | None, cnam: bool, local: bool, trusted: bool, kind: PartyKind) -> None:
+    assert kind_of(mailbox_type, is_cnam=cnam, is_local=local, domain_trusted=trusted) is kind

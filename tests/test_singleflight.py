@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from caducee.singleflight import SingleFlight
+from caducee.core.singleflight import SingleFlight
 
 
 async def test_concurrent_callers_share_one_load_and_a_later_call_loads_again() -> None:

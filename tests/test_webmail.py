@@ -511,7 +511,7 @@ async def test_codes_go_through_an_smtp_relay_when_one_is_configured(tmp_path: P
     from aiosmtpd.controller import Controller
     from conftest import free_port
 
-    from caducee.webmail.notifier import SmtpNotifier
+    from caducee.notify.notifier import SmtpNotifier
 
     received: list[bytes] = []
 
@@ -536,8 +536,8 @@ async def test_a_patient_is_told_a_message_waits_without_what_it_says(webmail: W
     import email
     import email.policy
 
-    from caducee.webmail.alerts import NewMailAlerts
-    from caducee.webmail.notifier import OutboxNotifier
+    from caducee.notify.alerts import NewMailAlerts
+    from caducee.notify.notifier import OutboxNotifier
 
     alerts = NewMailAlerts(webmail.gateway.engine, webmail.gateway.settings, OutboxNotifier(webmail.outbox, "Caducée <n@demo.mssante.fr>"))
     webmail.gateway.pipeline.on_delivered = alerts.delivered

@@ -7,7 +7,7 @@ Only `caducee.annuaire` reads and writes these tables; other components go throu
 from __future__ import annotations
 
 import enum
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 
 from sqlalchemy import (
     Boolean,
@@ -21,11 +21,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
+from caducee.core.clock import utcnow
 from caducee.db import Base
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 class MailboxType(str, enum.Enum):

@@ -26,8 +26,6 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.ciphers import algorithms
 from cryptography.hazmat.primitives.serialization import pkcs7
 
-from caducee.policies.facts import Decision
-
 PROTECTED_HEADERS = ("From", "To", "Cc", "Subject", "Date", "Message-ID")
 _OUTER_COPY = (
     "From",
@@ -47,14 +45,17 @@ _BOUNDARY = re.compile(rb'boundary="?([^";\r\n]+)"?', re.I)
 
 
 class SmimeError(Exception):
-    """A message that fails S/MIME checks; `decision` carries the 5.7.x reply and texts."""
+    """A message that fails S/MIME checks: the 5.7.x enhanced code and the texts for people
+    (the gateway turns it into its refusal; crypto decides nothing about delivery)."""
 
     def __init__(self, enhanced: str, text_fr: str, text_en: str) -> None:
-        self.decision = Decision(accepted=False, rule="smime", code=550, enhanced=enhanced, text_fr=text_fr, text_en=text_en)
-        super().__init__(self.decision.smtp_reply)
+        self.enhanced = enhanced
+        self.text_fr = text_fr
+        self.text_en = text_en
+        super().__init__(f"{enhanced} {text_en}")
 
     def __reduce__(self) -> tuple[type, tuple[str, str, str]]:  # crosses the process pool intact
-        return (SmimeError, (self.decision.enhanced, self.decision.text_fr, self.decision.text_en))
+        return (SmimeError, (self.enhanced, self.text_fr, self.text_en))
 
 
 @dataclass(frozen=True)

@@ -11,12 +11,12 @@ import re
 import uuid
 from dataclasses import dataclass
 from email import errors as email_errors
-from email.header import decode_header, make_header
 from email.message import Message
 from email.parser import BytesHeaderParser, BytesParser
 from email.utils import formatdate, getaddresses
 
-from caducee.policies.facts import Decision
+from caducee.mime.headers import decoded_header
+from caducee.policies import refuse
 
 MAX_LINE = 998  # RFC 5322 section 2.1.1, without CRLF
 
@@ -36,7 +36,7 @@ class MessageRejected(Exception):
     """The message as a whole is refused; `decision` carries the SMTP codes and texts."""
 
     def __init__(self, code: int, enhanced: str, text_fr: str, text_en: str) -> None:
-        self.decision = Decision(accepted=False, rule="message-syntax", code=code, enhanced=enhanced, text_fr=text_fr, text_en=text_en)
+        self.decision = refuse("message-syntax", code, enhanced, text_fr, text_en)
         super().__init__(self.decision.smtp_reply)
 
     def __reduce__(self) -> tuple[type, tuple[int, str, str, str]]:  # crosses the process pool intact
@@ -60,16 +60,6 @@ class InspectedMessage:
     @property
     def size(self) -> int:
         return len(self.raw)
-
-
-def decoded_header(value: str | None) -> str:
-    """A header value with its RFC 2047 words decoded; as it came if they are malformed."""
-    if not value:
-        return ""
-    try:
-        return str(make_header(decode_header(value)))
-    except (email_errors.HeaderParseError, UnicodeDecodeError, LookupError):
-        return value
 
 
 def _message_ids(value: str | None) -> list[str]:

@@ -7,9 +7,9 @@ from datetime import datetime
 from sqlalchemy import DateTime, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from caducee.annuaire.models import utcnow
+from caducee.core.clock import utcnow
+from caducee.core.ids import BigId
 from caducee.db import Base
-from caducee.mailbox.models import BigId
 
 
 class QueuedRecipient(Base):

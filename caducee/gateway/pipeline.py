@@ -10,7 +10,6 @@ thin wrappers around `check_sender`, `check_recipient` and `accept`.
 from __future__ import annotations
 
 import asyncio
-import enum
 import functools
 import logging
 import time
@@ -25,18 +24,19 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from caducee.annuaire.service import PartyInfo, resolve_parties
 from caducee.config import Settings
-from caducee.cpu import CpuPool
+from caducee.core.cpu import CpuPool
+from caducee.core.groupcommit import GroupCommitter
 from caducee.crypto.atrest import BodyCipher
 from caducee.crypto.smime import SmimeError
-from caducee.gateway.batch import BatchWriter, Copy, DeliveryPlan, NewConversation, Notice
-from caducee.gateway.committer import GroupCommitter
+from caducee.gateway.batch import BatchWriter, DeliveryPlan
 from caducee.gateway.inspect import InspectedMessage, MessageRejected, inspect_message
-from caducee.gateway.protection import Form, Protection, SmimeStage
+from caducee.gateway.protection import Form, Protection, SmimeStage, smime_refusal
 from caducee.mailbox import store
-from caducee.mailbox.imap.structure import summarize
+from caducee.mailbox.delivery import Delivery, Filing, NewConversation, Notice, Target, relay_only_form, stored_form
 from caducee.policies import (
     RCPT_CHAIN,
     Action,
+    Channel,
     Conversation,
     ConversationState,
     Decision,
@@ -44,24 +44,20 @@ from caducee.policies import (
     Message,
     Party,
     PartyKind,
+    SenderFacts,
     decide,
+    decide_sender,
+    kind_of,
 )
-from caducee.policies.rules import outside_trust_space
+
+__all__ = ["AcceptPipeline", "AcceptResult", "Channel", "Envelope", "Verdict"]
 
 log = logging.getLogger(__name__)
 
 OFF_LOOP_SIZE = 256 * 1024  # parse larger messages in another process: the event loop serves other sessions
 
 
-class Channel(str, enum.Enum):
-    SUBMISSION = "submission"  # an authenticated user over SMTP
-    MX = "mx"  # another operator over mutual TLS
-    TRUSTED = "trusted"  # a configured trusted network (practice software on a LAN, benchmarks)
-    WEBMAIL = "webmail"  # a patient through the webmail
-    API = "api"  # the campaign API
-
-
-AUTHENTICATED_CHANNELS = {Channel.SUBMISSION, Channel.WEBMAIL, Channel.API}
+AUTHENTICATED_CHANNELS = {channel for channel in Channel if channel.authenticated}
 
 
 @dataclass
@@ -73,6 +69,7 @@ class Envelope:
     authenticated: str | None = None  # the mailbox address the session authenticated as
     peer_dn: str | None = None  # MX: the subject DN of the client certificate
     keep_sent: bool = False  # file a copy in the sender's Sent folder (the webmail; mail clients APPEND their own)
+    read_only_delegate: bool = False  # the webmail: written by a carer whose delegation is reading only
 
 
 @dataclass
@@ -102,10 +99,6 @@ class AcceptResult:
     message_id: int | None
     reply: str
     actions: frozenset[Action] = field(default_factory=frozenset)
-
-
-def refusal(code: int, enhanced: str, text_fr: str, text_en: str, rule: str) -> Decision:
-    return Decision(accepted=False, rule=rule, code=code, enhanced=enhanced, text_fr=text_fr, text_en=text_en)
 
 
 def _nobody(refused: dict[str, Decision]) -> AcceptResult:
@@ -167,26 +160,10 @@ class AcceptPipeline:
             found.update(fresh)
         return found
 
-    def _kind(self, info: PartyInfo) -> PartyKind:
-        if info.address in self._cnam:
-            return PartyKind.CNAM
-        kinds = {
-            "PAT": PartyKind.PATIENT,
-            "PER": PartyKind.PROFESSIONAL,
-            "CAB": PartyKind.PROFESSIONAL,
-            "ORG": PartyKind.ORGANISATION,
-            "APP": PartyKind.ORGANISATION,
-        }
-        if info.mailbox_type in kinds:
-            return kinds[info.mailbox_type]
-        if not info.is_local and info.domain_trusted:
-            return PartyKind.PROFESSIONAL  # a member of the trust space we do not list
-        return PartyKind.UNKNOWN
-
     def _party(self, info: PartyInfo) -> Party:
         return Party(
             address=info.address,
-            kind=self._kind(info),
+            kind=kind_of(info.mailbox_type, is_cnam=info.address in self._cnam, is_local=info.is_local, domain_trusted=info.domain_trusted),
             domain_trusted=info.domain_trusted,
             is_local=info.is_local,
             patient_status=info.patient_status,
@@ -196,54 +173,47 @@ class AcceptPipeline:
     # ---- SMTP stages ------------------------------------------------------------------
 
     async def check_sender(self, mail_from: str, channel: Channel, *, authenticated: str | None, peer_dn: str | None) -> Decision | None:
-        """MAIL FROM: rule 2 on submission, the trust space and the operator DN on MX."""
+        """MAIL FROM: the sender chain (rule 2 on authenticated channels, the trust space and
+        the operator certificate on MX), from facts gathered here."""
         sender = mail_from.lower()
-        if channel in AUTHENTICATED_CHANNELS and sender != (authenticated or "").lower():
-            return refusal(
-                550,
-                "5.7.1",
-                f"vous n'êtes pas autorisé à envoyer en tant que {mail_from}",
-                f"not authorised to send as {mail_from}",
-                "no-spoofing",
-            )
-        if channel is Channel.MX:
-            info = (await self._parties([sender]))[sender]
-            if not info.domain_trusted or info.is_local:
-                return outside_trust_space(sender)
-            if peer_dn is not None and peer_dn not in info.operator_dns:
-                return refusal(
-                    550,
-                    "5.7.1",
-                    "le certificat de l'opérateur ne correspond pas au domaine expéditeur",
-                    "the operator certificate does not match the sender domain",
-                    "trust-space",
-                )
-        return None
+        info = (await self._parties([sender]))[sender]
+        facts = SenderFacts(
+            sender=self._party(info),
+            channel=channel,
+            unowned_address=mail_from if channel.authenticated and sender != (authenticated or "").lower() else None,
+            operator_dns=frozenset(info.operator_dns),
+            peer_dn=peer_dn,
+        )
+        decision = decide_sender(facts)
+        return None if decision.accepted else decision
 
     async def check_recipient(self, mail_from: str, rcpt: str, channel: Channel) -> Decision:
         """RCPT TO: the rules that need nothing from the message itself."""
         sender, recipient = mail_from.lower(), rcpt.lower()
         parties = await self._parties([sender, recipient])
-        if channel is Channel.MX and not parties[recipient].is_local:
-            return refusal(
-                550,
-                "5.7.1",
-                "relais refusé : ce destinataire n'est pas chez nous",
-                "relaying denied: recipient is not hosted here",
-                "no-relay",
-            )
         facts = Facts(
             sender=self._party(parties[sender]),
             recipient=self._party(parties[recipient]),
             message=Message(size=0),
-            submission=channel in AUTHENTICATED_CHANNELS,
+            submission=channel.authenticated,
             max_size=self.settings.max_message_size,
+            relaying=channel is Channel.MX,
         )
         return decide(facts, RCPT_CHAIN)
 
     # ---- the decisions ----------------------------------------------------------------
 
-    async def judge(self, sender: str, recipients: list[str], *, references: list[str], message: Message, channel: Channel) -> Verdict:
+    async def judge(
+        self,
+        sender: str,
+        recipients: list[str],
+        *,
+        references: list[str],
+        message: Message,
+        channel: Channel,
+        unowned_address: str | None = None,
+        read_only_delegate: bool = False,
+    ) -> Verdict:
         """Apply the rules to each recipient, as `accept` will; nothing is written.
 
         The webmail asks this before it offers an action, so that what it shows and what the
@@ -278,8 +248,11 @@ class AcceptPipeline:
                     recipient=self._party(parties[rcpt]),
                     message=facts,
                     conversation=conversation_facts,
-                    submission=channel in AUTHENTICATED_CHANNELS,
+                    submission=channel.authenticated,
+                    unowned_address=unowned_address,
                     max_size=self.settings.max_message_size,
+                    relaying=channel is Channel.MX,
+                    read_only_delegate=read_only_delegate,
                 )
             )
             decisions[rcpt] = decision
@@ -295,15 +268,9 @@ class AcceptPipeline:
         except MessageRejected as rejected:
             return AcceptResult([], {rcpt: rejected.decision for rcpt in envelope.rcpt_tos}, None, rejected.decision.smtp_reply)
         sender = envelope.mail_from.lower()
-        if envelope.channel in AUTHENTICATED_CHANNELS and any(address != sender for address in inspected.from_addresses):
-            decision = refusal(
-                550,
-                "5.7.1",
-                "l'en-tête From n'appartient pas au compte authentifié",
-                "the From header is not owned by the authenticated account",
-                "no-spoofing",
-            )
-            return AcceptResult([], {rcpt: decision for rcpt in envelope.rcpt_tos}, None, decision.smtp_reply)
+        unowned = None
+        if envelope.channel.authenticated:  # rule 2 for the From header too: the rules decide, from this fact
+            unowned = next((address for address in inspected.from_addresses if address != sender), None)
 
         recipients = list(dict.fromkeys(rcpt.lower() for rcpt in envelope.rcpt_tos))
         message_facts = Message(
@@ -314,7 +281,15 @@ class AcceptPipeline:
             mss_mes_fin=inspected.mss_mes_fin,
             is_receipt=inspected.is_receipt,
         )
-        verdict = await self.judge(sender, recipients, references=inspected.references, message=message_facts, channel=envelope.channel)
+        verdict = await self.judge(
+            sender,
+            recipients,
+            references=inspected.references,
+            message=message_facts,
+            channel=envelope.channel,
+            unowned_address=unowned,
+            read_only_delegate=envelope.read_only_delegate,
+        )
         parties, sender_party, conversation, conversation_facts = (
             verdict.parties,
             verdict.sender,
@@ -334,36 +309,37 @@ class AcceptPipeline:
                 else:
                     protection = await self.smime.protect(inspected.raw, sender, accepted, parties)
             except SmimeError as failed:
-                return AcceptResult([], {rcpt: failed.decision for rcpt in envelope.rcpt_tos}, None, failed.decision.smtp_reply)
+                decision = smime_refusal(failed)
+                return AcceptResult([], dict.fromkeys(envelope.rcpt_tos, decision), None, decision.smtp_reply)
             refused.update(protection.refused)
             accepted = [rcpt for rcpt in accepted if rcpt in protection.form_of]
             if not accepted:
                 return _nobody(refused)
 
-        plan = DeliveryPlan(
-            copies=self._copies(
-                protection,
-                accepted,
-                parties,
-                deliver=Action.DO_NOT_DELIVER not in actions,
-                sent_box=parties[sender].mailbox_id if envelope.keep_sent else None,
-            ),
+        filings, remote = self._filings(
+            protection,
+            accepted,
+            parties,
+            deliver=Action.DO_NOT_DELIVER not in actions,
+            sent_box=parties[sender].mailbox_id if envelope.keep_sent else None,
+        )
+        delivery = Delivery(
+            filings,
             sender=sender,
             message_id_header=inspected.message_id,
             close_by=parties[sender].display_name if Action.CLOSE_CONVERSATION in actions else None,
             notices=self._notices(envelope, parties[sender], inspected, refused, actions),
-            queue_lifetime=self.queue_lifetime,
         )
         if conversation_facts is not None:
-            plan.conversation_id = conversation.id  # type: ignore[union-attr]
+            delivery.conversation_id = conversation.id  # type: ignore[union-attr]
             if sender_party.kind in {PartyKind.PROFESSIONAL, PartyKind.ORGANISATION}:
-                plan.add_participants = frozenset(set(accepted) - conversation_facts.participants)
+                delivery.add_participants = frozenset(set(accepted) - conversation_facts.participants)
         else:
-            plan.new_conversation = NewConversation(
+            delivery.new_conversation = NewConversation(
                 sender, sender_party.kind.value, frozenset({sender, *accepted}), is_campaign=sender_party.kind is PartyKind.CNAM
             )
-        message_id = await self.committer.submit(plan)
-        if any(copy.remote for copy in plan.copies) and self.on_queued is not None:
+        message_id = await self.committer.submit(DeliveryPlan(delivery, remote, self.queue_lifetime))
+        if any(remote) and self.on_queued is not None:
             self.on_queued()
         if self.on_delivered is not None and Action.DO_NOT_DELIVER not in actions and sender_party.kind is not PartyKind.CNAM:
             patients = [rcpt for rcpt in accepted if parties[rcpt].mailbox_type == "PAT" and parties[rcpt].mailbox_id is not None]
@@ -371,27 +347,31 @@ class AcceptPipeline:
                 self.on_delivered(patients)
         return AcceptResult(accepted, refused, message_id, f"250 2.0.0 OK: queued as {message_id}", frozenset(actions))
 
-    def _copies(
+    def _filings(
         self, protection: Protection, accepted: list[str], parties: dict[str, PartyInfo], *, deliver: bool, sent_box: int | None = None
-    ) -> list[Copy]:
-        """One stored copy per form someone receives (a message nobody receives is still kept once).
+    ) -> tuple[list[Filing], list[list[str]]]:
+        """One stored form per form someone receives (a message nobody receives is still kept
+        once), and for each the remote recipients it is relayed to.
 
         The sender's Sent copy is the readable form: the sender reads it on our pages.
         """
         sent_form = Form.READABLE if Form.READABLE in protection.forms else next(iter(protection.forms))
-        copies = []
+        filings: list[Filing] = []
+        remotes: list[list[str]] = []
         for form, body in protection.forms.items():
             receivers = [r for r in accepted if deliver and protection.form_of.get(r) is form]
-            boxes = [parties[r].mailbox_id for r in receivers if parties[r].mailbox_id is not None]
+            targets = [Target(parties[r].mailbox_id) for r in receivers if parties[r].mailbox_id is not None]  # type: ignore[arg-type]
+            if sent_box is not None and form is sent_form:
+                targets.append(Target(sent_box, "Sent", "\\Seen"))
             remote = [r for r in receivers if not parties[r].is_local]
-            sent = [sent_box] if sent_box is not None and form is sent_form else []
-            if boxes or remote or sent:
-                summary = self.cipher.seal(summarize(body).pack()) if boxes or sent else None  # what IMAP lists, computed once
-                copies.append(Copy(self.cipher.seal(body), len(body), boxes, remote, summary, sent))  # type: ignore[arg-type]
-        if not copies:
-            body = next(iter(protection.forms.values()))
-            copies.append(Copy(self.cipher.seal(body), len(body)))
-        return copies
+            if targets or remote:
+                stored = stored_form(self.cipher, body) if targets else relay_only_form(self.cipher, body)
+                filings.append(Filing(stored, targets))
+                remotes.append(remote)
+        if not filings:
+            filings.append(Filing(relay_only_form(self.cipher, next(iter(protection.forms.values())))))
+            remotes.append([])
+        return filings, remotes
 
     async def _inspect(self, envelope: Envelope) -> InspectedMessage:
         arguments = dict(
@@ -438,10 +418,7 @@ class AcceptPipeline:
                 )
             )
         postmaster = f"postmaster@{self.settings.operator_domain}"
-        return [
-            Notice(sender.mailbox_id, self.cipher.seal(raw), len(raw), postmaster, self.cipher.seal(summarize(raw).pack()))
-            for raw in notices
-        ]
+        return [Notice(sender.mailbox_id, stored_form(self.cipher, raw), postmaster) for raw in notices]
 
     def _notice(self, to: str, subject: str, body: str, in_reply_to: str) -> bytes:
         message = EmailMessage()

@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from caducee.annuaire.service import PartyInfo, certificates_for
-from caducee.cpu import CpuPool
+from caducee.core.cpu import CpuPool
 from caducee.crypto import jobs, smime
 from caducee.crypto.material import SmimeMaterial
-from caducee.policies import Decision
+from caducee.policies import Decision, refuse
 
 
 class WithoutCertificate(str, enum.Enum):
@@ -54,12 +54,19 @@ class Protection:
     worker_pid: int | None = None
 
 
+def smime_refusal(error: smime.SmimeError) -> Decision:
+    """An S/MIME failure as the gateway's refusal (550 with the crypto's 5.7.x code and texts)."""
+    return refuse("smime", 550, error.enhanced, error.text_fr, error.text_en)
+
+
 def no_certificate(recipient: str) -> Decision:
-    return smime.SmimeError(
+    return refuse(
+        "smime",
+        550,
         "5.7.5",
         f"aucun certificat de chiffrement n'est publié dans l'annuaire pour {recipient}",
         f"no encryption certificate is published in the annuaire for {recipient}",
-    ).decision
+    )
 
 
 class SmimeStage:
@@ -146,11 +153,13 @@ class SmimeStage:
             result.forms[Form.READABLE] = opened.readable
         for rcpt in recipients:
             if rcpt in opened.not_encrypted_to:
-                result.refused[rcpt] = smime.SmimeError(
+                result.refused[rcpt] = refuse(
+                    "smime",
+                    550,
                     "5.7.5",
                     "le message n'est pas chiffré pour ce destinataire",
                     "the message is not encrypted to this recipient",
-                ).decision
+                )
             elif rcpt in held and opened.readable is not None:
                 result.form_of[rcpt] = Form.READABLE
             else:

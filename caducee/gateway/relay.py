@@ -20,16 +20,16 @@ from datetime import UTC, datetime, timedelta
 
 import aiosmtplib
 from sqlalchemy import DateTime as SADateTime
-from sqlalchemy import bindparam, select, text, update
+from sqlalchemy import bindparam, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from caducee.annuaire.service import resolve_parties
 from caducee.config import Settings
 from caducee.crypto.atrest import BodyCipher
-from caducee.gateway.batch import Copy, DeliveryPlan, write_batch
 from caducee.gateway.dsn import RecipientStatus, build_dsn
 from caducee.gateway.models import QueuedRecipient
-from caducee.mailbox.models import Message
+from caducee.mailbox.delivery import Delivery, Filing, Target, deliver, stored_form
+from caducee.mailbox.store import sealed_body
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +164,7 @@ class RelayWorker:
     async def _attempt(self, rows: list[Claimed]) -> None:
         first = rows[0]
         async with self.engine.connect() as conn:
-            sealed = (await conn.execute(select(Message.body).where(Message.id == first.message_id))).scalar_one()
+            sealed = await sealed_body(conn, first.message_id)
         raw = self.cipher.open(sealed)
         outcomes = await self._send(first.domain, first.mail_from, [row.rcpt_to for row in rows], raw)
         await self._record(rows, outcomes, raw)
@@ -269,12 +269,8 @@ class RelayWorker:
             recipients=statuses,
             arrival=arrival,
         )
-        plan = DeliveryPlan(
-            [Copy(self.cipher.seal(dsn), len(dsn), local_boxes=[mailbox_id])],
-            sender=f"postmaster@{self.settings.operator_domain}",
-            message_id_header="",
-        )
-        await conn.run_sync(write_batch, [plan])
+        filing = Filing(stored_form(self.cipher, dsn), [Target(mailbox_id)])
+        await conn.run_sync(deliver, [Delivery([filing], sender=f"postmaster@{self.settings.operator_domain}", message_id_header="")])
 
 
 async def _mx_lookup(domain: str) -> str:

@@ -21,8 +21,10 @@ import aiosmtpd.smtp as aiosmtpd_smtp
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Session, syntax
 from aiosmtpd.smtp import Envelope as SmtpEnvelope
 
-from caducee.gateway.auth import Locked, MailboxAuthenticator
+from caducee.core.connections import ClientConnections
+from caducee.core.throttle import Locked
 from caducee.gateway.pipeline import AcceptPipeline, Channel, Envelope
+from caducee.identity.mailauth import MailboxAuthenticator
 
 log = logging.getLogger(__name__)
 
@@ -84,28 +86,6 @@ aiosmtpd_smtp.inspect = _AuthMembers()  # type: ignore[attr-defined]
 
 END_OF_DATA = b"\r\n.\r\n"
 _SCAN_WINDOW = 256 * 1024
-
-
-class ClientConnections:
-    """Concurrent connections per client address on one listener, with a ceiling."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self._open: dict[str, int] = {}
-
-    def enter(self, client: str) -> bool:
-        count = self._open.get(client, 0)
-        if count >= self.limit:
-            return False
-        self._open[client] = count + 1
-        return True
-
-    def leave(self, client: str) -> None:
-        count = self._open.get(client, 0) - 1
-        if count > 0:
-            self._open[client] = count
-        else:
-            self._open.pop(client, None)
 
 
 class GatewaySMTP(SMTP):

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, DateTime, Index, Integer, String
+from sqlalchemy import DateTime, Index, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from caducee.annuaire.models import utcnow
+from caducee.core.clock import utcnow
+from caducee.core.ids import BigId
 from caducee.db import Base
-
-BigId = BigInteger().with_variant(Integer(), "sqlite")
 
 
 class AccessRecord(Base):

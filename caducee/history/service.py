@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from caducee.gateway.committer import GroupCommitter
+from caducee.core.groupcommit import GroupCommitter
 from caducee.history.models import AccessRecord
 
 ACTION_LABELS = {

@@ -25,10 +25,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
-from caducee.annuaire.models import utcnow
+from caducee.core.clock import utcnow
+from caducee.core.ids import BigId
 from caducee.db import Base
-
-BigId = BigInteger().with_variant(Integer(), "sqlite")  # SQLite's rowid alias must be INTEGER
 
 SPECIAL_FOLDERS = (("INBOX", None), ("Sent", "\\Sent"), ("Drafts", "\\Drafts"), ("Trash", "\\Trash"), ("Archive", "\\Archive"))
 

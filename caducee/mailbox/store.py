@@ -1,7 +1,9 @@
-"""Operations on the mailbox store, each inside the caller's transaction.
+"""Low-level operations on the mailbox store's tables, each inside the caller's transaction:
+threading look-up, closing, folder creation and the one UID/MODSEQ reservation.
 
-The gateway calls these from its group commit, so a message, all its entries, its queue
-rows and its conversation change are one transaction: on disk together or not at all.
+Other components do not call these directly: they file messages through
+`caducee.mailbox.delivery` and read through `caducee.mailbox.mailstore` and
+`caducee.mailbox.conversations`.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import insert, select, text, update
+from sqlalchemy import Table, insert, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
@@ -36,7 +38,7 @@ class ConversationView:
     is_campaign: bool
 
 
-def insert_ignore(conn: Connection | AsyncConnection, table):  # type: ignore[no-untyped-def]
+def insert_ignore(conn: Connection | AsyncConnection, table: Table):  # type: ignore[no-untyped-def]
     """INSERT ... ON CONFLICT DO NOTHING, in the connection's dialect."""
     dialect_insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
     return dialect_insert(table).on_conflict_do_nothing()
@@ -119,22 +121,35 @@ def ensure_folders(conn: Connection, mailbox_ids: list[int]) -> None:
     conn.execute(insert_ignore(conn, Folder.__table__), rows)
 
 
-def allocate_uids(conn: Connection, counts: dict[tuple[int, str], int]) -> dict[tuple[int, str], tuple[int, int, int]]:
-    """Reserve `count` consecutive UIDs and MODSEQs in each (mailbox, folder).
+_RESERVE = (
+    "UPDATE folders SET uidnext = uidnext + :n, highestmodseq = highestmodseq + :n WHERE {where} "
+    "RETURNING id, uidvalidity, uidnext - :n, highestmodseq - :n + 1"
+)
+_RESERVE_BY_NAME = text(_RESERVE.format(where="mailbox_id = :mailbox AND name = :name"))
+_RESERVE_BY_ID = text(_RESERVE.format(where="id = :id"))
+
+
+def reserve_uids_by_name(conn: Connection, counts: dict[tuple[int, str], int]) -> dict[tuple[int, str], tuple[int, int, int]]:
+    """Reserve `count` consecutive UIDs and MODSEQs in each (mailbox, folder name).
 
     Returns {(mailbox, folder): (folder id, first uid, first modseq)}: one UPDATE per
-    folder whatever the number of messages; the row lock makes the ranges disjoint across
-    concurrent writers, and the sorted order avoids deadlocks between them.
+    folder whatever the number of messages; the row lock (PostgreSQL) or write lock
+    (SQLite) is held until commit, so ranges are disjoint across concurrent writers and
+    become visible in order; the sorted order avoids deadlocks between writers.
     """
     reserved = {}
     for (mailbox_id, folder), count in sorted(counts.items()):
-        row = conn.execute(
-            text(
-                "UPDATE folders SET uidnext = uidnext + :n, highestmodseq = highestmodseq + :n "
-                "WHERE mailbox_id = :mailbox AND name = :name "
-                "RETURNING id, uidnext - :n, highestmodseq - :n + 1"
-            ),
-            {"n": count, "mailbox": mailbox_id, "name": folder},
-        ).one()
-        reserved[(mailbox_id, folder)] = (int(row[0]), int(row[1]), int(row[2]))
+        row = conn.execute(_RESERVE_BY_NAME, {"n": count, "mailbox": mailbox_id, "name": folder}).one()
+        reserved[(mailbox_id, folder)] = (int(row[0]), int(row[2]), int(row[3]))
     return reserved
+
+
+def reserve_uids(conn: Connection, folder_id: int, count: int) -> tuple[int, int, int]:
+    """(UIDVALIDITY, first UID, first MODSEQ) of `count` new entries in one folder."""
+    row = conn.execute(_RESERVE_BY_ID, {"n": count, "id": folder_id}).one()
+    return int(row[1]), int(row[2]), int(row[3])
+
+
+async def sealed_body(conn: AsyncConnection, message_id: int) -> bytes:
+    """The sealed body of one stored message (the relay sends it as it is stored)."""
+    return (await conn.execute(select(Message.body).where(Message.id == message_id))).scalar_one()

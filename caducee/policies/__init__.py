@@ -1,8 +1,9 @@
 """Pure decision rules: who may write to whom, in which conversation. No I/O."""
 
-from caducee.policies.chain import CHAIN, RCPT_CHAIN, decide
+from caducee.policies.chain import CHAIN, RCPT_CHAIN, SENDER_CHAIN, decide, decide_sender
 from caducee.policies.facts import (
     Action,
+    Channel,
     Conversation,
     ConversationState,
     Decision,
@@ -10,13 +11,19 @@ from caducee.policies.facts import (
     Message,
     Party,
     PartyKind,
+    SenderFacts,
+    refuse,
 )
+from caducee.policies.parties import kind_of
 
 __all__ = [
     "CHAIN",
     "RCPT_CHAIN",
+    "SENDER_CHAIN",
     "decide",
+    "decide_sender",
     "Action",
+    "Channel",
     "Conversation",
     "ConversationState",
     "Decision",
@@ -24,4 +31,7 @@ __all__ = [
     "Message",
     "Party",
     "PartyKind",
+    "SenderFacts",
+    "refuse",
+    "kind_of",
 ]

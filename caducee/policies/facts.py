@@ -19,6 +19,21 @@ class PartyKind(str, enum.Enum):
     UNKNOWN = "unknown"  # not in the annuaire
 
 
+class Channel(str, enum.Enum):
+    """How a message reached the gateway."""
+
+    SUBMISSION = "submission"  # an authenticated user over SMTP
+    MX = "mx"  # another operator over mutual TLS
+    TRUSTED = "trusted"  # a configured trusted network (practice software on a LAN, benchmarks)
+    WEBMAIL = "webmail"  # a patient through the webmail
+    API = "api"  # the campaign API
+
+    @property
+    def authenticated(self) -> bool:
+        """The sender is an account that signed in: what it may send as is checked (rule 2)."""
+        return self in (Channel.SUBMISSION, Channel.WEBMAIL, Channel.API)
+
+
 class ConversationState(str, enum.Enum):
     OPEN = "open"
     CLOSED = "closed"
@@ -67,18 +82,40 @@ class Message:
 
 
 @dataclass(frozen=True)
+class SenderFacts:
+    """What is known at MAIL FROM: who sends, on which channel, and what vouches for them."""
+
+    sender: Party
+    channel: Channel
+    unowned_address: str | None = None  # an address the authenticated account sent as but does not own (rule 2)
+    operator_dns: frozenset[str] = frozenset()  # MX: the operator certificate DNs the whitelist gives the sender's domain
+    peer_dn: str | None = None  # MX: the subject DN of the client certificate
+
+
+@dataclass(frozen=True)
 class Facts:
     sender: Party
     recipient: Party
     message: Message
     conversation: Conversation | None = None
     submission: bool = False  # arrived on submission (or webmail/API) from an authenticated user
-    sender_owned: bool = True  # the authenticated account owns MAIL FROM and From (rule 2)
+    unowned_address: str | None = None  # MAIL FROM or From not owned by the authenticated account (rule 2)
     max_size: int = 25 * 1024 * 1024
+    relaying: bool = False  # arrived over MX: the recipient must be ours
+    read_only_delegate: bool = False  # written by a carer whose delegation is reading only
+
+    @property
+    def sender_owned(self) -> bool:
+        return self.unowned_address is None
 
     @property
     def subject_is_fin(self) -> bool:
         return self.message.subject.strip().upper().startswith("[FIN]")
+
+
+def refuse(rule: str, code: int, enhanced: str, text_fr: str, text_en: str) -> Decision:
+    """The one way a refusal is made, whoever decides it (a rule, inspection, S/MIME checks)."""
+    return Decision(accepted=False, rule=rule, code=code, enhanced=enhanced, text_fr=text_fr, text_en=text_en)
 
 
 @dataclass(frozen=True)

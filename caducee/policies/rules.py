@@ -9,13 +9,9 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from caducee.policies.facts import Action, ConversationState, Decision, Facts, PartyKind
+from caducee.policies.facts import Action, Channel, ConversationState, Decision, Facts, PartyKind, SenderFacts, refuse
 
 SENDERS_WHO_OPEN = {PartyKind.PROFESSIONAL, PartyKind.ORGANISATION}
-
-
-def refuse(rule: str, code: int, enhanced: str, text_fr: str, text_en: str) -> Decision:
-    return Decision(accepted=False, rule=rule, code=code, enhanced=enhanced, text_fr=text_fr, text_en=text_en)
 
 
 def outside_trust_space(address: str) -> Decision:
@@ -30,12 +26,82 @@ def outside_trust_space(address: str) -> Decision:
     )
 
 
+def not_owned(address: str) -> Decision:
+    """Rule 2's refusal, the same at MAIL FROM and for the From header."""
+    return refuse(
+        "no-spoofing",
+        550,
+        "5.7.1",
+        f"l'adresse {address} n'appartient pas au compte authentifié",
+        f"address {address} is not owned by the authenticated account",
+    )
+
+
 class Rule:
     name: ClassVar[str]
     description: ClassVar[str]
 
     def check(self, facts: Facts) -> Decision | None:
         raise NotImplementedError
+
+
+class SenderRule:
+    """A rule asked at MAIL FROM, before any recipient is known."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+
+    def check(self, facts: SenderFacts) -> Decision | None:
+        raise NotImplementedError
+
+
+class SenderOwned(SenderRule):
+    name = "no-spoofing"
+    description = "On submission (and from the webmail or the API), MAIL FROM belongs to the authenticated account (rule 2)."
+
+    def check(self, facts: SenderFacts) -> Decision | None:
+        if facts.channel.authenticated and facts.unowned_address is not None:
+            return not_owned(facts.unowned_address)
+        return None
+
+
+class OperatorTrusted(SenderRule):
+    name = "trust-space"
+    description = (
+        "Over MX, the sender's domain is another operator's domain on the whitelist, and the operator's client "
+        "certificate is the one the whitelist names for that domain (rule 1)."
+    )
+
+    def check(self, facts: SenderFacts) -> Decision | None:
+        if facts.channel is not Channel.MX:
+            return None
+        if not facts.sender.domain_trusted or facts.sender.is_local:
+            return outside_trust_space(facts.sender.address)
+        if facts.peer_dn is not None and facts.peer_dn not in facts.operator_dns:
+            return refuse(
+                self.name,
+                550,
+                "5.7.1",
+                "le certificat de l'opérateur ne correspond pas au domaine expéditeur",
+                "the operator certificate does not match the sender domain",
+            )
+        return None
+
+
+class NoRelay(Rule):
+    name = "no-relay"
+    description = "What another operator sends us must be for a mailbox we serve: we relay nothing for them."
+
+    def check(self, facts: Facts) -> Decision | None:
+        if facts.relaying and not facts.recipient.is_local:
+            return refuse(
+                self.name,
+                550,
+                "5.7.1",
+                "relais refusé : ce destinataire n'est pas chez nous",
+                "relaying denied: recipient is not hosted here",
+            )
+        return None
 
 
 class TrustSpace(Rule):
@@ -54,14 +120,8 @@ class NoSpoofing(Rule):
     description = "On submission, MAIL FROM and From belong to the authenticated account."
 
     def check(self, facts: Facts) -> Decision | None:
-        if facts.submission and not facts.sender_owned:
-            return refuse(
-                self.name,
-                550,
-                "5.7.1",
-                "l'adresse d'expéditeur n'appartient pas au compte authentifié",
-                "sender address not owned by the authenticated account",
-            )
+        if facts.submission and facts.unowned_address is not None:
+            return not_owned(facts.unowned_address)
         return None
 
 
@@ -157,12 +217,51 @@ class NoForgedThreading(Rule):
         return None
 
 
+class ReadOnlyDelegate(Rule):
+    name = "read-only-delegate"
+    description = "A carer granted reading a patient's messages cannot write in the patient's name."
+
+    def check(self, facts: Facts) -> Decision | None:
+        if facts.read_only_delegate:
+            return refuse(
+                self.name,
+                550,
+                "5.7.1",
+                "en tant qu'aidant, vous pouvez lire ces messages mais pas écrire au nom du patient",
+                "a carer with reading access cannot write in the patient's name",
+            )
+        return None
+
+
+class ConversationClosed(Rule):
+    name = "conversation-closed"
+    description = (
+        "A patient cannot write in a conversation a professional closed (rule 6). A read receipt (MDN) may still "
+        "follow the closing message: it tells the professional the patient read it and carries nothing written."
+    )
+
+    def check(self, facts: Facts) -> Decision | None:
+        conversation = facts.conversation
+        if facts.sender.kind is not PartyKind.PATIENT or conversation is None or facts.message.is_receipt:
+            return None
+        if conversation.state is not ConversationState.CLOSED:
+            return None
+        when = f" le {conversation.closed_at}" if conversation.closed_at else ""
+        by = f" par {conversation.closed_by}" if conversation.closed_by else ""
+        return refuse(
+            self.name,
+            550,
+            "5.7.1",
+            f"cette conversation a été close{by}{when}",
+            f"this conversation was closed{' by ' + conversation.closed_by if conversation.closed_by else ''}",
+        )
+
+
 class PatientRepliesOnly(Rule):
     name = "patient-replies-only"
     description = (
-        "A patient only replies in an open conversation a professional opened, to someone taking part; "
-        "the one exception is a prescription sent to a pharmacy. A read receipt (MDN) may still follow a "
-        "closing message: it tells the professional the patient read it and carries nothing written."
+        "A patient only replies in a conversation a professional opened, to someone taking part; "
+        "the one exception is a prescription sent to a pharmacy."
     )
 
     def check(self, facts: Facts) -> Decision | None:
@@ -190,16 +289,6 @@ class PatientRepliesOnly(Rule):
         if conversation.opener_kind not in SENDERS_WHO_OPEN:
             return refuse(
                 self.name, 550, "5.7.1", "cette conversation n'accepte pas de réponse", "this conversation does not accept replies"
-            )
-        if conversation.state is ConversationState.CLOSED and not facts.message.is_receipt:
-            when = f" le {conversation.closed_at}" if conversation.closed_at else ""
-            by = f" par {conversation.closed_by}" if conversation.closed_by else ""
-            return refuse(
-                self.name,
-                550,
-                "5.7.1",
-                f"cette conversation a été close{by}{when}",
-                f"this conversation was closed{' by ' + conversation.closed_by if conversation.closed_by else ''}",
             )
         if facts.recipient.address not in conversation.participants:
             return refuse(

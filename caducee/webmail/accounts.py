@@ -24,12 +24,12 @@ from caducee import db
 from caducee.annuaire import patients
 from caducee.annuaire.models import PatientStatus
 from caducee.config import Settings
-from caducee.gateway.auth import Locked, LoginThrottle
-from caducee.passwords import hash_password, verify_password
-from caducee.singleflight import SingleFlight
+from caducee.core.passwords import hash_password, verify_password
+from caducee.core.singleflight import SingleFlight
+from caducee.core.throttle import Locked, LoginThrottle
+from caducee.notify.notifier import Notifier
 from caducee.webmail.codes import CodeHasher, mask_email, new_code, new_token, token_id
 from caducee.webmail.models import ActivationCode, LoginChallenge, WebSession
-from caducee.webmail.notifier import Notifier
 
 MIN_PASSWORD = 10
 PROFILES_SECONDS = 10.0

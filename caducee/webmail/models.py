@@ -12,7 +12,7 @@ from datetime import datetime
 from sqlalchemy import DateTime, ForeignKey, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from caducee.annuaire.models import utcnow
+from caducee.core.clock import utcnow
 from caducee.db import Base
 
 

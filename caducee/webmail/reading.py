@@ -16,9 +16,8 @@ from email.parser import BytesParser
 from email.utils import parseaddr, parsedate_to_datetime
 from html.parser import HTMLParser
 
-from caducee.gateway.inspect import decoded_header
-from caducee.mailbox.imap.grammar import deserialize
-from caducee.mailbox.imap.structure import Summary
+from caducee.mime.headers import decoded_header
+from caducee.mime.summary import Summary
 from caducee.webmail.uploads import safe_filename, sniff
 
 _PARSER = BytesParser(policy=email.policy.default)
@@ -51,10 +50,8 @@ class Readable:
 
 
 def decode_words(value: str | bytes | None) -> str:
-    """A header value for display (stored envelopes hold bytes): the gateway's decoder."""
-    if value is None:
-        return ""
-    return decoded_header(value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value))
+    """A header value for display: RFC 2047 words decoded, no control character."""
+    return decoded_header(value)
 
 
 @dataclass(frozen=True)
@@ -67,20 +64,8 @@ class Heading:
 
 
 def heading(packed_summary: bytes) -> Heading:
-    summary = Summary.unpack(packed_summary)
-    try:
-        envelope = deserialize(summary.envelope)
-    except (ValueError, IndexError):
-        return Heading("", "", "")
-    assert isinstance(envelope, list)
-    subject = decode_words(envelope[1])  # type: ignore[arg-type]
-    name = address = ""
-    senders = envelope[2]
-    if isinstance(senders, list) and senders:
-        display, _route, mailbox, host = senders[0]
-        name = decode_words(display)
-        address = f"{(mailbox or b'').decode('utf-8', 'replace')}@{(host or b'').decode('utf-8', 'replace')}".lower()
-    return Heading(subject, name, address)
+    view = Summary.unpack(packed_summary).view()
+    return Heading(view.subject, view.from_name, view.from_address)
 
 
 class _TextOfHtml(HTMLParser):

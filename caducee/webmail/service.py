@@ -22,14 +22,14 @@ from caducee.annuaire import patients
 from caducee.annuaire import service as annuaire
 from caducee.annuaire.patients import PatientAccount, Profile
 from caducee.config import Settings
+from caducee.core.singleflight import SingleFlight
 from caducee.crypto.atrest import BodyCipher
 from caducee.gateway.pipeline import AcceptPipeline, Channel, Envelope
 from caducee.history.service import Access, AccessHistory
 from caducee.mailbox import conversations as store
-from caducee.mailbox.imap.mailstore import MailStore
+from caducee.mailbox.mailstore import MailStore
 from caducee.policies import Decision
 from caducee.policies import Message as MessageFacts
-from caducee.singleflight import SingleFlight
 from caducee.webmail import compose, reading
 from caducee.webmail.accounts import aware
 from caducee.webmail.uploads import Upload

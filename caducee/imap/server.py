@@ -15,14 +15,14 @@ from dataclasses import dataclass, field
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from caducee.config import Settings
+from caducee.core.connections import ClientConnections
 from caducee.crypto.atrest import BodyCipher
-from caducee.gateway.auth import MailboxAuthenticator
-from caducee.gateway.smtp import ClientConnections
-from caducee.mailbox.imap.headercache import HeaderCache
-from caducee.mailbox.imap.mailstore import MailStore
-from caducee.mailbox.imap.selected import SnapshotCache
-from caducee.mailbox.imap.session import Session
-from caducee.mailbox.imap.watch import FolderWatch
+from caducee.identity.mailauth import MailboxAuthenticator
+from caducee.imap.headercache import HeaderCache
+from caducee.imap.selected import SnapshotCache
+from caducee.imap.session import Session
+from caducee.imap.watch import FolderWatch
+from caducee.mailbox.mailstore import MailStore
 
 log = logging.getLogger(__name__)
 

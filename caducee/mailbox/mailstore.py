@@ -23,9 +23,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from caducee.annuaire.models import Mailbox
 from caducee.crypto.atrest import BodyCipher
-from caducee.mailbox import store
-from caducee.mailbox.imap.structure import Summary, summarize
+from caducee.mailbox import delivery, store
 from caducee.mailbox.models import Folder, MailboxEntry, Message
+from caducee.mime.summary import Summary, summarize
 
 RANGES_PER_QUERY = 64
 SYSTEM_FLAGS = {f.upper(): f for f in ("\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft")}
@@ -389,31 +389,14 @@ class MailStore:
 
     async def append(self, folder_id: int, raw: bytes, flags: list[str], internal_date: dt.datetime | None, sender: str) -> tuple[int, int]:
         """Store a message a client appends; (UIDVALIDITY, UID)."""
-        summary = summarize(raw)
-        now = dt.datetime.now(dt.UTC)
+        form = delivery.stored_form(self.cipher, raw)
+        received = internal_date.astimezone(dt.UTC) if internal_date else dt.datetime.now(dt.UTC)  # SQLite keeps no zone: UTC
         async with self.engine.begin() as conn:
-            row = {
-                "message_id_header": "",
-                "sender": sender,
-                "size": len(raw),
-                "conversation_id": None,
-                "received_at": now,
-                "body": self.cipher.seal(raw),
-                "summary": self.cipher.seal(summary.pack()),
-            }
-            message_id = (await conn.run_sync(store.insert_returning_ids, Message.__table__, [row]))[0]
-            validity, uid, modseq = await _reserve(conn, folder_id, 1)
-            await conn.execute(
-                MailboxEntry.__table__.insert().values(
-                    folder_id=folder_id,
-                    uid=uid,
-                    message_id=message_id,
-                    modseq=modseq,
-                    flags=" ".join(normalise_flags(flags)),
-                    received_at=internal_date.astimezone(dt.UTC) if internal_date else now,
+            return await conn.run_sync(
+                lambda sync: delivery.append(
+                    sync, folder_id, form, flags=" ".join(normalise_flags(flags)), received_at=received, sender=sender
                 )
-            )  # SQLite keeps no zone: store UTC
-            return validity, uid
+            )
 
     async def copy(self, folder_id: int, uids: list[int], target_id: int) -> tuple[int, list[int], list[int]]:
         """New entries in the target for the same stored messages (bodies are not copied).
@@ -433,7 +416,7 @@ class MailStore:
             if not rows:
                 folder = (await conn.execute(select(Folder.uidvalidity).where(Folder.id == target_id))).scalar_one()
                 return folder, [], []
-            validity, first_uid, first_modseq = await _reserve(conn, target_id, len(rows))
+            validity, first_uid, first_modseq = await conn.run_sync(store.reserve_uids, target_id, len(rows))
             await conn.execute(
                 MailboxEntry.__table__.insert(),
                 [
@@ -467,17 +450,3 @@ async def _bump_modseq(conn: AsyncConnection, folder_id: int) -> int:
         )
     ).one()
     return int(row[0])
-
-
-async def _reserve(conn: AsyncConnection, folder_id: int, count: int) -> tuple[int, int, int]:
-    """(UIDVALIDITY, first UID, first MODSEQ) of `count` new entries in a folder."""
-    row = (
-        await conn.execute(
-            text(
-                "UPDATE folders SET uidnext = uidnext + :n, highestmodseq = highestmodseq + :n WHERE id = :id "
-                "RETURNING uidvalidity, uidnext - :n, highestmodseq - :n + 1"
-            ),
-            {"n": count, "id": folder_id},
-        )
-    ).one()
-    return int(row[0]), int(row[1]), int(row[2])

@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from email.header import decode_header, make_header
 from functools import lru_cache
 
-from caducee.mailbox.imap.grammar import Search
-from caducee.mailbox.imap.mailstore import FLAG_BITS, FetchRow, flag_list
-from caducee.mailbox.imap.structure import header_fields, header_text, parse
+from caducee.imap.grammar import Search
+from caducee.mailbox.mailstore import FLAG_BITS, FetchRow, flag_list
+from caducee.mime.structure import header_fields, parse
+from caducee.mime.summary import header_text
 
 _FLAG_KEYS = {"ANSWERED": "\\Answered", "DELETED": "\\Deleted", "DRAFT": "\\Draft", "FLAGGED": "\\Flagged", "SEEN": "\\Seen"}
 _MEMORY_KEYS = (

@@ -14,8 +14,8 @@ from bisect import bisect_left, bisect_right
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from caducee.mailbox.imap.grammar import ParseError, SequenceSet
-from caducee.mailbox.imap.mailstore import KEYWORD_BIT, Change, FolderInfo, flag_bits
+from caducee.imap.grammar import ParseError, SequenceSet
+from caducee.mailbox.mailstore import KEYWORD_BIT, Change, FolderInfo, flag_bits
 
 
 @dataclass

@@ -18,10 +18,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from caducee.gateway.auth import Locked
-from caducee.mailbox.imap import search as searching
-from caducee.mailbox.imap import structure
-from caducee.mailbox.imap.grammar import (
+from caducee.core.throttle import Locked
+from caducee.imap import search as searching
+from caducee.imap.grammar import (
     MAX_SMALL_LITERAL,
     Command,
     FetchItem,
@@ -34,11 +33,12 @@ from caducee.mailbox.imap.grammar import (
     parse_command,
     read_command,
 )
-from caducee.mailbox.imap.mailstore import FolderInfo, StoreError, normalise_flags, uid_ranges
-from caducee.mailbox.imap.selected import SelectedView
+from caducee.imap.selected import SelectedView
+from caducee.mailbox.mailstore import FolderInfo, StoreError, normalise_flags, uid_ranges
+from caducee.mime import structure
 
 if TYPE_CHECKING:
-    from caducee.mailbox.imap.server import ImapServer
+    from caducee.imap.server import ImapServer
 
 log = logging.getLogger(__name__)
 
@@ -636,11 +636,11 @@ def _fetch_items(items: list[FetchItem], row, *, add_flags: bool) -> list[bytes]
         elif name == "MODSEQ":
             pieces.append(b"MODSEQ (%d)" % row.modseq)
         elif name == "ENVELOPE":
-            pieces.append(b"ENVELOPE " + row.summary.envelope)
+            pieces.append(b"ENVELOPE " + row.summary.imap_envelope)
         elif name == "BODYSTRUCTURE":
-            pieces.append(b"BODYSTRUCTURE " + row.summary.bodystructure)
+            pieces.append(b"BODYSTRUCTURE " + row.summary.imap_bodystructure)
         elif name == "BODY":
-            pieces.append(b"BODY " + row.summary.body)
+            pieces.append(b"BODY " + row.summary.imap_body)
         elif name == "RFC822":
             pieces.append(b"RFC822 " + _literal(row.body))
         else:

@@ -1,13 +1,10 @@
-"""The MIME structure of a stored message, with byte offsets: what FETCH answers from.
+"""The MIME structure of a message as a tree of byte offsets: the one MIME parser.
 
-IMAP names parts by number (`BODY[2.1.HEADER]`) and answers with the exact bytes of the
-stored message, so the parser here keeps offsets into the raw message rather than
-rebuilding it as the `email` package does. The `email` package still parses each header
-block (content type, parameters, addresses).
-
-`summarize()` runs once when a message is stored; its result (ENVELOPE, BODY and
-BODYSTRUCTURE already in IMAP form, plus the header text SEARCH looks at) is kept beside
-the body, so listing a folder never opens a body.
+Every reader works from this tree: the gateway's inspection, the stored summary
+(`caducee.mime.summary`), IMAP's sections (`BODY[2.1.HEADER]` answers with the exact
+stored bytes, so the tree keeps offsets into the raw message rather than rebuilding it as
+the `email` package does), the webmail's reader and the dossier's intake. Header blocks
+are read by `HeaderBlock` (values, content type and parameters, RFC 2231).
 
 Hostile input is bounded: nesting depth and number of parts. A message that is not valid
 MIME still gets a structure (a single text/plain part, as the RFC asks of servers).
@@ -19,13 +16,8 @@ import base64
 import binascii
 import quopri
 import re
-import struct
 from dataclasses import dataclass, field
-from email.header import decode_header, make_header
-from email.utils import collapse_rfc2231_value, decode_params, getaddresses, parsedate_to_datetime, unquote
-from typing import NamedTuple
-
-from caducee.mailbox.imap.grammar import serialize
+from email.utils import collapse_rfc2231_value, decode_params, unquote
 
 MAX_DEPTH = 20
 MAX_PARTS = 2_000
@@ -144,7 +136,7 @@ def _parse(raw: bytes, start: int, end: int, depth: int, budget: list[int], *, d
                 if budget[0] <= 0:
                     break
                 part.children.append(_parse(raw, child_start, child_end, depth + 1, budget, default_type=child_default))
-    elif (maintype, subtype) == ("MESSAGE", "RFC822") and _encoding(headers) in ("7BIT", "8BIT", "BINARY"):
+    elif (maintype, subtype) == ("MESSAGE", "RFC822") and transfer_encoding(headers) in ("7BIT", "8BIT", "BINARY"):
         part.message = _parse(raw, body_start, end, depth + 1, budget, default_type="text/plain")
     return part
 
@@ -181,200 +173,8 @@ def _delimiter(raw: bytes, delimiter: bytes, position: int, end: int, body_start
         position = found + 1
 
 
-def _encoding(headers: HeaderBlock) -> str:
+def transfer_encoding(headers: HeaderBlock) -> str:
     return (headers.get("content-transfer-encoding") or "7bit").strip().upper() or "7BIT"
-
-
-def _value(headers: HeaderBlock, name: str) -> bytes | None:
-    """A header's raw value, unfolded, as bytes (8-bit bytes kept as they came)."""
-    value = headers.get(name)
-    return None if value is None else value.encode("utf-8", "surrogateescape")
-
-
-def _text(value: bytes | None) -> str:
-    """A header value decoded for searching: encoded-words decoded, case folded."""
-    if not value:
-        return ""
-    text = value.decode("utf-8", "replace")
-    try:
-        text = str(make_header(decode_header(text)))
-    except (ValueError, LookupError, binascii.Error):
-        pass
-    return text.casefold()
-
-
-# ---- ENVELOPE, BODY, BODYSTRUCTURE ---------------------------------------------------------
-
-
-def _addresses(headers: HeaderBlock, name: str) -> list[list[bytes | None]] | None:
-    values = headers.get_all(name)
-    if not values:
-        return None
-    out = []
-    for display, address in getaddresses(values):
-        if not display and not address:
-            continue
-        mailbox, _, host = address.rpartition("@") if "@" in address else (address, "", "")
-        encode = lambda text: text.encode("utf-8", "surrogateescape") if text else None  # noqa: E731
-        out.append([encode(display), None, encode(mailbox), encode(host) if host else None])
-    return out or None
-
-
-def envelope(part: Part) -> list[object]:
-    headers = part.headers
-    sender_from = _addresses(headers, "from")
-    return [
-        _value(headers, "date"),
-        _value(headers, "subject"),
-        sender_from,
-        _addresses(headers, "sender") or sender_from,
-        _addresses(headers, "reply-to") or sender_from,
-        _addresses(headers, "to"),
-        _addresses(headers, "cc"),
-        _addresses(headers, "bcc"),
-        _value(headers, "in-reply-to"),
-        _value(headers, "message-id"),
-    ]
-
-
-def _params(headers: HeaderBlock, name: str) -> list[bytes] | None:
-    out: list[bytes] = []
-    for key, value in headers.params(name)[1]:
-        out += [key.upper().encode("utf-8", "surrogateescape"), value.encode("utf-8", "surrogateescape")]
-    return out or None
-
-
-def _lines(body: bytes) -> int:
-    return body.count(b"\n") + (1 if body and not body.endswith(b"\n") else 0)
-
-
-def _disposition(headers: HeaderBlock) -> list[object] | None:
-    if "content-disposition" not in headers:
-        return None
-    kind = headers.params("content-disposition")[0]
-    return [kind.upper().encode("utf-8", "surrogateescape"), _params(headers, "content-disposition")]
-
-
-def body_structure(part: Part, *, extensions: bool) -> list[object]:
-    """The BODYSTRUCTURE (extensions) or BODY (no extensions) of a part, as nested lists."""
-    maintype, subtype = part.content_type
-    headers = part.headers
-    if part.children:
-        out: list[object] = [body_structure(child, extensions=extensions) for child in part.children]
-        out.append(subtype.encode())
-        if extensions:
-            out += [
-                _params(headers, "content-type"),
-                _disposition(headers),
-                _value(headers, "content-language"),
-                _value(headers, "content-location"),
-            ]
-        return out
-    if maintype == "MULTIPART":  # no usable boundary: an empty text part stands in
-        maintype, subtype = "TEXT", "PLAIN"
-    params = _params(headers, "content-type")
-    if maintype == "TEXT" and not params:
-        params = [b"CHARSET", b"US-ASCII"]
-    body = part.body_bytes
-    out = [
-        maintype.encode(),
-        subtype.encode(),
-        params,
-        _value(headers, "content-id"),
-        _value(headers, "content-description"),
-        _encoding(headers).encode(),
-        len(body),
-    ]
-    if part.message is not None:
-        out += [envelope(part.message), body_structure(part.message, extensions=extensions), _lines(body)]
-    elif maintype == "TEXT":
-        out.append(_lines(body))
-    if extensions:
-        out += [
-            _value(headers, "content-md5"),
-            _disposition(headers),
-            _value(headers, "content-language"),
-            _value(headers, "content-location"),
-        ]
-    return out
-
-
-# ---- the stored summary --------------------------------------------------------------------
-
-
-class Summary(NamedTuple):
-    """What listing and searching a folder need of a message, kept beside its body (a tuple: built 10,000 times per listing)."""
-
-    envelope: bytes
-    body: bytes
-    bodystructure: bytes
-    packed_headers: bytes  # from/to/cc/bcc/subject decoded and case folded, parsed only when searched
-    sent_date: str  # ISO date of the Date header, "" if none or unreadable
-
-    @classmethod
-    def build(cls, envelope: bytes, body: bytes, bodystructure: bytes, headers: dict[str, str], sent_date: str) -> Summary:
-        packed = "\x1e".join(f"{name}\x1f{value}" for name, value in headers.items()).encode("utf-8", "replace")
-        return cls(envelope, body, bodystructure, packed, sent_date)
-
-    def header_text(self, name: str) -> bytes:
-        """One searched header's decoded, case-folded text (UTF-8), without unpacking the others."""
-        return header_text(self.packed_headers, name)
-
-    @property
-    def search_headers(self) -> dict[str, str]:
-        headers = {}
-        for item in self.packed_headers.decode("utf-8", "replace").split("\x1e"):
-            name, _, value = item.partition("\x1f")
-            if name:
-                headers[name] = value
-        return headers
-
-    def pack(self) -> bytes:
-        fields = [self.envelope, self.body, self.bodystructure, self.packed_headers, self.sent_date.encode()]
-        return struct.pack("!5I", *map(len, fields)) + b"".join(fields)
-
-    @classmethod
-    def unpack(cls, data: bytes) -> Summary:
-        a, b, c, d, e = struct.unpack_from("!5I", data)
-        b += a + 20
-        c += b
-        d += c
-        return cls(data[20 : a + 20], data[a + 20 : b], data[b:c], data[c:d], data[d : d + e].decode())
-
-
-def header_text(packed: bytes, name: str) -> bytes:
-    """A field of `Summary.packed_headers` ("name\\x1fvalue" items separated by "\\x1e")."""
-    key = name.encode() + b"\x1f"
-    start = packed.find(key)
-    while start > 0 and packed[start - 1 : start] != b"\x1e":
-        start = packed.find(key, start + 1)
-    if start < 0:
-        return b""
-    start += len(key)
-    end = packed.find(b"\x1e", start)
-    return packed[start : end if end >= 0 else len(packed)]
-
-
-SEARCHED_HEADERS = ("from", "to", "cc", "bcc", "subject")
-
-
-def summarize(raw: bytes) -> Summary:
-    root = parse(raw)
-    sent = ""
-    date = root.headers.get("date")
-    if date is not None:
-        try:
-            sent = parsedate_to_datetime(date).date().isoformat()
-        except (TypeError, ValueError, IndexError):
-            sent = ""
-    search_headers = {name: _text(" ".join(root.headers.get_all(name)).encode("utf-8", "surrogateescape")) for name in SEARCHED_HEADERS}
-    return Summary.build(
-        serialize(envelope(root)),
-        serialize(body_structure(root, extensions=False)),
-        serialize(body_structure(root, extensions=True)),
-        search_headers,
-        sent,
-    )
 
 
 # ---- sections --------------------------------------------------------------------------------
@@ -439,7 +239,7 @@ def section(root: Part, path: tuple[int, ...], kind: str, fields: tuple[str, ...
 
 def decoded(part: Part, data: bytes) -> bytes | None:
     """BINARY[]: a part's content with its transfer encoding undone; None if it cannot be."""
-    encoding = _encoding(part.headers)
+    encoding = transfer_encoding(part.headers)
     try:
         if encoding == "BASE64":
             return base64.b64decode(data, validate=False)

@@ -19,6 +19,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Union
 
+from caducee.mime.imapforms import quote
+
 MAX_LINE = 64 * 1024  # a command line, literals excluded
 MAX_DEPTH = 8  # parenthesised lists inside one another
 MAX_TOKENS = 10_000
@@ -27,7 +29,6 @@ MAX_SEARCH_DEPTH = 32
 MAX_SMALL_LITERAL = 64 * 1024  # a literal anywhere but APPEND's message
 UINT32 = 2**32 - 1
 
-_NOT_QUOTABLE = re.compile(rb"[\x00\r\n\x80-\xff]")
 _LITERAL_END = re.compile(rb"\{(\d{1,10})(\+?)\}\r\n$")
 _ATOM_SPECIALS = set(b'(){ %*"\\]') | set(range(0, 32)) | {127}  # RFC 3501 atom-specials
 _DATE = re.compile(r"^(\d{1,2})-([A-Za-z]{3})-(\d{4})$")
@@ -768,14 +769,6 @@ def _text(token: Token) -> str | None:
 # ---- responses ----------------------------------------------------------------------------
 
 
-def quote(value: bytes | str) -> bytes:
-    """A string as a quoted string when it can be one, else as a literal."""
-    data = value.encode("utf-8") if isinstance(value, str) else value
-    if len(data) < 1024 and _NOT_QUOTABLE.search(data) is None:
-        return b'"' + data.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
-    return b"{%d}\r\n" % len(data) + data
-
-
 def nstring(value: bytes | str | None) -> bytes:
     return b"NIL" if value is None else quote(value)
 
@@ -823,54 +816,3 @@ def format_datetime(moment: dt.datetime) -> str:
         abs(minutes) // 60,
         abs(minutes) % 60,
     )
-
-
-def deserialize(data: bytes) -> object:
-    """The inverse of `serialize` for what it writes (strings come back as bytes, atoms as
-    str): the webmail reads the stored ENVELOPE back to show subjects and senders."""
-    value, end = _read_value(data, 0)
-    return value
-
-
-def _read_value(data: bytes, position: int) -> tuple[object, int]:
-    while data[position : position + 1] == b" ":
-        position += 1
-    head = data[position : position + 1]
-    if head == b"(":
-        items: list[object] = []
-        position += 1
-        while True:
-            while data[position : position + 1] == b" ":
-                position += 1
-            if data[position : position + 1] == b")":
-                return items, position + 1
-            if position >= len(data):
-                raise ValueError("unterminated list")
-            item, position = _read_value(data, position)
-            items.append(item)
-    if head == b'"':
-        out = bytearray()
-        position += 1
-        while position < len(data):
-            char = data[position]
-            if char == 0x5C:  # backslash
-                out.append(data[position + 1])
-                position += 2
-            elif char == 0x22:
-                return bytes(out), position + 1
-            else:
-                out.append(char)
-                position += 1
-        raise ValueError("unterminated quoted string")
-    if head == b"{":
-        close = data.index(b"}", position)
-        size = int(data[position + 1 : close])
-        start = close + 3  # "}\r\n"
-        return data[start : start + size], start + size
-    end = position
-    while end < len(data) and data[end : end + 1] not in (b" ", b")", b"("):
-        end += 1
-    atom = data[position:end].decode("ascii", "replace")
-    if atom == "NIL":
-        return None, end
-    return (int(atom) if atom.isdigit() else atom), end

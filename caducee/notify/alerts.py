@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from caducee.annuaire import patients
 from caducee.config import Settings
-from caducee.webmail.notifier import Notifier
+from caducee.notify.notifier import Notifier
 
 log = logging.getLogger(__name__)
 
