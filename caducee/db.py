@@ -140,34 +140,58 @@ def import_all_models() -> None:
     import caducee.webmail.models  # noqa: F401
 
 
+def migration_locations() -> list[Path]:
+    """Where revisions live: the trunk (`migrations/versions`, the schema before the component
+    walls, several components per revision) and each component's own `migrations/` folder.
+
+    A component adds its revisions on its own Alembic branch (`branch_labels = ("agenda",)`,
+    `depends_on` the trunk revision whose tables it refers to), so components evolve their
+    schemas without one shared, conflicting chain; the database is at `heads`, one per branch.
+    """
+    root = Path(__file__).parent
+    return [root / "migrations" / "versions", *sorted(path for path in root.glob("*/migrations") if path.is_dir())]
+
+
 def _alembic_config(url: str) -> Any:
     from alembic.config import Config
 
     config = Config()
     config.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+    config.set_main_option("version_locations", " ".join(str(path) for path in migration_locations()))
+    config.set_main_option("path_separator", "space")
     config.set_main_option("sqlalchemy.url", normalise_url(url).replace("%", "%%"))
     return config
 
 
-def upgrade(url: str, revision: str = "head") -> None:
-    """Apply migrations up to `revision` (blocking; call from a thread inside a loop)."""
+def upgrade(url: str, revision: str = "heads") -> None:
+    """Apply migrations up to `revision`, every branch's head by default (blocking; call
+    from a thread inside a loop)."""
     from alembic import command
 
     command.upgrade(_alembic_config(url), revision)
 
 
 def current_revision(url: str) -> str | None:
-    """The revision the database is at, or None when it was never migrated."""
+    """The revisions the database is at (one per branch, comma-separated), or None when it
+    was never migrated."""
     import asyncio
 
     from alembic.runtime.migration import MigrationContext
 
-    async def read() -> str | None:
+    async def read() -> tuple[str, ...]:
         engine = create_engine(url)
         try:
             async with engine.connect() as conn:
-                return await conn.run_sync(lambda sync: MigrationContext.configure(sync).get_current_revision())
+                return await conn.run_sync(lambda sync: MigrationContext.configure(sync).get_current_heads())
         finally:
             await engine.dispose()
 
-    return asyncio.run(read())
+    heads = asyncio.run(read())
+    return ",".join(sorted(heads)) if heads else None
+
+
+def expected_heads(url: str) -> tuple[str, ...]:
+    """The heads of every branch the code knows: what `current_revision` must say after `upgrade`."""
+    from alembic.script import ScriptDirectory
+
+    return tuple(sorted(ScriptDirectory.from_config(_alembic_config(url)).get_heads()))

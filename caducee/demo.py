@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from caducee.annuaire import service
-from caducee.annuaire.models import MailboxType, PatientStatus
+from caducee.annuaire.kinds import MailboxType, PatientStatus
 from caducee.config import Settings
 from caducee.core.passwords import generate_password, hash_password
 

@@ -6,7 +6,6 @@ Only `caducee.annuaire` reads and writes these tables; other components go throu
 
 from __future__ import annotations
 
-import enum
 from datetime import date, datetime
 
 from sqlalchemy import (
@@ -21,25 +20,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
+from caducee.annuaire.kinds import MailboxType as MailboxType  # re-exported: annuaire modules name both from here
+from caducee.annuaire.kinds import PatientStatus as PatientStatus
 from caducee.core.clock import utcnow
 from caducee.db import Base
-
-
-class MailboxType(str, enum.Enum):
-    """BAL types of the national directory, plus PAT for the patient mailboxes we serve."""
-
-    PER = "PER"  # personal mailbox of a professional
-    ORG = "ORG"  # organisation mailbox (a hospital service, a pharmacy)
-    APP = "APP"  # application mailbox (software, CNAM campaigns)
-    CAB = "CAB"  # practice (cabinet) mailbox
-    PAT = "PAT"  # a patient's mailbox on the patient domain; never in the public directory
-
-
-class PatientStatus(str, enum.Enum):
-    CREATED = "created"  # profile exists, not activated yet: receives mail, shown at activation
-    ACTIVATED = "activated"
-    OPPOSED = "opposed"  # the patient opposed the creation of the profile: receives nothing
-    CLOSED = "closed"  # the profile was closed: receives nothing
 
 
 class Professional(Base):

@@ -384,6 +384,11 @@ async def add_delegation(conn: AsyncConnection, patient_id: int, carer_id: int, 
     )
 
 
+async def active_mailbox_id(conn: AsyncConnection, address: str) -> int | None:
+    """The id of the active mailbox at `address` (any type, published or not), or None."""
+    return (await conn.execute(select(Mailbox.id).where(Mailbox.address == address.lower(), Mailbox.active.is_(True)))).scalar()
+
+
 async def is_empty(conn: AsyncConnection) -> bool:
     """True when no mailbox exists yet: the demo seed only fills an empty database."""
     return (await conn.execute(select(func.count()).select_from(Mailbox))).scalar_one() == 0

@@ -31,6 +31,11 @@ T = TypeVar("T")
 _PRELOAD = ["caducee.crypto.jobs", "caducee.gateway.inspect"]
 
 
+def ping() -> int:
+    """Nothing: warms a worker up (its process started, the preloaded modules imported)."""
+    return os.getpid()
+
+
 class CpuPool:
     """`await pool.run(job, *args)`: the job runs in a worker process."""
 
@@ -60,8 +65,6 @@ class CpuPool:
 
     async def warm(self) -> list[int]:
         """Start every worker now (imports, key loading) rather than on the first message."""
-        from caducee.crypto.jobs import ping
-
         return list(await asyncio.gather(*(self.run(ping) for _ in range(self.workers))))
 
     def close(self) -> None:

@@ -40,11 +40,6 @@ class Opened:
     not_encrypted_to: tuple[str, ...] = ()  # held recipients who cannot read it (none of our keys opens it)
 
 
-def ping() -> int:
-    """Nothing: warms a worker up (imports and first use) before the first message."""
-    return os.getpid()
-
-
 def protect(material: SmimeMaterial, message: bytes, sender: str, recipient_pems: list[bytes]) -> Protected:
     """Sign `message` as `sender` (its own key when held, else the operator's), then
     encrypt it to every certificate in `recipient_pems` (no envelope when empty)."""

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from sqlalchemy import and_, bindparam, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from caducee.annuaire.models import Mailbox
+from caducee.annuaire import service as annuaire
 from caducee.crypto.atrest import BodyCipher
 from caducee.mailbox import delivery, store
 from caducee.mailbox.models import Folder, MailboxEntry, Message
@@ -133,7 +133,7 @@ class MailStore:
 
     async def mailbox_id(self, address: str) -> int | None:
         async with self.reads.connect() as conn:
-            return (await conn.execute(select(Mailbox.id).where(Mailbox.address == address.lower(), Mailbox.active.is_(True)))).scalar()
+            return await annuaire.active_mailbox_id(conn, address)
 
     async def folders(self, mailbox_id: int) -> list[FolderInfo]:
         """Every folder of a mailbox (the standard ones are created on first use)."""

@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from caducee import db
 from caducee.annuaire import patients
-from caducee.annuaire.models import PatientStatus
+from caducee.annuaire.kinds import PatientStatus
 from caducee.config import Settings
 from caducee.core.passwords import hash_password, verify_password
 from caducee.core.singleflight import SingleFlight

@@ -1,0 +1,1 @@
+"""MIME as every reader needs it: the one parser (offsets into the raw bytes), decoded header values, the protocol-neutral summary and IMAP's renderings of it. A library: no tables, no component imports."""
