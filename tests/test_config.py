@@ -53,3 +53,26 @@ def test_every_setting_is_documented_in_the_readme() -> None:
     readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
     for _key, env_name, _default, _help in describe_settings():
         assert env_name in readme, f"{env_name} is not documented in README.md"
+
+
+def test_every_setting_is_read_somewhere() -> None:
+    """No documented setting without effect: each field of Settings is read (as an attribute,
+    or by name through getattr) by some module other than config.py."""
+    import ast
+    import dataclasses
+    from pathlib import Path
+
+    from caducee.config import Settings
+
+    package = Path(__file__).resolve().parent.parent / "caducee"
+    used: set[str] = set()
+    for path in package.rglob("*.py"):
+        if path.name == "config.py" and path.parent == package:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute):
+                used.add(node.attr)
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+                used.add(node.value)
+    unread = [field.name for field in dataclasses.fields(Settings) if field.name not in used]
+    assert not unread, f"settings nobody reads: {unread}"

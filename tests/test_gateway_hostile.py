@@ -113,6 +113,18 @@ def test_inspection_refuses_eight_bit_headers_and_broken_mime() -> None:
     assert check(missing_start).startswith("554 5.6.0")
     two_froms = b"From: a@demo.mssante.fr\r\nFrom: b@demo.mssante.fr\r\n\r\nx\r\n"
     assert "exactly one From" in check(two_froms)
+    deep = (
+        b"From: a@demo.mssante.fr\r\n"
+        + b"".join(b'Content-Type: multipart/mixed; boundary="b%d"\r\n\r\n--b%d\r\n' % (level, level) for level in range(30))
+        + b"Content-Type: text/plain\r\n\r\ndeep\r\n"
+    )
+    assert check(deep).startswith("554 5.6.0") and "nested deeper than 20" in check(deep)
+    many = b'From: a@demo.mssante.fr\r\nContent-Type: multipart/mixed; boundary="m"\r\n\r\n' + b"--m\r\n\r\nx\r\n" * 2500 + b"--m--\r\n"
+    assert check(many).startswith("554 5.6.0") and "more than 2000 MIME parts" in check(many)
+    crowded = b"From: a@demo.mssante.fr\r\n" + b"X-Filler: y\r\n" * 600 + b"\r\nbody\r\n"
+    assert check(crowded).startswith("554 5.6.0") and "more than 500 header fields" in check(crowded)
+    garbage = b"From: a@demo.mssante.fr\r\nthis is not a header\r\n\r\nbody\r\n"
+    assert check(garbage).startswith("554 5.6.0") and "without a field name" in check(garbage)
     big = b"From: a@demo.mssante.fr\r\n\r\n" + b"y\r\n" * 600_000
     with pytest.raises(MessageRejected) as caught:
         inspect_message(big, max_size=1 << 20, hostname="h", add_missing_headers=True)

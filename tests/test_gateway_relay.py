@@ -44,7 +44,7 @@ def submit(gateway, rcpts: list[str]) -> None:  # type: ignore[no-untyped-def]
 
 def worker_for(gateway, routes: dict[str, str], **settings) -> RelayWorker:  # type: ignore[no-untyped-def]
     operator = gateway.ca.issue("operator-a", "mail.demo.mssante.fr", "Caducee", client=True)
-    config = gateway.settings.replace(relay_routes=routes, relay_retry_base=60.0, **settings)
+    config = gateway.settings.replace(relay_routes=routes, **{"relay_retry_base": 60.0, **settings})
     return RelayWorker(gateway.engine, config, gateway.cipher, client_context(gateway.ca.files.cert, operator), timeout=10)
 
 
@@ -247,3 +247,25 @@ async def test_concurrent_workers_claim_disjoint_rows(gateway) -> None:  # type:
     claimed = [row.id for rows in claims for row in rows]
     assert len(claimed) == len(set(claimed)) == 30
     assert await workers[0]._claim() == []  # all leased: nothing due until the lease ends
+
+
+async def test_relay_expiry_hours_is_the_queue_lifetime(gateway) -> None:  # type: ignore[no-untyped-def]
+    """A short `relay_expiry_hours`: the row expires after that time and the sender gets the DSN."""
+    gateway.pipeline.settings = gateway.settings.replace(relay_expiry_hours=0.0005)  # 1.8 seconds
+    port = free_port()  # nothing listens there: every attempt fails temporarily
+    before = datetime.now(UTC)
+    await asyncio.to_thread(submit, gateway, [REMOTE])
+    row = (await queue_rows(gateway))[0]
+    expires = row.expires_at if row.expires_at.tzinfo else row.expires_at.replace(tzinfo=UTC)
+    assert before + timedelta(seconds=1.5) <= expires <= datetime.now(UTC) + timedelta(seconds=2)
+    worker = worker_for(gateway, {"autre-operateur.mssante.fr": f"127.0.0.1:{port}"}, relay_retry_base=0.1)
+    assert await worker.run_once() == 1
+    assert (await queue_rows(gateway))[0].state == "temp_failure"
+    while datetime.now(UTC) < expires:
+        await asyncio.sleep(0.2)
+    async with gateway.engine.begin() as conn:
+        await conn.execute(update(QueuedRecipient).values(next_attempt_at=datetime.now(UTC) - timedelta(seconds=1)))
+    assert await worker.run_once() == 1
+    assert (await queue_rows(gateway))[0].state == "expired"
+    block = status_block(await dsn_for(gateway))
+    assert "Action: failed" in block and "Status: 4.4.7" in block and REMOTE in block

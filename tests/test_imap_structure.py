@@ -126,3 +126,25 @@ def test_hostile_mime_still_has_a_structure(what: str, raw: bytes) -> None:
     assert summary.imap_bodystructure.count(b"(") < 10 * structure.MAX_PARTS
     root = structure.parse(raw)
     assert structure.section(root, (), "", ()) == raw
+
+
+def test_a_wrapped_message_reuses_the_tree_already_parsed() -> None:
+    """The signed form carries the message verbatim: its summary is the fresh parse's, and the
+    wrapped entity's header blocks are the very objects inspection built (not read again)."""
+    from caducee.gateway.inspect import inspect_message
+    from caducee.gateway.pipeline import summary_of
+
+    inspected = inspect_message(MULTIPART, max_size=1 << 20, hostname="h", add_missing_headers=True)
+    wrapped = (
+        b"From: x@y\r\nMIME-Version: 1.0\r\n"
+        b'Content-Type: multipart/signed; protocol="application/pkcs7-signature"; boundary="zz"\r\n\r\n'
+        b"--zz\r\nContent-Type: message/rfc822\r\n\r\n" + inspected.raw + b"\r\n--zz\r\n"
+        b"Content-Type: application/pkcs7-signature\r\nContent-Transfer-Encoding: base64\r\n\r\nQUJD\r\n--zz--\r\n"
+    )
+    assert summary_of(wrapped, inspected) == summarize(wrapped)
+    offset = wrapped.index(inspected.raw)
+    tree = structure.parse(wrapped, reuse=(offset, inspected.tree))
+    inner = tree.children[0].message
+    assert inner is not None and inner.headers is inspected.tree.headers
+    assert inner.children[1].headers is inspected.tree.children[1].headers
+    assert structure.section(tree, (1, 2), "", ()) == b"QUJD"

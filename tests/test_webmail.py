@@ -332,6 +332,9 @@ async def test_guardian_switches_to_the_minors_profile_and_a_carer_only_reads(we
         assert "en tant qu&#39;aidant" in page.text and "Envoyer ma réponse" not in page.text
         assert (await paul.get("/api/v1/conversations")).json()["items"][0]["unread"] == 1
         assert (await paul.get("/historique")).status_code == 404
+        # Posting anyway: the gateway's rule refuses it (the page only offered what the rules allow).
+        forced = await paul.post(f"/api/v1/conversations/{key}/replies", data={"text": "Je réponds"}, headers={"X-CSRF-Token": paul_csrf})
+        assert forced.status_code in (400, 403, 422) and "aidant" in forced.text
 
 
 async def test_activation_then_login(webmail: Webmail) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import insert
@@ -27,8 +27,8 @@ from caducee.mailbox.delivery import Delivery, deliver
 @dataclass
 class DeliveryPlan:
     delivery: Delivery
-    remote: list[list[str]] = field(default_factory=list)  # per stored form: the remote recipients it is relayed to
-    queue_lifetime: timedelta = timedelta(days=5)
+    remote: list[list[str]]  # per stored form: the remote recipients it is relayed to
+    queue_lifetime: timedelta  # the relay's expiry (`relay_expiry_hours`): then the sender gets a DSN
 
 
 def write_batch(conn: Connection, plans: list[DeliveryPlan]) -> list[int]:

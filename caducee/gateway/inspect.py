@@ -6,30 +6,18 @@ so a bare LF or an 8-bit header is refused the same way whoever sends it.
 
 from __future__ import annotations
 
-import email.policy
 import re
 import uuid
 from dataclasses import dataclass
-from email import errors as email_errors
-from email.message import Message
-from email.parser import BytesHeaderParser, BytesParser
 from email.utils import formatdate, getaddresses
 
 from caducee.mime.headers import decoded_header
+from caducee.mime.structure import Part, decoded, parse, walk_parts
 from caducee.policies import refuse
 
 MAX_LINE = 998  # RFC 5322 section 2.1.1, without CRLF
 
 _MSG_ID = re.compile(r"<[^<>\s]+>")
-_SERIOUS_DEFECTS = (
-    email_errors.NoBoundaryInMultipartDefect,
-    email_errors.StartBoundaryNotFoundDefect,
-    email_errors.MultipartInvariantViolationDefect,
-    email_errors.MissingHeaderBodySeparatorDefect,
-    email_errors.InvalidMultipartContentTransferEncodingDefect,
-)
-_PARSER = BytesParser(policy=email.policy.compat32)
-_HEADER_PARSER = BytesHeaderParser(policy=email.policy.compat32)
 
 
 class MessageRejected(Exception):
@@ -56,6 +44,7 @@ class InspectedMessage:
     has_attachment: bool
     mdn_to: str | None
     is_receipt: bool = False  # multipart/report; report-type=disposition-notification
+    tree: Part | None = None  # the parsed message (`caducee.mime.structure`): parsed once, reused by the summary
 
     @property
     def size(self) -> int:
@@ -66,33 +55,44 @@ def _message_ids(value: str | None) -> list[str]:
     return _MSG_ID.findall(value or "")
 
 
-def _scan_parts(message: Message) -> tuple[bool, bool]:
+_SIGNATURE_TYPES = {("APPLICATION", "PKCS7-SIGNATURE"), ("APPLICATION", "X-PKCS7-SIGNATURE")}
+_ENCRYPTED_TYPES = {("APPLICATION", "PKCS7-MIME"), ("APPLICATION", "X-PKCS7-MIME")}
+
+
+def _scan_parts(root: Part) -> tuple[bool, bool]:
     """(has content, has attachment): is there any non-blank text or any attached document?"""
-    if not message.is_multipart() and message.get_content_maintype() == "text" and not message.get_filename():
-        payload = message.get_payload()
-        return bool(isinstance(payload, str) and payload.strip()), False
+    if not root.children and root.message is None and root.content_type[0] == "TEXT" and not _filename(root):
+        return bool(root.body_bytes.strip()), False
     has_content = has_attachment = False
-    for part in message.walk():
-        if part.is_multipart():
+    for part in walk_parts(root):
+        if part.children or part.message is not None or part.content_type[0] == "MULTIPART":
             continue
-        content_type = part.get_content_type()
-        disposition = (part.get("Content-Disposition") or "").split(";")[0].strip().lower()
-        if content_type in {"application/pkcs7-mime", "application/x-pkcs7-mime"}:
+        content_type = part.content_type
+        if content_type in _ENCRYPTED_TYPES:
             return True, True  # encrypted end to end: we cannot look inside, assume content
-        if disposition == "attachment" or part.get_filename() or part.get_content_maintype() in {"application", "image", "audio", "video"}:
-            if content_type not in {"application/pkcs7-signature", "application/x-pkcs7-signature"}:
-                has_attachment = True
-                has_content = True
+        disposition = part.headers.params("content-disposition")[0]
+        if disposition == "attachment" or _filename(part) or content_type[0] in {"APPLICATION", "IMAGE", "AUDIO", "VIDEO"}:
+            if content_type not in _SIGNATURE_TYPES:
+                has_attachment = has_content = True
             continue
-        if part.get_content_maintype() == "text":
-            payload = part.get_payload(decode=True) or b""
-            if payload.strip():
+        if content_type[0] == "TEXT" and not has_content:
+            payload = decoded(part, part.body_bytes)
+            if (payload if payload is not None else part.body_bytes).strip():
                 has_content = True
     return has_content, has_attachment
 
 
+def _filename(part: Part) -> bool:
+    names = dict(part.headers.params("content-disposition")[1]) | dict(part.headers.params("content-type")[1])
+    return bool(names.get("filename") or names.get("name"))
+
+
 def inspect_message(raw: bytes, *, max_size: int, hostname: str, add_missing_headers: bool) -> InspectedMessage:
-    """Check `raw` and extract the facts the rules need; raise MessageRejected if hostile."""
+    """Check `raw` and extract the facts the rules need; raise MessageRejected if hostile.
+
+    The message is parsed once, here (`caducee.mime.structure`); the tree travels with the
+    result, so that the summary stored beside each form reuses it.
+    """
     if len(raw) > max_size:
         limit = max_size // (1024 * 1024)
         raise MessageRejected(
@@ -122,26 +122,19 @@ def inspect_message(raw: bytes, *, max_size: int, hostname: str, add_missing_hea
             "les en-têtes contiennent des caractères non ASCII (encodez-les selon la RFC 2047)",
             "8-bit characters in headers; encode them as RFC 2047 words",
         )
-    # Most mail is one text part: its headers say all we need. Only a MIME tree is parsed
-    # whole (attachments, structure defects), which is most of the cost of inspection.
-    message = _HEADER_PARSER.parsebytes(head + b"\r\n")
-    if message.get_content_maintype() in {"multipart", "message"}:
-        message = _PARSER.parsebytes(raw)
-    else:
-        message.set_payload(raw[head_end + 4 :].decode("ascii", "surrogateescape") if head_end >= 0 else "")
-    serious = [defect for part in message.walk() for defect in part.defects if isinstance(defect, _SERIOUS_DEFECTS)]
-    serious += [defect for defect in message.defects if isinstance(defect, _SERIOUS_DEFECTS)]
-    if serious:
-        name = type(serious[0]).__name__
-        raise MessageRejected(554, "5.6.0", f"structure MIME invalide ({name})", f"malformed MIME structure ({name})")
-    from_headers = message.get_all("From") or []
+    root = parse(raw)
+    if root.problems:
+        problem = root.problems[0]
+        raise MessageRejected(554, "5.6.0", f"structure MIME refusée ({problem})", f"malformed MIME structure ({problem})")
+    headers = root.headers
+    from_headers = headers.get_all("from")
     from_addresses = [address.lower() for _name, address in getaddresses(from_headers) if address]
     if len(from_headers) != 1 or not from_addresses:
         raise MessageRejected(
             550, "5.6.0", "le message doit avoir un et un seul en-tête From", "the message must have exactly one From header"
         )
     added: list[str] = []
-    message_ids = _message_ids(message.get("Message-ID"))
+    message_ids = _message_ids(headers.get("message-id"))
     if message_ids:
         message_id = message_ids[0]
     elif add_missing_headers:
@@ -149,23 +142,26 @@ def inspect_message(raw: bytes, *, max_size: int, hostname: str, add_missing_hea
         added.append(f"Message-ID: {message_id}")
     else:
         raise MessageRejected(550, "5.6.0", "le message n'a pas de Message-ID", "the message has no Message-ID header")
-    if add_missing_headers and not message.get("Date"):
+    if add_missing_headers and not headers.get("date"):
         added.append(f"Date: {formatdate(localtime=False)}")
-    references = _message_ids(message.get("In-Reply-To")) + list(reversed(_message_ids(" ".join(message.get_all("References") or []))))
-    has_content, has_attachment = _scan_parts(message)
+    references = _message_ids(headers.get("in-reply-to")) + list(reversed(_message_ids(" ".join(headers.get_all("references")))))
+    has_content, has_attachment = _scan_parts(root)
     if added:
-        raw = "".join(f"{line}\r\n" for line in added).encode("ascii") + raw
-    mdn = message.get("Disposition-Notification-To")
+        prefix = "".join(f"{line}\r\n" for line in added).encode("ascii")
+        raw = prefix + raw
+        root = parse(raw)  # the headers we added are part of the message now (rare: most clients write both)
+    mdn = headers.get("disposition-notification-to")
+    content_type, params = headers.params("content-type")
     return InspectedMessage(
         raw=raw,
-        subject=decoded_header(message.get("Subject")),
+        subject=decoded_header(headers.get("subject")),
         message_id=message_id,
         from_addresses=from_addresses,
         references=references,
-        mss_mes_fin=(message.get("X-MSS-MES") or "").strip().upper() == "FIN",
+        mss_mes_fin=(headers.get("x-mss-mes") or "").strip().upper() == "FIN",
         has_content=has_content,
         has_attachment=has_attachment,
         mdn_to=mdn.strip() if mdn else None,
-        is_receipt=message.get_content_type() == "multipart/report"
-        and (message.get_param("report-type") or "").lower() == "disposition-notification",
+        is_receipt=content_type == "multipart/report" and dict(params).get("report-type", "").lower() == "disposition-notification",
+        tree=root,
     )

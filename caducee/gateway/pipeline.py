@@ -33,6 +33,8 @@ from caducee.gateway.inspect import InspectedMessage, MessageRejected, inspect_m
 from caducee.gateway.protection import Form, Protection, SmimeStage, smime_refusal
 from caducee.mailbox import store
 from caducee.mailbox.delivery import Delivery, Filing, NewConversation, Notice, Target, relay_only_form, stored_form
+from caducee.mime.structure import parse
+from caducee.mime.summary import Summary, summarize
 from caducee.policies import (
     RCPT_CHAIN,
     Action,
@@ -101,6 +103,26 @@ class AcceptResult:
     actions: frozenset[Action] = field(default_factory=frozenset)
 
 
+_SIGNED_INNER = b"Content-Type: message/rfc822\r\n\r\n"  # how `crypto.smime.sign` wraps the message it signs
+
+
+def summary_of(body: bytes, inspected: InspectedMessage) -> Summary:
+    """The summary of one stored form, from the tree inspection already built: the message as
+    received is that tree; the signed form carries it verbatim inside its signature wrapper,
+    so only the wrapper's few headers are read. Anything else (an enveloped or decrypted
+    form: other bytes) is parsed on its own."""
+    tree = inspected.tree
+    if tree is not None:
+        if body is inspected.raw:
+            return summarize(body, tree)
+        offset = body.find(_SIGNED_INNER)
+        if offset >= 0:
+            offset += len(_SIGNED_INNER)
+            if body[offset : offset + len(inspected.raw)] == inspected.raw:
+                return summarize(body, parse(body, reuse=(offset, tree)))
+    return summarize(body)
+
+
 def _nobody(refused: dict[str, Decision]) -> AcceptResult:
     """Every recipient refused: the reply is the first refusal."""
     return AcceptResult([], refused, None, next(iter(refused.values())).smtp_reply)
@@ -130,7 +152,6 @@ class AcceptPipeline:
         self.committer = committer or GroupCommitter(self.writer)
         self._parties_cache: dict[str, tuple[float, PartyInfo]] = {}
         self._cnam = {address.lower() for address in settings.cnam_senders}
-        self.queue_lifetime = timedelta(days=5)
 
     # ---- facts ------------------------------------------------------------------------
 
@@ -317,6 +338,7 @@ class AcceptPipeline:
                 return _nobody(refused)
 
         filings, remote = self._filings(
+            inspected,
             protection,
             accepted,
             parties,
@@ -338,7 +360,8 @@ class AcceptPipeline:
             delivery.new_conversation = NewConversation(
                 sender, sender_party.kind.value, frozenset({sender, *accepted}), is_campaign=sender_party.kind is PartyKind.CNAM
             )
-        message_id = await self.committer.submit(DeliveryPlan(delivery, remote, self.queue_lifetime))
+        lifetime = timedelta(hours=self.settings.relay_expiry_hours)  # how long the relay keeps trying (then a DSN)
+        message_id = await self.committer.submit(DeliveryPlan(delivery, remote, lifetime))
         if any(remote) and self.on_queued is not None:
             self.on_queued()
         if self.on_delivered is not None and Action.DO_NOT_DELIVER not in actions and sender_party.kind is not PartyKind.CNAM:
@@ -348,7 +371,14 @@ class AcceptPipeline:
         return AcceptResult(accepted, refused, message_id, f"250 2.0.0 OK: queued as {message_id}", frozenset(actions))
 
     def _filings(
-        self, protection: Protection, accepted: list[str], parties: dict[str, PartyInfo], *, deliver: bool, sent_box: int | None = None
+        self,
+        inspected: InspectedMessage,
+        protection: Protection,
+        accepted: list[str],
+        parties: dict[str, PartyInfo],
+        *,
+        deliver: bool,
+        sent_box: int | None = None,
     ) -> tuple[list[Filing], list[list[str]]]:
         """One stored form per form someone receives (a message nobody receives is still kept
         once), and for each the remote recipients it is relayed to.
@@ -365,7 +395,7 @@ class AcceptPipeline:
                 targets.append(Target(sent_box, "Sent", "\\Seen"))
             remote = [r for r in receivers if not parties[r].is_local]
             if targets or remote:
-                stored = stored_form(self.cipher, body) if targets else relay_only_form(self.cipher, body)
+                stored = stored_form(self.cipher, body, summary_of(body, inspected)) if targets else relay_only_form(self.cipher, body)
                 filings.append(Filing(stored, targets))
                 remotes.append(remote)
         if not filings:

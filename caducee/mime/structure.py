@@ -6,8 +6,12 @@ stored bytes, so the tree keeps offsets into the raw message rather than rebuild
 the `email` package does), the webmail's reader and the dossier's intake. Header blocks
 are read by `HeaderBlock` (values, content type and parameters, RFC 2231).
 
-Hostile input is bounded: nesting depth and number of parts. A message that is not valid
-MIME still gets a structure (a single text/plain part, as the RFC asks of servers).
+Hostile input is bounded: nesting depth, number of parts, header fields per block and
+header block size. A message that is not valid MIME still gets a structure (a single
+text/plain part, as the RFC asks of servers), and what was wrong is listed in the root's
+`problems`: the gateway refuses such a message (5.6.0) before it is stored, so every
+reader downstream only ever meets a tree within the limits; a message that reached the
+store some other way (an IMAP APPEND) still gets a structure.
 """
 
 from __future__ import annotations
@@ -19,8 +23,10 @@ import re
 from dataclasses import dataclass, field
 from email.utils import collapse_rfc2231_value, decode_params, unquote
 
-MAX_DEPTH = 20
-MAX_PARTS = 2_000
+MAX_DEPTH = 20  # entities inside one another (multipart in multipart, message/rfc822)
+MAX_PARTS = 2_000  # entities in one message
+MAX_HEADER_FIELDS = 500  # fields in one header block (long Received chains are ~50)
+MAX_HEADER_BYTES = 256 * 1024  # one header block
 _PARAM = re.compile(r';\s*([^\s=;]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;]*)')
 
 
@@ -35,6 +41,8 @@ class HeaderBlock:
     def __init__(self, block: bytes, default_type: str = "text/plain") -> None:
         self._fields: dict[str, list[str]] = {}
         self.default_type = default_type
+        self.count = 0  # fields in the block
+        self.malformed = False  # a line that is neither a field nor a continuation
         name = None
         for line in block.decode("utf-8", "surrogateescape").split("\r\n"):
             if not line:
@@ -45,10 +53,12 @@ class HeaderBlock:
                     values[-1] += line
                 continue
             field_name, colon, value = line.partition(":")
-            if not colon:
+            if not colon or not field_name.strip() or " " in field_name.strip():
+                self.malformed = True
                 name = None
                 continue
             name = field_name.strip().lower()
+            self.count += 1
             self._fields.setdefault(name, []).append(value.strip())
 
     def __contains__(self, name: str) -> bool:
@@ -95,6 +105,7 @@ class Part:
     headers: HeaderBlock
     children: list[Part] = field(default_factory=list)
     message: Part | None = None  # the encapsulated message of a message/rfc822 part
+    problems: list[str] = field(default_factory=list)  # the root's: what was wrong with the whole message
 
     @property
     def header_bytes(self) -> bytes:
@@ -110,35 +121,97 @@ class Part:
         return maintype.upper(), subtype.upper()
 
 
-def parse(raw: bytes) -> Part:
-    """The whole message as a tree of parts."""
-    budget = [MAX_PARTS]
-    return _parse(raw, 0, len(raw), 0, budget, default_type="text/plain")
+class _Walk:
+    """What one parse carries along: the part budget, what was wrong, a subtree to reuse."""
+
+    def __init__(self, reuse: tuple[int, Part] | None) -> None:
+        self.budget = MAX_PARTS
+        self.problems: list[str] = []
+        self.reuse = reuse
+
+    def problem(self, text: str) -> None:
+        if text not in self.problems:
+            self.problems.append(text)
 
 
-def _parse(raw: bytes, start: int, end: int, depth: int, budget: list[int], *, default_type: str) -> Part:
-    budget[0] -= 1
+def parse(raw: bytes, *, reuse: tuple[int, Part] | None = None) -> Part:
+    """The whole message as a tree of parts; what was wrong with it in the root's `problems`.
+
+    `reuse` = (offset, tree of raw[offset:offset + n]): an entity already parsed that `raw`
+    carries verbatim at `offset` (a message we just signed wraps the message the gateway
+    parsed): its tree is shifted into place instead of being parsed again.
+    """
+    walk = _Walk(reuse)
+    root = _parse(raw, 0, len(raw), 0, walk, default_type="text/plain")
+    root.problems = walk.problems
+    return root
+
+
+def _parse(raw: bytes, start: int, end: int, depth: int, walk: _Walk, *, default_type: str) -> Part:
+    if walk.reuse is not None and walk.reuse[0] == start and walk.reuse[1].end - walk.reuse[1].start == end - start:
+        return _shifted(walk.reuse[1], raw, start - walk.reuse[1].start)
+    walk.budget -= 1
     if raw.startswith(b"\r\n", start) or start >= end:
         body_start = min(start + 2, end)
     else:
         blank = raw.find(b"\r\n\r\n", start, end)
         body_start = end if blank < 0 else blank + 4
+    if body_start - start > MAX_HEADER_BYTES:
+        walk.problem(f"header block over {MAX_HEADER_BYTES // 1024} KB")
     headers = HeaderBlock(raw[start:body_start], default_type)
+    if headers.malformed:
+        walk.problem("header line without a field name")
+    if headers.count > MAX_HEADER_FIELDS:
+        walk.problem(f"more than {MAX_HEADER_FIELDS} header fields")
     part = Part(raw, start, body_start, end, headers)
-    if depth >= MAX_DEPTH or budget[0] <= 0:
-        return part
     maintype, subtype = part.content_type
+    nests = maintype == "MULTIPART" or (maintype, subtype) == ("MESSAGE", "RFC822")
+    if nests and depth >= MAX_DEPTH:
+        walk.problem(f"MIME nested deeper than {MAX_DEPTH} levels")
+        return part
+    if walk.budget <= 0:
+        walk.problem(f"more than {MAX_PARTS} MIME parts")
+        return part
     if maintype == "MULTIPART":
         boundary = headers.get_boundary()
-        if boundary:
+        if transfer_encoding(headers) not in ("7BIT", "8BIT", "BINARY"):
+            walk.problem("a multipart entity with a content transfer encoding")
+        if not boundary:
+            walk.problem("multipart without a boundary")
+        else:
             child_default = "message/rfc822" if subtype == "DIGEST" else "text/plain"
-            for child_start, child_end in _split(raw, body_start, end, boundary.encode("utf-8", "surrogateescape")):
-                if budget[0] <= 0:
+            spans = _split(raw, body_start, end, boundary.encode("utf-8", "surrogateescape"))
+            if not spans:
+                walk.problem("multipart boundary not found")
+            for child_start, child_end in spans:
+                if walk.budget <= 0:
+                    walk.problem(f"more than {MAX_PARTS} MIME parts")
                     break
-                part.children.append(_parse(raw, child_start, child_end, depth + 1, budget, default_type=child_default))
+                part.children.append(_parse(raw, child_start, child_end, depth + 1, walk, default_type=child_default))
     elif (maintype, subtype) == ("MESSAGE", "RFC822") and transfer_encoding(headers) in ("7BIT", "8BIT", "BINARY"):
-        part.message = _parse(raw, body_start, end, depth + 1, budget, default_type="text/plain")
+        part.message = _parse(raw, body_start, end, depth + 1, walk, default_type="text/plain")
     return part
+
+
+def _shifted(part: Part, raw: bytes, delta: int) -> Part:
+    """`part` and its subtree moved by `delta` bytes into `raw` (header blocks shared, not re-read)."""
+    moved = Part(raw, part.start + delta, part.body_start + delta, part.end + delta, part.headers)
+    moved.children = [_shifted(child, raw, delta) for child in part.children]
+    moved.message = _shifted(part.message, raw, delta) if part.message is not None else None
+    return moved
+
+
+def walk_parts(root: Part) -> list[Part]:
+    """Every entity of the tree, depth first (encapsulated messages included)."""
+    out: list[Part] = []
+    pending = [root]
+    while pending:
+        part = pending.pop()
+        out.append(part)
+        pending.extend(reversed(part.children))
+        if part.message is not None:
+            pending.append(part.message)
+    return out
 
 
 def _split(raw: bytes, start: int, end: int, boundary: bytes) -> list[tuple[int, int]]:
@@ -164,12 +237,20 @@ def _split(raw: bytes, start: int, end: int, boundary: bytes) -> list[tuple[int,
 
 
 def _delimiter(raw: bytes, delimiter: bytes, position: int, end: int, body_start: int) -> int:
+    """The next delimiter line: at the start of a line, then "--" (the close delimiter) or only
+    blanks up to the line's end (RFC 2046 5.1.1), so "--b1" is not found inside "--b10"."""
     while True:
         found = raw.find(delimiter, position, end)
         if found < 0:
             return -1
         if found == body_start or raw[found - 2 : found] == b"\r\n":
-            return found
+            after = found + len(delimiter)
+            if raw.startswith(b"--", after):
+                return found
+            line_end = raw.find(b"\r\n", after, end)
+            rest = raw[after : line_end if line_end >= 0 else end]
+            if not rest.strip(b" \t"):
+                return found
         position = found + 1
 
 

@@ -149,8 +149,8 @@ class Webmail:
         self._lists: dict[tuple[int, int, bool], tuple[tuple[int, str], list[ConversationLine], int]] = {}
         self._people: dict[str, tuple[float, Correspondent]] = {}
         self._readable: OrderedDict[int, reading.Readable] = OrderedDict()
-        self._decisions: dict[tuple[str, int], tuple[float, Decision]] = {}
-        self._judging: SingleFlight[tuple[str, int], Decision] = SingleFlight()
+        self._decisions: dict[tuple[str, int, bool, bool], tuple[float, Decision]] = {}
+        self._judging: SingleFlight[tuple[str, int, bool, bool], Decision] = SingleFlight()
         self._describing: SingleFlight[frozenset[str], dict[str, Correspondent]] = SingleFlight()
         self._recorded: dict[tuple[int, int, int], float] = {}
 
@@ -323,42 +323,43 @@ class Webmail:
     async def _reply_option(
         self, profile: Profile, stored: list[store.StoredMessage], state: store.ConversationStatus | None
     ) -> ReplyOption:
+        """Whether a reply is offered, and why not: the gateway's own decision (the same rules
+        on the same facts), its rule turned into a sentence for this page."""
         me = profile.account.address
         target = self._answerable(stored, me)
         if target is None:
             return ReplyOption(False, "Ce message est une information automatique : il n'attend pas de réponse.")
         to = (await self._correspondents({target.sender}))[target.sender]
-        if state is not None and state.is_campaign:
-            return ReplyOption(False, "Ce message de l'Assurance Maladie est une information : on ne peut pas y répondre.", [to])
-        if state is not None and state.closed:
-            return ReplyOption(
-                False,
-                f"{state.closed_by or 'Le professionnel'} a clos cette conversation le {french_date(state.closed_at)}. "
-                "Vous ne pouvez plus y répondre. Pour un nouveau besoin, contactez votre professionnel "
-                "comme d'habitude.",
-                [to],
-            )
-        if not profile.may_reply:
-            return ReplyOption(
-                False,
-                f"Vous consultez les messages de {profile.account.name} en tant qu'aidant : vous pouvez les lire mais pas y répondre.",
-                [to],
-            )
         if self.pipeline is None:
             return ReplyOption(False, "L'envoi de messages est momentanément indisponible. Réessayez plus tard.", [to])
-        decision = await self._would_accept(me, target)
+        decision = await self._would_accept(profile, target, closed=state is not None and state.closed)
         if not decision.accepted:
-            return ReplyOption(False, _sentence(decision.text_fr), [to])
+            return ReplyOption(False, self._refusal_sentence(decision, profile, state), [to])
         return ReplyOption(True, "", [to])
 
-    async def _would_accept(self, me: str, target: store.StoredMessage) -> Decision:
+    @staticmethod
+    def _refusal_sentence(decision: Decision, profile: Profile, state: store.ConversationStatus | None) -> str:
+        """The refusing rule, said for a patient on this page (the rule's own text otherwise)."""
+        if decision.rule == "no-reply-to-campaign":
+            return "Ce message de l'Assurance Maladie est une information : on ne peut pas y répondre."
+        if decision.rule == "conversation-closed" and state is not None:
+            return (
+                f"{state.closed_by or 'Le professionnel'} a clos cette conversation le {french_date(state.closed_at)}. "
+                "Vous ne pouvez plus y répondre. Pour un nouveau besoin, contactez votre professionnel comme d'habitude."
+            )
+        if decision.rule == "read-only-delegate":
+            return f"Vous consultez les messages de {profile.account.name} en tant qu'aidant : vous pouvez les lire mais pas y répondre."
+        return _sentence(decision.text_fr)
+
+    async def _would_accept(self, profile: Profile, target: store.StoredMessage, *, closed: bool) -> Decision:
         """The gateway's decision for a reply to `target`, reused for as long as the gateway
         itself trusts what it read from the annuaire (`directory_cache_seconds`). Whether the
-        conversation is closed is read on every view before this is asked: closing shows at once."""
+        conversation is closed is read on every view and is part of the key: closing shows at once."""
         pipeline = self.pipeline
         assert pipeline is not None
+        me = profile.account.address
         moment = time.monotonic()
-        key = (me, target.id)
+        key = (me, target.id, closed, profile.may_reply)
         cached = self._decisions.get(key)
         if cached is not None and moment - cached[0] < self.settings.directory_cache_seconds:
             return cached[1]
@@ -370,6 +371,7 @@ class Webmail:
                 references=[target.message_id_header],
                 message=MessageFacts(size=0, subject="Re:", has_content=True),
                 channel=Channel.WEBMAIL,
+                read_only_delegate=not profile.may_reply,
             )
             if len(self._decisions) > CACHE_ITEMS:
                 self._decisions.clear()
@@ -461,8 +463,6 @@ class Webmail:
             stored = await store.conversation_messages(conn, profile.account.mailbox_id, key)
         if not stored:
             return SendResult(False, "Cette conversation n'existe pas.")
-        if not profile.may_reply:
-            return SendResult(False, "En tant qu'aidant, vous pouvez lire ces messages mais pas y répondre.")
         if self.pipeline is None:
             return SendResult(False, "L'envoi de messages est momentanément indisponible. Réessayez plus tard.")
         target = self._answerable(stored, profile.account.address)
@@ -484,8 +484,6 @@ class Webmail:
         return await self._send(profile, actor, [target.sender], raw, f"Votre réponse a été envoyée à {to.name}.", key)
 
     async def send_prescription(self, profile: Profile, actor: PatientAccount, pharmacy: str, note: str, upload: Upload) -> SendResult:
-        if not profile.may_reply:
-            return SendResult(False, "En tant qu'aidant, vous ne pouvez pas envoyer de message au nom de ce patient.")
         if len(compose.clean_text(note)) > compose.MAX_TEXT:
             return SendResult(False, f"Votre mot pour la pharmacie est trop long ({compose.MAX_TEXT} caractères au plus).")
         if self.pipeline is None:
@@ -509,7 +507,15 @@ class Webmail:
     async def _send(self, profile: Profile, actor: PatientAccount, to: list[str], raw: bytes, success: str, key: int | None) -> SendResult:
         assert self.pipeline is not None
         result = await self.pipeline.accept(
-            Envelope(profile.account.address, to, raw, Channel.WEBMAIL, authenticated=profile.account.address, keep_sent=True)
+            Envelope(
+                profile.account.address,
+                to,
+                raw,
+                Channel.WEBMAIL,
+                authenticated=profile.account.address,
+                keep_sent=True,
+                read_only_delegate=not profile.may_reply,
+            )
         )
         if not result.accepted:
             decision = next(iter(result.refused.values()), None)
