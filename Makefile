@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 DATA_DIR ?= var
 
-.PHONY: install run test bench clean
+.PHONY: install peers run lint test bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,16 +17,24 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# The server needs only Python; the tests and benchmarks drive real peers (Postfix's
+# smtp-source, Dovecot, swaks, mbsync, Chromium...), installed from Debian when missing.
+peers: $(STAMP)
 	@bash scripts/system-packages.sh
 
 run: install
 	$(BIN)/caducee db upgrade --data-dir $(DATA_DIR)
 	$(BIN)/caducee serve --demo --data-dir $(DATA_DIR)
 
-test: install
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: peers lint
 	$(BIN)/python -m pytest
 
-bench: install
+bench: peers
 	$(BIN)/python bench/annuaire_import.py
 	$(BIN)/python bench/smtp_accept.py
 	$(BIN)/python bench/smime.py

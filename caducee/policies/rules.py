@@ -1,4 +1,4 @@
-"""The rules of patient messaging (DESIGN.md, rules 1-8), one small class each.
+"""The rules of patient messaging (docs/architecture.md, rules 1-8), one small class each.
 
 A rule's `check` returns None when it has no objection, or a `Decision`: a refusal, or an
 acceptance carrying actions (closing a conversation). The chain in `chain.py` runs them in
