@@ -8,19 +8,16 @@ said to be unreadable here rather than shown as gibberish.
 
 from __future__ import annotations
 
-import email.policy
 from dataclasses import dataclass, field
 from datetime import datetime
-from email.message import EmailMessage, Message
-from email.parser import BytesParser
 from email.utils import parseaddr, parsedate_to_datetime
 from html.parser import HTMLParser
 
-from caducee.mime.headers import decoded_header
+from caducee.mime.headers import decoded_header, one_line
+from caducee.mime.structure import Part, decoded, parse, walk_parts
 from caducee.mime.summary import Summary
 from caducee.webmail.uploads import safe_filename, sniff
 
-_PARSER = BytesParser(policy=email.policy.default)
 SIGNATURE_TYPES = {"application/pkcs7-signature", "application/x-pkcs7-signature"}
 ENCRYPTED_TYPES = {"application/pkcs7-mime", "application/x-pkcs7-mime"}
 SERVED_AS_IS = {"application/pdf", "image/png", "image/jpeg"}  # checked by content before being served with their type
@@ -104,75 +101,80 @@ def html_to_text(html: str) -> str:
     return text.strip()
 
 
-def parse(raw: bytes) -> EmailMessage:
-    return _PARSER.parsebytes(raw)  # type: ignore[return-value]
+def _content_type(part: Part) -> str:
+    maintype, subtype = part.content_type
+    return f"{maintype}/{subtype}".lower()
 
 
-def open_signed(message: Message) -> tuple[Message, bool]:
+def open_signed(part: Part) -> tuple[Part, bool]:
     """The protected message inside S/MIME signatures (and message/rfc822 wrappers)."""
     signed = False
     for _ in range(4):
-        if message.get_content_type() == "multipart/signed":
-            parts = message.get_payload()
-            if not isinstance(parts, list) or not parts:
-                break
-            message, signed = parts[0], True
+        kind = _content_type(part)
+        if kind == "multipart/signed" and part.children:
+            part, signed = part.children[0], True
             continue
-        if message.get_content_type() == "message/rfc822" and signed:
-            inner = message.get_payload()
-            if isinstance(inner, list) and inner:
-                message = inner[0]
-                continue
+        if kind == "message/rfc822" and signed and part.message is not None:
+            part = part.message
+            continue
         break
-    return message, signed
+    return part, signed
 
 
-def _is_attachment(part: Message) -> bool:
-    if part.get_content_type() in SIGNATURE_TYPES:
+def _filename(part: Part) -> str | None:
+    for name in ("content-disposition", "content-type"):
+        params = dict(part.headers.params(name)[1])
+        value = params.get("filename") or params.get("name")
+        if value:
+            return value
+    return None
+
+
+def _is_attachment(part: Part) -> bool:
+    kind = _content_type(part)
+    if kind in SIGNATURE_TYPES:
         return False
-    disposition = (part.get("Content-Disposition") or "").split(";")[0].strip().lower()
-    return disposition == "attachment" or bool(part.get_filename()) or part.get_content_maintype() not in {"text", "multipart", "message"}
+    disposition = part.headers.params("content-disposition")[0]
+    return disposition == "attachment" or bool(_filename(part)) or part.content_type[0] not in {"TEXT", "MULTIPART", "MESSAGE"}
 
 
-def _leaves(message: Message) -> list[Message]:
-    out = []
-    for part in message.walk():
-        if part.is_multipart() or part.get_content_type() in SIGNATURE_TYPES:
-            continue
-        out.append(part)
-    return out
+def _leaves(root: Part) -> list[Part]:
+    """The entities with content, in order: containers and signatures left out."""
+    return [
+        part
+        for part in walk_parts(root)
+        if not part.children and part.message is None and part.content_type[0] != "MULTIPART" and _content_type(part) not in SIGNATURE_TYPES
+    ]
 
 
-def _payload(part: Message) -> bytes:
-    try:
-        return part.get_payload(decode=True) or b""
-    except (ValueError, TypeError, AssertionError):
-        return b""
+def _payload(part: Part) -> bytes:
+    data = decoded(part, part.body_bytes)
+    return data if data is not None else part.body_bytes
 
 
-def _text_of(part: Message) -> str:
+def _text_of(part: Part) -> str:
     data = _payload(part)
-    charset = part.get_content_charset() or "utf-8"
+    charset = dict(part.headers.params("content-type")[1]).get("charset") or "utf-8"
     try:
         return data.decode(charset, "replace")
     except LookupError:
         return data.decode("utf-8", "replace")
 
 
-def attachments_of(message: Message) -> list[tuple[Attachment, Message]]:
+def attachments_of(root: Part) -> list[tuple[Attachment, Part]]:
     found = []
-    for part in _leaves(message):
+    for part in _leaves(root):
         if not _is_attachment(part):
             continue
         data = _payload(part)
         sniffed = sniff(data)
-        declared = part.get_content_type()
+        declared = _content_type(part)
         served = (
             declared
             if sniffed is not None and sniffed[0] == declared and declared in SERVED_AS_IS
             else (sniffed[0] if sniffed is not None else "application/octet-stream")
         )
-        name = decode_words(part.get_filename()) or None
+        name = decode_words(_filename(part)) or None
         declared_extension = "".join(ch for ch in (name or "").rpartition(".")[2] if ch.isalnum())[:8] if name and "." in name else ""
         extension = sniffed[1] if sniffed else (declared_extension or "bin")
         attachment = Attachment(len(found), safe_filename(name, extension), served, len(data))
@@ -181,36 +183,39 @@ def attachments_of(message: Message) -> list[tuple[Attachment, Message]]:
 
 
 def read(raw: bytes) -> Readable:
+    """What a patient reads of a stored message (parsed with the one MIME parser, which gives
+    every message the gateway accepted a structure within its limits)."""
     outer = parse(raw)
     message, signed = open_signed(outer)
-    headers = message if message.get("From") else outer
-    name, address = parseaddr(str(headers.get("From", "")))
+    headers = message.headers if "from" in message.headers else outer.headers
+    name, address = parseaddr(headers.get("from") or "")
     try:
-        date = parsedate_to_datetime(str(headers.get("Date"))) if headers.get("Date") else None
-    except (TypeError, ValueError):
+        date = parsedate_to_datetime(headers.get("date") or "") if headers.get("date") else None
+    except (TypeError, ValueError, IndexError, OverflowError):
         date = None
-    references = str(headers.get("References", "")).split()
+    mdn = outer.headers.get("disposition-notification-to") or headers.get("disposition-notification-to") or ""
     readable = Readable(
-        subject=decode_words(headers.get("Subject")),
+        subject=decode_words(headers.get("subject")),
         from_name=decode_words(name),
         from_address=address.lower(),
         date=date,
         text="",
-        message_id=str(headers.get("Message-ID", "")).strip(),
-        references=references,
-        mdn_to=str(outer.get("Disposition-Notification-To") or headers.get("Disposition-Notification-To") or "").strip() or None,
+        message_id=one_line(headers.get("message-id") or ""),
+        references=one_line(headers.get("references") or "").split(),
+        mdn_to=one_line(mdn) or None,
         signed=signed,
     )
-    if message.get_content_type() in ENCRYPTED_TYPES:
+    if _content_type(message) in ENCRYPTED_TYPES:
         readable.encrypted = True
         return readable
     plain = html = None
     for part in _leaves(message):
         if _is_attachment(part):
             continue
-        if part.get_content_type() == "text/plain" and plain is None:
+        kind = _content_type(part)
+        if kind == "text/plain" and plain is None:
             plain = _text_of(part)
-        elif part.get_content_type() == "text/html" and html is None:
+        elif kind == "text/html" and html is None:
             html = _text_of(part)
     text = plain if plain is not None else html_to_text(html) if html is not None else ""
     readable.text = text.replace("\r\n", "\n").replace("\r", "\n").strip()
