@@ -16,6 +16,10 @@ from caducee.mime.structure import Part, decoded, parse, walk_parts
 from caducee.policies import refuse
 
 MAX_LINE = 998  # RFC 5322 section 2.1.1, without CRLF
+# Control characters in raw headers (HTAB aside; CR and LF are checked as line ends): NUL
+# cannot be stored in a PostgreSQL text column at all, and none of them means anything in
+# a header a person or a mail client reads. Refused the same on both databases.
+_HEADER_CONTROLS = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 _MSG_ID = re.compile(r"<[^<>\s]+>")
 
@@ -121,6 +125,13 @@ def inspect_message(raw: bytes, *, max_size: int, hostname: str, add_missing_hea
             "5.6.7",
             "les en-têtes contiennent des caractères non ASCII (encodez-les selon la RFC 2047)",
             "8-bit characters in headers; encode them as RFC 2047 words",
+        )
+    if _HEADER_CONTROLS.search(head):
+        raise MessageRejected(
+            554,
+            "5.6.0",
+            "les en-têtes contiennent un caractère de contrôle (NUL, échappement...)",
+            "control characters (NUL, escape...) in headers",
         )
     root = parse(raw)
     if root.problems:
