@@ -55,6 +55,7 @@ async def seed(engine: AsyncEngine, settings: Settings, *, certificates: bool = 
 
         for domain in settings.local_domains:
             await service.add_trust_domain(conn, domain, description="Caducée (local)", is_local=True)
+        await service.ensure_postmaster(conn, settings.operator_domain)
         await service.add_trust_domain(
             conn, PEER_OPERATOR_DOMAIN, description="Second operator of the demo trust space", operator_dns=[PEER_OPERATOR_DN]
         )

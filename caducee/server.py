@@ -31,6 +31,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from caducee import db
 from caducee import webmail as webmail_package
 from caducee.annuaire.api import router as annuaire_router
+from caducee.annuaire.service import ensure_postmaster
 from caducee.config import Settings
 from caducee.core.cpu import CpuPool, shared_pool
 from caducee.crypto.atrest import BodyCipher, load_master_key
@@ -181,6 +182,8 @@ async def prepare_database(settings: Settings, *, demo: bool) -> AsyncEngine:
             log.info("demo world seeded; credentials in %s", where)
         else:
             log.info("database not empty: demo seed skipped (credentials stay in %s)", where)
+    async with engine.begin() as conn:  # after the demo seed, which only seeds an empty annuaire
+        await ensure_postmaster(conn, settings.operator_domain)
     return engine
 
 

@@ -5,10 +5,12 @@ mailbox holds afterwards."""
 from __future__ import annotations
 
 import asyncio
+import email
 import smtplib
 import ssl
 from email.policy import SMTP as SMTP_POLICY
 
+import pytest
 from mail import message
 from sqlalchemy import update
 
@@ -66,7 +68,7 @@ async def test_forged_in_reply_to_is_refused(gateway) -> None:  # type: ignore[n
     doctor = gateway.account("doctor")[0]
     first, _, _ = await doctor_writes(gateway, gateway.credentials["patients"]["adult_1"]["address"])
     result = await patient_writes(gateway, "adult_2", doctor, reply_to=first)  # someone else's conversation
-    assert not result.accepted and "not part of" in result.reply
+    assert not result.accepted and "did not receive" in result.reply
     assert await gateway.inbox(doctor) == []
 
 
@@ -166,3 +168,120 @@ async def test_a_body_is_stored_once_whatever_the_number_of_recipients(gateway) 
     assert all(row.name == "INBOX" and row.uid == 1 and row.uidnext == 2 for row in entries)
     for address in rcpts:
         assert b"sera ferm" in (await gateway.inbox(address))[0]
+
+
+def send_as(gateway, key: str, msg, rcpts: list[str]) -> tuple[int, str]:  # type: ignore[no-untyped-def]
+    """Submit `msg` over SMTP as the professional `key` of the demo world (doctor, nurse, pharmacy)."""
+    address, password = gateway.account(key)
+    with smtplib.SMTP("127.0.0.1", gateway.ports["submission"], timeout=30) as client:
+        client.starttls(context=ssl.create_default_context(cafile=str(gateway.ca.files.cert)))
+        client.login(address, password)
+        try:
+            client.sendmail(address, rcpts, msg.as_bytes(policy=SMTP_POLICY))
+        except smtplib.SMTPDataError as exc:
+            return exc.smtp_code, exc.smtp_error.decode()
+        except smtplib.SMTPRecipientsRefused as exc:
+            code, text = next(iter(exc.recipients.values()))
+            return code, text.decode()
+        return 250, ""
+
+
+async def test_a_reused_message_id_steers_no_reply(gateway) -> None:  # type: ignore[no-untyped-def]
+    """Another professional reusing the doctor's Message-ID is refused, and the patient's reply
+    still reaches the doctor's conversation (issue 18, point 5)."""
+    doctor, nurse = gateway.account("doctor")[0], gateway.account("nurse")[0]
+    patient = gateway.credentials["patients"]["adult_1"]["address"]
+    first, code, _ = await doctor_writes(gateway, patient)
+    assert code == 250
+    hijack = message(nurse, patient, "Autre sujet", "Je reprends cet identifiant.")
+    del hijack["Message-ID"]
+    hijack["Message-ID"] = first["Message-ID"]
+    code, text = await asyncio.to_thread(send_as, gateway, "nurse", hijack, [patient])
+    assert code == 550 and "5.7.1" in text and "Message-ID" in text
+    result = await patient_writes(gateway, "adult_1", doctor, reply_to=first)
+    assert result.accepted == [doctor], result.reply
+
+
+async def test_a_professional_cannot_reopen_a_closed_conversation_with_its_ids(gateway) -> None:  # type: ignore[no-untyped-def]
+    """The doctor closes; the nurse answers the patient with In-Reply-To naming the doctor's
+    messages (which the nurse never received): it starts a conversation of its own, so the
+    patient's reply to the doctor's message is still refused as closed, and a reply to the
+    nurse goes to the nurse only."""
+    doctor, nurse = gateway.account("doctor")[0], gateway.account("nurse")[0]
+    patient = gateway.credentials["patients"]["adult_1"]["address"]
+    first, _, _ = await doctor_writes(gateway, patient, "Suivi")
+    fin = message(doctor, patient, "[FIN] Suivi", "Fin du suivi.", headers={"In-Reply-To": first["Message-ID"]})
+    assert (await asyncio.to_thread(smtp_send, gateway, fin, [patient]))[0] == 250
+    reopen = message(
+        nurse, patient, "Re: Suivi", "Je rouvre.", headers={"In-Reply-To": fin["Message-ID"], "References": first["Message-ID"]}
+    )
+    assert (await asyncio.to_thread(send_as, gateway, "nurse", reopen, [patient]))[0] == 250
+    to_doctor = await patient_writes(gateway, "adult_1", doctor, reply_to=first)
+    assert not to_doctor.accepted and "closed by" in to_doctor.reply
+    to_nurse = await patient_writes(gateway, "adult_1", nurse, reply_to=reopen)
+    assert to_nurse.accepted == [nurse], to_nurse.reply
+    to_doctor_through_nurse = await patient_writes(gateway, "adult_1", doctor, reply_to=reopen)
+    assert not to_doctor_through_nurse.accepted and "not part of" in to_doctor_through_nurse.reply
+
+
+IDENTITY_CASES = [
+    # id, headers (From is the doctor's address unless given), expected code
+    ("display-name-carries-another-address", {"From": '"pharmacie.canal@demo.mssante.fr" <{doctor}>'}, 550),
+    ("display-name-with-name-and-address", {"From": '"Pharmacie du Canal <pharmacie.canal@demo.mssante.fr>" <{doctor}>'}, 550),
+    ("encoded-display-name-address", {"From": "=?utf-8?q?karim.haddad=40demo.mssante.fr?= <{doctor}>"}, 550),
+    ("sender-another-professional", {"Sender": "karim.haddad@demo.mssante.fr"}, 550),
+    ("resent-from-another-professional", {"Resent-From": "karim.haddad@demo.mssante.fr"}, 550),
+    ("resent-sender-another", {"Resent-Sender": "pharmacie.canal@demo.mssante.fr"}, 550),
+    ("display-name-is-own-address", {"From": '"{doctor}" <{doctor}>'}, 250),
+    ("sender-is-self", {"Sender": "{doctor}"}, 250),
+    ("plain-name", {"From": "Dr Sophie Bernard <{doctor}>"}, 250),
+]
+
+
+@pytest.mark.parametrize(("headers", "expected"), [case[1:] for case in IDENTITY_CASES], ids=[case[0] for case in IDENTITY_CASES])
+async def test_identity_headers_belong_to_the_account(gateway, headers: dict[str, str], expected: int) -> None:  # type: ignore[no-untyped-def]
+    """What mail clients show as the sender (From's display name, Sender, Resent-From) must be
+    the authenticated account's (issue 18, point 8)."""
+    doctor = gateway.account("doctor")[0]
+    patient = gateway.credentials["patients"]["adult_1"]["address"]
+    msg = message(doctor, patient, "Résultats", "Bonjour.")
+    for name, value in headers.items():
+        del msg[name]
+        msg[name] = value.format(doctor=doctor)
+    code, text = await asyncio.to_thread(smtp_send, gateway, msg, [patient])
+    assert code == expected, text
+    if expected == 550:
+        assert "5.7.1" in text and "not owned" in text
+
+
+@pytest.mark.parametrize("domain", ["demo.mssante.fr", "patient.mssante.fr"])
+async def test_postmaster_of_each_local_domain_reaches_the_operator(gateway, domain: str) -> None:  # type: ignore[no-untyped-def]
+    """RFC 5321 4.5.1: postmaster@ every domain we serve is accepted and lands with the operator."""
+    doctor = gateway.account("doctor")[0]
+    for local_part in ("postmaster", "PostMaster"):
+        msg = message(doctor, f"{local_part}@{domain}", "Question", "Bonjour postmaster.")
+        assert (await asyncio.to_thread(smtp_send, gateway, msg, [f"{local_part}@{domain}"]))[0] == 250
+    assert len(await gateway.inbox(f"postmaster@{gateway.settings.operator_domain}")) == 2
+
+
+async def test_the_patient_answers_the_pharmacy_about_the_prescription(gateway) -> None:  # type: ignore[no-untyped-def]
+    """In the patient's prescription conversation, once the pharmacy has written, the patient may
+    answer it, until it closes (issue 18, point 10)."""
+    pharmacy = gateway.account("pharmacy")[0]
+    patient = gateway.credentials["patients"]["adult_1"]["address"]
+    pdf = ("ordonnance.pdf", b"%PDF-1.4\n%%EOF\n", "application/pdf")
+    sent = await patient_writes(gateway, "adult_1", pharmacy, subject="Mon ordonnance", attachment=pdf)
+    assert sent.accepted == [pharmacy], sent.reply
+    prescription = email.message_from_bytes((await gateway.inbox(pharmacy))[0])
+    too_early = await patient_writes(gateway, "adult_1", pharmacy, reply_to=prescription, subject="Re: Mon ordonnance")
+    assert not too_early.accepted  # the pharmacy has not written yet: no conversation to answer
+    question = message(
+        pharmacy, patient, "Re: Mon ordonnance", "Le générique vous convient-il ?", headers={"In-Reply-To": prescription["Message-ID"]}
+    )
+    assert (await asyncio.to_thread(send_as, gateway, "pharmacy", question, [patient]))[0] == 250
+    answer = await patient_writes(gateway, "adult_1", pharmacy, reply_to=question, subject="Re: Mon ordonnance")
+    assert answer.accepted == [pharmacy], answer.reply
+    fin = message(pharmacy, patient, "[FIN] Mon ordonnance", "Votre commande est prête.", headers={"In-Reply-To": question["Message-ID"]})
+    assert (await asyncio.to_thread(send_as, gateway, "pharmacy", fin, [patient]))[0] == 250
+    after = await patient_writes(gateway, "adult_1", pharmacy, reply_to=fin, subject="Re: Mon ordonnance")
+    assert not after.accepted and "closed" in after.reply

@@ -19,8 +19,6 @@ from contextlib import aclosing
 import pytest
 from test_webmail import Webmail, conversation_id, webmail  # noqa: F401 (the fixture)
 
-BOUNDARY_PARTS = "b{}"
-
 
 def _nested(levels: int) -> bytes:
     head = b"".join(b'Content-Type: multipart/mixed; boundary="n%d"\r\n\r\n--n%d\r\n' % (level, level) for level in range(levels))
@@ -50,7 +48,12 @@ POISON: list[tuple[str, bytes, bytes, str]] = [
     ("parts-2500", b"", _parts(2500), "554 5.6.0"),
     ("parts-1500", b"", _parts(1500), "250"),
     ("header-fields-700", b"X-Filler: y\r\n" * 700, b"\r\nbody\r\n", "554 5.6.0"),
-    ("header-block-300k", b"X-Long: " + b"y" * 900 + b"\r\n" + b" " + (b"z" * 900 + b"\r\n ") * 340 + b"end\r\n", b"\r\nbody\r\n", "554 5.6.0"),
+    (
+        "header-block-300k",
+        b"X-Long: " + b"y" * 900 + b"\r\n" + b" " + (b"z" * 900 + b"\r\n ") * 340 + b"end\r\n",
+        b"\r\nbody\r\n",
+        "554 5.6.0",
+    ),
     ("encoded-crlf-subject", b"Subject: =?utf-8?q?R=C3=A9sultats=0D=0ABcc:_victim@demo.mssante.fr?=\r\n", b"\r\nNormal.\r\n", "250"),
     ("encoded-nul-subject", b"Subject: =?utf-8?b?" + base64.b64encode(b"nul\x00here\x07bell") + b"?=\r\n", b"\r\nx\r\n", "250"),
     ("raw-nul-message-id", b"", b"\r\nbody\r\n", "554 5.6.0"),  # Message-ID replaced below
@@ -100,10 +103,10 @@ def _raw(sender: str, rcpt: str, thread: str, name: str, extra: bytes, rest: byt
     return head + extra + rest if not extra else head + extra + rest
 
 
-def _send_raw(webmail: Webmail, raw: bytes, rcpt: str) -> str:
-    address, password = webmail.gateway.account("doctor")
-    with smtplib.SMTP("127.0.0.1", webmail.gateway.ports["submission"], timeout=60) as client:
-        client.starttls(context=ssl.create_default_context(cafile=str(webmail.gateway.ca.files.cert)))
+def _send_raw(running: Webmail, raw: bytes, rcpt: str) -> str:
+    address, password = running.gateway.account("doctor")
+    with smtplib.SMTP("127.0.0.1", running.gateway.ports["submission"], timeout=60) as client:
+        client.starttls(context=ssl.create_default_context(cafile=str(running.gateway.ca.files.cert)))
         client.login(address, password)
         try:
             client.sendmail(address, [rcpt], raw)
@@ -169,7 +172,9 @@ async def test_a_reply_to_a_hostile_message_goes_out(webmail: Webmail, name: str
     patient = webmail.patient("adult_1")["address"]
     doctor = webmail.gateway.account("doctor")[0]
     case = next(case for case in POISON if case[0] == name)
-    raw = _raw(doctor, patient, "<nothing@demo.mssante.fr>", name, case[1], case[2]).replace(b"In-Reply-To: <nothing@demo.mssante.fr>\r\n", b"")
+    raw = _raw(doctor, patient, "<nothing@demo.mssante.fr>", name, case[1], case[2]).replace(
+        b"In-Reply-To: <nothing@demo.mssante.fr>\r\n", b""
+    )
     assert (await asyncio.to_thread(_send_raw, webmail, raw, patient)) == "250"
     client, csrf = await webmail.logged_in()
     async with aclosing(client):

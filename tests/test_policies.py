@@ -41,6 +41,11 @@ OPEN = Conversation(PartyKind.PROFESSIONAL, ConversationState.OPEN, frozenset({D
 CLOSED = replace(OPEN, state=ConversationState.CLOSED, closed_by="Dr Sophie Bernard", closed_at="2026-11-20")
 CAMPAIGN = Conversation(PartyKind.CNAM, ConversationState.OPEN, frozenset({CNAM.address, PATIENT.address}), is_campaign=True)
 PATIENT_OPENED = replace(OPEN, opener_kind=PartyKind.PATIENT)
+PRESCRIPTION_SENT = Conversation(
+    PartyKind.PATIENT, ConversationState.OPEN, frozenset({PATIENT.address, PHARMACY.address}), senders=frozenset({PATIENT.address})
+)
+PRESCRIPTION_ANSWERED = replace(PRESCRIPTION_SENT, senders=frozenset({PATIENT.address, PHARMACY.address}))
+PRESCRIPTION_CLOSED = replace(PRESCRIPTION_ANSWERED, state=ConversationState.CLOSED, closed_by="Pharmacie du Canal")
 
 TEXT = Message(size=2_000, subject="Résultats", has_content=True)
 REPLY = replace(TEXT, references_known=True)
@@ -51,6 +56,7 @@ MES_FIN = replace(TEXT, mss_mes_fin=True)
 HUGE = Message(size=26 * 1024 * 1024)
 FORGED = replace(TEXT, references_known=True, references_foreign=True)
 RECEIPT = replace(REPLY, is_receipt=True)
+REUSED_ID = replace(TEXT, message_id="<x@y>", message_id_taken=True)
 
 R = "refused"
 CASES = [
@@ -78,6 +84,21 @@ CASES = [
     ("reply-to-campaign", PATIENT, CNAM, CAMPAIGN, REPLY, True, (R, 550, "5.7.1", "no-reply-to-campaign")),
     ("ps-into-campaign", DOCTOR, CNAM, CAMPAIGN, REPLY, True, (R, 550, "5.7.1", "no-reply-to-campaign")),
     ("forged-threading", PATIENT, DOCTOR, None, FORGED, True, (R, 550, "5.7.1", "no-forged-threading")),
+    ("reused-message-id", NURSE, PATIENT, None, REUSED_ID, True, (R, 550, "5.7.1", "message-id-in-use")),
+    (
+        "reused-message-id-in-conv",
+        DOCTOR,
+        PATIENT,
+        OPEN,
+        replace(REUSED_ID, references_known=True),
+        True,
+        (R, 550, "5.7.1", "message-id-in-use"),
+    ),
+    ("patient-prescription-before-answer", PATIENT, PHARMACY, PRESCRIPTION_SENT, REPLY, True, (R, 550, "5.7.1", "patient-replies-only")),
+    ("patient-answers-pharmacy", PATIENT, PHARMACY, PRESCRIPTION_ANSWERED, REPLY, True, ()),
+    ("patient-answers-closed-pharmacy", PATIENT, PHARMACY, PRESCRIPTION_CLOSED, REPLY, True, (R, 550, "5.7.1", "conversation-closed")),
+    ("patient-prescription-conv-to-other", PATIENT, DOCTOR, PRESCRIPTION_ANSWERED, REPLY, True, (R, 550, "5.7.1", "patient-replies-only")),
+    ("pharmacy-writes-in-prescription", PHARMACY, PATIENT, PRESCRIPTION_SENT, REPLY, True, ()),
     ("opposed-profile", DOCTOR, OPPOSED, None, TEXT, True, (R, 550, "5.1.1", "patient-profile-open")),
     ("closed-profile", REMOTE_DOCTOR, CLOSED_PROFILE, None, TEXT, False, (R, 550, "5.1.1", "patient-profile-open")),
     ("unknown-local", DOCTOR, NOBODY, None, TEXT, True, (R, 550, "5.1.1", "known-recipient")),

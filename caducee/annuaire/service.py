@@ -384,6 +384,19 @@ async def add_delegation(conn: AsyncConnection, patient_id: int, carer_id: int, 
     )
 
 
+POSTMASTER = "postmaster"
+
+
+async def ensure_postmaster(conn: AsyncConnection, operator_domain: str) -> str:
+    """The operator's postmaster mailbox (RFC 5321 4.5.1: postmaster@ every domain we serve
+    must be accepted and reach the operator); created once, never published. Its address."""
+    address = f"{POSTMASTER}@{operator_domain.lower()}"
+    exists = (await conn.execute(select(Mailbox.id).where(Mailbox.address == address))).first()
+    if exists is None:
+        await add_mailbox(conn, address=address, type=MailboxType.ORG, display_name="Postmaster", liste_rouge=True)
+    return address
+
+
 async def active_mailbox_id(conn: AsyncConnection, address: str) -> int | None:
     """The id of the active mailbox at `address` (any type, published or not), or None."""
     return (await conn.execute(select(Mailbox.id).where(Mailbox.address == address.lower(), Mailbox.active.is_(True)))).scalar()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.utils import formatdate, getaddresses
 
 from caducee.mime.headers import decoded_header
@@ -19,6 +19,7 @@ MAX_LINE = 998  # RFC 5322 section 2.1.1, without CRLF
 # Control characters in raw headers (HTAB aside; CR and LF are checked as line ends): NUL
 # cannot be stored in a PostgreSQL text column at all, and none of them means anything in
 # a header a person or a mail client reads. Refused the same on both databases.
+_EMBEDDED_ADDRESS = re.compile(r"[\w.%+'-]+@[\w-]+(?:\.[\w-]+)+")
 _HEADER_CONTROLS = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 _MSG_ID = re.compile(r"<[^<>\s]+>")
@@ -48,6 +49,9 @@ class InspectedMessage:
     has_attachment: bool
     mdn_to: str | None
     is_receipt: bool = False  # multipart/report; report-type=disposition-notification
+    # Every address the message claims to be from: From, Sender, Resent-From/-Sender, and
+    # addresses written inside From's display name (what mail clients show as the sender).
+    identity_addresses: list[str] = field(default_factory=list)
     tree: Part | None = None  # the parsed message (`caducee.mime.structure`): parsed once, reused by the summary
 
     @property
@@ -156,6 +160,11 @@ def inspect_message(raw: bytes, *, max_size: int, hostname: str, add_missing_hea
     if add_missing_headers and not headers.get("date"):
         added.append(f"Date: {formatdate(localtime=False)}")
     references = _message_ids(headers.get("in-reply-to")) + list(reversed(_message_ids(" ".join(headers.get_all("references")))))
+    identity = list(from_addresses)
+    for name in ("sender", "resent-from", "resent-sender"):
+        identity += [address.lower() for _name, address in getaddresses(headers.get_all(name)) if address]
+    for display, _address in getaddresses(from_headers):  # a display name written as someone else's address
+        identity += [embedded.lower() for embedded in _EMBEDDED_ADDRESS.findall(decoded_header(display))]
     has_content, has_attachment = _scan_parts(root)
     if added:
         prefix = "".join(f"{line}\r\n" for line in added).encode("ascii")
@@ -173,6 +182,7 @@ def inspect_message(raw: bytes, *, max_size: int, hostname: str, add_missing_hea
         has_content=has_content,
         has_attachment=has_attachment,
         mdn_to=mdn.strip() if mdn else None,
+        identity_addresses=list(dict.fromkeys(identity)),
         is_receipt=content_type == "multipart/report" and dict(params).get("report-type", "").lower() == "disposition-notification",
         tree=root,
     )

@@ -179,6 +179,20 @@ class AcceptPipeline:
             for address, info in fresh.items():
                 self._parties_cache[address] = (now, info)
             found.update(fresh)
+        return await self._postmasters(found)
+
+    async def _postmasters(self, found: dict[str, PartyInfo]) -> dict[str, PartyInfo]:
+        """postmaster@ each local domain is the operator's postmaster mailbox (RFC 5321 4.5.1)."""
+        operator = f"postmaster@{self.settings.operator_domain.lower()}"
+        aliases = [
+            address
+            for address, info in found.items()
+            if info.is_local and info.mailbox_id is None and address.partition("@")[0] == "postmaster" and address != operator
+        ]
+        if aliases:
+            target = (await self._parties([operator]))[operator]
+            for address in aliases:
+                found[address] = dataclass_replace(target, address=address)
         return found
 
     def _party(self, info: PartyInfo) -> Party:
@@ -247,10 +261,11 @@ class AcceptPipeline:
         conversation = None
         if references:  # most mail starts a conversation: no query for it
             async with self.engine.connect() as conn:
-                conversation = await store.find_conversation(conn, references)
-        foreign = conversation is not None and sender not in conversation.participants
+                conversation = await store.find_conversation(conn, references, sender=sender, holder=parties[sender].mailbox_id)
+        # References that name nothing this sender holds: a reply to what they never received.
+        foreign = bool(references) and conversation is None
         conversation_facts = None
-        if conversation is not None and not foreign:
+        if conversation is not None:
             conversation_facts = Conversation(
                 opener_kind=PartyKind(conversation.opener_kind),
                 state=ConversationState(conversation.state),
@@ -258,8 +273,15 @@ class AcceptPipeline:
                 closed_by=conversation.closed_by,
                 closed_at=conversation.closed_at.date().isoformat() if conversation.closed_at else None,
                 is_campaign=conversation.is_campaign,
+                senders=conversation.senders,
             )
-        facts = dataclass_replace(message, references_known=conversation is not None, references_foreign=foreign)
+        message_id_taken = False
+        if message.message_id:
+            async with self.engine.connect() as conn:
+                message_id_taken = await store.message_id_used_by_other(conn, message.message_id, sender)
+        facts = dataclass_replace(
+            message, references_known=conversation is not None, references_foreign=foreign, message_id_taken=message_id_taken
+        )
         decisions: dict[str, Decision] = {}
         actions: set[Action] = set()
         for rcpt in recipients:
@@ -279,7 +301,7 @@ class AcceptPipeline:
             decisions[rcpt] = decision
             if decision.accepted:
                 actions |= decision.actions
-        return Verdict(parties, sender_party, conversation if not foreign else None, conversation_facts, decisions, frozenset(actions))
+        return Verdict(parties, sender_party, conversation, conversation_facts, decisions, frozenset(actions))
 
     # ---- the whole message ------------------------------------------------------------
 
@@ -290,8 +312,8 @@ class AcceptPipeline:
             return AcceptResult([], {rcpt: rejected.decision for rcpt in envelope.rcpt_tos}, None, rejected.decision.smtp_reply)
         sender = envelope.mail_from.lower()
         unowned = None
-        if envelope.channel.authenticated:  # rule 2 for the From header too: the rules decide, from this fact
-            unowned = next((address for address in inspected.from_addresses if address != sender), None)
+        if envelope.channel.authenticated:  # rule 2 for every identity header too: the rules decide, from this fact
+            unowned = next((address for address in inspected.identity_addresses if address != sender), None)
 
         recipients = list(dict.fromkeys(rcpt.lower() for rcpt in envelope.rcpt_tos))
         message_facts = Message(
@@ -301,6 +323,7 @@ class AcceptPipeline:
             has_attachment=inspected.has_attachment,
             mss_mes_fin=inspected.mss_mes_fin,
             is_receipt=inspected.is_receipt,
+            message_id=inspected.message_id,
         )
         verdict = await self.judge(
             sender,

@@ -12,7 +12,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import Table, insert, select, text, update
+from sqlalchemy import Table, insert, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
@@ -23,6 +23,7 @@ from caducee.mailbox.models import (
     Conversation,
     ConversationParticipant,
     Folder,
+    MailboxEntry,
     Message,
 )
 
@@ -36,6 +37,7 @@ class ConversationView:
     closed_by: str | None
     closed_at: datetime | None
     is_campaign: bool
+    senders: frozenset[str] = frozenset()  # who wrote in it
 
 
 def insert_ignore(conn: Connection | AsyncConnection, table: Table):  # type: ignore[no-untyped-def]
@@ -44,25 +46,53 @@ def insert_ignore(conn: Connection | AsyncConnection, table: Table):  # type: ig
     return dialect_insert(table).on_conflict_do_nothing()
 
 
-async def find_conversation(conn: AsyncConnection, message_id_headers: list[str]) -> ConversationView | None:
-    """The conversation of the most recent of the referenced messages we hold."""
+async def find_conversation(
+    conn: AsyncConnection, message_id_headers: list[str], *, sender: str, holder: int | None
+) -> ConversationView | None:
+    """The conversation of the most recent referenced message the replying party holds.
+
+    A Message-ID is only a claim: anyone can write one, reuse one, or name one they never
+    received. A local sender (`holder`: their mailbox) is resolved among the messages filed
+    in their own mailbox and the ones they wrote (a mail client keeps its own Sent copy);
+    another operator's sender among conversations they take part in.
+    So a professional who reuses someone else's Message-ID steers nobody's reply.
+    """
     if not message_id_headers:
         return None
-    row = (
-        await conn.execute(
-            select(Conversation)
-            .join(Message, Message.conversation_id == Conversation.id)
-            .where(Message.message_id_header.in_(message_id_headers))
-            .order_by(Message.id.desc())
-            .limit(1)
+    query = (
+        select(Conversation)
+        .join(Message, Message.conversation_id == Conversation.id)
+        .where(Message.message_id_header.in_(message_id_headers))
+    )
+    if holder is not None:
+        held = (
+            select(MailboxEntry.message_id)
+            .join(Folder, Folder.id == MailboxEntry.folder_id)
+            .where(Folder.mailbox_id == holder, MailboxEntry.message_id == Message.id)
         )
-    ).first()
+        query = query.where(or_(held.exists(), Message.sender == sender))  # received, or written by them
+    else:
+        member = select(ConversationParticipant.address).where(
+            ConversationParticipant.conversation_id == Conversation.id, ConversationParticipant.address == sender
+        )
+        query = query.where(member.exists())
+    row = (await conn.execute(query.order_by(Message.id.desc()).limit(1))).first()
     if row is None:
         return None
     participants = frozenset(
         (await conn.execute(select(ConversationParticipant.address).where(ConversationParticipant.conversation_id == row.id))).scalars()
     )
-    return ConversationView(row.id, row.opener_kind, row.state, participants, row.closed_by, row.closed_at, row.is_campaign)
+    senders = frozenset((await conn.execute(select(Message.sender).where(Message.conversation_id == row.id).distinct())).scalars())
+    return ConversationView(row.id, row.opener_kind, row.state, participants, row.closed_by, row.closed_at, row.is_campaign, senders)
+
+
+async def message_id_used_by_other(conn: AsyncConnection, message_id_header: str, sender: str) -> bool:
+    """Whether another sender already used this Message-ID (a reused id is refused: threading
+    and receipts rely on it naming one message of one sender)."""
+    row = await conn.execute(
+        select(Message.id).where(Message.message_id_header == message_id_header[:998], Message.sender != sender.lower()).limit(1)
+    )
+    return row.first() is not None
 
 
 def close_conversation(conn: Connection, conversation_id: int, closed_by: str) -> None:

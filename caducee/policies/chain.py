@@ -27,6 +27,7 @@ from caducee.policies.rules import (
     SenderRule,
     SizeLimit,
     TrustSpace,
+    UniqueMessageId,
 )
 
 SENDER_CHAIN: tuple[SenderRule, ...] = (
@@ -44,6 +45,7 @@ CHAIN: tuple[Rule, ...] = (
     PatientProfileOpen(),  # rule 7
     NoPatientToPatient(),  # rule 5
     NoReplyToCampaign(),  # rule 5
+    UniqueMessageId(),  # rule 4: threading relies on it
     NoForgedThreading(),  # rule 4
     ConversationClosed(),  # rule 6
     PatientRepliesOnly(),  # rules 3 and 4

@@ -67,6 +67,7 @@ class Conversation:
     closed_by: str | None = None
     closed_at: str | None = None  # ISO date, for the refusal text
     is_campaign: bool = False
+    senders: frozenset[str] = frozenset()  # who has written in it
 
 
 @dataclass(frozen=True)
@@ -77,8 +78,10 @@ class Message:
     has_attachment: bool = False
     mss_mes_fin: bool = False  # header X-MSS-MES: FIN
     references_known: bool = False  # In-Reply-To/References name a message we hold
-    references_foreign: bool = False  # ... that belongs to a conversation the sender is not in
+    references_foreign: bool = False  # In-Reply-To/References given, but naming nothing the sender holds
     is_receipt: bool = False  # a disposition notification (MDN, RFC 8098): says "read", carries nothing written
+    message_id: str = ""
+    message_id_taken: bool = False  # another sender already used this Message-ID
 
 
 @dataclass(frozen=True)

@@ -203,7 +203,10 @@ class NoReplyToCampaign(Rule):
 
 class NoForgedThreading(Rule):
     name = "no-forged-threading"
-    description = "In-Reply-To/References naming someone else's conversation are refused."
+    description = (
+        "A patient's In-Reply-To/References must name a message the patient holds: a reply to a message "
+        "they never received is refused (whether that message exists elsewhere is not said)."
+    )
 
     def check(self, facts: Facts) -> Decision | None:
         if facts.message.references_foreign and facts.sender.kind is PartyKind.PATIENT:
@@ -211,8 +214,8 @@ class NoForgedThreading(Rule):
                 self.name,
                 550,
                 "5.7.1",
-                "ce message répond à une conversation à laquelle vous ne participez pas",
-                "this message replies to a conversation you are not part of",
+                "ce message répond à un message que vous n'avez pas reçu",
+                "this message replies to a message you did not receive",
             )
         return None
 
@@ -257,11 +260,28 @@ class ConversationClosed(Rule):
         )
 
 
+class UniqueMessageId(Rule):
+    name = "message-id-in-use"
+    description = "A Message-ID names one message of one sender: a Message-ID another sender already used is refused."
+
+    def check(self, facts: Facts) -> Decision | None:
+        if facts.message.message_id_taken:
+            return refuse(
+                self.name,
+                550,
+                "5.7.1",
+                "cet identifiant de message (Message-ID) a déjà été utilisé par un autre expéditeur",
+                "this Message-ID was already used by another sender",
+            )
+        return None
+
+
 class PatientRepliesOnly(Rule):
     name = "patient-replies-only"
     description = (
         "A patient only replies in a conversation a professional opened, to someone taking part; "
-        "the one exception is a prescription sent to a pharmacy."
+        "the one exception is a prescription sent to a pharmacy, and in that conversation the patient "
+        "may answer the pharmacy once it has written."
     )
 
     def check(self, facts: Facts) -> Decision | None:
@@ -286,7 +306,13 @@ class PatientRepliesOnly(Rule):
                 "un patient ne peut que répondre à un message d'un professionnel de santé",
                 "a patient can only reply to a message from a health professional",
             )
-        if conversation.opener_kind not in SENDERS_WHO_OPEN:
+        if (
+            conversation.opener_kind is PartyKind.PATIENT
+            and facts.recipient.is_officine
+            and facts.recipient.address in conversation.senders
+        ):
+            pass  # the patient's prescription, which the pharmacy answered: the patient may answer the pharmacy
+        elif conversation.opener_kind not in SENDERS_WHO_OPEN:
             return refuse(
                 self.name, 550, "5.7.1", "cette conversation n'accepte pas de réponse", "this conversation does not accept replies"
             )
