@@ -71,6 +71,13 @@ class Settings:
         1800, "Seconds an authenticated IMAP connection (in IDLE too) may stay silent before it is closed (RFC 3501: at least 30 minutes)."
     )
     imap_login_timeout: int = _setting(60, "Seconds an IMAP connection may take to log in.")
+    imap_command_timeout: int = _setting(
+        600, "Seconds one IMAP command may take to arrive once it has begun, literals included (a client trickling bytes is cut off)."
+    )
+    smtp_timeout: int = _setting(300, "Seconds an SMTP client may take to send its next command (RFC 5321 4.5.3.2: at least 5 minutes).")
+    smtp_data_timeout: int = _setting(
+        600, "Seconds the whole DATA content may take to arrive, however steadily it trickles (then 421 and the connection closes)."
+    )
     imap_poll_seconds: float = _setting(
         1.0, "How often one query per process looks for changes made elsewhere to folders that sessions are idling on."
     )

@@ -274,6 +274,8 @@ async def start_gateway(settings: Settings, engine: AsyncEngine, *, reuse_port: 
         config.max_message_size = settings.max_message_size
         config.max_connections_per_client = settings.smtp_max_connections_per_client
         config.hostname = settings.hostname
+        config.timeout = settings.smtp_timeout
+        config.data_timeout = settings.smtp_data_timeout
         runtime.servers.append(await start_listener(config, pipeline, authenticator, reuse_port=reuse_port))
         log.info("SMTP %s on %s:%d%s", config.kind, config.host, config.port, " (implicit TLS)" if config.implicit_tls else "")
     if settings.imap_port or settings.imaps_port:

@@ -44,6 +44,8 @@ class ListenerConfig:
     max_message_size: int = 25 * 1024 * 1024
     max_connections_per_client: int = 50
     hostname: str = "localhost"
+    timeout: float = 300.0  # the next command (aiosmtpd's timer, reset by each command, not by bytes)
+    data_timeout: float = 600.0  # the whole DATA content
 
 
 def peer_dn(transport: Any) -> str | None:
@@ -92,8 +94,11 @@ class GatewaySMTP(SMTP):
     """aiosmtpd's server with what we add: enhanced status codes on every reply, a DATA
     reader that works in large chunks, and trusted networks exempt from STARTTLS and AUTH."""
 
-    def __init__(self, handler: GatewayHandler, *, trusted_networks: list[str], connections: ClientConnections, **kwargs: Any) -> None:
+    def __init__(
+        self, handler: GatewayHandler, *, trusted_networks: list[str], connections: ClientConnections, data_timeout: float, **kwargs: Any
+    ) -> None:
         super().__init__(handler, **kwargs)
+        self._data_timeout = data_timeout
         self._trusted = [ipaddress.ip_network(network) for network in trusted_networks]
         self._connections = connections
         self._counted: str | None = None
@@ -151,7 +156,15 @@ class GatewaySMTP(SMTP):
             await self.push("501 5.5.4 Syntax: DATA")
             return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
-        content = await self._read_content()
+        try:
+            # An overall deadline: a client trickling one byte a second never trips the idle
+            # timer of a stream that keeps moving, yet holds a session and its buffers.
+            content = await asyncio.wait_for(self._read_content(), self._data_timeout)
+        except TimeoutError:
+            await self.push("421 4.4.2 DATA took too long, closing / reception trop lente, connexion fermee")
+            if self.transport is not None:
+                self.transport.close()
+            return
         if content is None:
             self._set_post_data_state()
             await self.push("552 5.3.4 Error: too much mail data / message trop volumineux")
@@ -363,7 +376,8 @@ async def start_listener(
             require_starttls=not config.implicit_tls,
             auth_required=not is_mx,
             auth_require_tls=True,
-            timeout=300,
+            timeout=config.timeout,
+            data_timeout=config.data_timeout,
         )
 
     loop = asyncio.get_running_loop()

@@ -64,6 +64,21 @@ class Handler:
     run: Callable[[Session, Command], Awaitable[bytes]]
 
 
+MAX_UNAUTHENTICATED_LITERALS = 16 * 1024  # all the literals of one command before login (LOGIN, AUTHENTICATE)
+MAX_COMMAND_LITERALS = 1024 * 1024  # all the literals of one command after login, APPEND's message aside
+
+
+async def _command_begins(reader: asyncio.StreamReader) -> bool:
+    """Wait until the next command's first byte is there (left unread); False at end of stream."""
+    if reader._buffer:  # type: ignore[attr-defined]
+        return True
+    first = await reader.read(1)
+    if not first:
+        return False
+    reader._buffer[:0] = first  # type: ignore[attr-defined]
+    return True
+
+
 class Session:
     def __init__(self, server: ImapServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, tls: bool, client: str) -> None:
         self.server = server
@@ -84,9 +99,15 @@ class Session:
         await self.send(b"* OK [CAPABILITY " + self.capabilities() + b"] Caducee IMAP pret / ready\r\n")
         try:
             while self.state != LOGOUT:
-                timeout = self.server.settings.imap_login_timeout if self.state == NOT_AUTHENTICATED else self.server.settings.imap_timeout
+                idle = self.server.settings.imap_login_timeout if self.state == NOT_AUTHENTICATED else self.server.settings.imap_timeout
                 try:
-                    raw = await asyncio.wait_for(read_command(self.reader, self._continue, self._literal_limit), timeout)
+                    # Idle up to `idle` for a command to begin; once it has, the whole of it
+                    # (line and literals) within `imap_command_timeout`, however slowly it trickles.
+                    if not await asyncio.wait_for(_command_begins(self.reader), idle):
+                        return
+                    raw = await asyncio.wait_for(
+                        read_command(self.reader, self._continue, self._literal_limit), self.server.settings.imap_command_timeout
+                    )
                 except TimeoutError:
                     raise Bye("deconnexion apres inactivite / autologout, idle for too long") from None
                 except LiteralTooLarge as error:  # refused before it was read: the stream is still in step
@@ -108,11 +129,14 @@ class Session:
         await self.send(b"+ OK\r\n")
 
     def _literal_limit(self, command: RawCommand, size: int) -> int:
+        """The largest literal allowed next: each literal has its limit, and all the literals
+        of one command share a budget, so that many small literals bound memory too."""
+        used = sum(len(literal) for literal in command.literals)
         if self.state == NOT_AUTHENTICATED:
-            return 8 * 1024
+            return min(8 * 1024, MAX_UNAUTHENTICATED_LITERALS - used)
         if b" APPEND " in command.segments[0].upper():
-            return self.server.settings.max_message_size
-        return MAX_SMALL_LITERAL
+            return min(self.server.settings.max_message_size, self.server.settings.max_message_size + MAX_SMALL_LITERAL - used)
+        return min(MAX_SMALL_LITERAL, MAX_COMMAND_LITERALS - used)
 
     async def send(self, data: bytes) -> None:
         self.writer.write(data)
