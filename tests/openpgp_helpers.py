@@ -1,0 +1,46 @@
+"""OpenPGP keys and files for tests: a CNAM of their own (another GnuPG home) that signs and
+encrypts to the operator's keyring, as the real CNAM would, plus the ways a file goes wrong."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from caducee.crypto.openpgp import Keyring
+
+
+class FakeCnam:
+    """A second keyring playing the CNAM: its own key pair, the operator's public key."""
+
+    def __init__(self, home: Path, operator: Keyring, name: str = "CNAM test <cnam@example.org>") -> None:
+        self.keyring = Keyring(home, "cnam-test-passphrase")
+        self.fingerprint = self.keyring.ensure_operator_key(name)
+        self.operator_fpr = operator.operator_fingerprint() or ""
+        self.keyring.import_public(operator.export_public(self.operator_fpr))
+
+    def public_key(self) -> str:
+        return self.keyring.export_public(self.fingerprint)
+
+    def seal(self, plain: bytes, output: Path, *, sign: bool = True) -> Path:
+        """`plain` signed by this CNAM (unless not `sign`) and encrypted to the operator."""
+        gpg = self.keyring.gpg()
+        result = gpg.encrypt(
+            plain,
+            [self.operator_fpr],
+            sign=self.fingerprint if sign else None,
+            passphrase=self.keyring.passphrase if sign else None,
+            always_trust=True,
+            armor=False,
+            extra_args=["--pinentry-mode", "loopback"],
+        )
+        assert result.ok, result.stderr
+        output.write_bytes(result.data)
+        return output
+
+
+def tamper(path: Path) -> Path:
+    """Flip one byte in the middle of an encrypted file."""
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x40
+    out = path.with_name(path.stem + "-tampered" + path.suffix)
+    out.write_bytes(bytes(data))
+    return out
