@@ -214,6 +214,86 @@ def cmd_openpgp(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_campaigns(args: argparse.Namespace) -> int:
+    """`caducee campaigns token | list | show | run | start | pause | resume | cancel | recall`."""
+    import json
+
+    from caducee.campaigns import tokens
+    from caducee.campaigns.runner import Runner
+    from caducee.campaigns.service import CampaignError, Campaigns
+
+    settings = _settings(args)
+
+    async def run() -> int:
+        await asyncio.to_thread(db.upgrade, settings.effective_database_url)
+        engine = db.create_engine(settings.effective_database_url)
+        pipeline = None
+        try:
+            if args.campaigns_command == "token":
+                sender = (args.sender or settings.cnam_senders[0]).lower()
+                async with engine.begin() as conn:
+                    token = await tokens.rotate(conn, sender)
+                print(f"new API token for {sender} (the previous ones no longer work):\n{token}")
+                return 0
+            if args.campaigns_command in {"run", "start", "resume"}:
+                pipeline = _campaign_pipeline(settings, engine)
+            service = Campaigns(engine, settings, pipeline)
+            if args.campaigns_command == "list":
+                for progress in await service.list():
+                    print(json.dumps(progress.as_dict(), ensure_ascii=False))
+            elif args.campaigns_command == "show":
+                print(json.dumps((await service.progress(args.id)).as_dict(), ensure_ascii=False, indent=2))
+            elif args.campaigns_command == "run":
+                await _run_with_bar(engine, service, Runner(engine, service), args)
+            elif args.campaigns_command == "recall":
+                print(json.dumps((await service.recall(args.id)).as_dict(), ensure_ascii=False, indent=2))
+            else:
+                print(f"campaign {args.id}: {await getattr(service, args.campaigns_command)(args.id)}")
+            return 0
+        except CampaignError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            if pipeline is not None:
+                await pipeline.close()
+            await engine.dispose()
+
+    return asyncio.run(run())
+
+
+def _campaign_pipeline(settings: Settings, engine):  # type: ignore[no-untyped-def]
+    """The accept pipeline a campaign's message is stored through (signed once, S/MIME as configured)."""
+    from caducee.core.cpu import shared_pool
+    from caducee.crypto.atrest import BodyCipher, load_master_key
+    from caducee.gateway.pipeline import AcceptPipeline
+    from caducee.server import smime_stage
+
+    pool = shared_pool(1)
+    return AcceptPipeline(
+        engine, settings, BodyCipher(load_master_key(settings.data_dir)), smime=smime_stage(settings, engine, pool), cpu=pool
+    )
+
+
+async def _run_with_bar(engine, service, runner, args: argparse.Namespace) -> None:  # type: ignore[no-untyped-def]
+    """Fan out what is due until nothing is left (`--forever`: keep watching), with a progress bar."""
+    bar = None
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+
+        total = sum(p.targeted - sum(p.skipped.values()) - p.delivered for p in await service.list() if p.state in {"running", "starting"})
+        bar = tqdm(total=max(total, 0), unit=" patients", desc="fan-out", file=sys.stderr)
+    try:
+        while True:
+            filed = await runner.work(on_batch=bar.update if bar is not None else None)
+            if not args.forever:
+                break
+            if filed == 0:
+                await asyncio.sleep(service.settings.campaign_poll_seconds)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
 def cmd_pki(args: argparse.Namespace) -> int:
     """`caducee pki init | issue ADDRESS | revoke SERIAL`: the test trust space in <data dir>/pki."""
     from caducee.crypto.atrest import load_master_key
@@ -325,6 +405,26 @@ def build_parser() -> argparse.ArgumentParser:
     cnam_key.add_argument("keyfile")
     cnam_key.set_defaults(func=cmd_openpgp)
     openpgp.add_parser("export", parents=[common], help="print the operator's public key (for the CNAM)").set_defaults(func=cmd_openpgp)
+
+    campaigns = commands.add_parser("campaigns", help="CNAM prevention campaigns").add_subparsers(dest="campaigns_command", required=True)
+    token = campaigns.add_parser("token", parents=[common], help="issue a new campaign API token (the previous ones stop working)")
+    token.add_argument("--sender", help="the CNAM sender address (default: the first of cnam_senders)")
+    token.set_defaults(func=cmd_campaigns)
+    campaigns.add_parser("list", parents=[common], help="every campaign and its progress (counts)").set_defaults(func=cmd_campaigns)
+    runner = campaigns.add_parser("run", parents=[common], help="start what is due and fan out until done, with a progress bar")
+    runner.add_argument("--forever", action="store_true", help="keep watching for campaigns (what `serve` does too)")
+    runner.set_defaults(func=cmd_campaigns)
+    for name, text in (
+        ("show", "progress of one campaign"),
+        ("start", "start a draft (or schedule it for its send_at)"),
+        ("pause", "pause a fan-out"),
+        ("resume", "resume a paused campaign"),
+        ("cancel", "cancel: what is not delivered never will be"),
+        ("recall", "recall: gone from every inbox where it was not read"),
+    ):
+        one = campaigns.add_parser(name, parents=[common], help=text)
+        one.add_argument("id", type=int)
+        one.set_defaults(func=cmd_campaigns)
 
     pki = commands.add_parser("pki", help="the test trust space (IGC-Santé shaped)").add_subparsers(dest="pki_command", required=True)
     init = pki.add_parser("init", parents=[common], help="create root CA, organisation CA, TLS certificates and CRL")

@@ -286,7 +286,9 @@ async def _merge(
         f"patients.{c} {'IS DISTINCT FROM' if dialect == 'postgresql' else 'IS NOT'} excluded.{c}"
         for c in ("last_name", "first_names", "birth_date", "sex")
     )
-    email_changed = f"(patients.status <> 'activated' AND patients.email {'IS DISTINCT FROM' if dialect == 'postgresql' else 'IS NOT'} excluded.email)"
+    email_changed = (
+        f"(patients.status <> 'activated' AND patients.email {'IS DISTINCT FROM' if dialect == 'postgresql' else 'IS NOT'} excluded.email)"
+    )
     written = await conn.execute(
         text(
             "INSERT INTO patients (ins, last_name, first_names, birth_date, sex, status, email, updated_at) "
@@ -379,9 +381,7 @@ async def _hand_over(conn: AsyncConnection, report: PopulationReport, on_created
     while True:
         rows = (
             await conn.execute(
-                text(
-                    f"SELECT id, ins, first_names, last_name FROM {NEW} WHERE status = 'created' AND id > :after ORDER BY id LIMIT :n"
-                ),
+                text(f"SELECT id, ins, first_names, last_name FROM {NEW} WHERE status = 'created' AND id > :after ORDER BY id LIMIT :n"),
                 {"after": after, "n": BATCH_ROWS},
             )
         ).all()

@@ -34,6 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from caducee.mailbox.store import new_uidvalidity
 
+PREVENTION = "$Prevention"  # the keyword of campaign entries: the webmail's "Prévention" label
 TARGETS = "mailbox_fanout_targets"
 _TARGETS = table(TARGETS, column("mailbox_id"))
 SEEN = "(' ' || flags || ' ') LIKE '% \\Seen %' ESCAPE '!'"
@@ -48,7 +49,9 @@ async def _targets_table(conn: AsyncConnection) -> None:
         await conn.execute(text(f"DELETE FROM {TARGETS}"))
 
 
-async def fan_out(conn: AsyncConnection, message_id: int, mailboxes: Select, *, flags: str = "", received_at: datetime | None = None) -> int:
+async def fan_out(
+    conn: AsyncConnection, message_id: int, mailboxes: Select, *, flags: str = "", received_at: datetime | None = None
+) -> int:
     """File stored message `message_id` into the INBOX of every mailbox `mailboxes` selects.
 
     `mailboxes` selects one column of mailbox ids (a batch; duplicates are dropped here).
