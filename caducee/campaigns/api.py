@@ -159,14 +159,19 @@ async def create(
 @router.post("/estimate", summary="How many would receive it, and why the others would not (nothing is sent)")
 async def estimate(request: Request, who: tokens.Caller = Depends(caller)) -> JSONResponse:
     service = _service(request)
+    try:
+        data = await request.json()
+    except ValueError:
+        data = None
+    campaign_id = data.get("campaign_id") if isinstance(data, dict) else None
 
     async def work() -> dict[str, Any]:
-        data = await request.json()
-        campaign_id = data.get("campaign_id")
+        if not isinstance(data, dict):
+            raise CampaignError("the body is a JSON object: {criteria} or {campaign_id}", 422)
         found = await service.estimate(who.sender, parse_criteria(data.get("criteria")), int(campaign_id) if campaign_id else None)
         return found.as_dict()
 
-    return await _audited(request, who, "estimate", None, work)
+    return await _audited(request, who, "estimate", int(campaign_id) if isinstance(campaign_id, int) else None, work)
 
 
 @router.get("", summary="Every campaign of this sender, with its progress")
