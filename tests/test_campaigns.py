@@ -8,6 +8,7 @@ import dataclasses
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 
 import httpx
@@ -191,8 +192,8 @@ async def test_criteria_recall_and_read_counts(world: World) -> None:
         expected = await scalar(
             engine,
             "SELECT count(*) FROM patients WHERE sex = 'F' AND birth_date > :lo AND birth_date <= :hi AND status IN ('created', 'activated')",
-            lo="1951-06-01",
-            hi="1976-06-01",
+            lo=date(1951, 6, 1),
+            hi=date(1976, 6, 1),
         )
         assert estimate["receiving"] == expected > 0
         made = (await client.post("/api/v1/campaigns", data={"subject": "Mammographie", "body": "Prenez rendez-vous.", "criteria": __import__("json").dumps(women)})).json()
