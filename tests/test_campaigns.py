@@ -13,13 +13,13 @@ from pathlib import Path
 
 import httpx
 import pytest
+from conftest import RunningGateway, RunningHTTP
 from openpgp_helpers import FakeCnam, copy_template, tamper
 from sqlalchemy import text
 
 from caducee.annuaire.population import PlainSource, import_population
 from caducee.annuaire.synthetic_population import population_lines, synthetic_ins
 from caducee.campaigns.runner import Runner
-from conftest import RunningGateway, RunningHTTP
 
 PATIENTS = 2500
 
@@ -98,7 +98,11 @@ async def test_a_signed_target_file_reaches_the_patients_inboxes(world: World) -
     async with aclosing(world.client()) as client:
         created = await client.post(
             "/api/v1/campaigns",
-            data={"subject": "Votre kit de dépistage du cancer colorectal", "body": "Commandez-le sur https://monkit.depistage-colorectal.fr", "reference": "CCR-2026"},
+            data={
+                "subject": "Votre kit de dépistage du cancer colorectal",
+                "body": "Commandez-le sur https://monkit.depistage-colorectal.fr",
+                "reference": "CCR-2026",
+            },
             files={"targets": ("cible.gpg", sealed.read_bytes(), "application/octet-stream"), "pdf": ("kit.pdf", pdf, "application/pdf")},
         )
         assert created.status_code == 200, created.text
@@ -106,7 +110,13 @@ async def test_a_signed_target_file_reaches_the_patients_inboxes(world: World) -
         campaign = answer["id"]
         assert answer["file"] == {"rows": len(lines), "problems": {"invalid": 2, "unknown": 1, "duplicate": 2}}
         problems = (await client.get(f"/api/v1/campaigns/{campaign}/problems")).json()
-        assert [(p["line"], p["problem"]) for p in problems] == [(102, "invalid"), (103, "invalid"), (104, "unknown"), (len(lines), "duplicate"), (len(lines) + 1, "duplicate")]
+        assert [(p["line"], p["problem"]) for p in problems] == [
+            (102, "invalid"),
+            (103, "invalid"),
+            (104, "unknown"),
+            (len(lines), "duplicate"),
+            (len(lines) + 1, "duplicate"),
+        ]
         estimate = answer["estimate"]
         statuses = await _statuses(engine, chosen)
         assert estimate["skipped"] == {"unknown": 1, **{s: n for s, n in statuses.items() if s in {"opposed", "closed"}}}
@@ -118,12 +128,29 @@ async def test_a_signed_target_file_reaches_the_patients_inboxes(world: World) -
         assert await world.runner().work() == estimate["receiving"]
         progress = (await client.get(f"/api/v1/campaigns/{campaign}")).json()
     assert progress["state"] == "done" and progress["delivered"] == estimate["receiving"] and progress["read"] == 0
-    assert set(progress) == {"id", "reference", "state", "send_at", "targeted", "delivered", "skipped", "read", "recalled", "read_before_recall", "file"}
+    assert set(progress) == {
+        "id",
+        "reference",
+        "state",
+        "send_at",
+        "targeted",
+        "delivered",
+        "skipped",
+        "read",
+        "recalled",
+        "read_before_recall",
+        "file",
+    }
     message_id = int(await scalar(engine, "SELECT message_id FROM campaigns WHERE id = :c", c=campaign))  # type: ignore[arg-type]
     assert await inbox_counts(engine, message_id) == (estimate["receiving"], estimate["receiving"])
     # store once: one body, one conversation, one participant, whatever the number of patients
     assert await scalar(engine, "SELECT count(*) FROM messages WHERE id >= :m", m=message_id) == 1
-    assert await scalar(engine, "SELECT count(*) FROM conversation_participants p JOIN conversations c ON c.id = p.conversation_id WHERE c.is_campaign") == 1
+    assert (
+        await scalar(
+            engine, "SELECT count(*) FROM conversation_participants p JOIN conversations c ON c.id = p.conversation_id WHERE c.is_campaign"
+        )
+        == 1
+    )
     opposed = await scalar(
         engine,
         "SELECT count(*) FROM mailbox_entries e JOIN folders f ON f.id = e.folder_id JOIN mailboxes m ON m.id = f.mailbox_id "
@@ -196,7 +223,12 @@ async def test_criteria_recall_and_read_counts(world: World) -> None:
             hi=date(1976, 6, 1),
         )
         assert estimate["receiving"] == expected > 0
-        made = (await client.post("/api/v1/campaigns", data={"subject": "Mammographie", "body": "Prenez rendez-vous.", "criteria": __import__("json").dumps(women)})).json()
+        made = (
+            await client.post(
+                "/api/v1/campaigns",
+                data={"subject": "Mammographie", "body": "Prenez rendez-vous.", "criteria": __import__("json").dumps(women)},
+            )
+        ).json()
         assert (await client.post(f"/api/v1/campaigns/{made['id']}/start")).json()["state"] == "running"
         await world.runner().work()
         message_id = int(await scalar(engine, "SELECT message_id FROM campaigns WHERE id = :c", c=made["id"]))  # type: ignore[arg-type]
@@ -210,7 +242,12 @@ async def test_criteria_recall_and_read_counts(world: World) -> None:
 
 async def _read_some(engine, message_id: int, count: int) -> None:  # type: ignore[no-untyped-def]
     async with engine.begin() as conn:
-        ids = [r[0] for r in await conn.execute(text("SELECT id FROM mailbox_entries WHERE message_id = :m ORDER BY id LIMIT :n"), {"m": message_id, "n": count})]
+        ids = [
+            r[0]
+            for r in await conn.execute(
+                text("SELECT id FROM mailbox_entries WHERE message_id = :m ORDER BY id LIMIT :n"), {"m": message_id, "n": count}
+            )
+        ]
         for entry in ids:
             await conn.execute(text("UPDATE mailbox_entries SET flags = '$Prevention \\Seen' WHERE id = :id"), {"id": entry})
 

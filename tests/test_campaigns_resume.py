@@ -12,12 +12,12 @@ import time
 from pathlib import Path
 
 from sqlalchemy import text
+from test_campaigns_core import populate
 
 from caducee import db
 from caducee.annuaire.targets import Criteria
 from caducee.campaigns.runner import Runner
 from caducee.campaigns.service import Campaigns
-from test_campaigns_core import populate
 
 PATIENTS = 6000
 
@@ -45,7 +45,9 @@ async def _counts(engine, message_id: int) -> tuple[int, int]:  # type: ignore[n
 async def _started(gateway, engine, settings, tmp_path: Path, batch: int) -> tuple[Campaigns, int, int]:  # type: ignore[no-untyped-def]
     await populate(engine, settings, tmp_path, PATIENTS)
     service = Campaigns(engine, settings.replace(campaign_batch_size=batch), gateway.pipeline)
-    campaign_id, _ = await service.create(gateway.credentials["cnam"]["address"], subject="Vaccin HPV", body="Pour votre enfant.", criteria=Criteria())
+    campaign_id, _ = await service.create(
+        gateway.credentials["cnam"]["address"], subject="Vaccin HPV", body="Pour votre enfant.", criteria=Criteria()
+    )
     receiving = (await service.estimate(gateway.credentials["cnam"]["address"], Criteria(), campaign_id)).receiving
     assert await service.start(campaign_id) == "running"
     return service, campaign_id, receiving

@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import imaplib
 import json
-import re
 import os
+import re
 import signal
 import smtplib
 import ssl

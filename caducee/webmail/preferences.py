@@ -17,6 +17,8 @@ async def hides_prevention(conn: AsyncConnection, patient_id: int) -> bool:
 
 async def set_hide_prevention(conn: AsyncConnection, patient_id: int, hidden: bool) -> None:
     now = datetime.now(UTC)
-    changed = await conn.execute(update(Preferences).where(Preferences.patient_id == patient_id).values(hide_prevention=hidden, updated_at=now))
+    changed = await conn.execute(
+        update(Preferences).where(Preferences.patient_id == patient_id).values(hide_prevention=hidden, updated_at=now)
+    )
     if not changed.rowcount:
         await conn.execute(Preferences.__table__.insert().values(patient_id=patient_id, hide_prevention=hidden, updated_at=now))
