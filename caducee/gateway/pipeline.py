@@ -415,7 +415,7 @@ class AcceptPipeline:
             message_id_header=inspected.message_id,
             new_conversation=NewConversation(sender, facts.sender.kind.value, frozenset({sender}), is_campaign=True),
         )
-        return await self.committer.submit(DeliveryPlan(delivery, [[]], self.queue_lifetime)), None
+        return await self.committer.submit(DeliveryPlan(delivery, [[]], timedelta(hours=self.settings.relay_expiry_hours))), None
 
     def _filings(
         self,
