@@ -1,4 +1,5 @@
-"""The `caducee` command: serve, database migrations, annuaire imports, patient activation codes, the test PKI."""
+"""The `caducee` command: serve, database migrations, annuaire and population imports, patient activation codes,
+the test PKI, the OpenPGP keyring, CNAM campaigns."""
 
 from __future__ import annotations
 
@@ -119,6 +120,180 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_patients_import(args: argparse.Namespace) -> int:
+    """`caducee patients import FILE`: the CNAM's population file, signed and encrypted (OpenPGP)."""
+    from caducee.annuaire.importing import ImportFileError
+    from caducee.annuaire.population import PlainSource, import_population
+    from caducee.crypto.atrest import load_master_key
+    from caducee.crypto.openpgp import LetterWriter, OpenPgpError, SignedFile, keyring_from_settings
+    from caducee.crypto.pki import write_private
+    from caducee.webmail.codes import CodeHasher
+    from caducee.webmail.letters import LetterCodes
+
+    settings = _settings(args)
+    path = Path(args.file)
+    if not path.is_file():
+        print(f"error: {path} does not exist or is not a file", file=sys.stderr)
+        return 2
+    keyring = keyring_from_settings(settings)
+    try:
+        cnam = keyring.cnam_fingerprint(settings.cnam_openpgp_fingerprint)
+    except OpenPgpError:
+        cnam = None
+    if args.unsigned:
+        source = PlainSource(path)
+    elif cnam is None:
+        print("error: no CNAM key in the keyring: `caducee openpgp import-cnam KEYFILE` first (or --unsigned for a trial)", file=sys.stderr)
+        return 1
+    else:
+        source = SignedFile(keyring, path, cnam)  # type: ignore[assignment]
+    stem = path.name.split(".")[0]
+    letters = Path(args.letters) if args.letters else settings.data_dir / "letters" / f"{stem}-codes.txt{'.gpg' if cnam else ''}"
+    writer: LetterWriter | None = None
+    if cnam:
+        writer = LetterWriter(keyring, cnam, letters)
+        write = writer.write
+    else:  # a trial without the CNAM's key: the letters stay in clear, readable by the operator only
+        write_private(letters, b"")
+        handle = open(letters, "ab")
+        write = handle.write
+    codes = LetterCodes(CodeHasher(load_master_key(settings.data_dir)), write, valid_days=args.days)
+    report_stream = open(args.report, "w", encoding="utf-8") if args.report else None
+
+    async def run():  # type: ignore[no-untyped-def]
+        await asyncio.to_thread(db.upgrade, settings.effective_database_url)
+        engine = db.create_engine(settings.effective_database_url)
+        try:
+            async with engine.begin() as conn:
+                return await import_population(
+                    conn, source, patient_domain=settings.patient_domain, on_created=codes, report_stream=report_stream
+                )
+        finally:
+            await engine.dispose()
+
+    try:
+        report = asyncio.run(run())
+    except (ImportFileError, OpenPgpError) as exc:
+        print(f"error: {exc}; nothing was changed", file=sys.stderr)
+        letters.unlink(missing_ok=True)
+        return 1
+    finally:
+        if writer is not None:
+            writer.close()
+        else:
+            handle.close()
+        if report_stream is not None:
+            report_stream.close()
+    print(report.summary())
+    print(f"{codes.issued} provisional codes in {letters}" + (" (encrypted to the CNAM's key)" if cnam else ""))
+    return 0
+
+
+def cmd_openpgp(args: argparse.Namespace) -> int:
+    """`caducee openpgp init | import-cnam KEYFILE | export`: the operator's keyring in <data dir>/openpgp."""
+    from caducee.crypto.openpgp import OpenPgpError, keyring_from_settings
+
+    settings = _settings(args)
+    keyring = keyring_from_settings(settings)
+    try:
+        if args.openpgp_command == "init":
+            fingerprint = keyring.ensure_operator_key(f"Caducée {settings.operator_domain} <postmaster@{settings.operator_domain}>")
+            print(f"operator key {fingerprint} in {keyring.home}; give the CNAM its public key: `caducee openpgp export`")
+        elif args.openpgp_command == "import-cnam":
+            fingerprint = keyring.import_cnam(Path(args.keyfile).read_bytes())
+            print(f"CNAM key {fingerprint} recorded: only files it signed are accepted")
+        else:
+            fingerprint = keyring.operator_fingerprint() or ""
+            if not fingerprint:
+                print("error: no operator key: run `caducee openpgp init` first", file=sys.stderr)
+                return 1
+            print(keyring.export_public(fingerprint))
+    except OpenPgpError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_campaigns(args: argparse.Namespace) -> int:
+    """`caducee campaigns token | list | show | run | start | pause | resume | cancel | recall`."""
+    import json
+
+    from caducee.campaigns import tokens
+    from caducee.campaigns.runner import Runner
+    from caducee.campaigns.service import CampaignError, Campaigns
+
+    settings = _settings(args)
+
+    async def run() -> int:
+        await asyncio.to_thread(db.upgrade, settings.effective_database_url)
+        engine = db.create_engine(settings.effective_database_url)
+        pipeline = None
+        try:
+            if args.campaigns_command == "token":
+                sender = (args.sender or settings.cnam_senders[0]).lower()
+                async with engine.begin() as conn:
+                    token = await tokens.rotate(conn, sender)
+                print(f"new API token for {sender} (the previous ones no longer work):\n{token}")
+                return 0
+            if args.campaigns_command in {"run", "start", "resume"}:
+                pipeline = _campaign_pipeline(settings, engine)
+            service = Campaigns(engine, settings, pipeline)
+            if args.campaigns_command == "list":
+                for progress in await service.list():
+                    print(json.dumps(progress.as_dict(), ensure_ascii=False))
+            elif args.campaigns_command == "show":
+                print(json.dumps((await service.progress(args.id)).as_dict(), ensure_ascii=False, indent=2))
+            elif args.campaigns_command == "run":
+                await _run_with_bar(engine, service, Runner(engine, service), args)
+            elif args.campaigns_command == "recall":
+                print(json.dumps((await service.recall(args.id)).as_dict(), ensure_ascii=False, indent=2))
+            else:
+                print(f"campaign {args.id}: {await getattr(service, args.campaigns_command)(args.id)}")
+            return 0
+        except CampaignError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            if pipeline is not None:
+                await pipeline.close()
+            await engine.dispose()
+
+    return asyncio.run(run())
+
+
+def _campaign_pipeline(settings: Settings, engine):  # type: ignore[no-untyped-def]
+    """The accept pipeline a campaign's message is stored through (signed once, S/MIME as configured)."""
+    from caducee.core.cpu import shared_pool
+    from caducee.crypto.atrest import BodyCipher, load_master_key
+    from caducee.gateway.pipeline import AcceptPipeline
+    from caducee.server import smime_stage
+
+    pool = shared_pool(1)
+    return AcceptPipeline(
+        engine, settings, BodyCipher(load_master_key(settings.data_dir)), smime=smime_stage(settings, engine, pool), cpu=pool
+    )
+
+
+async def _run_with_bar(engine, service, runner, args: argparse.Namespace) -> None:  # type: ignore[no-untyped-def]
+    """Fan out what is due until nothing is left (`--forever`: keep watching), with a progress bar."""
+    bar = None
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+
+        total = sum(p.targeted - sum(p.skipped.values()) - p.delivered for p in await service.list() if p.state in {"running", "starting"})
+        bar = tqdm(total=max(total, 0), unit=" patients", desc="fan-out", file=sys.stderr)
+    try:
+        while True:
+            filed = await runner.work(on_batch=bar.update if bar is not None else None)
+            if not args.forever:
+                break
+            if filed == 0:
+                await asyncio.sleep(service.settings.campaign_poll_seconds)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
 def cmd_pki(args: argparse.Namespace) -> int:
     """`caducee pki init | issue ADDRESS | revoke SERIAL`: the test trust space in <data dir>/pki."""
     from caducee.crypto.atrest import load_master_key
@@ -215,6 +390,41 @@ def build_parser() -> argparse.ArgumentParser:
     activation.add_argument("ins", help="the patient's INS (15 characters, spaces allowed)")
     activation.add_argument("--days", type=int, default=90, help="how long the code stays valid")
     activation.set_defaults(func=cmd_activation_code)
+
+    population = patients.add_parser("import", parents=[common], help="import the CNAM's population file (signed and encrypted)")
+    population.add_argument("file", help="the population file (OpenPGP, signed by the CNAM and encrypted to the operator)")
+    population.add_argument("--report", help="write every refused row and warning (line number, reason) to this file")
+    population.add_argument("--letters", help="where the provisional codes go (encrypted to the CNAM's key); default <data dir>/letters/")
+    population.add_argument("--days", type=int, default=90, help="how long the provisional codes stay valid")
+    population.add_argument("--unsigned", action="store_true", help="a plain file, for trials only (no signature to check)")
+    population.set_defaults(func=cmd_patients_import)
+
+    openpgp = commands.add_parser("openpgp", help="the OpenPGP keyring (CNAM files)").add_subparsers(dest="openpgp_command", required=True)
+    openpgp.add_parser("init", parents=[common], help="create the operator's key pair").set_defaults(func=cmd_openpgp)
+    cnam_key = openpgp.add_parser("import-cnam", parents=[common], help="import the CNAM's public key (the one signer accepted)")
+    cnam_key.add_argument("keyfile")
+    cnam_key.set_defaults(func=cmd_openpgp)
+    openpgp.add_parser("export", parents=[common], help="print the operator's public key (for the CNAM)").set_defaults(func=cmd_openpgp)
+
+    campaigns = commands.add_parser("campaigns", help="CNAM prevention campaigns").add_subparsers(dest="campaigns_command", required=True)
+    token = campaigns.add_parser("token", parents=[common], help="issue a new campaign API token (the previous ones stop working)")
+    token.add_argument("--sender", help="the CNAM sender address (default: the first of cnam_senders)")
+    token.set_defaults(func=cmd_campaigns)
+    campaigns.add_parser("list", parents=[common], help="every campaign and its progress (counts)").set_defaults(func=cmd_campaigns)
+    runner = campaigns.add_parser("run", parents=[common], help="start what is due and fan out until done, with a progress bar")
+    runner.add_argument("--forever", action="store_true", help="keep watching for campaigns (what `serve` does too)")
+    runner.set_defaults(func=cmd_campaigns)
+    for name, text in (
+        ("show", "progress of one campaign"),
+        ("start", "start a draft (or schedule it for its send_at)"),
+        ("pause", "pause a fan-out"),
+        ("resume", "resume a paused campaign"),
+        ("cancel", "cancel: what is not delivered never will be"),
+        ("recall", "recall: gone from every inbox where it was not read"),
+    ):
+        one = campaigns.add_parser(name, parents=[common], help=text)
+        one.add_argument("id", type=int)
+        one.set_defaults(func=cmd_campaigns)
 
     pki = commands.add_parser("pki", help="the test trust space (IGC-Santé shaped)").add_subparsers(dest="pki_command", required=True)
     init = pki.add_parser("init", parents=[common], help="create root CA, organisation CA, TLS certificates and CRL")

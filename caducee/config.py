@@ -119,6 +119,15 @@ class Settings:
     cnam_senders: list[str] = _setting(
         ["prevention.cnam@demo.mssante.fr"], "Addresses whose messages are CNAM campaigns (nobody may reply)."
     )
+    cnam_openpgp_fingerprint: str = _setting(
+        "",
+        "Fingerprint of the CNAM's OpenPGP key, the only signer of population and target files accepted. "
+        "Empty: the key recorded by `caducee openpgp import-cnam`.",
+    )
+    campaign_batch_size: int = _setting(
+        20_000, "Patients per fan-out batch: one transaction each, claimed by one process (FOR UPDATE SKIP LOCKED on PostgreSQL)."
+    )
+    campaign_poll_seconds: float = _setting(1.0, "How often a server process looks for campaign batches to send (scheduled or resumed).")
     max_message_size: int = _setting(25 * 1024 * 1024, "Largest accepted message in bytes (rule 8).")
     directory_cache_seconds: float = _setting(
         5.0, "How long the gateway trusts what it read from the annuaire (a changed patient status applies within it)."
@@ -255,6 +264,8 @@ def load_settings(
             raise SettingsError(f"setting {name!r} must be one of {', '.join(allowed)}, not {getattr(settings, name)!r}")
     if settings.database_pool_size < 1:
         raise SettingsError("setting 'database_pool_size' must be 1 or more")
+    if settings.campaign_batch_size < 1:
+        raise SettingsError("setting 'campaign_batch_size' must be 1 or more")
     if settings.cpu_workers < 0:
         raise SettingsError("setting 'cpu_workers' must be 0 (one per CPU) or more")
     return settings

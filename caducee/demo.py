@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from caducee.annuaire import service
 from caducee.annuaire.kinds import MailboxType, PatientStatus
+from caducee.campaigns import tokens as campaign_tokens
 from caducee.config import Settings
 from caducee.core.passwords import generate_password, hash_password
 
@@ -160,6 +161,7 @@ async def seed(engine: AsyncEngine, settings: Settings, *, certificates: bool = 
             password_hash=hash_password(token),
             structure=cnam,
         )
+        await campaign_tokens.rotate(conn, cnam_address, token)  # the campaign API's token (SHA-256 at rest)
         credentials["cnam"] = {"address": cnam_address, "api_token": token}
 
         patients = [

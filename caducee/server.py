@@ -32,6 +32,9 @@ from caducee import db
 from caducee import webmail as webmail_package
 from caducee.annuaire.api import router as annuaire_router
 from caducee.annuaire.service import ensure_postmaster
+from caducee.campaigns.api import router as campaigns_router
+from caducee.campaigns.runner import Runner
+from caducee.campaigns.service import Campaigns
 from caducee.config import Settings
 from caducee.core.cpu import CpuPool, shared_pool
 from caducee.crypto.atrest import BodyCipher, load_master_key
@@ -124,6 +127,7 @@ def build_app(engine: AsyncEngine, settings: Settings, pipeline: AcceptPipeline 
     app.state.engine = engine
     app.state.settings = settings
     app.state.webmail = webmail
+    app.state.campaigns = Campaigns(engine, settings, pipeline)
     app.add_middleware(WebmailHeaders)
     app.add_middleware(BodyLimit, limit=settings.webmail_max_upload + 1024 * 1024)
     metrics = Metrics()
@@ -154,6 +158,7 @@ def build_app(engine: AsyncEngine, settings: Settings, pipeline: AcceptPipeline 
         return metrics.render()
 
     app.include_router(annuaire_router)
+    app.include_router(campaigns_router)
     app.include_router(autoconfig_router)
     app.include_router(webmail_pages)
     app.include_router(webmail_api)
@@ -331,11 +336,15 @@ async def serve(settings: Settings, *, demo: bool = False, migrate: bool = True,
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, lambda: setattr(server, "should_exit", True))
     sockets = [_reusable_socket(settings.http_host, settings.http_port)]
+    # Every process fans campaigns out: batches are claimed, so processes and nodes share the work.
+    campaigns = asyncio.create_task(Runner(engine, app.state.campaigns).run_forever(settings.campaign_poll_seconds), name="campaigns")
     settle_garbage_collector()
     log.info("HTTP on http://%s:%d/", settings.http_host, settings.http_port)
     try:
         await server.serve(sockets=sockets)
     finally:
+        campaigns.cancel()
+        await asyncio.gather(campaigns, return_exceptions=True)
         await gateway.stop()
         await engine.dispose()
 

@@ -9,8 +9,9 @@
 #   chromium (+ l10n, fonts)   the real browser of the webmail tests (driven by Playwright; it cannot
 #                               download browsers of its own here) and a font for readable screenshots
 #   wrk                         the HTTP load generator of bench/webmail.py
+#   gnupg                       OpenPGP for the CNAM's signed and encrypted files (driven through python-gnupg)
 set -euo pipefail
-PACKAGES=(swaks libnet-ssleay-perl postfix isync dovecot-imapd chromium chromium-l10n fonts-dejavu-core wrk)
+PACKAGES=(swaks libnet-ssleay-perl postfix isync dovecot-imapd chromium chromium-l10n fonts-dejavu-core wrk gnupg)
 missing=()
 for package in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")

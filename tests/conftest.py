@@ -340,3 +340,14 @@ async def imap(gateway: RunningGateway, engine: AsyncEngine, settings: Settings)
         yield server
     finally:
         await server.stop()
+
+
+@pytest.fixture(scope="session")
+def openpgp_template(tmp_path_factory: pytest.TempPathFactory, smime_template: Path) -> Path:
+    """The S/MIME template's data directory plus the operator's OpenPGP keyring (its passphrase
+    derived from that master key) and two signers (the CNAM, someone else), made once per run."""
+    from openpgp_helpers import make_template
+
+    directory = tmp_path_factory.mktemp("openpgp-template")
+    shutil.copytree(smime_template, directory / "var")
+    return make_template(directory)

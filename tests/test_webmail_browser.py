@@ -13,6 +13,7 @@ import asyncio
 import imaplib
 import json
 import os
+import re
 import signal
 import smtplib
 import ssl
@@ -361,3 +362,51 @@ def test_every_page_is_accessible_and_photographed(site: Site, browser: Any, tmp
         check_page(page, "13-activation", shots)
     finally:
         context.close()
+
+
+def test_a_campaign_shows_under_the_prevention_label_and_can_be_hidden(site: Site, page: Any, tmp_path: Path) -> None:
+    """Through the campaign API of the running server (its runner fans out), then in Chromium."""
+    shots = Path(os.environ.get("CADUCEE_SCREENSHOTS") or tmp_path)
+    shots.mkdir(parents=True, exist_ok=True)
+    headers = {"Authorization": f"Bearer {site.credentials['cnam']['api_token']}"}
+    pdf = b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\ntrailer << /Root 1 0 R >>\n%%EOF\n"
+    created = httpx.post(
+        f"{site.base_url}/api/v1/campaigns",
+        headers=headers,
+        data={
+            "subject": "Votre kit de dépistage du cancer colorectal",
+            "body": "Bonjour,\n\nVous pouvez commander votre kit gratuitement sur https://monkit.depistage-colorectal.fr\n\nL'Assurance Maladie",
+            "criteria": json.dumps({"statuses": ["activated", "created"]}),
+        },
+        files={"pdf": ("kit-depistage.pdf", pdf, "application/pdf")},
+        timeout=60,
+    )
+    assert created.status_code == 200, created.text
+    campaign = created.json()["id"]
+    assert httpx.post(f"{site.base_url}/api/v1/campaigns/{campaign}/start", headers=headers, timeout=60).json()["state"] == "running"
+    deadline = time.monotonic() + 60
+    while (progress := httpx.get(f"{site.base_url}/api/v1/campaigns/{campaign}", headers=headers, timeout=30).json())["state"] != "done":
+        assert time.monotonic() < deadline, progress
+        time.sleep(0.2)
+    assert progress["delivered"] == progress["targeted"] >= 3
+    log_in(page, site, "adult_1")
+    line = page.locator("#conversations li", has_text="Votre kit de dépistage du cancer colorectal")
+    assert "Assurance Maladie" in line.inner_text() and "Prévention" in line.inner_text()
+    check_page(page, "14-prevention-liste", shots)
+    open_conversation(page, "Votre kit de dépistage du cancer colorectal")
+    assert page.get_by_role("link", name=re.compile("kit-depistage.pdf")).count() == 1
+    assert page.locator("textarea").count() == 0  # no reply offered
+    assert "Assurance Maladie" in page.locator("article").first.inner_text()
+    check_page(page, "15-prevention-message", shots)
+    page.goto(f"{site.base_url}/")
+    page.get_by_role("button", name="Masquer les messages de prévention de ma liste").click()
+    page.wait_for_url(f"{site.base_url}/")
+    assert page.locator("#conversations li", has_text="Votre kit de dépistage").count() == 0
+    page.get_by_role("link", name=re.compile("^Prévention")).click()
+    page.wait_for_url("**/?libelle=prevention")
+    assert page.locator("#conversations li", has_text="Votre kit de dépistage").count() == 1
+    check_page(page, "16-prevention-libelle", shots)
+    page.get_by_role("button", name="Les afficher dans ma liste").click()
+    page.wait_for_url("**/?libelle=prevention")
+    page.goto(f"{site.base_url}/")
+    assert page.locator("#conversations li", has_text="Votre kit de dépistage").count() == 1

@@ -33,6 +33,7 @@ from caducee.gateway.inspect import InspectedMessage, MessageRejected, inspect_m
 from caducee.gateway.protection import Form, Protection, SmimeStage, smime_refusal
 from caducee.mailbox import store
 from caducee.mailbox.delivery import Delivery, Filing, NewConversation, Notice, Target, relay_only_form, stored_form
+from caducee.mailbox.fanout import PREVENTION
 from caducee.mime.structure import parse
 from caducee.mime.summary import Summary, summarize
 from caducee.policies import (
@@ -367,6 +368,7 @@ class AcceptPipeline:
             parties,
             deliver=Action.DO_NOT_DELIVER not in actions,
             sent_box=parties[sender].mailbox_id if envelope.keep_sent else None,
+            sender_is_cnam=sender_party.kind is PartyKind.CNAM,
         )
         delivery = Delivery(
             filings,
@@ -393,6 +395,51 @@ class AcceptPipeline:
                 self.on_delivered(patients)
         return AcceptResult(accepted, refused, message_id, f"250 2.0.0 OK: queued as {message_id}", frozenset(actions))
 
+    async def store_once(self, envelope: Envelope) -> tuple[int, Decision | None]:
+        """Store a message for a set-based fan-out (a CNAM campaign): (stored message id, None),
+        or (0, the refusal).
+
+        The same stages as `accept` without a recipient: inspection, the sender chain, the
+        message-wide rules (asked for a patient of ours, as every campaign recipient is; what
+        depends on each recipient is decided over the whole set by `policies.sets`), the
+        signature made once (the sender's held key, the CNAM mailbox's certificate), one body
+        and one conversation stored. No entry is made here: `mailbox.fanout` files it.
+        """
+        try:
+            inspected = await self._inspect(envelope)
+        except MessageRejected as rejected:
+            return 0, rejected.decision
+        sender = envelope.mail_from.lower()
+        refused = await self.check_sender(sender, envelope.channel, authenticated=envelope.authenticated, peer_dn=None)
+        if refused is not None:
+            return 0, refused
+        unowned = next((address for address in inspected.from_addresses if address != sender), None)
+        parties = await self._parties([sender])
+        facts = Facts(
+            sender=self._party(parties[sender]),
+            recipient=Party(address="", kind=PartyKind.PATIENT, patient_status="activated"),
+            message=Message(size=inspected.size, subject=inspected.subject, has_content=inspected.has_content),
+            submission=envelope.channel.authenticated,
+            unowned_address=unowned,
+            max_size=self.settings.max_message_size,
+        )
+        decision = decide(facts)
+        if not decision.accepted:
+            return 0, decision
+        raw = inspected.raw
+        if self.smime is not None:
+            try:
+                raw = await self.smime.sign(raw, sender)
+            except SmimeError as failed:
+                return 0, smime_refusal(failed)
+        delivery = Delivery(
+            [Filing(stored_form(self.cipher, raw))],
+            sender=sender,
+            message_id_header=inspected.message_id,
+            new_conversation=NewConversation(sender, facts.sender.kind.value, frozenset({sender}), is_campaign=True),
+        )
+        return await self.committer.submit(DeliveryPlan(delivery, [[]], timedelta(hours=self.settings.relay_expiry_hours))), None
+
     def _filings(
         self,
         inspected: InspectedMessage,
@@ -402,6 +449,7 @@ class AcceptPipeline:
         *,
         deliver: bool,
         sent_box: int | None = None,
+        sender_is_cnam: bool = False,
     ) -> tuple[list[Filing], list[list[str]]]:
         """One stored form per form someone receives (a message nobody receives is still kept
         once), and for each the remote recipients it is relayed to.
@@ -413,7 +461,11 @@ class AcceptPipeline:
         remotes: list[list[str]] = []
         for form, body in protection.forms.items():
             receivers = [r for r in accepted if deliver and protection.form_of.get(r) is form]
-            targets = [Target(parties[r].mailbox_id) for r in receivers if parties[r].mailbox_id is not None]  # type: ignore[arg-type]
+            targets = [
+                Target(parties[r].mailbox_id, flags=PREVENTION if parties[r].mailbox_type == "PAT" and sender_is_cnam else "")  # type: ignore[arg-type]
+                for r in receivers
+                if parties[r].mailbox_id is not None
+            ]
             if sent_box is not None and form is sent_form:
                 targets.append(Target(sent_box, "Sent", "\\Seen"))
             remote = [r for r in receivers if not parties[r].is_local]

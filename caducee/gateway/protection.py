@@ -142,6 +142,13 @@ class SmimeStage:
         result.worker_pid = done.pid
         return result
 
+    async def sign(self, raw: bytes, sender: str) -> bytes:
+        """Sign once for any number of recipients (a campaign): the sender's held key, else the operator's."""
+        if smime.is_signed(raw) or smime.is_encrypted(raw):
+            return raw
+        done = await self.pool.run(jobs.protect, self.material, raw, sender, [])
+        return done.signed
+
     # ---- inbound --------------------------------------------------------------------------
 
     async def open(self, raw: bytes, from_address: str, recipients: list[str], parties: dict[str, PartyInfo]) -> Protection:

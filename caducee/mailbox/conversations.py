@@ -65,10 +65,25 @@ def _key():  # type: ignore[no-untyped-def]
     return func.coalesce(Message.conversation_id, literal(0) - Message.id)
 
 
+def _keyword(keyword: str):  # type: ignore[no-untyped-def]
+    return (literal(" ") + MailboxEntry.flags + literal(" ")).like(f"% {keyword} %")
+
+
 async def list_conversations(
-    conn: AsyncConnection, mailbox_id: int, *, offset: int = 0, limit: int = 20, unread_only: bool = False
+    conn: AsyncConnection,
+    mailbox_id: int,
+    *,
+    offset: int = 0,
+    limit: int = 20,
+    unread_only: bool = False,
+    keyword: str | None = None,
+    without_keyword: str | None = None,
 ) -> tuple[list[ConversationRow], int]:
-    """A page of conversations, most recent activity first, and how many there are in all."""
+    """A page of conversations, most recent activity first, and how many there are in all.
+
+    `keyword` lists only the entries carrying that IMAP keyword (a label: "$Prevention"
+    for the CNAM's campaigns), `without_keyword` all the others.
+    """
     key = _key().label("key")
     unseen = case(((literal(" ") + MailboxEntry.flags + literal(" ")).like("% \\Seen %", escape="!"), 0), else_=1)
     grouped = (
@@ -85,6 +100,10 @@ async def list_conversations(
         .where(_visible(mailbox_id))
         .group_by(key)
     )
+    if keyword is not None:
+        grouped = grouped.where(_keyword(keyword))
+    if without_keyword is not None:
+        grouped = grouped.where(~_keyword(without_keyword))
     if unread_only:
         grouped = grouped.having(func.sum(unseen) > 0)
     total = (await conn.execute(select(func.count()).select_from(grouped.subquery()))).scalar_one()

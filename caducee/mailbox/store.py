@@ -12,7 +12,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import Table, insert, or_, select, text, update
+from sqlalchemy import Table, func, insert, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
@@ -135,10 +135,22 @@ def insert_returning_ids(conn: Connection, table, rows: list[dict]) -> list[int]
 
 
 def ensure_folders(conn: Connection, mailbox_ids: list[int]) -> None:
-    """Create the standard folders of mailboxes that have none yet (idempotent)."""
+    """Create the standard folders a mailbox lacks (idempotent).
+
+    A mailbox may have its INBOX alone: a campaign fan-out creates only that one for the
+    millions of patients who never received anything before (`fanout`).
+    """
     if not mailbox_ids:
         return
-    have = set(conn.execute(select(Folder.mailbox_id).where(Folder.mailbox_id.in_(mailbox_ids), Folder.name == "INBOX")).scalars())
+    names = [name for name, _ in SPECIAL_FOLDERS]
+    have = set(
+        conn.execute(
+            select(Folder.mailbox_id)
+            .where(Folder.mailbox_id.in_(mailbox_ids), Folder.name.in_(names))
+            .group_by(Folder.mailbox_id)
+            .having(func.count() == len(names))
+        ).scalars()
+    )
     missing = sorted(set(mailbox_ids) - have)
     if not missing:
         return

@@ -205,9 +205,36 @@ async def inbox(request: Request) -> Response:
     except ValueError:
         number = 1
     unread_only = request.query_params.get("filtre") == "non-lus"
-    lines, total = await context(request).webmail.inbox(viewer.profile, page=number, unread_only=unread_only)
+    label = request.query_params.get("libelle") == "prevention"
+    webmail = context(request).webmail
+    hidden = await webmail.hides_prevention(viewer.profile)
+    prevention = "only" if label else ("hidden" if hidden else "shown")
+    lines, total = await webmail.inbox(viewer.profile, page=number, unread_only=unread_only, prevention=prevention)
     pages = max(1, -(-total // PAGE_SIZE))
-    return page(request, viewer, "inbox.html", lines=lines, total=total, number=number, pages=pages, unread_only=unread_only)
+    return page(
+        request,
+        viewer,
+        "inbox.html",
+        lines=lines,
+        total=total,
+        number=number,
+        pages=pages,
+        unread_only=unread_only,
+        label=label,
+        prevention_hidden=hidden,
+    )
+
+
+@router.post("/preferences/prevention")
+async def prevention_preference(request: Request) -> Response:
+    """Hide (or show again) the CNAM's prevention messages in the list; they stay under the label."""
+    checked = await signed_in_form(request)
+    if isinstance(checked, Response):
+        return checked
+    viewer, form = checked
+    hidden = form.get("masquer") == "oui"
+    await context(request).webmail.hide_prevention(viewer.profile, hidden)
+    return redirect("/?libelle=prevention" if form.get("retour") == "prevention" else "/")
 
 
 @router.get("/conversations/{key}")

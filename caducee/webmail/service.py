@@ -27,10 +27,11 @@ from caducee.crypto.atrest import BodyCipher
 from caducee.gateway.pipeline import AcceptPipeline, Channel, Envelope
 from caducee.history.service import Access, AccessHistory
 from caducee.mailbox import conversations as store
+from caducee.mailbox.fanout import PREVENTION
 from caducee.mailbox.mailstore import MailStore
 from caducee.policies import Decision
 from caducee.policies import Message as MessageFacts
-from caducee.webmail import compose, reading
+from caducee.webmail import compose, preferences, reading
 from caducee.webmail.accounts import aware
 from caducee.webmail.uploads import Upload
 
@@ -45,6 +46,8 @@ try:
     PARIS: tzinfo = ZoneInfo("Europe/Paris")
 except ZoneInfoNotFoundError:  # a system without a time zone database: UTC rather than nothing
     PARIS = UTC
+CNAM_NAME = "Assurance Maladie"
+PREFERENCE_SECONDS = 10.0  # a preference changed in another worker process applies within this
 RELATION_WORDS = {"self": "", "guardian": " (parent ou tuteur)", "carer": " (aidant)"}
 
 
@@ -146,13 +149,15 @@ class Webmail:
         # mailbox's version on every use, so it is never stale; names from the annuaire may
         # be a minute old; an opened message never changes (bodies are immutable), but its
         # readable text stays in this process's memory, like the IMAP header cache.
-        self._lists: dict[tuple[int, int, bool], tuple[tuple[int, str], list[ConversationLine], int]] = {}
+        self._lists: dict[tuple[int, int, bool, str], tuple[tuple[int, str], list[ConversationLine], int]] = {}
         self._people: dict[str, tuple[float, Correspondent]] = {}
         self._readable: OrderedDict[int, reading.Readable] = OrderedDict()
         self._decisions: dict[tuple[str, int, bool, bool], tuple[float, Decision]] = {}
         self._judging: SingleFlight[tuple[str, int, bool, bool], Decision] = SingleFlight()
         self._describing: SingleFlight[frozenset[str], dict[str, Correspondent]] = SingleFlight()
         self._recorded: dict[tuple[int, int, int], float] = {}
+        self._cnam = {address.lower() for address in settings.cnam_senders}
+        self._hidden: dict[int, tuple[float, bool]] = {}
 
     # ---- who is who ------------------------------------------------------------------------
 
@@ -178,6 +183,9 @@ class Webmail:
         result = {}
         for address in addresses:
             entry = entries.get(address)
+            if address in self._cnam:  # the CNAM's campaign senders, whatever their mailbox's name
+                result[address] = Correspondent(CNAM_NAME, address, "Prévention")
+                continue
             if entry is None:
                 name = "Caducée (message automatique)" if address.startswith("postmaster@") else address
                 result[address] = Correspondent(name, address, "")
@@ -192,18 +200,49 @@ class Webmail:
             result[address] = Correspondent(name, address, detail)
         return result
 
+    # ---- preferences -------------------------------------------------------------------------
+
+    async def hides_prevention(self, profile: Profile) -> bool:
+        """Whether this profile hid the CNAM's prevention messages from its list (read every
+        `PREFERENCE_SECONDS` at most: every list page asks)."""
+        moment = time.monotonic()
+        cached = self._hidden.get(profile.account.id)
+        if cached is not None and moment - cached[0] < PREFERENCE_SECONDS:
+            return cached[1]
+        async with self.reads.connect() as conn:
+            hidden = await preferences.hides_prevention(conn, profile.account.id)
+        if len(self._hidden) > CACHE_ITEMS:
+            self._hidden.clear()
+        self._hidden[profile.account.id] = (moment, hidden)
+        return hidden
+
+    async def hide_prevention(self, profile: Profile, hidden: bool) -> None:
+        async with self.engine.begin() as conn:
+            await preferences.set_hide_prevention(conn, profile.account.id, hidden)
+        self._hidden[profile.account.id] = (time.monotonic(), hidden)
+
     # ---- the conversation list ---------------------------------------------------------------
 
-    async def inbox(self, profile: Profile, *, page: int = 1, unread_only: bool = False) -> tuple[list[ConversationLine], int]:
+    async def inbox(
+        self, profile: Profile, *, page: int = 1, unread_only: bool = False, prevention: str = "shown"
+    ) -> tuple[list[ConversationLine], int]:
+        """A page of the list. `prevention`: "shown" (everything), "hidden" (the patient hid the
+        CNAM's prevention messages) or "only" (the "Prévention" label)."""
         me = profile.account.address
-        key = (profile.account.mailbox_id, page, unread_only)
+        key = (profile.account.mailbox_id, page, unread_only, prevention)
         async with self.reads.connect() as conn:
             version = await store.list_version(conn, profile.account.mailbox_id, me)
             cached = self._lists.get(key)
             if cached is not None and cached[0] == version:
                 return cached[1], cached[2]
             rows, total = await store.list_conversations(
-                conn, profile.account.mailbox_id, offset=(page - 1) * PAGE_SIZE, limit=PAGE_SIZE, unread_only=unread_only
+                conn,
+                profile.account.mailbox_id,
+                offset=(page - 1) * PAGE_SIZE,
+                limit=PAGE_SIZE,
+                unread_only=unread_only,
+                keyword=PREVENTION if prevention == "only" else None,
+                without_keyword=PREVENTION if prevention == "hidden" else None,
             )
         wanted = {self._other_party(row, me) for row in rows}
         people = await self._correspondents(wanted)

@@ -1,0 +1,55 @@
+"""Provisional codes in bulk, for the letters a population import sends.
+
+Each profile the import creates gets an 8-digit code, kept as an HMAC like every code
+(`codes.CodeHasher`), and a line in the letters file the CNAM prints and posts: the code
+itself is written nowhere else. The annuaire's import calls `LetterCodes` once per batch
+of new profiles, inside its transaction (the wiring connects the two): codes and profiles
+are committed together, or neither.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from caducee.annuaire.population import NewProfile
+from caducee.webmail.codes import CodeHasher
+from caducee.webmail.models import ActivationCode
+
+LETTER_COLUMNS = "INS|Nom|Prénoms|Code provisoire|Valable jusqu'au"
+
+
+class LetterCodes:
+    """Issue a code per new profile (bulk insert) and hand each letter line to `write`."""
+
+    def __init__(self, codes: CodeHasher, write: Callable[[bytes], Any], *, valid_days: int = 90) -> None:
+        self.codes = codes
+        self.write = write
+        self.valid_days = valid_days
+        self.issued = 0
+        self.write((LETTER_COLUMNS + "\n").encode())
+
+    async def __call__(self, conn: AsyncConnection, profiles: list[NewProfile]) -> None:
+        now = datetime.now(UTC)
+        expires = now + timedelta(days=self.valid_days)
+        rows = []
+        lines = []
+        for profile in profiles:
+            code = f"{secrets.randbelow(10**8):08d}"
+            rows.append(
+                {
+                    "patient_id": profile.patient_id,
+                    "code_hash": self.codes.hash("activation", profile.patient_id, code),
+                    "attempts": 0,
+                    "created_at": now,
+                    "expires_at": expires,
+                }
+            )
+            lines.append(f"{profile.ins}|{profile.last_name}|{profile.first_names}|{code}|{expires:%Y-%m-%d}\n")
+        await conn.execute(ActivationCode.__table__.insert(), rows)
+        self.write("".join(lines).encode())
+        self.issued += len(rows)
