@@ -20,9 +20,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -53,7 +54,8 @@ from caducee.webmail.api import router as webmail_api
 from caducee.webmail.codes import CodeHasher
 from caducee.webmail.pages import router as webmail_pages
 from caducee.webmail.service import Webmail
-from caducee.webmail.web import TEMPLATES, BodyLimit, WebmailContext, WebmailHeaders
+from caducee.webmail import errors
+from caducee.webmail.web import BodyLimit, WebmailContext, WebmailHeaders, proxy_networks
 
 log = logging.getLogger("caducee")
 
@@ -124,21 +126,14 @@ def build_app(engine: AsyncEngine, settings: Settings, pipeline: AcceptPipeline 
     app.state.engine = engine
     app.state.settings = settings
     app.state.webmail = webmail
+    # Last added runs first: the headers wrap the body limit, so its 413 carries them too.
+    app.add_middleware(BodyLimit, limit=settings.webmail_max_upload + 1024 * 1024, upload_limit=settings.webmail_max_upload)
     app.add_middleware(WebmailHeaders)
-    app.add_middleware(BodyLimit, limit=settings.webmail_max_upload + 1024 * 1024)
     metrics = Metrics()
     app.state.metrics = metrics
 
     app.add_middleware(CountRequests, metrics=metrics)
-
-    @app.exception_handler(Exception)
-    async def unavailable(request: Request, exc: Exception) -> Response:
-        """A failure nobody foresaw (the database dropped its connections, say): the person
-        sees a plain page in French and can try again; the details go to the log (the
-        exception is raised on after this answer), never to the page."""
-        if request.url.path.startswith("/api/"):
-            return JSONResponse({"detail": "Service momentanément indisponible : réessayez dans un instant."}, status_code=500)
-        return TEMPLATES.TemplateResponse(request, "unavailable.html", {}, status_code=500)
+    errors.install(app)
 
     @app.get("/healthz", tags=["operations"], summary="Liveness and database reachability")
     async def healthz() -> JSONResponse:
@@ -165,7 +160,9 @@ def webmail_context(engine: AsyncEngine, settings: Settings, pipeline: AcceptPip
     key = load_master_key(settings.data_dir)
     accounts = Accounts(engine, settings, notifier_from_settings(settings), CodeHasher(key))
     webmail = Webmail(engine, settings, BodyCipher(key), pipeline, AccessHistory(engine))
-    return WebmailContext(accounts, webmail, settings.webmail_cookie_secure, settings.webmail_idle_minutes)
+    return WebmailContext(
+        accounts, webmail, settings.webmail_cookie_secure, settings.webmail_idle_minutes, proxy_networks(settings.trusted_proxies)
+    )
 
 
 async def prepare_database(settings: Settings, *, demo: bool) -> AsyncEngine:
@@ -285,6 +282,18 @@ async def start_gateway(settings: Settings, engine: AsyncEngine, *, reuse_port: 
     return runtime
 
 
+def http_config(app: ASGIApp, settings: Settings, **extra: object) -> Any:
+    """uvicorn's settings for our app. `proxy_headers` off: uvicorn would otherwise believe
+    X-Forwarded-For from 127.0.0.1 (its default `forwarded_allow_ips`), so any local client
+    could choose the address the lock-out counts; the app reads forwarded headers itself,
+    from `trusted_proxies` only (`webmail.web.client_address`)."""
+    import uvicorn
+
+    options: dict[str, Any] = {"log_level": settings.log_level.lower(), "access_log": False, "proxy_headers": False, "server_header": False}
+    options.update(extra)
+    return uvicorn.Config(app, **options)
+
+
 def settle_garbage_collector() -> None:
     """Move everything built at start-up (modules, the app, SQLAlchemy's and Jinja's caches)
     out of the collector's reach, and collect the young generations less often.
@@ -324,8 +333,7 @@ async def serve(settings: Settings, *, demo: bool = False, migrate: bool = True,
         engine = db.create_engine(settings.effective_database_url, pool_size=settings.database_pool_size)
     gateway = await start_gateway(settings, engine, reuse_port=reuse_port)
     app = build_app(engine, settings, gateway.pipeline)
-    config = uvicorn.Config(app, log_level=settings.log_level.lower(), access_log=False)
-    server = uvicorn.Server(config)
+    server = uvicorn.Server(http_config(app, settings))
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -19,7 +19,8 @@ from caducee.webmail.accounts import Refused
 from caducee.webmail.pages import attachment_response
 from caducee.webmail.service import PAGE_SIZE, ConversationView, SendResult
 from caducee.webmail.uploads import Upload, UploadRefused, check_upload
-from caducee.webmail.web import CHALLENGE_COOKIE, SESSION_COOKIE, Viewer, context, csrf_ok, current_viewer, set_cookie
+from caducee.webmail import ids
+from caducee.webmail.web import CHALLENGE_COOKIE, SESSION_COOKIE, Viewer, client_address, context, csrf_ok, current_viewer, set_cookie
 
 router = APIRouter(prefix="/api/v1", tags=["webmail"])
 
@@ -60,7 +61,7 @@ async def api_login(request: Request, body: LoginRequest) -> JSONResponse:
     _json_only(request)
     ctx = context(request)
     try:
-        challenge = await ctx.accounts.start_login(body.identifier, body.password, request.client.host if request.client else "?")
+        challenge = await ctx.accounts.start_login(body.identifier, body.password, client_address(request))
     except Refused as refused:
         raise HTTPException(429 if refused.locked else 401, refused.text) from None
     response = JSONResponse({"code_sent_to": challenge.sent_to, "valid_minutes": ctx.accounts.settings.webmail_code_minutes})
@@ -193,9 +194,17 @@ def _conversation(view: ConversationView) -> dict[str, Any]:
     }
 
 
+def _key(text: str) -> int:
+    key = ids.conversation_key(text)
+    if key is None:
+        raise HTTPException(404, "Cette conversation n'existe pas.")
+    return key
+
+
 @router.get("/conversations/{key}", summary="One conversation (opening it marks it read and returns receipts)")
-async def api_conversation(request: Request, key: int) -> dict[str, Any]:
+async def api_conversation(request: Request, key: str) -> dict[str, Any]:
     viewer = await viewer_of(request)
+    key = _key(key)
     view = await context(request).webmail.conversation(viewer.profile, viewer.actor, key)
     if view is None:
         raise HTTPException(404, "Cette conversation n'existe pas.")
@@ -203,9 +212,12 @@ async def api_conversation(request: Request, key: int) -> dict[str, Any]:
 
 
 @router.get("/conversations/{key}/messages/{message_id}/attachments/{index}", summary="Download an attachment")
-async def api_attachment(request: Request, key: int, message_id: int, index: int) -> Response:
+async def api_attachment(request: Request, key: str, message_id: str, index: str) -> Response:
     viewer = await viewer_of(request)
-    found = await context(request).webmail.attachment(viewer.profile, viewer.actor, key, message_id, index)
+    conversation, message, position = ids.conversation_key(key), ids.row_id(message_id), ids.index(index)
+    if conversation is None or message is None or position is None:
+        raise HTTPException(404, "Ce document n'existe pas.")
+    found = await context(request).webmail.attachment(viewer.profile, viewer.actor, conversation, message, position)
     if found is None:
         raise HTTPException(404, "Ce document n'existe pas.")
     return attachment_response(*found)
@@ -219,6 +231,8 @@ async def _checked(file: UploadFile, max_size: int) -> Upload:
 
 
 def _sent(result: SendResult) -> dict[str, Any]:
+    if result.not_found:
+        raise HTTPException(404, result.text)
     if not result.sent:
         raise HTTPException(422, result.text)
     return {"sent": True, "detail": result.text, "conversation": result.conversation}
@@ -226,12 +240,13 @@ def _sent(result: SendResult) -> dict[str, Any]:
 
 @router.post("/conversations/{key}/replies", summary="Reply in a conversation (when the rules allow)", status_code=201)
 async def api_reply(
-    request: Request, key: int, text: str = Form("", max_length=40_000), file: UploadFile | None = File(None)
+    request: Request, key: str, text: str = Form("", max_length=40_000), file: UploadFile | None = File(None)
 ) -> dict[str, Any]:
+    conversation = _key(key)
     viewer = await viewer_of(request, changes=True)
     webmail = context(request).webmail
     upload = await _checked(file, webmail.settings.webmail_max_upload) if file is not None and file.filename else None
-    return _sent(await webmail.reply(viewer.profile, viewer.actor, key, text, upload))
+    return _sent(await webmail.reply(viewer.profile, viewer.actor, conversation, text, upload))
 
 
 @router.get("/pharmacies", summary="Pharmacies (officines) of the annuaire, by name and city or postcode")

@@ -16,6 +16,7 @@ from starlette.datastructures import UploadFile
 
 from caducee.annuaire.service import SearchError
 from caducee.history.service import Access
+from caducee.webmail import ids
 from caducee.webmail.accounts import Refused
 from caducee.webmail.service import PAGE_SIZE, actor_label
 from caducee.webmail.uploads import UploadRefused, check_upload
@@ -25,6 +26,7 @@ from caducee.webmail.web import (
     SESSION_COOKIE,
     Viewer,
     anonymous_csrf,
+    client_address,
     context,
     csrf_ok,
     current_viewer,
@@ -77,6 +79,13 @@ def page(request: Request, viewer: Viewer, template: str, status_code: int = 200
     )
 
 
+async def not_found(request: Request) -> Response:
+    viewer = await current_viewer(request)
+    if viewer is None:
+        return render(request, "not_found.html", 404, csrf=anonymous_csrf(request))
+    return page(request, viewer, "not_found.html", 404)
+
+
 def bad_csrf(request: Request) -> Response:
     return render(request, "expired.html", 403, csrf=anonymous_csrf(request))
 
@@ -112,10 +121,10 @@ async def login(request: Request) -> Response:
     ctx = context(request)
     try:
         challenge = await ctx.accounts.start_login(
-            identifier, str(form.get("mot_de_passe", ""))[:1024], request.client.host if request.client else "?"
+            identifier, str(form.get("mot_de_passe", ""))[:1024], client_address(request)
         )
     except Refused as refused:
-        return render(request, "login.html", 400, csrf=anonymous_csrf(request), error=refused.text, identifier=identifier)
+        return render(request, "login.html", 429 if refused.locked else 400, csrf=anonymous_csrf(request), error=refused.text, identifier=identifier)
     response = redirect("/connexion/code")
     set_cookie(response, ctx, CHALLENGE_COOKIE, challenge.token, path="/", max_age=ctx.accounts.settings.webmail_code_minutes * 60)
     return response
@@ -182,12 +191,15 @@ async def activation(request: Request) -> Response:
     accounts = context(request).accounts
     try:
         if form.get("action") == "opposer":
-            account = await accounts.oppose(ins, code)
+            account = await accounts.oppose(ins, code, client_address(request))
             await context(request).webmail.history.record(Access(account.id, account.name, "profile-opposed"))
             return redirect("/connexion?info=oppose")
-        account = await accounts.activate(ins, code, values["email"], str(form.get("mot_de_passe", "")), str(form.get("confirmation", "")))
+        account = await accounts.activate(
+            ins, code, values["email"], str(form.get("mot_de_passe", ""))[:1024], str(form.get("confirmation", ""))[:1024], client_address(request)
+        )
     except Refused as refused:
-        return render(request, "activation.html", 400, csrf=anonymous_csrf(request), error=refused.text, values=values)
+        status = 429 if refused.locked else 400
+        return render(request, "activation.html", status, csrf=anonymous_csrf(request), error=refused.text, values=values)
     await context(request).webmail.history.record(Access(account.id, account.name, "activated"))
     return redirect("/connexion?info=active")
 
@@ -210,19 +222,25 @@ async def inbox(request: Request) -> Response:
     return page(request, viewer, "inbox.html", lines=lines, total=total, number=number, pages=pages, unread_only=unread_only)
 
 
-@router.get("/conversations/{key}")
-async def conversation(request: Request, key: int) -> Response:
+@router.get("/conversations/{key_text}")
+async def conversation(request: Request, key_text: str) -> Response:
     viewer = await current_viewer(request)
     if viewer is None:
         return to_login(request)
+    key = ids.conversation_key(key_text)
+    if key is None:
+        return page(request, viewer, "not_found.html", 404)
     view = await context(request).webmail.conversation(viewer.profile, viewer.actor, key)
     if view is None:
         return page(request, viewer, "not_found.html", 404)
     return page(request, viewer, "conversation.html", view=view, text="")
 
 
-@router.post("/conversations/{key}/reponse")
-async def reply(request: Request, key: int) -> Response:
+@router.post("/conversations/{key_text}/reponse")
+async def reply(request: Request, key_text: str) -> Response:
+    key = ids.conversation_key(key_text)
+    if key is None:
+        return await not_found(request)
     checked = await signed_in_form(request)
     if isinstance(checked, Response):
         return checked
@@ -248,11 +266,14 @@ async def reply(request: Request, key: int) -> Response:
     return page(request, viewer, "conversation.html", 400, view=view, text=text, error=error)
 
 
-@router.get("/conversations/{key}/messages/{message_id}/pieces/{index}")
-async def attachment(request: Request, key: int, message_id: int, index: int) -> Response:
+@router.get("/conversations/{key_text}/messages/{message_text}/pieces/{index_text}")
+async def attachment(request: Request, key_text: str, message_text: str, index_text: str) -> Response:
     viewer = await current_viewer(request)
     if viewer is None:
         return to_login(request)
+    key, message_id, index = ids.conversation_key(key_text), ids.row_id(message_text), ids.index(index_text)
+    if key is None or message_id is None or index is None:
+        return page(request, viewer, "not_found.html", 404)
     found = await context(request).webmail.attachment(viewer.profile, viewer.actor, key, message_id, index)
     if found is None:
         return page(request, viewer, "not_found.html", 404)

@@ -107,6 +107,7 @@ class SendResult:
     sent: bool
     text: str  # what to tell the person
     conversation: int | None = None
+    not_found: bool = False  # the conversation is not one this profile holds
 
 
 def _sentence(text: str) -> str:
@@ -462,7 +463,7 @@ class Webmail:
         async with self.reads.connect() as conn:
             stored = await store.conversation_messages(conn, profile.account.mailbox_id, key)
         if not stored:
-            return SendResult(False, "Cette conversation n'existe pas.")
+            return SendResult(False, "Cette conversation n'existe pas.", not_found=True)
         if self.pipeline is None:
             return SendResult(False, "L'envoi de messages est momentanément indisponible. Réessayez plus tard.")
         target = self._answerable(stored, profile.account.address)
