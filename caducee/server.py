@@ -23,17 +23,19 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from caducee import db
+from caducee import __version__, db
 from caducee import webmail as webmail_package
 from caducee.annuaire.api import router as annuaire_router
 from caducee.annuaire.service import ensure_postmaster
 from caducee.config import Settings
+from caducee.core import pseudonyms
 from caducee.core.cpu import CpuPool, shared_pool
 from caducee.crypto.atrest import BodyCipher, load_master_key
 from caducee.crypto.material import material_from_settings
@@ -49,12 +51,14 @@ from caducee.imap.server import ImapServer, start_imap
 from caducee.mailbox.autoconfig import router as autoconfig_router
 from caducee.notify.alerts import NewMailAlerts
 from caducee.notify.notifier import notifier_from_settings
+from caducee.webmail import errors
 from caducee.webmail.accounts import Accounts
 from caducee.webmail.api import router as webmail_api
 from caducee.webmail.codes import CodeHasher
+from caducee.webmail.drafts import Drafts
 from caducee.webmail.pages import router as webmail_pages
+from caducee.webmail.selfservice import SelfService, muted_addresses
 from caducee.webmail.service import Webmail
-from caducee.webmail import errors
 from caducee.webmail.web import BodyLimit, WebmailContext, WebmailHeaders, proxy_networks
 
 log = logging.getLogger("caducee")
@@ -120,9 +124,12 @@ def build_app(engine: AsyncEngine, settings: Settings, pipeline: AcceptPipeline 
     app = FastAPI(
         title="Caducée",
         description="Messagerie sécurisée de santé : annuaire, messagerie patient, services attachés.",
-        version="0.1.0",
+        version=__version__,
         lifespan=lifespan,
+        docs_url=None,  # served below from the package's own copy of Swagger UI: /docs works offline
+        redoc_url=None,
     )
+    offline_docs(app)
     app.state.engine = engine
     app.state.settings = settings
     app.state.webmail = webmail
@@ -135,7 +142,7 @@ def build_app(engine: AsyncEngine, settings: Settings, pipeline: AcceptPipeline 
     app.add_middleware(CountRequests, metrics=metrics)
     errors.install(app)
 
-    @app.get("/healthz", tags=["operations"], summary="Liveness and database reachability")
+    @app.get("/healthz", tags=["operations"], summary="Liveness and database reachability", response_model=Health)
     async def healthz() -> JSONResponse:
         try:
             async with engine.connect() as conn:
@@ -156,12 +163,45 @@ def build_app(engine: AsyncEngine, settings: Settings, pipeline: AcceptPipeline 
     return app
 
 
+class Health(BaseModel):
+    status: str = Field(description="ok, or error when the database cannot be reached")
+    database: str | None = Field(default=None, description="The database's error, when there is one")
+
+
+def offline_docs(app: FastAPI) -> None:
+    """/docs from files shipped in a package (fastapi-offline's copy of Swagger UI), not a
+    CDN: an operator's machine without Internet access still shows the API."""
+    import fastapi_offline
+    from fastapi.openapi.docs import get_swagger_ui_html
+
+    assets = Path(fastapi_offline.__file__).parent / "static"
+    app.mount("/docs-assets", StaticFiles(directory=str(assets)), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="Caducée — API",
+            swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+            swagger_css_url="/docs-assets/swagger-ui.css",
+            swagger_favicon_url="/docs-assets/favicon.png",
+        )
+
+
 def webmail_context(engine: AsyncEngine, settings: Settings, pipeline: AcceptPipeline | None) -> WebmailContext:
     key = load_master_key(settings.data_dir)
+    pseudonyms.configure(key)
     accounts = Accounts(engine, settings, notifier_from_settings(settings), CodeHasher(key))
-    webmail = Webmail(engine, settings, BodyCipher(key), pipeline, AccessHistory(engine))
+    cipher = BodyCipher(key)
+    webmail = Webmail(engine, settings, cipher, pipeline, AccessHistory(engine))
     return WebmailContext(
-        accounts, webmail, settings.webmail_cookie_secure, settings.webmail_idle_minutes, proxy_networks(settings.trusted_proxies)
+        accounts,
+        webmail,
+        settings.webmail_cookie_secure,
+        settings.webmail_idle_minutes,
+        proxy_networks(settings.trusted_proxies),
+        SelfService(engine, accounts),
+        Drafts(engine, cipher),
     )
 
 
@@ -257,7 +297,9 @@ async def start_gateway(settings: Settings, engine: AsyncEngine, *, reuse_port: 
     pool = shared_pool(settings.cpu_workers)
     await pool.warm()
     pipeline = AcceptPipeline(engine, settings, cipher, on_queued=worker.wake, smime=smime_stage(settings, engine, pool), cpu=pool)
-    pipeline.on_delivered = NewMailAlerts(engine, settings, notifier_from_settings(settings)).delivered
+    pipeline.on_delivered = NewMailAlerts(
+        engine, settings, notifier_from_settings(settings), muted=lambda addresses: muted_addresses(engine, addresses)
+    ).delivered
     authenticator = MailboxAuthenticator(engine, settings.local_domains)
     runtime = GatewayRuntime(pipeline, worker)
     listeners = [

@@ -189,3 +189,17 @@ async def emails_of(conn: AsyncConnection, addresses: list[str]) -> dict[str, st
         .where(Mailbox.address.in_(addresses), Patient.email.is_not(None), Patient.status == PatientStatus.ACTIVATED.value)
     )
     return {row.address: row.email for row in rows}
+
+
+async def set_email(conn: AsyncConnection, patient_id: int, email: str) -> None:
+    await conn.execute(update(Patient).where(Patient.id == patient_id).values(email=email.lower(), updated_at=datetime.now(UTC)))
+
+
+async def ids_of(conn: AsyncConnection, addresses: list[str]) -> dict[str, int]:
+    """The patient id behind each patient mailbox address among `addresses`."""
+    if not addresses:
+        return {}
+    rows = await conn.execute(
+        select(Mailbox.address, Mailbox.patient_id).where(Mailbox.address.in_(addresses), Mailbox.patient_id.is_not(None))
+    )
+    return {row.address: row.patient_id for row in rows}

@@ -26,12 +26,12 @@ from caducee.annuaire import patients
 from caducee.annuaire.kinds import PatientStatus
 from caducee.config import Settings
 from caducee.core.passwords import hash_password, verify_password
+from caducee.core.pseudonyms import pseudonym
 from caducee.core.singleflight import SingleFlight
 from caducee.core.throttle import Locked, LoginThrottle
 from caducee.notify.notifier import Notifier
 from caducee.webmail.codes import CodeHasher, mask_email, new_code, new_token, token_id
 from caducee.webmail.models import ActivationCode, LoginChallenge, WebSession
-from caducee.core.pseudonyms import pseudonym
 
 log = logging.getLogger(__name__)
 
@@ -269,16 +269,20 @@ class Accounts:
 
     # ---- sessions ------------------------------------------------------------------------
 
-    async def open_session(self, patient_id: int) -> tuple[str, SessionInfo]:
+    async def open_session(self, patient_id: int, acting_patient_id: int | None = None) -> tuple[str, SessionInfo]:
         token, csrf = new_token(), new_token()
         moment = now()
-        info = SessionInfo(token_id(token), patient_id, patient_id, csrf)
+        acting = acting_patient_id or patient_id
+        info = SessionInfo(token_id(token), patient_id, acting, csrf)
         async with self.engine.begin() as conn:
+            await conn.execute(  # ended sessions kept for drafts: a day is enough
+                delete(WebSession).where(WebSession.patient_id == patient_id, WebSession.last_seen_at < moment - timedelta(days=1))
+            )
             await conn.execute(
                 WebSession.__table__.insert().values(
                     id=info.id,
                     patient_id=patient_id,
-                    acting_patient_id=patient_id,
+                    acting_patient_id=acting,
                     csrf_token=csrf,
                     created_at=moment,
                     last_seen_at=moment,
@@ -307,7 +311,9 @@ class Accounts:
         _, info, last_seen, expires = cached
         moment = now()
         if expires < moment or last_seen + timedelta(minutes=self.settings.webmail_idle_minutes) < moment:
-            await self.close_session(session_id)
+            # The row stays (it opens nothing now): a form posted after the expiry can still
+            # say whose draft it carries (`expired_owner`). Old rows go at the next login.
+            self._sessions.pop(session_id, None)
             return None
         if moment - last_seen > TOUCH_EVERY and session_id not in self._touching:
             # One write per session and minute, not one per request in flight at that moment.
@@ -348,6 +354,32 @@ class Accounts:
         self._sessions.pop(session_id, None)
         async with self.engine.begin() as conn:
             await conn.execute(delete(WebSession).where(WebSession.id == session_id))
+
+    async def expired_owner(self, token: str) -> SessionInfo | None:
+        """Who an ended session belonged to (for at most a day after it ended), to keep what
+        they were writing when it ended; None for an unknown token."""
+        if not token or len(token) > 100:
+            return None
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(_SESSION, {"id": token_id(token)})).first()
+        if row is None or aware(row.last_seen_at) < now() - timedelta(days=1):
+            return None
+        return SessionInfo(row.id, row.patient_id, row.acting_patient_id, row.csrf_token)
+
+    async def extend(self, session_id: str) -> None:
+        """ "Rester connecté": the idle time starts again now."""
+        moment = now()
+        async with self.engine.begin() as conn:
+            await conn.execute(update(WebSession).where(WebSession.id == session_id).values(last_seen_at=moment))
+        current = self._sessions.get(session_id)
+        if current is not None:
+            self._sessions[session_id] = (current[0], current[1], moment, current[3])
+
+    async def close_other_sessions(self, patient_id: int, keep: str) -> None:
+        for key in [key for key, cached in self._sessions.items() if cached[1].patient_id == patient_id and key != keep]:
+            self._sessions.pop(key, None)
+        async with self.engine.begin() as conn:
+            await conn.execute(delete(WebSession).where(WebSession.patient_id == patient_id, WebSession.id != keep))
 
     async def close_all_sessions(self, patient_id: int) -> None:
         for key in [key for key, cached in self._sessions.items() if cached[1].patient_id == patient_id]:
@@ -409,7 +441,9 @@ class Accounts:
         self.activation_throttle.succeeded(ins_key)
         return account
 
-    async def activate(self, ins: str, code: str, email: str, password: str, confirmation: str, client: str = "?") -> patients.PatientAccount:
+    async def activate(
+        self, ins: str, code: str, email: str, password: str, confirmation: str, client: str = "?"
+    ) -> patients.PatientAccount:
         problem = password_problem(password, confirmation)
         email = email.strip().lower()
         if problem is None and ("@" not in email or "." not in email.rpartition("@")[2] or len(email) > 254):

@@ -23,6 +23,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from caducee.annuaire.patients import PatientAccount, Profile
 from caducee.webmail.accounts import Accounts, SessionInfo
 from caducee.webmail.codes import new_token
+from caducee.webmail.drafts import Drafts
+from caducee.webmail.selfservice import SelfService
 from caducee.webmail.service import Webmail, french_date, french_time
 
 SESSION_COOKIE = "caducee_session"
@@ -41,6 +43,8 @@ class WebmailContext:
     cookie_secure: bool
     idle_minutes: int
     trusted_proxies: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = field(default_factory=list)
+    selfservice: SelfService | None = None
+    drafts: Drafts | None = None
 
 
 def proxy_networks(networks: list[str]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
@@ -183,7 +187,7 @@ class WebmailHeaders:
 TOO_LARGE = (
     '<!doctype html><html lang="fr"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">'
     '<title>Fichier trop lourd — Caducée</title><link rel="stylesheet" href="/static/webmail.css"></head><body>'
-    "<main id=\"contenu\"><h1>Fichier trop lourd</h1><p>Le fichier envoyé dépasse la limite de {limit} Mo. Rien n'a été envoyé.</p>"
+    '<main id="contenu"><h1>Fichier trop lourd</h1><p>Le fichier envoyé dépasse la limite de {limit} Mo. Rien n\'a été envoyé.</p>'
     "<p>Revenez en arrière et choisissez un fichier plus léger (par exemple une photo moins grande, ou un PDF).</p>"
     '<p><a href="/">Revenir à mes messages</a></p></main></body></html>'
 )
