@@ -53,7 +53,9 @@ class Drafts:
     async def take(self, patient_id: int) -> KeptDraft | None:
         """The draft, deleted as it is given back (once)."""
         async with self.engine.begin() as conn:
-            row = (await conn.execute(select(Draft).where(Draft.patient_id == patient_id))).scalars().first()
+            row = (
+                await conn.execute(select(Draft.acting_patient_id, Draft.path, Draft.sealed_text).where(Draft.patient_id == patient_id))
+            ).first()
             if row is None:
                 return None
             await conn.execute(delete(Draft).where(Draft.patient_id == patient_id))

@@ -149,7 +149,9 @@ async def keep_draft(request: Request, field: str, path: str) -> bool:
 async def login_page(request: Request) -> Response:
     if await current_viewer(request) is not None:
         return redirect("/")
-    return render(request, "login.html", csrf=anonymous_csrf(request), notice=notice(request), identifier="")
+    return render(
+        request, "login.html", csrf=anonymous_csrf(request), notice=notice(request), notice_kind=notice_kind(request), identifier=""
+    )
 
 
 @router.post("/connexion")
