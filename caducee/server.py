@@ -12,6 +12,7 @@ and runs the listeners until SIGINT/SIGTERM.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import socket
 import ssl
@@ -34,7 +35,7 @@ from caducee import __version__, db
 from caducee import webmail as webmail_package
 from caducee.annuaire.api import router as annuaire_router
 from caducee.annuaire.service import ensure_postmaster
-from caducee.config import Settings
+from caducee.config import ENV_PREFIX, Settings
 from caducee.core import pseudonyms
 from caducee.core.cpu import CpuPool, shared_pool
 from caducee.crypto.atrest import BodyCipher, load_master_key
@@ -287,7 +288,16 @@ class GatewayRuntime:
         await self.pipeline.close()
 
 
-async def start_gateway(settings: Settings, engine: AsyncEngine, *, reuse_port: bool = False, relay: bool = True) -> GatewayRuntime:
+async def start_gateway(
+    settings: Settings,
+    engine: AsyncEngine,
+    *,
+    reuse_port: bool = False,
+    relay: bool = True,
+    sockets: dict[str, socket.socket] | None = None,
+) -> GatewayRuntime:
+    """The mail side; on `sockets` (from `bind_listeners`) when given, else binding its own."""
+    sockets = sockets or {}
     files = tls_files(settings)
     cipher = BodyCipher(load_master_key(settings.data_dir))
     plain = server_context(files.server, password=files.password)
@@ -303,11 +313,14 @@ async def start_gateway(settings: Settings, engine: AsyncEngine, *, reuse_port: 
     authenticator = MailboxAuthenticator(engine, settings.local_domains)
     runtime = GatewayRuntime(pipeline, worker)
     listeners = [
-        ListenerConfig("mx", settings.smtp_host, settings.mx_port, mutual),
-        ListenerConfig("submission", settings.smtp_host, settings.submission_port, plain, trusted_networks=settings.trusted_networks),
-        ListenerConfig("submission", settings.smtp_host, settings.submissions_port, plain, implicit_tls=True),
+        ("mx", ListenerConfig("mx", settings.smtp_host, settings.mx_port, mutual)),
+        (
+            "submission",
+            ListenerConfig("submission", settings.smtp_host, settings.submission_port, plain, trusted_networks=settings.trusted_networks),
+        ),
+        ("submissions", ListenerConfig("submission", settings.smtp_host, settings.submissions_port, plain, implicit_tls=True)),
     ]
-    for config in listeners:
+    for name, config in listeners:
         if config.port == 0:
             continue
         config.max_message_size = settings.max_message_size
@@ -315,10 +328,12 @@ async def start_gateway(settings: Settings, engine: AsyncEngine, *, reuse_port: 
         config.hostname = settings.hostname
         config.timeout = settings.smtp_timeout
         config.data_timeout = settings.smtp_data_timeout
-        runtime.servers.append(await start_listener(config, pipeline, authenticator, reuse_port=reuse_port))
+        runtime.servers.append(await start_listener(config, pipeline, authenticator, reuse_port=reuse_port, sock=sockets.get(name)))
         log.info("SMTP %s on %s:%d%s", config.kind, config.host, config.port, " (implicit TLS)" if config.implicit_tls else "")
     if settings.imap_port or settings.imaps_port:
-        runtime.imap = await start_imap(settings, engine, cipher, plain, authenticator=authenticator, reuse_port=reuse_port)
+        runtime.imap = await start_imap(
+            settings, engine, cipher, plain, authenticator=authenticator, reuse_port=reuse_port, sockets=sockets
+        )
     if relay:
         runtime.tasks.append(asyncio.create_task(worker.run_forever(), name="relay"))
     return runtime
@@ -351,53 +366,117 @@ def settle_garbage_collector() -> None:
     gc.set_threshold(20_000, 20, 20)
 
 
-def _reusable_socket(host: str, port: int) -> socket.socket:
-    """A listening socket several worker processes can share (SO_REUSEPORT)."""
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, port))
-    sock.listen(1024)
-    sock.setblocking(False)
-    return sock
+LISTENERS = (
+    ("http", "http_host", "http_port"),
+    ("mx", "smtp_host", "mx_port"),
+    ("submission", "smtp_host", "submission_port"),
+    ("submissions", "smtp_host", "submissions_port"),
+    ("imap", "smtp_host", "imap_port"),
+    ("imaps", "smtp_host", "imaps_port"),
+)
+INHERITED = "CADUCEE_INHERITED_SOCKETS"  # name=fd,... : the sockets a worker got from its `caducee serve`
 
 
-async def serve(settings: Settings, *, demo: bool = False, migrate: bool = True, reuse_port: bool = False) -> None:
-    """Run every listener until SIGINT/SIGTERM: HTTP, SMTP (MX, submission) and the relay."""
+class PortInUse(OSError):
+    """A port another program (or another `caducee serve`) already listens on."""
+
+
+def bind_listeners(settings: Settings) -> dict[str, socket.socket]:
+    """Every configured listening socket, bound once, by the process that owns them.
+
+    No SO_REUSEPORT: with it, a second, unrelated `caducee serve` started on the same ports
+    silently shared them with the first (each answered some of the connections, from two
+    databases). The workers of one `caducee serve --workers N` share these very sockets,
+    inherited from their parent, and nothing else can bind the ports while they are open.
+    """
+    bound: dict[str, socket.socket] = {}
+    try:
+        for name, host_setting, port_setting in LISTENERS:
+            host, port = str(getattr(settings, host_setting)), int(getattr(settings, port_setting))
+            if port == 0:
+                continue
+            sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # restarts while old connections linger in TIME_WAIT
+            try:
+                sock.bind((host, port))
+            except OSError as exc:
+                sock.close()
+                if exc.errno == errno.EADDRINUSE:
+                    raise PortInUse(
+                        exc.errno,
+                        f"address already in use: {host}:{port} ({port_setting}, {ENV_PREFIX}{port_setting.upper()}); "
+                        "another server listens there: stop it, or choose another port",
+                    ) from None
+                raise
+            sock.listen(4096)
+            sock.setblocking(False)
+            sock.set_inheritable(True)
+            bound[name] = sock
+    except BaseException:
+        for sock in bound.values():
+            sock.close()
+        raise
+    return bound
+
+
+def inherited_sockets() -> dict[str, socket.socket] | None:
+    """The sockets a worker process was handed by its `caducee serve` (None when not a worker)."""
+    import os
+
+    described = os.environ.get(INHERITED)
+    if not described:
+        return None
+    sockets = {}
+    for item in described.split(","):
+        name, _, fd = item.partition("=")
+        sockets[name] = socket.socket(fileno=int(fd))
+        sockets[name].setblocking(False)
+    return sockets
+
+
+async def serve(settings: Settings, *, demo: bool = False, migrate: bool = True, sockets: dict[str, socket.socket] | None = None) -> None:
+    """Run every listener until SIGINT/SIGTERM: HTTP, SMTP (MX, submission), IMAP and the relay."""
     import signal
 
     import uvicorn
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    sockets = sockets if sockets is not None else bind_listeners(settings)  # before anything slow: a busy port fails at once
     if migrate:
         engine = await prepare_database(settings, demo=demo)
     else:
         engine = db.create_engine(settings.effective_database_url, pool_size=settings.database_pool_size)
-    gateway = await start_gateway(settings, engine, reuse_port=reuse_port)
+    gateway = await start_gateway(settings, engine, sockets=sockets)
     app = build_app(engine, settings, gateway.pipeline)
     server = uvicorn.Server(http_config(app, settings))
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, lambda: setattr(server, "should_exit", True))
-    sockets = [_reusable_socket(settings.http_host, settings.http_port)]
     settle_garbage_collector()
     log.info("HTTP on http://%s:%d/", settings.http_host, settings.http_port)
     try:
-        await server.serve(sockets=sockets)
+        await server.serve(sockets=[sockets["http"]] if "http" in sockets else [])
     finally:
         await gateway.stop()
         await engine.dispose()
 
 
 def serve_workers(settings: Settings, argv: list[str], workers: int, *, demo: bool) -> int:
-    """Migrate and seed once, then run `workers` processes sharing every port."""
+    """Bind every port, migrate and seed once, then run `workers` processes on those sockets."""
+    import os
     import signal
     import subprocess
     import sys
 
+    sockets = bind_listeners(settings)
     asyncio.run(_prepare_only(settings, demo=demo))
-    children = [subprocess.Popen([sys.executable, "-m", "caducee", *argv, "--worker-process"]) for _ in range(workers)]
+    described = ",".join(f"{name}={sock.fileno()}" for name, sock in sockets.items())
+    env = {**os.environ, INHERITED: described}
+    fds = [sock.fileno() for sock in sockets.values()]
+    children = [
+        subprocess.Popen([sys.executable, "-m", "caducee", *argv, "--worker-process"], env=env, pass_fds=fds) for _ in range(workers)
+    ]
 
     def forward(signum: int, _frame: object) -> None:
         for child in children:
@@ -407,6 +486,8 @@ def serve_workers(settings: Settings, argv: list[str], workers: int, *, demo: bo
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
     codes = [child.wait() for child in children]
+    for sock in sockets.values():
+        sock.close()
     return max(codes, default=0)
 
 

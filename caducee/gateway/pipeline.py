@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from caducee.annuaire.service import PartyInfo, resolve_parties
 from caducee.config import Settings
+from caducee.core import pseudonyms
 from caducee.core.cpu import CpuPool
 from caducee.core.groupcommit import GroupCommitter
 from caducee.crypto.atrest import BodyCipher
@@ -53,6 +54,7 @@ from caducee.policies import (
 )
 
 __all__ = ["AcceptPipeline", "AcceptResult", "Channel", "Envelope", "Verdict"]
+
 
 log = logging.getLogger(__name__)
 
@@ -306,6 +308,31 @@ class AcceptPipeline:
     # ---- the whole message ------------------------------------------------------------
 
     async def accept(self, envelope: Envelope) -> AcceptResult:
+        """Judge and deliver one message; one log line says what happened (patients' addresses
+        pseudonymised)."""
+        result = await self._accept(envelope)
+        shown = lambda address: pseudonyms.address(address, self.settings.patient_domain)  # noqa: E731
+        if result.accepted:
+            log.info(
+                "accepted %s from %s to %s via %s%s",
+                result.message_id,
+                shown(envelope.mail_from),
+                ", ".join(shown(a) for a in result.accepted),
+                envelope.channel.value,
+                f"; refused {', '.join(shown(a) for a in result.refused)}" if result.refused else "",
+            )
+        else:
+            first = next(iter(result.refused.values()), None)
+            log.info(
+                "refused from %s to %s via %s: %s",
+                shown(envelope.mail_from),
+                ", ".join(shown(a) for a in envelope.rcpt_tos),
+                envelope.channel.value,
+                f"{first.code} {first.enhanced} ({first.rule})" if first is not None else result.reply,
+            )
+        return result
+
+    async def _accept(self, envelope: Envelope) -> AcceptResult:
         try:
             inspected = await self._inspect(envelope)
         except MessageRejected as rejected:
