@@ -74,6 +74,9 @@ class Envelope:
     peer_dn: str | None = None  # MX: the subject DN of the client certificate
     keep_sent: bool = False  # file a copy in the sender's Sent folder (the webmail; mail clients APPEND their own)
     read_only_delegate: bool = False  # the webmail: written by a carer whose delegation is reading only
+    # The webmail: the signed-in guardian or carer writing for this profile; their address may
+    # stand in Sender: (RFC 5322 3.6.2), and only there, beside the profile's own From.
+    written_by: str | None = None
 
 
 @dataclass
@@ -340,7 +343,8 @@ class AcceptPipeline:
         sender = envelope.mail_from.lower()
         unowned = None
         if envelope.channel.authenticated:  # rule 2 for every identity header too: the rules decide, from this fact
-            unowned = next((address for address in inspected.identity_addresses if address != sender), None)
+            vouched = (envelope.written_by or "").lower() if envelope.channel is Channel.WEBMAIL else ""
+            unowned = next((address for address in inspected.identity_addresses if address not in {sender, vouched}), None)
 
         recipients = list(dict.fromkeys(rcpt.lower() for rcpt in envelope.rcpt_tos))
         message_facts = Message(

@@ -654,6 +654,7 @@ class Webmail:
                 authenticated=profile.account.address,
                 keep_sent=True,
                 read_only_delegate=not profile.may_reply,
+                written_by=actor.address if actor.id != profile.account.id else None,
             )
         )
         if not result.accepted:
