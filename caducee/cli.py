@@ -39,19 +39,31 @@ def use_fast_event_loop() -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from caducee.server import serve, serve_workers
+    from caducee.server import PortInUse, inherited_sockets, serve, serve_workers
 
     settings = _settings(args, http_host=args.host, http_port=args.port)
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
-    if args.workers > 1 and not args.worker_process:
-        argv = [a for a in sys.argv[1:] if a != "--demo"] if sys.argv[1:2] == ["serve"] else ["serve"]
-        return serve_workers(settings, argv, args.workers, demo=args.demo)
-    use_fast_event_loop()
+    configure_logging(settings)
     try:
-        asyncio.run(serve(settings, demo=args.demo, migrate=not args.worker_process, reuse_port=True))
+        if args.workers > 1 and not args.worker_process:
+            argv = [a for a in sys.argv[1:] if a != "--demo"] if sys.argv[1:2] == ["serve"] else ["serve"]
+            return serve_workers(settings, argv, args.workers, demo=args.demo)
+        use_fast_event_loop()
+        asyncio.run(serve(settings, demo=args.demo, migrate=not args.worker_process, sockets=inherited_sockets()))
+    except PortInUse as exc:
+        print(f"error: {exc.strerror}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         pass
     return 0
+
+
+def configure_logging(settings: Settings) -> None:
+    """One line per event. aiosmtpd's own "mail.log" logger writes every SMTP command at INFO
+    (patients' addresses in each RCPT TO) and warns of its deprecated `login_data` at every
+    login: it is kept to warnings, and Caducée's own lines say what happened, with patient
+    identifiers pseudonymised (core.pseudonyms)."""
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("mail.log").setLevel(logging.ERROR)
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
@@ -319,6 +331,12 @@ def cmd_pki(args: argparse.Namespace) -> int:
         except ValueError:
             print(f"error: {args.serial!r} is not a hexadecimal serial number", file=sys.stderr)
             return 2
+        if serial not in issuer.issued_serials():
+            print(
+                f"error: no certificate with serial {args.serial} was issued by the trust space in {directory}: nothing revoked",
+                file=sys.stderr,
+            )
+            return 1
         issuer.revoke(serial)
         print(f"serial {args.serial} added to {space.crl}")
         return 0
@@ -350,12 +368,41 @@ async def _issue_and_publish(settings: Settings, issuer: object, address: str, h
         await engine.dispose()
     print(f"certificate for {address} issued ({pair.cert}) and published in the annuaire")
     if not held:
-        print(f"  the key is for the owner's mail client ({pair.key}); Caducée does not keep it")
+        p12, secret = _pkcs12(pair, address, issuer)
+        print(f"  the key is for the owner's mail client; Caducée does not keep it. Import {p12} into the mail client;")
+        print(f"  its password is in {secret} (readable by you only): give it to the owner by another channel, then delete it")
     return 0
 
 
+def _pkcs12(pair: object, address: str, issuer: object) -> tuple[Path, Path]:
+    """The owner's key and certificate as a PKCS#12 file for a mail client (Thunderbird),
+    encrypted with a new random password written beside it (mode 0600)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import BestAvailableEncryption, pkcs12
+
+    from caducee.core.passwords import generate_password
+    from caducee.crypto.pki import load_key, write_private
+
+    password = generate_password()
+    bundle = pkcs12.serialize_key_and_certificates(
+        address.encode(),
+        load_key(pair.key, issuer.passphrase),  # type: ignore[attr-defined]
+        x509.load_pem_x509_certificate(pair.cert.read_bytes()),  # type: ignore[attr-defined]
+        None,
+        BestAvailableEncryption(password.encode()),
+    )
+    p12 = pair.cert.with_suffix(".p12")  # type: ignore[attr-defined]
+    write_private(p12, bundle)
+    secret = p12.with_name(p12.name + ".password")
+    write_private(secret, (password + "\n").encode())
+    return p12, secret
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from caducee import __version__
+
     parser = argparse.ArgumentParser(prog="caducee", description="Caducée secure health messaging operator")
+    parser.add_argument("--version", action="version", version=f"caducee {__version__}")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", type=Path, help="TOML settings file (also CADUCEE_CONFIG)")
     common.add_argument("--data-dir", type=Path, help="data directory (default ./var, CADUCEE_DATA_DIR)")
@@ -366,7 +413,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--demo", action="store_true", help="seed the demo world into an empty database")
     serve.add_argument("--host", help="HTTP listen address")
     serve.add_argument("--port", type=int, help="HTTP port")
-    serve.add_argument("--workers", type=int, default=1, help="processes sharing the ports (SO_REUSEPORT), e.g. one per core")
+    serve.add_argument(
+        "--workers", type=int, default=1, help="processes sharing the listening sockets bound once by this command, e.g. one per core"
+    )
     serve.add_argument("--worker-process", action="store_true", help=argparse.SUPPRESS)
     serve.set_defaults(func=cmd_serve)
 

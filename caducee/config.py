@@ -60,6 +60,12 @@ class Settings:
     trusted_networks: list[str] = _setting(
         [], "Networks (CIDR) that may submit on the submission port without TLS or AUTH, like Postfix's mynetworks. Off by default."
     )
+    trusted_proxies: list[str] = _setting(
+        [],
+        "Networks (CIDR) of the reverse proxies in front of the HTTP app. Only a request from one of them has its "
+        "X-Forwarded-For believed (the nearest address not itself a proxy is the client, for the lock-out). Empty by default: "
+        "the socket's address is the client.",
+    )
     smtp_max_connections_per_client: int = _setting(
         50, "Concurrent SMTP connections one client address may hold per worker (like Postfix's smtpd_client_connection_count_limit)."
     )
@@ -262,6 +268,13 @@ def load_settings(
     for name, allowed in choices.items():
         if getattr(settings, name) not in allowed:
             raise SettingsError(f"setting {name!r} must be one of {', '.join(allowed)}, not {getattr(settings, name)!r}")
+    import ipaddress
+
+    for network in settings.trusted_proxies:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            raise SettingsError(f"setting 'trusted_proxies': {network!r} is not a network (CIDR) or an address") from None
     if settings.database_pool_size < 1:
         raise SettingsError("setting 'database_pool_size' must be 1 or more")
     if settings.campaign_batch_size < 1:

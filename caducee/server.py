@@ -12,6 +12,7 @@ and runs the listeners until SIGINT/SIGTERM.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import socket
 import ssl
@@ -20,22 +21,25 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi import FastAPI
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from caducee import db
+from caducee import __version__, db
 from caducee import webmail as webmail_package
 from caducee.annuaire.api import router as annuaire_router
 from caducee.annuaire.service import ensure_postmaster
 from caducee.campaigns.api import router as campaigns_router
 from caducee.campaigns.runner import Runner
 from caducee.campaigns.service import Campaigns
-from caducee.config import Settings
+from caducee.config import ENV_PREFIX, Settings
+from caducee.core import pseudonyms
 from caducee.core.cpu import CpuPool, shared_pool
 from caducee.crypto.atrest import BodyCipher, load_master_key
 from caducee.crypto.material import material_from_settings
@@ -51,12 +55,15 @@ from caducee.imap.server import ImapServer, start_imap
 from caducee.mailbox.autoconfig import router as autoconfig_router
 from caducee.notify.alerts import NewMailAlerts
 from caducee.notify.notifier import notifier_from_settings
+from caducee.webmail import errors
 from caducee.webmail.accounts import Accounts
 from caducee.webmail.api import router as webmail_api
 from caducee.webmail.codes import CodeHasher
+from caducee.webmail.drafts import Drafts
 from caducee.webmail.pages import router as webmail_pages
+from caducee.webmail.selfservice import SelfService, muted_addresses
 from caducee.webmail.service import Webmail
-from caducee.webmail.web import TEMPLATES, BodyLimit, WebmailContext, WebmailHeaders
+from caducee.webmail.web import BodyLimit, WebmailContext, WebmailHeaders, proxy_networks
 
 log = logging.getLogger("caducee")
 
@@ -121,30 +128,26 @@ def build_app(engine: AsyncEngine, settings: Settings, pipeline: AcceptPipeline 
     app = FastAPI(
         title="Caducée",
         description="Messagerie sécurisée de santé : annuaire, messagerie patient, services attachés.",
-        version="0.1.0",
+        version=__version__,
         lifespan=lifespan,
+        docs_url=None,  # served below from the package's own copy of Swagger UI: /docs works offline
+        redoc_url=None,
     )
+    offline_docs(app)
     app.state.engine = engine
     app.state.settings = settings
     app.state.webmail = webmail
     app.state.campaigns = Campaigns(engine, settings, pipeline)
+    # Last added runs first: the headers wrap the body limit, so its 413 carries them too.
+    app.add_middleware(BodyLimit, limit=settings.webmail_max_upload + 1024 * 1024, upload_limit=settings.webmail_max_upload)
     app.add_middleware(WebmailHeaders)
-    app.add_middleware(BodyLimit, limit=settings.webmail_max_upload + 1024 * 1024)
     metrics = Metrics()
     app.state.metrics = metrics
 
     app.add_middleware(CountRequests, metrics=metrics)
+    errors.install(app)
 
-    @app.exception_handler(Exception)
-    async def unavailable(request: Request, exc: Exception) -> Response:
-        """A failure nobody foresaw (the database dropped its connections, say): the person
-        sees a plain page in French and can try again; the details go to the log (the
-        exception is raised on after this answer), never to the page."""
-        if request.url.path.startswith("/api/"):
-            return JSONResponse({"detail": "Service momentanément indisponible : réessayez dans un instant."}, status_code=500)
-        return TEMPLATES.TemplateResponse(request, "unavailable.html", {}, status_code=500)
-
-    @app.get("/healthz", tags=["operations"], summary="Liveness and database reachability")
+    @app.get("/healthz", tags=["operations"], summary="Liveness and database reachability", response_model=Health)
     async def healthz() -> JSONResponse:
         try:
             async with engine.connect() as conn:
@@ -166,11 +169,46 @@ def build_app(engine: AsyncEngine, settings: Settings, pipeline: AcceptPipeline 
     return app
 
 
+class Health(BaseModel):
+    status: str = Field(description="ok, or error when the database cannot be reached")
+    database: str | None = Field(default=None, description="The database's error, when there is one")
+
+
+def offline_docs(app: FastAPI) -> None:
+    """/docs from files shipped in a package (fastapi-offline's copy of Swagger UI), not a
+    CDN: an operator's machine without Internet access still shows the API."""
+    import fastapi_offline
+    from fastapi.openapi.docs import get_swagger_ui_html
+
+    assets = Path(fastapi_offline.__file__).parent / "static"
+    app.mount("/docs-assets", StaticFiles(directory=str(assets)), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="Caducée — API",
+            swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+            swagger_css_url="/docs-assets/swagger-ui.css",
+            swagger_favicon_url="/docs-assets/favicon.png",
+        )
+
+
 def webmail_context(engine: AsyncEngine, settings: Settings, pipeline: AcceptPipeline | None) -> WebmailContext:
     key = load_master_key(settings.data_dir)
+    pseudonyms.configure(key)
     accounts = Accounts(engine, settings, notifier_from_settings(settings), CodeHasher(key))
-    webmail = Webmail(engine, settings, BodyCipher(key), pipeline, AccessHistory(engine))
-    return WebmailContext(accounts, webmail, settings.webmail_cookie_secure, settings.webmail_idle_minutes)
+    cipher = BodyCipher(key)
+    webmail = Webmail(engine, settings, cipher, pipeline, AccessHistory(engine))
+    return WebmailContext(
+        accounts,
+        webmail,
+        settings.webmail_cookie_secure,
+        settings.webmail_idle_minutes,
+        proxy_networks(settings.trusted_proxies),
+        SelfService(engine, accounts),
+        Drafts(engine, cipher),
+    )
 
 
 async def prepare_database(settings: Settings, *, demo: bool) -> AsyncEngine:
@@ -255,7 +293,16 @@ class GatewayRuntime:
         await self.pipeline.close()
 
 
-async def start_gateway(settings: Settings, engine: AsyncEngine, *, reuse_port: bool = False, relay: bool = True) -> GatewayRuntime:
+async def start_gateway(
+    settings: Settings,
+    engine: AsyncEngine,
+    *,
+    reuse_port: bool = False,
+    relay: bool = True,
+    sockets: dict[str, socket.socket] | None = None,
+) -> GatewayRuntime:
+    """The mail side; on `sockets` (from `bind_listeners`) when given, else binding its own."""
+    sockets = sockets or {}
     files = tls_files(settings)
     cipher = BodyCipher(load_master_key(settings.data_dir))
     plain = server_context(files.server, password=files.password)
@@ -265,15 +312,20 @@ async def start_gateway(settings: Settings, engine: AsyncEngine, *, reuse_port: 
     pool = shared_pool(settings.cpu_workers)
     await pool.warm()
     pipeline = AcceptPipeline(engine, settings, cipher, on_queued=worker.wake, smime=smime_stage(settings, engine, pool), cpu=pool)
-    pipeline.on_delivered = NewMailAlerts(engine, settings, notifier_from_settings(settings)).delivered
+    pipeline.on_delivered = NewMailAlerts(
+        engine, settings, notifier_from_settings(settings), muted=lambda addresses: muted_addresses(engine, addresses)
+    ).delivered
     authenticator = MailboxAuthenticator(engine, settings.local_domains)
     runtime = GatewayRuntime(pipeline, worker)
     listeners = [
-        ListenerConfig("mx", settings.smtp_host, settings.mx_port, mutual),
-        ListenerConfig("submission", settings.smtp_host, settings.submission_port, plain, trusted_networks=settings.trusted_networks),
-        ListenerConfig("submission", settings.smtp_host, settings.submissions_port, plain, implicit_tls=True),
+        ("mx", ListenerConfig("mx", settings.smtp_host, settings.mx_port, mutual)),
+        (
+            "submission",
+            ListenerConfig("submission", settings.smtp_host, settings.submission_port, plain, trusted_networks=settings.trusted_networks),
+        ),
+        ("submissions", ListenerConfig("submission", settings.smtp_host, settings.submissions_port, plain, implicit_tls=True)),
     ]
-    for config in listeners:
+    for name, config in listeners:
         if config.port == 0:
             continue
         config.max_message_size = settings.max_message_size
@@ -281,13 +333,27 @@ async def start_gateway(settings: Settings, engine: AsyncEngine, *, reuse_port: 
         config.hostname = settings.hostname
         config.timeout = settings.smtp_timeout
         config.data_timeout = settings.smtp_data_timeout
-        runtime.servers.append(await start_listener(config, pipeline, authenticator, reuse_port=reuse_port))
+        runtime.servers.append(await start_listener(config, pipeline, authenticator, reuse_port=reuse_port, sock=sockets.get(name)))
         log.info("SMTP %s on %s:%d%s", config.kind, config.host, config.port, " (implicit TLS)" if config.implicit_tls else "")
     if settings.imap_port or settings.imaps_port:
-        runtime.imap = await start_imap(settings, engine, cipher, plain, authenticator=authenticator, reuse_port=reuse_port)
+        runtime.imap = await start_imap(
+            settings, engine, cipher, plain, authenticator=authenticator, reuse_port=reuse_port, sockets=sockets
+        )
     if relay:
         runtime.tasks.append(asyncio.create_task(worker.run_forever(), name="relay"))
     return runtime
+
+
+def http_config(app: ASGIApp, settings: Settings, **extra: object) -> Any:
+    """uvicorn's settings for our app. `proxy_headers` off: uvicorn would otherwise believe
+    X-Forwarded-For from 127.0.0.1 (its default `forwarded_allow_ips`), so any local client
+    could choose the address the lock-out counts; the app reads forwarded headers itself,
+    from `trusted_proxies` only (`webmail.web.client_address`)."""
+    import uvicorn
+
+    options: dict[str, Any] = {"log_level": settings.log_level.lower(), "access_log": False, "proxy_headers": False, "server_header": False}
+    options.update(extra)
+    return uvicorn.Config(app, **options)
 
 
 def settle_garbage_collector() -> None:
@@ -305,43 +371,99 @@ def settle_garbage_collector() -> None:
     gc.set_threshold(20_000, 20, 20)
 
 
-def _reusable_socket(host: str, port: int) -> socket.socket:
-    """A listening socket several worker processes can share (SO_REUSEPORT)."""
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, port))
-    sock.listen(1024)
-    sock.setblocking(False)
-    return sock
+LISTENERS = (
+    ("http", "http_host", "http_port"),
+    ("mx", "smtp_host", "mx_port"),
+    ("submission", "smtp_host", "submission_port"),
+    ("submissions", "smtp_host", "submissions_port"),
+    ("imap", "smtp_host", "imap_port"),
+    ("imaps", "smtp_host", "imaps_port"),
+)
+INHERITED = "CADUCEE_INHERITED_SOCKETS"  # name=fd,... : the sockets a worker got from its `caducee serve`
 
 
-async def serve(settings: Settings, *, demo: bool = False, migrate: bool = True, reuse_port: bool = False) -> None:
-    """Run every listener until SIGINT/SIGTERM: HTTP, SMTP (MX, submission) and the relay."""
+class PortInUse(OSError):
+    """A port another program (or another `caducee serve`) already listens on."""
+
+
+def bind_listeners(settings: Settings) -> dict[str, socket.socket]:
+    """Every configured listening socket, bound once, by the process that owns them.
+
+    No SO_REUSEPORT: with it, a second, unrelated `caducee serve` started on the same ports
+    silently shared them with the first (each answered some of the connections, from two
+    databases). The workers of one `caducee serve --workers N` share these very sockets,
+    inherited from their parent, and nothing else can bind the ports while they are open.
+    """
+    bound: dict[str, socket.socket] = {}
+    try:
+        for name, host_setting, port_setting in LISTENERS:
+            host, port = str(getattr(settings, host_setting)), int(getattr(settings, port_setting))
+            if port == 0:
+                continue
+            sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # restarts while old connections linger in TIME_WAIT
+            try:
+                sock.bind((host, port))
+            except OSError as exc:
+                sock.close()
+                if exc.errno == errno.EADDRINUSE:
+                    raise PortInUse(
+                        exc.errno,
+                        f"address already in use: {host}:{port} ({port_setting}, {ENV_PREFIX}{port_setting.upper()}); "
+                        "another server listens there: stop it, or choose another port",
+                    ) from None
+                raise
+            sock.listen(4096)
+            sock.setblocking(False)
+            sock.set_inheritable(True)
+            bound[name] = sock
+    except BaseException:
+        for sock in bound.values():
+            sock.close()
+        raise
+    return bound
+
+
+def inherited_sockets() -> dict[str, socket.socket] | None:
+    """The sockets a worker process was handed by its `caducee serve` (None when not a worker)."""
+    import os
+
+    described = os.environ.get(INHERITED)
+    if not described:
+        return None
+    sockets = {}
+    for item in described.split(","):
+        name, _, fd = item.partition("=")
+        sockets[name] = socket.socket(fileno=int(fd))
+        sockets[name].setblocking(False)
+    return sockets
+
+
+async def serve(settings: Settings, *, demo: bool = False, migrate: bool = True, sockets: dict[str, socket.socket] | None = None) -> None:
+    """Run every listener until SIGINT/SIGTERM: HTTP, SMTP (MX, submission), IMAP and the relay."""
     import signal
 
     import uvicorn
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    sockets = sockets if sockets is not None else bind_listeners(settings)  # before anything slow: a busy port fails at once
     if migrate:
         engine = await prepare_database(settings, demo=demo)
     else:
         engine = db.create_engine(settings.effective_database_url, pool_size=settings.database_pool_size)
-    gateway = await start_gateway(settings, engine, reuse_port=reuse_port)
+    gateway = await start_gateway(settings, engine, sockets=sockets)
     app = build_app(engine, settings, gateway.pipeline)
-    config = uvicorn.Config(app, log_level=settings.log_level.lower(), access_log=False)
-    server = uvicorn.Server(config)
+    server = uvicorn.Server(http_config(app, settings))
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, lambda: setattr(server, "should_exit", True))
-    sockets = [_reusable_socket(settings.http_host, settings.http_port)]
     # Every process fans campaigns out: batches are claimed, so processes and nodes share the work.
     campaigns = asyncio.create_task(Runner(engine, app.state.campaigns).run_forever(settings.campaign_poll_seconds), name="campaigns")
     settle_garbage_collector()
     log.info("HTTP on http://%s:%d/", settings.http_host, settings.http_port)
     try:
-        await server.serve(sockets=sockets)
+        await server.serve(sockets=[sockets["http"]] if "http" in sockets else [])
     finally:
         campaigns.cancel()
         await asyncio.gather(campaigns, return_exceptions=True)
@@ -350,13 +472,20 @@ async def serve(settings: Settings, *, demo: bool = False, migrate: bool = True,
 
 
 def serve_workers(settings: Settings, argv: list[str], workers: int, *, demo: bool) -> int:
-    """Migrate and seed once, then run `workers` processes sharing every port."""
+    """Bind every port, migrate and seed once, then run `workers` processes on those sockets."""
+    import os
     import signal
     import subprocess
     import sys
 
+    sockets = bind_listeners(settings)
     asyncio.run(_prepare_only(settings, demo=demo))
-    children = [subprocess.Popen([sys.executable, "-m", "caducee", *argv, "--worker-process"]) for _ in range(workers)]
+    described = ",".join(f"{name}={sock.fileno()}" for name, sock in sockets.items())
+    env = {**os.environ, INHERITED: described}
+    fds = [sock.fileno() for sock in sockets.values()]
+    children = [
+        subprocess.Popen([sys.executable, "-m", "caducee", *argv, "--worker-process"], env=env, pass_fds=fds) for _ in range(workers)
+    ]
 
     def forward(signum: int, _frame: object) -> None:
         for child in children:
@@ -366,6 +495,8 @@ def serve_workers(settings: Settings, argv: list[str], workers: int, *, demo: bo
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
     codes = [child.wait() for child in children]
+    for sock in sockets.values():
+        sock.close()
     return max(codes, default=0)
 
 

@@ -148,13 +148,18 @@ class RunningHTTP:
     def __init__(self, app: object) -> None:
         import uvicorn
 
+        from caducee.config import Settings
+        from caducee.server import http_config
+
         # Bound here and handed to uvicorn: a port found free and bound later can be taken in
         # between (by an outgoing connection's ephemeral port, say).
         self.socket = socket.socket()
         self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.socket.bind(("127.0.0.1", 0))
         self.port = int(self.socket.getsockname()[1])
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on"))
+        # The production settings of uvicorn (`server.http_config`: no proxy headers believed).
+        config = http_config(app, Settings(log_level="WARNING"), host="127.0.0.1", port=self.port, lifespan="on")  # type: ignore[arg-type]
+        self.server = uvicorn.Server(config)
         self.task: asyncio.Task[None] | None = None
 
     @property

@@ -298,6 +298,26 @@ def check_page(page: Any, name: str, shots: Path) -> None:
     assert not serious, f"{name}: {serious}"
 
 
+def test_header_focus_targets_and_zoom(site: Site, page: Any) -> None:
+    """What axe does not see: the focus outline on the blue header (3:1 at least), targets
+    of 24 px at 360 px, and a header that leaves most of the screen at 200 % zoom."""
+    log_in(page, site, "adult_1")
+    link = page.get_by_role("link", name="Mon compte")
+    link.focus()
+    page.keyboard.press("Shift+Tab")
+    page.keyboard.press("Tab")
+    colour = page.evaluate("getComputedStyle(document.activeElement).outlineColor")
+    assert colour in ("rgb(255, 255, 255)",), colour  # white on #0b4f8a: 8.1:1
+    page.set_viewport_size({"width": 360, "height": 780})
+    heights = page.evaluate(
+        "[...document.querySelectorAll('header a, header button, footer a, .folders a')].map(e => e.getBoundingClientRect().height)"
+    )
+    assert min(heights) >= 24, heights
+    page.set_viewport_size({"width": 640, "height": 450})  # 1280 x 900 at 200 % zoom
+    header = page.evaluate("document.querySelector('header.site').getBoundingClientRect().height")
+    assert header < 450 / 3, header
+
+
 def test_every_page_is_accessible_and_photographed(site: Site, browser: Any, tmp_path: Path) -> None:
     shots = Path(os.environ.get("CADUCEE_SCREENSHOTS") or tmp_path)
     shots.mkdir(parents=True, exist_ok=True)
@@ -356,10 +376,48 @@ def test_every_page_is_accessible_and_photographed(site: Site, browser: Any, tmp
         check_page(page, "11-historique", shots)
         page.goto(f"{site.base_url}/conversations/999999")
         check_page(page, "12-introuvable", shots)
+        page.goto(f"{site.base_url}/?recherche=tension")
+        check_page(page, "14-recherche", shots)
+        open_conversation(page, "Prise de sang de lundi")
+        page.get_by_role("button", name="Archiver").click()
+        page.wait_for_url("**info=archive**")
+        page.goto(f"{site.base_url}/?dossier=archives")
+        check_page(page, "15-archives", shots)
+        page.get_by_role("link", name="Prise de sang de lundi").first.click()
+        page.wait_for_url("**/conversations/**")
+        page.get_by_role("link", name="Imprimer").click()
+        page.wait_for_url("**/imprimer")
+        check_page(page, "16-impression", shots)
+        page.goto(f"{site.base_url}/aide")
+        check_page(page, "17-aide", shots)
+        page.goto(f"{site.base_url}/accessibilite")
+        check_page(page, "18-accessibilite", shots)
+        page.goto(f"{site.base_url}/mentions-legales")
+        check_page(page, "19-mentions-legales", shots)
+        page.goto(f"{site.base_url}/compte")  # an error moves the focus to the sentence that says what to correct
+        page.get_by_label("Mot de passe actuel").fill("pas-le-bon-2026")
+        page.get_by_label("Nouveau mot de passe", exact=True).fill("nouveau-2026-x")
+        page.get_by_label("Confirmez le nouveau mot de passe").fill("nouveau-2026-x")
+        page.get_by_role("button", name="Changer mon mot de passe").click()
+        page.wait_for_load_state()
+        assert page.evaluate("document.activeElement.id") == "erreur"
+        check_page(page, "20-compte-erreur", shots)
+        page.evaluate("document.body.dataset.idleSeconds")  # the warning before the session ends, and its button
+        page.evaluate("document.getElementById('fin-session').hidden = false")
+        check_page(page, "21-fin-de-session", shots)
+        page.get_by_role("button", name="Rester connecté").click()
+        page.wait_for_timeout(300)
+        assert page.locator("#fin-session").is_hidden()
         page.get_by_role("button", name="Se déconnecter").click()
         page.wait_for_url("**/connexion?info=deconnecte")
         page.goto(f"{site.base_url}/activation")
         check_page(page, "13-activation", shots)
+        page.goto(f"{site.base_url}/mot-de-passe-oublie")
+        check_page(page, "22-mot-de-passe-oublie", shots)
+        page.get_by_label("Numéro INS ou adresse e-mail").fill(patient["email"])
+        page.get_by_role("button", name="Recevoir un code").click()
+        page.wait_for_url("**/mot-de-passe-oublie/code")
+        check_page(page, "23-nouveau-mot-de-passe", shots)
     finally:
         context.close()
 

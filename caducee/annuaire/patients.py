@@ -7,6 +7,7 @@ the legal guardian of, or a patient's who delegated access to them (a carer).
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
@@ -80,11 +81,26 @@ def _account(row) -> PatientAccount:  # type: ignore[no-untyped-def]
     )
 
 
-async def find_for_login(conn: AsyncConnection, identifier: str) -> PatientAccount | None:
-    """The account named by an INS (spaces allowed) or a registered email; None if unknown."""
-    text = identifier.strip()
+def canonical_identifier(identifier: str) -> str:
+    """One spelling per account name, whatever was typed: an email trimmed and lower-cased;
+    anything else (an INS) with every separator a person or a word processor puts in (spaces,
+    non-breaking spaces, dots, dashes) removed and upper-cased. Lock-outs key on this for
+    identifiers that name no account, so that an unknown account is locked exactly as a
+    known one would be."""
+    text = unicodedata.normalize("NFKC", identifier or "").strip()
     if "@" in text:
-        condition = Patient.email == text.lower()
+        return "email:" + "".join(text.split()).lower()
+    return "ins:" + "".join(ch for ch in text if ch.isalnum()).upper()
+
+
+async def find_for_login(conn: AsyncConnection, identifier: str) -> PatientAccount | None:
+    """The account named by an INS (spaces, dots or dashes allowed) or a registered email;
+    None if unknown."""
+    kind, _, text = canonical_identifier(identifier).partition(":")
+    if not text:
+        return None
+    if kind == "email":
+        condition = Patient.email == text
     else:
         try:
             condition = Patient.ins == validate_ins(text)
@@ -173,3 +189,17 @@ async def emails_of(conn: AsyncConnection, addresses: list[str]) -> dict[str, st
         .where(Mailbox.address.in_(addresses), Patient.email.is_not(None), Patient.status == PatientStatus.ACTIVATED.value)
     )
     return {row.address: row.email for row in rows}
+
+
+async def set_email(conn: AsyncConnection, patient_id: int, email: str) -> None:
+    await conn.execute(update(Patient).where(Patient.id == patient_id).values(email=email.lower(), updated_at=datetime.now(UTC)))
+
+
+async def ids_of(conn: AsyncConnection, addresses: list[str]) -> dict[str, int]:
+    """The patient id behind each patient mailbox address among `addresses`."""
+    if not addresses:
+        return {}
+    rows = await conn.execute(
+        select(Mailbox.address, Mailbox.patient_id).where(Mailbox.address.in_(addresses), Mailbox.patient_id.is_not(None))
+    )
+    return {row.address: row.patient_id for row in rows}

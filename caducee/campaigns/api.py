@@ -20,7 +20,7 @@ from fastapi import APIRouter, Depends, File, Form, HTTPException, Request, Uplo
 from fastapi.responses import JSONResponse
 
 from caducee.annuaire.targets import Criteria
-from caducee.campaigns import audit, targeting, tokens
+from caducee.campaigns import audit, schemas, targeting, tokens
 from caducee.campaigns.service import CampaignError, Campaigns
 from caducee.campaigns.targetfile import TargetFileError
 
@@ -105,7 +105,7 @@ async def _saved(upload: UploadFile, directory: Path) -> Path:
     return path
 
 
-@router.post("", summary="Create a campaign (draft); with `targets`, a signed and encrypted target file")
+@router.post("", summary="Create a campaign (draft); with `targets`, a signed and encrypted target file", response_model=schemas.Created)
 async def create(
     request: Request,
     subject: str = Form(...),
@@ -156,7 +156,9 @@ async def create(
     return await _audited(request, who, "create", None, work)
 
 
-@router.post("/estimate", summary="How many would receive it, and why the others would not (nothing is sent)")
+@router.post(
+    "/estimate", summary="How many would receive it, and why the others would not (nothing is sent)", response_model=schemas.EstimateOut
+)
 async def estimate(request: Request, who: tokens.Caller = Depends(caller)) -> JSONResponse:
     service = _service(request)
     try:
@@ -174,7 +176,7 @@ async def estimate(request: Request, who: tokens.Caller = Depends(caller)) -> JS
     return await _audited(request, who, "estimate", int(campaign_id) if isinstance(campaign_id, int) else None, work)
 
 
-@router.get("", summary="Every campaign of this sender, with its progress")
+@router.get("", summary="Every campaign of this sender, with its progress", response_model=list[schemas.ProgressOut])
 async def listing(request: Request, who: tokens.Caller = Depends(caller)) -> JSONResponse:
     service = _service(request)
 
@@ -184,7 +186,9 @@ async def listing(request: Request, who: tokens.Caller = Depends(caller)) -> JSO
     return await _audited(request, who, "list", None, work)
 
 
-@router.get("/{campaign_id}", summary="Progress: targeted, delivered, skipped by reason, read (counts only)")
+@router.get(
+    "/{campaign_id}", summary="Progress: targeted, delivered, skipped by reason, read (counts only)", response_model=schemas.ProgressOut
+)
 async def progress(campaign_id: int, request: Request, who: tokens.Caller = Depends(caller)) -> JSONResponse:
     service = _service(request)
 
@@ -194,7 +198,7 @@ async def progress(campaign_id: int, request: Request, who: tokens.Caller = Depe
     return await _audited(request, who, "progress", campaign_id, work)
 
 
-@router.get("/{campaign_id}/problems", summary="The target file's bad lines (line number, problem)")
+@router.get("/{campaign_id}/problems", summary="The target file's bad lines (line number, problem)", response_model=list[schemas.Problem])
 async def problems(campaign_id: int, request: Request, who: tokens.Caller = Depends(caller)) -> JSONResponse:
     service = _service(request)
 
@@ -226,4 +230,5 @@ for _name, _summary in (
     ("cancel", "Cancel: what is not delivered yet never will be"),
     ("recall", "Recall: gone from every inbox where it was not read; the count of those where it was"),
 ):
-    router.add_api_route(f"/{{campaign_id}}/{_name}", _action(_name), methods=["POST"], summary=_summary)
+    model = schemas.ProgressOut if _name == "recall" else schemas.StateOut
+    router.add_api_route(f"/{{campaign_id}}/{_name}", _action(_name), methods=["POST"], summary=_summary, response_model=model)

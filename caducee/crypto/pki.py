@@ -279,6 +279,21 @@ class Issuer:
             builder = builder.add_revoked_certificate(x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(when).build())
         self.space.crl.write_bytes(builder.sign(self.key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM))
 
+    def issued_serials(self) -> set[int]:
+        """The serial numbers of every certificate this trust space holds (CAs, servers,
+        mailboxes, handed-out pairs): what `revoke` may be asked to revoke."""
+        serials = set()
+        for path in self.space.directory.rglob("*"):
+            if path.suffix not in {".crt", ".pem"} or not path.is_file():
+                continue
+            data = path.read_bytes()
+            for block in data.split(b"-----END CERTIFICATE-----")[:-1]:
+                try:
+                    serials.add(x509.load_pem_x509_certificate(block + b"-----END CERTIFICATE-----\n").serial_number)
+                except ValueError:
+                    continue
+        return serials
+
     def revoke(self, serial: int) -> None:
         """Add `serial` to the CRL (what was revoked before stays revoked)."""
         current = x509.load_pem_x509_crl(self.space.crl.read_bytes())

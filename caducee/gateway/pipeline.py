@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from caducee.annuaire.service import PartyInfo, resolve_parties
 from caducee.config import Settings
+from caducee.core import pseudonyms
 from caducee.core.cpu import CpuPool
 from caducee.core.groupcommit import GroupCommitter
 from caducee.crypto.atrest import BodyCipher
@@ -55,6 +56,7 @@ from caducee.policies import (
 
 __all__ = ["AcceptPipeline", "AcceptResult", "Channel", "Envelope", "Verdict"]
 
+
 log = logging.getLogger(__name__)
 
 OFF_LOOP_SIZE = 256 * 1024  # parse larger messages in another process: the event loop serves other sessions
@@ -73,6 +75,9 @@ class Envelope:
     peer_dn: str | None = None  # MX: the subject DN of the client certificate
     keep_sent: bool = False  # file a copy in the sender's Sent folder (the webmail; mail clients APPEND their own)
     read_only_delegate: bool = False  # the webmail: written by a carer whose delegation is reading only
+    # The webmail: the signed-in guardian or carer writing for this profile; their address may
+    # stand in Sender: (RFC 5322 3.6.2), and only there, beside the profile's own From.
+    written_by: str | None = None
 
 
 @dataclass
@@ -307,6 +312,31 @@ class AcceptPipeline:
     # ---- the whole message ------------------------------------------------------------
 
     async def accept(self, envelope: Envelope) -> AcceptResult:
+        """Judge and deliver one message; one log line says what happened (patients' addresses
+        pseudonymised)."""
+        result = await self._accept(envelope)
+        shown = lambda address: pseudonyms.address(address, self.settings.patient_domain)  # noqa: E731
+        if result.accepted:
+            log.info(
+                "accepted %s from %s to %s via %s%s",
+                result.message_id,
+                shown(envelope.mail_from),
+                ", ".join(shown(a) for a in result.accepted),
+                envelope.channel.value,
+                f"; refused {', '.join(shown(a) for a in result.refused)}" if result.refused else "",
+            )
+        else:
+            first = next(iter(result.refused.values()), None)
+            log.info(
+                "refused from %s to %s via %s: %s",
+                shown(envelope.mail_from),
+                ", ".join(shown(a) for a in envelope.rcpt_tos),
+                envelope.channel.value,
+                f"{first.code} {first.enhanced} ({first.rule})" if first is not None else result.reply,
+            )
+        return result
+
+    async def _accept(self, envelope: Envelope) -> AcceptResult:
         try:
             inspected = await self._inspect(envelope)
         except MessageRejected as rejected:
@@ -314,7 +344,8 @@ class AcceptPipeline:
         sender = envelope.mail_from.lower()
         unowned = None
         if envelope.channel.authenticated:  # rule 2 for every identity header too: the rules decide, from this fact
-            unowned = next((address for address in inspected.identity_addresses if address != sender), None)
+            vouched = (envelope.written_by or "").lower() if envelope.channel is Channel.WEBMAIL else ""
+            unowned = next((address for address in inspected.identity_addresses if address not in {sender, vouched}), None)
 
         recipients = list(dict.fromkeys(rcpt.lower() for rcpt in envelope.rcpt_tos))
         message_facts = Message(

@@ -12,6 +12,7 @@ import base64
 import ipaddress
 import logging
 import re
+import socket
 import ssl
 import unicodedata
 from dataclasses import dataclass, field
@@ -355,9 +356,15 @@ class GatewayHandler:
 
 
 async def start_listener(
-    config: ListenerConfig, pipeline: AcceptPipeline, authenticator: MailboxAuthenticator, *, reuse_port: bool = False
+    config: ListenerConfig,
+    pipeline: AcceptPipeline,
+    authenticator: MailboxAuthenticator,
+    *,
+    reuse_port: bool = False,
+    sock: socket.socket | None = None,
 ) -> asyncio.base_events.Server:
-    """Open one listener; the caller closes the returned server."""
+    """Open one listener (on `sock` when the caller bound it already); the caller closes
+    the returned server."""
     handler = GatewayHandler(pipeline, authenticator, config.kind)
     is_mx = config.kind == "mx"
     connections = ClientConnections(config.max_connections_per_client)
@@ -381,6 +388,8 @@ async def start_listener(
         )
 
     loop = asyncio.get_running_loop()
+    if sock is not None:
+        return await loop.create_server(factory, sock=sock, ssl=config.tls_context if config.implicit_tls else None, backlog=4096)
     return await loop.create_server(
         factory,
         host=config.host,

@@ -24,6 +24,10 @@ ACTION_LABELS = {
     "profile-closed": "Fermeture du profil",
     "profile-opposed": "Opposition à l'ouverture du profil",
     "activated": "Activation du profil",
+    "password-changed": "Changement du mot de passe",
+    "password-reset": "Nouveau mot de passe (mot de passe oublié)",
+    "email-changed": "Changement de l'adresse e-mail",
+    "data-exported": "Téléchargement des messages",
 }
 
 

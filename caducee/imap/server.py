@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import ssl
 from dataclasses import dataclass, field
 
@@ -96,8 +97,11 @@ async def start_imap(
     imap_port: int | None = None,
     imaps_port: int | None = None,
     reuse_port: bool = False,
+    sockets: dict[str, socket.socket] | None = None,
 ) -> ImapServer:
-    """Open the IMAP listeners (a port of 0 in the settings disables that listener)."""
+    """Open the IMAP listeners (a port of 0 in the settings disables that listener), on the
+    sockets `sockets["imap"]` / `sockets["imaps"]` when the caller bound them already."""
+    sockets = sockets or {}
     store = MailStore(engine, cipher)
     server = ImapServer(
         settings,
@@ -117,10 +121,18 @@ async def start_imap(
     async def implicit(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await server.serve_connection(reader, writer, tls=True)
 
-    if plain_port:
+    if "imap" in sockets:
+        server.servers.append(await asyncio.start_server(plain, sock=sockets["imap"], limit=70 * 1024, backlog=BACKLOG))
+    elif plain_port:
         server.servers.append(await asyncio.start_server(plain, bind, plain_port, reuse_port=reuse_port, limit=70 * 1024, backlog=BACKLOG))
         log.info("IMAP on %s:%d (STARTTLS)", bind, plain_port)
-    if tls_port:
+    if "imaps" in sockets:
+        server.servers.append(
+            await asyncio.start_server(
+                implicit, sock=sockets["imaps"], ssl=tls_context, limit=70 * 1024, ssl_handshake_timeout=30, backlog=BACKLOG
+            )
+        )
+    elif tls_port:
         server.servers.append(
             await asyncio.start_server(
                 implicit, bind, tls_port, ssl=tls_context, reuse_port=reuse_port, limit=70 * 1024, ssl_handshake_timeout=30, backlog=BACKLOG

@@ -57,8 +57,9 @@ class StoredMessage:
         return "\\Seen" in self.flags.split()
 
 
-def _visible(mailbox_id: int):  # type: ignore[no-untyped-def]
-    return and_(Folder.mailbox_id == mailbox_id, Folder.name.notin_(HIDDEN_FOLDERS), MailboxEntry.expunged_modseq.is_(None))
+def _visible(mailbox_id: int, only: tuple[str, ...] | None = None, leave_out: tuple[str, ...] = HIDDEN_FOLDERS):  # type: ignore[no-untyped-def]
+    folders = Folder.name.in_(only) if only is not None else Folder.name.notin_(leave_out)
+    return and_(Folder.mailbox_id == mailbox_id, folders, MailboxEntry.expunged_modseq.is_(None))
 
 
 def _key():  # type: ignore[no-untyped-def]
@@ -78,12 +79,15 @@ async def list_conversations(
     unread_only: bool = False,
     keyword: str | None = None,
     without_keyword: str | None = None,
+    only: tuple[str, ...] | None = None,
+    leave_out: tuple[str, ...] = HIDDEN_FOLDERS,
 ) -> tuple[list[ConversationRow], int]:
     """A page of conversations, most recent activity first, and how many there are in all.
 
     `keyword` lists only the entries carrying that IMAP keyword (a label: "$Prevention"
-    for the CNAM's campaigns), `without_keyword` all the others.
-    """
+    for the CNAM's campaigns), `without_keyword` all the others. `only` lists the folders
+    to read (the webmail's "Archives" and "Corbeille" views); otherwise every folder but
+    `leave_out` (Trash, and Archive for the main list)."""
     key = _key().label("key")
     unseen = case(((literal(" ") + MailboxEntry.flags + literal(" ")).like("% \\Seen %", escape="!"), 0), else_=1)
     grouped = (
@@ -97,7 +101,7 @@ async def list_conversations(
         .select_from(MailboxEntry)
         .join(Folder, Folder.id == MailboxEntry.folder_id)
         .join(Message, Message.id == MailboxEntry.message_id)
-        .where(_visible(mailbox_id))
+        .where(_visible(mailbox_id, only, leave_out))
         .group_by(key)
     )
     if keyword is not None:
@@ -190,6 +194,33 @@ def _messages_query(condition, *, with_state: bool = False):  # type: ignore[no-
 _IN_CONVERSATION = _messages_query(Message.conversation_id == bindparam("key"))
 _IN_CONVERSATION_WITH_STATE = _messages_query(Message.conversation_id == bindparam("key"), with_state=True)
 _ALONE = _messages_query(Message.id == bindparam("key"))
+
+
+async def conversation_entries(conn: AsyncConnection, mailbox_id: int, key: int) -> list[StoredMessage]:
+    """Every entry of one conversation in this mailbox, Trash included, one per folder (what
+    moving a conversation between folders works on)."""
+    condition = Message.conversation_id == key if key > 0 else Message.id == -key
+    rows = await conn.execute(
+        select(
+            Message.id,
+            MailboxEntry.folder_id,
+            Folder.name,
+            MailboxEntry.uid,
+            MailboxEntry.flags,
+            Message.sender,
+            MailboxEntry.received_at,
+            Message.message_id_header,
+        )
+        .select_from(MailboxEntry)
+        .join(Folder, Folder.id == MailboxEntry.folder_id)
+        .join(Message, Message.id == MailboxEntry.message_id)
+        .where(Folder.mailbox_id == mailbox_id, MailboxEntry.expunged_modseq.is_(None), condition)
+        .order_by(Message.id, Folder.name)
+    )
+    return [
+        StoredMessage(row.id, row.folder_id, row.name, row.uid, row.flags, row.sender, row.received_at, row.message_id_header, None)
+        for row in rows
+    ]
 
 
 def _stored(rows) -> list[StoredMessage]:  # type: ignore[no-untyped-def]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable, Iterable
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -23,10 +24,19 @@ log = logging.getLogger(__name__)
 
 
 class NewMailAlerts:
-    def __init__(self, engine: AsyncEngine, settings: Settings, notifier: Notifier) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        settings: Settings,
+        notifier: Notifier,
+        muted: Callable[[Iterable[str]], Awaitable[set[str]]] | None = None,
+    ) -> None:
+        """`muted` says which addresses' owners turned these emails off (the webmail keeps
+        that choice; server.py connects it)."""
         self.engine = engine
         self.settings = settings
         self.notifier = notifier
+        self.muted = muted
         self._last: dict[str, float] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -47,6 +57,11 @@ class NewMailAlerts:
 
     async def _send(self, addresses: list[str]) -> None:
         try:
+            if self.muted is not None:
+                off = await self.muted(addresses)
+                addresses = [address for address in addresses if address not in off]
+                if not addresses:
+                    return
             async with self.engine.connect() as conn:
                 emails = await patients.emails_of(conn, addresses)
             for email in emails.values():

@@ -13,6 +13,7 @@ activated patient can close their profile. Both stop all mail to them (rule 7).
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -25,11 +26,14 @@ from caducee.annuaire import patients
 from caducee.annuaire.kinds import PatientStatus
 from caducee.config import Settings
 from caducee.core.passwords import hash_password, verify_password
+from caducee.core.pseudonyms import pseudonym
 from caducee.core.singleflight import SingleFlight
 from caducee.core.throttle import Locked, LoginThrottle
 from caducee.notify.notifier import Notifier
 from caducee.webmail.codes import CodeHasher, mask_email, new_code, new_token, token_id
 from caducee.webmail.models import ActivationCode, LoginChallenge, WebSession
+
+log = logging.getLogger(__name__)
 
 MIN_PASSWORD = 10
 PROFILES_SECONDS = 10.0
@@ -68,6 +72,10 @@ class Refused(Exception):
 
 
 WRONG_CREDENTIALS = "Identifiant ou mot de passe incorrect. Vérifiez votre numéro INS (ou votre adresse e-mail) et votre mot de passe."
+WRONG_ACTIVATION = (
+    "Numéro INS ou code provisoire incorrect, ou code plus valable. Vérifiez les deux numéros sur le courrier reçu ; "
+    "si le code a plus de 90 jours, demandez-en un nouveau à votre caisse d'assurance maladie."
+)
 
 
 def password_problem(password: str, confirmation: str) -> str | None:
@@ -104,6 +112,7 @@ class Accounts:
         self.notifier = notifier
         self.codes = codes
         self.throttle = throttle or LoginThrottle()
+        self.activation_throttle = LoginThrottle()
         self._checks = asyncio.Semaphore(2)  # argon2 uses 64 MiB per check: bound the memory
         self._profiles: dict[int, tuple[float, list[patients.Profile]]] = {}
         self._sessions: dict[str, tuple[float, SessionInfo, datetime, datetime]] = {}
@@ -142,17 +151,28 @@ class Accounts:
 
     # ---- login, step 1: identifier and password -------------------------------------------
 
-    async def start_login(self, identifier: str, password: str, client: str) -> Challenge:
-        account_key, address_key = f"patient:{identifier.strip().lower()}", f"web:{client}"
+    @staticmethod
+    def login_key(account: patients.PatientAccount | None, identifier: str) -> str:
+        """What the per-account lock-out counts: the account itself, however it was named
+        (INS with or without spaces, dots or dashes, or the email in any case); for a name
+        that matches no account, its canonical spelling, so that it locks the same way."""
+        return f"patient:{account.id}" if account is not None else f"unknown-{patients.canonical_identifier(identifier)}"
+
+    def _check_throttle(self, throttle: LoginThrottle, *keys: str) -> None:
         try:
-            self.throttle.check(account_key, address_key)
+            throttle.check(*keys)
         except Locked as locked:
             raise Refused(f"Trop d'essais. Pour votre sécurité, réessayez dans {locked.seconds // 60 + 1} minutes.", locked=True) from None
-        async with self.engine.connect() as conn:
+
+    async def start_login(self, identifier: str, password: str, client: str) -> Challenge:
+        async with self.reads.connect() as conn:
             account = await patients.find_for_login(conn, identifier)
+        account_key, address_key = self.login_key(account, identifier), f"web:{client}"
+        self._check_throttle(self.throttle, account_key, address_key)
         ok = await self._verify_password(account.password_hash if account else None, password)
         if not ok or account is None:
             self.throttle.failed(account_key, address_key)
+            log.info("webmail login refused: %s from %s", pseudonym(account_key), client)
             raise Refused(WRONG_CREDENTIALS)
         self.throttle.succeeded(account_key)
         if account.status == PatientStatus.CREATED.value:
@@ -161,6 +181,10 @@ class Accounts:
             raise Refused("Ce profil est fermé : il ne permet plus de se connecter.")
         if not account.email:
             raise Refused("Aucune adresse e-mail n'est enregistrée pour vous envoyer le code. Contactez votre caisse d'assurance maladie.")
+        return await self._send_login_code(account)
+
+    async def _send_login_code(self, account: patients.PatientAccount) -> Challenge:
+        assert account.email
         code, token = new_code(), new_token()
         sent_to = mask_email(account.email)
         async with self.engine.begin() as conn:
@@ -182,7 +206,9 @@ class Accounts:
             f"Bonjour,\n\nVotre code de connexion est : {code}\n\n"
             f"Il est valable {self.settings.webmail_code_minutes} minutes et ne sert qu'une fois.\n"
             "Ne le donnez à personne : Caducée ne vous le demandera jamais par téléphone.\n\n"
-            "Si vous n'avez pas essayé de vous connecter, changez votre mot de passe.\n",
+            "Si vous n'avez pas essayé de vous connecter, quelqu'un connaît peut-être votre mot de passe : "
+            f"changez-le dans « Mon compte » ({self.settings.webmail_url.rstrip('/')}/compte), "
+            f"ou, si vous ne pouvez plus vous connecter, avec « Mot de passe oublié » ({self.settings.webmail_url.rstrip('/')}/mot-de-passe-oublie).\n",
         )
         return Challenge(token, sent_to)
 
@@ -243,16 +269,20 @@ class Accounts:
 
     # ---- sessions ------------------------------------------------------------------------
 
-    async def open_session(self, patient_id: int) -> tuple[str, SessionInfo]:
+    async def open_session(self, patient_id: int, acting_patient_id: int | None = None) -> tuple[str, SessionInfo]:
         token, csrf = new_token(), new_token()
         moment = now()
-        info = SessionInfo(token_id(token), patient_id, patient_id, csrf)
+        acting = acting_patient_id or patient_id
+        info = SessionInfo(token_id(token), patient_id, acting, csrf)
         async with self.engine.begin() as conn:
+            await conn.execute(  # ended sessions kept for drafts: a day is enough
+                delete(WebSession).where(WebSession.patient_id == patient_id, WebSession.last_seen_at < moment - timedelta(days=1))
+            )
             await conn.execute(
                 WebSession.__table__.insert().values(
                     id=info.id,
                     patient_id=patient_id,
-                    acting_patient_id=patient_id,
+                    acting_patient_id=acting,
                     csrf_token=csrf,
                     created_at=moment,
                     last_seen_at=moment,
@@ -281,7 +311,9 @@ class Accounts:
         _, info, last_seen, expires = cached
         moment = now()
         if expires < moment or last_seen + timedelta(minutes=self.settings.webmail_idle_minutes) < moment:
-            await self.close_session(session_id)
+            # The row stays (it opens nothing now): a form posted after the expiry can still
+            # say whose draft it carries (`expired_owner`). Old rows go at the next login.
+            self._sessions.pop(session_id, None)
             return None
         if moment - last_seen > TOUCH_EVERY and session_id not in self._touching:
             # One write per session and minute, not one per request in flight at that moment.
@@ -323,6 +355,32 @@ class Accounts:
         async with self.engine.begin() as conn:
             await conn.execute(delete(WebSession).where(WebSession.id == session_id))
 
+    async def expired_owner(self, token: str) -> SessionInfo | None:
+        """Who an ended session belonged to (for at most a day after it ended), to keep what
+        they were writing when it ended; None for an unknown token."""
+        if not token or len(token) > 100:
+            return None
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(_SESSION, {"id": token_id(token)})).first()
+        if row is None or aware(row.last_seen_at) < now() - timedelta(days=1):
+            return None
+        return SessionInfo(row.id, row.patient_id, row.acting_patient_id, row.csrf_token)
+
+    async def extend(self, session_id: str) -> None:
+        """ "Rester connecté": the idle time starts again now."""
+        moment = now()
+        async with self.engine.begin() as conn:
+            await conn.execute(update(WebSession).where(WebSession.id == session_id).values(last_seen_at=moment))
+        current = self._sessions.get(session_id)
+        if current is not None:
+            self._sessions[session_id] = (current[0], current[1], moment, current[3])
+
+    async def close_other_sessions(self, patient_id: int, keep: str) -> None:
+        for key in [key for key, cached in self._sessions.items() if cached[1].patient_id == patient_id and key != keep]:
+            self._sessions.pop(key, None)
+        async with self.engine.begin() as conn:
+            await conn.execute(delete(WebSession).where(WebSession.patient_id == patient_id, WebSession.id != keep))
+
     async def close_all_sessions(self, patient_id: int) -> None:
         for key in [key for key, cached in self._sessions.items() if cached[1].patient_id == patient_id]:
             self._sessions.pop(key, None)
@@ -347,41 +405,52 @@ class Accounts:
             )
         return code
 
-    async def _check_activation(self, ins: str, code: str) -> patients.PatientAccount:
-        async with self.engine.connect() as conn:
-            account = await patients.find_for_login(conn, ins)
-        if account is None or "@" in ins:
-            raise Refused("Numéro INS ou code provisoire incorrect.")
-        if account.status != PatientStatus.CREATED.value:
-            raise Refused(
-                "Ce profil n'attend pas d'activation : connectez-vous avec votre mot de passe."
-                if account.status == PatientStatus.ACTIVATED.value
-                else "Ce profil est fermé."
-            )
-        async with self.engine.begin() as conn:  # the try is counted (and committed) before the code is compared
-            row = (
-                await conn.execute(
-                    update(ActivationCode)
-                    .where(ActivationCode.patient_id == account.id)
-                    .values(attempts=ActivationCode.attempts + 1)
-                    .returning(ActivationCode.code_hash, ActivationCode.attempts, ActivationCode.expires_at)
-                )
-            ).first()
-        digits = "".join(ch for ch in code if ch.isdigit())
-        if row is None or aware(row.expires_at) < now() or row.attempts > self.settings.webmail_code_attempts:
-            raise Refused("Ce code provisoire n'est plus valable. Demandez-en un nouveau à votre caisse d'assurance maladie.", locked=True)
-        if not self.codes.matches(row.code_hash, "activation", account.id, digits):
-            raise Refused("Numéro INS ou code provisoire incorrect.")
+    async def _check_activation(self, ins: str, code: str, client: str) -> patients.PatientAccount:
+        """The created profile `ins` names, if `code` is its provisional code.
+
+        Every failure gets the same sentence, whether the INS is unknown, its profile already
+        activated, opposed or closed, the code wrong or expired: the page must not tell an
+        INS's status to whoever types it. Tries are counted per INS (canonical form) and per
+        client address, like logins, before anything is compared."""
+        async with self.reads.connect() as conn:
+            account = None if "@" in ins else await patients.find_for_login(conn, ins)
+        ins_key, address_key = f"activation-{patients.canonical_identifier(ins)}", f"activation-web:{client}"
+        self._check_throttle(self.activation_throttle, ins_key, address_key)
+        row = None
+        if account is not None and account.status == PatientStatus.CREATED.value:
+            async with self.engine.begin() as conn:  # the try is counted (and committed) before the code is compared
+                row = (
+                    await conn.execute(
+                        update(ActivationCode)
+                        .where(ActivationCode.patient_id == account.id)
+                        .values(attempts=ActivationCode.attempts + 1)
+                        .returning(ActivationCode.code_hash, ActivationCode.attempts, ActivationCode.expires_at)
+                    )
+                ).first()
+        digits = "".join(ch for ch in code if ch in "0123456789")
+        if (
+            account is None
+            or row is None
+            or aware(row.expires_at) < now()
+            or row.attempts > self.settings.webmail_code_attempts
+            or not self.codes.matches(row.code_hash, "activation", account.id, digits)
+        ):
+            self.activation_throttle.failed(ins_key, address_key)
+            log.info("webmail activation refused: %s from %s", pseudonym(ins_key), client)
+            raise Refused(WRONG_ACTIVATION)
+        self.activation_throttle.succeeded(ins_key)
         return account
 
-    async def activate(self, ins: str, code: str, email: str, password: str, confirmation: str) -> patients.PatientAccount:
+    async def activate(
+        self, ins: str, code: str, email: str, password: str, confirmation: str, client: str = "?"
+    ) -> patients.PatientAccount:
         problem = password_problem(password, confirmation)
         email = email.strip().lower()
         if problem is None and ("@" not in email or "." not in email.rpartition("@")[2] or len(email) > 254):
             problem = "L'adresse e-mail n'est pas valide : elle sert à vous envoyer vos codes de connexion."
         if problem:
             raise Refused(problem)
-        account = await self._check_activation(ins, code)
+        account = await self._check_activation(ins, code, client)
         hashed = await asyncio.to_thread(hash_password, password)
         async with self.engine.begin() as conn:
             if await patients.email_taken(conn, email, account.id):
@@ -391,8 +460,8 @@ class Accounts:
             await conn.execute(delete(ActivationCode).where(ActivationCode.patient_id == account.id))
         return account
 
-    async def oppose(self, ins: str, code: str) -> patients.PatientAccount:
-        account = await self._check_activation(ins, code)
+    async def oppose(self, ins: str, code: str, client: str = "?") -> patients.PatientAccount:
+        account = await self._check_activation(ins, code, client)
         async with self.engine.begin() as conn:
             await patients.set_status(conn, account.id, PatientStatus.OPPOSED)
             await conn.execute(delete(ActivationCode).where(ActivationCode.patient_id == account.id))

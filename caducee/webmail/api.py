@@ -15,11 +15,12 @@ from pydantic import BaseModel, Field
 
 from caducee.annuaire.service import SearchError
 from caducee.history.service import Access
+from caducee.webmail import ids
 from caducee.webmail.accounts import Refused
 from caducee.webmail.pages import attachment_response
 from caducee.webmail.service import PAGE_SIZE, ConversationView, SendResult
 from caducee.webmail.uploads import Upload, UploadRefused, check_upload
-from caducee.webmail.web import CHALLENGE_COOKIE, SESSION_COOKIE, Viewer, context, csrf_ok, current_viewer, set_cookie
+from caducee.webmail.web import CHALLENGE_COOKIE, SESSION_COOKIE, Viewer, client_address, context, csrf_ok, current_viewer, set_cookie
 
 router = APIRouter(prefix="/api/v1", tags=["webmail"])
 
@@ -35,6 +36,137 @@ class CodeRequest(BaseModel):
 
 class ProfileRequest(BaseModel):
     patient_id: int
+
+
+# ---- what the API answers (the OpenAPI document shows each) -------------------------------------
+
+
+class LoginStarted(BaseModel):
+    code_sent_to: str = Field(description="The registered email, masked")
+    valid_minutes: int
+
+
+class SessionOpened(BaseModel):
+    csrf_token: str = Field(description="Send it back in X-CSRF-Token with every change")
+
+
+class ProfileOut(BaseModel):
+    patient_id: int
+    name: str
+    address: str
+    relation: str = Field(description="self, guardian (a minor's profile) or carer (a delegation)")
+    may_reply: bool
+
+
+class MeOut(BaseModel):
+    name: str
+    csrf_token: str
+    acting: ProfileOut
+    profiles: list[ProfileOut]
+    unread: int
+    idle_minutes: int = Field(description="The session ends after this long without a request (extend it with POST /session/extend)")
+
+
+class CorrespondentOut(BaseModel):
+    name: str
+    address: str
+    detail: str
+
+
+class ConversationItem(BaseModel):
+    id: int
+    subject: str
+    correspondent: CorrespondentOut
+    last_at: str
+    messages: int
+    unread: int
+    closed: bool
+    is_campaign: bool
+
+
+class ConversationPage(BaseModel):
+    total: int
+    page: int
+    per_page: int
+    items: list[ConversationItem]
+
+
+class AttachmentOut(BaseModel):
+    index: int
+    filename: str
+    content_type: str
+    size: int
+    url: str
+
+
+class MessageOut(BaseModel):
+    id: int
+    author: CorrespondentOut
+    mine: bool
+    written_by: str = Field(description="Who wrote it for the profile's owner (a guardian, a carer), empty otherwise")
+    at: str
+    subject: str
+    text: str = Field(description="The text; for an HTML-only message, its faithful text rendering (links kept)")
+    html: str | None = Field(description="For an HTML-only message, its sanitised HTML (a safe subset)")
+    encrypted: bool
+    attachments: list[AttachmentOut]
+
+
+class ReplyOut(BaseModel):
+    allowed: bool
+    reason: str
+    to: list[CorrespondentOut]
+
+
+class ConversationOut(BaseModel):
+    id: int
+    subject: str
+    closed: bool
+    closed_by: str | None
+    closed_at: str | None
+    is_campaign: bool
+    reply: ReplyOut
+    messages: list[MessageOut]
+
+
+class SentOut(BaseModel):
+    sent: bool
+    detail: str
+    conversation: int | None
+
+
+class PharmacyOut(BaseModel):
+    name: str
+    address: str
+    address_line: str
+    postcode: str
+    city: str
+
+
+class PharmacyPage(BaseModel):
+    total: int
+    page: int
+    items: list[PharmacyOut]
+
+
+class HistoryEntryOut(BaseModel):
+    at: str
+    actor: str
+    action: str
+    label: str
+    detail: str
+
+
+class Problem(BaseModel):
+    detail: str = Field(description="What happened, in a French sentence")
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": Problem, "description": "Not signed in, or the session ended"},
+    403: {"model": Problem, "description": "X-CSRF-Token missing or wrong"},
+    404: {"model": Problem, "description": "Nothing of this profile has that id"},
+}
+DOWNLOAD: dict[int | str, dict[str, Any]] = {200: {"content": {"application/octet-stream": {}}, "description": "The document's bytes"}}
 
 
 async def viewer_of(request: Request, *, changes: bool = False) -> Viewer:
@@ -55,12 +187,12 @@ def _json_only(request: Request) -> None:
 # ---- session ------------------------------------------------------------------------------------
 
 
-@router.post("/session/login", summary="Step 1: identifier and password; a code is sent")
+@router.post("/session/login", summary="Step 1: identifier and password; a code is sent", response_model=LoginStarted, responses=ERRORS)
 async def api_login(request: Request, body: LoginRequest) -> JSONResponse:
     _json_only(request)
     ctx = context(request)
     try:
-        challenge = await ctx.accounts.start_login(body.identifier, body.password, request.client.host if request.client else "?")
+        challenge = await ctx.accounts.start_login(body.identifier, body.password, client_address(request))
     except Refused as refused:
         raise HTTPException(429 if refused.locked else 401, refused.text) from None
     response = JSONResponse({"code_sent_to": challenge.sent_to, "valid_minutes": ctx.accounts.settings.webmail_code_minutes})
@@ -68,7 +200,7 @@ async def api_login(request: Request, body: LoginRequest) -> JSONResponse:
     return response
 
 
-@router.post("/session/code", summary="Step 2: the code; opens the session")
+@router.post("/session/code", summary="Step 2: the code; opens the session", response_model=SessionOpened, responses=ERRORS)
 async def api_code(request: Request, body: CodeRequest) -> JSONResponse:
     _json_only(request)
     ctx = context(request)
@@ -84,7 +216,7 @@ async def api_code(request: Request, body: CodeRequest) -> JSONResponse:
     return response
 
 
-@router.delete("/session", summary="Log out", status_code=204)
+@router.delete("/session", summary="Log out", status_code=204, response_class=Response, responses=ERRORS)
 async def api_logout(request: Request) -> Response:
     viewer = await viewer_of(request, changes=True)
     await context(request).accounts.close_session(viewer.session.id)
@@ -106,7 +238,7 @@ def _profile(profile: Any) -> dict[str, Any]:
     }
 
 
-@router.get("/me", summary="Who is signed in, the profiles they may act on, the CSRF token")
+@router.get("/me", summary="Who is signed in, the profiles they may act on, the CSRF token", response_model=MeOut, responses=ERRORS)
 async def api_me(request: Request) -> dict[str, Any]:
     viewer = await viewer_of(request)
     return {
@@ -115,10 +247,11 @@ async def api_me(request: Request) -> dict[str, Any]:
         "acting": _profile(viewer.profile),
         "profiles": [_profile(p) for p in viewer.profiles],
         "unread": await context(request).webmail.unread(viewer.profile),
+        "idle_minutes": context(request).idle_minutes,
     }
 
 
-@router.put("/me/profile", summary="Act on another profile (a minor's, a delegation)")
+@router.put("/me/profile", summary="Act on another profile (a minor's, a delegation)", response_model=ProfileOut, responses=ERRORS)
 async def api_switch(request: Request, body: ProfileRequest) -> dict[str, Any]:
     viewer = await viewer_of(request, changes=True)
     wanted = next((p for p in viewer.profiles if p.account.id == body.patient_id), None)
@@ -135,10 +268,23 @@ def _correspondent(person: Any) -> dict[str, str]:
     return {"name": person.name, "address": person.address, "detail": person.detail}
 
 
-@router.get("/conversations", summary="The conversation list, most recent first")
-async def api_conversations(request: Request, page: int = Query(1, ge=1, le=10_000), unread: bool = False) -> dict[str, Any]:
+@router.get(
+    "/conversations", summary="The conversation list, most recent first (or a search)", response_model=ConversationPage, responses=ERRORS
+)
+async def api_conversations(
+    request: Request,
+    page: int = Query(1, ge=1, le=10_000),
+    unread: bool = False,
+    folder: str = Query("messages", pattern="^(messages|archives|corbeille)$", description="messages, archives or corbeille (Trash)"),
+    q: str = Query("", max_length=200, description="Words to find in subjects, correspondents and texts"),
+) -> dict[str, Any]:
     viewer = await viewer_of(request)
-    lines, total = await context(request).webmail.inbox(viewer.profile, page=page, unread_only=unread)
+    webmail = context(request).webmail
+    if q.strip():
+        lines = await webmail.search(viewer.profile, q)
+        total = len(lines)
+    else:
+        lines, total = await webmail.inbox(viewer.profile, page=page, unread_only=unread, view=folder)
     return {
         "total": total,
         "page": page,
@@ -173,9 +319,11 @@ def _conversation(view: ConversationView) -> dict[str, Any]:
                 "id": m.id,
                 "author": _correspondent(m.author),
                 "mine": m.mine,
+                "written_by": m.written_by,
                 "at": m.at.isoformat(),
                 "subject": m.subject,
                 "text": m.text,
+                "html": m.html,
                 "encrypted": m.encrypted,
                 "attachments": [
                     {
@@ -193,19 +341,40 @@ def _conversation(view: ConversationView) -> dict[str, Any]:
     }
 
 
-@router.get("/conversations/{key}", summary="One conversation (opening it marks it read and returns receipts)")
-async def api_conversation(request: Request, key: int) -> dict[str, Any]:
+def _key(text: str) -> int:
+    key = ids.conversation_key(text)
+    if key is None:
+        raise HTTPException(404, "Cette conversation n'existe pas.")
+    return key
+
+
+@router.get(
+    "/conversations/{key}",
+    summary="One conversation (opening it marks it read and returns receipts)",
+    response_model=ConversationOut,
+    responses=ERRORS,
+)
+async def api_conversation(request: Request, key: str) -> dict[str, Any]:
     viewer = await viewer_of(request)
+    key = _key(key)
     view = await context(request).webmail.conversation(viewer.profile, viewer.actor, key)
     if view is None:
         raise HTTPException(404, "Cette conversation n'existe pas.")
     return _conversation(view)
 
 
-@router.get("/conversations/{key}/messages/{message_id}/attachments/{index}", summary="Download an attachment")
-async def api_attachment(request: Request, key: int, message_id: int, index: int) -> Response:
+@router.get(
+    "/conversations/{key}/messages/{message_id}/attachments/{index}",
+    summary="Download an attachment",
+    response_class=Response,
+    responses={**ERRORS, **DOWNLOAD},
+)
+async def api_attachment(request: Request, key: str, message_id: str, index: str) -> Response:
     viewer = await viewer_of(request)
-    found = await context(request).webmail.attachment(viewer.profile, viewer.actor, key, message_id, index)
+    conversation, message, position = ids.conversation_key(key), ids.row_id(message_id), ids.index(index)
+    if conversation is None or message is None or position is None:
+        raise HTTPException(404, "Ce document n'existe pas.")
+    found = await context(request).webmail.attachment(viewer.profile, viewer.actor, conversation, message, position)
     if found is None:
         raise HTTPException(404, "Ce document n'existe pas.")
     return attachment_response(*found)
@@ -219,22 +388,36 @@ async def _checked(file: UploadFile, max_size: int) -> Upload:
 
 
 def _sent(result: SendResult) -> dict[str, Any]:
+    if result.not_found:
+        raise HTTPException(404, result.text)
     if not result.sent:
         raise HTTPException(422, result.text)
     return {"sent": True, "detail": result.text, "conversation": result.conversation}
 
 
-@router.post("/conversations/{key}/replies", summary="Reply in a conversation (when the rules allow)", status_code=201)
+@router.post(
+    "/conversations/{key}/replies",
+    summary="Reply in a conversation (when the rules allow)",
+    status_code=201,
+    response_model=SentOut,
+    responses={**ERRORS, 422: {"model": Problem, "description": "Refused by the rules, or a bad file"}},
+)
 async def api_reply(
-    request: Request, key: int, text: str = Form("", max_length=40_000), file: UploadFile | None = File(None)
+    request: Request, key: str, text: str = Form("", max_length=40_000), file: UploadFile | None = File(None)
 ) -> dict[str, Any]:
+    conversation = _key(key)
     viewer = await viewer_of(request, changes=True)
     webmail = context(request).webmail
     upload = await _checked(file, webmail.settings.webmail_max_upload) if file is not None and file.filename else None
-    return _sent(await webmail.reply(viewer.profile, viewer.actor, key, text, upload))
+    return _sent(await webmail.reply(viewer.profile, viewer.actor, conversation, text, upload))
 
 
-@router.get("/pharmacies", summary="Pharmacies (officines) of the annuaire, by name and city or postcode")
+@router.get(
+    "/pharmacies",
+    summary="Pharmacies (officines) of the annuaire, by name and city or postcode",
+    response_model=PharmacyPage,
+    responses=ERRORS,
+)
 async def api_pharmacies(
     request: Request, name: str = Query("", max_length=100), place: str = Query("", max_length=100), page: int = Query(1, ge=1, le=1000)
 ) -> dict[str, Any]:
@@ -259,7 +442,13 @@ async def api_pharmacies(
     }
 
 
-@router.post("/prescriptions", summary="Send a prescription to a pharmacy (starts a conversation)", status_code=201)
+@router.post(
+    "/prescriptions",
+    summary="Send a prescription to a pharmacy (starts a conversation)",
+    status_code=201,
+    response_model=SentOut,
+    responses={**ERRORS, 422: {"model": Problem, "description": "Refused by the rules, or a bad file"}},
+)
 async def api_prescription(
     request: Request, pharmacy: str = Form(..., max_length=254), note: str = Form("", max_length=40_000), file: UploadFile = File(...)
 ) -> dict[str, Any]:
@@ -269,10 +458,38 @@ async def api_prescription(
     return _sent(await webmail.send_prescription(viewer.profile, viewer.actor, pharmacy, note, upload))
 
 
-@router.get("/history", summary="Who accessed this profile's data, newest first")
+@router.get("/history", summary="Who accessed this profile's data, newest first", response_model=list[HistoryEntryOut], responses=ERRORS)
 async def api_history(request: Request) -> list[dict[str, str]]:
     viewer = await viewer_of(request)
-    if viewer.profile.relation == "carer":
-        raise HTTPException(403, "Un aidant ne voit pas l'historique des accès.")
-    entries = await context(request).webmail.history.read(viewer.profile.account.id)
+    whose = viewer.actor if viewer.profile.relation == "carer" else viewer.profile.account  # a carer reads their own
+    entries = await context(request).webmail.history.read(whose.id)
     return [{"at": e.at.isoformat(), "actor": e.actor, "action": e.action, "label": e.label, "detail": e.detail} for e in entries]
+
+
+@router.post(
+    "/session/extend", summary="Stay signed in: the idle time starts again", status_code=204, response_class=Response, responses=ERRORS
+)
+async def api_extend(request: Request) -> Response:
+    viewer = await viewer_of(request, changes=True)
+    await context(request).accounts.extend(viewer.session.id)
+    return Response(status_code=204)
+
+
+@router.post(
+    "/conversations/{key}/archive", summary="File a conversation in Archive", status_code=204, response_class=Response, responses=ERRORS
+)
+async def api_archive(request: Request, key: str) -> Response:
+    conversation = _key(key)
+    viewer = await viewer_of(request, changes=True)
+    if not await context(request).webmail.move(viewer.profile, conversation, "Archive"):
+        raise HTTPException(404, "Cette conversation n'existe pas.")
+    return Response(status_code=204)
+
+
+@router.delete("/conversations/{key}", summary="Move a conversation to Trash", status_code=204, response_class=Response, responses=ERRORS)
+async def api_delete(request: Request, key: str) -> Response:
+    conversation = _key(key)
+    viewer = await viewer_of(request, changes=True)
+    if not await context(request).webmail.move(viewer.profile, conversation, "Trash"):
+        raise HTTPException(404, "Cette conversation n'existe pas.")
+    return Response(status_code=204)

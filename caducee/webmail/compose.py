@@ -32,9 +32,13 @@ def _address(name: str, address: str) -> Address:
     return Address(display_name=name, username=local, domain=domain)
 
 
-def _base(sender_name: str, sender: str, to: list[tuple[str, str]], subject: str, hostname: str) -> EmailMessage:
+def _base(
+    sender_name: str, sender: str, to: list[tuple[str, str]], subject: str, hostname: str, written_by: tuple[str, str] | None = None
+) -> EmailMessage:
     message = EmailMessage(policy=_POLICY)
     message["From"] = _address(sender_name, sender)
+    if written_by is not None:  # RFC 5322 3.6.2: the person who wrote it for the profile's owner (a guardian, a carer)
+        message["Sender"] = _address(*written_by)
     message["To"] = [_address(name, address) for name, address in to]
     message["Subject"] = subject
     message["Date"] = formatdate(localtime=False)
@@ -67,8 +71,9 @@ def reply(
     text: str,
     upload: Upload | None,
     hostname: str,
+    written_by: tuple[str, str] | None = None,
 ) -> bytes:
-    message = _base(sender_name, sender, to, reply_subject(subject), hostname)
+    message = _base(sender_name, sender, to, reply_subject(subject), hostname, written_by)
     message["In-Reply-To"] = in_reply_to
     message["References"] = " ".join([*references[-10:], in_reply_to])
     _body(message, clean_text(text))
@@ -77,13 +82,24 @@ def reply(
     return message.as_bytes()
 
 
-def prescription(*, sender_name: str, sender: str, pharmacy_name: str, pharmacy: str, note: str, upload: Upload, hostname: str) -> bytes:
-    message = _base(sender_name, sender, [(pharmacy_name, pharmacy)], f"Ordonnance de {sender_name}", hostname)
+def prescription(
+    *,
+    sender_name: str,
+    sender: str,
+    pharmacy_name: str,
+    pharmacy: str,
+    note: str,
+    upload: Upload,
+    hostname: str,
+    written_by: tuple[str, str] | None = None,
+) -> bytes:
+    message = _base(sender_name, sender, [(pharmacy_name, pharmacy)], f"Ordonnance de {sender_name}", hostname, written_by)
     text = "Bonjour,\n\nVeuillez trouver ci-joint mon ordonnance."
     note = clean_text(note)
     if note:
         text += f"\n\n{note}"
-    _body(message, f"{text}\n\n{sender_name}")
+    signature = sender_name if written_by is None else f"{written_by[0]}, pour {sender_name}"
+    _body(message, f"{text}\n\n{signature}")
     _attach(message, upload)
     return message.as_bytes()
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Boolean, DateTime, ForeignKey, Integer, String
+from sqlalchemy import Boolean, DateTime, ForeignKey, Integer, LargeBinary, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from caducee.core.clock import utcnow
@@ -64,3 +64,54 @@ class Preferences(Base):
     patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id"), primary_key=True)
     hide_prevention: Mapped[bool] = mapped_column(Boolean, default=False)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class AlertSettings(Base):
+    """Whether a patient wants the "a message is waiting" emails (on unless they said no)."""
+
+    __tablename__ = "webmail_alert_settings"
+
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id"), primary_key=True)
+    new_mail_alerts: Mapped[bool] = mapped_column(Boolean, default=True)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class PasswordReset(Base):
+    """A forgotten-password request: a 6-digit code sent to the registered email, single
+    use, few tries. Made only for an account that exists; the page says the same either way."""
+
+    __tablename__ = "webmail_password_resets"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # SHA-256 of the browser's token
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id"), index=True)
+    code_hash: Mapped[str] = mapped_column(String(64))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    state: Mapped[str] = mapped_column(String(8), default="pending")  # pending / used / locked
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class EmailChange(Base):
+    """A new email for the codes, waiting for the code sent to it (one per patient)."""
+
+    __tablename__ = "webmail_email_changes"
+
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id"), primary_key=True)
+    new_email: Mapped[str] = mapped_column(String(254))
+    code_hash: Mapped[str] = mapped_column(String(64))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Draft(Base):
+    """What a patient was writing when their session ended, sealed (AES-GCM under the master
+    key, like message bodies), given back once after they sign in again, then deleted."""
+
+    __tablename__ = "webmail_drafts"
+
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id"), primary_key=True)  # who was signed in
+    acting_patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id"))  # whose profile they were writing from
+    path: Mapped[str] = mapped_column(String(200))  # the page the form was on
+    sealed_text: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -1,7 +1,12 @@
-"""Turning a stored message into what a patient reads: plain text and a list of documents.
+"""Turning a stored message into what a patient reads: text (or safe HTML) and documents.
 
-The sender's HTML is never rendered: a health message must not run anyone's scripts, load
-trackers or hide text, so HTML-only mail is shown as its text. Signed messages are opened
+An HTML-only message is shown through a sanitiser (nh3, the Rust `ammonia` library): a
+short list of tags that carry structure (paragraphs, line breaks, lists, tables, emphasis,
+links), no attribute but a link's address (http, https, mailto; opened with
+`rel="noopener noreferrer nofollow"`) and a table cell's span, no image, style, script or
+form. It is shown inside the page's strict CSP, which would block anything that slipped
+through anyway. Its text form (the JSON API, search) keeps line breaks, separates table
+cells and writes each link's address after its words. Signed messages are opened
 (the protected inner message is what we show); an encrypted message we hold no key for is
 said to be unreadable here rather than shown as gibberish.
 """
@@ -12,6 +17,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from email.utils import parseaddr, parsedate_to_datetime
 from html.parser import HTMLParser
+
+import nh3
 
 from caducee.mime.headers import decoded_header, one_line
 from caducee.mime.structure import Part, decoded, parse, walk_parts
@@ -44,6 +51,8 @@ class Readable:
     mdn_to: str | None = None
     encrypted: bool = False  # end-to-end encrypted to keys we do not hold
     signed: bool = False
+    html: str | None = None  # the sanitised HTML of an HTML-only message
+    sender_name: str = ""  # the Sender: of a message written on someone's behalf (a guardian)
 
 
 def decode_words(value: str | bytes | None) -> str:
@@ -65,25 +74,60 @@ def heading(packed_summary: bytes) -> Heading:
     return Heading(view.subject, view.from_name, view.from_address)
 
 
+SAFE_TAGS = {
+    "p", "br", "div", "span", "b", "strong", "i", "em", "u", "s", "small", "sub", "sup", "ul", "ol", "li", "dl", "dt", "dd",
+    "table", "thead", "tbody", "tfoot", "tr", "td", "th", "caption", "blockquote", "pre", "code", "hr", "a", "h1", "h2", "h3",
+    "h4", "h5", "h6",
+}  # fmt: skip
+SAFE_ATTRIBUTES = {"a": {"href", "title"}, "td": {"colspan", "rowspan"}, "th": {"colspan", "rowspan", "scope"}}
+
+
+def safe_html(html: str) -> str:
+    """The sender's HTML reduced to structure and links (see the module's docstring)."""
+    return nh3.clean(
+        html,
+        tags=SAFE_TAGS,
+        clean_content_tags={"script", "style", "head", "title", "noscript", "template", "iframe", "object", "svg", "math"},
+        attributes=SAFE_ATTRIBUTES,
+        url_schemes={"http", "https", "mailto"},
+        link_rel="noopener noreferrer nofollow",
+        strip_comments=True,
+    ).strip()
+
+
 class _TextOfHtml(HTMLParser):
-    BLOCKS = {"p", "div", "br", "li", "tr", "h1", "h2", "h3", "h4", "h5", "h6", "table", "ul", "ol", "blockquote"}
+    BLOCKS = {"p", "div", "li", "tr", "h1", "h2", "h3", "h4", "h5", "h6", "table", "ul", "ol", "blockquote", "pre", "dt", "dd", "hr"}
+    CELLS = {"td", "th"}
 
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
         self.out: list[str] = []
         self.skip = 0
+        self.links: list[str | None] = []
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         if tag in {"script", "style", "head", "title"}:
             self.skip += 1
-        elif tag in self.BLOCKS:
+        elif tag == "br" or tag in self.BLOCKS:
             self.out.append("\n")
+        elif tag in self.CELLS:
+            self.out.append(" ")
+        elif tag == "a":
+            self.links.append(dict(attrs).get("href"))
 
     def handle_endtag(self, tag: str) -> None:
         if tag in {"script", "style", "head", "title"}:
             self.skip = max(0, self.skip - 1)
         elif tag in self.BLOCKS:
             self.out.append("\n")
+        elif tag in self.CELLS:
+            self.out.append(" ")
+        elif tag == "a" and self.links:
+            href = self.links.pop()
+            if href and href.startswith(("http://", "https://", "mailto:")) and not self.skip:
+                shown = href.removeprefix("mailto:")
+                if shown not in "".join(self.out[-3:]):
+                    self.out.append(f" ({shown})")
 
     def handle_data(self, data: str) -> None:
         if not self.skip:
@@ -204,6 +248,7 @@ def read(raw: bytes) -> Readable:
         references=one_line(headers.get("references") or "").split(),
         mdn_to=one_line(mdn) or None,
         signed=signed,
+        sender_name=decode_words(parseaddr(headers.get("sender") or "")[0]) if headers.get("sender") else "",
     )
     if _content_type(message) in ENCRYPTED_TYPES:
         readable.encrypted = True
@@ -218,6 +263,8 @@ def read(raw: bytes) -> Readable:
         elif kind == "text/html" and html is None:
             html = _text_of(part)
     text = plain if plain is not None else html_to_text(html) if html is not None else ""
+    if plain is None and html is not None:
+        readable.html = safe_html(html) or None
     readable.text = text.replace("\r\n", "\n").replace("\r", "\n").strip()
     readable.attachments = [attachment for attachment, _ in attachments_of(message)]
     return readable

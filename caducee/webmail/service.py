@@ -38,6 +38,13 @@ from caducee.webmail.uploads import Upload
 log = logging.getLogger(__name__)
 
 PAGE_SIZE = 20
+SEARCH_LIST = 500  # conversations whose subject and correspondent a search reads
+SEARCH_TEXTS = 100  # of which the most recent have their texts searched too
+VIEWS: dict[str, dict[str, tuple[str, ...]]] = {
+    "messages": {"leave_out": ("Trash", "Archive")},
+    "archives": {"only": ("Archive",)},
+    "corbeille": {"only": ("Trash",)},
+}
 CACHE_ITEMS = 10_000  # conversation lists and correspondents kept per process
 READABLE_ITEMS = 2_000  # opened messages kept per process
 PEOPLE_SECONDS = 60.0  # how long a correspondent's name and profession are reused
@@ -51,8 +58,22 @@ PREFERENCE_SECONDS = 10.0  # a preference changed in another worker process appl
 RELATION_WORDS = {"self": "", "guardian": " (parent ou tuteur)", "carer": " (aidant)"}
 
 
+def fold(text: str) -> str:
+    """Lower case without accents: what a search compares."""
+    import unicodedata
+
+    return "".join(ch for ch in unicodedata.normalize("NFKD", text.casefold()) if not unicodedata.combining(ch))
+
+
 def actor_label(actor: PatientAccount, profile: Profile) -> str:
     return f"{actor.name}{RELATION_WORDS.get(profile.relation, '')}"
+
+
+def written_by(actor: PatientAccount, profile: Profile) -> tuple[str, str] | None:
+    """The Sender: of a message a guardian or a carer writes for a profile (None for one's own)."""
+    if actor.id == profile.account.id:
+        return None
+    return (f"{actor.name}{RELATION_WORDS.get(profile.relation, '')}", actor.address)
 
 
 @dataclass(frozen=True)
@@ -91,6 +112,8 @@ class MessageView:
     text: str
     attachments: list[reading.Attachment]
     encrypted: bool
+    html: str | None = None  # sanitised (reading.safe_html), shown as is
+    written_by: str = ""  # who wrote it for the profile's owner (its Sender:), when not them
 
 
 @dataclass(frozen=True)
@@ -103,6 +126,7 @@ class ConversationView:
     closed_at: datetime | None
     is_campaign: bool
     reply: ReplyOption
+    archived: bool = False  # every message of it is in Archive
 
 
 @dataclass(frozen=True)
@@ -110,6 +134,7 @@ class SendResult:
     sent: bool
     text: str  # what to tell the person
     conversation: int | None = None
+    not_found: bool = False  # the conversation is not one this profile holds
 
 
 def _sentence(text: str) -> str:
@@ -224,12 +249,14 @@ class Webmail:
     # ---- the conversation list ---------------------------------------------------------------
 
     async def inbox(
-        self, profile: Profile, *, page: int = 1, unread_only: bool = False, prevention: str = "shown"
+        self, profile: Profile, *, page: int = 1, unread_only: bool = False, view: str = "messages", prevention: str = "shown"
     ) -> tuple[list[ConversationLine], int]:
-        """A page of the list. `prevention`: "shown" (everything), "hidden" (the patient hid the
+        """A page of the list: `view` is "messages" (all but Archive and Trash), "archives"
+        or "corbeille"; `prevention` "shown" (everything), "hidden" (the patient hid the
         CNAM's prevention messages) or "only" (the "Prévention" label)."""
         me = profile.account.address
-        key = (profile.account.mailbox_id, page, unread_only, prevention)
+        folders = VIEWS.get(view, VIEWS["messages"])
+        key = (profile.account.mailbox_id, page, unread_only, view, prevention)
         async with self.reads.connect() as conn:
             version = await store.list_version(conn, profile.account.mailbox_id, me)
             cached = self._lists.get(key)
@@ -243,7 +270,15 @@ class Webmail:
                 unread_only=unread_only,
                 keyword=PREVENTION if prevention == "only" else None,
                 without_keyword=PREVENTION if prevention == "hidden" else None,
+                **folders,
             )
+        lines = await self._lines(rows, me)
+        if len(self._lists) > CACHE_ITEMS:
+            self._lists.clear()
+        self._lists[key] = (version, lines, total)
+        return lines, total
+
+    async def _lines(self, rows: list[store.ConversationRow], me: str) -> list[ConversationLine]:
         wanted = {self._other_party(row, me) for row in rows}
         people = await self._correspondents(wanted)
         lines = []
@@ -263,10 +298,94 @@ class Webmail:
                     row.is_campaign,
                 )
             )
-        if len(self._lists) > CACHE_ITEMS:
-            self._lists.clear()
-        self._lists[key] = (version, lines, total)
-        return lines, total
+        return lines
+
+    # ---- search, archive, trash, export ---------------------------------------------------------
+
+    async def search(self, profile: Profile, words: str) -> list[ConversationLine]:
+        """Conversations whose subject, correspondent or text holds every word (accents and
+        case ignored): subjects and correspondents of the `SEARCH_LIST` most recent, texts of
+        the `SEARCH_TEXTS` most recent (texts are opened, decrypted, and kept in the cache)."""
+        wanted = [fold(word) for word in words.split() if word.strip()][:10]
+        if not wanted:
+            return []
+        async with self.reads.connect() as conn:
+            rows, _ = await store.list_conversations(conn, profile.account.mailbox_id, limit=SEARCH_LIST, leave_out=("Trash",))
+        lines = await self._lines(rows, profile.account.address)
+        found = []
+        for number, line in enumerate(lines):
+            haystack = fold(f"{line.subject} {line.correspondent.name} {line.correspondent.detail}")
+            if not all(word in haystack for word in wanted) and number < SEARCH_TEXTS:
+                async with self.reads.connect() as conn:
+                    stored = await store.conversation_messages(conn, profile.account.mailbox_id, line.key)
+                opened = await self._read_all(stored)
+                haystack += " " + fold(" ".join(f"{readable.subject} {readable.text}" for _, readable in opened))
+            if all(word in haystack for word in wanted):
+                found.append(line)
+        return found
+
+    async def move(self, profile: Profile, key: int, target: str) -> bool:
+        """File a whole conversation into `target` ("Archive", "Trash"), or back ("INBOX":
+        what others wrote to the INBOX, what the patient wrote to Sent), as a mail client
+        would with MOVE. False when this profile holds no such conversation or may not."""
+        if profile.relation == "carer":  # a carer reads; the patient's folders stay as they are
+            return False
+        async with self.reads.connect() as conn:
+            entries = await store.conversation_entries(conn, profile.account.mailbox_id, key)
+        if not entries:
+            return False
+        folders = {folder.name: folder.id for folder in await self.mailstore.folders(profile.account.mailbox_id)}
+        for name in {target, "INBOX", "Sent"}:
+            if name not in folders:
+                await self.mailstore.create(profile.account.mailbox_id, name)
+        folders = {folder.name: folder.id for folder in await self.mailstore.folders(profile.account.mailbox_id)}
+        groups: dict[tuple[int, int], list[int]] = {}
+        for entry in entries:
+            destination = target
+            if target == "INBOX":
+                if entry.folder not in {"Archive", "Trash"}:
+                    continue
+                destination = "Sent" if entry.sender == profile.account.address else "INBOX"
+            elif entry.folder == target or (target == "Archive" and entry.folder == "Trash"):
+                continue
+            groups.setdefault((entry.folder_id, folders[destination]), []).append(entry.uid)
+        for (source, destination), uids in groups.items():
+            await self.mailstore.copy(source, uids, destination)
+            await self.mailstore.store_flags(source, uids, "+FLAGS", ["\\Deleted"])
+            await self.mailstore.expunge(source, uids)
+        return True
+
+    async def export(self, profile: Profile, actor: PatientAccount) -> bytes:
+        """Every message of the profile (Trash included) as a zip of .eml files, one folder
+        per conversation, with a plain-text index: what a patient takes with them before
+        closing their profile. Recorded in the access history."""
+        import io
+        import zipfile
+
+        buffer = io.BytesIO()
+        index_lines = [f"Messages de {profile.account.name} ({profile.account.address}), exportés le {french_date(datetime.now(UTC))}.", ""]
+        async with self.reads.connect() as conn:
+            rows, _ = await store.list_conversations(conn, profile.account.mailbox_id, limit=100_000, leave_out=())
+        with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            for number, row in enumerate(reversed(rows), start=1):
+                async with self.reads.connect() as conn:
+                    entries = await store.conversation_entries(conn, profile.account.mailbox_id, row.key)
+                    bodies = await store.sealed_bodies(conn, sorted({entry.id for entry in entries}))
+                seen: set[int] = set()
+                for entry in entries:
+                    if entry.id in seen:
+                        continue
+                    seen.add(entry.id)
+                    raw = self.cipher.open(bodies[entry.id])
+                    subject = reading.read(raw).subject or "(sans objet)"
+                    name = f"conversation-{number:04d}/{french_date(entry.received_at).replace(' ', '-')}-{entry.id}.eml"
+                    archive.writestr(name, raw)
+                    index_lines.append(f"{name}\t{entry.sender}\t{subject}")
+            archive.writestr("LISEZMOI.txt", "\n".join(index_lines) + "\n\nChaque fichier .eml s'ouvre avec un logiciel de messagerie.\n")
+        await self.history.record(
+            Access(profile.account.id, actor_label(actor, profile), "data-exported", f"{len(index_lines) - 2} messages")
+        )
+        return buffer.getvalue()
 
     @staticmethod
     def _other_party(row: store.ConversationRow, me: str) -> str:
@@ -304,6 +423,8 @@ class Webmail:
                     readable.text,
                     readable.attachments,
                     readable.encrypted,
+                    readable.html,
+                    readable.sender_name,
                 )
             )
         closed = state is not None and state.closed
@@ -311,7 +432,15 @@ class Webmail:
         subject = next((view.subject for view in views if view.subject), "(sans objet)")
         reply = await self._reply_option(profile, stored, state)
         conversation = ConversationView(
-            key, subject, views, closed, state.closed_by if state else None, state.closed_at if state else None, is_campaign, reply
+            key,
+            subject,
+            views,
+            closed,
+            state.closed_by if state else None,
+            state.closed_at if state else None,
+            is_campaign,
+            reply,
+            all(message.folder == "Archive" for message in stored),
         )
         await self._record_read(profile, actor, key, f"Conversation avec {reply.to[0].name if reply.to else views[0].author.name}")
         if profile.relation != "carer":  # a carer's reading leaves the patient's messages unread
@@ -367,6 +496,12 @@ class Webmail:
         me = profile.account.address
         target = self._answerable(stored, me)
         if target is None:
+            if all(message.sender == me for message in stored):
+                return ReplyOption(
+                    False,
+                    "Vous avez envoyé ce message. Votre correspondant vous répondra dans cette conversation ; "
+                    "vous pourrez alors lui écrire à nouveau ici.",
+                )
             return ReplyOption(False, "Ce message est une information automatique : il n'attend pas de réponse.")
         to = (await self._correspondents({target.sender}))[target.sender]
         if self.pipeline is None:
@@ -501,7 +636,7 @@ class Webmail:
         async with self.reads.connect() as conn:
             stored = await store.conversation_messages(conn, profile.account.mailbox_id, key)
         if not stored:
-            return SendResult(False, "Cette conversation n'existe pas.")
+            return SendResult(False, "Cette conversation n'existe pas.", not_found=True)
         if self.pipeline is None:
             return SendResult(False, "L'envoi de messages est momentanément indisponible. Réessayez plus tard.")
         target = self._answerable(stored, profile.account.address)
@@ -519,6 +654,7 @@ class Webmail:
             text=text,
             upload=upload,
             hostname=self.settings.hostname,
+            written_by=written_by(actor, profile),
         )
         return await self._send(profile, actor, [target.sender], raw, f"Votre réponse a été envoyée à {to.name}.", key)
 
@@ -538,6 +674,7 @@ class Webmail:
             note=note,
             upload=upload,
             hostname=self.settings.hostname,
+            written_by=written_by(actor, profile),
         )
         return await self._send(
             profile, actor, [entry.address], raw, f"Votre ordonnance a été envoyée à {entry.structure_name or entry.display_name}.", None
@@ -554,6 +691,7 @@ class Webmail:
                 authenticated=profile.account.address,
                 keep_sent=True,
                 read_only_delegate=not profile.may_reply,
+                written_by=actor.address if actor.id != profile.account.id else None,
             )
         )
         if not result.accepted:

@@ -10,7 +10,8 @@ Forms after login carry the session's own CSRF token; the JSON API takes it in t
 from __future__ import annotations
 
 import hmac
-from dataclasses import dataclass
+import ipaddress
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from caducee.annuaire.patients import PatientAccount, Profile
 from caducee.webmail.accounts import Accounts, SessionInfo
 from caducee.webmail.codes import new_token
+from caducee.webmail.drafts import Drafts
+from caducee.webmail.selfservice import SelfService
 from caducee.webmail.service import Webmail, french_date, french_time
 
 SESSION_COOKIE = "caducee_session"
@@ -39,6 +42,43 @@ class WebmailContext:
     webmail: Webmail
     cookie_secure: bool
     idle_minutes: int
+    trusted_proxies: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = field(default_factory=list)
+    selfservice: SelfService | None = None
+    drafts: Drafts | None = None
+
+
+def proxy_networks(networks: list[str]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    return [ipaddress.ip_network(network, strict=False) for network in networks]
+
+
+def _trusted(address: str, networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in networks)
+
+
+def client_address(request: Request) -> str:
+    """The address the per-address lock-out counts: the socket's peer, unless that peer is
+    one of the configured `trusted_proxies`. Then the X-Forwarded-For chain is read from the
+    right (each proxy appends the address it received from) and the first address that is
+    not itself a trusted proxy is the client: entries further left were written by the
+    client and prove nothing. Forwarded and X-Real-IP are never read."""
+    peer = request.scope.get("client")
+    address = str(peer[0]) if peer else "?"
+    networks = context(request).trusted_proxies
+    if not networks or not _trusted(address, networks):
+        return address
+    hops = [hop.strip() for header in request.headers.getlist("x-forwarded-for") for hop in header.split(",")]
+    for hop in reversed(hops):
+        try:
+            ipaddress.ip_address(hop)
+        except ValueError:
+            return address  # a malformed chain: count the proxy itself rather than believe it
+        if not _trusted(hop, networks):
+            return hop
+    return hops[0] if hops else address
 
 
 def context(request: Request) -> WebmailContext:
@@ -116,9 +156,16 @@ SAFE_HEADERS = [
 UNPROTECTED = ("/docs", "/redoc", "/openapi.json", "/metrics", "/healthz", "/.well-known", "/mail/config")
 
 
+def safe_headers() -> dict[str, str]:
+    """The same headers as text, for answers built outside the middleware (the 500 page is
+    sent by Starlette's outermost error handler, which no middleware of ours wraps)."""
+    return {name.decode(): value.decode() for name, value in SAFE_HEADERS}
+
+
 class WebmailHeaders:
-    """Adds the safe headers to every webmail page and API answer (not to /docs, which loads
-    its viewer from a CDN)."""
+    """Adds the safe headers to every page and API answer, error pages included (413 from
+    `BodyLimit`, which runs inside this one); not to /docs, whose viewer needs its inline
+    start-up script."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -138,19 +185,28 @@ class WebmailHeaders:
 
 
 TOO_LARGE = (
-    '<!doctype html><html lang="fr"><head><meta charset="utf-8"><title>Fichier trop lourd</title></head><body>'
-    "<main><h1>Fichier trop lourd</h1><p>Le fichier envoyé dépasse la limite de {limit} Mo. Rien n'a été envoyé.</p>"
+    '<!doctype html><html lang="fr"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">'
+    '<title>Fichier trop lourd — Caducée</title><link rel="stylesheet" href="/static/webmail.css"></head><body>'
+    '<main id="contenu"><h1>Fichier trop lourd</h1><p>Le fichier envoyé dépasse la limite de {limit} Mo. Rien n\'a été envoyé.</p>'
+    "<p>Revenez en arrière et choisissez un fichier plus léger (par exemple une photo moins grande, ou un PDF).</p>"
     '<p><a href="/">Revenir à mes messages</a></p></main></body></html>'
 )
 
 
 class BodyLimit:
     """Refuses a request body larger than `limit` (413), before it is parsed or spooled,
-    whether or not it declared its length."""
+    whether or not it declared its length.
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+    A body sent in chunks is counted as it arrives; once over the limit, the application is
+    stopped (its next read raises) and whatever it answers instead (a framework that turns
+    the failed read into "400 cannot parse the body", say) is replaced by the same 413 as a
+    declared length gets: the answer depends on the size, not on how it was sent.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int, upload_limit: int | None = None) -> None:
         self.app = app
         self.limit = limit
+        self.upload_limit = upload_limit if upload_limit is not None else limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -163,20 +219,26 @@ class BodyLimit:
             return
         received = 0
         finished = False
+        over = False
         started = False
 
         async def counting() -> Message:
-            nonlocal received, finished
+            nonlocal received, finished, over
+            if over:
+                raise _TooLarge()
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 finished = not message.get("more_body", False)
                 if received > self.limit:
+                    over = True
                     raise _TooLarge()
             return message
 
         async def tracking(message: Message) -> None:
             nonlocal started
+            if over and not started:
+                return  # the application's own answer to a body we cut short is replaced below
             if message["type"] == "http.response.start":
                 started = True
             await send(message)
@@ -184,10 +246,11 @@ class BodyLimit:
         try:
             await self.app(scope, counting, tracking)
         except _TooLarge:
-            if not started:
-                if not finished:
-                    await self._drain(receive, received)
-                await self._refuse(send)
+            pass
+        if over and not started:
+            if not finished:
+                await self._drain(receive, received)
+            await self._refuse(send)
 
     async def _drain(self, receive: Receive, already: int) -> None:
         """Read and drop the rest of the body (up to a bound), so that the client, still
@@ -202,7 +265,7 @@ class BodyLimit:
                 return
 
     async def _refuse(self, send: Send) -> None:
-        body = TOO_LARGE.format(limit=self.limit // 1_048_576).encode()
+        body = TOO_LARGE.format(limit=self.upload_limit // 1_048_576).encode()
         await send(
             {
                 "type": "http.response.start",

@@ -76,3 +76,60 @@ if (search) {
     timer = setTimeout(run, 300);
   });
 }
+
+// An error after a form: focus moves to the sentence that says what to correct.
+const error = document.getElementById("erreur");
+if (error) {
+  error.focus();
+}
+
+// A print button where the print page has one (the browser's own command works without it).
+document.querySelectorAll("[data-print]").forEach((button) => {
+  button.hidden = false;
+  button.addEventListener("click", () => window.print());
+});
+
+// The session ends after some minutes without a request, and typing is not a request.
+// Two minutes before, a banner says so and offers to stay signed in (WCAG 2.2.1); what
+// is typed is also kept by the server if the form is sent after the end.
+const idle = Number(document.body.dataset.idleSeconds || 0);
+if (idle > 0) {
+  const warning = document.getElementById("fin-session");
+  const sentence = document.getElementById("fin-session-texte");
+  const stay = document.getElementById("rester");
+  const warnBefore = Math.min(120, idle / 2);
+  let warnTimer = null;
+  let endTimer = null;
+  let lastFocus = null;
+  const schedule = () => {
+    clearTimeout(warnTimer);
+    clearTimeout(endTimer);
+    warnTimer = setTimeout(() => {
+      lastFocus = document.activeElement;
+      sentence.textContent = "Pour protéger vos données, votre session va se terminer dans " + Math.round(warnBefore / 60) +
+        " minute" + (warnBefore >= 120 ? "s" : "") + ". Votre texte n'est pas perdu.";
+      warning.hidden = false;
+      stay.hidden = false;
+      stay.focus();
+    }, (idle - warnBefore) * 1000);
+    endTimer = setTimeout(() => {
+      sentence.textContent = "Votre session a pris fin. Si vous écriviez un message, cliquez sur « Envoyer » : " +
+        "votre texte sera gardé et vous le retrouverez après vous être reconnecté.";
+      stay.hidden = true;
+    }, idle * 1000);
+  };
+  stay.addEventListener("click", async () => {
+    const answer = await fetch("/api/v1/session/extend", {
+      method: "POST", credentials: "same-origin", headers: { "X-CSRF-Token": document.body.dataset.csrf },
+    });
+    if (answer.ok) {
+      warning.hidden = true;
+      schedule();
+      if (lastFocus && lastFocus.focus) lastFocus.focus();
+    } else {
+      sentence.textContent = "Votre session a déjà pris fin. Reconnectez-vous pour continuer.";
+      stay.hidden = true;
+    }
+  });
+  schedule();
+}
