@@ -158,7 +158,8 @@ class Settings:
     )
     psc_client_secret: str = _setting("", "Client secret of `psc_client_id` (sent to the token endpoint with HTTP Basic).")
     psc_redirect_uri: str = _setting(
-        "", "Redirect URI registered for the portal. Empty: `<webmail_url>pro/connexion/retour`; signing out returns to `<same origin>/pro/deconnecte`."
+        "",
+        "Redirect URI registered for the portal. Empty: `<webmail_url>pro/connexion/retour`; signing out returns to `<same origin>/pro/deconnecte`.",
     )
     psc_scopes: list[str] = _setting(["openid", "scope_all"], "Scopes asked for at sign-in.")
     psc_acr_values: list[str] = _setting(

@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 import ssl
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -46,7 +49,10 @@ from caducee.gateway.protection import SmimeStage, WithoutCertificate
 from caducee.gateway.relay import RelayWorker
 from caducee.gateway.smtp import ListenerConfig, start_listener
 from caducee.history.service import AccessHistory
+from caducee.identity import api as identity_api
+from caducee.identity import portal as identity_portal
 from caducee.identity.mailauth import MailboxAuthenticator
+from caducee.identity.runtime import Identity, build_identity
 from caducee.imap.server import ImapServer, start_imap
 from caducee.mailbox.autoconfig import router as autoconfig_router
 from caducee.notify.alerts import NewMailAlerts
@@ -103,13 +109,16 @@ class CountRequests:
         await self.app(scope, receive, counting)
 
 
-def build_app(engine: AsyncEngine, settings: Settings, pipeline: AcceptPipeline | None = None) -> FastAPI:
+def build_app(engine: AsyncEngine, settings: Settings, pipeline: AcceptPipeline | None = None, identity: Identity | None = None) -> FastAPI:
     """The HTTP application on `engine`; the caller owns the engine's lifetime.
 
     `pipeline` is the gateway's accept pipeline, through which the webmail sends; without
-    it the webmail reads but does not send (and says so).
+    it the webmail reads but does not send (and says so). `identity` is the process's
+    Pro Santé Connect side, shared with the mail listeners; without it the app builds its own.
     """
     webmail = webmail_context(engine, settings, pipeline)
+    own_identity = identity is None
+    identity = identity or build_identity(engine, settings)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -117,6 +126,8 @@ def build_app(engine: AsyncEngine, settings: Settings, pipeline: AcceptPipeline 
             yield
         finally:
             await webmail.webmail.history.close()
+            if own_identity:
+                await identity.close()
 
     app = FastAPI(
         title="Caducée",
@@ -128,6 +139,7 @@ def build_app(engine: AsyncEngine, settings: Settings, pipeline: AcceptPipeline 
     app.state.settings = settings
     app.state.webmail = webmail
     app.state.campaigns = Campaigns(engine, settings, pipeline)
+    app.state.identity = identity.context
     app.add_middleware(WebmailHeaders)
     app.add_middleware(BodyLimit, limit=settings.webmail_max_upload + 1024 * 1024)
     metrics = Metrics()
@@ -162,7 +174,10 @@ def build_app(engine: AsyncEngine, settings: Settings, pipeline: AcceptPipeline 
     app.include_router(autoconfig_router)
     app.include_router(webmail_pages)
     app.include_router(webmail_api)
+    app.include_router(identity_portal.router)
+    app.include_router(identity_api.router)
     app.mount("/static", StaticFiles(directory=str(Path(webmail_package.__file__).parent / "static")), name="static")
+    app.mount("/pro/static", StaticFiles(directory=str(Path(identity_portal.__file__).parent / "static")), name="pro-static")
     return app
 
 
@@ -255,7 +270,11 @@ class GatewayRuntime:
         await self.pipeline.close()
 
 
-async def start_gateway(settings: Settings, engine: AsyncEngine, *, reuse_port: bool = False, relay: bool = True) -> GatewayRuntime:
+async def start_gateway(
+    settings: Settings, engine: AsyncEngine, *, reuse_port: bool = False, relay: bool = True, identity: Identity | None = None
+) -> GatewayRuntime:
+    """SMTP, IMAP and the relay. With `identity` (Pro Santé Connect configured), submission and
+    IMAP also take tokens (OAUTHBEARER, XOAUTH2), under the passwords' lock-out."""
     files = tls_files(settings)
     cipher = BodyCipher(load_master_key(settings.data_dir))
     plain = server_context(files.server, password=files.password)
@@ -267,6 +286,8 @@ async def start_gateway(settings: Settings, engine: AsyncEngine, *, reuse_port: 
     pipeline = AcceptPipeline(engine, settings, cipher, on_queued=worker.wake, smime=smime_stage(settings, engine, pool), cpu=pool)
     pipeline.on_delivered = NewMailAlerts(engine, settings, notifier_from_settings(settings)).delivered
     authenticator = MailboxAuthenticator(engine, settings.local_domains)
+    smtp_tokens = identity.mail(authenticator.throttle, "SMTP") if identity is not None else None
+    imap_tokens = identity.mail(authenticator.throttle, "IMAP") if identity is not None else None
     runtime = GatewayRuntime(pipeline, worker)
     listeners = [
         ListenerConfig("mx", settings.smtp_host, settings.mx_port, mutual),
@@ -281,10 +302,13 @@ async def start_gateway(settings: Settings, engine: AsyncEngine, *, reuse_port: 
         config.hostname = settings.hostname
         config.timeout = settings.smtp_timeout
         config.data_timeout = settings.smtp_data_timeout
-        runtime.servers.append(await start_listener(config, pipeline, authenticator, reuse_port=reuse_port))
+        tokens = smtp_tokens if config.kind == "submission" else None
+        runtime.servers.append(await start_listener(config, pipeline, authenticator, reuse_port=reuse_port, tokens=tokens))
         log.info("SMTP %s on %s:%d%s", config.kind, config.host, config.port, " (implicit TLS)" if config.implicit_tls else "")
     if settings.imap_port or settings.imaps_port:
-        runtime.imap = await start_imap(settings, engine, cipher, plain, authenticator=authenticator, reuse_port=reuse_port)
+        runtime.imap = await start_imap(
+            settings, engine, cipher, plain, authenticator=authenticator, tokens=imap_tokens, reuse_port=reuse_port
+        )
     if relay:
         runtime.tasks.append(asyncio.create_task(worker.run_forever(), name="relay"))
     return runtime
@@ -305,6 +329,57 @@ def settle_garbage_collector() -> None:
     gc.set_threshold(20_000, 20, 20)
 
 
+def start_psc_standin(settings: Settings) -> tuple[subprocess.Popen[bytes] | None, Settings]:
+    """`serve --demo`: the local Pro Santé Connect stand-in as a child process on the loopback
+    address (it knows the demo professionals), and the settings pointed at it over HTTP."""
+    if not settings.demo_psc_port:
+        return None, settings
+    import httpx
+
+    from caducee import demo as demo_world
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    path, secret = demo_world.psc_standin_config(settings)
+    host, port = "127.0.0.1", settings.demo_psc_port
+    process = subprocess.Popen(
+        [sys.executable, "-m", "caducee.identity.standin", "--config", str(path), "--host", host, "--port", str(port)]
+    )
+    discovery = f"http://{host}:{port}/auth/realms/esante-wallet/.well-known/openid-configuration"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx.get(discovery, timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError(f"the Pro Santé Connect stand-in did not start on {host}:{port}")
+        time.sleep(0.1)
+    log.warning(
+        "demo: Pro Santé Connect is the local stand-in at %s (test identities only)",
+        discovery.removesuffix("/.well-known/openid-configuration"),
+    )
+    return process, settings.replace(
+        psc_discovery_url=discovery,
+        psc_client_id=demo_world.PSC_CLIENT_ID,
+        psc_client_secret=secret,
+        psc_redirect_uri=f"http://127.0.0.1:{settings.http_port}/pro/connexion/retour",
+        psc_audiences=[demo_world.PSC_CLIENT_ID],
+    )
+
+
+def stop_child(process: subprocess.Popen[bytes] | None) -> None:
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def _reusable_socket(host: str, port: int) -> socket.socket:
     """A listening socket several worker processes can share (SO_REUSEPORT)."""
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
@@ -323,12 +398,16 @@ async def serve(settings: Settings, *, demo: bool = False, migrate: bool = True,
     import uvicorn
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    standin = None
+    if demo:
+        standin, settings = await asyncio.to_thread(start_psc_standin, settings)
     if migrate:
         engine = await prepare_database(settings, demo=demo)
     else:
         engine = db.create_engine(settings.effective_database_url, pool_size=settings.database_pool_size)
-    gateway = await start_gateway(settings, engine, reuse_port=reuse_port)
-    app = build_app(engine, settings, gateway.pipeline)
+    identity = build_identity(engine, settings)
+    gateway = await start_gateway(settings, engine, reuse_port=reuse_port, identity=identity)
+    app = build_app(engine, settings, gateway.pipeline, identity)
     config = uvicorn.Config(app, log_level=settings.log_level.lower(), access_log=False)
     server = uvicorn.Server(config)
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
@@ -346,17 +425,24 @@ async def serve(settings: Settings, *, demo: bool = False, migrate: bool = True,
         campaigns.cancel()
         await asyncio.gather(campaigns, return_exceptions=True)
         await gateway.stop()
+        await identity.close()
         await engine.dispose()
+        stop_child(standin)
 
 
 def serve_workers(settings: Settings, argv: list[str], workers: int, *, demo: bool) -> int:
     """Migrate and seed once, then run `workers` processes sharing every port."""
     import signal
-    import subprocess
-    import sys
 
     asyncio.run(_prepare_only(settings, demo=demo))
-    children = [subprocess.Popen([sys.executable, "-m", "caducee", *argv, "--worker-process"]) for _ in range(workers)]
+    standin = None
+    environ = dict(os.environ)
+    if demo:  # the workers are started without --demo: they get the stand-in's settings from the environment
+        standin, settings = start_psc_standin(settings)
+        for name in ("psc_discovery_url", "psc_client_id", "psc_client_secret", "psc_redirect_uri", "psc_audiences"):
+            value = getattr(settings, name)
+            environ["CADUCEE_" + name.upper()] = ",".join(value) if isinstance(value, list) else str(value)
+    children = [subprocess.Popen([sys.executable, "-m", "caducee", *argv, "--worker-process"], env=environ) for _ in range(workers)]
 
     def forward(signum: int, _frame: object) -> None:
         for child in children:
@@ -366,6 +452,7 @@ def serve_workers(settings: Settings, argv: list[str], workers: int, *, demo: bo
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
     codes = [child.wait() for child in children]
+    stop_child(standin)
     return max(codes, default=0)
 
 

@@ -28,7 +28,12 @@ class StandinClient:
         for candidate in registered:
             known = urlsplit(candidate)
             loopback = known.hostname in {"127.0.0.1", "::1", "localhost"} and known.scheme == "http"
-            if loopback and (asked.scheme, asked.hostname, asked.path, asked.query) == (known.scheme, known.hostname, known.path, known.query):
+            if loopback and (asked.scheme, asked.hostname, asked.path, asked.query) == (
+                known.scheme,
+                known.hostname,
+                known.path,
+                known.query,
+            ):
                 return True
         return False
 
