@@ -67,9 +67,15 @@ async def home(request: Request) -> Response:
         csrf=session.csrf_token,  # type: ignore[attr-defined]
         types=TYPES,
         hostname=settings.hostname,
-        imap_port=settings.imaps_port,
-        submission_port=settings.submissions_port,
+        imap=_ports((settings.imaps_port, "TLS"), (settings.imap_port, "STARTTLS")),
+        smtp=_ports((settings.submissions_port, "TLS"), (settings.submission_port, "STARTTLS")),
     )
+
+
+def _ports(*offered: tuple[int, str]) -> str:
+    """ "port 1993 (TLS) ou 1143 (STARTTLS)" for the listeners this server runs."""
+    running = [f"{port} ({kind})" for port, kind in offered if port]
+    return "port " + " ou ".join(running) if running else "non disponible sur ce serveur"
 
 
 @router.get("/connexion")
