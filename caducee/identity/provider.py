@@ -133,7 +133,7 @@ class Provider:
             self._metadata = (time.monotonic(), value)
             return value
 
-        return await self._flights.run("metadata", load)  # type: ignore[no-any-return]
+        return await self._flights.run("metadata", load)
 
     async def _fetch_keys(self) -> KeySet:
         metadata = await self.metadata()
@@ -152,7 +152,7 @@ class Provider:
         cached = self._keys
         if cached is not None and time.monotonic() - cached[0] < self.cache_seconds:
             return cached[1]
-        return await self._flights.run("keys", self._fetch_keys)  # type: ignore[no-any-return]
+        return await self._flights.run("keys", self._fetch_keys)
 
     async def _key_for(self, kid: str | None) -> Any:
         keyset = await self.keys()

@@ -9,7 +9,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, update
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from caducee.core.clock import utcnow
@@ -44,7 +44,7 @@ class ProSessions:
         async with self.engine.begin() as conn:
             await conn.execute(delete(ProSession).where(ProSession.expires_at < moment))
             await conn.execute(
-                ProSession.__table__.insert().values(
+                insert(ProSession).values(
                     id=session_id,
                     national_id=national_id,
                     csrf_token=csrf,
@@ -63,7 +63,7 @@ class ProSessions:
             return None
         session_id = hashlib.sha256(token.encode()).hexdigest()
         async with self.engine.connect() as conn:
-            row = (await conn.execute(ProSession.__table__.select().where(ProSession.id == session_id))).first()
+            row = (await conn.execute(select(ProSession.__table__).where(ProSession.id == session_id))).first()
         if row is None:
             return None
         moment = utcnow()

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from urllib.parse import urlencode, urlsplit
 
-from sqlalchemy import delete
+from sqlalchemy import delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from caducee.core.clock import utcnow
@@ -135,7 +135,7 @@ class ProSignIn:
         async with self.engine.begin() as conn:
             await conn.execute(delete(LoginState).where(LoginState.expires_at < moment))
             await conn.execute(
-                LoginState.__table__.insert().values(
+                insert(LoginState).values(
                     id=digest(state),
                     browser=digest(browser),
                     nonce=nonce,
@@ -160,7 +160,7 @@ class ProSignIn:
         if not state or len(state) > MAX_PARAMETER:
             raise SignInRefused("state", "missing or oversized state")
         async with self.engine.begin() as conn:
-            row = (await conn.execute(LoginState.__table__.select().where(LoginState.id == digest(state)))).first()
+            row = (await conn.execute(select(LoginState.__table__).where(LoginState.id == digest(state)))).first()
             if row is None:
                 raise SignInRefused("state", "unknown or already used state")
             deleted = await conn.execute(delete(LoginState).where(LoginState.id == row.id))

@@ -38,7 +38,7 @@ class IdentityContext:
 
 
 def context(request: Request) -> IdentityContext:
-    return request.app.state.identity  # type: ignore[no-any-return]
+    return request.app.state.identity
 
 
 def set_cookie(response: Response, ctx: IdentityContext, name: str, value: str, *, path: str, max_age: int | None = None) -> None:

@@ -139,7 +139,7 @@ class Realm:
         return self.keys[0]
 
     def jwks(self) -> dict[str, Any]:
-        return KeySet(self.keys).as_dict(private=False)  # type: ignore[arg-type]
+        return dict(KeySet(self.keys).as_dict(private=False))  # type: ignore[arg-type]
 
 
 class State:
@@ -259,7 +259,7 @@ def create_app(config: StandinConfig) -> tuple[flask.Flask, State]:
             return _RefreshToken(refresh_token, login) if login is not None else None
 
         def authenticate_user(self, refresh_token: Any) -> Login:
-            return refresh_token.login  # type: ignore[no-any-return]
+            return refresh_token.login
 
         def revoke_old_credential(self, refresh_token: Any) -> None:
             with state.lock:
