@@ -116,3 +116,17 @@ def test_error_challenges_say_nothing_about_why() -> None:
         "openid-configuration": "https://x/.well-known/openid-configuration",
     }
     assert json.loads(error_challenge("XOAUTH2", scope="s", openid_configuration=""))["status"] == "401"
+
+
+def test_psc_settings_are_checked_and_derived(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from caducee.config import SettingsError, load_settings
+    from caducee.identity.runtime import redirect_uris
+
+    with pytest.raises(SettingsError, match="psc_discovery_url"):
+        load_settings(environ={"CADUCEE_PSC_CLIENT_ID": "c", "CADUCEE_PSC_DISCOVERY_URL": "http://psc.example/x"})
+    with pytest.raises(SettingsError, match="psc_acr_values"):
+        load_settings(environ={"CADUCEE_PSC_CLIENT_ID": "c", "CADUCEE_PSC_ACR_VALUES": ""})
+    settings = load_settings(environ={"CADUCEE_WEBMAIL_URL": "https://mail.example.fr/", "CADUCEE_PSC_AUDIENCES": "caducee,logiciel"})
+    assert settings.psc_discovery_url.startswith("https://auth.esw.esante.gouv.fr/auth/realms/esante-wallet/")
+    assert settings.psc_audiences == ["caducee", "logiciel"] and settings.psc_acr_values == ["eidas1"]
+    assert redirect_uris(settings) == ("https://mail.example.fr/pro/connexion/retour", "https://mail.example.fr/pro/deconnecte")
