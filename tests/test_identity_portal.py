@@ -204,3 +204,30 @@ async def test_provider_unreachable_or_not_configured(engine: Any, settings: Any
                 assert answer.status_code == 503 and words in html.unescape(answer.text)
         finally:
             await running.stop()
+
+
+async def test_userinfo_as_a_signed_jwt(engine: Any, settings: Any, tmp_path: Any) -> None:
+    """PSC may answer userinfo as a signed JWT (application/jwt): its signature, issuer and
+    audience are checked like a token's, and the sign-in goes through."""
+    import asyncio
+
+    from conftest import RunningHTTP
+    from psc import psc_settings, standin_config, start_standin
+
+    from caducee.server import build_app
+
+    jwt_standin = await asyncio.to_thread(start_standin, tmp_path, standin_config(userinfo_format="jwt"))
+    running = RunningHTTP(None)
+    configured = psc_settings(settings, jwt_standin, psc_redirect_uri=f"{running.base_url}/pro/connexion/retour")
+    await demo.seed(engine, configured, certificates=False)
+    running.server.config.app = build_app(engine, configured)
+    await running.start()
+    try:
+        async with httpx.AsyncClient(timeout=30) as client:
+            token_page = await sign_in(client, Portal(running.base_url, configured, engine, {}), DOCTOR)
+            assert token_page.status_code == 303
+            text = html.unescape((await client.get(f"{running.base_url}/pro/")).text)
+            assert "Bonjour Dr Sophie Bernard" in text
+    finally:
+        await running.stop()
+        await asyncio.to_thread(jwt_standin.stop)
