@@ -51,7 +51,9 @@ def test_serve_with_two_workers(tmp_path: Path, database_url: str, engine: Async
             assert process.poll() is None, process.stderr.read().decode() if process.stderr else ""
             assert time.monotonic() < deadline, "serve did not start"
             time.sleep(0.2)
-        workers = subprocess.run(["pgrep", "-P", str(process.pid), "-f", "--", "--worker-process"], capture_output=True, text=True).stdout.split()
+        workers = subprocess.run(
+            ["pgrep", "-P", str(process.pid), "-f", "--", "--worker-process"], capture_output=True, text=True
+        ).stdout.split()
         assert len(workers) == 2
         credentials = json.loads((data_dir / "demo-credentials.json").read_text())
         sender = credentials["professionals"]["doctor"]["address"]
