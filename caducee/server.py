@@ -331,42 +331,51 @@ def settle_garbage_collector() -> None:
 
 def start_psc_standin(settings: Settings) -> tuple[subprocess.Popen[bytes] | None, Settings]:
     """`serve --demo`: the local Pro Santé Connect stand-in as a child process on the loopback
-    address (it knows the demo professionals), and the settings pointed at it over HTTP."""
+    address (it knows the demo professionals), and the settings pointed at it over HTTP.
+
+    It listens on `demo_psc_port`, or on a free port when that one is taken (the log says
+    where), and stops with this process, even one killed with SIGKILL.
+    """
     if not settings.demo_psc_port:
         return None, settings
-    import httpx
-
     from caducee import demo as demo_world
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     path, secret = demo_world.psc_standin_config(settings)
-    host, port = "127.0.0.1", settings.demo_psc_port
-    process = subprocess.Popen(
-        [sys.executable, "-m", "caducee.identity.standin", "--config", str(path), "--host", host, "--port", str(port)]
-    )
-    discovery = f"http://{host}:{port}/auth/realms/esante-wallet/.well-known/openid-configuration"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(discovery, timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            raise RuntimeError(f"the Pro Santé Connect stand-in did not start on {host}:{port}")
-        time.sleep(0.1)
-    log.warning(
-        "demo: Pro Santé Connect is the local stand-in at %s (test identities only)",
-        discovery.removesuffix("/.well-known/openid-configuration"),
-    )
+    for port in (settings.demo_psc_port, 0):
+        launched = _launch_standin(path, port)
+        if launched is not None:
+            break
+        log.warning("demo: port %d is taken, the Pro Santé Connect stand-in takes a free one", port)
+    else:
+        raise RuntimeError("the Pro Santé Connect stand-in did not start")
+    process, issuer = launched
+    log.warning("demo: Pro Santé Connect is the local stand-in at %s (test identities only)", issuer)
     return process, settings.replace(
-        psc_discovery_url=discovery,
+        psc_discovery_url=issuer + "/.well-known/openid-configuration",
         psc_client_id=demo_world.PSC_CLIENT_ID,
         psc_client_secret=secret,
         psc_redirect_uri=f"http://127.0.0.1:{settings.http_port}/pro/connexion/retour",
         psc_audiences=[demo_world.PSC_CLIENT_ID],
     )
+
+
+def _launch_standin(config: Path, port: int) -> tuple[subprocess.Popen[bytes], str] | None:
+    """The stand-in process and its issuer URL, once it has bound its port; None when the port is taken."""
+    import select
+
+    command = [sys.executable, "-m", "caducee.identity.standin", "--config", str(config), "--host", "127.0.0.1", "--port", str(port)]
+    process = subprocess.Popen([*command, "--parent", str(os.getpid())], stdout=subprocess.PIPE)
+    assert process.stdout is not None
+    ready, _, _ = select.select([process.stdout], [], [], 60)
+    line = process.stdout.readline().decode("utf-8", "replace").strip() if ready else ""
+    process.stdout.close()
+    if "http://" not in line:
+        stop_child(process)
+        if process.returncode == 3:
+            return None
+        raise RuntimeError("the Pro Santé Connect stand-in did not start")
+    return process, line[line.index("http://") :]
 
 
 def stop_child(process: subprocess.Popen[bytes] | None) -> None:
