@@ -153,6 +153,44 @@ class Settings:
     notify_from: str = _setting("Caducée <ne-pas-repondre@demo.mssante.fr>", "From address of notifications.")
     notify_new_mail_minutes: int = _setting(60, 'At most one "a message is waiting" email per patient in this many minutes.')
     webmail_url: str = _setting("http://127.0.0.1:8080/", "The webmail's address, given in the emails sent to patients.")
+    psc_discovery_url: str = _setting(
+        "https://auth.esw.esante.gouv.fr/auth/realms/esante-wallet/.well-known/openid-configuration",
+        "Pro Santé Connect's OpenID discovery document (the sandbox: "
+        "`https://auth.bas.psc.esante.gouv.fr/auth/realms/esante-wallet/.well-known/openid-configuration`). "
+        "The issuer is this URL without `/.well-known/openid-configuration`; the document must say the same.",
+    )
+    psc_client_id: str = _setting(
+        "", "Client id Caducée is registered under at Pro Santé Connect. Empty: no PSC sign-in, no token on the APIs, IMAP or SMTP."
+    )
+    psc_client_secret: str = _setting("", "Client secret of `psc_client_id` (sent to the token endpoint with HTTP Basic).")
+    psc_redirect_uri: str = _setting(
+        "",
+        "Redirect URI registered for the portal. Empty: `<webmail_url>pro/connexion/retour`; signing out returns to `<same origin>/pro/deconnecte`.",
+    )
+    psc_scopes: list[str] = _setting(["openid", "scope_all"], "Scopes asked for at sign-in.")
+    psc_acr_values: list[str] = _setting(
+        ["eidas1"], "Authentication levels asked for (`acr_values`) and the only `acr` accepted in ID and access tokens."
+    )
+    psc_audiences: list[str] = _setting(
+        [],
+        "Audiences an access token must name one of (`aud`) to be accepted on the APIs, IMAP and SMTP. "
+        "Empty: `psc_client_id` alone. Add the client ids of practice software whose tokens PSC issues for Caducée.",
+    )
+    psc_national_id_claim: str = _setting(
+        "preferred_username", "Claim holding the professional's national id (8 + RPPS, 0 + ADELI) in ID tokens, userinfo and access tokens."
+    )
+    psc_cache_seconds: int = _setting(
+        3600, "How long the discovery document and the signing keys are kept; a token signed by an unknown key id refetches the keys once."
+    )
+    psc_timeout: float = _setting(10.0, "Seconds Caducée waits for Pro Santé Connect (discovery, keys, token, userinfo).")
+    psc_leeway_seconds: int = _setting(30, "Clock difference tolerated when checking token expiry and issue times.")
+    pro_idle_minutes: int = _setting(15, "Minutes without a request after which a professional portal session ends.")
+    pro_session_hours: int = _setting(12, "Hours after which a professional portal session ends whatever the activity.")
+    demo_psc_port: int = _setting(
+        8081,
+        "Port of the local Pro Santé Connect stand-in that `serve --demo` starts on `http_host` (and points the psc_* settings at). "
+        "0: none, the psc_* settings are used as they are.",
+    )
     log_level: str = _setting("INFO", "Logging level (DEBUG, INFO, WARNING, ERROR).")
 
     @property
@@ -281,4 +319,8 @@ def load_settings(
         raise SettingsError("setting 'campaign_batch_size' must be 1 or more")
     if settings.cpu_workers < 0:
         raise SettingsError("setting 'cpu_workers' must be 0 (one per CPU) or more")
+    if settings.psc_client_id and not settings.psc_discovery_url.startswith(("https://", "http://127.0.0.1", "http://localhost")):
+        raise SettingsError("setting 'psc_discovery_url' must be an https:// URL (plain http only on the loopback, for the stand-in)")
+    if settings.psc_client_id and not settings.psc_acr_values:
+        raise SettingsError("setting 'psc_acr_values' may not be empty: it is the only defence against a weaker authentication")
     return settings

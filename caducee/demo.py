@@ -36,6 +36,10 @@ ADULT_1_INS = "285037512345688"  # Claire Martin, born March 1985 in Paris
 ADULT_2_INS = "178112A12345684"  # Paul Rossi, born November 1978 in Corse-du-Sud
 MINOR_INS = "215067512345674"  # Léa Martin, born June 2015, Claire's daughter
 NEW_PATIENT_INS = "190076912345622"  # Marc Dubois, born July 1990 in the Rhône: profile created, not yet activated
+UNKNOWN_RPPS = "10000000033"  # Jean Inconnu: Pro Santé Connect knows him, our annuaire does not
+CABINET_ADDRESS = f"cabinet.lilas@{OPERATOR_DOMAIN}"  # the practice's CAB mailbox, attached to Dr Bernard
+PSC_CLIENT_ID = "caducee-demo"  # the portal's client at the local Pro Santé Connect stand-in
+PSC_SOFTWARE_CLIENT_ID = "logiciel-cabinet-demo"  # a public client (practice software, a mail client) whose tokens are for Caducée
 
 
 def credentials_path(settings: Settings) -> Path:
@@ -127,6 +131,17 @@ async def seed(engine: AsyncEngine, settings: Settings, *, certificates: bool = 
                 structure=structure,
             )
             credentials["professionals"][key] = {"address": address, "password": password, "name": f"{first} {last}"}
+
+        # The practice's own mailbox, attached in the annuaire to Dr Bernard (she opens it with her PSC token).
+        await service.add_mailbox(
+            conn,
+            address=CABINET_ADDRESS,
+            type=MailboxType.CAB,
+            display_name="Cabinet médical des Lilas",
+            professional="8" + DOCTOR_RPPS,
+            structure=cabinet,
+        )
+        credentials["cabinet"] = {"address": CABINET_ADDRESS, "attached_to": "doctor"}
 
         pharmacist = await service.add_professional(
             conn,
@@ -294,6 +309,63 @@ def _usable(pair: Any) -> bool:
         return False
     cert = x509.load_pem_x509_certificate(pair.cert.read_bytes())
     return cert.not_valid_after_utc > datetime.now(UTC) + timedelta(days=30)
+
+
+def psc_standin_users() -> list[Any]:
+    """The professionals the local Pro Santé Connect stand-in knows: the demo's doctor, nurse
+    and pharmacist (in the annuaire), and one the annuaire does not know."""
+    from caducee.identity.standin.config import StandinUser
+
+    cabinet = {"structure_name": "Cabinet médical des Lilas", "structure_id": "R10000001", "siret": "73282932000074", "postcode": "75019"}
+    return [
+        StandinUser(
+            "8" + DOCTOR_RPPS,
+            "DR",
+            "Sophie",
+            "Bernard",
+            "10",
+            "Médecin",
+            savoir_faire="SM54",
+            email="sophie.bernard@example.org",
+            **cabinet,
+        ),
+        StandinUser("8" + NURSE_RPPS, "M", "Karim", "Haddad", "60", "Infirmier", **cabinet),
+        StandinUser(
+            "8" + PHARMACIST_RPPS,
+            "MME",
+            "Nadia",
+            "Lefèvre",
+            "21",
+            "Pharmacien",
+            structure_name="Pharmacie du Canal",
+            structure_id="R10000002",
+            finess=PHARMACY_FINESS,
+            postcode="75010",
+        ),
+        StandinUser("8" + UNKNOWN_RPPS, "M", "Jean", "Inconnu", "10", "Médecin", structure_name="Cabinet hors annuaire", postcode="69001"),
+    ]
+
+
+def psc_standin_config(settings: Settings) -> tuple[Path, str]:
+    """The stand-in's configuration file in the data dir (written once, mode 0600) and the
+    portal's client secret in it."""
+    from caducee.identity.standin.config import StandinClient, StandinConfig, dump
+
+    path = settings.data_dir / "psc-standin.json"
+    if path.exists():
+        document = json.loads(path.read_text(encoding="utf-8"))
+        return path, next(client["client_secret"] for client in document["clients"] if client["client_id"] == PSC_CLIENT_ID)
+    secret = generate_password(32)
+    config = StandinConfig(
+        realms=("esante-wallet",),
+        clients=(
+            StandinClient(PSC_CLIENT_ID, secret, ("http://127.0.0.1/pro/connexion/retour",), ("http://127.0.0.1/pro/deconnecte",)),
+            StandinClient(PSC_SOFTWARE_CLIENT_ID, None, ("http://127.0.0.1/callback",), audience=(PSC_CLIENT_ID,)),
+        ),
+        users=tuple(psc_standin_users()),
+    )
+    write_credentials(path, dump(config))
+    return path, secret
 
 
 def write_credentials(path: Path, credentials: dict[str, Any]) -> None:

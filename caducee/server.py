@@ -14,8 +14,11 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import os
 import socket
 import ssl
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -50,7 +53,10 @@ from caducee.gateway.protection import SmimeStage, WithoutCertificate
 from caducee.gateway.relay import RelayWorker
 from caducee.gateway.smtp import ListenerConfig, start_listener
 from caducee.history.service import AccessHistory
+from caducee.identity import api as identity_api
+from caducee.identity import portal as identity_portal
 from caducee.identity.mailauth import MailboxAuthenticator
+from caducee.identity.runtime import Identity, build_identity
 from caducee.imap.server import ImapServer, start_imap
 from caducee.mailbox.autoconfig import router as autoconfig_router
 from caducee.notify.alerts import NewMailAlerts
@@ -110,13 +116,16 @@ class CountRequests:
         await self.app(scope, receive, counting)
 
 
-def build_app(engine: AsyncEngine, settings: Settings, pipeline: AcceptPipeline | None = None) -> FastAPI:
+def build_app(engine: AsyncEngine, settings: Settings, pipeline: AcceptPipeline | None = None, identity: Identity | None = None) -> FastAPI:
     """The HTTP application on `engine`; the caller owns the engine's lifetime.
 
     `pipeline` is the gateway's accept pipeline, through which the webmail sends; without
-    it the webmail reads but does not send (and says so).
+    it the webmail reads but does not send (and says so). `identity` is the process's
+    Pro Santé Connect side, shared with the mail listeners; without it the app builds its own.
     """
     webmail = webmail_context(engine, settings, pipeline)
+    own_identity = identity is None
+    identity = identity or build_identity(engine, settings)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -124,6 +133,8 @@ def build_app(engine: AsyncEngine, settings: Settings, pipeline: AcceptPipeline 
             yield
         finally:
             await webmail.webmail.history.close()
+            if own_identity:
+                await identity.close()
 
     app = FastAPI(
         title="Caducée",
@@ -140,6 +151,7 @@ def build_app(engine: AsyncEngine, settings: Settings, pipeline: AcceptPipeline 
     app.state.campaigns = Campaigns(engine, settings, pipeline)
     # Last added runs first: the headers wrap the body limit, so its 413 carries them too.
     app.add_middleware(BodyLimit, limit=settings.webmail_max_upload + 1024 * 1024, upload_limit=settings.webmail_max_upload)
+    app.state.identity = identity.context
     app.add_middleware(WebmailHeaders)
     metrics = Metrics()
     app.state.metrics = metrics
@@ -165,7 +177,10 @@ def build_app(engine: AsyncEngine, settings: Settings, pipeline: AcceptPipeline 
     app.include_router(autoconfig_router)
     app.include_router(webmail_pages)
     app.include_router(webmail_api)
+    app.include_router(identity_portal.router)
+    app.include_router(identity_api.router)
     app.mount("/static", StaticFiles(directory=str(Path(webmail_package.__file__).parent / "static")), name="static")
+    app.mount("/pro/static", StaticFiles(directory=str(Path(identity_portal.__file__).parent / "static")), name="pro-static")
     return app
 
 
@@ -300,8 +315,11 @@ async def start_gateway(
     reuse_port: bool = False,
     relay: bool = True,
     sockets: dict[str, socket.socket] | None = None,
+    identity: Identity | None = None,
 ) -> GatewayRuntime:
-    """The mail side; on `sockets` (from `bind_listeners`) when given, else binding its own."""
+    """SMTP, IMAP and the relay, on `sockets` (from `bind_listeners`) when given, else binding
+    their own. With `identity` (Pro Santé Connect configured), submission and IMAP also take
+    tokens (OAUTHBEARER, XOAUTH2), under the passwords' lock-out."""
     sockets = sockets or {}
     files = tls_files(settings)
     cipher = BodyCipher(load_master_key(settings.data_dir))
@@ -316,6 +334,8 @@ async def start_gateway(
         engine, settings, notifier_from_settings(settings), muted=lambda addresses: muted_addresses(engine, addresses)
     ).delivered
     authenticator = MailboxAuthenticator(engine, settings.local_domains)
+    smtp_tokens = identity.mail(authenticator.throttle, "SMTP") if identity is not None else None
+    imap_tokens = identity.mail(authenticator.throttle, "IMAP") if identity is not None else None
     runtime = GatewayRuntime(pipeline, worker)
     listeners = [
         ("mx", ListenerConfig("mx", settings.smtp_host, settings.mx_port, mutual)),
@@ -333,11 +353,14 @@ async def start_gateway(
         config.hostname = settings.hostname
         config.timeout = settings.smtp_timeout
         config.data_timeout = settings.smtp_data_timeout
-        runtime.servers.append(await start_listener(config, pipeline, authenticator, reuse_port=reuse_port, sock=sockets.get(name)))
+        tokens = smtp_tokens if config.kind == "submission" else None
+        runtime.servers.append(
+            await start_listener(config, pipeline, authenticator, reuse_port=reuse_port, sock=sockets.get(name), tokens=tokens)
+        )
         log.info("SMTP %s on %s:%d%s", config.kind, config.host, config.port, " (implicit TLS)" if config.implicit_tls else "")
     if settings.imap_port or settings.imaps_port:
         runtime.imap = await start_imap(
-            settings, engine, cipher, plain, authenticator=authenticator, reuse_port=reuse_port, sockets=sockets
+            settings, engine, cipher, plain, authenticator=authenticator, tokens=imap_tokens, reuse_port=reuse_port, sockets=sockets
         )
     if relay:
         runtime.tasks.append(asyncio.create_task(worker.run_forever(), name="relay"))
@@ -380,6 +403,66 @@ LISTENERS = (
     ("imaps", "smtp_host", "imaps_port"),
 )
 INHERITED = "CADUCEE_INHERITED_SOCKETS"  # name=fd,... : the sockets a worker got from its `caducee serve`
+
+
+def start_psc_standin(settings: Settings) -> tuple[subprocess.Popen[bytes] | None, Settings]:
+    """`serve --demo`: the local Pro Santé Connect stand-in as a child process on the loopback
+    address (it knows the demo professionals), and the settings pointed at it over HTTP.
+
+    It listens on `demo_psc_port`, or on a free port when that one is taken (the log says
+    where), and stops with this process, even one killed with SIGKILL.
+    """
+    if not settings.demo_psc_port:
+        return None, settings
+    from caducee import demo as demo_world
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    path, secret = demo_world.psc_standin_config(settings)
+    for port in (settings.demo_psc_port, 0):
+        launched = _launch_standin(path, port)
+        if launched is not None:
+            break
+        log.warning("demo: port %d is taken, the Pro Santé Connect stand-in takes a free one", port)
+    else:
+        raise RuntimeError("the Pro Santé Connect stand-in did not start")
+    process, issuer = launched
+    log.warning("demo: Pro Santé Connect is the local stand-in at %s (test identities only)", issuer)
+    return process, settings.replace(
+        psc_discovery_url=issuer + "/.well-known/openid-configuration",
+        psc_client_id=demo_world.PSC_CLIENT_ID,
+        psc_client_secret=secret,
+        psc_redirect_uri=f"http://127.0.0.1:{settings.http_port}/pro/connexion/retour",
+        psc_audiences=[demo_world.PSC_CLIENT_ID],
+    )
+
+
+def _launch_standin(config: Path, port: int) -> tuple[subprocess.Popen[bytes], str] | None:
+    """The stand-in process and its issuer URL, once it has bound its port; None when the port is taken."""
+    import select
+
+    command = [sys.executable, "-m", "caducee.identity.standin", "--config", str(config), "--host", "127.0.0.1", "--port", str(port)]
+    process = subprocess.Popen([*command, "--parent", str(os.getpid())], stdout=subprocess.PIPE)
+    assert process.stdout is not None
+    ready, _, _ = select.select([process.stdout], [], [], 60)
+    line = process.stdout.readline().decode("utf-8", "replace").strip() if ready else ""
+    process.stdout.close()
+    if "http://" not in line:
+        stop_child(process)
+        if process.returncode == 3:
+            return None
+        raise RuntimeError("the Pro Santé Connect stand-in did not start")
+    return process, line[line.index("http://") :]
+
+
+def stop_child(process: subprocess.Popen[bytes] | None) -> None:
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 class PortInUse(OSError):
@@ -447,12 +530,16 @@ async def serve(settings: Settings, *, demo: bool = False, migrate: bool = True,
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     sockets = sockets if sockets is not None else bind_listeners(settings)  # before anything slow: a busy port fails at once
+    standin = None
+    if demo:
+        standin, settings = await asyncio.to_thread(start_psc_standin, settings)
     if migrate:
         engine = await prepare_database(settings, demo=demo)
     else:
         engine = db.create_engine(settings.effective_database_url, pool_size=settings.database_pool_size)
-    gateway = await start_gateway(settings, engine, sockets=sockets)
-    app = build_app(engine, settings, gateway.pipeline)
+    identity = build_identity(engine, settings)
+    gateway = await start_gateway(settings, engine, sockets=sockets, identity=identity)
+    app = build_app(engine, settings, gateway.pipeline, identity)
     server = uvicorn.Server(http_config(app, settings))
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     loop = asyncio.get_running_loop()
@@ -468,20 +555,26 @@ async def serve(settings: Settings, *, demo: bool = False, migrate: bool = True,
         campaigns.cancel()
         await asyncio.gather(campaigns, return_exceptions=True)
         await gateway.stop()
+        await identity.close()
         await engine.dispose()
+        stop_child(standin)
 
 
 def serve_workers(settings: Settings, argv: list[str], workers: int, *, demo: bool) -> int:
     """Bind every port, migrate and seed once, then run `workers` processes on those sockets."""
     import os
     import signal
-    import subprocess
-    import sys
 
     sockets = bind_listeners(settings)
     asyncio.run(_prepare_only(settings, demo=demo))
-    described = ",".join(f"{name}={sock.fileno()}" for name, sock in sockets.items())
-    env = {**os.environ, INHERITED: described}
+    standin = None
+    env = dict(os.environ)
+    if demo:  # the workers are started without --demo: they get the stand-in's settings from the environment
+        standin, settings = start_psc_standin(settings)
+        for name in ("psc_discovery_url", "psc_client_id", "psc_client_secret", "psc_redirect_uri", "psc_audiences"):
+            value = getattr(settings, name)
+            env["CADUCEE_" + name.upper()] = ",".join(value) if isinstance(value, list) else str(value)
+    env[INHERITED] = ",".join(f"{name}={sock.fileno()}" for name, sock in sockets.items())
     fds = [sock.fileno() for sock in sockets.values()]
     children = [
         subprocess.Popen([sys.executable, "-m", "caducee", *argv, "--worker-process"], env=env, pass_fds=fds) for _ in range(workers)
@@ -497,6 +590,7 @@ def serve_workers(settings: Settings, argv: list[str], workers: int, *, demo: bo
     codes = [child.wait() for child in children]
     for sock in sockets.values():
         sock.close()
+    stop_child(standin)
     return max(codes, default=0)
 
 

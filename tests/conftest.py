@@ -356,3 +356,7 @@ def openpgp_template(tmp_path_factory: pytest.TempPathFactory, smime_template: P
     directory = tmp_path_factory.mktemp("openpgp-template")
     shutil.copytree(smime_template, directory / "var")
     return make_template(directory)
+
+
+# The Pro Santé Connect stand-in and the portal pointed at it (tests/psc.py).
+from psc import portal, standin  # noqa: E402, F401

@@ -34,6 +34,7 @@ def test_serve_with_two_workers(tmp_path: Path, database_url: str, engine: Async
         "CADUCEE_HTTP_PORT": str(http_port),
         "CADUCEE_TRUSTED_NETWORKS": "127.0.0.0/8",
         "CADUCEE_LOG_LEVEL": "WARNING",
+        "CADUCEE_DEMO_PSC_PORT": str(free_port()),  # the demo's Pro Santé Connect stand-in, a third child
     }
     process = subprocess.Popen(
         [sys.executable, "-m", "caducee", "serve", "--demo", "--workers", "2"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
@@ -50,7 +51,9 @@ def test_serve_with_two_workers(tmp_path: Path, database_url: str, engine: Async
             assert process.poll() is None, process.stderr.read().decode() if process.stderr else ""
             assert time.monotonic() < deadline, "serve did not start"
             time.sleep(0.2)
-        workers = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True).stdout.split()
+        workers = subprocess.run(
+            ["pgrep", "-P", str(process.pid), "-f", "--", "--worker-process"], capture_output=True, text=True
+        ).stdout.split()
         assert len(workers) == 2
         credentials = json.loads((data_dir / "demo-credentials.json").read_text())
         sender = credentials["professionals"]["doctor"]["address"]

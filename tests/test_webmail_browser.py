@@ -120,6 +120,7 @@ def site(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
         "CADUCEE_IMAPS_PORT": "0",
         "CADUCEE_LOG_LEVEL": "WARNING",
         "CADUCEE_IMAP_POLL_SECONDS": "0.2",
+        "CADUCEE_DEMO_PSC_PORT": str(free_port()),  # the demo's Pro Santé Connect stand-in
     }
     log = (directory / "serve.log").open("wb")
     process = subprocess.Popen([sys.executable, "-m", "caducee", "serve", "--demo"], env=env, stdout=log, stderr=subprocess.STDOUT)

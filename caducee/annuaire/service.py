@@ -541,3 +541,81 @@ async def certificates_for(conn: AsyncConnection, addresses: list[str], *, at: d
     for row in rows:
         found.setdefault(row.address, []).append(row.pem)
     return found
+
+
+# ---- professionals, for the identity component (Pro Santé Connect) -------------------------
+
+
+@dataclass(frozen=True)
+class ProfessionalInfo:
+    """A professional as the annuaire knows them, found by national id (8 + RPPS, 0 + ADELI)."""
+
+    national_id: str
+    civility: str
+    first_name: str
+    last_name: str
+    profession_code: str
+    profession_label: str
+    savoir_faire_label: str
+    active: bool  # False once the PS file retired them
+
+
+@dataclass(frozen=True)
+class ProfessionalMailbox:
+    """A mailbox of ours a professional may open: their PER mailbox, or an ORG/CAB one the
+    annuaire attaches to them."""
+
+    address: str
+    type: str
+    display_name: str
+
+
+async def find_professional(conn: AsyncConnection, national_id: str) -> ProfessionalInfo | None:
+    """The professional with this national id, retired or not; None when unknown."""
+    row = (
+        await conn.execute(
+            select(
+                Professional.national_id,
+                Professional.civility,
+                Professional.first_name,
+                Professional.last_name,
+                Professional.profession_code,
+                Professional.profession_label,
+                Professional.savoir_faire_label,
+                Professional.active,
+            ).where(Professional.national_id == national_id)
+        )
+    ).first()
+    if row is None:
+        return None
+    return ProfessionalInfo(
+        national_id=row.national_id,
+        civility=row.civility or "",
+        first_name=row.first_name or "",
+        last_name=row.last_name or "",
+        profession_code=row.profession_code or "",
+        profession_label=row.profession_label or "",
+        savoir_faire_label=row.savoir_faire_label or "",
+        active=bool(row.active),
+    )
+
+
+async def professional_mailboxes(conn: AsyncConnection, national_id: str, *, local_domains: list[str]) -> list[ProfessionalMailbox]:
+    """The active mailboxes on our own domains that the annuaire attaches to this professional.
+
+    A mailbox row names its professional (the extraction file's "Identifiant PP"): that is
+    the owner of a PER mailbox, and the person attached to an ORG or CAB one. APP mailboxes
+    belong to software and PAT mailboxes to patients: a professional never opens those. The
+    national file lists every operator's mailboxes; only ours can be opened here.
+    """
+    rows = await conn.execute(
+        select(Mailbox.address, Mailbox.type, Mailbox.display_name)
+        .where(
+            Mailbox.professional_national_id == national_id,
+            Mailbox.active.is_(True),
+            Mailbox.type.in_([MailboxType.PER.value, MailboxType.ORG.value, MailboxType.CAB.value]),
+            Mailbox.domain.in_([domain.lower() for domain in local_domains]),
+        )
+        .order_by(Mailbox.type.desc(), Mailbox.address)  # PER first, then ORG, then CAB
+    )
+    return [ProfessionalMailbox(row.address, row.type, row.display_name) for row in rows]

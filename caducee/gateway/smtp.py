@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import ipaddress
 import logging
 import re
@@ -26,6 +27,7 @@ from caducee.core.connections import ClientConnections
 from caducee.core.throttle import Locked
 from caducee.gateway.pipeline import AcceptPipeline, Channel, Envelope
 from caducee.identity.mailauth import MailboxAuthenticator
+from caducee.identity.mailtoken import TokenLoginFailed, TokenMailAuthenticator
 
 log = logging.getLogger(__name__)
 
@@ -91,15 +93,24 @@ END_OF_DATA = b"\r\n.\r\n"
 _SCAN_WINDOW = 256 * 1024
 
 
+# RFC 4954 section 4: an AUTH line (and each response to a challenge) may be 12,288 octets,
+# room for a Pro Santé Connect token; other commands keep aiosmtpd's 512.
+AUTH_LINE_LIMIT = 12288
+
+
 class GatewaySMTP(SMTP):
     """aiosmtpd's server with what we add: enhanced status codes on every reply, a DATA
     reader that works in large chunks, and trusted networks exempt from STARTTLS and AUTH."""
+
+    line_length_limit = AUTH_LINE_LIMIT + 2
 
     def __init__(
         self, handler: GatewayHandler, *, trusted_networks: list[str], connections: ClientConnections, data_timeout: float, **kwargs: Any
     ) -> None:
         super().__init__(handler, **kwargs)
         self._data_timeout = data_timeout
+        # Per connection (aiosmtpd's table is shared by the class and grows at each EHLO).
+        self.command_size_limits = collections.defaultdict(lambda: self.command_size_limit, {"AUTH": AUTH_LINE_LIMIT})
         self._trusted = [ipaddress.ip_network(network) for network in trusted_networks]
         self._connections = connections
         self._counted: str | None = None
@@ -237,10 +248,13 @@ TEMPORARY_FAILURE = "451 4.3.0 Temporary failure, please retry later / erreur te
 
 
 class GatewayHandler:
-    def __init__(self, pipeline: AcceptPipeline, authenticator: MailboxAuthenticator, kind: str) -> None:
+    def __init__(
+        self, pipeline: AcceptPipeline, authenticator: MailboxAuthenticator, kind: str, tokens: TokenMailAuthenticator | None = None
+    ) -> None:
         self.pipeline = pipeline
         self.authenticator = authenticator
         self.kind = kind
+        self.tokens = tokens
 
     def _channel(self, session: Session) -> Channel:
         if getattr(session, "trusted", False):
@@ -354,6 +368,40 @@ class GatewayHandler:
             return AuthResult(success=False, handled=True)
         return await self._check(server, login, bytes(password))
 
+    # ---- AUTH with a Pro Santé Connect token (the work is in identity.mailtoken) -------
+
+    async def _token(self, server: SMTP, args: list[str], mechanism: str) -> AuthResult:
+        if self.tokens is None:  # not offered (see start_listener); a client naming it anyway
+            return AuthResult(success=False, handled=False, message="504 5.5.4 Unrecognized authentication type")
+        message = await self._initial_or_challenge(server, args, "")
+        if message is None:
+            return AuthResult(success=False, handled=True)
+        peer = server.session.peer[0] if server.session and server.session.peer else "unknown"
+        try:
+            account = await self.tokens.verify(mechanism, message, peer)
+        except Locked as locked:
+            minutes = max(1, (locked.seconds + 59) // 60)
+            return AuthResult(
+                success=False,
+                handled=False,
+                message=f"454 4.7.0 Too many failed logins, try again in {minutes} min / trop d'échecs, réessayez dans {minutes} min",
+            )
+        except TokenLoginFailed as failed:
+            # RFC 7628 3.2.3: the error as a last challenge, the client's dummy answer, then the failure.
+            answer = await server.challenge_auth(failed.challenge)
+            if answer is MISSING:
+                return AuthResult(success=False, handled=True)
+            if failed.temporary:
+                return AuthResult(success=False, handled=False, message="454 4.7.0 Temporary authentication failure / réessayez plus tard")
+            return AuthResult(success=False, handled=False, message="535 5.7.8 Authentication credentials invalid / jeton refusé")
+        return AuthResult(success=True, auth_data=account)
+
+    async def auth_OAUTHBEARER(self, server: SMTP, args: list[str]) -> AuthResult:
+        return await self._token(server, args, "OAUTHBEARER")
+
+    async def auth_XOAUTH2(self, server: SMTP, args: list[str]) -> AuthResult:
+        return await self._token(server, args, "XOAUTH2")
+
 
 async def start_listener(
     config: ListenerConfig,
@@ -362,10 +410,12 @@ async def start_listener(
     *,
     reuse_port: bool = False,
     sock: socket.socket | None = None,
+    tokens: TokenMailAuthenticator | None = None,
 ) -> asyncio.base_events.Server:
     """Open one listener (on `sock` when the caller bound it already); the caller closes
-    the returned server."""
-    handler = GatewayHandler(pipeline, authenticator, config.kind)
+    the returned server. With `tokens`, submission also offers AUTH OAUTHBEARER and XOAUTH2
+    (after TLS, like every mechanism)."""
+    handler = GatewayHandler(pipeline, authenticator, config.kind, tokens)
     is_mx = config.kind == "mx"
     connections = ClientConnections(config.max_connections_per_client)
 
@@ -383,6 +433,7 @@ async def start_listener(
             require_starttls=not config.implicit_tls,
             auth_required=not is_mx,
             auth_require_tls=True,
+            auth_exclude_mechanism=[] if tokens is not None else ["OAUTHBEARER", "XOAUTH2"],
             timeout=config.timeout,
             data_timeout=config.data_timeout,
         )

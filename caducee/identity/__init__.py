@@ -1,1 +1,2 @@
-"""Who a client is: mail-client logins (passwords now, Pro Santé Connect tokens next), checked against the annuaire."""
+"""Who a client is: password logins for mail clients, and Pro Santé Connect (the portal's
+sign-in, bearer tokens on the APIs, OAUTHBEARER/XOAUTH2 on IMAP and SMTP), checked against the annuaire."""

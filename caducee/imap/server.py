@@ -19,6 +19,7 @@ from caducee.config import Settings
 from caducee.core.connections import ClientConnections
 from caducee.crypto.atrest import BodyCipher
 from caducee.identity.mailauth import MailboxAuthenticator
+from caducee.identity.mailtoken import TokenMailAuthenticator
 from caducee.imap.headercache import HeaderCache
 from caducee.imap.selected import SnapshotCache
 from caducee.imap.session import Session
@@ -44,6 +45,7 @@ class ImapServer:
     snapshots: SnapshotCache = field(default_factory=SnapshotCache)
     servers: list[asyncio.base_events.Server] = field(default_factory=list)
     sessions: set[asyncio.Task[None]] = field(default_factory=set)
+    tokens: TokenMailAuthenticator | None = None  # AUTHENTICATE OAUTHBEARER / XOAUTH2 when Pro Santé Connect is configured
 
     async def serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, tls: bool) -> None:
         peer = writer.get_extra_info("peername")
@@ -93,6 +95,7 @@ async def start_imap(
     tls_context: ssl.SSLContext,
     *,
     authenticator: MailboxAuthenticator | None = None,
+    tokens: TokenMailAuthenticator | None = None,
     host: str | None = None,
     imap_port: int | None = None,
     imaps_port: int | None = None,
@@ -110,6 +113,7 @@ async def start_imap(
         tls_context,
         FolderWatch(store.highest_modseqs, settings.imap_poll_seconds),
         ClientConnections(settings.imap_max_connections_per_client),
+        tokens=tokens,
     )
     bind = host or settings.smtp_host
     plain_port = settings.imap_port if imap_port is None else imap_port

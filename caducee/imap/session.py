@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from caducee.core.throttle import Locked
+from caducee.identity.mailtoken import TokenLoginFailed
+from caducee.identity.sasl import MECHANISMS as TOKEN_MECHANISMS
 from caducee.imap import search as searching
 from caducee.imap.grammar import (
     MAX_SMALL_LITERAL,
@@ -50,6 +52,7 @@ PRE = frozenset({NOT_AUTHENTICATED})
 DELIMITER = "/"
 FLUSH_AT = 256 * 1024
 PERMANENT_FLAGS = "\\Answered \\Flagged \\Deleted \\Seen \\Draft"
+SASL_LINE_LIMIT = 12288 + 2  # as SMTP's AUTH line (RFC 4954): room for a Pro Santé Connect token
 # Commands during which EXPUNGE may not be announced (RFC 3501 7.4.1); UID forms may.
 NO_EXPUNGE_DURING = {"FETCH", "STORE", "SEARCH"}
 
@@ -180,7 +183,10 @@ class Session:
     def capabilities(self) -> bytes:
         names = ["IMAP4rev1", "LITERAL+", "SASL-IR", "ID", "ENABLE"]
         if self.state == NOT_AUTHENTICATED:
-            names += ["AUTH=PLAIN"] if self.tls else ["STARTTLS", "LOGINDISABLED"]
+            if not self.tls:
+                names += ["STARTTLS", "LOGINDISABLED"]
+            else:
+                names += ["AUTH=PLAIN"] + (["AUTH=OAUTHBEARER", "AUTH=XOAUTH2"] if self.server.tokens is not None else [])
         else:
             names += [
                 "IDLE",
@@ -227,24 +233,65 @@ class Session:
     async def login(self, command: Command) -> bytes:
         return await self._authenticate(command.args["user"], command.args["password"])  # type: ignore[arg-type]
 
+    async def _sasl_line(self, challenge: bytes = b"") -> bytes:
+        """The client's answer to a continuation `+ <challenge>`, bounded like an AUTH line."""
+        await self.send(b"+ " + challenge + b"\r\n")
+        try:
+            line = await asyncio.wait_for(self.reader.readuntil(b"\r\n"), self.server.settings.imap_login_timeout)
+        except (asyncio.LimitOverrunError, ValueError):
+            raise Bye("reponse d'authentification trop longue / authentication response too long") from None
+        except TimeoutError:
+            raise Bye("deconnexion apres inactivite / autologout, idle for too long") from None
+        if len(line) > SASL_LINE_LIMIT:
+            raise Bye("reponse d'authentification trop longue / authentication response too long")
+        return line[:-2]
+
     async def authenticate(self, command: Command) -> bytes:
-        if command.args["mechanism"] != "PLAIN":
-            return b"NO [CANNOT] only AUTHENTICATE PLAIN is offered"
+        mechanism = command.args["mechanism"]
+        tokens = mechanism in TOKEN_MECHANISMS and self.server.tokens is not None
+        if mechanism != "PLAIN" and not tokens:
+            return b"NO [CANNOT] mecanisme non propose / mechanism not offered"
         if not self.tls:
             return b"NO [PRIVACYREQUIRED] STARTTLS d'abord / use STARTTLS first"
         initial = command.args["initial"]
         if initial is None or initial == b"=":
-            await self.send(b"+ \r\n")
-            line = await asyncio.wait_for(self.reader.readuntil(b"\r\n"), self.server.settings.imap_login_timeout)
-            initial = line[:-2]
+            initial = await self._sasl_line()
             if initial == b"*":
                 return b"BAD authentication cancelled"
+        if tokens:
+            return await self._authenticate_token(str(mechanism), initial)  # type: ignore[arg-type]
         try:
             decoded = base64.b64decode(initial, validate=True)  # type: ignore[arg-type]
             _authzid, user, password = decoded.split(b"\0")
         except (binascii.Error, ValueError):
             return b"BAD malformed PLAIN response"
         return await self._authenticate(user, password)
+
+    async def _authenticate_token(self, mechanism: str, initial: bytes) -> bytes:
+        """OAUTHBEARER / XOAUTH2: the token is checked by identity; a failure is answered with
+        RFC 7628's JSON error as a last challenge, the client's dummy answer read, then NO."""
+        assert self.server.tokens is not None
+        try:
+            message = base64.b64decode(initial, validate=True)
+        except (binascii.Error, ValueError):
+            return b"BAD malformed base64"
+        try:
+            address = await self.server.tokens.verify(mechanism, message, self.client)
+        except Locked as locked:
+            return b"NO [UNAVAILABLE] trop d'essais, reessayez dans %d s / locked, retry in %d s" % (locked.seconds, locked.seconds)
+        except TokenLoginFailed as failed:
+            answer = await self._sasl_line(base64.b64encode(failed.challenge))
+            if answer == b"*":
+                return b"BAD authentication cancelled"
+            if failed.temporary:
+                return b"NO [UNAVAILABLE] Pro Sante Connect injoignable, reessayez / identity provider unavailable, retry later"
+            return b"NO [AUTHENTICATIONFAILED] jeton refuse / invalid token"
+        mailbox_id = await self.server.store.mailbox_id(address)
+        if mailbox_id is None:
+            return b"NO [AUTHENTICATIONFAILED] jeton refuse / invalid token"
+        self.address, self.mailbox_id, self.state = address, mailbox_id, AUTHENTICATED
+        await self.server.store.folders(mailbox_id)
+        return b"OK [CAPABILITY " + self.capabilities() + b"] connecte / logged in"
 
     async def _authenticate(self, user: bytes, password: bytes) -> bytes:
         if not self.tls:
