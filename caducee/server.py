@@ -265,7 +265,7 @@ async def start_gateway(settings: Settings, engine: AsyncEngine, *, reuse_port: 
     pool = shared_pool(settings.cpu_workers)
     await pool.warm()
     pipeline = AcceptPipeline(engine, settings, cipher, on_queued=worker.wake, smime=smime_stage(settings, engine, pool), cpu=pool)
-    pipeline.on_delivered = NewMailAlerts(engine, settings, notifier_from_settings(settings)).delivered
+    pipeline.on_delivered.append(NewMailAlerts(engine, settings, notifier_from_settings(settings)).delivered)
     authenticator = MailboxAuthenticator(engine, settings.local_domains)
     runtime = GatewayRuntime(pipeline, worker)
     listeners = [
