@@ -45,6 +45,7 @@ from caducee.gateway.pipeline import AcceptPipeline
 from caducee.gateway.protection import SmimeStage, WithoutCertificate
 from caducee.gateway.relay import RelayWorker
 from caducee.gateway.smtp import ListenerConfig, start_listener
+from caducee.history.chain import history_key
 from caducee.history.service import AccessHistory
 from caducee.identity.mailauth import MailboxAuthenticator
 from caducee.imap.server import ImapServer, start_imap
@@ -169,7 +170,7 @@ def build_app(engine: AsyncEngine, settings: Settings, pipeline: AcceptPipeline 
 def webmail_context(engine: AsyncEngine, settings: Settings, pipeline: AcceptPipeline | None) -> WebmailContext:
     key = load_master_key(settings.data_dir)
     accounts = Accounts(engine, settings, notifier_from_settings(settings), CodeHasher(key))
-    webmail = Webmail(engine, settings, BodyCipher(key), pipeline, AccessHistory(engine))
+    webmail = Webmail(engine, settings, BodyCipher(key), pipeline, AccessHistory(engine, history_key(key)))
     return WebmailContext(accounts, webmail, settings.webmail_cookie_secure, settings.webmail_idle_minutes)
 
 

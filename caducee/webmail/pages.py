@@ -409,5 +409,5 @@ async def history_page(request: Request) -> Response:
         return to_login(request)
     if viewer.profile.relation == "carer":  # a carer sees the messages granted, not the patient's history
         return page(request, viewer, "not_found.html", 404)
-    entries = await context(request).webmail.history.read(viewer.profile.account.id)
+    entries = await context(request).webmail.history.read(viewer.profile.account.id, for_guardian=viewer.profile.relation == "guardian")
     return page(request, viewer, "history.html", entries=entries, label=actor_label(viewer.actor, viewer.profile))
