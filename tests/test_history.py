@@ -40,7 +40,7 @@ async def fill(history: AccessHistory) -> None:
             for patient in (1, 2)
         )
     )
-    for n in range(3):
+    for _ in range(3):
         await history.record(Access(1, "Claire Martin", "login", right="patient"))
 
 

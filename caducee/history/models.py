@@ -31,7 +31,9 @@ class AccessRecord(Base):
     detail: Mapped[str] = mapped_column(String(512), default="")
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     structure: Mapped[str] = mapped_column(String(256), default="")  # the professional's structure, when one acted
-    access_right: Mapped[str] = mapped_column(String(16), default="")  # patient / guardian / carer / author / authorised / emergency / refused
+    access_right: Mapped[str] = mapped_column(
+        String(16), default=""
+    )  # patient / guardian / carer / author / authorised / emergency / refused
     hidden_from_guardians: Mapped[bool] = mapped_column(Boolean, default=False)  # about a minor's secret document
     seq: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # 1, 2, 3... per patient; None: recorded before the chain
     prev_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)

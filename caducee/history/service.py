@@ -105,9 +105,7 @@ def _insert_ignore(conn: AsyncConnection):  # type: ignore[no-untyped-def]
     return dialect_insert(HistoryHead.__table__).on_conflict_do_nothing()
 
 
-_MOVE_HEAD = text(
-    "UPDATE access_history_heads SET seq = seq + :n WHERE patient_id = :patient RETURNING seq - :n AS seq, entry_hash"
-)
+_MOVE_HEAD = text("UPDATE access_history_heads SET seq = seq + :n WHERE patient_id = :patient RETURNING seq - :n AS seq, entry_hash")
 
 
 class AccessHistory:
@@ -125,7 +123,9 @@ class AccessHistory:
         async with self.engine.begin() as conn:
             for patient_id in sorted(by_patient):  # one order for every writer: no deadlock between two
                 accesses = by_patient[patient_id]
-                await conn.execute(_insert_ignore(conn), [{"patient_id": patient_id, "seq": 0, "entry_hash": chain.genesis(self.key, patient_id)}])
+                await conn.execute(
+                    _insert_ignore(conn), [{"patient_id": patient_id, "seq": 0, "entry_hash": chain.genesis(self.key, patient_id)}]
+                )
                 head = (await conn.execute(_MOVE_HEAD, {"n": len(accesses), "patient": patient_id})).one()
                 seq, previous = int(head.seq), str(head.entry_hash)
                 for access in accesses:
@@ -221,7 +221,9 @@ class AccessHistory:
             chained_query = select(AccessRecord.patient_id).where(AccessRecord.seq.is_not(None)).distinct()
             if patient_id is not None:
                 chained_query = chained_query.where(AccessRecord.patient_id == patient_id)
-            patients = sorted(set(heads) | set((await conn.execute(chained_query)).scalars()) | ({*anchors} if patient_id is None else set()))
+            patients = sorted(
+                set(heads) | set((await conn.execute(chained_query)).scalars()) | ({*anchors} if patient_id is None else set())
+            )
             for patient in patients:
                 stored = await _entries(conn, patient)
                 entries += len(stored)
