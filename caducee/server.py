@@ -41,7 +41,10 @@ from caducee.crypto.atrest import BodyCipher, load_master_key
 from caducee.crypto.material import material_from_settings
 from caducee.crypto.pki import Pair, development_space
 from caducee.crypto.tls import client_context, server_context
-from caducee.gateway.pipeline import AcceptPipeline
+from caducee.dossier.intake import XdmIntake
+from caducee.dossier.pages import router as dossier_pages
+from caducee.dossier.service import Dossier
+from caducee.gateway.pipeline import AcceptPipeline, Channel, Envelope
 from caducee.gateway.protection import SmimeStage, WithoutCertificate
 from caducee.gateway.relay import RelayWorker
 from caducee.gateway.smtp import ListenerConfig, start_listener
@@ -111,12 +114,16 @@ def build_app(engine: AsyncEngine, settings: Settings, pipeline: AcceptPipeline 
     it the webmail reads but does not send (and says so).
     """
     webmail = webmail_context(engine, settings, pipeline)
+    dossier, intake = dossier_context(engine, settings, webmail.webmail.history, pipeline)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         try:
             yield
         finally:
+            if intake is not None:
+                await intake.close()
+            await dossier.close()
             await webmail.webmail.history.close()
 
     app = FastAPI(
@@ -129,6 +136,8 @@ def build_app(engine: AsyncEngine, settings: Settings, pipeline: AcceptPipeline 
     app.state.settings = settings
     app.state.webmail = webmail
     app.state.campaigns = Campaigns(engine, settings, pipeline)
+    app.state.dossier = dossier
+    app.state.dossier_intake = intake
     app.add_middleware(WebmailHeaders)
     app.add_middleware(BodyLimit, limit=settings.webmail_max_upload + 1024 * 1024)
     metrics = Metrics()
@@ -163,6 +172,7 @@ def build_app(engine: AsyncEngine, settings: Settings, pipeline: AcceptPipeline 
     app.include_router(autoconfig_router)
     app.include_router(webmail_pages)
     app.include_router(webmail_api)
+    app.include_router(dossier_pages)
     app.mount("/static", StaticFiles(directory=str(Path(webmail_package.__file__).parent / "static")), name="static")
     return app
 
@@ -172,6 +182,28 @@ def webmail_context(engine: AsyncEngine, settings: Settings, pipeline: AcceptPip
     accounts = Accounts(engine, settings, notifier_from_settings(settings), CodeHasher(key))
     webmail = Webmail(engine, settings, BodyCipher(key), pipeline, AccessHistory(engine, history_key(key)))
     return WebmailContext(accounts, webmail, settings.webmail_cookie_secure, settings.webmail_idle_minutes)
+
+
+def dossier_context(
+    engine: AsyncEngine, settings: Settings, history: AccessHistory, pipeline: AcceptPipeline | None
+) -> tuple[Dossier, XdmIntake | None]:
+    """The dossier (pages and, later, the professionals' API) and, when there is a pipeline,
+    its intake of IHE_XDM.ZIP as one of the pipeline's post-delivery consumers."""
+    cipher = BodyCipher(load_master_key(settings.data_dir))
+    dossier = Dossier(engine, settings, cipher, history, notifier_from_settings(settings))
+    if pipeline is None:
+        return dossier, None
+    postmaster = f"postmaster@{settings.operator_domain}"
+
+    async def relay_notice(to: str, raw: bytes) -> None:
+        """A refusal notice to another operator's sender goes out like any of our messages."""
+        result = await pipeline.accept(Envelope(postmaster, [to], raw, Channel.API, authenticated=postmaster))
+        if not result.accepted:
+            log.warning("dossier refusal notice to %s not sent: %s", to, result.reply)
+
+    intake = XdmIntake(engine, settings, cipher, dossier, relay_notice)
+    pipeline.on_delivered.append(intake.delivered)
+    return dossier, intake
 
 
 async def prepare_database(settings: Settings, *, demo: bool) -> AsyncEngine:

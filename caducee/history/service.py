@@ -36,6 +36,7 @@ ACTION_LABELS = {
     "document-added": "Ajout d'un document",
     "document-replaced": "Nouvelle version d'un document",
     "document-deleted": "Suppression d'un document",
+    "document-revealed": "Document rendu visible au patient par son auteur",
     "document-masked": "Document masqué aux professionnels",
     "document-unmasked": "Document de nouveau visible des professionnels",
     "all-masked": "Tous les documents masqués aux professionnels",
