@@ -36,6 +36,7 @@ ADULT_1_INS = "285037512345688"  # Claire Martin, born March 1985 in Paris
 ADULT_2_INS = "178112A12345684"  # Paul Rossi, born November 1978 in Corse-du-Sud
 MINOR_INS = "215067512345674"  # Léa Martin, born June 2015, Claire's daughter
 NEW_PATIENT_INS = "190076912345622"  # Marc Dubois, born July 1990 in the Rhône: profile created, not yet activated
+ASE_MINOR_INS = "112047598765420"  # Noah Petit, born April 2012, in the care of the ASE: no legal representative has an account
 
 
 def credentials_path(settings: Settings) -> Path:
@@ -207,8 +208,24 @@ async def seed(engine: AsyncEngine, settings: Settings, *, certificates: bool = 
             "name": "Léa Martin",
             "guardian": "adult_1",
         }
-        await service.add_delegation(conn, patient_id=ids["adult_1"], carer_id=ids["adult_2"], scope="messages")
-        credentials["patients"]["adult_2"]["carer_of"] = "adult_1 (read only)"
+        await service.add_delegation(conn, patient_id=ids["adult_1"], carer_id=ids["adult_2"], scope="messages,dossier")
+        credentials["patients"]["adult_2"]["carer_of"] = "adult_1 (read only: messages and dossier)"
+        await service.add_patient(
+            conn,
+            ins=ASE_MINOR_INS,
+            last_name="Petit",
+            first_names="Noah",
+            birth_date=date(2012, 4, 9),
+            sex="M",
+            patient_domain=patient_domain,
+            status=PatientStatus.ACTIVATED,
+        )
+        credentials["patients"]["ase_minor"] = {
+            "ins": ASE_MINOR_INS,
+            "address": service.patient_address(ASE_MINOR_INS, patient_domain),
+            "name": "Noah Petit",
+            "guardian": None,
+        }
         new_patient = await service.add_patient(
             conn,
             ins=NEW_PATIENT_INS,

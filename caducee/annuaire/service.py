@@ -461,10 +461,14 @@ async def professionals_by_id(conn: AsyncConnection, national_ids: list[str]) ->
     found: dict[str, ProfessionalCard] = {}
     for row in rows:
         found.setdefault(row.national_id, _card(row))
-    query = select(Professional).where(Professional.national_id.in_(sorted(set(national_ids) - set(found))))
-    for pro in (await conn.execute(query)).scalars() if len(found) < len(set(national_ids)) else []:
-        name = " ".join(part for part in (pro.civility, pro.first_name, pro.last_name) if part)
-        found[pro.national_id] = ProfessionalCard(pro.national_id, name, pro.profession_label, "", "")
+    missing = sorted(set(national_ids) - set(found))
+    if missing:
+        query = select(
+            Professional.national_id, Professional.civility, Professional.first_name, Professional.last_name, Professional.profession_label
+        ).where(Professional.national_id.in_(missing))
+        for pro in await conn.execute(query):
+            name = " ".join(part for part in (pro.civility, pro.first_name, pro.last_name) if part)
+            found[pro.national_id] = ProfessionalCard(pro.national_id, name, pro.profession_label, "", "")
     return found
 
 
@@ -474,12 +478,12 @@ async def find_professionals(conn: AsyncConnection, name: str, *, limit: int = 2
     words = fold(name).split()
     if not words or all(len(word) < 2 for word in words):
         raise SearchError("give at least two letters of the name")
-    query = select(Professional).where(Professional.active.is_(True))
+    query = select(Professional.national_id).where(Professional.active.is_(True))
     for word in words[:5]:
         query = query.where(Professional.search_name.like(f"%{_like_escape(word)}%", escape="\\"))
-    pros = (await conn.execute(query.order_by(Professional.last_name, Professional.first_name).limit(limit))).scalars().all()
-    cards = await professionals_by_id(conn, [pro.national_id for pro in pros])
-    return [cards[pro.national_id] for pro in pros if pro.national_id in cards]
+    ids = (await conn.execute(query.order_by(Professional.last_name, Professional.first_name).limit(limit))).scalars().all()
+    cards = await professionals_by_id(conn, list(ids))
+    return [cards[national_id] for national_id in ids if national_id in cards]
 
 
 # ---- look-ups for the gateway ------------------------------------------------------------

@@ -155,12 +155,15 @@ class XdmIntake:
             ]
             named = card is not None and bool(card.national_id)  # the annuaire names the sender: it is the authority
             author_name = pro.name if named else next((d.author_name for d in documents if d.author_name), pro.name)
-            author_structure = (pro.structure if named else "") or next((d.author_structure for d in documents if d.author_structure), pro.structure)
+            author_structure = (pro.structure if named else "") or next(
+                (d.author_structure for d in documents if d.author_structure), pro.structure
+            )
             filed = await self.dossier.file(
                 requester, patient, news, author_name, author_structure, "mail", pro.name, pro.structure, intake=recipient.message_id
             )
         except (xdm.XdmRefused, Refused) as refused:
-            await self._refused(sender, patient, recipient, subject, refused.text)
+            who = card.name if card is not None else sender
+            await self._refused(sender, who, card.structure if card is not None else "", patient, recipient, subject, refused.text)
             return []
         if filed:
             await self.dossier.first_access(pro, patient)
@@ -181,7 +184,9 @@ class XdmIntake:
             return Professional(author, name, structure)
         return Professional(f"org:{sender.lower()}", card.name if card is not None else sender, structure)
 
-    async def _refused(self, sender: str, patient: patients.PatientAccount, recipient: DeliveredTo, subject: str, reason: str) -> None:
+    async def _refused(
+        self, sender: str, who: str, structure: str, patient: patients.PatientAccount, recipient: DeliveredTo, subject: str, reason: str
+    ) -> None:
         """Claim the message as refused (once), record it in the patient's history, tell the sender."""
         from datetime import UTC, datetime
 
@@ -203,7 +208,7 @@ class XdmIntake:
         if not claimed.rowcount:
             return
         log.info("dossier package from %s to patient %d refused: %s", sender, patient.id, reason)
-        await self.dossier.history.record(Access(patient.id, sender, "intake-refused", reason[:300], right="refused"))
+        await self.dossier.history.record(Access(patient.id, who, "intake-refused", reason[:300], structure, "refused"))
         notice = self._notice(sender, subject, reason)
         async with self.engine.connect() as conn:
             parties = await annuaire.resolve_parties(conn, [sender], local_domains=self.settings.local_domains)

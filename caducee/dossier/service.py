@@ -635,8 +635,9 @@ class Dossier:
         return until
 
     async def emergency_until(self, pro: Professional, patient: PatientAccount) -> datetime | None:
+        """When this professional's emergency access ends (None: they have none)."""
         async with self.reads.connect() as conn:
-            return (
+            until = (
                 await conn.execute(
                     select(func.max(Emergency.expires_at)).where(
                         Emergency.patient_id == patient.id,
@@ -645,6 +646,7 @@ class Dossier:
                     )
                 )
             ).scalar()
+        return until.replace(tzinfo=UTC) if until is not None and until.tzinfo is None else until
 
     async def professional_documents(
         self, pro: Professional, patient: PatientAccount, *, type_code: str = "", page: int = 1
@@ -694,11 +696,21 @@ class Dossier:
     async def deposit(self, pro: Professional, patient: PatientAccount, new: NewDocument, *, source: str = "api") -> int:
         async with self.reads.connect() as conn:
             requester = await self._professional(conn, pro, patient.id)
-        document_id = await self._deposit(
-            requester, patient, new, new.author_name or pro.name, new.author_structure or pro.structure, source, pro.name, pro.structure
-        )
+        try:
+            document_id = await self._deposit(
+                requester, patient, new, new.author_name or pro.name, new.author_structure or pro.structure, source, pro.name, pro.structure
+            )
+        except Refused as refused:
+            await self.refused(pro, patient, refused)
+            raise
         await self.first_access(pro, patient)
         return document_id
+
+    async def refused(self, pro: Professional, patient: PatientAccount, refused: Refused) -> None:
+        """A professional's attempt the chain refused is in the patient's history (unless
+        answering it would tell the professional the document exists)."""
+        if not refused.conceal:
+            await self.history.record(Access(patient.id, pro.name, "access-refused", refused.text[:200], pro.structure, "refused"))
 
     async def replace(self, pro: Professional, patient: PatientAccount, document_id: int, new: NewDocument) -> int:
         async with self.reads.connect() as conn:
