@@ -123,7 +123,7 @@ def build_app(engine: AsyncEngine, settings: Settings, pipeline: AcceptPipeline 
         finally:
             if intake is not None:
                 await intake.close()
-            await dossier.close()
+            await dossier.stop()
             await webmail.webmail.history.close()
 
     app = FastAPI(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
@@ -37,7 +38,7 @@ from caducee.policies import PartyKind
 log = logging.getLogger(__name__)
 
 ARCHIVE_NAME = "IHE_XDM.ZIP"
-CONCURRENT = 4  # packages read at once per process: bounded memory whatever arrives
+CONCURRENT = 16  # packages read at once per process: bounded memory whatever arrives
 
 
 def find_packages(raw: bytes) -> tuple[list[bytes], list[str], str]:
@@ -98,6 +99,7 @@ class XdmIntake:
         self.limits = xdm.Limits(entry=settings.dossier_max_document)
         self._slots = asyncio.Semaphore(CONCURRENT)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._directory: dict[tuple[str, str], tuple[float, patients.PatientAccount | None, annuaire.ProfessionalCard | None]] = {}
 
     def delivered(self, delivered: Delivered) -> None:
         """A post-delivery consumer: returns at once. Only professionals' and organisations'
@@ -116,6 +118,22 @@ class XdmIntake:
             except Exception:  # the message is delivered; an intake that failed is in the log (never its content)
                 log.exception("dossier intake of stored message %d failed", recipient.message_id)
 
+    async def _parties(self, patient_address: str, sender: str) -> tuple[patients.PatientAccount | None, annuaire.ProfessionalCard | None]:
+        """The patient and the sender, from a cache as short as the gateway's own view of the
+        annuaire (`directory_cache_seconds`): a practice sends many documents in a row."""
+        now = time.monotonic()
+        key = (patient_address.lower(), sender.lower())
+        cached = self._directory.get(key)
+        if cached is not None and now - cached[0] < self.settings.directory_cache_seconds:
+            return cached[1], cached[2]
+        async with self.engine.connect() as conn:
+            patient = await patients.find_by_ins(conn, patient_address.partition("@")[0])
+            card = (await annuaire.professionals_of_addresses(conn, [sender])).get(sender.lower())
+        if len(self._directory) > 10_000:
+            self._directory.clear()
+        self._directory[key] = (now, patient, card)
+        return patient, card
+
     async def take(self, sender: str, recipient: DeliveredTo) -> list[int]:
         """File the packages of one delivered message; the ids of the documents filed."""
         raw = await self.mail.message(recipient.mailbox_id, recipient.message_id)
@@ -124,9 +142,7 @@ class XdmIntake:
         archives, codes, subject = await asyncio.to_thread(find_packages, raw)
         if not archives:
             return []  # a PDF attached as such is a message's attachment, not a dossier document
-        async with self.engine.connect() as conn:
-            patient = await patients.find_by_ins(conn, recipient.address.partition("@")[0])
-            card = (await annuaire.professionals_of_addresses(conn, [sender])).get(sender.lower())
+        patient, card = await self._parties(recipient.address, sender)
         if patient is None:
             return []
         try:

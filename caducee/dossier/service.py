@@ -19,10 +19,12 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import and_, delete, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from caducee import db
@@ -30,8 +32,10 @@ from caducee.annuaire import patients
 from caducee.annuaire import service as annuaire
 from caducee.annuaire.patients import PatientAccount, Profile
 from caducee.config import Settings
+from caducee.core.groupcommit import GroupCommitter
 from caducee.crypto.atrest import BodyCipher
 from caducee.dossier import kinds, rules
+from caducee.dossier._writer import Writer
 from caducee.dossier.formats import EXTENSIONS, LABELS, NotAccepted, check_content
 from caducee.dossier.models import Blob, Block, Consent, DossierSettings, Emergency, KnownProfessional, ProfileItem
 from caducee.dossier.models import Document as DocumentRow
@@ -42,6 +46,7 @@ log = logging.getLogger(__name__)
 
 PAGE_SIZE = 25
 TITLES_KEPT = 20_000  # opened titles per process (they never change)
+LISTS_KEPT = 500  # decided lists per process (patient, requester, dossier version)
 LIST_RECORD_SECONDS = 600.0  # the patient side looking at the list again within this is not recorded again
 ROLE_OF = {"self": rules.Role.PATIENT, "guardian": rules.Role.GUARDIAN, "carer": rules.Role.CARER}
 RELATION_WORDS = {"self": "", "guardian": " (représentant légal)", "carer": " (aidant)"}
@@ -107,6 +112,22 @@ class NewDocument:
     invisible_guardians: bool = False
     author_name: str = ""  # who wrote it, when not who deposits it (an organisation's mailbox)
     author_structure: str = ""
+
+
+@dataclass(frozen=True)
+class _Filing:
+    """Documents to file for one patient, checked, waiting for the group commit."""
+
+    requester: rules.Requester
+    patient: PatientAccount
+    prepared: list[tuple[NewDocument, str, str]]  # (document, format kept as, SHA-256)
+    author_name: str
+    author_structure: str
+    source: str
+    actor: str
+    actor_structure: str
+    replaces: int | None
+    intake: int | None
 
 
 @dataclass(frozen=True)
@@ -200,35 +221,41 @@ class Dossier:
         self.history = history
         self.notifier = notifier
         self._titles: OrderedDict[int, str] = OrderedDict()
+        self._lists: OrderedDict[tuple[object, ...], tuple[list[Any], list[str]]] = OrderedDict()
         self._recorded: dict[tuple[int, int], float] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._writer = Writer(engine)
+        self._filings = GroupCommitter(self._write_filings)
+        self._known: set[tuple[int, str]] = set()  # (patient, professional) pairs already told
 
     # ---- facts --------------------------------------------------------------------------------
 
     async def _settings(self, conn: AsyncConnection, patient: PatientAccount) -> rules.Settings:
-        refused = (await conn.execute(select(DossierSettings.emergency_refused).where(DossierSettings.patient_id == patient.id))).scalar()
-        return rules.Settings(emergency_refused=bool(refused), closed=patient.status in {"opposed", "closed"})
+        return (await self._settings_and_version(conn, patient))[0]
 
-    async def _professional(self, conn: AsyncConnection, pro: Professional, patient_id: int) -> rules.Requester:
-        blocked = (
-            await conn.execute(select(Block.national_id).where(Block.patient_id == patient_id, Block.national_id == pro.national_id))
-        ).first()
-        consent = (
-            await conn.execute(select(Consent.national_id).where(Consent.patient_id == patient_id, Consent.national_id == pro.national_id))
-        ).first()
-        emergency = (
+    async def _settings_and_version(self, conn: AsyncConnection, patient: PatientAccount) -> tuple[rules.Settings, int]:
+        """The patient's settings and the dossier's version (it moves on every change of a
+        document, a block or a setting: what the list cache is checked against)."""
+        row = (
             await conn.execute(
-                select(Emergency.id).where(
-                    Emergency.patient_id == patient_id, Emergency.national_id == pro.national_id, Emergency.expires_at > datetime.now(UTC)
-                )
+                select(DossierSettings.emergency_refused, DossierSettings.version).where(DossierSettings.patient_id == patient.id)
             )
         ).first()
+        settings = rules.Settings(emergency_refused=bool(row and row.emergency_refused), closed=patient.status in {"opposed", "closed"})
+        return settings, int(row.version) if row else 0
+
+    async def _professional(self, conn: AsyncConnection, pro: Professional, patient_id: int) -> rules.Requester:
+        """The facts about a professional and a dossier (blocked, authorised, in an emergency), in one statement."""
+        blocked = select(Block.national_id).where(Block.patient_id == patient_id, Block.national_id == pro.national_id).exists()
+        consent = select(Consent.national_id).where(Consent.patient_id == patient_id, Consent.national_id == pro.national_id).exists()
+        emergency = (
+            select(Emergency.id)
+            .where(Emergency.patient_id == patient_id, Emergency.national_id == pro.national_id, Emergency.expires_at > datetime.now(UTC))
+            .exists()
+        )
+        row = (await conn.execute(select(blocked.label("blocked"), consent.label("consent"), emergency.label("emergency")))).one()
         return rules.Requester(
-            rules.Role.PROFESSIONAL,
-            pro.identity,
-            blocked=blocked is not None,
-            authorised=consent is not None,
-            emergency=emergency is not None,
+            rules.Role.PROFESSIONAL, pro.identity, blocked=bool(row.blocked), authorised=bool(row.consent), emergency=bool(row.emergency)
         )
 
     def _title(self, row_id: int, sealed: bytes) -> str:
@@ -270,17 +297,31 @@ class Dossier:
     async def _list(
         self, requester: rules.Requester, patient: PatientAccount, *, type_code: str = "", page: int = 1, with_replaced: bool = False
     ) -> DocumentList:
+        """What `requester` may see, newest care first, one page of it. The rows the rules let
+        through are kept per (patient, requester, dossier version): a page view is then one
+        query for the version, however many documents the dossier holds."""
         async with self.reads.connect() as conn:
-            settings = await self._settings(conn, patient)
-            statuses = ["current", "replaced"] if with_replaced else ["current"]
-            rows = (
-                await conn.execute(select(*_LIST_COLUMNS).where(DocumentRow.patient_id == patient.id, DocumentRow.status.in_(statuses)))
-            ).all()
-            visible = [row for row in rows if rules.decide(rules.Facts(requester, rules.Act.READ, settings, _facts_document(row))).allowed]
-            types = sorted({row.type_code for row in visible}, key=kinds.type_label)
+            settings, version = await self._settings_and_version(conn, patient)
+            key = (patient.id, requester, settings, version, with_replaced)
+            cached = self._lists.get(key)
+            if cached is None:
+                statuses = ["current", "replaced"] if with_replaced else ["current"]
+                rows = (
+                    await conn.execute(select(*_LIST_COLUMNS).where(DocumentRow.patient_id == patient.id, DocumentRow.status.in_(statuses)))
+                ).all()
+                allowed = [
+                    row for row in rows if rules.decide(rules.Facts(requester, rules.Act.READ, settings, _facts_document(row))).allowed
+                ]
+                allowed.sort(key=lambda row: (row.care_date or row.deposited_at.date(), row.id), reverse=True)
+                cached = (allowed, sorted({row.type_code for row in allowed}, key=kinds.type_label))
+                self._lists[key] = cached
+                while len(self._lists) > LISTS_KEPT:
+                    self._lists.popitem(last=False)
+            else:
+                self._lists.move_to_end(key)
+            visible, types = cached
             if type_code:
                 visible = [row for row in visible if row.type_code == type_code]
-            visible.sort(key=lambda row: (row.care_date or row.deposited_at.date(), row.id), reverse=True)
             pages = max(1, -(-len(visible) // PAGE_SIZE))
             page = max(1, min(page, pages))
             shown = visible[(page - 1) * PAGE_SIZE : page * PAGE_SIZE]
@@ -383,6 +424,7 @@ class Dossier:
                 rules.Facts(side.requester, rules.Act.MASK, await self._settings(conn, side.patient), _facts_document(row))
             )
             await conn.execute(update(DocumentRow).where(DocumentRow.id == document_id).values(masked=masked, changed_at=datetime.now(UTC)))
+            await self._bump(conn, side.patient.id)
         line = self._line(row, self._title(row.id, row.title))
         await self.history.record(
             Access(
@@ -413,6 +455,7 @@ class Dossier:
             for start in range(0, len(ids), 500):
                 chunk = ids[start : start + 500]
                 await conn.execute(update(DocumentRow).where(DocumentRow.id.in_(chunk)).values(masked=masked, changed_at=datetime.now(UTC)))
+            await self._bump(conn, side.patient.id)
         await self.history.record(
             Access(
                 side.patient.id,
@@ -797,93 +840,128 @@ class Dossier:
         replaces: int | None = None,
         intake: int | None = None,
     ) -> list[int]:
-        """File documents in one transaction, all or none (each decided by the chain);
-        `intake`: the stored message they came in, filed once whatever happens."""
+        """File documents, all or none (each decided by the chain), with their access
+        history records, in a transaction shared with whatever else is being filed at the
+        same moment (group commit: ten packages arriving together are one fsync, not ten);
+        `intake`: the stored message they came in, filed once whatever happens (an empty list
+        if it already was)."""
         prepared = [self._prepare(patient, new) for new in documents]
+        plan = _Filing(requester, patient, prepared, author_name, author_structure, source, actor, actor_structure, replaces, intake)
+        result = await self._filings.submit(plan)
+        if isinstance(result, Refused):
+            raise result
+        ids, _recorded_with_them = result
+        return ids
+
+    async def _write_filings(self, plans: list[_Filing]) -> list[object]:
+        """The group commit's writer: every plan decided, then written, in one transaction
+        run without a trip back to the event loop between statements (on SQLite, the write
+        lock is held for the statements only, not while other sessions take the loop)."""
+
+        def write(conn: Connection) -> list[object]:
+            results = [self._file_one(conn, plan) for plan in plans]
+            self.history.append(conn, [record for result in results if not isinstance(result, Refused) for record in result[1]])
+            return results
+
+        return await self._writer.run(write)
+
+    def _file_one(self, conn: Connection, plan: _Filing) -> tuple[list[int], list[Access]] | Refused:
+        """One plan in the writer's transaction: everything decided before anything is written."""
+        from caducee.dossier.models import Intake
+
+        patient, requester = plan.patient, plan.requester
         now = datetime.now(UTC)
+        settings = _settings_sync(conn, patient)[0]
+        if plan.intake is not None:
+            done = (conn.execute(select(Intake.outcome).where(Intake.message_id == plan.intake, Intake.patient_id == patient.id))).first()
+            if done is not None:
+                return [], []
+        old = None
+        if plan.replaces is not None:
+            old = _one_sync(conn, patient.id, plan.replaces)
+            if old is None or old.status != "current":
+                return Refused(rules.NOT_FOUND, rule="not-found", conceal=True)
+        decided = []
+        unique_ids: set[str] = set()
+        for new, kept_as, digest in plan.prepared:  # decide everything before writing anything
+            flags = rules.Document(
+                old.author if old is not None else requester.identity, new.masked, new.invisible_patient, new.invisible_guardians
+            )
+            decision = rules.decide(rules.Facts(requester, rules.Act.REPLACE if old is not None else rules.Act.DEPOSIT, settings, flags))
+            if not decision.allowed:
+                return Refused(decision.reason, rule=decision.rule, conceal=decision.conceal)
+            unique_id = (new.unique_id or f"2.25.{int.from_bytes(secrets.token_bytes(16), 'big')}")[:128]
+            exists = (
+                conn.execute(select(DocumentRow.id).where(DocumentRow.patient_id == patient.id, DocumentRow.unique_id == unique_id))
+            ).first()
+            if exists is not None or unique_id in unique_ids:
+                return Refused("Un document avec cet identifiant unique (uniqueId) est déjà dans ce dossier.", rule="duplicate")
+            unique_ids.add(unique_id)
+            decided.append((new, kept_as, digest, flags, decision, unique_id))
+        if plan.intake is not None:
+            conn.execute(
+                insert(Intake.__table__).values(
+                    message_id=plan.intake, patient_id=patient.id, outcome="filed", documents=len(decided), at=now
+                )
+            )
         ids: list[int] = []
         records: list[Access] = []
-        async with self.engine.begin() as conn:
-            settings = await self._settings(conn, patient)
-            if intake is not None:
-                from caducee.dossier.models import Intake
+        for new, kept_as, digest, flags, decision, unique_id in decided:
+            blob_id = self._blob_sync(conn, new.data, digest)
+            result = conn.execute(
+                insert(DocumentRow.__table__).values(
+                    patient_id=patient.id,
+                    unique_id=unique_id,
+                    lineage=(old.lineage or old.id) if old is not None else None,
+                    replaces=old.id if old is not None else None,
+                    status="current",
+                    type_code=new.type_code,
+                    class_code=new.class_code[:16],
+                    format=kept_as,
+                    title=self.cipher.seal(new.title.encode("utf-8")),
+                    filename=_filename(new.filename, EXTENSIONS.get(kept_as, "bin")),
+                    care_date=new.care_date,
+                    created_at=new.created_at or now,
+                    deposited_at=now,
+                    author=flags.author,
+                    author_name=plan.author_name[:256],
+                    author_structure=plan.author_structure[:256],
+                    source=plan.source,
+                    size=len(new.data),
+                    sha256=digest,
+                    blob_id=blob_id,
+                    masked=new.masked,
+                    invisible_patient=new.invisible_patient,
+                    invisible_guardians=new.invisible_guardians,
+                    changed_at=now,
+                )
+            )
+            ids.append(int(result.inserted_primary_key[0]))
+            what = kinds.type_label(new.type_code) + (f" du {new.care_date:%d/%m/%Y}" if new.care_date else "")
+            action = "document-replaced" if old is not None else "document-added"
+            records.append(
+                Access(
+                    patient.id,
+                    plan.actor,
+                    action,
+                    what,
+                    plan.actor_structure,
+                    decision.right,
+                    hidden_from_guardians=new.invisible_guardians,
+                )
+            )
+        if old is not None:
+            conn.execute(update(DocumentRow).where(DocumentRow.id == old.id).values(status="replaced", changed_at=now))
+        _bump_sync(conn, patient.id)
+        return ids, records
 
-                claimed = await conn.execute(
-                    _insert_ignore(conn, Intake.__table__),
-                    [{"message_id": intake, "patient_id": patient.id, "outcome": "filed", "documents": len(documents), "at": now}],
-                )
-                if not claimed.rowcount:
-                    return []
-            old = None
-            if replaces is not None:
-                old = await self._one(conn, patient.id, replaces)
-                if old is None or old.status != "current":
-                    raise Refused(rules.NOT_FOUND, rule="not-found", conceal=True)
-            for new, kept_as, digest in prepared:
-                flags = rules.Document(
-                    old.author if old is not None else requester.identity, new.masked, new.invisible_patient, new.invisible_guardians
-                )
-                act = rules.Act.REPLACE if old is not None else rules.Act.DEPOSIT
-                decision = rules.decide(rules.Facts(requester, act, settings, flags))
-                if not decision.allowed:
-                    raise Refused(decision.reason, rule=decision.rule, conceal=decision.conceal)
-                unique_id = (new.unique_id or f"2.25.{int.from_bytes(secrets.token_bytes(16), 'big')}")[:128]
-                exists = (
-                    await conn.execute(
-                        select(DocumentRow.sha256).where(DocumentRow.patient_id == patient.id, DocumentRow.unique_id == unique_id)
-                    )
-                ).scalar()
-                if exists is not None:
-                    raise Refused("Un document avec cet identifiant unique (uniqueId) est déjà dans ce dossier.", rule="duplicate")
-                blob_id = await self._blob(conn, new.data, digest)
-                extension = EXTENSIONS.get(kept_as, "bin")
-                result = await conn.execute(
-                    insert(DocumentRow.__table__).values(
-                        patient_id=patient.id,
-                        unique_id=unique_id,
-                        lineage=(old.lineage or old.id) if old is not None else None,
-                        replaces=old.id if old is not None else None,
-                        status="current",
-                        type_code=new.type_code,
-                        class_code=new.class_code[:16],
-                        format=kept_as,
-                        title=self.cipher.seal(new.title.encode("utf-8")),
-                        filename=_filename(new.filename, extension),
-                        care_date=new.care_date,
-                        created_at=new.created_at or now,
-                        deposited_at=now,
-                        author=flags.author,
-                        author_name=author_name[:256],
-                        author_structure=author_structure[:256],
-                        source=source,
-                        size=len(new.data),
-                        sha256=digest,
-                        blob_id=blob_id,
-                        masked=new.masked,
-                        invisible_patient=new.invisible_patient,
-                        invisible_guardians=new.invisible_guardians,
-                        changed_at=now,
-                    )
-                )
-                ids.append(int(result.inserted_primary_key[0]))
-                what = f"{kinds.type_label(new.type_code)}" + (f" du {new.care_date:%d/%m/%Y}" if new.care_date else "")
-                records.append(
-                    Access(
-                        patient.id,
-                        actor,
-                        "document-replaced" if old is not None else "document-added",
-                        what,
-                        actor_structure,
-                        decision.right,
-                        hidden_from_guardians=new.invisible_guardians,
-                    )
-                )
-            if old is not None:
-                await conn.execute(update(DocumentRow).where(DocumentRow.id == old.id).values(status="replaced", changed_at=now))
-            await self._bump(conn, patient.id)
-        for record in records:
-            await self.history.record(record)
-        return ids
+    def _blob_sync(self, conn: Connection, data: bytes, digest: str) -> int:
+        found = conn.execute(select(Blob.id).where(Blob.sha256 == digest)).scalar()
+        if found is not None:
+            return int(found)
+        row = {"sha256": digest, "size": len(data), "sealed": self.cipher.seal(data), "created_at": datetime.now(UTC)}
+        conn.execute(_insert_ignore(conn, Blob.__table__), [row])
+        return int(conn.execute(select(Blob.id).where(Blob.sha256 == digest)).scalar_one())
 
     async def _blob(self, conn: AsyncConnection, data: bytes, digest: str) -> int:
         """The one stored copy of this content (sealed), created if new."""
@@ -919,11 +997,26 @@ class Dossier:
     async def first_access(self, pro: Professional, patient: PatientAccount) -> None:
         """The first time a professional reaches this dossier, the patient (a minor's
         guardians) get one email; it says neither who nor what (email is not a safe channel)."""
+        pair = (patient.id, pro.national_id)
+        if pair in self._known:
+            return
+        async with self.reads.connect() as conn:
+            known = (
+                await conn.execute(
+                    select(KnownProfessional.first_at).where(
+                        KnownProfessional.patient_id == patient.id, KnownProfessional.national_id == pro.national_id
+                    )
+                )
+            ).first()
+        if known is not None:
+            self._remember(pair)
+            return
         async with self.engine.begin() as conn:
             inserted = await conn.execute(
                 _insert_ignore(conn, KnownProfessional.__table__),
                 [{"patient_id": patient.id, "national_id": pro.national_id, "first_at": datetime.now(UTC)}],
             )
+            self._remember(pair)
             if not inserted.rowcount:
                 return
             to = [patient.email] if patient.email and patient.status == "activated" else []
@@ -953,9 +1046,47 @@ class Dossier:
             except Exception:  # best effort: the access itself is recorded in the history
                 log.exception("first-access notice not sent")
 
+    def _remember(self, pair: tuple[int, str]) -> None:
+        if len(self._known) > 200_000:
+            self._known.clear()
+        self._known.add(pair)
+
     async def close(self) -> None:
+        """Wait for the emails in flight (the group commit stops with the process)."""
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def stop(self) -> None:
+        await self.close()
+        await self._filings.stop()
+        self._writer.close()
+
+
+def _settings_sync(conn: Connection, patient: PatientAccount) -> tuple[rules.Settings, int]:
+    row = conn.execute(
+        select(DossierSettings.emergency_refused, DossierSettings.version).where(DossierSettings.patient_id == patient.id)
+    ).first()
+    settings = rules.Settings(emergency_refused=bool(row and row.emergency_refused), closed=patient.status in {"opposed", "closed"})
+    return settings, int(row.version) if row else 0
+
+
+def _one_sync(conn: Connection, patient_id: int, document_id: int):  # type: ignore[no-untyped-def]
+    return conn.execute(
+        select(*_LIST_COLUMNS, DocumentRow.title, DocumentRow.blob_id, DocumentRow.sha256).where(
+            DocumentRow.id == document_id, DocumentRow.patient_id == patient_id
+        )
+    ).first()
+
+
+def _bump_sync(conn: Connection, patient_id: int) -> None:
+    now = datetime.now(UTC)
+    conn.execute(
+        _insert_ignore(conn, DossierSettings.__table__),
+        [{"patient_id": patient_id, "emergency_refused": False, "version": 0, "updated_at": now}],
+    )
+    conn.execute(
+        update(DossierSettings).where(DossierSettings.patient_id == patient_id).values(version=DossierSettings.version + 1, updated_at=now)
+    )
 
 
 def _what(line: DocumentLine) -> str:

@@ -17,6 +17,7 @@ from pathlib import Path
 from sqlalchemy import func, insert, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from caducee.core.groupcommit import GroupCommitter
@@ -101,7 +102,7 @@ class VerifyReport:
         return not self.problems
 
 
-def _insert_ignore(conn: AsyncConnection):  # type: ignore[no-untyped-def]
+def _insert_ignore(conn: Connection | AsyncConnection):  # type: ignore[no-untyped-def]
     dialect_insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
     return dialect_insert(HistoryHead.__table__).on_conflict_do_nothing()
 
@@ -116,51 +117,56 @@ class AccessHistory:
         self._committer = GroupCommitter(self._write)
 
     async def _write(self, items: list[Access]) -> list[None]:
+        async with self.engine.begin() as conn:
+            await conn.run_sync(self.append, items)
+        return [None] * len(items)
+
+    def append(self, conn: Connection, items: list[Access]) -> None:
+        """Append `items` inside the caller's (synchronous) transaction: a component that
+        writes what was accessed and its record together (the dossier's filing) commits
+        both or neither, in one fsync."""
         now = datetime.now(UTC)
         by_patient: dict[int, list[Access]] = {}
         for access in items:
             by_patient.setdefault(access.patient_id, []).append(access)
         rows = []
-        async with self.engine.begin() as conn:
-            for patient_id in sorted(by_patient):  # one order for every writer: no deadlock between two
-                accesses = by_patient[patient_id]
-                await conn.execute(
-                    _insert_ignore(conn), [{"patient_id": patient_id, "seq": 0, "entry_hash": chain.genesis(self.key, patient_id)}]
+        for patient_id in sorted(by_patient):  # one order for every writer: no deadlock between two
+            accesses = by_patient[patient_id]
+            conn.execute(_insert_ignore(conn), [{"patient_id": patient_id, "seq": 0, "entry_hash": chain.genesis(self.key, patient_id)}])
+            head = conn.execute(_MOVE_HEAD, {"n": len(accesses), "patient": patient_id}).one()
+            seq, previous = int(head.seq), str(head.entry_hash)
+            for access in accesses:
+                seq += 1
+                fields = chain.Fields(
+                    patient_id,
+                    now,
+                    access.actor[:256],
+                    access.action[:32],
+                    access.detail[:512],
+                    access.structure[:256],
+                    access.right[:16],
+                    access.hidden_from_guardians,
                 )
-                head = (await conn.execute(_MOVE_HEAD, {"n": len(accesses), "patient": patient_id})).one()
-                seq, previous = int(head.seq), str(head.entry_hash)
-                for access in accesses:
-                    seq += 1
-                    fields = chain.Fields(
-                        patient_id,
-                        now,
-                        access.actor[:256],
-                        access.action[:32],
-                        access.detail[:512],
-                        access.structure[:256],
-                        access.right[:16],
-                        access.hidden_from_guardians,
-                    )
-                    digest = chain.entry_hash(self.key, previous, fields)
-                    rows.append(
-                        {
-                            "patient_id": patient_id,
-                            "actor": fields.actor,
-                            "action": fields.action,
-                            "detail": fields.detail,
-                            "at": now,
-                            "structure": fields.structure,
-                            "access_right": fields.access_right,
-                            "hidden_from_guardians": fields.hidden_from_guardians,
-                            "seq": seq,
-                            "prev_hash": previous,
-                            "entry_hash": digest,
-                        }
-                    )
-                    previous = digest
-                await conn.execute(update(HistoryHead).where(HistoryHead.patient_id == patient_id).values(entry_hash=previous))
-            await conn.execute(insert(AccessRecord.__table__), rows)
-        return [None] * len(items)
+                digest = chain.entry_hash(self.key, previous, fields)
+                rows.append(
+                    {
+                        "patient_id": patient_id,
+                        "actor": fields.actor,
+                        "action": fields.action,
+                        "detail": fields.detail,
+                        "at": now,
+                        "structure": fields.structure,
+                        "access_right": fields.access_right,
+                        "hidden_from_guardians": fields.hidden_from_guardians,
+                        "seq": seq,
+                        "prev_hash": previous,
+                        "entry_hash": digest,
+                    }
+                )
+                previous = digest
+            conn.execute(update(HistoryHead).where(HistoryHead.patient_id == patient_id).values(entry_hash=previous))
+        if rows:
+            conn.execute(insert(AccessRecord.__table__), rows)
 
     async def record(self, access: Access) -> None:
         """Append one record; returns once it is committed."""
