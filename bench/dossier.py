@@ -126,7 +126,10 @@ def run_backend(backend: str, args: argparse.Namespace) -> dict[str, list[dict[s
         for run in range(batches):
             intake, accept = asyncio.run(intake_run(server, url, per_batch, args.sessions, str(run)))
             results.setdefault("intake", []).append({"intake": intake, "accept": accept})
-            print(f"[{backend}] intake batch {run + 1}: {intake:.1f} msg/s filed, plain {accept:.1f} msg/s, {intake / accept:.2f}x", flush=True)
+            print(
+                f"[{backend}] intake batch {run + 1}: {intake:.1f} msg/s filed, plain {accept:.1f} msg/s, {intake / accept:.2f}x",
+                flush=True,
+            )
         if pg_name:
             asyncio.run(pg_admin(url, "ANALYZE"))
         cookie = session_cookie(server)
@@ -138,7 +141,11 @@ def run_backend(backend: str, args: argparse.Namespace) -> dict[str, list[dict[s
             results.setdefault("anchor", []).append(anchor(server.page_size, args.seconds, directory))
             print(
                 f"[{backend}] run {run + 1}: "
-                + "; ".join(f"{k} p50 {v[-1]['p50']:.1f} p99 {v[-1]['p99']:.1f} ms {v[-1]['rps']:.0f}/s" for k, v in results.items() if k != "intake"),
+                + "; ".join(
+                    f"{k} p50 {v[-1]['p50']:.1f} p99 {v[-1]['p99']:.1f} ms {v[-1]['rps']:.0f}/s"
+                    for k, v in results.items()
+                    if k != "intake"
+                ),
                 flush=True,
             )
         for load in (*LOADS, "anchor"):
@@ -198,7 +205,8 @@ def main() -> None:
         f"`.venv/bin/python bench/dossier.py --documents {args.documents} --sessions {args.sessions} --seconds {args.seconds} "
         f"--repeat {args.repeat} --workers {args.workers}`"
     )
-    body = f"""## The dossier: XDM intake by mail, and "Mes documents" with {args.documents} documents (`bench/dossier.py`)
+    body = (
+        f"""## The dossier: XDM intake by mail, and "Mes documents" with {args.documents} documents (`bench/dossier.py`)
 
 {command} — {machine()}.
 
@@ -211,7 +219,9 @@ no intake), sent the same way in the same run: their accept rate to the last 250
 
 | backend | XDM intake (messages/s, documents filed) | same messages without XDM (messages/s accepted) | ratio | >= 0.7x |
 |---|---|---|---|---|
-""" + "\n".join(intake_rows) + f"""
+"""
+        + "\n".join(intake_rows)
+        + f"""
 
 Then the dossier holds {args.documents} documents; wrk (1 thread, {CONNECTIONS} connections, {args.seconds} s per figure, medians of
 {args.repeat} runs) sends a session cookie to `/dossier` (the 25 most recent, each document's access decided by
@@ -220,7 +230,9 @@ app returning a fixed page of the same size. wrk runs on the same cores as the s
 
 | backend | load | p50 (ms) | p99 (ms) | p99 < 100 ms | requests/s | vs anchor |
 |---|---|---|---|---|---|---|
-""" + "\n".join(rows)
+"""
+        + "\n".join(rows)
+    )
     write_section("dossier", body)
     print(body)
 
