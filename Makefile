@@ -40,6 +40,7 @@ bench: peers
 	$(BIN)/python bench/smime.py
 	$(BIN)/python bench/imap.py
 	$(BIN)/python bench/webmail.py
+	$(BIN)/python bench/dossier.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

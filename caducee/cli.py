@@ -1,5 +1,5 @@
 """The `caducee` command: serve, database migrations, annuaire and population imports, patient activation codes,
-the test PKI, the OpenPGP keyring, CNAM campaigns."""
+the access history, the test PKI, the OpenPGP keyring, CNAM campaigns."""
 
 from __future__ import annotations
 
@@ -107,6 +107,44 @@ def cmd_activation_code(args: argparse.Namespace) -> int:
     code, message = asyncio.run(issue())
     print(message, file=sys.stderr if code else sys.stdout)
     return code
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    """`caducee history verify | checkpoint`: check every chain of the access history, or
+    write today's checkpoint (the heads and their Merkle root, to publish)."""
+    from caducee.crypto.atrest import load_master_key
+    from caducee.history.chain import history_key
+    from caducee.history.service import CHECKPOINT_DIR, AccessHistory
+
+    settings = _settings(args)
+    directory = Path(args.checkpoints) if args.checkpoints else settings.data_dir / CHECKPOINT_DIR
+
+    async def run() -> int:
+        engine = db.create_engine(settings.effective_database_url)
+        history = AccessHistory(engine, history_key(load_master_key(settings.data_dir)))
+        try:
+            if args.history_command == "checkpoint":
+                path, root = await history.checkpoint(directory)
+                print(f"checkpoint {path} written; publish its root: {root}")
+                return 0
+            try:
+                report = await history.verify(patient_id=args.patient, checkpoints=directory)
+            except ValueError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 1
+            for problem in report.problems:
+                print(problem, file=sys.stderr)
+            state = "intact" if report.ok else f"{len(report.problems)} problem(s)"
+            print(
+                f"{report.entries} entries of {report.patients} patient(s) checked against {report.checkpoints} checkpoint(s): {state}"
+                + (f"; {report.before_chain} entries recorded before the chain are not verifiable" if report.before_chain else "")
+            )
+            return 0 if report.ok else 1
+        finally:
+            await history.close()
+            await engine.dispose()
+
+    return asyncio.run(run())
 
 
 def cmd_import(args: argparse.Namespace) -> int:
@@ -474,6 +512,15 @@ def build_parser() -> argparse.ArgumentParser:
         one = campaigns.add_parser(name, parents=[common], help=text)
         one.add_argument("id", type=int)
         one.set_defaults(func=cmd_campaigns)
+
+    history = commands.add_parser("history", help="the access history").add_subparsers(dest="history_command", required=True)
+    verify = history.add_parser("verify", parents=[common], help="detect altered, removed, reordered or cut-off entries")
+    verify.add_argument("--patient", type=int, help="one patient's chain (annuaire patient id)")
+    verify.add_argument("--checkpoints", help="folder of published checkpoints (default <data dir>/history-checkpoints)")
+    verify.set_defaults(func=cmd_history)
+    checkpoint = history.add_parser("checkpoint", parents=[common], help="write the heads changed since the last checkpoint and their root")
+    checkpoint.add_argument("--checkpoints", help="where to write it (default <data dir>/history-checkpoints)")
+    checkpoint.set_defaults(func=cmd_history, patient=None)
 
     pki = commands.add_parser("pki", help="the test trust space (IGC-Santé shaped)").add_subparsers(dest="pki_command", required=True)
     init = pki.add_parser("init", parents=[common], help="create root CA, organisation CA, TLS certificates and CRL")

@@ -147,6 +147,10 @@ class Settings:
         True, "Send the webmail cookies with `Secure` (browsers accept them over plain HTTP on localhost only)."
     )
     webmail_max_upload: int = _setting(10 * 1024 * 1024, "Largest prescription or attachment a patient may upload, in bytes.")
+    dossier_max_document: int = _setting(
+        20 * 1024 * 1024, "Largest document the dossier accepts (API, IHE_XDM.ZIP or a patient's upload), in bytes."
+    )
+    dossier_emergency_minutes: int = _setting(120, "Minutes an emergency access (bris de glace) to a dossier lasts.")
     notify_relay: str = _setting(
         "", "`host:port` of an SMTP relay for notifications (login codes). Empty: .eml files in <data dir>/outbox."
     )

@@ -135,6 +135,7 @@ def import_all_models() -> None:
     """Import every component's models so `Base.metadata` holds the whole schema."""
     import caducee.annuaire.models  # noqa: F401
     import caducee.campaigns.models  # noqa: F401
+    import caducee.dossier.models  # noqa: F401
     import caducee.gateway.models  # noqa: F401
     import caducee.history.models  # noqa: F401
     import caducee.identity.models  # noqa: F401

@@ -40,6 +40,7 @@ UNKNOWN_RPPS = "10000000033"  # Jean Inconnu: Pro Santé Connect knows him, our 
 CABINET_ADDRESS = f"cabinet.lilas@{OPERATOR_DOMAIN}"  # the practice's CAB mailbox, attached to Dr Bernard
 PSC_CLIENT_ID = "caducee-demo"  # the portal's client at the local Pro Santé Connect stand-in
 PSC_SOFTWARE_CLIENT_ID = "logiciel-cabinet-demo"  # a public client (practice software, a mail client) whose tokens are for Caducée
+ASE_MINOR_INS = "112047598765420"  # Noah Petit, born April 2012, in the care of the ASE: no legal representative has an account
 
 
 def credentials_path(settings: Settings) -> Path:
@@ -222,8 +223,24 @@ async def seed(engine: AsyncEngine, settings: Settings, *, certificates: bool = 
             "name": "Léa Martin",
             "guardian": "adult_1",
         }
-        await service.add_delegation(conn, patient_id=ids["adult_1"], carer_id=ids["adult_2"], scope="messages")
-        credentials["patients"]["adult_2"]["carer_of"] = "adult_1 (read only)"
+        await service.add_delegation(conn, patient_id=ids["adult_1"], carer_id=ids["adult_2"], scope="messages,dossier")
+        credentials["patients"]["adult_2"]["carer_of"] = "adult_1 (read only: messages and dossier)"
+        await service.add_patient(
+            conn,
+            ins=ASE_MINOR_INS,
+            last_name="Petit",
+            first_names="Noah",
+            birth_date=date(2012, 4, 9),
+            sex="M",
+            patient_domain=patient_domain,
+            status=PatientStatus.ACTIVATED,
+        )
+        credentials["patients"]["ase_minor"] = {
+            "ins": ASE_MINOR_INS,
+            "address": service.patient_address(ASE_MINOR_INS, patient_domain),
+            "name": "Noah Petit",
+            "guardian": None,
+        }
         new_patient = await service.add_patient(
             conn,
             ins=NEW_PATIENT_INS,

@@ -48,10 +48,14 @@ from caducee.crypto.atrest import BodyCipher, load_master_key
 from caducee.crypto.material import material_from_settings
 from caducee.crypto.pki import Pair, development_space
 from caducee.crypto.tls import client_context, server_context
-from caducee.gateway.pipeline import AcceptPipeline
+from caducee.dossier.intake import XdmIntake
+from caducee.dossier.pages import router as dossier_pages
+from caducee.dossier.service import Dossier
+from caducee.gateway.pipeline import AcceptPipeline, Channel, Envelope
 from caducee.gateway.protection import SmimeStage, WithoutCertificate
 from caducee.gateway.relay import RelayWorker
 from caducee.gateway.smtp import ListenerConfig, start_listener
+from caducee.history.chain import history_key
 from caducee.history.service import AccessHistory
 from caducee.identity import api as identity_api
 from caducee.identity import portal as identity_portal
@@ -126,12 +130,16 @@ def build_app(engine: AsyncEngine, settings: Settings, pipeline: AcceptPipeline 
     webmail = webmail_context(engine, settings, pipeline)
     own_identity = identity is None
     identity = identity or build_identity(engine, settings)
+    dossier, intake = dossier_context(engine, settings, webmail.webmail.history, pipeline)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         try:
             yield
         finally:
+            if intake is not None:
+                await intake.close()
+            await dossier.stop()
             await webmail.webmail.history.close()
             if own_identity:
                 await identity.close()
@@ -152,6 +160,8 @@ def build_app(engine: AsyncEngine, settings: Settings, pipeline: AcceptPipeline 
     # Last added runs first: the headers wrap the body limit, so its 413 carries them too.
     app.add_middleware(BodyLimit, limit=settings.webmail_max_upload + 1024 * 1024, upload_limit=settings.webmail_max_upload)
     app.state.identity = identity.context
+    app.state.dossier = dossier
+    app.state.dossier_intake = intake
     app.add_middleware(WebmailHeaders)
     metrics = Metrics()
     app.state.metrics = metrics
@@ -179,6 +189,7 @@ def build_app(engine: AsyncEngine, settings: Settings, pipeline: AcceptPipeline 
     app.include_router(webmail_api)
     app.include_router(identity_portal.router)
     app.include_router(identity_api.router)
+    app.include_router(dossier_pages)
     app.mount("/static", StaticFiles(directory=str(Path(webmail_package.__file__).parent / "static")), name="static")
     app.mount("/pro/static", StaticFiles(directory=str(Path(identity_portal.__file__).parent / "static")), name="pro-static")
     return app
@@ -214,7 +225,7 @@ def webmail_context(engine: AsyncEngine, settings: Settings, pipeline: AcceptPip
     pseudonyms.configure(key)
     accounts = Accounts(engine, settings, notifier_from_settings(settings), CodeHasher(key))
     cipher = BodyCipher(key)
-    webmail = Webmail(engine, settings, cipher, pipeline, AccessHistory(engine))
+    webmail = Webmail(engine, settings, cipher, pipeline, AccessHistory(engine, history_key(key)))
     return WebmailContext(
         accounts,
         webmail,
@@ -224,6 +235,28 @@ def webmail_context(engine: AsyncEngine, settings: Settings, pipeline: AcceptPip
         SelfService(engine, accounts),
         Drafts(engine, cipher),
     )
+
+
+def dossier_context(
+    engine: AsyncEngine, settings: Settings, history: AccessHistory, pipeline: AcceptPipeline | None
+) -> tuple[Dossier, XdmIntake | None]:
+    """The dossier (pages and, later, the professionals' API) and, when there is a pipeline,
+    its intake of IHE_XDM.ZIP as one of the pipeline's post-delivery consumers."""
+    cipher = BodyCipher(load_master_key(settings.data_dir))
+    dossier = Dossier(engine, settings, cipher, history, notifier_from_settings(settings))
+    if pipeline is None:
+        return dossier, None
+    postmaster = f"postmaster@{settings.operator_domain}"
+
+    async def relay_notice(to: str, raw: bytes) -> None:
+        """A refusal notice to another operator's sender goes out like any of our messages."""
+        result = await pipeline.accept(Envelope(postmaster, [to], raw, Channel.API, authenticated=postmaster))
+        if not result.accepted:
+            log.warning("dossier refusal notice to %s not sent: %s", to, result.reply)
+
+    intake = XdmIntake(engine, settings, cipher, dossier, relay_notice)
+    pipeline.on_delivered.append(intake.delivered)
+    return dossier, intake
 
 
 async def prepare_database(settings: Settings, *, demo: bool) -> AsyncEngine:
@@ -330,9 +363,11 @@ async def start_gateway(
     pool = shared_pool(settings.cpu_workers)
     await pool.warm()
     pipeline = AcceptPipeline(engine, settings, cipher, on_queued=worker.wake, smime=smime_stage(settings, engine, pool), cpu=pool)
-    pipeline.on_delivered = NewMailAlerts(
-        engine, settings, notifier_from_settings(settings), muted=lambda addresses: muted_addresses(engine, addresses)
-    ).delivered
+    pipeline.on_delivered.append(
+        NewMailAlerts(
+            engine, settings, notifier_from_settings(settings), muted=lambda addresses: muted_addresses(engine, addresses)
+        ).delivered
+    )
     authenticator = MailboxAuthenticator(engine, settings.local_domains)
     smtp_tokens = identity.mail(authenticator.throttle, "SMTP") if identity is not None else None
     imap_tokens = identity.mail(authenticator.throttle, "IMAP") if identity is not None else None

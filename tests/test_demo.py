@@ -51,7 +51,7 @@ async def test_demo_seed_world_and_credentials(engine: AsyncEngine, settings: Se
         assert pharmacy.items[0].type == "ORG"
 
         patients = {row.ins: row for row in (await conn.execute(select(Patient))).all()}
-        assert len(patients) == 4
+        assert len(patients) == 5  # with Noah Petit, a minor in the care of the ASE (no guardian account)
         assert all(validate_ins(ins) == ins for ins in patients)
         waiting = credentials["patients"]["not_activated"]["ins"]
         assert patients.pop(waiting).status == PatientStatus.CREATED.value
@@ -62,7 +62,7 @@ async def test_demo_seed_world_and_credentials(engine: AsyncEngine, settings: Se
         link = (await conn.execute(select(Guardianship))).one()
         assert (link.guardian_id, link.minor_id) == (guardian.id, minor.id)
         patient_boxes = (await conn.execute(select(func.count()).select_from(Mailbox).where(Mailbox.type == "PAT"))).scalar_one()
-        assert patient_boxes == 4
+        assert patient_boxes == 5
         # Patients are never listed in the directory.
         assert await service.get_mailbox(conn, credentials["patients"]["adult_1"]["address"]) is None
         cnam = await service.get_mailbox(conn, credentials["cnam"]["address"])

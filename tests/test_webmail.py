@@ -544,7 +544,7 @@ async def test_a_patient_is_told_a_message_waits_without_what_it_says(webmail: W
     from caducee.notify.notifier import OutboxNotifier
 
     alerts = NewMailAlerts(webmail.gateway.engine, webmail.gateway.settings, OutboxNotifier(webmail.outbox, "Caducée <n@demo.mssante.fr>"))
-    webmail.gateway.pipeline.on_delivered = alerts.delivered
+    webmail.gateway.pipeline.on_delivered.append(alerts.delivered)
     patient = webmail.patient("adult_1")
     for subject in ("Résultats de biopsie", "Résultats de biopsie (suite)"):
         await doctor_writes(webmail.gateway, patient["address"], subject, "Le détail est dans le compte rendu.")

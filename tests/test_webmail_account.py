@@ -156,7 +156,7 @@ async def test_password_and_email_changes_and_alert_settings(webmail: Webmail) -
     alerts = NewMailAlerts(
         engine, webmail.gateway.settings, OutboxNotifier(webmail.outbox, "n@demo.mssante.fr"), muted=lambda a: muted_addresses(engine, a)
     )
-    webmail.gateway.pipeline.on_delivered = alerts.delivered
+    webmail.gateway.pipeline.on_delivered.append(alerts.delivered)
     before = len(list(webmail.outbox.glob("*.eml")))
     await doctor_writes(webmail.gateway, claire["address"], "Résultats")
     await doctor_writes(webmail.gateway, webmail.patient("adult_2")["address"], "Résultats")

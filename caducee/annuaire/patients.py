@@ -22,6 +22,10 @@ from caducee.annuaire.service import MailboxEntry, _entry, _entry_query
 # lets them answer too (in the patient's name, which the patient's history shows).
 SCOPE_READ = "messages"
 SCOPE_REPLY = "messages:reply"
+# The dossier médical: "dossier" lets the carer read it, "dossier:manage" also add documents,
+# mask them and change the dossier's settings.
+SCOPE_DOSSIER = "dossier"
+SCOPE_DOSSIER_MANAGE = "dossier:manage"
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,14 @@ class Profile:
     account: PatientAccount
     relation: str  # "self" / "guardian" / "carer"
     may_reply: bool
+    scopes: frozenset[str] = frozenset()  # a carer's delegation scopes
+
+    @property
+    def dossier_access(self) -> str:
+        """What this profile may do with the dossier: "manage", "read" or "" (nothing)."""
+        if self.relation in {"self", "guardian"} or SCOPE_DOSSIER_MANAGE in self.scopes:
+            return "manage"
+        return "read" if SCOPE_DOSSIER in self.scopes else ""
 
 
 def _query():  # type: ignore[no-untyped-def]
@@ -110,6 +122,18 @@ async def find_for_login(conn: AsyncConnection, identifier: str) -> PatientAccou
     return _account(row) if row else None
 
 
+async def find_by_ins(conn: AsyncConnection, ins: str) -> PatientAccount | None:
+    """The patient whose INS this is (validated, key checked: raises InvalidIdentifier), or None."""
+    row = (await conn.execute(_query().where(Patient.ins == validate_ins(ins)))).first()
+    return _account(row) if row else None
+
+
+async def guardians_of(conn: AsyncConnection, minor_id: int) -> list[PatientAccount]:
+    """The legal representatives of a minor (none for a minor in the care of the ASE)."""
+    rows = await conn.execute(_query().join(Guardianship, Guardianship.guardian_id == Patient.id).where(Guardianship.minor_id == minor_id))
+    return [_account(row) for row in rows]
+
+
 async def get_account(conn: AsyncConnection, patient_id: int) -> PatientAccount | None:
     row = (await conn.execute(_query().where(Patient.id == patient_id))).first()
     return _account(row) if row else None
@@ -138,7 +162,7 @@ async def profiles_for(conn: AsyncConnection, patient_id: int) -> list[Profile]:
     for row in delegated:
         scopes = {scope.strip() for scope in row.scope.split(",")}
         if scopes & {SCOPE_READ, SCOPE_REPLY}:
-            profiles.append(Profile(_account(row), "carer", SCOPE_REPLY in scopes))
+            profiles.append(Profile(_account(row), "carer", SCOPE_REPLY in scopes, frozenset(scopes)))
     return [
         profile
         for profile in profiles

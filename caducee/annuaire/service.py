@@ -407,6 +407,85 @@ async def is_empty(conn: AsyncConnection) -> bool:
     return (await conn.execute(select(func.count()).select_from(Mailbox))).scalar_one() == 0
 
 
+# ---- professionals as the dossier names them ----------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProfessionalCard:
+    """A professional (or, for an organisation mailbox, a structure) by national id."""
+
+    national_id: str  # "8" + RPPS or "0" + ADELI; "" for an organisation mailbox
+    name: str  # "Dr Sophie Bernard"
+    profession: str
+    structure: str
+    city: str
+
+
+def _card(row: Any) -> ProfessionalCard:
+    name = " ".join(part for part in (row.civility, row.first_name, row.last_name) if part) if row.national_id else row.display_name
+    return ProfessionalCard(row.national_id or "", name, row.profession_label or "", row.name or "", row.city or "")
+
+
+def _card_query() -> Any:
+    return (
+        select(
+            Mailbox.address,
+            Mailbox.display_name,
+            Professional.national_id,
+            Professional.civility,
+            Professional.first_name,
+            Professional.last_name,
+            Professional.profession_label,
+            Structure.name,
+            Structure.city,
+        )
+        .select_from(Mailbox)
+        .outerjoin(Professional, Professional.national_id == Mailbox.professional_national_id)
+        .outerjoin(Structure, Structure.structure_key == Mailbox.structure_key)
+    )
+
+
+async def professionals_of_addresses(conn: AsyncConnection, addresses: list[str]) -> dict[str, ProfessionalCard]:
+    """Who is behind each mailbox address (a professional, or an organisation's structure)."""
+    if not addresses:
+        return {}
+    rows = await conn.execute(_card_query().where(Mailbox.address.in_(sorted({a.lower() for a in addresses}))))
+    return {row.address: _card(row) for row in rows}
+
+
+async def professionals_by_id(conn: AsyncConnection, national_ids: list[str]) -> dict[str, ProfessionalCard]:
+    """Each professional by national id (their first mailbox names the structure)."""
+    if not national_ids:
+        return {}
+    rows = await conn.execute(_card_query().where(Professional.national_id.in_(sorted(set(national_ids)))).order_by(Mailbox.id))
+    found: dict[str, ProfessionalCard] = {}
+    for row in rows:
+        found.setdefault(row.national_id, _card(row))
+    missing = sorted(set(national_ids) - set(found))
+    if missing:
+        query = select(
+            Professional.national_id, Professional.civility, Professional.first_name, Professional.last_name, Professional.profession_label
+        ).where(Professional.national_id.in_(missing))
+        for pro in await conn.execute(query):
+            name = " ".join(part for part in (pro.civility, pro.first_name, pro.last_name) if part)
+            found[pro.national_id] = ProfessionalCard(pro.national_id, name, pro.profession_label, "", "")
+    return found
+
+
+async def find_professionals(conn: AsyncConnection, name: str, *, limit: int = 20) -> list[ProfessionalCard]:
+    """Professionals whose name has every word of `name` (accents and case ignored), for a
+    patient who wants to block one: people only, liste rouge included (blocking discloses nothing)."""
+    words = fold(name).split()
+    if not words or all(len(word) < 2 for word in words):
+        raise SearchError("give at least two letters of the name")
+    query = select(Professional.national_id).where(Professional.active.is_(True))
+    for word in words[:5]:
+        query = query.where(Professional.search_name.like(f"%{_like_escape(word)}%", escape="\\"))
+    ids = (await conn.execute(query.order_by(Professional.last_name, Professional.first_name).limit(limit))).scalars().all()
+    cards = await professionals_by_id(conn, list(ids))
+    return [cards[national_id] for national_id in ids if national_id in cards]
+
+
 # ---- look-ups for the gateway ------------------------------------------------------------
 
 

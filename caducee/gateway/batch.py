@@ -31,8 +31,8 @@ class DeliveryPlan:
     queue_lifetime: timedelta  # the relay's expiry (`relay_expiry_hours`): then the sender gets a DSN
 
 
-def write_batch(conn: Connection, plans: list[DeliveryPlan]) -> list[int]:
-    """Write every plan in the caller's transaction; the id of each plan's first stored form, in order."""
+def write_batch(conn: Connection, plans: list[DeliveryPlan]) -> list[list[int]]:
+    """Write every plan in the caller's transaction; for each plan, the ids of its stored forms in order."""
     now = datetime.now(UTC)
     stored = deliver(conn, [plan.delivery for plan in plans])
     queued = [
@@ -56,7 +56,7 @@ def write_batch(conn: Connection, plans: list[DeliveryPlan]) -> list[int]:
     ]
     if queued:
         conn.execute(insert(QueuedRecipient.__table__), queued)
-    return [ids[0] for ids in stored]
+    return stored
 
 
 class BatchWriter:
@@ -74,13 +74,13 @@ class BatchWriter:
         self._sync = db.sync_engine_for(engine) if db.is_sqlite(engine) else None
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer") if self._sync else None
 
-    async def __call__(self, plans: list[DeliveryPlan]) -> list[int]:
+    async def __call__(self, plans: list[DeliveryPlan]) -> list[list[int]]:
         if self._sync is not None:
             return await asyncio.get_running_loop().run_in_executor(self._thread, self._write_sqlite, plans)
         async with self.engine.begin() as conn:
             return await conn.run_sync(write_batch, plans)
 
-    def _write_sqlite(self, plans: list[DeliveryPlan]) -> list[int]:
+    def _write_sqlite(self, plans: list[DeliveryPlan]) -> list[list[int]]:
         assert self._sync is not None
         with self._sync.begin() as conn:
             return write_batch(conn, plans)

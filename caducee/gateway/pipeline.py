@@ -30,6 +30,7 @@ from caducee.core.groupcommit import GroupCommitter
 from caducee.crypto.atrest import BodyCipher
 from caducee.crypto.smime import SmimeError
 from caducee.gateway.batch import BatchWriter, DeliveryPlan
+from caducee.gateway.hooks import Delivered, DeliveredTo, DeliveryConsumer, tell
 from caducee.gateway.inspect import InspectedMessage, MessageRejected, inspect_message
 from caducee.gateway.protection import Form, Protection, SmimeStage, smime_refusal
 from caducee.mailbox import store
@@ -149,9 +150,9 @@ class AcceptPipeline:
         self.cpu = cpu or (smime.pool if smime is not None else None)  # large messages are parsed there
         self.smime = smime  # None: S/MIME off (settings.smime = "off", and tests of other stages)
         self.on_queued = on_queued
-        # Called, after the commit, with the patients a message was delivered to (not for CNAM
-        # campaigns): the webmail tells them by email that something is waiting. It must not block.
-        self.on_delivered: Callable[[list[str]], None] | None = None
+        # Post-delivery consumers (caducee.gateway.hooks), called after the commit with what was
+        # delivered to whom: new-mail alerts, the dossier's intake... `server.py` appends them.
+        self.on_delivered: list[DeliveryConsumer] = []
         self.settings = settings
         self.cipher = cipher
         self.writer = BatchWriter(engine)
@@ -417,13 +418,15 @@ class AcceptPipeline:
                 sender, sender_party.kind.value, frozenset({sender, *accepted}), is_campaign=sender_party.kind is PartyKind.CNAM
             )
         lifetime = timedelta(hours=self.settings.relay_expiry_hours)  # how long the relay keeps trying (then a DSN)
-        message_id = await self.committer.submit(DeliveryPlan(delivery, remote, lifetime))
+        stored_ids = await self.committer.submit(DeliveryPlan(delivery, remote, lifetime))
+        message_id = stored_ids[0]
         if any(remote) and self.on_queued is not None:
             self.on_queued()
-        if self.on_delivered is not None and Action.DO_NOT_DELIVER not in actions and sender_party.kind is not PartyKind.CNAM:
-            patients = [rcpt for rcpt in accepted if parties[rcpt].mailbox_type == "PAT" and parties[rcpt].mailbox_id is not None]
-            if patients:
-                self.on_delivered(patients)
+        if self.on_delivered and Action.DO_NOT_DELIVER not in actions:
+            received = self._received(filings, stored_ids, accepted, parties)
+            if received:
+                delivered = Delivered(sender, sender_party.kind, envelope.channel, inspected.message_id, inspected.has_attachment, received)
+                tell(self.on_delivered, delivered)
         return AcceptResult(accepted, refused, message_id, f"250 2.0.0 OK: queued as {message_id}", frozenset(actions))
 
     async def store_once(self, envelope: Envelope) -> tuple[int, Decision | None]:
@@ -469,7 +472,27 @@ class AcceptPipeline:
             message_id_header=inspected.message_id,
             new_conversation=NewConversation(sender, facts.sender.kind.value, frozenset({sender}), is_campaign=True),
         )
-        return await self.committer.submit(DeliveryPlan(delivery, [[]], timedelta(hours=self.settings.relay_expiry_hours))), None
+        stored = await self.committer.submit(DeliveryPlan(delivery, [[]], timedelta(hours=self.settings.relay_expiry_hours)))
+        return stored[0], None
+
+    @staticmethod
+    def _received(
+        filings: list[Filing], stored_ids: list[int], accepted: list[str], parties: dict[str, PartyInfo]
+    ) -> tuple[DeliveredTo, ...]:
+        """Each accepted local mailbox and the stored form filed into its INBOX (the sender's
+        Sent copy is not a delivery)."""
+        stored_in = {
+            target.mailbox_id: stored_id
+            for filing, stored_id in zip(filings, stored_ids, strict=False)
+            for target in filing.targets
+            if target.folder == "INBOX"
+        }
+        out = []
+        for rcpt in accepted:
+            info = parties[rcpt]
+            if info.mailbox_id is not None and info.mailbox_id in stored_in:
+                out.append(DeliveredTo(rcpt, info.mailbox_id, info.mailbox_type or "", stored_in[info.mailbox_id]))
+        return tuple(out)
 
     def _filings(
         self,

@@ -131,6 +131,22 @@ class MailStore:
 
     # ---- folders ---------------------------------------------------------------------
 
+    async def message(self, mailbox_id: int, message_id: int) -> bytes | None:
+        """The body of one stored message, opened, if this mailbox holds it (any folder): how
+        other components read what was delivered (the dossier's intake, after the pipeline
+        told it which stored message a mailbox received)."""
+        async with self.engine.connect() as conn:
+            sealed = (
+                await conn.execute(
+                    select(Message.body)
+                    .join(MailboxEntry, MailboxEntry.message_id == Message.id)
+                    .join(Folder, Folder.id == MailboxEntry.folder_id)
+                    .where(Folder.mailbox_id == mailbox_id, Message.id == message_id)
+                    .limit(1)
+                )
+            ).scalar()
+        return None if sealed is None else self.cipher.open(sealed)
+
     async def mailbox_id(self, address: str) -> int | None:
         async with self.reads.connect() as conn:
             return await annuaire.active_mailbox_id(conn, address)

@@ -18,7 +18,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from caducee.annuaire import patients
 from caducee.config import Settings
+from caducee.gateway.hooks import Delivered
 from caducee.notify.notifier import Notifier
+from caducee.policies import PartyKind
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +42,14 @@ class NewMailAlerts:
         self._last: dict[str, float] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def delivered(self, addresses: list[str]) -> None:
-        """The pipeline's `on_delivered` hook: returns at once."""
+    def delivered(self, delivered: Delivered) -> None:
+        """A post-delivery consumer of the pipeline: returns at once. Patients only, and
+        nothing for a CNAM campaign (the campaign is its own announcement)."""
+        if delivered.sender_kind is PartyKind.CNAM:
+            return
+        addresses = [rcpt.address for rcpt in delivered.patients]
+        if not addresses:
+            return
         moment = time.monotonic()
         interval = self.settings.notify_new_mail_minutes * 60
         due = [a for a in addresses if moment - self._last.get(a, -interval) >= interval]

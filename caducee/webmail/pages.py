@@ -710,7 +710,8 @@ async def history_page(request: Request) -> Response:
         return to_login(request)
     own = request.query_params.get("de") == "moi" or viewer.profile.relation == "carer"
     whose = viewer.actor if own else viewer.profile.account
-    entries = await context(request).webmail.history.read(whose.id)
+    guardian = not own and viewer.profile.relation == "guardian"  # a minor's secret items stay out of a guardian's view
+    entries = await context(request).webmail.history.read(whose.id, for_guardian=guardian)
     return page(request, viewer, "history.html", entries=entries, whose=whose, own=whose.id == viewer.actor.id, active="compte")
 
 

@@ -1,0 +1,55 @@
+"""What the accept pipeline tells other components once a message is on disk: who received it.
+
+The pipeline calls each post-delivery consumer after the group commit, with one
+`Delivered` per accepted message: the sender, how it came, and for each local mailbox that
+received it the stored form it holds. Consumers (new-mail alerts, the dossier's XDM intake,
+calendar invitations...) are plain callables wired by `server.py`; the gateway imports none
+of them. A consumer must return at once (schedule its work) and never raise into the SMTP
+session: a failing consumer is logged and the others still run, the message is delivered.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from caducee.policies import Channel, PartyKind
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DeliveredTo:
+    """One local mailbox that received the message, and the stored message it holds."""
+
+    address: str
+    mailbox_id: int
+    mailbox_type: str  # PER, CAB, ORG, APP, PAT
+    message_id: int  # the stored form in this mailbox (read it through caducee.mailbox.mailstore)
+
+
+@dataclass(frozen=True)
+class Delivered:
+    sender: str
+    sender_kind: PartyKind
+    channel: Channel
+    message_id_header: str
+    has_attachment: bool
+    recipients: tuple[DeliveredTo, ...]
+
+    @property
+    def patients(self) -> list[DeliveredTo]:
+        return [rcpt for rcpt in self.recipients if rcpt.mailbox_type == "PAT"]
+
+
+DeliveryConsumer = Callable[[Delivered], None]
+
+
+def tell(consumers: list[DeliveryConsumer], delivered: Delivered) -> None:
+    """Hand `delivered` to every consumer; one that raises does not stop the others."""
+    for consumer in consumers:
+        try:
+            consumer(delivered)
+        except Exception:  # a consumer's bug must not turn a delivered message into an SMTP error
+            log.exception("post-delivery consumer %r failed", consumer)
