@@ -18,7 +18,7 @@ from caducee.agenda.spans import Span, add, preimage
 
 TABLE = load_table()
 TODAY = date(2026, 3, 10)
-U, D, O, F, NA = State.UPCOMING, State.DUE, State.OVERDUE, State.DONE, State.NOT_APPLICABLE
+U, D, O, F, NA = State.UPCOMING, State.DUE, State.OVERDUE, State.DONE, State.NOT_APPLICABLE  # noqa: E741 - one letter per state keeps the table readable
 
 
 def born(years: int = 0, months: int = 0, days: int = 0, today: date = TODAY) -> date:
