@@ -25,7 +25,7 @@ MAX_OCCURRENCES = 52
 HORIZON = timedelta(days=2 * 366)  # how far recurrences are expanded
 LATEST = timedelta(days=5 * 366)  # an appointment further away than this is a typo
 EARLIEST = timedelta(days=366)  # or further in the past
-PRODID = "-//Caducée//Agenda santé//FR"
+PRODID = "-//Caducee//Agenda sante//FR"
 
 
 class InvalidCalendar(ValueError):

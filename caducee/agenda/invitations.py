@@ -23,7 +23,7 @@ from caducee.agenda import ical, reminders, store
 from caducee.agenda.times import zone
 from caducee.annuaire import patients
 from caducee.crypto.atrest import BodyCipher
-from caducee.gateway.delivered import Delivered, DeliveredTo
+from caducee.gateway.hooks import Delivered, DeliveredTo
 from caducee.mailbox import conversations
 from caducee.mime import structure
 from caducee.policies import PartyKind
