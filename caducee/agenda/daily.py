@@ -93,7 +93,7 @@ class DailyJob:
         await self.plan(day)
         report = DayReport(day)
         while True:
-            moment = now or datetime.now(UTC)
+            moment = (now or datetime.now(UTC)).astimezone(UTC)
             async with self.engine.begin() as conn:
                 claimed = (
                     await conn.execute(
@@ -123,6 +123,7 @@ class DailyJob:
 
     async def chunk_once(self, day: date, first_id: int, last_id: int, *, now: datetime) -> tuple[int, int]:
         """Examine the patients of one id range; (patients seen, reminders queued)."""
+        now = now.astimezone(UTC)
         seen = queued = 0
         cursor = first_id
         while cursor < last_id:

@@ -104,7 +104,7 @@ class Intake:
 
     async def take(self, delivered: Delivered, to: DeliveredTo, now: datetime | None = None) -> Outcome | None:
         """Read one delivered message; None when it holds no calendar."""
-        now = now or datetime.now(UTC)
+        now = (now or datetime.now(UTC)).astimezone(UTC)
         async with self.engine.connect() as conn:
             sealed = (await conversations.sealed_bodies(conn, [to.message_id])).get(to.message_id)
             key = await conversations.conversation_of_message(conn, to.message_id)

@@ -65,6 +65,7 @@ def occurrence_of(appointment: AppointmentRow) -> str:
 async def schedule_appointment(conn: AsyncConnection, appointment: AppointmentRow, prefs: Prefs, now: datetime) -> None:
     """The reminder of one appointment as it now is: unsent reminders of other times are
     cancelled, the one for its time (re)scheduled; one already sent is left alone."""
+    now = now.astimezone(UTC)
     ref = str(appointment.id)
     occurrence = occurrence_of(appointment)
     rows = (
@@ -190,7 +191,7 @@ class ReminderWorker:
                 self._wake.clear()
 
     async def claim(self, now: datetime | None = None) -> list[Claimed]:
-        now = now or datetime.now(UTC)
+        now = (now or datetime.now(UTC)).astimezone(UTC)  # SQLite keeps wall-clock text: bind UTC only
         async with self.engine.begin() as conn:
             rows = await conn.execute(
                 _claim_statement(self.engine.dialect.name), {"lease": now + LEASE, "now": now, "me": self.me, "batch": self.batch}
@@ -199,7 +200,7 @@ class ReminderWorker:
 
     async def run_once(self, now: datetime | None = None) -> int:
         """One pass: claim, decide, send, record. The number of rows handled."""
-        now = now or datetime.now(UTC)
+        now = (now or datetime.now(UTC)).astimezone(UTC)
         claimed = await self.claim(now)
         if not claimed:
             return 0

@@ -155,7 +155,7 @@ class Agenda:
     # ---- appointments ------------------------------------------------------------------------
 
     async def upcoming(self, profile: Profile, now: datetime | None = None) -> list[AppointmentView]:
-        now = now or datetime.now(UTC)
+        now = (now or datetime.now(UTC)).astimezone(UTC)
         async with self.reads.connect() as conn:
             chosen = await store.prefs(conn, profile.account.id)
             rows = await store.upcoming(
@@ -165,7 +165,7 @@ class Agenda:
 
     async def month(self, profile: Profile, year: int, month: int, now: datetime | None = None) -> list[list[Day]]:
         """The weeks (Monday first) of a month, with each day's appointments and items falling due."""
-        now = now or datetime.now(UTC)
+        now = (now or datetime.now(UTC)).astimezone(UTC)
         first = date(year, month, 1)
         start = first - timedelta(days=first.weekday())
         following = date(year + (month == 12), month % 12 + 1, 1)
@@ -203,7 +203,7 @@ class Agenda:
         return weeks
 
     async def appointment(self, profile: Profile, appointment_id: int, now: datetime | None = None) -> AppointmentView | None:
-        now = now or datetime.now(UTC)
+        now = (now or datetime.now(UTC)).astimezone(UTC)
         async with self.reads.connect() as conn:
             chosen = await store.prefs(conn, profile.account.id)
             row = await store.get(conn, profile.account.id, appointment_id, with_secret=sees_secret(profile))
@@ -267,7 +267,7 @@ class Agenda:
         return Draft(**{**draft.__dict__, "professional_name": person or entry.display_name or entry.structure_name})
 
     async def add(self, profile: Profile, actor_name: str, draft: Draft, now: datetime | None = None) -> int:
-        now = now or datetime.now(UTC)
+        now = (now or datetime.now(UTC)).astimezone(UTC)
         draft = await self._named(draft)
         chosen = await self.prefs(profile)
         values = self.check_draft(draft, chosen, now)
@@ -290,7 +290,7 @@ class Agenda:
         return appointment_id
 
     async def edit(self, profile: Profile, appointment_id: int, draft: Draft, now: datetime | None = None) -> None:
-        now = now or datetime.now(UTC)
+        now = (now or datetime.now(UTC)).astimezone(UTC)
         draft = await self._named(draft)
         chosen = await self.prefs(profile)
         async with self.engine.begin() as conn:
@@ -350,7 +350,7 @@ class Agenda:
 
     async def respond(self, profile: Profile, actor_name: str, appointment_id: int, accepted: bool, now: datetime | None = None) -> str:
         """Send the METHOD:REPLY and record the answer; the sentence for the page, or Refused."""
-        now = now or datetime.now(UTC)
+        now = (now or datetime.now(UTC)).astimezone(UTC)
         view = await self.appointment(profile, appointment_id, now)
         if view is None:
             raise Refused("Ce rendez-vous n'existe pas.")
@@ -442,7 +442,7 @@ class Agenda:
 
     async def save_prefs(self, profile: Profile, chosen: Prefs, now: datetime | None = None) -> None:
         """New reminder choices; the reminders of coming appointments follow them."""
-        now = now or datetime.now(UTC)
+        now = (now or datetime.now(UTC)).astimezone(UTC)
         async with self.engine.begin() as conn:
             await store.save_prefs(conn, profile.account.id, chosen)
             for row in await store.upcoming(conn, profile.account.id, now, with_secret=True, limit=1000):
@@ -466,7 +466,7 @@ class Agenda:
 
     async def feed(self, token: str, now: datetime | None = None) -> bytes | None:
         """The iCalendar feed of a live token, else None (unknown, revoked, malformed)."""
-        now = now or datetime.now(UTC)
+        now = (now or datetime.now(UTC)).astimezone(UTC)
         if not token or len(token) > 100:
             return None
         async with self.reads.connect() as conn:
@@ -530,7 +530,7 @@ class Agenda:
 
     async def download(self, profile: Profile, appointment_id: int, now: datetime | None = None) -> bytes | None:
         """One appointment as a `.ics` file (METHOD:PUBLISH) for the patient's own calendar."""
-        now = now or datetime.now(UTC)
+        now = (now or datetime.now(UTC)).astimezone(UTC)
         async with self.reads.connect() as conn:
             chosen = await store.prefs(conn, profile.account.id)
             row = await store.get(conn, profile.account.id, appointment_id, with_secret=sees_secret(profile))

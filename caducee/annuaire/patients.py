@@ -273,7 +273,7 @@ async def reminder_contacts(conn: AsyncConnection, patient_ids: list[int], today
     if not patient_ids:
         return {}
     wanted = sorted(set(patient_ids))
-    rows = (await conn.execute(select(Patient).where(Patient.id.in_(wanted)))).scalars().all()
+    rows = (await conn.execute(select(Patient).where(Patient.id.in_(wanted)))).all()
     guardians: dict[int, list[str]] = {}
     minors = [row.id for row in rows if _age(row.birth_date, today) < 18]
     if minors:
