@@ -148,8 +148,8 @@ class DailyJob:
                     rows.append(prevention_row(person.id, item.key, target, prefs, day, now))
             if rows:
                 async with self.engine.begin() as conn:
-                    result = await conn.execute(_insert_ignore(conn, Reminder.__table__), rows)
-                    queued += max(result.rowcount or 0, 0)
+                    result = await conn.execute(_insert_ignore(conn, Reminder.__table__).returning(Reminder.id), rows)
+                    queued += len(result.all())
             seen += len(people)
             cursor = top
         return seen, queued
