@@ -299,13 +299,39 @@ def test_a_table_that_makes_no_sense_is_refused_whole(text: str, why: str) -> No
 @pytest.mark.parametrize("day", [date(2026, 3, 31), date(2026, 10, 15), date(2028, 2, 29)])
 def test_the_daily_candidates_miss_nobody(day: date) -> None:
     """Everyone for whom something falls due on `day` with no history is a candidate:
-    checked against every birth date of a hundred years."""
+    checked on every birth date near each rule's age and on 3,000 others at random."""
+    import random
+    from datetime import timedelta
+
+    from caducee.agenda.spans import subtract
+
     found = candidates(TABLE, day)
-    probe = date(day.year - 100, 1, 1)
-    while probe <= day:
+    chance = random.Random(day.toordinal())
+    probes = {day - timedelta(days=chance.randrange(0, 100 * 365)) for _ in range(3000)}
+    for rule in TABLE.rules:
+        around = subtract(day, rule.start)
+        probes.update(around + timedelta(days=shift) for shift in range(-10, 11))
+    for probe in probes:
         if falling_due(TABLE, probe, "I", History.empty(), day):
             assert probe in found, probe
-        probe = date.fromordinal(probe.toordinal() + 1)
+
+
+def test_the_daily_candidates_miss_nobody_with_marks() -> None:
+    """With random histories: whoever has something falling due is worth evaluating."""
+    import random
+
+    chance = random.Random(5)
+    keys = [rule.key for rule in TABLE.rules]
+    for day in (date(2026, 3, 31), date(2027, 6, 1)):
+        found = candidates(TABLE, day)
+        for _ in range(3000):
+            born_on = day - __import__("datetime").timedelta(days=chance.randrange(0, 90 * 365))
+            rows = [
+                (chance.choice(keys), born_on + __import__("datetime").timedelta(days=chance.randrange(0, max(1, (day - born_on).days))))
+                for _ in range(chance.randint(1, 4))
+            ]
+            if falling_due(TABLE, born_on, "I", History.of(rows), day):
+                assert found.worth_evaluating(born_on, rows), (born_on, rows)
 
 
 def test_ages_at_month_ends() -> None:

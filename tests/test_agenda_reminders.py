@@ -143,7 +143,7 @@ async def test_the_daily_job_queues_prevention_items_falling_due_once(site: Agen
     morning = datetime.combine(day, time(2), tzinfo=PARIS)
     job = DailyJob(engine, load_table(), chunk=1, batch=2)  # tiny chunks: several claims, several batches
     report = await job.run(day, now=morning)
-    assert report.queued == 2 and report.patients >= 3
+    assert report.queued == 2 and report.patients == 1  # of the demo's patients, only Claire left the database
     again = await DailyJob(engine, load_table()).run(day, now=morning)  # another process the same day: nothing left to do
     assert again.chunks == 0
     async with engine.connect() as conn:
@@ -191,3 +191,82 @@ async def test_reminders_go_exactly_once_across_processes_and_a_crash(site: Agen
     )
     assert texts == sorted(f"Séance {minute}" for minute in range(40))  # each once
     assert (await states(site)) == {"sent": 40}
+
+
+async def test_the_daily_job_finds_exactly_what_evaluating_everyone_finds(engine) -> None:  # type: ignore[no-untyped-def]
+    """The job filters in the database (candidate birth dates, campaign age, mark dates);
+    on 600 random patients with random marks and lead times, over several days, it queues
+    what evaluating every patient one by one queues."""
+    import random
+
+    from sqlalchemy import insert
+
+    from caducee.agenda.due import History, falling_due
+    from caducee.agenda.models import Preferences, PreventionMark
+    from caducee.annuaire.models import Patient
+
+    table = load_table()
+    keys = [rule.key for rule in table.rules]
+    chance = random.Random(11)
+    start = date(2026, 10, 13)
+    people, marks, prefs = [], [], []
+    for number in range(1, 601):
+        born = start - timedelta(days=chance.randrange(0, 95 * 365))
+        people.append(
+            {
+                "id": number,
+                "ins": f"{number:015d}",
+                "last_name": "X",
+                "first_names": "Y",
+                "birth_date": born,
+                "sex": chance.choice("MFI"),
+                "status": chance.choice(["activated"] * 9 + ["closed"]),
+            }
+        )
+        for _ in range(chance.choice([0, 0, 1, 2, 3])):
+            marks.append(
+                {
+                    "patient_id": number,
+                    "item_key": chance.choice(keys),
+                    "done_on": born + timedelta(days=chance.randrange(0, max(1, (start - born).days))),
+                }
+            )
+        if chance.random() < 0.3:
+            prefs.append(
+                {
+                    "patient_id": number,
+                    "reminders": chance.random() > 0.2,
+                    "lead_days": chance.choice([0, 1, 2, 7]),
+                    "hour": 9,
+                    "timezone": "Europe/Paris",
+                }
+            )
+    async with engine.begin() as conn:
+        await conn.execute(insert(Patient), people)
+        await conn.execute(insert(PreventionMark), marks)
+        await conn.execute(insert(Preferences), prefs)
+    chosen = {row["patient_id"]: row for row in prefs}
+    found = 0
+    for day in (start + timedelta(days=shift) for shift in range(4)):  # 15 October opens the flu campaign
+        expected = set()
+        for person in people:
+            mine = chosen.get(person["id"], {"reminders": True, "lead_days": 1})
+            if person["status"] != "activated" or not mine["reminders"]:
+                continue
+            target = day + timedelta(days=mine["lead_days"])
+            history = History.of((m["item_key"], m["done_on"]) for m in marks if m["patient_id"] == person["id"])
+            expected |= {
+                (person["id"], item.key, target.isoformat())
+                for item in falling_due(table, person["birth_date"], person["sex"], history, target)
+            }
+        async with engine.begin() as conn:
+            await conn.execute(Reminder.__table__.delete())
+        await DailyJob(engine, table, chunk=150, batch=40).run(day, now=datetime.combine(day, time(2), tzinfo=PARIS))
+        async with engine.connect() as conn:
+            queued = {
+                (r.patient_id, r.ref, r.occurrence)
+                for r in await conn.execute(select(Reminder.patient_id, Reminder.ref, Reminder.occurrence))
+            }
+        assert queued == expected, (day, queued ^ expected)
+        found += len(queued)
+    assert found > 20  # the flu campaign alone brings many

@@ -28,7 +28,7 @@ from caducee.agenda.due import Candidates, History, candidates, falling_due
 from caducee.agenda.models import DailyChunk, Reminder
 from caducee.agenda.reminders import prevention_row
 from caducee.agenda.schedule import Table
-from caducee.agenda.store import Prefs
+from caducee.agenda.store import LEADS
 from caducee.annuaire import patients
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,6 @@ log = logging.getLogger(__name__)
 CHUNK = 50_000  # patient ids per claimed chunk
 BATCH = 5_000  # patients read at once
 LEASE = timedelta(minutes=15)
-DEFAULT = Prefs()
 
 
 @dataclass
@@ -122,26 +121,42 @@ class DailyJob:
         return found
 
     async def chunk_once(self, day: date, first_id: int, last_id: int, *, now: datetime) -> tuple[int, int]:
-        """Examine the patients of one id range; (patients seen, reminders queued)."""
+        """Examine the patients of one id range; (patients examined, reminders queued).
+
+        Whatever lead time a patient chose, what falls due for them is among the candidates
+        of the days `day + lead`: the union of those (birth dates, campaign age, mark dates)
+        goes to the database as filters, so that only the patients who may have something
+        due leave it; each is then decided exactly with their own lead and history.
+        """
         now = now.astimezone(UTC)
+        per_lead = {lead: self._for(day + timedelta(days=lead)) for lead in LEADS}
+        born_on = frozenset().union(*(found.born_on for found in per_lead.values()))
+        limits = [found.born_by for found in per_lead.values() if found.born_by is not None]
+        born_by = max(limits) if limits else None
+        mark_days = frozenset().union(*(days for found in per_lead.values() for days in found.marked_on.values()))
+        async with self.engine.connect() as conn:
+            hot = await store.marks_on(conn, first_id, last_id, mark_days)
+        marked = {patient for patient, key, done_on in hot if any(done_on in found.marked_on.get(key, ()) for found in per_lead.values())}
         seen = queued = 0
         cursor = first_id
         while cursor < last_id:
             async with self.engine.connect() as conn:
-                people = await patients.activated_demographics(conn, cursor, last_id, limit=self.batch)
+                people = await patients.activated_demographics(
+                    conn, cursor, last_id, limit=self.batch, born_on=born_on, born_by=born_by, ids=[i for i in marked if i >= cursor]
+                )
                 if not people:
                     break
-                top = people[-1].id + 1
-                marks = await store.marks_in_range(conn, cursor, top)
-                chosen = await store.prefs_in_range(conn, cursor, top)
+                ids = [person.id for person in people]
+                chosen = await store.prefs_of(conn, ids)
+                histories = await store.marks_of(conn, ids)
             rows = []
             for person in people:
-                prefs = chosen.get(person.id, DEFAULT)
+                prefs = chosen[person.id]
                 if not prefs.reminders:
                     continue
                 target = day + timedelta(days=prefs.lead_days)
-                mine = marks.get(person.id)
-                if not mine and person.birth_date not in self._for(target):
+                mine = histories.get(person.id, ())
+                if not self._for(target).worth_evaluating(person.birth_date, mine):
                     continue
                 history = History.of(mine) if mine else History.empty()
                 for item in falling_due(self.table, person.birth_date, person.sex, history, target):
@@ -151,7 +166,7 @@ class DailyJob:
                     result = await conn.execute(_insert_ignore(conn, Reminder.__table__).returning(Reminder.id), rows)
                     queued += len(result.all())
             seen += len(people)
-            cursor = top
+            cursor = people[-1].id + 1
         return seen, queued
 
 

@@ -175,35 +175,45 @@ def falling_due(table: Table, born: date, sex: str, history: History, day: date)
 
 @dataclass(frozen=True)
 class Candidates:
-    """Who may have something falling due on one day with no history at all: those born
-    on one of `born_on`, and, when a campaign opens that day, everyone born by `born_by`.
+    """Who may have something falling due on one day: those born on one of `born_on`, or,
+    when a campaign opens that day, by `born_by`; and those with a mark whose date makes a
+    recurring or following item fall due that day (`marked_on`, by item key).
 
-    The daily job checks each patient against this (a set look-up) and evaluates the
-    rules only for candidates and for people with marks, so that a million patients cost
-    a million look-ups, not fifty million rule evaluations.
+    The daily job checks each patient against this (set look-ups) and evaluates the rules
+    only for candidates, so that a million patients cost a million look-ups, not fifty
+    million rule evaluations. It is a superset: a candidate may have nothing due.
     """
 
     born_on: frozenset[date]
     born_by: date | None
+    marked_on: Mapping[str, frozenset[date]]
 
     def __contains__(self, born: date) -> bool:
         return born in self.born_on or (self.born_by is not None and born <= self.born_by)
 
+    def worth_evaluating(self, born: date, marks: Iterable[tuple[str, date | None]]) -> bool:
+        if born in self:
+            return True
+        return any(when is not None and when in self.marked_on.get(key, ()) for key, when in marks)
+
 
 def candidates(table: Table, day: date) -> Candidates:
-    """The birth dates for which, with an empty history, some item falls due on `day`."""
+    """The birth dates and mark dates for which some item may fall due on `day`."""
     born_on: set[date] = set()
     born_by: date | None = None
+    marked_on: dict[str, set[date]] = {}
     for rule in table.rules:
-        if rule.needs_after:
-            continue  # never due without a mark
         if rule.season is not None:
             if day == _on(day.year, rule.season.start):
                 limit = _minus(day, rule.start)
                 born_by = limit if born_by is None or limit > born_by else born_by
             continue
         born_on.update(preimage(day, rule.start))
-    return Candidates(frozenset(born_on), born_by)
+        if rule.every is not None:
+            marked_on.setdefault(rule.key, set()).update(preimage(day, rule.every))
+        for before in rule.after:
+            marked_on.setdefault(before, set()).update(preimage(day, rule.wait))
+    return Candidates(frozenset(born_on), born_by, {key: frozenset(days) for key, days in marked_on.items()})
 
 
 def _minus(day: date, span: Span) -> date:

@@ -73,11 +73,7 @@ async def upcoming(request: Request) -> Response:
     found = await _viewer(request)
     if isinstance(found, Response):
         return found
-    service = agenda(request)
-    now = datetime.now(UTC)
-    prefs = await service.prefs(found.profile)
-    prevention = await service.prevention(found.profile, local(now, zone(prefs.timezone)).date())
-    items = await service.upcoming(found.profile, now)
+    items, prevention = await agenda(request).overview(found.profile)
     return page(request, found, "agenda.html", active="agenda", items=items, prevention=prevention, notice=_notice(request))
 
 

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import logging
 import secrets
+import time as time_module
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from caducee import db
 from caducee.agenda import ical, reminders, replies, store
@@ -32,6 +33,7 @@ from caducee.policies import Message as MessageFacts
 log = logging.getLogger(__name__)
 
 UPCOMING_LIMIT = 50
+SEX_SECONDS = 600.0
 FEED_PAST = timedelta(days=90)
 FEED_AHEAD = timedelta(days=2 * 366)
 STATUS_WORDS = {
@@ -130,6 +132,7 @@ class Agenda:
         self.reads = db.autocommit_reads(engine)
         self.settings = settings
         self.pipeline = pipeline
+        self._sexes: dict[int, tuple[float, str]] = {}
 
     @property
     def table(self) -> Table:
@@ -151,6 +154,38 @@ class Agenda:
         return AppointmentView(
             row, starts, ends, french_day(starts.date()), time_text, STATUS_WORDS.get(row.status, ""), (row.ends_at or row.starts_at) < now
         )
+
+    # ---- the first page ------------------------------------------------------------------------
+
+    async def overview(self, profile: Profile, now: datetime | None = None) -> tuple[list[AppointmentView], PreventionView]:
+        """The upcoming list and the prevention calendar, read on one connection: the
+        agenda's first page is its busiest, and each checkout of the pool costs round trips."""
+        now = (now or datetime.now(UTC)).astimezone(UTC)
+        async with self.reads.connect() as conn:
+            chosen = await store.prefs(conn, profile.account.id)
+            rows = await store.upcoming(
+                conn, profile.account.id, now - timedelta(hours=2), with_secret=sees_secret(profile), limit=UPCOMING_LIMIT
+            )
+            person = await patients.demographics_of(conn, profile.account.id)
+            history = History.of(await store.marks(conn, profile.account.id))
+        today = local(now, zone(chosen.timezone)).date()
+        items = evaluate(self.table, person.birth_date, person.sex, history, today) if person is not None else []
+        return [self.view(row, chosen, now) for row in rows], self._grouped(items, today)
+
+    async def _sex(self, conn: AsyncConnection, patient_id: int) -> str | None:
+        """A patient's INS sex, kept per process for `SEX_SECONDS` (the birth date comes with
+        the profile; the sex changes only by an INSi correction)."""
+        moment = time_module.monotonic()
+        cached = self._sexes.get(patient_id)
+        if cached is not None and moment - cached[0] < SEX_SECONDS:
+            return cached[1]
+        person = await patients.demographics_of(conn, patient_id)
+        if person is None:
+            return None
+        if len(self._sexes) > 100_000:
+            self._sexes.clear()
+        self._sexes[patient_id] = (moment, person.sex)
+        return person.sex
 
     # ---- appointments ------------------------------------------------------------------------
 
@@ -403,10 +438,13 @@ class Agenda:
             return []
         return evaluate(self.table, person.birth_date, person.sex, history, today)
 
-    async def prevention(self, profile: Profile, today: date, horizon: timedelta = timedelta(days=366)) -> PreventionView:
+    async def prevention(self, profile: Profile, today: date) -> PreventionView:
+        return self._grouped(await self.prevention_items(profile, today), today)
+
+    def _grouped(self, items: list[DueItem], today: date, horizon: timedelta = timedelta(days=366)) -> PreventionView:
         table = self.table
         view = PreventionView(table.version, table.name)
-        for item in await self.prevention_items(profile, today):
+        for item in items:
             shown = ItemView(item, KINDS[item.rule.kind], _when(item))
             if item.state is State.DUE:
                 view.due.append(shown)

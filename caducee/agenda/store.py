@@ -7,10 +7,11 @@ appointment id of someone else's agenda is simply not found.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, insert, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from caducee.agenda.models import Appointment, FeedToken, Preferences, PreventionMark
@@ -171,6 +172,32 @@ async def marks_in_range(conn: AsyncConnection, first_id: int, last_id: int) -> 
     return found
 
 
+async def marks_on(conn: AsyncConnection, first_id: int, last_id: int, days: Collection[date]) -> list[tuple[int, str, date]]:
+    """The marks of patients `first_id <= id < last_id` done on one of `days`."""
+    if not days:
+        return []
+    rows = await conn.execute(
+        select(PreventionMark.patient_id, PreventionMark.item_key, PreventionMark.done_on).where(
+            PreventionMark.patient_id >= first_id, PreventionMark.patient_id < last_id, PreventionMark.done_on.in_(sorted(days))
+        )
+    )
+    return [(row.patient_id, row.item_key, row.done_on) for row in rows]
+
+
+async def marks_of(conn: AsyncConnection, patient_ids: Collection[int]) -> dict[int, list[tuple[str, date | None]]]:
+    found: dict[int, list[tuple[str, date | None]]] = {}
+    if not patient_ids:
+        return found
+    rows = await conn.execute(
+        select(PreventionMark.patient_id, PreventionMark.item_key, PreventionMark.done_on)
+        .where(PreventionMark.patient_id.in_(sorted(patient_ids)))
+        .order_by(PreventionMark.id)
+    )
+    for patient_id, key, done_on in rows:
+        found.setdefault(patient_id, []).append((key, done_on))
+    return found
+
+
 async def mark(conn: AsyncConnection, patient_id: int, key: str, done_on: date | None, by: str) -> None:
     """Done on a date (kept beside earlier ones: a recurring item's history), or not
     applicable (replacing any earlier "not applicable")."""
@@ -198,6 +225,34 @@ async def unmark(conn: AsyncConnection, patient_id: int, key: str) -> None:
 
 
 # ---- preferences -----------------------------------------------------------------------------
+
+
+async def prefs_and_marks(conn: AsyncConnection, patient_id: int) -> tuple[Prefs, list[tuple[str, date | None]]]:
+    """A patient's preferences and marks in one statement (the agenda's first page)."""
+    me = select(literal(patient_id).label("id")).subquery()
+    rows = (
+        await conn.execute(
+            select(
+                Preferences.reminders,
+                Preferences.lead_days,
+                Preferences.hour,
+                Preferences.timezone,
+                PreventionMark.item_key,
+                PreventionMark.done_on,
+            )
+            .select_from(me)
+            .outerjoin(Preferences, Preferences.patient_id == me.c.id)
+            .outerjoin(PreventionMark, PreventionMark.patient_id == me.c.id)
+            .order_by(PreventionMark.id)
+        )
+    ).all()
+    first = rows[0] if rows else None
+    chosen = (
+        Prefs(bool(first.reminders), first.lead_days, first.hour, first.timezone)
+        if first is not None and first.lead_days is not None
+        else Prefs()
+    )
+    return chosen, [(row.item_key, row.done_on) for row in rows if row.item_key is not None]
 
 
 async def prefs(conn: AsyncConnection, patient_id: int) -> Prefs:

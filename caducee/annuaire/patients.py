@@ -8,10 +8,11 @@ the legal guardian of, or a patient's who delegated access to them (a carer).
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
-from sqlalchemy import and_, func, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from caducee.annuaire.identifiers import InvalidIdentifier, validate_ins
@@ -241,15 +242,33 @@ class Demographics:
     sex: str
 
 
-async def activated_demographics(conn: AsyncConnection, first_id: int, last_id: int, *, limit: int) -> list[Demographics]:
+async def activated_demographics(
+    conn: AsyncConnection,
+    first_id: int,
+    last_id: int,
+    *,
+    limit: int,
+    born_on: Collection[date] = (),
+    born_by: date | None = None,
+    ids: Collection[int] = (),
+) -> list[Demographics]:
     """Activated patients with `first_id <= id < last_id`, by id, at most `limit`: the daily
-    reminder job walks every patient this way, one index range at a time."""
-    rows = await conn.execute(
-        select(Patient.id, Patient.birth_date, Patient.sex)
-        .where(Patient.id >= first_id, Patient.id < last_id, Patient.status == PatientStatus.ACTIVATED.value)
-        .order_by(Patient.id)
-        .limit(limit)
+    reminder job walks every patient this way, one index range at a time. With filters,
+    only those born on one of `born_on`, or by `born_by`, or among `ids`: the database
+    drops everyone else before a row is sent."""
+    query = select(Patient.id, Patient.birth_date, Patient.sex).where(
+        Patient.id >= first_id, Patient.id < last_id, Patient.status == PatientStatus.ACTIVATED.value
     )
+    if born_on or born_by is not None or ids:
+        wanted = []
+        if born_on:
+            wanted.append(Patient.birth_date.in_(sorted(born_on)))
+        if born_by is not None:
+            wanted.append(Patient.birth_date <= born_by)
+        if ids:
+            wanted.append(Patient.id.in_(sorted(ids)))
+        query = query.where(or_(*wanted))
+    rows = await conn.execute(query.order_by(Patient.id).limit(limit))
     return [Demographics(row.id, row.birth_date, row.sex) for row in rows]
 
 
