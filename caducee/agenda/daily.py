@@ -17,7 +17,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
-from sqlalchemy import Date, bindparam, select, text, update
+from sqlalchemy import Date, bindparam, delete, select, text, update
 from sqlalchemy import DateTime as SADateTime
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -173,4 +173,4 @@ class DailyJob:
 async def purge(engine: AsyncEngine, before: date) -> None:
     """Forget the chunks of days long done."""
     async with engine.begin() as conn:
-        await conn.execute(DailyChunk.__table__.delete().where(DailyChunk.day < before))
+        await conn.execute(delete(DailyChunk).where(DailyChunk.day < before))

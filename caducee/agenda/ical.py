@@ -246,7 +246,7 @@ def reply(
     answer = icalendar.vCalAddress(f"mailto:{attendee}")
     answer.params["PARTSTAT"] = icalendar.vText("ACCEPTED" if accepted else "DECLINED")
     answer.params["CN"] = icalendar.vText(attendee_name)
-    event.add("attendee", answer, encode=0)
+    event.add("attendee", answer, encode=False)
     calendar.add_component(event)
     return calendar.to_ical()
 

@@ -56,7 +56,7 @@ async def _form(request: Request) -> tuple[Viewer, Any] | Response:
     if isinstance(found, Response):
         return found
     form = await request.form(max_files=0, max_fields=30, max_part_size=64 * 1024)
-    if not csrf_ok(found.csrf, form.get("csrf")):
+    if not csrf_ok(found.csrf, str(form.get("csrf") or "")):
         return render(request, "expired.html", 403, csrf="")
     return found, form
 

@@ -16,8 +16,10 @@ from caducee.webmail import web as webmail_web
 from caducee.webmail.web import Viewer, remember_anonymous_csrf
 
 _HERE = Path(__file__).parent
+_WEBMAIL_LOADER = webmail_web.TEMPLATES.env.loader
+assert _WEBMAIL_LOADER is not None
 ENVIRONMENT = Environment(
-    loader=ChoiceLoader([FileSystemLoader(str(_HERE / "templates")), webmail_web.TEMPLATES.env.loader]),  # type: ignore[list-item]
+    loader=ChoiceLoader([FileSystemLoader(str(_HERE / "templates")), _WEBMAIL_LOADER]),
     autoescape=select_autoescape(["html"]),
     auto_reload=False,
 )
