@@ -29,7 +29,7 @@ STATIC = _HERE / "static"
 
 
 def agenda(request: Request) -> Agenda:
-    return request.app.state.agenda  # type: ignore[no-any-return]
+    return request.app.state.agenda
 
 
 def page(request: Request, viewer: Viewer, template: str, status_code: int = 200, **values: Any) -> Response:
