@@ -320,10 +320,12 @@ def main() -> None:
 {command} — {machine()}, load average {os.getloadavg()[0]:.1f} when it ended (other work on the same cores makes every figure slower).
 
 *Daily job*: `DailyJob.run` for one day over {args.patients:,} activated patients (birth dates over 100 years,
-a fifth with 1-3 prevention marks, a tenth with reminder choices): the chunks claimed with a lease, the
-patients read from the annuaire in batches of 5,000 with the marks and preferences of the same id range,
-what falls due evaluated (only for patients born on a candidate day or with marks), the reminders
-inserted if absent. *Bare SELECT*: the same rows (patients' id, birth date, sex; every mark; every
+a fifth with 1-3 prevention marks, a tenth with reminder choices): the chunks of 50,000 ids claimed with a
+lease; for each, the union of the candidates of every lead time (the birth dates for which something falls
+due that day, the age of a campaign opening, the mark dates that make a recurring or following item due)
+goes to the database as filters, so only the patients who may have something due leave it (in batches of
+5,000, with their marks and choices), each decided exactly, the reminders inserted if absent.
+*Bare SELECT*: the rows the job is about (every patient's id, birth date and sex; every mark; every
 preference) streamed through the same driver and dropped. Patients per second, medians of {args.repeat} runs,
 each in a fresh process; peak RSS is the process's own, ours also on a database ten times smaller.
 Target: >= 0.5x the bare SELECT, memory flat.

@@ -3,11 +3,11 @@ their reminders.
 
 The patients are walked in chunks of ids, each chunk a row claimed with a lease, so that
 several processes or nodes share a day's work, a restart resumes where it stopped, and a
-day already done costs one query. Within a chunk, batches of patients come from the
-annuaire (activated profiles only) with the agenda's marks and preferences of the same
-id range; a patient with no marks is evaluated only if born on a day for which something
-falls due (`due.candidates`): a set look-up for almost everyone. Reminder rows are
-inserted "if absent": running a day twice sends nothing twice.
+day already done costs one query. Within a chunk, the candidates of the day
+(`due.candidates`: birth dates for which something falls due, a campaign's age, mark
+dates that make a recurring item due) are filters of the annuaire's query, so that only
+patients who may have something due leave the database; each is then decided exactly.
+Reminder rows are inserted "if absent": running a day twice sends nothing twice.
 """
 
 from __future__ import annotations
