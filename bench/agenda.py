@@ -299,14 +299,15 @@ def main() -> None:
                 name, page_url = create_pg_database(args.pg, "caducee_bench_agenda_page")
                 made.append(name)
             measured = page_load(backend, page_url, args, page_dir)
-            for load, label in (
-                ("users", "50 users, a click every 0.5 s each (on average)"),
-                ("saturation", "50 connections back to back"),
-            ):
-                m = measured[load]
-                page_rows.append(
-                    f"| {backend} | {label} | {m['p50']:.1f} | {m['p99']:.1f} | {'yes' if m['p99'] < 100 else '**no**'} | {m['rps']:.0f} |"
-                )
+            for name, title in (("agenda", "agenda page `/agenda`"), ("inbox", "reference: the inbox `/`, same run")):
+                for load, label in (
+                    ("users", "50 users, a click every 0.5 s each (on average)"),
+                    ("saturation", "50 connections back to back"),
+                ):
+                    m = measured[f"{name}/{load}"]
+                    page_rows.append(
+                        f"| {backend} | {title} | {label} | {m['p50']:.1f} | {m['p99']:.1f} | {'yes' if m['p99'] < 100 else '**no**'} | {m['rps']:.0f} |"
+                    )
         finally:
             for name in made:
                 drop_pg_database(args.pg, name)

@@ -196,3 +196,25 @@ async def test_the_month_view_and_the_ics_download(site: AgendaSite) -> None:  #
         assert (
             str(event["SUMMARY"]) == "Radiologie" and str(event["LOCATION"]) == "Centre d'imagerie" and str(calendar["METHOD"]) == "PUBLISH"
         )
+
+
+async def test_the_first_pages_cache_is_never_stale_across_processes(site: AgendaSite) -> None:  # noqa: F811
+    """Two workers (two Agenda services): what one changes, the other's cached first page shows."""
+    from caducee.agenda.service import Agenda, Draft
+    from caducee.annuaire import patients
+    from caducee.annuaire.patients import Profile
+
+    async with site.gateway.engine.connect() as conn:
+        account = await patients.account_for_address(conn, site.patient("adult_1")["address"])
+    assert account is not None
+    claire = Profile(account, "self", True)
+    first, second = (Agenda(site.gateway.engine, site.gateway.settings, None) for _ in range(2))
+    assert (await first.overview(claire))[0] == []
+    key = await second.add(claire, "Claire", Draft(day=_day(2), clock="10:00", title="Kiné"))
+    assert [view.row.title for view in (await first.overview(claire))[0]] == ["Kiné"]
+    await second.edit(claire, key, Draft(day=_day(2), clock="11:00", title="Kiné (11 h)"))
+    assert [view.row.title for view in (await first.overview(claire))[0]] == ["Kiné (11 h)"]
+    await second.mark(claire, "Claire", "vaccin-dtp-25-ans", done_on=date(2011, 5, 1), not_applicable=False, today=date.today())
+    assert "vaccin-dtp-25-ans" not in {shown.item.key for shown in (await first.overview(claire))[1].overdue}
+    await second.delete(claire, key)
+    assert (await first.overview(claire))[0] == []

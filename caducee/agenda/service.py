@@ -14,6 +14,7 @@ import secrets
 import time as time_module
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 
 UPCOMING_LIMIT = 50
 SEX_SECONDS = 600.0
+OVERVIEW_SECONDS = timedelta(seconds=60)
 FEED_PAST = timedelta(days=90)
 FEED_AHEAD = timedelta(days=2 * 366)
 STATUS_WORDS = {
@@ -133,6 +135,7 @@ class Agenda:
         self.settings = settings
         self.pipeline = pipeline
         self._sexes: dict[int, tuple[float, str]] = {}
+        self._overviews: dict[tuple[int, bool], tuple[tuple[object, ...], datetime, Any]] = {}
 
     @property
     def table(self) -> Table:
@@ -158,18 +161,30 @@ class Agenda:
     # ---- the first page ------------------------------------------------------------------------
 
     async def overview(self, profile: Profile, now: datetime | None = None) -> tuple[list[AppointmentView], PreventionView]:
-        """The upcoming list and the prevention calendar, read on one connection: the
-        agenda's first page is its busiest, and each checkout of the pool costs round trips."""
+        """The upcoming list and the prevention calendar: the agenda's first page, its busiest.
+
+        Answered from a per-process cache checked on every request against the agenda's
+        version (one statement), as the webmail's conversation list is: never stale, and a
+        page that did not change costs one database round trip. An entry also ends when its
+        first appointment leaves the list (two hours after it started) or after a minute.
+        """
         now = (now or datetime.now(UTC)).astimezone(UTC)
+        key = (profile.account.id, sees_secret(profile))
         async with self.reads.connect() as conn:
-            chosen = await store.prefs(conn, profile.account.id)
-            rows = await store.upcoming(
-                conn, profile.account.id, now - timedelta(hours=2), with_secret=sees_secret(profile), limit=UPCOMING_LIMIT
-            )
-            person = await patients.demographics_of(conn, profile.account.id)
-            history = History.of(await store.marks(conn, profile.account.id))
+            current = await store.version(conn, profile.account.id)
+            cached = self._overviews.get(key)
+            if cached is not None and cached[0] == current and now < cached[1]:
+                chosen, marks, rows, sex = cached[2]
+            else:
+                chosen, marks = await store.prefs_and_marks(conn, profile.account.id)
+                rows = await store.upcoming(conn, profile.account.id, now - timedelta(hours=2), with_secret=key[1], limit=UPCOMING_LIMIT)
+                sex = await self._sex(conn, profile.account.id)
+                until = min([now + OVERVIEW_SECONDS, *([rows[0].starts_at + timedelta(hours=2)] if rows else [])])
+                if len(self._overviews) > 10_000:
+                    self._overviews.clear()
+                self._overviews[key] = (current, until, (chosen, marks, rows, sex))
         today = local(now, zone(chosen.timezone)).date()
-        items = evaluate(self.table, person.birth_date, person.sex, history, today) if person is not None else []
+        items = evaluate(self.table, profile.account.birth_date, sex, History.of(marks), today) if sex is not None else []
         return [self.view(row, chosen, now) for row in rows], self._grouped(items, today)
 
     async def _sex(self, conn: AsyncConnection, patient_id: int) -> str | None:

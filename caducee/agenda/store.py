@@ -11,7 +11,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
-from sqlalchemy import delete, insert, literal, select, update
+from sqlalchemy import delete, func, insert, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from caducee.agenda.models import Appointment, FeedToken, Preferences, PreventionMark
@@ -225,6 +225,26 @@ async def unmark(conn: AsyncConnection, patient_id: int, key: str) -> None:
 
 
 # ---- preferences -----------------------------------------------------------------------------
+
+
+async def version(conn: AsyncConnection, patient_id: int) -> tuple[object, ...]:
+    """What changes whenever anything of one agenda changes (an appointment added, changed
+    or removed, a mark, the preferences), in one statement of index look-ups: the first
+    page checks its cached answer against it."""
+    mine = Appointment.patient_id == patient_id
+    marked = PreventionMark.patient_id == patient_id
+    row = (
+        await conn.execute(
+            select(
+                select(func.count()).select_from(Appointment).where(mine).scalar_subquery(),
+                select(func.max(Appointment.updated_at)).where(mine).scalar_subquery(),
+                select(func.count()).select_from(PreventionMark).where(marked).scalar_subquery(),
+                select(func.max(PreventionMark.id)).where(marked).scalar_subquery(),
+                select(Preferences.updated_at).where(Preferences.patient_id == patient_id).scalar_subquery(),
+            )
+        )
+    ).one()
+    return tuple(row)
 
 
 async def prefs_and_marks(conn: AsyncConnection, patient_id: int) -> tuple[Prefs, list[tuple[str, date | None]]]:
