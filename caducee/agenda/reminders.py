@@ -6,8 +6,9 @@ job (prevention items falling due). Any number of processes on any number of nod
 PostgreSQL, SQLite's single writer otherwise) that pushes their lease forward, sends, and
 marks them sent with its own claim token. A row is never held by two workers; a worker
 that dies leaves its rows to be claimed again when the lease runs out. The one window
-left is a crash after the notifier took the email and before "sent" is written; the
-email's Message-ID is derived from the row, so the copies are recognisable.
+left is a crash after the notifier took the email and before "sent" is written: that
+reminder goes out a second time when its lease runs out (an email relay gives no
+transaction to join).
 
 Whether a reminder still goes out is decided when it is sent, from fresh facts: the
 profile must be activated, reminders not turned off, the appointment still there at the
