@@ -41,6 +41,7 @@ bench: peers
 	$(BIN)/python bench/imap.py
 	$(BIN)/python bench/webmail.py
 	$(BIN)/python bench/dossier.py
+	$(BIN)/python bench/agenda.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -66,6 +66,42 @@ def configure_logging(settings: Settings) -> None:
     logging.getLogger("mail.log").setLevel(logging.ERROR)
 
 
+def cmd_agenda(args: argparse.Namespace) -> int:
+    """The agenda's jobs by hand (a server runs both by itself): the day's prevention
+    reminders, or one pass of the reminder queue until nothing is due."""
+    from datetime import date
+
+    from caducee.agenda import background
+    from caducee.agenda.daily import DailyJob
+    from caducee.agenda.schedule import load_table
+    from caducee.notify.notifier import notifier_from_settings
+
+    settings = _settings(args)
+
+    async def run() -> int:
+        engine = db.create_engine(settings.effective_database_url)
+        try:
+            if args.agenda_command == "check-table":
+                table = load_table(settings.agenda_prevention_table or None)
+                print(f"{table.name}\nversion {table.version}: {len(table.rules)} items")
+                return 0
+            if args.agenda_command == "daily":
+                day = date.fromisoformat(args.day) if args.day else date.today()
+                report = await DailyJob(engine, load_table(settings.agenda_prevention_table or None)).run(day)
+                print(f"{report.day}: {report.chunks} chunks, {report.patients} patients, {report.queued} reminders queued")
+                return 0
+            worker = background.reminder_worker(engine, settings, notifier_from_settings(settings))
+            total = 0
+            while handled := await worker.run_once():
+                total += handled
+            print(f"{total} reminders handled")
+            return 0
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(run())
+
+
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
     settings = _settings(args)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -521,6 +557,13 @@ def build_parser() -> argparse.ArgumentParser:
     checkpoint = history.add_parser("checkpoint", parents=[common], help="write the heads changed since the last checkpoint and their root")
     checkpoint.add_argument("--checkpoints", help="where to write it (default <data dir>/history-checkpoints)")
     checkpoint.set_defaults(func=cmd_history, patient=None)
+
+    agenda = commands.add_parser("agenda", help="the health agenda's jobs").add_subparsers(dest="agenda_command", required=True)
+    daily = agenda.add_parser("daily", parents=[common], help="queue the reminders of prevention items falling due (one day)")
+    daily.add_argument("--day", help="YYYY-MM-DD (default today)")
+    daily.set_defaults(func=cmd_agenda)
+    agenda.add_parser("remind", parents=[common], help="send every reminder due now, then stop").set_defaults(func=cmd_agenda)
+    agenda.add_parser("check-table", parents=[common], help="load the prevention table and say its version").set_defaults(func=cmd_agenda)
 
     pki = commands.add_parser("pki", help="the test trust space (IGC-Santé shaped)").add_subparsers(dest="pki_command", required=True)
     init = pki.add_parser("init", parents=[common], help="create root CA, organisation CA, TLS certificates and CRL")

@@ -195,6 +195,13 @@ class Settings:
         "Port of the local Pro Santé Connect stand-in that `serve --demo` starts on `http_host` (and points the psc_* settings at). "
         "0: none, the psc_* settings are used as they are.",
     )
+    agenda_prevention_table: str = _setting(
+        "", "TOML file of the prevention calendar (source, version, items). Empty: the one shipped in caducee/agenda/prevention.toml."
+    )
+    agenda_reminder_poll_seconds: float = _setting(30.0, "Seconds between two looks at the agenda's reminder queue when nothing is due.")
+    agenda_daily_hour: int = _setting(
+        2, "Hour (Paris time) from which each day's prevention reminders are looked for, by whichever process gets there first."
+    )
     log_level: str = _setting("INFO", "Logging level (DEBUG, INFO, WARNING, ERROR).")
 
     @property

@@ -133,6 +133,7 @@ def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
 
 def import_all_models() -> None:
     """Import every component's models so `Base.metadata` holds the whole schema."""
+    import caducee.agenda.models  # noqa: F401
     import caducee.annuaire.models  # noqa: F401
     import caducee.campaigns.models  # noqa: F401
     import caducee.dossier.models  # noqa: F401

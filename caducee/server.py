@@ -36,6 +36,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from caducee import __version__, db
 from caducee import webmail as webmail_package
+from caducee.agenda import background as agenda_background
+from caducee.agenda.invitations import Intake
+from caducee.agenda.pages import router as agenda_pages
+from caducee.agenda.service import Agenda
+from caducee.agenda.web import STATIC as AGENDA_STATIC
 from caducee.annuaire.api import router as annuaire_router
 from caducee.annuaire.service import ensure_postmaster
 from caducee.campaigns.api import router as campaigns_router
@@ -124,13 +129,18 @@ def build_app(engine: AsyncEngine, settings: Settings, pipeline: AcceptPipeline 
     """The HTTP application on `engine`; the caller owns the engine's lifetime.
 
     `pipeline` is the gateway's accept pipeline, through which the webmail sends; without
-    it the webmail reads but does not send (and says so). `identity` is the process's
+    it the webmail reads but does not send (and says so); the agenda reads the invitations it
+    delivers (a post-delivery consumer) and answers them through it. `identity` is the process's
     Pro Santé Connect side, shared with the mail listeners; without it the app builds its own.
     """
     webmail = webmail_context(engine, settings, pipeline)
     own_identity = identity is None
     identity = identity or build_identity(engine, settings)
     dossier, intake = dossier_context(engine, settings, webmail.webmail.history, pipeline)
+    invitations = None
+    if pipeline is not None:
+        invitations = Intake(engine, BodyCipher(load_master_key(settings.data_dir)))
+        pipeline.on_delivered.append(invitations.delivered)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -140,6 +150,8 @@ def build_app(engine: AsyncEngine, settings: Settings, pipeline: AcceptPipeline 
             if intake is not None:
                 await intake.close()
             await dossier.stop()
+            if invitations is not None:
+                await invitations.settle()
             await webmail.webmail.history.close()
             if own_identity:
                 await identity.close()
@@ -162,6 +174,8 @@ def build_app(engine: AsyncEngine, settings: Settings, pipeline: AcceptPipeline 
     app.state.identity = identity.context
     app.state.dossier = dossier
     app.state.dossier_intake = intake
+    app.state.agenda = Agenda(engine, settings, pipeline)
+    app.state.agenda_intake = invitations
     app.add_middleware(WebmailHeaders)
     metrics = Metrics()
     app.state.metrics = metrics
@@ -190,6 +204,8 @@ def build_app(engine: AsyncEngine, settings: Settings, pipeline: AcceptPipeline 
     app.include_router(identity_portal.router)
     app.include_router(identity_api.router)
     app.include_router(dossier_pages)
+    app.include_router(agenda_pages)
+    app.mount("/agenda/static", StaticFiles(directory=str(AGENDA_STATIC)), name="agenda-static")
     app.mount("/static", StaticFiles(directory=str(Path(webmail_package.__file__).parent / "static")), name="static")
     app.mount("/pro/static", StaticFiles(directory=str(Path(identity_portal.__file__).parent / "static")), name="pro-static")
     return app
@@ -582,6 +598,11 @@ async def serve(settings: Settings, *, demo: bool = False, migrate: bool = True,
         loop.add_signal_handler(signum, lambda: setattr(server, "should_exit", True))
     # Every process fans campaigns out: batches are claimed, so processes and nodes share the work.
     campaigns = asyncio.create_task(Runner(engine, app.state.campaigns).run_forever(settings.campaign_poll_seconds), name="campaigns")
+    reminders = agenda_background.reminder_worker(engine, settings, notifier_from_settings(settings))
+    agenda_tasks = [
+        asyncio.create_task(reminders.run_forever(settings.agenda_reminder_poll_seconds), name="agenda-reminders"),
+        asyncio.create_task(agenda_background.daily_forever(engine, settings), name="agenda-daily"),
+    ]
     settle_garbage_collector()
     log.info("HTTP on http://%s:%d/", settings.http_host, settings.http_port)
     try:
@@ -589,6 +610,9 @@ async def serve(settings: Settings, *, demo: bool = False, migrate: bool = True,
     finally:
         campaigns.cancel()
         await asyncio.gather(campaigns, return_exceptions=True)
+        for task in agenda_tasks:
+            task.cancel()
+        await asyncio.gather(*agenda_tasks, return_exceptions=True)
         await gateway.stop()
         await identity.close()
         await engine.dispose()

@@ -10,8 +10,10 @@
 #                               download browsers of its own here) and a font for readable screenshots
 #   wrk                         the HTTP load generator of bench/webmail.py
 #   gnupg                       OpenPGP for the CNAM's signed and encrypted files (driven through python-gnupg)
+#   vdirsyncer + khal           a calendar client nobody here wrote: vdirsyncer subscribes to the agenda's
+#                               iCalendar feed over HTTP, khal reads what it synced (tests/test_agenda_feed.py)
 set -euo pipefail
-PACKAGES=(swaks libnet-ssleay-perl postfix isync dovecot-imapd chromium chromium-l10n fonts-dejavu-core wrk gnupg)
+PACKAGES=(swaks libnet-ssleay-perl postfix isync dovecot-imapd chromium chromium-l10n fonts-dejavu-core wrk gnupg vdirsyncer khal)
 missing=()
 for package in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")

@@ -8,10 +8,11 @@ the legal guardian of, or a patient's who delegated access to them (a carer).
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
-from sqlalchemy import and_, func, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from caducee.annuaire.identifiers import InvalidIdentifier, validate_ins
@@ -227,3 +228,100 @@ async def ids_of(conn: AsyncConnection, addresses: list[str]) -> dict[str, int]:
         select(Mailbox.address, Mailbox.patient_id).where(Mailbox.address.in_(addresses), Mailbox.patient_id.is_not(None))
     )
     return {row.address: row.patient_id for row in rows}
+
+
+# ---- for the agenda ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Demographics:
+    """What the prevention calendar needs of a patient: who, born when, of which INS sex."""
+
+    id: int
+    birth_date: date
+    sex: str
+
+
+async def activated_demographics(
+    conn: AsyncConnection,
+    first_id: int,
+    last_id: int,
+    *,
+    limit: int,
+    born_on: Collection[date] = (),
+    born_by: date | None = None,
+    ids: Collection[int] = (),
+) -> list[Demographics]:
+    """Activated patients with `first_id <= id < last_id`, by id, at most `limit`: the daily
+    reminder job walks every patient this way, one index range at a time. With filters,
+    only those born on one of `born_on`, or by `born_by`, or among `ids`: the database
+    drops everyone else before a row is sent."""
+    query = select(Patient.id, Patient.birth_date, Patient.sex).where(
+        Patient.id >= first_id, Patient.id < last_id, Patient.status == PatientStatus.ACTIVATED.value
+    )
+    if born_on or born_by is not None or ids:
+        wanted = []
+        if born_on:
+            wanted.append(Patient.birth_date.in_(sorted(born_on)))
+        if born_by is not None:
+            wanted.append(Patient.birth_date <= born_by)
+        if ids:
+            wanted.append(Patient.id.in_(sorted(ids)))
+        query = query.where(or_(*wanted))
+    rows = await conn.execute(query.order_by(Patient.id).limit(limit))
+    return [Demographics(row.id, row.birth_date, row.sex) for row in rows]
+
+
+async def highest_patient_id(conn: AsyncConnection) -> int:
+    return int((await conn.execute(select(func.max(Patient.id)))).scalar_one() or 0)
+
+
+@dataclass(frozen=True)
+class ReminderContact:
+    """Where a reminder about a patient's agenda goes: their own email when their profile
+    is activated, and for a minor their activated guardians' emails."""
+
+    patient_id: int
+    name: str
+    status: str
+    birth_date: date
+    emails: tuple[str, ...]
+
+
+async def reminder_contacts(conn: AsyncConnection, patient_ids: list[int], today: date) -> dict[int, ReminderContact]:
+    if not patient_ids:
+        return {}
+    wanted = sorted(set(patient_ids))
+    rows = (await conn.execute(select(Patient).where(Patient.id.in_(wanted)))).all()
+    guardians: dict[int, list[str]] = {}
+    minors = [row.id for row in rows if _age(row.birth_date, today) < 18]
+    if minors:
+        found = await conn.execute(
+            select(Guardianship.minor_id, Patient.email)
+            .join(Patient, Patient.id == Guardianship.guardian_id)
+            .where(Guardianship.minor_id.in_(minors), Patient.status == PatientStatus.ACTIVATED.value, Patient.email.is_not(None))
+        )
+        for minor_id, email in found:
+            guardians.setdefault(minor_id, []).append(email)
+    contacts = {}
+    for row in rows:
+        own = [row.email] if row.email and row.status == PatientStatus.ACTIVATED.value else []
+        name = f"{row.first_names.split()[0]} {row.last_name}" if row.first_names else row.last_name
+        emails = tuple(dict.fromkeys([*own, *sorted(guardians.get(row.id, []))]))
+        contacts[row.id] = ReminderContact(row.id, name, row.status, row.birth_date, emails)
+    return contacts
+
+
+def _age(born: date, today: date) -> int:
+    return today.year - born.year - ((today.month, today.day) < (born.month, born.day))
+
+
+async def demographics_of(conn: AsyncConnection, patient_id: int) -> Demographics | None:
+    row = (await conn.execute(select(Patient.id, Patient.birth_date, Patient.sex).where(Patient.id == patient_id))).first()
+    return Demographics(row.id, row.birth_date, row.sex) if row else None
+
+
+async def account_for_address(conn: AsyncConnection, address: str) -> PatientAccount | None:
+    """The patient whose mailbox this is (the agenda files an invitation to its patient)."""
+    row = (await conn.execute(_query().where(Mailbox.address == address.lower()))).first()
+    return _account(row) if row else None
