@@ -177,10 +177,14 @@ def time_operations(client: RawClient, repeat: int) -> dict[str, float]:
 
 
 class Dovecot:
-    def __init__(self, workdir: Path, user: str, password: str) -> None:
-        self.root = workdir / "dovecot"
+    """Dovecot on loopback with a configuration of its own: STARTTLS on `port`, and implicit
+    TLS on `tls_port` when asked (imaptest has no STARTTLS)."""
+
+    def __init__(self, workdir: Path, user: str, password: str, *, implicit_tls: bool = False, name: str = "dovecot") -> None:
+        self.root = workdir / name
         (self.root / "home").mkdir(parents=True)
         self.port = free_port()
+        self.tls_port = free_port() if implicit_tls else 0
         cert, key = self.root / "cert.pem", self.root / "key.pem"
         subprocess.run(
             [
@@ -235,7 +239,8 @@ service imap-login {{
     port = {self.port}
   }}
   inet_listener imaps {{
-    port = 0
+    port = {self.tls_port}
+    ssl = yes
   }}
 }}
 """)

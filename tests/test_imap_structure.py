@@ -22,7 +22,7 @@ def test_envelope_and_bodystructure() -> None:
     assert summary.imap_envelope == (
         b'("Mon, 23 Nov 2026 10:00:00 +0100" "Hello" (("=?utf-8?q?Dr_J=C3=A9r=C3=B4me?=" NIL "jerome" '
         b'"demo.mssante.fr")) (("=?utf-8?q?Dr_J=C3=A9r=C3=B4me?=" NIL "jerome" "demo.mssante.fr")) '
-        b'(("=?utf-8?q?Dr_J=C3=A9r=C3=B4me?=" NIL "jerome" "demo.mssante.fr")) ((NIL NIL "a" "b.fr") '
+        b'(("=?utf-8?q?Dr_J=C3=A9r=C3=B4me?=" NIL "jerome" "demo.mssante.fr")) ((NIL NIL "a" "b.fr")'
         b'("X Y" NIL "x" "y.fr")) NIL NIL NIL "<1@x>")'
     )
     assert summary.imap_bodystructure == (

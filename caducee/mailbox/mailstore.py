@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from caducee.annuaire import service as annuaire
 from caducee.crypto.atrest import BodyCipher
 from caducee.mailbox import delivery, store
-from caducee.mailbox.models import Folder, MailboxEntry, Message
+from caducee.mailbox.models import Folder, MailboxEntry, Message, Subscription
 from caducee.mime.summary import Summary, summarize
 
 RANGES_PER_QUERY = 64
@@ -55,13 +55,24 @@ class StoreError(Exception):
 
 @dataclass(frozen=True)
 class FolderInfo:
+    """A folder as read at one moment; (id, uidvalidity) is its identity (see `models.Folder`)."""
+
     id: int
     name: str
     special_use: str | None
-    subscribed: bool
     uidvalidity: int
     uidnext: int
     highestmodseq: int
+    first_recent_uid: int
+
+
+@dataclass(frozen=True)
+class FolderState:
+    """What a selected session re-reads of its folder before each reply, with the changes."""
+
+    uidvalidity: int
+    highestmodseq: int
+    first_recent_uid: int
 
 
 @dataclass(frozen=True)
@@ -163,18 +174,14 @@ class MailStore:
             return await _folder(conn, mailbox_id, name)
 
     async def create(self, mailbox_id: int, name: str) -> None:
+        """A new, empty, unsubscribed folder, with a UIDVALIDITY larger than any before."""
         async with self.engine.begin() as conn:
             if await _folder(conn, mailbox_id, name) is not None:
                 raise StoreError("ce dossier existe déjà / folder exists", "ALREADYEXISTS")
+            validity = await conn.run_sync(store.new_uidvalidities)
             await conn.execute(
                 Folder.__table__.insert().values(
-                    mailbox_id=mailbox_id,
-                    name=name,
-                    special_use=None,
-                    uidvalidity=store.new_uidvalidity(),
-                    uidnext=1,
-                    highestmodseq=1,
-                    subscribed=True,
+                    mailbox_id=mailbox_id, name=name, special_use=None, uidvalidity=validity, uidnext=1, highestmodseq=1, first_recent_uid=1
                 )
             )
 
@@ -210,30 +217,57 @@ class MailStore:
             ).all()
             for folder_id, name in rows:  # the folder and its children: a handful of rows
                 await conn.execute(update(Folder).where(Folder.id == folder_id).values(name=new + name[len(old) :]))
+            # Subscriptions follow the folders renamed (as Dovecot's do): a client that
+            # renames a subscribed folder expects it to stay in its folder list.
+            names = (
+                (
+                    await conn.execute(
+                        select(Subscription.name).where(
+                            Subscription.mailbox_id == mailbox_id, or_(Subscription.name == old, Subscription.name.startswith(old + "/"))
+                        )
+                    )
+                )
+                .scalars()
+                .all()
+            )
+            for name in names:
+                await conn.execute(Subscription.__table__.delete().where(Subscription.mailbox_id == mailbox_id, Subscription.name == name))
+                await conn.execute(
+                    store.insert_ignore(conn, Subscription.__table__).values(mailbox_id=mailbox_id, name=new + name[len(old) :])
+                )
 
     async def subscribe(self, mailbox_id: int, name: str, subscribed: bool) -> None:
+        """SUBSCRIBE (to an existing folder: RFC 3501 6.3.6 lets the server check) or UNSUBSCRIBE (any name)."""
         async with self.engine.begin() as conn:
-            result = await conn.execute(
-                update(Folder).where(Folder.mailbox_id == mailbox_id, Folder.name == name).values(subscribed=subscribed)
-            )
-            if result.rowcount == 0 and subscribed:
+            if not subscribed:
+                await conn.execute(Subscription.__table__.delete().where(Subscription.mailbox_id == mailbox_id, Subscription.name == name))
+                return
+            if await _folder(conn, mailbox_id, name) is None:
                 raise StoreError("dossier inconnu / no such folder", "NONEXISTENT")
+            await conn.execute(store.insert_ignore(conn, Subscription.__table__).values(mailbox_id=mailbox_id, name=name))
 
-    async def status(self, folder_id: int) -> tuple[FolderInfo, int, int, int]:
-        """(folder, messages, unseen, total size) in one round trip."""
+    async def subscriptions(self, mailbox_id: int) -> set[str]:
+        """The subscribed names, whether or not a folder has them now."""
+        async with self.reads.connect() as conn:
+            return set((await conn.execute(select(Subscription.name).where(Subscription.mailbox_id == mailbox_id))).scalars())
+
+    async def status(self, folder_id: int) -> tuple[FolderInfo, int, int, int, int]:
+        """(folder, messages, unseen, recent, total size): what no session has been told of
+        as \\Recent yet is recent for STATUS (RFC 3501 6.3.10)."""
         async with self.reads.connect() as conn:
             folder = _folder_info((await conn.execute(select(Folder).where(Folder.id == folder_id))).one())
             row = (
                 await conn.execute(
                     text(
-                        "SELECT COUNT(*), COALESCE(SUM(CASE WHEN " + UNSEEN_SQL + " THEN 1 ELSE 0 END), 0), COALESCE(SUM(m.size), 0) "
+                        "SELECT COUNT(*), COALESCE(SUM(CASE WHEN " + UNSEEN_SQL + " THEN 1 ELSE 0 END), 0), "
+                        "COALESCE(SUM(CASE WHEN e.uid >= :recent THEN 1 ELSE 0 END), 0), COALESCE(SUM(m.size), 0) "
                         "FROM mailbox_entries e JOIN messages m ON m.id = e.message_id "
                         "WHERE e.folder_id = :folder AND e.expunged_modseq IS NULL"
                     ),
-                    {"folder": folder_id},
+                    {"folder": folder_id, "recent": folder.first_recent_uid},
                 )
             ).one()
-            return folder, int(row[0]), int(row[1]), int(row[2])
+            return folder, int(row[0]), int(row[1]), int(row[2]), int(row[3])
 
     # ---- the selected folder -----------------------------------------------------------
 
@@ -270,20 +304,38 @@ class MailStore:
                 )
             ).scalar()
 
-    async def changes(self, folder_id: int, since: int) -> list[Change]:
-        """Entries changed (flags, new, expunged) after MODSEQ `since`, in MODSEQ order."""
+    async def changes(self, folder_id: int, since: int) -> tuple[FolderState | None, list[Change]]:
+        """The folder's state and its entries changed (flags, new, expunged) after MODSEQ
+        `since`, in MODSEQ order, in one query; (None, []) if the folder is gone."""
         async with self.reads.connect() as conn:
-            rows = await conn.execute(
-                select(MailboxEntry.uid, MailboxEntry.flags, MailboxEntry.modseq, MailboxEntry.expunged_modseq)
-                .where(MailboxEntry.folder_id == folder_id, MailboxEntry.modseq > since)
-                .order_by(MailboxEntry.modseq, MailboxEntry.uid)
-            )
-            return [Change(row[0], row[1], row[2], row[3] is not None) for row in rows]
+            rows = (await conn.execute(_CHANGES, {"folder": folder_id, "since": since})).all()
+        if not rows:
+            return None, []
+        first = rows[0]
+        state = FolderState(first[0], first[1], first[2])
+        if first[3] is None:  # the outer join's one row: nothing changed
+            return state, []
+        return state, [Change(row[3], row[4], row[5], row[6] is not None) for row in rows]
 
-    async def highest_modseqs(self, folder_ids: list[int]) -> dict[int, int]:
+    async def claim_recent(self, folder_id: int, upto: int) -> int:
+        """Become the session that sees UIDs below `upto` as \\Recent (RFC 3501 2.3.2: one
+        session only); the first UID claimed, `upto` if another session had them all.
+
+        The no-op UPDATE takes the folder's lock (row lock, or SQLite's write lock) and
+        reads the bound; the second moves it: two sessions cannot both claim a message.
+        """
+        async with self.engine.begin() as conn:
+            before = (await conn.execute(_RECENT_LOCK, {"id": folder_id})).scalar()
+            if before is None or before >= upto:
+                return upto
+            await conn.execute(_RECENT_MOVE, {"id": folder_id, "upto": upto})
+            return int(before)
+
+    async def highest_modseqs(self, folder_ids: list[int]) -> dict[int, tuple[int, int]]:
+        """{folder id: (UIDVALIDITY, HIGHESTMODSEQ)} of the folders that still exist."""
         async with self.reads.connect() as conn:
-            rows = await conn.execute(select(Folder.id, Folder.highestmodseq).where(Folder.id.in_(folder_ids)))
-            return {row[0]: row[1] for row in rows}
+            rows = await conn.execute(select(Folder.id, Folder.uidvalidity, Folder.highestmodseq).where(Folder.id.in_(folder_ids)))
+            return {row[0]: (row[1], row[2]) for row in rows}
 
     async def fetch(
         self, folder_id: int, uids: list[int], *, summary: bool, body: bool, changed_since: int | None = None, batch: int | None = None
@@ -355,7 +407,7 @@ class MailStore:
         failed: list[int] = []
         if not uids:
             return changed, failed
-        async with self.engine.begin() as conn:
+        async with self.engine.connect() as conn, conn.begin() as transaction:
             modseq = await _bump_modseq(conn, folder_id)  # takes the folder's lock first: no lost update
             current: list[tuple[int, str, int]] = []
             for ranges in _chunks(uid_ranges(uids)):
@@ -384,12 +436,17 @@ class MailStore:
                         .values(flags=new_flags, modseq=modseq)
                     )
                 changed += [Change(uid, new_flags, modseq, False) for uid in group]
+            if not changed:  # nothing changed: no new MODSEQ either (a no-op must not look like a change)
+                await transaction.rollback()
         changed.sort(key=lambda change: change.uid)
         return changed, sorted(failed)
 
     async def expunge(self, folder_id: int, uids: list[int] | None = None) -> list[int]:
-        """Tombstone the entries flagged \\Deleted (among `uids` if given); their UIDs."""
-        async with self.engine.begin() as conn:
+        """Tombstone the entries flagged \\Deleted (among `uids` if given); their UIDs.
+
+        Expunging nothing changes nothing: HIGHESTMODSEQ stays (every CLOSE of a client's
+        sync would otherwise make every folder look changed to its next sync)."""
+        async with self.engine.connect() as conn, conn.begin() as transaction:
             modseq = await _bump_modseq(conn, folder_id)
             condition = and_(
                 MailboxEntry.folder_id == folder_id,
@@ -399,8 +456,12 @@ class MailStore:
             gone: list[int] = []
             for ranges in _chunks(uid_ranges(uids)) if uids is not None else [None]:
                 where = condition if ranges is None else and_(condition, _uid_condition(ranges))
-                gone += (await conn.execute(select(MailboxEntry.uid).where(where))).scalars().all()
-                await conn.execute(update(MailboxEntry).where(where).values(expunged_modseq=modseq, modseq=modseq))
+                found = (await conn.execute(select(MailboxEntry.uid).where(where))).scalars().all()
+                if found:
+                    gone += found
+                    await conn.execute(update(MailboxEntry).where(where).values(expunged_modseq=modseq, modseq=modseq))
+            if not gone:
+                await transaction.rollback()
             return sorted(gone)
 
     async def append(self, folder_id: int, raw: bytes, flags: list[str], internal_date: dt.datetime | None, sender: str) -> tuple[int, int]:
@@ -456,7 +517,16 @@ async def _folder(conn: AsyncConnection, mailbox_id: int, name: str) -> FolderIn
 
 
 def _folder_info(row) -> FolderInfo:  # type: ignore[no-untyped-def]
-    return FolderInfo(row.id, row.name, row.special_use, bool(row.subscribed), row.uidvalidity, row.uidnext, row.highestmodseq)
+    return FolderInfo(row.id, row.name, row.special_use, row.uidvalidity, row.uidnext, row.highestmodseq, row.first_recent_uid)
+
+
+_CHANGES = text(
+    "SELECT f.uidvalidity, f.highestmodseq, f.first_recent_uid, e.uid, e.flags, e.modseq, e.expunged_modseq "
+    "FROM folders f LEFT JOIN mailbox_entries e ON e.folder_id = f.id AND e.modseq > :since "
+    "WHERE f.id = :folder ORDER BY e.modseq, e.uid"
+)
+_RECENT_LOCK = text("UPDATE folders SET first_recent_uid = first_recent_uid WHERE id = :id RETURNING first_recent_uid")
+_RECENT_MOVE = text("UPDATE folders SET first_recent_uid = :upto WHERE id = :id AND first_recent_uid < :upto")
 
 
 async def _bump_modseq(conn: AsyncConnection, folder_id: int) -> int:
