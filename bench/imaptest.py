@@ -77,6 +77,7 @@ class Target:
     port: int
     user: str
     password: str
+    pid: int = 0  # the serving process (Caducée), for py-spy
 
 
 @dataclass
@@ -138,7 +139,15 @@ def write_mbox(path: Path, count: int = 200) -> Path:
 
 
 def stress(
-    imaptest: Imaptest, target: Target, mbox: Path, *, seconds: int, clients: int, messages: int = 30, seed: int = 1
+    imaptest: Imaptest,
+    target: Target,
+    mbox: Path,
+    *,
+    seconds: int,
+    clients: int,
+    messages: int = 30,
+    seed: int = 1,
+    states: tuple[str, ...] = (),
 ) -> StressResult:
     """imaptest's stress mode: `clients` connections on one mailbox, random commands, state
     checked at every checkpoint (`checkpoint=1`: each second the clients agree on the state).
@@ -147,7 +156,7 @@ def stress(
     completed, LOGIN and LOGOUT included); errors are its `Error:` lines (state errors, bad
     replies, disconnects)."""
     common = ["host=127.0.0.1", f"port={target.port}", "ssl=any-cert", f"user={target.user}", f"pass={target.password}"]
-    args = [*common, f"clients={clients}", f"msgs={messages}", "checkpoint=1", f"secs={seconds},5", f"seed={seed}", f"mbox={mbox}"]
+    args = [*common, f"clients={clients}", f"msgs={messages}", "checkpoint=1", f"secs={seconds},5", f"seed={seed}", f"mbox={mbox}", *states]
     started = time.perf_counter()
     process = imaptest.run(args, seconds + 120)
     elapsed = time.perf_counter() - started
@@ -157,11 +166,14 @@ def stress(
 
 def _total_operations(output: str) -> int:
     """Sum of the per-command totals imaptest prints at the end ("Totals:" then a header line
-    of command names and a line of counts)."""
+    of command names, one or two of probabilities, then the counts)."""
     lines = output.splitlines()
-    for index, line in enumerate(lines):
-        if line.startswith("Totals:") and index + 2 < len(lines):
-            return sum(int(value) for value in lines[index + 2].split() if value.isdigit())
+    if "Totals:" not in lines:
+        return 0
+    for line in lines[lines.index("Totals:") + 1 :]:
+        values = line.split()
+        if values and all(value.isdigit() for value in values):
+            return sum(int(value) for value in values)
     return 0
 
 
@@ -190,7 +202,7 @@ def caducee_target(workdir: Path, backend: str, pg: str = DEFAULT_PG, extra_env:
     try:
         wait_port(tls_port)
         doctor = caducee.credentials["professionals"]["doctor"]
-        yield Target(f"Caducée {backend}", tls_port, doctor["address"], doctor["password"])
+        yield Target(f"Caducée {backend}", tls_port, doctor["address"], doctor["password"], caducee.workers()[0])
     finally:
         caducee.stop()
         if pg_name:
@@ -207,6 +219,10 @@ def target(workdir: Path, name: str, pg: str = DEFAULT_PG) -> Iterator[Target]:
             yield found
 
 
+def _py_spy() -> str:
+    return shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--imaptest", default=os.environ.get("IMAPTEST", ""), help="built imaptest tree or binary (or $IMAPTEST)")
@@ -215,9 +231,11 @@ def main() -> None:
     parser.add_argument("--groups", default="", help="comma-separated test groups (default: all)")
     parser.add_argument("--stress", type=int, default=0, help="seconds of stress mode instead of the scripted tests")
     parser.add_argument("--clients", type=int, default=5)
+    parser.add_argument("--states", default="", help="imaptest state probabilities, e.g. logout=0")
     parser.add_argument("--pg", default=DEFAULT_PG)
     parser.add_argument("--verbose", action="store_true", help="print imaptest's whole output")
     parser.add_argument("--keep", default="", help="work in this folder and keep it (servers' logs, data)")
+    parser.add_argument("--profile", default="", help="with --stress: py-spy's flame graph of Caducée into this folder")
     args = parser.parse_args()
     if not args.imaptest:
         raise SystemExit("give --imaptest PATH (a built imaptest tree) or set IMAPTEST")
@@ -233,7 +251,16 @@ def main() -> None:
             with target(workdir, name, args.pg) as server:
                 if args.stress:
                     mbox = write_mbox(workdir / "stress.mbox")
-                    result = stress(imaptest, server, mbox, seconds=args.stress, clients=args.clients)
+                    states = tuple(state for state in args.states.split(",") if state)
+                    spy = None
+                    if args.profile and server.pid:
+                        Path(args.profile).mkdir(parents=True, exist_ok=True)
+                        out = Path(args.profile) / f"{name}.txt"
+                        command = [_py_spy(), "record", "-p", str(server.pid), "-d", str(args.stress), "-o", str(out), "-f", "raw", "--threads"]
+                        spy = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                    result = stress(imaptest, server, mbox, seconds=args.stress, clients=args.clients, states=states)
+                    if spy is not None:
+                        spy.wait()
                     if args.verbose:
                         print(result.output)
                     print(f"{server.name}: {result.per_second:,.0f} operations/s, {len(result.state_errors)} errors", flush=True)

@@ -78,6 +78,7 @@ class ImapServer:
         for server in self.servers:
             await server.wait_closed()
         await self.watch.close()
+        self.store.close()
 
 
 async def _close(writer: asyncio.StreamWriter) -> None:

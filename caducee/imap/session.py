@@ -56,6 +56,9 @@ SASL_LINE_LIMIT = 12288 + 2  # as SMTP's AUTH line (RFC 4954): room for a Pro Sa
 NO_EXPUNGE_DURING = {"FETCH", "STORE", "SEARCH"}
 
 
+_SEEN_OR_NOT = bytes(1 if bits & 1 else 0 for bits in range(256))  # flag bits -> 1 if \\Seen (mailstore.FLAG_BITS)
+
+
 class Bye(Exception):
     """End the connection after sending this untagged BYE text."""
 
@@ -198,7 +201,7 @@ class Session:
         if view.read_only:
             view.add_recent(first_recent_uid, upto)
         else:
-            view.add_recent(await self.server.store.claim_recent(view.folder_id, upto), upto)
+            view.add_recent(await self.server.store.claim_recent(view.folder_id, upto, first_recent_uid), upto)
 
     def capabilities(self) -> bytes:
         names = ["IMAP4rev1", "LITERAL+", "SASL-IR", "ID", "ENABLE"]
@@ -370,7 +373,6 @@ class Session:
         if uids:  # first_recent_uid from the folder read now: claiming recent messages does not move HIGHESTMODSEQ
             await self._claim_recent(uids[-1] + 1, folder.first_recent_uid)
         view.recent_told = view.recent_count()
-        unseen = await self.server.store.first_unseen(current.id)
         lines = [
             b"* %d EXISTS\r\n" % len(uids),
             b"* %d RECENT\r\n" % view.recent_told,
@@ -379,8 +381,9 @@ class Session:
             b"* OK [UIDNEXT %d] predicted next UID\r\n" % current.uidnext,
             b"* OK [HIGHESTMODSEQ %d] highest\r\n" % current.highestmodseq,
         ]
-        if unseen is not None and view.sequence_of(unseen) is not None:
-            lines.append(b"* OK [UNSEEN %d] first unseen\r\n" % view.sequence_of(unseen))
+        unseen = bits.translate(_SEEN_OR_NOT).find(0)  # the first message without \\Seen, from the flag bits
+        if unseen >= 0:
+            lines.append(b"* OK [UNSEEN %d] first unseen\r\n" % (unseen + 1))
         await self.send(b"".join(lines))
         self.state = SELECTED
         return b"OK [READ-ONLY] EXAMINE completed" if read_only else b"OK [READ-WRITE] SELECT completed"
