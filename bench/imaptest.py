@@ -256,7 +256,19 @@ def main() -> None:
                     if args.profile and server.pid:
                         Path(args.profile).mkdir(parents=True, exist_ok=True)
                         out = Path(args.profile) / f"{name}.txt"
-                        command = [_py_spy(), "record", "-p", str(server.pid), "-d", str(args.stress), "-o", str(out), "-f", "raw", "--threads"]
+                        command = [
+                            _py_spy(),
+                            "record",
+                            "-p",
+                            str(server.pid),
+                            "-d",
+                            str(args.stress),
+                            "-o",
+                            str(out),
+                            "-f",
+                            "raw",
+                            "--threads",
+                        ]
                         spy = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                     result = stress(imaptest, server, mbox, seconds=args.stress, clients=args.clients, states=states)
                     if spy is not None:
