@@ -304,3 +304,22 @@ async def test_imaplib_sees_the_same_recent_and_uidvalidity(gateway, imap) -> No
     recent, validities = await asyncio.to_thread(session)
     assert recent == [b"1"]
     assert validities == sorted(validities) and len(set(validities)) == 3
+
+
+async def test_every_session_lists_the_same_keywords(gateway, imap) -> None:  # type: ignore[no-untyped-def]
+    """FLAGS lists every keyword ever set in the folder, as Dovecot does: a keyword set and
+    removed again before another session looked is still in its list (imaptest's checkpoints
+    compare the lists of all sessions)."""
+
+    def script() -> tuple[list[bytes], list[bytes]]:
+        a, b, c = Raw(gateway), Raw(gateway), Raw(gateway)
+        append(a, "a1", "INBOX", NOTE)
+        run(b, "s", "SELECT INBOX")
+        run(a, "t", "SELECT INBOX")
+        run(a, "u", "STORE 1 +FLAGS.SILENT ($Temp)")
+        run(a, "v", "STORE 1 -FLAGS.SILENT ($Temp)")
+        return run(b, "n", "NOOP"), run(c, "x", "SELECT INBOX")
+
+    before, after = await asyncio.to_thread(script)
+    assert any(line.startswith(b"* FLAGS (") and b"$Temp" in line for line in before)
+    assert any(line.startswith(b"* FLAGS (") and b"$Temp" in line for line in after)

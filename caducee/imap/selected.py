@@ -132,6 +132,10 @@ class SelectedView:
         for keyword in keywords:
             self.announced_keywords.setdefault(keyword.upper(), keyword)
 
+    def learn_keywords(self, keywords: str) -> bool:
+        """The folder's keyword list as just read: True if it holds one not announced yet."""
+        return self.learn_flags(keywords)
+
     def learn_flags(self, flags: str) -> bool:
         """Note the keywords in a flag text about to be sent; True if one is new (then the
         client must get FLAGS first: RFC 3501 7.2.6, and imaptest checks it)."""

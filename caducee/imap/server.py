@@ -79,7 +79,7 @@ class ImapServer:
         for server in self.servers:
             await server.wait_closed()
         await self.watch.close()
-        self.store.close()
+        await self.store.close()
 
 
 async def _close(writer: asyncio.StreamWriter, *, at_once: bool = False) -> None:
@@ -115,7 +115,7 @@ async def start_imap(
     """Open the IMAP listeners (a port of 0 in the settings disables that listener), on the
     sockets `sockets["imap"]` / `sockets["imaps"]` when the caller bound them already."""
     sockets = sockets or {}
-    store = MailStore(engine, cipher)
+    store = MailStore(engine, cipher, hold_connections=True)
     server = ImapServer(
         settings,
         store,

@@ -183,13 +183,15 @@ class Session:
             self._leave()
             raise Bye("le dossier ouvert a ete supprime / the selected folder was deleted")
         view.modseq = max(view.modseq, state.highestmodseq)  # read in the same statement: nothing below it is unseen
+        # A keyword another session defined: every session's FLAGS list stays the folder's.
+        flags = view.flags_lines() if view.learn_keywords(state.keywords) else b""
         if not changes and not view.pending_expunges:
-            return view.recent_line()
+            return flags + view.recent_line()
         allow = command_name not in NO_EXPUNGE_DURING
         lines, new = view.apply(changes, allow_expunge=allow, condstore=self.condstore)
         if new:
             await self._claim_recent(new[-1] + 1, state.first_recent_uid)
-        return b"".join(lines) + view.recent_line()
+        return flags + b"".join(lines) + view.recent_line()
 
     async def _claim_recent(self, upto: int, first_recent_uid: int) -> None:
         """The messages below `upto` that no session has seen as \\Recent become recent here
@@ -370,6 +372,7 @@ class Session:
             current.id, current.name, current.uidvalidity, read_only, uids, current.highestmodseq, bits, with_keywords, shared=True
         )
         view.announce(keywords)
+        view.announce(folder.keywords.split())  # every keyword ever set here, in use now or not
         if uids:  # first_recent_uid from the folder read now: claiming recent messages does not move HIGHESTMODSEQ
             await self._claim_recent(uids[-1] + 1, folder.first_recent_uid)
         view.recent_told = view.recent_count()

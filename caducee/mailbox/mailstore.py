@@ -66,6 +66,7 @@ class FolderInfo:
     uidnext: int
     highestmodseq: int
     first_recent_uid: int
+    keywords: str = ""  # every keyword ever set in the folder (`models.Folder.keywords`)
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,7 @@ class FolderState:
     uidvalidity: int
     highestmodseq: int
     first_recent_uid: int
+    keywords: str = ""
 
 
 @dataclass(frozen=True)
@@ -137,13 +139,14 @@ def _chunks(ranges: list[tuple[int, int]]) -> Iterable[list[tuple[int, int]]]:
 class MailStore:
     """The mail store's operations; statements run through `_sqlrun.Runner` (see there why)."""
 
-    def __init__(self, engine: AsyncEngine, cipher: BodyCipher) -> None:
+    def __init__(self, engine: AsyncEngine, cipher: BodyCipher, *, hold_connections: bool = False) -> None:
+        """`hold_connections`: a long-lived server (IMAP) keeps its PostgreSQL connections (see `_sqlrun`)."""
         self.engine = engine
         self.cipher = cipher
-        self.run = Runner(engine)
+        self.run = Runner(engine, hold=hold_connections)
 
-    def close(self) -> None:
-        self.run.close()
+    async def close(self) -> None:
+        await self.run.aclose()
 
     # ---- folders ---------------------------------------------------------------------
 
@@ -431,10 +434,10 @@ def _changes(conn: Connection, folder_id: int, since: int) -> tuple[FolderState 
     if not rows:
         return None, []
     first = rows[0]
-    state = FolderState(first[0], first[1], first[2])
-    if first[3] is None:  # the outer join's one row: nothing changed
+    state = FolderState(first[0], first[1], first[2], first[3])
+    if first[4] is None:  # the outer join's one row: nothing changed
         return state, []
-    return state, [Change(row[3], row[4], row[5], row[6] is not None) for row in rows]
+    return state, [Change(row[4], row[5], row[6], row[7] is not None) for row in rows]
 
 
 def _claim_recent(conn: Connection, folder_id: int, upto: int, seen: int) -> tuple[bool, int | None]:
@@ -475,6 +478,7 @@ def _store_flags(
         ).all()  # type: ignore[arg-type]
     failed: list[int] = []
     groups: dict[str, list[int]] = {}
+    touched: list[str] = []  # flag texts before and after, for the folder's keyword list
     for uid, old_flags, old_modseq in current:
         if unchanged_since is not None and old_modseq > unchanged_since:
             failed.append(uid)
@@ -483,8 +487,10 @@ def _store_flags(
         new = wanted if action == "FLAGS" else (old | wanted if action == "+FLAGS" else old - wanted)
         if new != old:
             groups.setdefault(" ".join(sorted(new)), []).append(uid)
+            touched.append(old_flags)
     if not groups:
         raise Unchanged(([], sorted(failed)))
+    store.define_keywords(conn, folder_id, [*touched, *groups])
     changed: list[Change] = []
     for new_flags, group in groups.items():
         for ranges in _chunks(uid_ranges(sorted(group))):
@@ -524,6 +530,7 @@ def _copy(conn: Connection, folder_id: int, uids: list[int], target_id: int) -> 
     if not rows:
         return conn.execute(select(Folder.uidvalidity).where(Folder.id == target_id)).scalar_one(), [], []
     validity, first_uid, first_modseq = store.reserve_uids(conn, target_id, len(rows))
+    store.define_keywords(conn, target_id, sorted({row.flags for row in rows}))
     conn.execute(
         MailboxEntry.__table__.insert(),
         [
@@ -542,7 +549,9 @@ def _copy(conn: Connection, folder_id: int, uids: list[int], target_id: int) -> 
 
 
 def _folder_info(row) -> FolderInfo:  # type: ignore[no-untyped-def]
-    return FolderInfo(row.id, row.name, row.special_use, row.uidvalidity, row.uidnext, row.highestmodseq, row.first_recent_uid)
+    return FolderInfo(
+        row.id, row.name, row.special_use, row.uidvalidity, row.uidnext, row.highestmodseq, row.first_recent_uid, row.keywords
+    )
 
 
 def _bump_modseq(conn: Connection, folder_id: int) -> int:
@@ -550,11 +559,11 @@ def _bump_modseq(conn: Connection, folder_id: int) -> int:
 
 
 _FOLDER_BY_NAME = text(
-    "SELECT id, name, special_use, uidvalidity, uidnext, highestmodseq, first_recent_uid FROM folders "
+    "SELECT id, name, special_use, uidvalidity, uidnext, highestmodseq, first_recent_uid, keywords FROM folders "
     "WHERE mailbox_id = :mailbox AND name = :name"
 )
 _CHANGES = text(
-    "SELECT f.uidvalidity, f.highestmodseq, f.first_recent_uid, e.uid, e.flags, e.modseq, e.expunged_modseq "
+    "SELECT f.uidvalidity, f.highestmodseq, f.first_recent_uid, f.keywords, e.uid, e.flags, e.modseq, e.expunged_modseq "
     "FROM folders f LEFT JOIN mailbox_entries e ON e.folder_id = f.id AND e.modseq > :since "
     "WHERE f.id = :folder ORDER BY e.modseq, e.uid"
 )

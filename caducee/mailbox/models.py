@@ -18,6 +18,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     String,
+    Text,
     UniqueConstraint,
 )
 from sqlalchemy.orm import Mapped, mapped_column
@@ -100,6 +101,9 @@ class Folder(Base):
     # The first UID no IMAP session has been told of as \Recent yet (RFC 3501 2.3.2): the
     # session that first learns of a message with a higher UID moves it past that message.
     first_recent_uid: Mapped[int] = mapped_column(BigInteger, default=1, server_default="1")
+    # Keywords ever set in the folder, space-separated: FLAGS lists them for every session (as
+    # Dovecot does), not only those some message carries now, so sessions agree on the list.
+    keywords: Mapped[str] = mapped_column(Text, default="", server_default="")
 
 
 class UidValidity(Base):

@@ -213,6 +213,20 @@ def reserve_uids(conn: Connection, folder_id: int, count: int) -> tuple[int, int
     return int(row[1]), int(row[2]), int(row[3])
 
 
+def define_keywords(conn: Connection, folder_id: int, flag_texts: list[str]) -> None:
+    """Add the keywords in `flag_texts` to the folder's list (`Folder.keywords`), if any is new."""
+    wanted = {flag for flags in flag_texts for flag in flags.split() if not flag.startswith("\\")}
+    if not wanted:
+        return
+    current = conn.execute(select(Folder.keywords).where(Folder.id == folder_id)).scalar()
+    if current is None:
+        return
+    known = {keyword.upper() for keyword in current.split()}
+    new = sorted(keyword for keyword in wanted if keyword.upper() not in known)
+    if new:
+        conn.execute(update(Folder).where(Folder.id == folder_id).values(keywords=" ".join([*current.split(), *new])))
+
+
 async def sealed_body(conn: AsyncConnection, message_id: int) -> bytes:
     """The sealed body of one stored message (the relay sends it as it is stored)."""
     return (await conn.execute(select(Message.body).where(Message.id == message_id))).scalar_one()

@@ -12,6 +12,8 @@ The first revision of the mailbox component's own branch (see `caducee.db.migrat
   on the id served the old folder's state. Starts above every value in use.
 - `folders.first_recent_uid`: UIDs from it on are \\Recent for the next session to learn of
   them. Messages already stored are not recent.
+- `folders.keywords`: the keywords ever set in the folder (FLAGS lists them, so that every
+  session announces the same ones); filled from the keywords entries carry now.
 - `folder_subscriptions`: subscriptions are names (RFC 3501 6.3.6: deleting a folder does not
   unsubscribe it, and one may subscribe to a name that has no folder); copied from the
   `folders.subscribed` column, which goes.
@@ -31,6 +33,8 @@ depends_on = "0006"
 def upgrade() -> None:
     op.add_column("folders", sa.Column("first_recent_uid", sa.BigInteger(), nullable=False, server_default="1"))
     op.execute("UPDATE folders SET first_recent_uid = uidnext")
+    op.add_column("folders", sa.Column("keywords", sa.Text(), nullable=False, server_default=""))
+    _fill_keywords()
     op.create_table(
         "folder_uidvalidity",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -50,6 +54,18 @@ def upgrade() -> None:
     op.drop_column("folders", "subscribed")
 
 
+def _fill_keywords() -> None:
+    connection = op.get_bind()
+    found: dict[int, set[str]] = {}
+    rows = connection.execute(sa.text("SELECT folder_id, flags FROM mailbox_entries WHERE expunged_modseq IS NULL AND flags <> ''"))
+    for folder_id, flags in rows:
+        keywords = {flag for flag in flags.split() if not flag.startswith("\\")}
+        if keywords:
+            found.setdefault(folder_id, set()).update(keywords)
+    for folder_id, keywords in found.items():
+        connection.execute(sa.text("UPDATE folders SET keywords = :k WHERE id = :id"), {"k": " ".join(sorted(keywords)), "id": folder_id})
+
+
 def downgrade() -> None:
     op.add_column("folders", sa.Column("subscribed", sa.Boolean(), nullable=False, server_default=sa.false()))
     op.execute(
@@ -58,4 +74,5 @@ def downgrade() -> None:
     )
     op.drop_table("folder_subscriptions")
     op.drop_table("folder_uidvalidity")
+    op.drop_column("folders", "keywords")
     op.drop_column("folders", "first_recent_uid")
