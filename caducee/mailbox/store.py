@@ -1,5 +1,6 @@
 """Low-level operations on the mailbox store's tables, each inside the caller's transaction:
-threading look-up, closing, folder creation and the one UID/MODSEQ reservation.
+threading look-up, closing, folder creation (UIDVALIDITY from one counter that only grows),
+the folder keyword list and the one UID/MODSEQ reservation.
 
 Other components do not call these directly: they file messages through
 `caducee.mailbox.delivery` and read through `caducee.mailbox.mailstore` and
