@@ -177,10 +177,14 @@ def time_operations(client: RawClient, repeat: int) -> dict[str, float]:
 
 
 class Dovecot:
-    def __init__(self, workdir: Path, user: str, password: str) -> None:
-        self.root = workdir / "dovecot"
+    """Dovecot on loopback with a configuration of its own: STARTTLS on `port`, and implicit
+    TLS on `tls_port` when asked (imaptest has no STARTTLS)."""
+
+    def __init__(self, workdir: Path, user: str, password: str, *, implicit_tls: bool = False, name: str = "dovecot") -> None:
+        self.root = workdir / name
         (self.root / "home").mkdir(parents=True)
         self.port = free_port()
+        self.tls_port = free_port() if implicit_tls else 0
         cert, key = self.root / "cert.pem", self.root / "key.pem"
         subprocess.run(
             [
@@ -235,7 +239,8 @@ service imap-login {{
     port = {self.port}
   }}
   inet_listener imaps {{
-    port = 0
+    port = {self.tls_port}
+    ssl = yes
   }}
 }}
 """)
@@ -304,6 +309,12 @@ def main() -> None:
     parser.add_argument("--backends", default="sqlite,postgresql")
     parser.add_argument("--pg", default=DEFAULT_PG)
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument(
+        "--imaptest", default=os.environ.get("IMAPTEST", ""), help="a built imaptest (tree or binary): the concurrent section"
+    )
+    parser.add_argument("--stress", type=int, default=30, help="seconds of each imaptest stress run")
+    parser.add_argument("--stress-repeat", type=int, default=3, help="stress runs per server, interleaved (median taken)")
+    parser.add_argument("--clients", type=int, default=5)
     args = parser.parse_args()
     if shutil.which("dovecot") is None:
         raise SystemExit("dovecot is missing: run `bash scripts/system-packages.sh` (Debian package dovecot-imapd)")
@@ -399,9 +410,58 @@ selected INBOX and entered IDLE, divided by their number):
 {idle_lines}
 """
     )
+    if args.imaptest:
+        body += "\n" + concurrent_section(args)
+    else:
+        body += "\n(The concurrent section needs a built imaptest: `--imaptest PATH`, see `bench/imaptest.py`.)\n"
     print(body)
     if not args.no_write:
         write_section("imap", body)
+
+
+def concurrent_section(args: argparse.Namespace) -> str:
+    """imaptest's stress mode (random commands from `clients` connections on one mailbox,
+    state checked every second) against Dovecot and Caducée, runs interleaved."""
+    from imaptest import Imaptest, caducee_target, dovecot_target, stress, write_mbox
+
+    imaptest = Imaptest.locate(args.imaptest)
+    servers = ["dovecot", *args.backends.split(",")]
+    runs: dict[str, list[tuple[float, int]]] = {name: [] for name in servers}
+    with tempfile.TemporaryDirectory(prefix="caducee-imap-stress-") as tmp:
+        workdir = Path(tmp)
+        os.chmod(workdir, 0o755)
+        mbox = write_mbox(workdir / "stress.mbox")
+        for _ in range(args.stress_repeat):
+            for name in servers:
+                context = dovecot_target(workdir) if name == "dovecot" else caducee_target(workdir, name, args.pg)
+                with context as target:
+                    result = stress(imaptest, target, mbox, seconds=args.stress, clients=args.clients)
+                runs[name].append((result.per_second, len(result.state_errors)))
+                print(f"stress {name}: {result.per_second:.0f} operations/s, {len(result.state_errors)} errors", flush=True)
+                for error in result.state_errors[:5]:
+                    print("   ", error)
+    dovecot = median([rate for rate, _ in runs["dovecot"]])
+    rows = []
+    for name in servers:
+        rate = median([rate for rate, _ in runs[name]])
+        errors = sum(count for _, count in runs[name])
+        label = "Dovecot" if name == "dovecot" else f"Caducée {name}"
+        ratio = "" if name == "dovecot" else f"**{rate / dovecot:.2f}x**"
+        rows.append(f"| {label} | {rate:,.0f} | {ratio} | {errors} |")
+    return (
+        f"""Concurrent clients: imaptest's stress mode (`clients={args.clients} checkpoint=1 secs={args.stress}`, its default
+command mix: LOGIN, LIST, STATUS, SELECT, FETCH, UID FETCH, STORE, EXPUNGE, APPEND, LOGOUT on one mailbox, every
+client checking each second that all agree on its state), against Dovecot and Caducée in turn, {args.stress_repeat} runs each,
+interleaved; operations/s is imaptest's count of completed commands over the run, the median of the runs; errors
+are every `Error:` line imaptest printed (state errors, bad replies, disconnects), summed over the runs.
+Target: >= 0.5x Dovecot's operations/s with 0 errors.
+
+| server | operations/s | vs Dovecot | errors |
+|---|---|---|---|
+"""
+        + "\n".join(rows)
+        + "\n"
+    )
 
 
 if __name__ == "__main__":

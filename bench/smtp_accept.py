@@ -108,7 +108,19 @@ class Caducee:
         )
         wait_port(self.port)
         wait_port(self.tls_port)
-        self.credentials = json.loads((self.data_dir / "demo-credentials.json").read_text())
+        self.credentials = self._credentials()
+
+    def _credentials(self) -> dict:  # type: ignore[type-arg]
+        """The demo's credentials, which it may write after its listeners are open."""
+        path = self.data_dir / "demo-credentials.json"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                return json.loads(path.read_text())
+            except (FileNotFoundError, json.JSONDecodeError):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
 
     def workers(self) -> list[int]:
         """The serving processes: the `--worker-process` children, or the process itself with

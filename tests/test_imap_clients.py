@@ -61,11 +61,12 @@ async def test_a_message_sent_over_smtp_is_read_over_imap(gateway, imap) -> None
             return listing, peeked, flags_after_peek, body, flags_after_read
 
     listing, peeked, after_peek, body, after_read = await asyncio.to_thread(read)
-    assert b"UID 1 FLAGS () INTERNALDATE" in listing[0] and b"RFC822.SIZE %d" % len(stored) in listing[0]
+    # New to this session: recent here.
+    assert b"UID 1 FLAGS (\\Recent) INTERNALDATE" in listing[0] and b"RFC822.SIZE %d" % len(stored) in listing[0]
     assert b'"karim.haddad" "demo.mssante.fr"' in listing[0] and b'BODYSTRUCTURE ("TEXT" "PLAIN"' in listing[0]
     assert peeked[0][1] == stored and body[0][1] == stored  # the exact stored bytes
-    assert after_peek == [b"1 (FLAGS ())"]
-    assert after_read == [b"1 (FLAGS (\\Seen))"]
+    assert after_peek == [b"1 (FLAGS (\\Recent))"]
+    assert after_read == [b"1 (FLAGS (\\Seen \\Recent))"]
 
 
 async def test_append_to_sent_and_everything_persists(gateway, imap) -> None:  # type: ignore[no-untyped-def]
@@ -144,7 +145,7 @@ async def test_search_fetch_sections_copy_and_move(gateway, imap) -> None:  # ty
     assert out["copy"][0] == "OK" and b"COPYUID" in out["copy"][1][0]
     assert out["move"][0] == "OK"
     assert out["left"] == [b"1 2"]
-    assert out["copied"] == [b"1 (FLAGS ())", b"2 (FLAGS (\\Flagged))"]
+    assert out["copied"] == [b"1 (FLAGS (\\Recent))", b"2 (FLAGS (\\Flagged \\Recent))"]
     names = b"\n".join(out["list"])  # type: ignore[arg-type]
     assert b'(\\HasNoChildren \\Sent) "/" Sent' in names and b'(\\HasChildren) "/" Patients' in names
     assert b'"/" Patients/Dupont' in names

@@ -249,7 +249,7 @@ async def test_expunge_by_another_session_waits_for_a_command_that_allows_it(gat
 
     out = await asyncio.to_thread(script)
     assert not any(b"EXPUNGE" in line for line in out["a4"] + out["a5"])
-    assert b"* 1 FETCH (UID 1 FLAGS (\\Deleted))" in out["a4"] and b"* 2 FETCH (UID 2 FLAGS ())" in out["a4"]
+    assert b"* 1 FETCH (UID 1 FLAGS (\\Deleted \\Recent))" in out["a4"] and b"* 2 FETCH (UID 2 FLAGS (\\Recent))" in out["a4"]
     assert b"* SEARCH 1 2" in out["a5"]  # the client's numbering still holds
     assert b"* 1 EXPUNGE" in out["a6"]
     assert out["a7"][0] == b"* 1 FETCH (UID 2)"

@@ -10,7 +10,7 @@ from caducee.mailbox.mailstore import Change, FolderInfo
 
 
 def snapshot() -> tuple:
-    folder = FolderInfo(7, "INBOX", None, True, 1234, 10, 50)
+    folder = FolderInfo(7, "INBOX", None, 1234, 10, 50, 10)
     return folder, array("I", [2, 4, 6, 9]), bytearray([1, 0, 4, 0]), {}, []
 
 
@@ -31,12 +31,12 @@ def test_changes_from_other_sessions_and_copy_on_write() -> None:
     cache = SnapshotCache()
     shot = snapshot()
     cache.put(shot)
-    first, second = view_of(cache.get(7, 50)), view_of(cache.get(7, 50))  # type: ignore[arg-type]
-    assert cache.get(7, 51) is None  # the folder moved on: a new SELECT reads it again
-    out = first.apply(
+    first, second = view_of(cache.get(7, 1234, 50)), view_of(cache.get(7, 1234, 50))  # type: ignore[arg-type]
+    assert cache.get(7, 1234, 51) is None  # the folder moved on: a new SELECT reads it again
+    out, new = first.apply(
         [Change(4, "\\Seen", 51, False), Change(6, "", 52, True), Change(11, "", 53, False)], allow_expunge=False, condstore=True
     )
-    assert out == [b"* 2 FETCH (UID 4 FLAGS (\\Seen) MODSEQ (51))\r\n", b"* 5 EXISTS\r\n"]
+    assert out == [b"* 2 FETCH (UID 4 FLAGS (\\Seen) MODSEQ (51))\r\n", b"* 5 EXISTS\r\n"] and new == [11]
     assert first.sequence_of(6) == 3  # not announced yet: numbers hold
     assert first.flush_expunges() == [b"* 3 EXPUNGE\r\n"]
     assert list(first.uids) == [2, 4, 9, 11] and first.modseq == 53

@@ -22,7 +22,7 @@ def test_envelope_and_bodystructure() -> None:
     assert summary.imap_envelope == (
         b'("Mon, 23 Nov 2026 10:00:00 +0100" "Hello" (("=?utf-8?q?Dr_J=C3=A9r=C3=B4me?=" NIL "jerome" '
         b'"demo.mssante.fr")) (("=?utf-8?q?Dr_J=C3=A9r=C3=B4me?=" NIL "jerome" "demo.mssante.fr")) '
-        b'(("=?utf-8?q?Dr_J=C3=A9r=C3=B4me?=" NIL "jerome" "demo.mssante.fr")) ((NIL NIL "a" "b.fr") '
+        b'(("=?utf-8?q?Dr_J=C3=A9r=C3=B4me?=" NIL "jerome" "demo.mssante.fr")) ((NIL NIL "a" "b.fr")'
         b'("X Y" NIL "x" "y.fr")) NIL NIL NIL "<1@x>")'
     )
     assert summary.imap_bodystructure == (
@@ -148,3 +148,28 @@ def test_a_wrapped_message_reuses_the_tree_already_parsed() -> None:
     assert inner is not None and inner.headers is inspected.tree.headers
     assert inner.children[1].headers is inspected.tree.children[1].headers
     assert structure.section(tree, (1, 2), "", ()) == b"QUJD"
+
+
+# ENVELOPE address lists as Dovecot 2.3 renders them (each case checked against it).
+ADDRESS_CASES = [
+    ("user", b'((NIL NIL "user" "MISSING_DOMAIN"))'),
+    ('"Quoted, Name" <a@b.c>', b'(("Quoted, Name" NIL "a" "b.c"))'),
+    ("Dr. Who <a@b>", b'(("Dr. Who" NIL "a" "b"))'),
+    ("undisclosed-recipients:;", b'((NIL NIL "undisclosed-recipients" NIL)(NIL NIL NIL NIL))'),
+    ("Name <@r1,@r2:u@d>", b'(("Name" "@r1,@r2" "u" "d"))'),
+    ("u@[1.2.3.4]", b'((NIL NIL "u" "[1.2.3.4]"))'),
+    ("user@ domain . com", b'((NIL NIL "user" "domain.com"))'),
+    ("a@b (c) (d)", b'(("d" NIL "a" "b"))'),
+    ("Nom (commentaire) <a@b>", b'(("Nom" NIL "a" "b"))'),
+    ("<a@b> (after)", b'((NIL NIL "a" "b"))'),
+    ("g: a@b, c@d", b'((NIL NIL "g" NIL)(NIL NIL "a" "b")(NIL NIL "c" "d")(NIL NIL NIL NIL))'),
+    ("Real Name <a@b>, Other <c@d>", b'(("Real Name" NIL "a" "b")("Other" NIL "c" "d"))'),
+    ("a@b c@d", b'((NIL NIL "a" "b"))'),
+    ("@d", b'((NIL NIL "MISSING_MAILBOX" "d"))'),
+]
+
+
+@pytest.mark.parametrize(("value", "expected"), ADDRESS_CASES)
+def test_envelope_addresses_as_dovecot_gives_them(value: str, expected: bytes) -> None:
+    envelope = summarize(f"To: {value}\r\nSubject: s\r\n\r\nbody\r\n".encode()).imap_envelope
+    assert envelope == b'(NIL "s" NIL NIL NIL ' + expected + b" NIL NIL NIL NIL)"

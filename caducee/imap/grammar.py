@@ -31,6 +31,10 @@ UINT32 = 2**32 - 1
 
 _LITERAL_END = re.compile(rb"\{(\d{1,10})(\+?)\}\r\n$")
 _ATOM_SPECIALS = set(b'(){ %*"\\]') | set(range(0, 32)) | {127}  # RFC 3501 atom-specials
+_SECTION_ATOMS = {b"BODY", b"BODY.PEEK", b"BINARY", b"BINARY.PEEK", b"BINARY.SIZE"}  # fetch items whose [section] may hold spaces
+# Written quoted although an atom could hold them: a client's parser may take "[" in an
+# unquoted name for the start of a response code (Dovecot quotes them too).
+_QUOTE_IN_NAMES = {0x5B, 0x5D}
 _DATE = re.compile(r"^(\d{1,2})-([A-Za-z]{3})-(\d{4})$")
 _DATETIME = re.compile(r"^([ \d]\d)-([A-Za-z]{3})-(\d{4}) (\d\d):(\d\d):(\d\d) ([+-])(\d\d)(\d\d)$")
 MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
@@ -230,10 +234,13 @@ class _Tokens:
                 out.append(char)
 
     def atom(self) -> Atom:
-        """An atom; `BODY[...]<...>` fetch items keep their brackets (spaces and lists inside)."""
+        """An atom; `BODY[...]<...>` fetch items keep their brackets (spaces and lists inside).
+
+        Elsewhere "[" is an ordinary atom character (RFC 3501 9: it is not in atom-specials),
+        so a mailbox may be named `a[b` without quotes."""
         start = self.pos
         while (char := self.peek()) is not None:
-            if char == 0x5B:  # [ ... ] may hold spaces and parentheses
+            if char == 0x5B and self.data[start : self.pos].upper() in _SECTION_ATOMS:  # [ ... ] may hold spaces and parentheses
                 end = self.data.find(b"]", self.pos)
                 if end < 0:
                     raise ParseError("unterminated [")
@@ -543,7 +550,7 @@ STORE_ACTIONS = {"FLAGS", "+FLAGS", "-FLAGS", "FLAGS.SILENT", "+FLAGS.SILENT", "
 def parse_command(raw: RawCommand) -> Command:
     tokens = _Tokens(raw)
     tag_token = tokens.atom() if tokens.peek() not in (None, 0x20) else None
-    if tag_token is None or "+" in tag_token.value or "[" in tag_token.value:
+    if tag_token is None or "+" in tag_token.value:
         raise ParseError("missing or invalid tag")
     tag = tag_token.value
     try:
@@ -775,7 +782,7 @@ def nstring(value: bytes | str | None) -> bytes:
 
 def astring(value: str) -> bytes:
     data = value.encode("utf-8")
-    return data if _is_atom(data) else quote(data)
+    return data if _is_atom(data) and not any(byte in _QUOTE_IN_NAMES for byte in data) else quote(data)
 
 
 def serialize(value: object) -> bytes:

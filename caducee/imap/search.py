@@ -60,7 +60,7 @@ def in_memory(key: Search, *, headers: bool = False) -> bool:
 
 def flags_only(key: Search) -> bool:
     """Whether the answer depends on a message's system flags alone (then a 256-byte table decides it)."""
-    allowed = {"AND", "OR", "NOT", "ALL", "NEW", "RECENT", "OLD"} | set(_FLAG_KEYS) | {"UN" + name for name in _FLAG_KEYS}
+    allowed = {"AND", "OR", "NOT", "ALL"} | set(_FLAG_KEYS) | {"UN" + name for name in _FLAG_KEYS}  # \\Recent is per session, not a bit
     return key.op in allowed and all(flags_only(arg) for arg in key.args if isinstance(arg, Search))
 
 
@@ -76,28 +76,39 @@ def uses_headers(key: Search) -> bool:
 Test = Callable[[int, int, int, str], bool]  # (sequence, uid, flag bits, flags text if keywords) -> match
 
 
-def compile_memory(key: Search, largest_sequence: int, largest_uid: int, headers: dict[int, bytes] | None = None) -> Test:
-    """A key as one Python closure over the view's data, built once per SEARCH."""
+def compile_memory(
+    key: Search,
+    largest_sequence: int,
+    largest_uid: int,
+    headers: dict[int, bytes] | None = None,
+    recent: Callable[[int], bool] = lambda uid: False,
+) -> Test:
+    """A key as one Python closure over the view's data, built once per SEARCH; `recent`
+    tells whether a UID is \\Recent in this session."""
     op, args = key.op, key.args
     if op == "AND":
-        parts = [compile_memory(arg, largest_sequence, largest_uid, headers) for arg in args]  # type: ignore[arg-type]
+        parts = [compile_memory(arg, largest_sequence, largest_uid, headers, recent) for arg in args]  # type: ignore[arg-type]
         if len(parts) == 1:
             return parts[0]
         return lambda s, u, b, k: all(part(s, u, b, k) for part in parts)
     if op == "OR":
-        left, right = (compile_memory(arg, largest_sequence, largest_uid, headers) for arg in args)  # type: ignore[arg-type]
+        left, right = (compile_memory(arg, largest_sequence, largest_uid, headers, recent) for arg in args)  # type: ignore[arg-type]
         return lambda s, u, b, k: left(s, u, b, k) or right(s, u, b, k)
     if op == "NOT":
-        inner = compile_memory(args[0], largest_sequence, largest_uid, headers)  # type: ignore[arg-type]
+        inner = compile_memory(args[0], largest_sequence, largest_uid, headers, recent)  # type: ignore[arg-type]
         return lambda s, u, b, k: not inner(s, u, b, k)
     if op in _HEADER_KEYS:
         assert headers is not None
         needle, name = _needle(args[0]).encode("utf-8"), op.lower()  # type: ignore[arg-type]
         return lambda s, u, b, k: needle in header_text(headers.get(u, b""), name)
-    if op in ("ALL", "OLD"):
+    if op == "ALL":
         return lambda s, u, b, k: True
-    if op in ("NEW", "RECENT"):
-        return lambda s, u, b, k: False
+    if op == "RECENT":
+        return lambda s, u, b, k: recent(u)
+    if op == "OLD":
+        return lambda s, u, b, k: not recent(u)
+    if op == "NEW":  # recent and not seen (RFC 3501 6.4.4)
+        return lambda s, u, b, k: recent(u) and not b & FLAG_BITS["\\Seen"]
     if op in _FLAG_KEYS:
         bit = FLAG_BITS[_FLAG_KEYS[op]]
         return lambda s, u, b, k: bool(b & bit)
@@ -120,6 +131,7 @@ class Candidate:
     sequence: int
     largest_sequence: int
     largest_uid: int
+    recent: bool = False
 
 
 def matches(key: Search, item: Candidate) -> bool:
@@ -137,10 +149,12 @@ def matches(key: Search, item: Candidate) -> bool:
         return _FLAG_KEYS[op] in flags
     if op.startswith("UN") and op[2:] in _FLAG_KEYS:
         return _FLAG_KEYS[op[2:]] not in flags
-    if op in ("NEW", "RECENT"):  # \Recent is not kept (IMAP4rev2 dropped it)
-        return False
+    if op == "RECENT":
+        return item.recent
+    if op == "NEW":
+        return item.recent and "\\Seen" not in flags
     if op == "OLD":
-        return True
+        return not item.recent
     if op == "KEYWORD":
         return str(args[0]).upper() in {flag.upper() for flag in flags}
     if op == "UNKEYWORD":

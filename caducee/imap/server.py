@@ -22,7 +22,7 @@ from caducee.identity.mailauth import MailboxAuthenticator
 from caducee.identity.mailtoken import TokenMailAuthenticator
 from caducee.imap.headercache import HeaderCache
 from caducee.imap.selected import SnapshotCache
-from caducee.imap.session import Session
+from caducee.imap.session import LOGOUT, Session
 from caducee.imap.watch import FolderWatch
 from caducee.mailbox.mailstore import MailStore
 
@@ -57,8 +57,9 @@ class ImapServer:
         task = asyncio.current_task()
         if task is not None:
             self.sessions.add(task)
+        session = Session(self, reader, writer, tls=tls, client=client)
         try:
-            await Session(self, reader, writer, tls=tls, client=client).run()
+            await session.run()
         except asyncio.CancelledError:  # shutting down: the session ends here, quietly
             pass
         except Exception:  # one broken session must never take the listener down
@@ -67,7 +68,7 @@ class ImapServer:
             self.connections.leave(client)
             if task is not None:
                 self.sessions.discard(task)
-            await _close(writer)
+            await _close(writer, at_once=session.state == LOGOUT)
 
     async def stop(self) -> None:
         for server in self.servers:
@@ -78,11 +79,20 @@ class ImapServer:
         for server in self.servers:
             await server.wait_closed()
         await self.watch.close()
+        await self.store.close()
 
 
-async def _close(writer: asyncio.StreamWriter) -> None:
+async def _close(writer: asyncio.StreamWriter, *, at_once: bool = False) -> None:
+    """Close the connection; `at_once` after LOGOUT: our TLS close_notify goes out and the TCP
+    connection is closed without waiting for the client's, as Dovecot does (waiting left the
+    socket open for the loop's TLS shutdown timeout, 30 s, after each LOGOUT of a client that
+    does not answer close_notify, such as imaptest). After an error (BYE) the client may
+    still be sending: closing at once would reset the connection before it read the BYE."""
     try:
         writer.close()
+        if at_once and writer.get_extra_info("ssl_object") is not None:
+            await asyncio.sleep(0)  # the close_notify record is handed to the socket
+            writer.transport.abort()
         await asyncio.wait_for(writer.wait_closed(), 5)
     except (TimeoutError, ConnectionError, ssl.SSLError, OSError):
         pass
@@ -105,7 +115,7 @@ async def start_imap(
     """Open the IMAP listeners (a port of 0 in the settings disables that listener), on the
     sockets `sockets["imap"]` / `sockets["imaps"]` when the caller bound them already."""
     sockets = sockets or {}
-    store = MailStore(engine, cipher)
+    store = MailStore(engine, cipher, hold_connections=True)
     server = ImapServer(
         settings,
         store,

@@ -51,10 +51,12 @@ SEL = frozenset({SELECTED})
 PRE = frozenset({NOT_AUTHENTICATED})
 DELIMITER = "/"
 FLUSH_AT = 256 * 1024
-PERMANENT_FLAGS = "\\Answered \\Flagged \\Deleted \\Seen \\Draft"
 SASL_LINE_LIMIT = 12288 + 2  # as SMTP's AUTH line (RFC 4954): room for a Pro Santé Connect token
 # Commands during which EXPUNGE may not be announced (RFC 3501 7.4.1); UID forms may.
 NO_EXPUNGE_DURING = {"FETCH", "STORE", "SEARCH"}
+
+
+_SEEN_OR_NOT = bytes(1 if bits & 1 else 0 for bits in range(256))  # flag bits -> 1 if \\Seen (mailstore.FLAG_BITS)
 
 
 class Bye(Exception):
@@ -171,14 +173,37 @@ class Session:
         await self.send(await self.updates(command.name) + command.tag.encode() + b" " + result + b"\r\n")
 
     async def updates(self, command_name: str = "NOOP") -> bytes:
-        """Untagged responses for what changed elsewhere in the selected folder."""
-        if self.view is None or self.state != SELECTED:
+        """Untagged responses for what changed elsewhere in the selected folder (and RECENT
+        when this session's count moved: new messages it claimed, recent ones expunged)."""
+        view = self.view
+        if view is None or self.state != SELECTED:
             return b""
-        changes = await self.server.store.changes(self.view.folder_id, self.view.modseq)
-        if not changes and not self.view.pending_expunges:
-            return b""
+        state, changes = await self.server.store.changes(view.folder_id, view.modseq)
+        if state is None or state.uidvalidity != view.uidvalidity:  # deleted (and maybe created again): not ours any more
+            self._leave()
+            raise Bye("le dossier ouvert a ete supprime / the selected folder was deleted")
+        view.modseq = max(view.modseq, state.highestmodseq)  # read in the same statement: nothing below it is unseen
+        # A keyword another session defined: every session's FLAGS list stays the folder's.
+        flags = view.flags_lines() if view.learn_keywords(state.keywords) else b""
+        if not changes and not view.pending_expunges:
+            return flags + view.recent_line()
         allow = command_name not in NO_EXPUNGE_DURING
-        return b"".join(self.view.apply(changes, allow_expunge=allow, condstore=self.condstore))
+        lines, new = view.apply(changes, allow_expunge=allow, condstore=self.condstore)
+        if new:
+            await self._claim_recent(new[-1] + 1, state.first_recent_uid)
+        return flags + b"".join(lines) + view.recent_line()
+
+    async def _claim_recent(self, upto: int, first_recent_uid: int) -> None:
+        """The messages below `upto` that no session has seen as \\Recent become recent here
+        (read-write), or are shown recent without being claimed (EXAMINE: RFC 3501 6.3.2)."""
+        view = self.view
+        assert view is not None
+        if first_recent_uid >= upto:
+            return
+        if view.read_only:
+            view.add_recent(first_recent_uid, upto)
+        else:
+            view.add_recent(await self.server.store.claim_recent(view.folder_id, upto, first_recent_uid), upto)
 
     def capabilities(self) -> bytes:
         names = ["IMAP4rev1", "LITERAL+", "SASL-IR", "ID", "ENABLE"]
@@ -338,29 +363,30 @@ class Session:
         read_only = command.name == "EXAMINE"
         if command.args.get("condstore"):
             self.condstore = True
-        snapshot = self.server.snapshots.get(folder.id, folder.highestmodseq)
+        snapshot = self.server.snapshots.get(folder.id, folder.uidvalidity, folder.highestmodseq)
         if snapshot is None:
             snapshot = await self.server.store.snapshot(folder.id)
             self.server.snapshots.put(snapshot)
-        folder, uids, bits, with_keywords, keywords = snapshot
-        self.view = SelectedView(
-            folder.id, folder.name, folder.uidvalidity, read_only, uids, folder.highestmodseq, bits, with_keywords, shared=True
+        current, uids, bits, with_keywords, keywords = snapshot
+        view = self.view = SelectedView(
+            current.id, current.name, current.uidvalidity, read_only, uids, current.highestmodseq, bits, with_keywords, shared=True
         )
-        unseen = await self.server.store.first_unseen(folder.id)
-        flags = " ".join([PERMANENT_FLAGS, *keywords])
+        view.announce(keywords)
+        view.announce(folder.keywords.split())  # every keyword ever set here, in use now or not
+        if uids:  # first_recent_uid from the folder read now: claiming recent messages does not move HIGHESTMODSEQ
+            await self._claim_recent(uids[-1] + 1, folder.first_recent_uid)
+        view.recent_told = view.recent_count()
         lines = [
             b"* %d EXISTS\r\n" % len(uids),
-            b"* 0 RECENT\r\n",
-            b"* FLAGS (%s)\r\n" % flags.encode(),
-            b"* OK [PERMANENTFLAGS (%s \\*)] flags permitted\r\n" % flags.encode()
-            if not read_only
-            else b"* OK [PERMANENTFLAGS ()] read-only\r\n",
-            b"* OK [UIDVALIDITY %d] UIDs valid\r\n" % folder.uidvalidity,
-            b"* OK [UIDNEXT %d] predicted next UID\r\n" % folder.uidnext,
-            b"* OK [HIGHESTMODSEQ %d] highest\r\n" % folder.highestmodseq,
+            b"* %d RECENT\r\n" % view.recent_told,
+            view.flags_lines(),
+            b"* OK [UIDVALIDITY %d] UIDs valid\r\n" % current.uidvalidity,
+            b"* OK [UIDNEXT %d] predicted next UID\r\n" % current.uidnext,
+            b"* OK [HIGHESTMODSEQ %d] highest\r\n" % current.highestmodseq,
         ]
-        if unseen is not None and self.view.sequence_of(unseen) is not None:
-            lines.append(b"* OK [UNSEEN %d] first unseen\r\n" % self.view.sequence_of(unseen))
+        unseen = bits.translate(_SEEN_OR_NOT).find(0)  # the first message without \\Seen, from the flag bits
+        if unseen >= 0:
+            lines.append(b"* OK [UNSEEN %d] first unseen\r\n" % (unseen + 1))
         await self.send(b"".join(lines))
         self.state = SELECTED
         return b"OK [READ-ONLY] EXAMINE completed" if read_only else b"OK [READ-WRITE] SELECT completed"
@@ -406,35 +432,62 @@ class Session:
     async def list_(self, command: Command) -> bytes:
         assert self.mailbox_id is not None
         reference, pattern = str(command.args["reference"]), str(command.args["pattern"])
+        name = command.name.encode()
         if pattern == "":
-            await self.send(b'* %s (\\Noselect) "/" ""\r\n' % command.name.encode())
-            return b"OK %s completed" % command.name.encode()
-        folders = await self.server.store.folders(self.mailbox_id)
-        names = {folder.name for folder in folders}
+            await self.send(b'* %s (\\Noselect) "/" ""\r\n' % name)
+            return b"OK %s completed" % name
         wanted = _pattern(reference + pattern)
-        subscribed_only = command.name == "LSUB" or "SUBSCRIBED" in command.args["selection"]  # type: ignore[operator]
-        special_only = "SPECIAL-USE" in command.args["selection"]  # type: ignore[operator]
+        selection, returns = command.args["selection"], command.args["returns"]
+        if command.name == "LSUB":
+            lines = self._lsub(wanted, await self.server.store.subscriptions(self.mailbox_id))
+            await self.send(b"".join(lines))
+            return b"OK LSUB completed"
+        folders = await self.server.store.folders(self.mailbox_id)
+        want_subscribed = "SUBSCRIBED" in selection or "SUBSCRIBED" in returns  # type: ignore[operator]
+        subscribed = await self.server.store.subscriptions(self.mailbox_id) if want_subscribed else set()
+        names = {folder.name for folder in folders}
         lines = []
         for folder in folders:
-            if not _matches(wanted, folder.name) or (subscribed_only and not folder.subscribed):
+            if not _matches(wanted, folder.name):
                 continue
-            if special_only and not folder.special_use:
+            if ("SUBSCRIBED" in selection and folder.name not in subscribed) or ("SPECIAL-USE" in selection and not folder.special_use):  # type: ignore[operator]
                 continue
             attributes = ["\\HasChildren" if any(n.startswith(folder.name + DELIMITER) for n in names) else "\\HasNoChildren"]
             if folder.special_use:
                 attributes.append(folder.special_use)
-            if folder.subscribed and command.name == "LIST" and "SUBSCRIBED" in command.args["returns"]:  # type: ignore[operator]
+            if folder.name in subscribed:
                 attributes.append("\\Subscribed")
-            lines.append(b'* %s (%s) "/" %s\r\n' % (command.name.encode(), " ".join(attributes).encode(), astring(folder.name)))
+            lines.append(b'* LIST (%s) "/" %s\r\n' % (" ".join(attributes).encode(), astring(folder.name)))
+        if "SUBSCRIBED" in selection:  # subscribed names with no folder (RFC 5258 3.1)
+            for missing in sorted(subscribed - names):
+                if _matches(wanted, missing):
+                    lines.append(b'* LIST (\\NonExistent \\Subscribed) "/" %s\r\n' % astring(missing))
         await self.send(b"".join(lines))
-        return b"OK %s completed" % command.name.encode()
+        return b"OK LIST completed"
+
+    @staticmethod
+    def _lsub(wanted: list[str], subscribed: set[str]) -> list[bytes]:
+        """LSUB (RFC 3501 6.3.9): the subscribed names matching, and, when "%" stops at a
+        level above a subscribed name, that level with \\Noselect if it is not subscribed
+        itself ("foo/bar" subscribed, "foo" not: `LSUB "" %` answers foo, \\Noselect)."""
+        found: dict[str, str] = {}
+        for name in sorted(subscribed):
+            if _matches(wanted, name):
+                found[name] = ""
+                continue
+            parts = name.split(DELIMITER)
+            for depth in range(1, len(parts)):
+                parent = DELIMITER.join(parts[:depth])
+                if parent not in subscribed and _matches(wanted, parent):
+                    found.setdefault(parent, "\\Noselect")
+        return [b'* LSUB (%s) "/" %s\r\n' % (found[name].encode(), astring(name)) for name in sorted(found)]
 
     async def status(self, command: Command) -> bytes:
         folder = await self._folder(str(command.args["mailbox"]))
-        folder, messages, unseen, size = await self.server.store.status(folder.id)
+        folder, messages, unseen, recent, size = await self.server.store.status(folder.id)
         values = {
             "MESSAGES": messages,
-            "RECENT": 0,
+            "RECENT": recent,
             "UIDNEXT": folder.uidnext,
             "UIDVALIDITY": folder.uidvalidity,
             "UNSEEN": unseen,
@@ -468,7 +521,7 @@ class Session:
         await self.send(b"+ idling\r\n")
         view = self.view
         if view is not None:
-            self.server.watch.watch(view.folder_id, self.wake, view.modseq)
+            self.server.watch.watch(view.folder_id, self.wake, view.uidvalidity, view.modseq)
         reading = asyncio.ensure_future(self.reader.readuntil(b"\r\n"))
         try:
             while True:
@@ -543,19 +596,23 @@ class Session:
             unchanged_since,
         )  # type: ignore[arg-type]
         lines = []
+        new_keywords = False
         for change in changed:
             view.own_modseqs.add(change.modseq)
             view.set_flags(change.uid, change.flags)
+            new_keywords |= view.learn_flags(change.flags)
             sequence = view.sequence_of(change.uid)
             if sequence is None:
                 continue
             if not args["silent"] or unchanged_since is not None:
                 items = [b"UID %d" % change.uid] if command.name.startswith("UID") else []
                 if not args["silent"]:
-                    items.append(b"FLAGS (%s)" % change.flags.encode())
+                    items.append(b"FLAGS (%s)" % view.flags_text(change.uid, change.flags))
                 if self.condstore:
                     items.append(b"MODSEQ (%d)" % change.modseq)
                 lines.append(b"* %d FETCH (%s)\r\n" % (sequence, b" ".join(items)))
+        if new_keywords:  # a keyword used for the first time: FLAGS before the FETCH that shows it
+            lines.insert(0, view.flags_lines())
         await self.send(b"".join(lines))
         if changed:
             self.server.watch.touched(view.folder_id)
@@ -614,7 +671,7 @@ class Session:
                     async for rows in self.server.store.fetch(view.folder_id, missing, summary=True, body=False):
                         found.update((row.uid, row.summary.packed_headers) for row in rows if row.summary is not None)
                     self.server.header_cache.add(view.folder_id, view.uidvalidity, found)
-            test = searching.compile_memory(key, len(view.uids), view.uids[-1] if view.uids else 0, headers)  # type: ignore[arg-type]
+            test = searching.compile_memory(key, len(view.uids), view.uids[-1] if view.uids else 0, headers, view.is_recent)  # type: ignore[arg-type]
             keywords, flags = view.keywords, view.flags
             if searching.flags_only(key):  # type: ignore[arg-type]
                 chosen = view.flags.translate(searching.flag_table(test))
@@ -632,7 +689,8 @@ class Session:
                 sequence = view.sequence_of(row.uid)
                 if sequence is None:
                     continue
-                if searching.matches(key, searching.Candidate(row, sequence, len(view.uids), largest_uid)):  # type: ignore[arg-type]
+                candidate = searching.Candidate(row, sequence, len(view.uids), largest_uid, view.is_recent(row.uid))
+                if searching.matches(key, candidate):  # type: ignore[arg-type]
                     found.append((row.uid if use_uid else sequence, row.modseq))
         line = b"* SEARCH" + b"".join(b" %d" % number for number, _ in found)
         if need.modseq and found:
@@ -670,12 +728,15 @@ class Session:
                 self.server.watch.touched(view.folder_id)
         buffer: list[bytes] = []
         size = 0
+        shows_flags = "FLAGS" in names or bool(seen_now)
         async for rows in self.server.store.fetch(view.folder_id, uids, summary=need_summary, body=need_body, changed_since=changed_since):
             for row in rows:
                 sequence = view.sequence_of(row.uid)
                 if sequence is None:
                     continue
-                pieces = _fetch_items(items, row, add_flags=row.uid in seen_now and "FLAGS" not in names)
+                if shows_flags and view.learn_flags(row.flags):  # changed elsewhere since the last update
+                    buffer.append(view.flags_lines())
+                pieces = _fetch_items(items, row, view, add_flags=row.uid in seen_now and "FLAGS" not in names)
                 response = b"* %d FETCH (" % sequence + b" ".join(pieces) + b")\r\n"
                 buffer.append(response)
                 size += len(response)
@@ -691,7 +752,7 @@ class _Handled(Exception):
     """The command already sent its tagged response (STARTTLS)."""
 
 
-def _fetch_items(items: list[FetchItem], row, *, add_flags: bool) -> list[bytes]:  # type: ignore[no-untyped-def]
+def _fetch_items(items: list[FetchItem], row, view: SelectedView, *, add_flags: bool) -> list[bytes]:  # type: ignore[no-untyped-def]
     pieces = []
     root = None
     for item in items:
@@ -699,7 +760,7 @@ def _fetch_items(items: list[FetchItem], row, *, add_flags: bool) -> list[bytes]
         if name == "UID":
             pieces.append(b"UID %d" % row.uid)
         elif name == "FLAGS":
-            pieces.append(b"FLAGS (%s)" % row.flags.encode())
+            pieces.append(b"FLAGS (%s)" % view.flags_text(row.uid, row.flags))
         elif name == "INTERNALDATE":
             pieces.append(b'INTERNALDATE "%s"' % format_datetime(row.received_at).encode())
         elif name == "RFC822.SIZE":
@@ -731,7 +792,7 @@ def _fetch_items(items: list[FetchItem], row, *, add_flags: bool) -> list[bytes]
                     data = data[start : start + length]
                 pieces.append(item.label.encode() + b" " + (_literal(data) if data is not None else b"NIL"))
     if add_flags:  # \Seen was just set by this FETCH: the client is told (RFC 3501 6.4.5)
-        pieces.append(b"FLAGS (%s)" % row.flags.encode())
+        pieces.append(b"FLAGS (%s)" % view.flags_text(row.uid, row.flags))
     return pieces
 
 

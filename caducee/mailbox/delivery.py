@@ -215,6 +215,7 @@ def append(conn: Connection, folder_id: int, form: StoredForm, *, flags: str, re
     }
     message_id = store.insert_returning_ids(conn, Message.__table__, [row])[0]
     validity, uid, modseq = store.reserve_uids(conn, folder_id, 1)
+    store.define_keywords(conn, folder_id, [flags])
     conn.execute(
         insert(MailboxEntry.__table__).values(
             folder_id=folder_id, uid=uid, message_id=message_id, modseq=modseq, flags=flags, received_at=received_at

@@ -32,7 +32,7 @@ from datetime import UTC, datetime
 from sqlalchemy import Select, column, insert, select, table, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from caducee.mailbox.store import new_uidvalidity
+from caducee.mailbox.store import new_uidvalidities
 
 PREVENTION = "$Prevention"  # the keyword of campaign entries: the webmail's "Prévention" label
 TARGETS = "mailbox_fanout_targets"
@@ -61,13 +61,20 @@ async def fan_out(
     await _targets_table(conn)
     batch = mailboxes.subquery("batch")
     await conn.execute(insert(_TARGETS).from_select(["mailbox_id"], select(next(iter(batch.c))).distinct()))
+    # INBOXes created here share one new UIDVALIDITY: a folder is (id, UIDVALIDITY), and their ids differ.
     await conn.execute(
         text(
-            "INSERT INTO folders (mailbox_id, name, special_use, uidvalidity, uidnext, highestmodseq, subscribed) "
-            f"SELECT t.mailbox_id, 'INBOX', NULL, :validity, 1, 1, :yes FROM {TARGETS} t "
+            "INSERT INTO folders (mailbox_id, name, special_use, uidvalidity, uidnext, highestmodseq, first_recent_uid) "
+            f"SELECT t.mailbox_id, 'INBOX', NULL, :validity, 1, 1, 1 FROM {TARGETS} t "
             "WHERE NOT EXISTS (SELECT 1 FROM folders f WHERE f.mailbox_id = t.mailbox_id AND f.name = 'INBOX')"
         ),
-        {"validity": new_uidvalidity(), "yes": True},
+        {"validity": await conn.run_sync(new_uidvalidities)},
+    )
+    await conn.execute(
+        text(
+            f"INSERT INTO folder_subscriptions (mailbox_id, name) SELECT t.mailbox_id, 'INBOX' FROM {TARGETS} t "
+            "WHERE NOT EXISTS (SELECT 1 FROM folder_subscriptions s WHERE s.mailbox_id = t.mailbox_id AND s.name = 'INBOX')"
+        )
     )
     if conn.dialect.name == "postgresql":
         await conn.execute(

@@ -18,10 +18,8 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     String,
+    Text,
     UniqueConstraint,
-)
-from sqlalchemy import (
-    true as sql_true,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -87,6 +85,9 @@ class Message(Base):
 
 
 class Folder(Base):
+    """One folder of a mailbox. A folder is identified by (id, uidvalidity): SQLite may give
+    a deleted folder's id to the next one created, never its UIDVALIDITY (`UidValidity`)."""
+
     __tablename__ = "folders"
     __table_args__ = (UniqueConstraint("mailbox_id", "name"),)
 
@@ -97,7 +98,37 @@ class Folder(Base):
     uidvalidity: Mapped[int] = mapped_column(BigInteger)
     uidnext: Mapped[int] = mapped_column(BigInteger, default=1)
     highestmodseq: Mapped[int] = mapped_column(BigInteger, default=1)
-    subscribed: Mapped[bool] = mapped_column(Boolean, default=True, server_default=sql_true())
+    # The first UID no IMAP session has been told of as \Recent yet (RFC 3501 2.3.2): the
+    # session that first learns of a message with a higher UID moves it past that message.
+    first_recent_uid: Mapped[int] = mapped_column(BigInteger, default=1, server_default="1")
+    # Keywords ever set in the folder, space-separated: FLAGS lists them for every session (as
+    # Dovecot does), not only those some message carries now, so sessions agree on the list.
+    keywords: Mapped[str] = mapped_column(Text, default="", server_default="")
+
+
+class UidValidity(Base):
+    """The last UIDVALIDITY given to a folder, for every mailbox (one row).
+
+    RFC 3501 2.3.1.1: a folder deleted and created again under the same name must get a
+    larger UIDVALIDITY, so a client's cache of the old one is dropped. Values are
+    max(last + 1, the time in seconds), as Dovecot's are: they grow across folders, across
+    deletions and across databases restored from a dump taken earlier.
+    """
+
+    __tablename__ = "folder_uidvalidity"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    last: Mapped[int] = mapped_column(BigInteger)
+
+
+class Subscription(Base):
+    """A subscribed folder name (LSUB, LIST (SUBSCRIBED)): a name, not a folder, since
+    RFC 3501 6.3.6 keeps a subscription when its folder is deleted."""
+
+    __tablename__ = "folder_subscriptions"
+
+    mailbox_id: Mapped[int] = mapped_column(Integer, primary_key=True)  # annuaire mailboxes.id
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)
 
 
 class MailboxEntry(Base):

@@ -1,5 +1,6 @@
 """Low-level operations on the mailbox store's tables, each inside the caller's transaction:
-threading look-up, closing, folder creation and the one UID/MODSEQ reservation.
+threading look-up, closing, folder creation (UIDVALIDITY from one counter that only grows),
+the folder keyword list and the one UID/MODSEQ reservation.
 
 Other components do not call these directly: they file messages through
 `caducee.mailbox.delivery` and read through `caducee.mailbox.mailstore` and
@@ -8,7 +9,6 @@ Other components do not call these directly: they file messages through
 
 from __future__ import annotations
 
-import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -18,6 +18,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from caducee.core.clock import utcnow
 from caducee.mailbox.models import (
     SPECIAL_FOLDERS,
     Conversation,
@@ -25,6 +26,7 @@ from caducee.mailbox.models import (
     Folder,
     MailboxEntry,
     Message,
+    Subscription,
 )
 
 
@@ -110,8 +112,26 @@ def close_conversation(conn: Connection, conversation_id: int, closed_by: str) -
         )
 
 
-def new_uidvalidity() -> int:
-    return secrets.randbelow(0x7FFFFFFF) + 1
+_UIDVALIDITY = text(
+    "INSERT INTO folder_uidvalidity (id, last) VALUES (1, CAST(:candidate AS BIGINT)) "
+    "ON CONFLICT (id) DO UPDATE SET last = CASE WHEN folder_uidvalidity.last + CAST(:n AS BIGINT) > excluded.last "
+    "THEN folder_uidvalidity.last + CAST(:n AS BIGINT) ELSE excluded.last END RETURNING last"
+)
+MAX_UIDVALIDITY = 2**32 - 1
+
+
+def new_uidvalidities(conn: Connection, count: int = 1) -> int:
+    """The first of `count` UIDVALIDITY values larger than any given before (`UidValidity`).
+
+    One upsert on a single row, whose lock is held until commit: concurrent creators get
+    disjoint values, in commit order. Values follow the clock (as Dovecot's do) when it is
+    ahead, so they also grow after a database is restored from an older dump.
+    """
+    now = int(utcnow().timestamp())
+    last = int(conn.execute(_UIDVALIDITY, {"candidate": now + count - 1, "n": count}).scalar_one())
+    if last > MAX_UIDVALIDITY:
+        raise RuntimeError("UIDVALIDITY values are exhausted")
+    return last - count + 1
 
 
 # ---- set-based forms, used by the gateway's group commit --------------------------------
@@ -154,13 +174,15 @@ def ensure_folders(conn: Connection, mailbox_ids: list[int]) -> None:
     missing = sorted(set(mailbox_ids) - have)
     if not missing:
         return
-    validity = new_uidvalidity()
+    wanted = [(mailbox_id, name, special) for mailbox_id in missing for name, special in SPECIAL_FOLDERS]
+    first = new_uidvalidities(conn, len(wanted))
     rows = [
-        {"mailbox_id": mailbox_id, "name": name, "special_use": special, "uidvalidity": validity, "uidnext": 1, "highestmodseq": 1}
-        for mailbox_id in missing
-        for name, special in SPECIAL_FOLDERS
+        {"mailbox_id": mailbox_id, "name": name, "special_use": special, "uidvalidity": first + i, "uidnext": 1, "highestmodseq": 1}
+        for i, (mailbox_id, name, special) in enumerate(wanted)
     ]
     conn.execute(insert_ignore(conn, Folder.__table__), rows)
+    # The standard folders start subscribed (a folder a client creates does not: RFC 3501 6.3.3).
+    conn.execute(insert_ignore(conn, Subscription.__table__), [{"mailbox_id": m, "name": n} for m, n, _ in wanted])
 
 
 _RESERVE = (
@@ -190,6 +212,20 @@ def reserve_uids(conn: Connection, folder_id: int, count: int) -> tuple[int, int
     """(UIDVALIDITY, first UID, first MODSEQ) of `count` new entries in one folder."""
     row = conn.execute(_RESERVE_BY_ID, {"n": count, "id": folder_id}).one()
     return int(row[1]), int(row[2]), int(row[3])
+
+
+def define_keywords(conn: Connection, folder_id: int, flag_texts: list[str]) -> None:
+    """Add the keywords in `flag_texts` to the folder's list (`Folder.keywords`), if any is new."""
+    wanted = {flag for flags in flag_texts for flag in flags.split() if not flag.startswith("\\")}
+    if not wanted:
+        return
+    current = conn.execute(select(Folder.keywords).where(Folder.id == folder_id)).scalar()
+    if current is None:
+        return
+    known = {keyword.upper() for keyword in current.split()}
+    new = sorted(keyword for keyword in wanted if keyword.upper() not in known)
+    if new:
+        conn.execute(update(Folder).where(Folder.id == folder_id).values(keywords=" ".join([*current.split(), *new])))
 
 
 async def sealed_body(conn: AsyncConnection, message_id: int) -> bytes:

@@ -16,7 +16,8 @@ import re
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from caducee.mime.summary import Address, BodyPart, Envelope
+    from caducee.mime.addresses import Address
+    from caducee.mime.summary import BodyPart, Envelope
 
 _NOT_QUOTABLE = re.compile(rb"[\x00\r\n\x80-\xff]")
 
@@ -43,29 +44,29 @@ def render(value: object) -> bytes:
     raise TypeError(f"no IMAP form for {kind.__name__}")
 
 
-def _addresses(addresses: tuple[Address, ...] | None) -> object:
+def _addresses(addresses: tuple[Address, ...] | None) -> bytes:
+    """An address list: `1*address`, the addresses side by side with no space (RFC 3501 9)."""
     if not addresses:
-        return None
-    return [list(address) for address in addresses]
+        return b"NIL"
+    return b"(" + b"".join([render(list(address)) for address in addresses]) + b")"
 
 
 def envelope_form(envelope: Envelope) -> bytes:
     """RFC 3501 7.4.2 ENVELOPE; Sender and Reply-To default to From, as the RFC asks."""
     sender_from = _addresses(envelope.from_)
-    return render(
-        [
-            envelope.date,
-            envelope.subject,
-            sender_from,
-            _addresses(envelope.sender) or sender_from,
-            _addresses(envelope.reply_to) or sender_from,
-            _addresses(envelope.to),
-            _addresses(envelope.cc),
-            _addresses(envelope.bcc),
-            envelope.in_reply_to,
-            envelope.message_id,
-        ]
-    )
+    fields = [
+        render(envelope.date),
+        render(envelope.subject),
+        sender_from,
+        _addresses(envelope.sender) if envelope.sender else sender_from,
+        _addresses(envelope.reply_to) if envelope.reply_to else sender_from,
+        _addresses(envelope.to),
+        _addresses(envelope.cc),
+        _addresses(envelope.bcc),
+        render(envelope.in_reply_to),
+        render(envelope.message_id),
+    ]
+    return b"(" + b" ".join(fields) + b")"
 
 
 def _params(params: tuple[tuple[str, str], ...]) -> list[str] | None:

@@ -18,32 +18,17 @@ from __future__ import annotations
 import json
 import struct
 from dataclasses import dataclass
-from email.utils import getaddresses, parsedate_to_datetime
+from email.utils import parsedate_to_datetime
 from functools import cached_property
 from typing import NamedTuple
 
 from caducee.mime import imapforms
+from caducee.mime.addresses import Address, parse_addresses, searchable
 from caducee.mime.headers import decoded_header, search_text
 from caducee.mime.structure import HeaderBlock, Part, parse, transfer_encoding
 
 SEARCHED_HEADERS = ("from", "to", "cc", "bcc", "subject")
 _MAGIC = b"\xffS2\x00"  # a summary stored before the neutral form starts with a length (first byte 0)
-
-
-class Address(NamedTuple):
-    """One address as RFC 3501 models it: a group starts with (None, None, name, None) and
-    ends with four Nones; `route` is the obsolete source route."""
-
-    name: str | None
-    route: str | None
-    mailbox: str | None
-    host: str | None
-
-    @property
-    def address(self) -> str:
-        if self.mailbox is None:
-            return ""
-        return f"{self.mailbox}@{self.host}".lower() if self.host else self.mailbox.lower()
 
 
 AddressList = tuple[Address, ...] | None
@@ -184,12 +169,12 @@ class SummaryView:
 
     @property
     def from_name(self) -> str:
-        first = next((a for a in self.envelope.from_ or () if a.mailbox is not None), None)
+        first = next((a for a in self.envelope.from_ or () if not a.is_group_marker), None)
         return decoded_header(first.name) if first is not None else ""
 
     @property
     def from_address(self) -> str:
-        first = next((a for a in self.envelope.from_ or () if a.mailbox is not None), None)
+        first = next((a for a in self.envelope.from_ or () if not a.is_group_marker), None)
         return first.address if first is not None else ""
 
     @property
@@ -214,16 +199,8 @@ def _raw(headers: HeaderBlock, name: str) -> str | None:
 
 
 def _address_list(headers: HeaderBlock, name: str) -> AddressList:
-    values = headers.get_all(name)
-    if not values:
-        return None
-    out = []
-    for display, address in getaddresses(values):
-        if not display and not address:
-            continue
-        mailbox, _, host = address.rpartition("@") if "@" in address else (address, "", "")
-        out.append(Address(display or None, None, mailbox or None, host or None))
-    return tuple(out) or None
+    """Every address of the header's fields, groups and routes kept (`caducee.mime.addresses`)."""
+    return parse_addresses(headers.get_all(name))
 
 
 def envelope_of(part: Part) -> Envelope:
@@ -313,7 +290,12 @@ def summarize(raw: bytes, root: Part | None = None) -> Summary:
             sent = ""
     envelope = envelope_of(root)
     structure = structure_of(root)
-    searched = {name: search_text(" ".join(root.headers.get_all(name))) for name in SEARCHED_HEADERS}
+    # Address headers are searched as their parsed addresses ("name <mailbox@host>", group
+    # names), so comments and folding do not hide a match; the subject as decoded text.
+    lists = {"from": envelope.from_, "to": envelope.to, "cc": envelope.cc, "bcc": envelope.bcc}
+    searched = {
+        name: search_text(searchable(lists[name]) if name in lists else " ".join(root.headers.get_all(name))) for name in SEARCHED_HEADERS
+    }
     packed = "\x1e".join(f"{name}\x1f{value}" for name, value in searched.items()).encode("utf-8", "replace")
     neutral = json.dumps([envelope, _part_to_json(structure)], separators=(",", ":")).encode("ascii")
     return Summary(
