@@ -434,7 +434,7 @@ async def _issue_and_publish(settings: Settings, issuer: object, address: str, h
             pair = issuer.mailbox(
                 address.lower(),
                 mailbox.display_name or address,
-                settings.operator_domain,  # type: ignore[attr-defined]
+                settings.operator_domain,
                 held=held,
             )
             await service.publish_certificate(conn, address, pair.cert.read_bytes())

@@ -9,9 +9,9 @@ service module reads or writes them.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from sqlalchemy import MetaData, event
+from sqlalchemy import MetaData, Table, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -34,6 +34,9 @@ class Base(DeclarativeBase):
     """Base of every table; constraint names are stable so migrations can refer to them."""
 
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    # Every model here is mapped to a plain Table (no mapping to joins or selects), so
+    # `Model.__table__.insert()` is the table's own; typed so, not as any FromClause.
+    __table__: ClassVar[Table]
 
 
 def normalise_url(url: str) -> str:

@@ -592,7 +592,7 @@ async def serve(settings: Settings, *, demo: bool = False, migrate: bool = True,
     gateway = await start_gateway(settings, engine, sockets=sockets, identity=identity)
     app = build_app(engine, settings, gateway.pipeline, identity)
     server = uvicorn.Server(http_config(app, settings))
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    server.install_signal_handlers = lambda: None
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, lambda: setattr(server, "should_exit", True))

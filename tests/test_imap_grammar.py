@@ -10,6 +10,7 @@ import pytest
 
 from caducee.imap.grammar import (
     MAX_DEPTH,
+    Arguments,
     Atom,
     LineTooLong,
     LiteralTooLarge,
@@ -52,7 +53,7 @@ EXAMPLES = [
         "LIST",
         {"reference": "", "pattern": "*", "selection": ["SPECIAL-USE"], "returns": ["SPECIAL-USE"]},
     ),
-    (b"A042 STATUS blurdybloop (UIDNEXT MESSAGES)", "STATUS", {"mailbox": "blurdybloop", "items": ["UIDNEXT", "MESSAGES"]}),
+    (b"A042 STATUS blurdybloop (UIDNEXT MESSAGES)", "STATUS", {"mailbox": "blurdybloop", "status_items": ["UIDNEXT", "MESSAGES"]}),
     (b"A202 EXPUNGE", "EXPUNGE", {}),
     (
         b'A283 SEARCH FLAGGED SINCE 1-Feb-1994 NOT FROM "Smith"',
@@ -94,27 +95,27 @@ def test_rfc3501_examples(line: bytes, name: str, args: dict | None) -> None:
     command = parse(line, *literals)
     assert command.name == name
     if args is not None:
-        assert command.args == args
+        assert command.args == Arguments(**args)
 
 
 def test_fetch_items_and_sections() -> None:
     command = parse(b"A654 FETCH 2:4 (FLAGS BODY[HEADER.FIELDS (DATE FROM)] BODY.PEEK[1.2.MIME] BODY[]<0.2048> UID)")
-    items = command.args["items"]
+    items = command.args.fetch_items
     assert [item.label for item in items] == ["FLAGS", "BODY[HEADER.FIELDS (DATE FROM)]", "BODY[1.2.MIME]", "BODY[]<0>", "UID"]
     assert items[1].fields == ("DATE", "FROM") and items[2].peek and items[2].part == (1, 2) and items[3].partial == (0, 2048)
     full = parse(b"A1 UID FETCH 1:* (UID FLAGS INTERNALDATE RFC822.SIZE ENVELOPE BODYSTRUCTURE) (CHANGEDSINCE 7)")
-    assert full.name == "UID FETCH" and full.args["changed_since"] == 7 and len(full.args["items"]) == 6
-    assert [i.name for i in parse(b"a FETCH 1 ALL").args["items"]] == ["FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE"]
+    assert full.name == "UID FETCH" and full.args.changed_since == 7 and len(full.args.fetch_items) == 6
+    assert [i.name for i in parse(b"a FETCH 1 ALL").args.fetch_items] == ["FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE"]
 
 
 def test_append_with_flags_date_and_literal() -> None:
     command = parse(b'A003 APPEND saved-messages (\\Seen) "05-Jul-1994 02:44:25 -0700" {}', b"Subject: hi\r\n\r\nbody\r\n")
-    assert command.args["flags"] == ["\\Seen"] and command.args["message"].startswith(b"Subject: hi")
-    assert command.args["date"] == dt.datetime(1994, 7, 5, 2, 44, 25, tzinfo=dt.timezone(-dt.timedelta(hours=7)))
+    assert command.args.flags == ["\\Seen"] and command.args.message.startswith(b"Subject: hi")
+    assert command.args.date == dt.datetime(1994, 7, 5, 2, 44, 25, tzinfo=dt.timezone(-dt.timedelta(hours=7)))
 
 
 def test_search_or_groups_uid_and_sequence_sets() -> None:
-    keys = parse(b'a SEARCH OR (FROM "a" TO "b") UID 1:5,9 2,4:* HEADER Message-ID "<x@y>"').args["keys"]
+    keys = parse(b'a SEARCH OR (FROM "a" TO "b") UID 1:5,9 2,4:* HEADER Message-ID "<x@y>"').args.keys
     assert keys.args[0] == Search(
         "OR", (Search("AND", (Search("FROM", (b"a",)), Search("TO", (b"b",)))), Search("UID", (SequenceSet(((1, 5), (9, 9))),)))
     )
@@ -145,7 +146,7 @@ async def _read(data: bytes, limit: int = 1024, sync: list | None = None):  # ty
 async def test_literals_synchronising_and_non_synchronising() -> None:
     continuations: list = []
     raw = await _read(b"a LOGIN {5}\r\nsmith {6+}\r\nsesame\r\n", sync=continuations)
-    assert parse_command(raw).args == {"user": b"smith", "password": b"sesame"}
+    assert parse_command(raw).args == Arguments(user=b"smith", password=b"sesame")
     assert len(continuations) == 1  # "+" only for the synchronising one (LITERAL+)
 
 

@@ -61,7 +61,7 @@ def rows() -> list[FetchRow]:
 
 
 def parse(keys: str):  # type: ignore[no-untyped-def]
-    return parse_command(RawCommand([f"t SEARCH {keys}".encode()])).args["keys"]
+    return parse_command(RawCommand([f"t SEARCH {keys}".encode()])).search()
 
 
 @pytest.mark.parametrize(("keys", "expected"), CASES)

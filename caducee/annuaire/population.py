@@ -152,7 +152,7 @@ class _BadRow(ValueError):
     pass
 
 
-def _parse(line_no: int, line: str, rows: list[tuple], guardians: list[tuple]) -> None:  # type: ignore[type-arg]
+def _parse(line_no: int, line: str, rows: list[tuple], guardians: list[tuple]) -> None:
     fields = line.split("|")
     if len(fields) == len(POPULATION_COLUMNS) + 1 and fields[-1] == "":
         fields.pop()
@@ -206,8 +206,8 @@ async def import_population(
         await conn.execute(text(f"DROP TABLE IF EXISTS {table}"))
         await conn.execute(text(staging_ddl(dialect, table, columns)))
     progress = _Progress(source.size, f"population {source.name}", progress_stream)
-    rows: list[tuple] = []  # type: ignore[type-arg]
-    guardians: list[tuple] = []  # type: ignore[type-arg]
+    rows: list[tuple] = []
+    guardians: list[tuple] = []
     try:
         for line_no, raw in enumerate(source.lines(progress.advance), start=1):
             try:
@@ -246,7 +246,7 @@ async def import_population(
     return report
 
 
-async def _flush(conn: AsyncConnection, rows: list[tuple], guardians: list[tuple]) -> None:  # type: ignore[type-arg]
+async def _flush(conn: AsyncConnection, rows: list[tuple], guardians: list[tuple]) -> None:
     await bulk_insert(conn, ROWS, [name for name, _ in ROW_COLUMNS], rows)
     await bulk_insert(conn, GUARDIANS, [name for name, _ in GUARDIAN_COLUMNS], guardians)
 

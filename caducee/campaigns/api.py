@@ -29,7 +29,7 @@ MAX_PDF = 5 * 1024 * 1024
 
 
 def _service(request: Request) -> Campaigns:
-    return request.app.state.campaigns  # type: ignore[no-any-return]
+    return request.app.state.campaigns
 
 
 async def caller(request: Request) -> tokens.Caller:

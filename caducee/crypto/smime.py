@@ -314,7 +314,7 @@ async def verify(
     crls: list[bytes],
     intermediates: list[x509.Certificate] = (),
     at: dt.datetime | None = None,
-) -> Verified:  # type: ignore[assignment]
+) -> Verified:
     """Verify a signed message against `anchors` and `crls`; raise SmimeError otherwise."""
     from asn1crypto import cms as asn1_cms
     from asn1crypto import x509 as asn1_x509

@@ -56,7 +56,7 @@ NOTICES = {
 
 
 def dossier(request: Request) -> Dossier:
-    return request.app.state.dossier  # type: ignore[no-any-return]
+    return request.app.state.dossier
 
 
 def redirect(url: str) -> RedirectResponse:

@@ -87,7 +87,7 @@ class _AuthMembers:
         return getattr(inspect, name)
 
 
-aiosmtpd_smtp.inspect = _AuthMembers()  # type: ignore[attr-defined]
+aiosmtpd_smtp.inspect = _AuthMembers()
 
 END_OF_DATA = b"\r\n.\r\n"
 _SCAN_WINDOW = 256 * 1024
@@ -137,7 +137,7 @@ class GatewaySMTP(SMTP):
             except ValueError:
                 return
             if any(address in network for network in self._trusted):
-                self.session.trusted = True  # type: ignore[attr-defined]
+                self.session.trusted = True
                 self.require_starttls = False
                 self._auth_required = False
 

@@ -537,10 +537,56 @@ def _serialize_tokens(items: list[Token]) -> bytes:
 
 
 @dataclass
+class Arguments:
+    """A command's parsed arguments, each with its type; a command sets the ones it takes.
+
+    One record rather than a class per command: the handlers read the few fields their
+    command has, and the parser (the only writer) is the place that knows which.
+    """
+
+    mailbox: str = ""
+    new: str = ""  # RENAME's new name
+    user: bytes = b""
+    password: bytes = b""
+    mechanism: str = ""
+    initial: bytes | None = None  # AUTHENTICATE's initial response
+    condstore: bool = False
+    reference: str = ""
+    pattern: str = ""
+    selection: list[str] = field(default_factory=list)
+    returns: list[str] = field(default_factory=list)
+    status_items: list[str] = field(default_factory=list)
+    fetch_items: list[FetchItem] = field(default_factory=list)
+    flags: list[str] = field(default_factory=list)
+    date: dt.datetime | None = None
+    message: bytes = b""
+    capabilities: list[str] = field(default_factory=list)
+    fields: dict[str | None, str | None] = field(default_factory=dict)
+    sequence: SequenceSet | None = None
+    changed_since: int | None = None
+    unchanged_since: int | None = None
+    action: str = ""  # STORE: FLAGS, +FLAGS or -FLAGS
+    silent: bool = False
+    charset: str | None = None
+    keys: Search | None = None
+
+
+@dataclass
 class Command:
     tag: str
     name: str  # upper case; UID commands are "UID FETCH" etc.
-    args: dict[str, object] = field(default_factory=dict)
+    args: Arguments = field(default_factory=Arguments)
+
+    def sequence(self) -> SequenceSet:
+        """The sequence set of a command that takes one (the parser guarantees it)."""
+        if self.args.sequence is None:
+            raise ParseError(f"{self.name} needs a sequence set")
+        return self.args.sequence
+
+    def search(self) -> Search:
+        if self.args.keys is None:
+            raise ParseError("SEARCH needs a key")
+        return self.args.keys
 
 
 NO_ARGS = {"CAPABILITY", "NOOP", "LOGOUT", "STARTTLS", "CHECK", "CLOSE", "EXPUNGE", "UNSELECT", "IDLE", "NAMESPACE"}
@@ -588,21 +634,21 @@ def _flags(token: Token) -> list[str]:
     return flags
 
 
-def _arguments(name: str, tokens: _Tokens, uid: bool) -> dict[str, object]:
+def _arguments(name: str, tokens: _Tokens, uid: bool) -> Arguments:
     if name in NO_ARGS and not uid:
-        return {}
+        return Arguments()
     if name == "LOGIN":
         tokens.space()
         user = tokens.astring()
         tokens.space()
-        return {"user": user, "password": tokens.astring()}
+        return Arguments(user=user, password=tokens.astring())
     if name == "AUTHENTICATE":
         tokens.space()
         mechanism = tokens.atom().value.upper()
         initial = None
         if tokens.maybe_space():
             initial = tokens.astring()
-        return {"mechanism": mechanism, "initial": initial}
+        return Arguments(mechanism=mechanism, initial=initial)
     if name in {"SELECT", "EXAMINE"}:
         tokens.space()
         mailbox = _mailbox(tokens)
@@ -612,15 +658,15 @@ def _arguments(name: str, tokens: _Tokens, uid: bool) -> dict[str, object]:
             if not isinstance(params, list) or [p.value.upper() for p in params if isinstance(p, Atom)] != ["CONDSTORE"]:
                 raise ParseError("the only select parameter is (CONDSTORE)")
             condstore = True
-        return {"mailbox": mailbox, "condstore": condstore}
+        return Arguments(mailbox=mailbox, condstore=condstore)
     if name in {"CREATE", "DELETE", "SUBSCRIBE", "UNSUBSCRIBE"}:
         tokens.space()
-        return {"mailbox": _mailbox(tokens)}
+        return Arguments(mailbox=_mailbox(tokens))
     if name == "RENAME":
         tokens.space()
         old = _mailbox(tokens)
         tokens.space()
-        return {"mailbox": old, "new": _mailbox(tokens)}
+        return Arguments(mailbox=old, new=_mailbox(tokens))
     if name in {"LIST", "LSUB"}:
         tokens.space()
         selection: list[str] = []
@@ -636,7 +682,7 @@ def _arguments(name: str, tokens: _Tokens, uid: bool) -> dict[str, object]:
                 raise ParseError("expected RETURN")
             tokens.space()
             returns = [_atom_value(t) for t in _as_list(tokens.token())]
-        return {"reference": reference, "pattern": pattern, "selection": selection, "returns": returns}
+        return Arguments(reference=reference, pattern=pattern, selection=selection, returns=returns)
     if name == "STATUS":
         tokens.space()
         mailbox = _mailbox(tokens)
@@ -645,7 +691,7 @@ def _arguments(name: str, tokens: _Tokens, uid: bool) -> dict[str, object]:
         allowed = {"MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "HIGHESTMODSEQ", "SIZE"}
         if not items or any(item not in allowed for item in items):
             raise ParseError("bad STATUS item")
-        return {"mailbox": mailbox, "items": items}
+        return Arguments(mailbox=mailbox, status_items=items)
     if name == "APPEND":
         tokens.space()
         mailbox = _mailbox(tokens)
@@ -663,32 +709,32 @@ def _arguments(name: str, tokens: _Tokens, uid: bool) -> dict[str, object]:
             token = tokens.token()
         if not isinstance(token, String):
             raise ParseError("APPEND needs the message as a literal")
-        return {"mailbox": mailbox, "flags": flags, "date": date, "message": token.value}
+        return Arguments(mailbox=mailbox, flags=flags, date=date, message=token.value)
     if name == "ENABLE":
         capabilities = []
         while tokens.maybe_space():
             capabilities.append(_atom_value(tokens.token()))
         if not capabilities:
             raise ParseError("ENABLE needs a capability")
-        return {"capabilities": capabilities}
+        return Arguments(capabilities=capabilities)
     if name == "ID":
         tokens.space()
         token = tokens.token()
         if isinstance(token, Atom) and token.value.upper() == "NIL":
-            return {"fields": {}}
+            return Arguments(fields={})
         if not isinstance(token, list) or len(token) % 2 or len(token) > 60:
             raise ParseError("ID takes NIL or a list of at most 30 field-value pairs")
-        return {"fields": {_text(k): _text(v) for k, v in zip(token[::2], token[1::2], strict=True)}}
+        return Arguments(fields={_text(k): _text(v) for k, v in zip(token[::2], token[1::2], strict=True)})
     if name == "FETCH":
         tokens.space()
         sequence = parse_sequence_set(tokens.atom().value)
         tokens.space()
         token = tokens.token()
         if isinstance(token, Atom) and token.value.upper() in FETCH_MACROS:
-            items = [parse_fetch_item(n) for n in FETCH_MACROS[token.value.upper()]]
+            fetch_items = [parse_fetch_item(n) for n in FETCH_MACROS[token.value.upper()]]
         else:
-            items = [parse_fetch_item(_atom_value(t, keep_case=True)) for t in _as_list(token)]
-        if not items:
+            fetch_items = [parse_fetch_item(_atom_value(t, keep_case=True)) for t in _as_list(token)]
+        if not fetch_items:
             raise ParseError("FETCH needs at least one item")
         changed_since = None
         if tokens.maybe_space():
@@ -696,7 +742,7 @@ def _arguments(name: str, tokens: _Tokens, uid: bool) -> dict[str, object]:
             if len(modifiers) != 2 or _atom_value(modifiers[0]) != "CHANGEDSINCE":
                 raise ParseError("the only fetch modifier is CHANGEDSINCE")
             changed_since = _number_of(modifiers[1])
-        return {"sequence": sequence, "items": items, "changed_since": changed_since}
+        return Arguments(sequence=sequence, fetch_items=fetch_items, changed_since=changed_since)
     if name == "STORE":
         tokens.space()
         sequence = parse_sequence_set(tokens.atom().value)
@@ -715,21 +761,17 @@ def _arguments(name: str, tokens: _Tokens, uid: bool) -> dict[str, object]:
         flags = _flags(tokens.token())
         while tokens.maybe_space():
             flags.extend(_flags(tokens.token()))
-        return {
-            "sequence": sequence,
-            "action": action.split(".")[0],
-            "silent": action.endswith(".SILENT"),
-            "flags": flags,
-            "unchanged_since": unchanged_since,
-        }
+        return Arguments(
+            sequence=sequence, action=action.split(".")[0], silent=action.endswith(".SILENT"), flags=flags, unchanged_since=unchanged_since
+        )
     if name in {"COPY", "MOVE"}:
         tokens.space()
         sequence = parse_sequence_set(tokens.atom().value)
         tokens.space()
-        return {"sequence": sequence, "mailbox": _mailbox(tokens)}
+        return Arguments(sequence=sequence, mailbox=_mailbox(tokens))
     if name == "EXPUNGE" and uid:
         tokens.space()
-        return {"sequence": parse_sequence_set(tokens.atom().value)}
+        return Arguments(sequence=parse_sequence_set(tokens.atom().value))
     if name == "SEARCH":
         tokens.space()
         charset = None
@@ -743,7 +785,7 @@ def _arguments(name: str, tokens: _Tokens, uid: bool) -> dict[str, object]:
         keys = [_search_key(tokens, 0)]
         while tokens.maybe_space():
             keys.append(_search_key(tokens, 0))
-        return {"charset": charset, "keys": Search("AND", tuple(keys))}
+        return Arguments(charset=charset, keys=Search("AND", tuple(keys)))
     raise ParseError(f"unknown command {name[:30]}")
 
 

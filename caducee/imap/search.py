@@ -99,7 +99,7 @@ def compile_memory(
         return lambda s, u, b, k: not inner(s, u, b, k)
     if op in _HEADER_KEYS:
         assert headers is not None
-        needle, name = _needle(args[0]).encode("utf-8"), op.lower()  # type: ignore[arg-type]
+        needle, name = _needle(args[0]).encode("utf-8"), op.lower()
         return lambda s, u, b, k: needle in header_text(headers.get(u, b""), name)
     if op == "ALL":
         return lambda s, u, b, k: True
@@ -175,7 +175,7 @@ def matches(key: Search, item: Candidate) -> bool:
         sent = row.summary.sent_date if row.summary else ""
         return bool(sent) and _compare_date(op[4:], dt.date.fromisoformat(sent), args[0])  # type: ignore[arg-type]
     if op in ("FROM", "TO", "CC", "BCC", "SUBJECT"):
-        needle = _needle(args[0]).encode("utf-8")  # type: ignore[arg-type]
+        needle = _needle(args[0]).encode("utf-8")
         return row.summary is not None and needle in row.summary.header_text(op.lower())
     if op == "HEADER":
         name, value = args
@@ -183,11 +183,11 @@ def matches(key: Search, item: Candidate) -> bool:
         found = header_fields(header, (str(name),), exclude=False)
         if found == b"\r\n":
             return False
-        return _needle(value) in _decoded(found.split(b":", 1)[1] if b":" in found else found)  # type: ignore[arg-type]
+        return _needle(value) in _decoded(found.split(b":", 1)[1] if b":" in found else found)
     if op in ("BODY", "TEXT"):
         root = parse(row.body or b"")
         haystack = root.body_bytes if op == "BODY" else root.raw
-        return _needle(args[0]) in haystack.decode("utf-8", "replace").casefold()  # type: ignore[arg-type]
+        return _needle(args[0]) in haystack.decode("utf-8", "replace").casefold()
     return False
 
 

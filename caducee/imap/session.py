@@ -256,7 +256,7 @@ class Session:
         raise _Handled()
 
     async def login(self, command: Command) -> bytes:
-        return await self._authenticate(command.args["user"], command.args["password"])  # type: ignore[arg-type]
+        return await self._authenticate(command.args.user, command.args.password)
 
     async def _sasl_line(self, challenge: bytes = b"") -> bytes:
         """The client's answer to a continuation `+ <challenge>`, bounded like an AUTH line."""
@@ -272,21 +272,21 @@ class Session:
         return line[:-2]
 
     async def authenticate(self, command: Command) -> bytes:
-        mechanism = command.args["mechanism"]
+        mechanism = command.args.mechanism
         tokens = mechanism in TOKEN_MECHANISMS and self.server.tokens is not None
         if mechanism != "PLAIN" and not tokens:
             return b"NO [CANNOT] mecanisme non propose / mechanism not offered"
         if not self.tls:
             return b"NO [PRIVACYREQUIRED] STARTTLS d'abord / use STARTTLS first"
-        initial = command.args["initial"]
+        initial = command.args.initial
         if initial is None or initial == b"=":
             initial = await self._sasl_line()
             if initial == b"*":
                 return b"BAD authentication cancelled"
         if tokens:
-            return await self._authenticate_token(str(mechanism), initial)  # type: ignore[arg-type]
+            return await self._authenticate_token(str(mechanism), initial)
         try:
-            decoded = base64.b64decode(initial, validate=True)  # type: ignore[arg-type]
+            decoded = base64.b64decode(initial, validate=True)
             _authzid, user, password = decoded.split(b"\0")
         except (binascii.Error, ValueError):
             return b"BAD malformed PLAIN response"
@@ -340,7 +340,7 @@ class Session:
     # ---- authenticated -------------------------------------------------------------------
 
     async def enable(self, command: Command) -> bytes:
-        enabled = [name for name in command.args["capabilities"] if name == "CONDSTORE"]  # type: ignore[union-attr]
+        enabled = [name for name in command.args.capabilities if name == "CONDSTORE"]
         if enabled:
             self.condstore = True
         await self.send(b"* ENABLED" + b"".join(b" " + name.encode() for name in enabled) + b"\r\n")
@@ -359,9 +359,9 @@ class Session:
 
     async def select(self, command: Command) -> bytes:
         self._leave()
-        folder = await self._folder(command.args["mailbox"])  # type: ignore[arg-type]
+        folder = await self._folder(command.args.mailbox)
         read_only = command.name == "EXAMINE"
-        if command.args.get("condstore"):
+        if command.args.condstore:
             self.condstore = True
         snapshot = self.server.snapshots.get(folder.id, folder.uidvalidity, folder.highestmodseq)
         if snapshot is None:
@@ -398,7 +398,7 @@ class Session:
 
     async def create(self, command: Command) -> bytes:
         assert self.mailbox_id is not None
-        name = str(command.args["mailbox"]).rstrip(DELIMITER)
+        name = command.args.mailbox.rstrip(DELIMITER)
         if not name or DELIMITER * 2 in name or name.startswith(DELIMITER):
             return b"NO [CANNOT] nom de dossier invalide / bad folder name"
         parts = name.split(DELIMITER)
@@ -413,7 +413,7 @@ class Session:
 
     async def delete(self, command: Command) -> bytes:
         assert self.mailbox_id is not None
-        name = str(command.args["mailbox"])
+        name = command.args.mailbox
         if self.view is not None and self.view.name == name:
             self._leave()
         await self.server.store.delete(self.mailbox_id, name)
@@ -421,36 +421,36 @@ class Session:
 
     async def rename(self, command: Command) -> bytes:
         assert self.mailbox_id is not None
-        await self.server.store.rename(self.mailbox_id, str(command.args["mailbox"]), str(command.args["new"]))
+        await self.server.store.rename(self.mailbox_id, command.args.mailbox, command.args.new)
         return b"OK RENAME completed"
 
     async def subscribe(self, command: Command) -> bytes:
         assert self.mailbox_id is not None
-        await self.server.store.subscribe(self.mailbox_id, str(command.args["mailbox"]), command.name == "SUBSCRIBE")
+        await self.server.store.subscribe(self.mailbox_id, command.args.mailbox, command.name == "SUBSCRIBE")
         return b"OK %s completed" % command.name.encode()
 
     async def list_(self, command: Command) -> bytes:
         assert self.mailbox_id is not None
-        reference, pattern = str(command.args["reference"]), str(command.args["pattern"])
+        reference, pattern = command.args.reference, command.args.pattern
         name = command.name.encode()
         if pattern == "":
             await self.send(b'* %s (\\Noselect) "/" ""\r\n' % name)
             return b"OK %s completed" % name
         wanted = _pattern(reference + pattern)
-        selection, returns = command.args["selection"], command.args["returns"]
+        selection, returns = command.args.selection, command.args.returns
         if command.name == "LSUB":
             lines = self._lsub(wanted, await self.server.store.subscriptions(self.mailbox_id))
             await self.send(b"".join(lines))
             return b"OK LSUB completed"
         folders = await self.server.store.folders(self.mailbox_id)
-        want_subscribed = "SUBSCRIBED" in selection or "SUBSCRIBED" in returns  # type: ignore[operator]
+        want_subscribed = "SUBSCRIBED" in selection or "SUBSCRIBED" in returns
         subscribed = await self.server.store.subscriptions(self.mailbox_id) if want_subscribed else set()
         names = {folder.name for folder in folders}
         lines = []
         for folder in folders:
             if not _matches(wanted, folder.name):
                 continue
-            if ("SUBSCRIBED" in selection and folder.name not in subscribed) or ("SPECIAL-USE" in selection and not folder.special_use):  # type: ignore[operator]
+            if ("SUBSCRIBED" in selection and folder.name not in subscribed) or ("SPECIAL-USE" in selection and not folder.special_use):
                 continue
             attributes = ["\\HasChildren" if any(n.startswith(folder.name + DELIMITER) for n in names) else "\\HasNoChildren"]
             if folder.special_use:
@@ -483,7 +483,7 @@ class Session:
         return [b'* LSUB (%s) "/" %s\r\n' % (found[name].encode(), astring(name)) for name in sorted(found)]
 
     async def status(self, command: Command) -> bytes:
-        folder = await self._folder(str(command.args["mailbox"]))
+        folder = await self._folder(command.args.mailbox)
         folder, messages, unseen, recent, size = await self.server.store.status(folder.id)
         values = {
             "MESSAGES": messages,
@@ -494,15 +494,16 @@ class Session:
             "HIGHESTMODSEQ": folder.highestmodseq,
             "SIZE": size,
         }
-        items = " ".join(f"{item} {values[item]}" for item in command.args["items"])  # type: ignore[union-attr]
+        items = " ".join(f"{item} {values[item]}" for item in command.args.status_items)
         await self.send(b"* STATUS %s (%s)\r\n" % (astring(folder.name), items.encode()))
         return b"OK STATUS completed"
 
     async def append(self, command: Command) -> bytes:
-        folder = await self.server.store.folder(self.mailbox_id, str(command.args["mailbox"]))  # type: ignore[arg-type]
+        assert self.mailbox_id is not None
+        folder = await self.server.store.folder(self.mailbox_id, command.args.mailbox)
         if folder is None:
             return b"NO [TRYCREATE] dossier inconnu / no such folder"
-        raw = _crlf(command.args["message"])  # type: ignore[arg-type]
+        raw = _crlf(command.args.message)
         if len(raw) > self.server.settings.max_message_size:
             return b"NO [TOOBIG] message trop gros / message too large"
         if not raw.strip():
@@ -510,10 +511,10 @@ class Session:
         validity, uid = await self.server.store.append(
             folder.id,
             raw,
-            normalise_flags(command.args["flags"]),  # type: ignore[arg-type]
-            command.args["date"],
+            normalise_flags(command.args.flags),
+            command.args.date,
             self.address or "",
-        )  # type: ignore[arg-type]
+        )
         self.server.watch.touched(folder.id)
         return b"OK [APPENDUID %d %d] APPEND completed" % (validity, uid)
 
@@ -568,7 +569,7 @@ class Session:
 
     async def expunge(self, command: Command) -> bytes:
         view = self._writable()
-        uids = view.resolve(command.args["sequence"], uid=True) if command.name == "UID EXPUNGE" else None  # type: ignore[arg-type]
+        uids = view.resolve(command.sequence(), uid=True) if command.name == "UID EXPUNGE" else None
         gone = await self.server.store.expunge(view.folder_id, uids)
         view.pending_expunges.update(uid for uid in gone if view.sequence_of(uid) is not None)
         await self.send(b"".join(view.flush_expunges()))
@@ -584,17 +585,17 @@ class Session:
     async def store(self, command: Command) -> bytes:
         view = self._writable()
         args = command.args
-        uids = view.resolve(args["sequence"], uid=command.name.startswith("UID"))  # type: ignore[arg-type]
-        unchanged_since = args["unchanged_since"]
+        uids = view.resolve(command.sequence(), uid=command.name.startswith("UID"))
+        unchanged_since = args.unchanged_since
         if unchanged_since is not None:
             self.condstore = True
         changed, failed = await self.server.store.store_flags(
             view.folder_id,
             uids,
-            str(args["action"]),
-            args["flags"],  # type: ignore[arg-type]
+            args.action,
+            args.flags,
             unchanged_since,
-        )  # type: ignore[arg-type]
+        )
         lines = []
         new_keywords = False
         for change in changed:
@@ -604,9 +605,9 @@ class Session:
             sequence = view.sequence_of(change.uid)
             if sequence is None:
                 continue
-            if not args["silent"] or unchanged_since is not None:
+            if not args.silent or unchanged_since is not None:
                 items = [b"UID %d" % change.uid] if command.name.startswith("UID") else []
-                if not args["silent"]:
+                if not args.silent:
                     items.append(b"FLAGS (%s)" % view.flags_text(change.uid, change.flags))
                 if self.condstore:
                     items.append(b"MODSEQ (%d)" % change.modseq)
@@ -623,10 +624,10 @@ class Session:
 
     async def copy(self, command: Command) -> bytes:
         assert self.view is not None and self.mailbox_id is not None
-        target = await self.server.store.folder(self.mailbox_id, str(command.args["mailbox"]))
+        target = await self.server.store.folder(self.mailbox_id, command.args.mailbox)
         if target is None:
             return b"NO [TRYCREATE] dossier inconnu / no such folder"
-        uids = self.view.resolve(command.args["sequence"], uid=command.name.startswith("UID"))  # type: ignore[arg-type]
+        uids = self.view.resolve(command.sequence(), uid=command.name.startswith("UID"))
         moving = command.name.endswith("MOVE")
         if moving:
             self._writable()
@@ -653,27 +654,27 @@ class Session:
     async def search(self, command: Command) -> bytes:
         assert self.view is not None
         view = self.view
-        key = command.args["keys"]
-        need = searching.needs(key)  # type: ignore[arg-type]
+        key = command.search()
+        need = searching.needs(key)
         if need.modseq:
             self.condstore = True
         found: list[tuple[int, int]] = []  # (number to answer, modseq)
         largest_uid = view.uids[-1] if view.uids else 0
         use_uid = command.name.startswith("UID")
-        if searching.in_memory(key, headers=True):  # type: ignore[arg-type]
+        if searching.in_memory(key, headers=True):
             # Flags, UIDs, numbers (the view has them) and searched headers (the cache has them, or gets them now).
             headers = None
-            if searching.uses_headers(key):  # type: ignore[arg-type]
+            if searching.uses_headers(key):
                 headers = self.server.header_cache.folder(view.folder_id, view.uidvalidity)
                 missing = [uid for uid in view.uids if uid not in headers]
                 if missing:
-                    found: dict[int, bytes] = {}
+                    fetched: dict[int, bytes] = {}
                     async for rows in self.server.store.fetch(view.folder_id, missing, summary=True, body=False):
-                        found.update((row.uid, row.summary.packed_headers) for row in rows if row.summary is not None)
-                    self.server.header_cache.add(view.folder_id, view.uidvalidity, found)
-            test = searching.compile_memory(key, len(view.uids), view.uids[-1] if view.uids else 0, headers, view.is_recent)  # type: ignore[arg-type]
+                        fetched.update((row.uid, row.summary.packed_headers) for row in rows if row.summary is not None)
+                    self.server.header_cache.add(view.folder_id, view.uidvalidity, fetched)
+            test = searching.compile_memory(key, len(view.uids), view.uids[-1] if view.uids else 0, headers, view.is_recent)
             keywords, flags = view.keywords, view.flags
-            if searching.flags_only(key):  # type: ignore[arg-type]
+            if searching.flags_only(key):
                 chosen = view.flags.translate(searching.flag_table(test))
                 numbers = list(itertools.compress(view.uids if use_uid else range(1, len(view.uids) + 1), chosen))
             else:
@@ -690,7 +691,7 @@ class Session:
                 if sequence is None:
                     continue
                 candidate = searching.Candidate(row, sequence, len(view.uids), largest_uid, view.is_recent(row.uid))
-                if searching.matches(key, candidate):  # type: ignore[arg-type]
+                if searching.matches(key, candidate):
                     found.append((row.uid if use_uid else sequence, row.modseq))
         line = b"* SEARCH" + b"".join(b" %d" % number for number, _ in found)
         if need.modseq and found:
@@ -702,16 +703,16 @@ class Session:
         assert self.view is not None
         view = self.view
         use_uid = command.name.startswith("UID")
-        items: list[FetchItem] = list(command.args["items"])  # type: ignore[call-overload]
+        items: list[FetchItem] = list(command.args.fetch_items)
         names = {item.name for item in items}
-        changed_since = command.args["changed_since"]
+        changed_since = command.args.changed_since
         if changed_since is not None or "MODSEQ" in names:
             self.condstore = True
         if use_uid and "UID" not in names:
             items.insert(0, FetchItem("UID", label="UID"))
         if self.condstore and changed_since is not None and "MODSEQ" not in names:
             items.append(FetchItem("MODSEQ", label="MODSEQ"))
-        uids = view.resolve(command.args["sequence"], uid=use_uid)  # type: ignore[arg-type]
+        uids = view.resolve(command.sequence(), uid=use_uid)
         need_summary = bool(names & {"ENVELOPE", "BODY", "BODYSTRUCTURE"})
         need_body = any(item.name in ("BODY[]", "BINARY[]", "RFC822", "RFC822.HEADER", "RFC822.TEXT") for item in items)
         marks_seen = not view.read_only and any(

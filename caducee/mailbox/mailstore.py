@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import datetime as dt
 from array import array
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import and_, bindparam, or_, select, text, update
+from sqlalchemy import Select, and_, bindparam, or_, select, text, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -276,7 +277,7 @@ class MailStore:
                 async for partition in result.partitions(batch):
                     yield await self._rows(partition, summary=summary, body=body)
 
-    async def _rows(self, partition: list, *, summary: bool, body: bool) -> list[FetchRow]:  # type: ignore[type-arg]
+    async def _rows(self, partition: Sequence[Any], *, summary: bool, body: bool) -> list[FetchRow]:
         out = []
         missing: dict[int, FetchRow] = {}
         for row in partition:
@@ -459,12 +460,12 @@ def _highest_modseqs(conn: Connection, folder_ids: list[int]) -> dict[int, tuple
     return {row[0]: (row[1], row[2]) for row in rows}
 
 
-def _all_rows(conn: Connection, query) -> list:  # type: ignore[no-untyped-def,type-arg]
+def _all_rows(conn: Connection, query: Select[Any]) -> Sequence[Any]:
     return conn.execute(query).all()
 
 
 def _bodies(conn: Connection, message_ids: list[int]) -> dict[int, bytes]:
-    return dict(conn.execute(select(Message.id, Message.body).where(Message.id.in_(message_ids))).all())  # type: ignore[arg-type]
+    return dict(conn.execute(select(Message.id, Message.body).where(Message.id.in_(message_ids))).all())
 
 
 def _write_summaries(conn: Connection, updates: list[dict[str, object]]) -> None:
@@ -481,7 +482,7 @@ def _store_flags(
             select(MailboxEntry.uid, MailboxEntry.flags, MailboxEntry.modseq).where(
                 MailboxEntry.folder_id == folder_id, MailboxEntry.expunged_modseq.is_(None), _uid_condition(ranges)
             )
-        ).all()  # type: ignore[arg-type]
+        ).all()
     failed: list[int] = []
     groups: dict[str, list[int]] = {}
     touched: list[str] = []  # flag texts before and after, for the folder's keyword list
@@ -526,7 +527,7 @@ def _expunge(conn: Connection, folder_id: int, uids: list[int] | None) -> list[i
 
 
 def _copy(conn: Connection, folder_id: int, uids: list[int], target_id: int) -> tuple[int, list[int], list[int]]:
-    rows = []
+    rows: list[Any] = []
     for ranges in _chunks(uid_ranges(uids)):
         rows += conn.execute(
             select(MailboxEntry.uid, MailboxEntry.message_id, MailboxEntry.flags, MailboxEntry.received_at)

@@ -114,7 +114,7 @@ def _render_nested(value: object) -> bytes:
     if isinstance(value, _RenderedEnvelope):
         return bytes(value)
     if type(value) is list:
-        return b"(" + b" ".join([_render_nested(item) for item in value]) + b")"  # type: ignore[attr-defined]
+        return b"(" + b" ".join([_render_nested(item) for item in value]) + b")"
     return render(value)
 
 

@@ -217,7 +217,7 @@ def walk_parts(root: Part) -> list[Part]:
 def _split(raw: bytes, start: int, end: int, boundary: bytes) -> list[tuple[int, int]]:
     """(start, end) of each body part between delimiter lines; the CRLF before a delimiter is the delimiter's."""
     delimiter = b"--" + boundary
-    spans = []
+    spans: list[tuple[int, int]] = []
     position = _delimiter(raw, delimiter, start, end, start)
     while position >= 0 and len(spans) < MAX_PARTS:
         after = position + len(delimiter)

@@ -20,7 +20,7 @@ import struct
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from functools import cached_property
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from caducee.mime import imapforms
 from caducee.mime.addresses import Address, parse_addresses, searchable
@@ -336,35 +336,37 @@ def _addresses_from_json(value: list[list[str | None]] | None) -> AddressList:
     return tuple(Address(*item) for item in value) if value else None
 
 
-def _envelope_from_json(value: list[object]) -> Envelope:
-    date, subject, *lists, in_reply_to, message_id = value
-    return Envelope(date, subject, *(_addresses_from_json(item) for item in lists), in_reply_to, message_id)  # type: ignore[arg-type]
+def _envelope_from_json(value: list[Any]) -> Envelope:
+    """The stored JSON is our own (written by `_part_to_json`): its items are trusted in shape."""
+    date, subject, from_, sender, reply_to, to, cc, bcc, in_reply_to, message_id = value
+    lists = _addresses_from_json
+    return Envelope(date, subject, lists(from_), lists(sender), lists(reply_to), lists(to), lists(cc), lists(bcc), in_reply_to, message_id)
 
 
 def _pairs(value: list[list[str]] | None) -> tuple[tuple[str, str], ...]:
     return tuple((key, item) for key, item in value or ())
 
 
-def _part_from_json(value: list[object]) -> BodyPart:
+def _part_from_json(value: list[Any]) -> BodyPart:
     (kind, subtype, params, part_id, description, encoding, size, lines, md5, disposition, language, location, children, message) = value
     inner = None
     if message is not None:
-        envelope, structure, message_lines = message  # type: ignore[misc]
+        envelope, structure, message_lines = message
         inner = (_envelope_from_json(envelope), _part_from_json(structure), message_lines)
     return BodyPart(
-        kind,  # type: ignore[arg-type]
-        subtype,  # type: ignore[arg-type]
-        _pairs(params),  # type: ignore[arg-type]
-        part_id,  # type: ignore[arg-type]
-        description,  # type: ignore[arg-type]
-        encoding,  # type: ignore[arg-type]
-        size,  # type: ignore[arg-type]
-        lines,  # type: ignore[arg-type]
-        md5,  # type: ignore[arg-type]
-        (disposition[0], _pairs(disposition[1])) if disposition else None,  # type: ignore[index]
-        language,  # type: ignore[arg-type]
-        location,  # type: ignore[arg-type]
-        tuple(_part_from_json(child) for child in children),  # type: ignore[attr-defined]
+        kind,
+        subtype,
+        _pairs(params),
+        part_id,
+        description,
+        encoding,
+        size,
+        lines,
+        md5,
+        (disposition[0], _pairs(disposition[1])) if disposition else None,
+        language,
+        location,
+        tuple(_part_from_json(child) for child in children),
         inner,
     )
 
@@ -384,9 +386,8 @@ def _addresses_from_imap(value: object) -> AddressList:
 
 def _envelope_from_imap(value: object) -> Envelope:
     items = value if isinstance(value, list) and len(value) == 10 else [None] * 10
-    return Envelope(
-        _text(items[0]), _text(items[1]), *(_addresses_from_imap(item) for item in items[2:8]), _text(items[8]), _text(items[9])
-    )
+    from_, sender, reply_to, to, cc, bcc = (_addresses_from_imap(item) for item in items[2:8])
+    return Envelope(_text(items[0]), _text(items[1]), from_, sender, reply_to, to, cc, bcc, _text(items[8]), _text(items[9]))
 
 
 def _from_imap(summary: Summary) -> tuple[Envelope, BodyPart]:

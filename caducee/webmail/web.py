@@ -82,7 +82,7 @@ def client_address(request: Request) -> str:
 
 
 def context(request: Request) -> WebmailContext:
-    return request.app.state.webmail  # type: ignore[no-any-return]
+    return request.app.state.webmail
 
 
 @dataclass(frozen=True)
