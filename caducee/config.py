@@ -221,7 +221,7 @@ def describe_settings() -> list[tuple[str, str, str, str]]:
     """(TOML key, environment variable, default, help) for each setting: the README table."""
     rows = []
     for f in dataclasses.fields(Settings):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
         if isinstance(default, list):
             shown = ",".join(default)
         elif isinstance(default, dict):

@@ -39,6 +39,18 @@ class Base(DeclarativeBase):
     __table__: ClassVar[Table]
 
 
+def inserted_id(result: Any) -> int:
+    """The new row's integer primary key from an INSERT's result.
+
+    SQLAlchemy types `inserted_primary_key` as optional (an executemany has none); an
+    INSERT of one row always has it, and saying so here keeps the callers' types exact.
+    """
+    key = result.inserted_primary_key
+    if key is None or key[0] is None:
+        raise RuntimeError("the INSERT returned no primary key")
+    return int(key[0])
+
+
 def normalise_url(url: str) -> str:
     """Give a plain `sqlite:///` or `postgresql://` URL its async driver.
 

@@ -8,6 +8,7 @@ Columns are read by position; the header is checked for its column count and fir
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
@@ -310,7 +311,7 @@ class ExtractionFormat:
     kind = "extraction"
     field_count = len(EXTRACTION_COLUMNS)
     staging_table = "stage_extraction"
-    staging_columns = [
+    staging_columns: Sequence[tuple[str, str]] = [
         ("line_no", "INTEGER"),
         ("address", "TEXT"),
         ("type", "TEXT"),
@@ -492,7 +493,7 @@ class PersonActivityFormat:
     kind = "ps"
     field_count = len(PS_COLUMNS)
     staging_table = "stage_ps"
-    staging_columns = [
+    staging_columns: Sequence[tuple[str, str]] = [
         ("line_no", "INTEGER"),
         ("national_id", "TEXT"),
         ("pp_id_type", "TEXT"),

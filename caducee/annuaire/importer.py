@@ -10,14 +10,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from caducee import db
 from caducee.annuaire.formats import ExtractionFormat, PersonActivityFormat
-from caducee.annuaire.importing import ImportFileError, ImportReport, run_import
+from caducee.annuaire.importing import ImportFileError, ImportReport, RowFormat, run_import
 from caducee.annuaire.models import ImportRun
 from caducee.annuaire.whitelist import import_whitelist
 from caducee.config import Settings
 
 __all__ = ["ImportFileError", "import_file", "import_on_connection"]
 
-FORMATS = {"extraction": ExtractionFormat, "ps": PersonActivityFormat}
+FORMATS: dict[str, type[RowFormat]] = {"extraction": ExtractionFormat, "ps": PersonActivityFormat}
 
 
 async def import_on_connection(
@@ -27,7 +27,7 @@ async def import_on_connection(
     if kind != "whitelist" and kind not in FORMATS:
         raise ImportFileError(f"unknown import kind {kind!r}")
     runs = ImportRun.__table__
-    run_id = (
+    run_id = db.inserted_id(
         await conn.execute(
             runs.insert().values(
                 kind=kind,
@@ -40,7 +40,7 @@ async def import_on_connection(
                 retired=0,
             )
         )
-    ).inserted_primary_key[0]
+    )
     if kind == "whitelist":
         report = await import_whitelist(conn, path)
         if report_stream is not None:

@@ -154,6 +154,7 @@ async def bulk_insert(conn: AsyncConnection, table: str, columns: Sequence[str],
         return
     raw = await conn.get_raw_connection()
     driver = raw.driver_connection
+    assert driver is not None, "a live connection has its driver's connection"
     if conn.dialect.name == "postgresql":
         await driver.copy_records_to_table(table, records=rows, columns=list(columns))
     else:

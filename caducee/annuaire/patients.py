@@ -12,7 +12,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from caducee.annuaire.identifiers import InvalidIdentifier, validate_ins
@@ -260,7 +260,7 @@ async def activated_demographics(
         Patient.id >= first_id, Patient.id < last_id, Patient.status == PatientStatus.ACTIVATED.value
     )
     if born_on or born_by is not None or ids:
-        wanted = []
+        wanted: list[ColumnElement[bool]] = []
         if born_on:
             wanted.append(Patient.birth_date.in_(sorted(born_on)))
         if born_by is not None:
@@ -302,7 +302,8 @@ async def reminder_contacts(conn: AsyncConnection, patient_ids: list[int], today
             .where(Guardianship.minor_id.in_(minors), Patient.status == PatientStatus.ACTIVATED.value, Patient.email.is_not(None))
         )
         for minor_id, email in found:
-            guardians.setdefault(minor_id, []).append(email)
+            if email is not None:  # the query keeps only guardians with an email
+                guardians.setdefault(minor_id, []).append(email)
     contacts = {}
     for row in rows:
         own = [row.email] if row.email and row.status == PatientStatus.ACTIVATED.value else []

@@ -27,6 +27,7 @@ from caducee.annuaire.models import (
     TrustDomain,
 )
 from caducee.annuaire.text import fold
+from caducee.db import inserted_id
 
 
 @dataclass(frozen=True)
@@ -330,7 +331,7 @@ async def add_mailbox(
             updated_at=datetime.now(UTC),
         )
     )
-    return int(result.inserted_primary_key[0])
+    return inserted_id(result)
 
 
 async def add_patient(
@@ -363,7 +364,7 @@ async def add_patient(
             updated_at=now,
         )
     )
-    patient_id = int(result.inserted_primary_key[0])
+    patient_id = inserted_id(result)
     await add_mailbox(
         conn,
         address=patient_address(ins, patient_domain),
@@ -516,8 +517,8 @@ async def resolve_parties(conn: AsyncConnection, addresses: list[str], *, local_
             TrustDomain.domain.in_(domains), TrustDomain.active.is_(True)
         )
     )
-    for row in rows:
-        trusted[row.domain] = tuple(line for line in row.operator_dns.splitlines() if line.strip())
+    for trust in rows:
+        trusted[trust.domain] = tuple(line for line in trust.operator_dns.splitlines() if line.strip())
     found: dict[str, Any] = {}
     if normalised:
         query = (
@@ -541,19 +542,19 @@ async def resolve_parties(conn: AsyncConnection, addresses: list[str], *, local_
     for address in normalised:
         domain = address.rpartition("@")[2]
         row = found.get(address)
+        usable = row if row is not None and row.active else None  # a retired mailbox is no party
         is_local = domain in local
-        usable = row is not None and row.active
         result[address] = PartyInfo(
             address=address,
-            mailbox_id=row.id if usable and is_local else None,
-            mailbox_type=row.type if usable else None,
+            mailbox_id=usable.id if usable is not None and is_local else None,
+            mailbox_type=usable.type if usable is not None else None,
             is_local=is_local,
             domain_trusted=domain in trusted,
             operator_dns=trusted.get(domain, ()),
-            patient_status=row.status if usable else None,
-            is_officine=bool(row.is_officine) if usable else False,
-            display_name=row.display_name if usable else address,
-            password_hash=row.password_hash if usable else None,
+            patient_status=usable.status if usable is not None else None,
+            is_officine=bool(usable.is_officine) if usable is not None else False,
+            display_name=usable.display_name if usable is not None else address,
+            password_hash=usable.password_hash if usable is not None else None,
         )
     return result
 

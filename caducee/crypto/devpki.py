@@ -49,7 +49,10 @@ class DevCA:
         self.directory = Path(directory)
         if (self.directory / "ca.crt").exists() and (self.directory / "ca.key").exists():
             self.cert = x509.load_pem_x509_certificate((self.directory / "ca.crt").read_bytes())
-            self.key = serialization.load_pem_private_key((self.directory / "ca.key").read_bytes(), password=None)
+            key = serialization.load_pem_private_key((self.directory / "ca.key").read_bytes(), password=None)
+            if not isinstance(key, ec.EllipticCurvePrivateKey):
+                raise ValueError(f"{self.directory / 'ca.key'} is not the EC key this CA writes")
+            self.key = key
             self.files = Issued(self.directory / "ca.crt", self.directory / "ca.key")
             return
         self.key = ec.generate_private_key(ec.SECP256R1())

@@ -159,7 +159,7 @@ class Issuer:
         self.passphrase = passphrase
         self.cert = x509.load_pem_x509_certificate(space.org_ca.cert.read_bytes())
         self.key = load_key(space.org_ca.key, passphrase)
-        organisation = self.cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)[0].value
+        organisation = str(self.cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)[0].value)
         self.crl_url = f"http://pki.{organisation}/org-ca.crl"
 
     def _issue(

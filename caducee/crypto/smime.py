@@ -15,6 +15,7 @@ import base64
 import datetime as dt
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from email.parser import BytesHeaderParser
 from email.policy import compat32
@@ -312,7 +313,7 @@ async def verify(
     *,
     anchors: list[x509.Certificate],
     crls: list[bytes],
-    intermediates: list[x509.Certificate] = (),
+    intermediates: Sequence[x509.Certificate] = (),
     at: dt.datetime | None = None,
 ) -> Verified:
     """Verify a signed message against `anchors` and `crls`; raise SmimeError otherwise."""

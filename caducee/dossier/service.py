@@ -580,7 +580,7 @@ class Dossier:
         await self.history.record(
             Access(side.patient.id, side.label, "medical-profile-changed", kinds.SECTIONS[section], right=side.requester.role.value)
         )
-        return int(result.inserted_primary_key[0])
+        return db.inserted_id(result)
 
     async def remove_profile_entry(self, side: PatientSide, entry_id: int) -> None:
         self._ask(rules.Facts(side.requester, rules.Act.MANAGE))
@@ -936,7 +936,7 @@ class Dossier:
                     changed_at=now,
                 )
             )
-            ids.append(int(result.inserted_primary_key[0]))
+            ids.append(db.inserted_id(result))
             what = kinds.type_label(new.type_code) + (f" du {new.care_date:%d/%m/%Y}" if new.care_date else "")
             action = "document-replaced" if old is not None else "document-added"
             records.append(

@@ -67,7 +67,7 @@ def build_dsn(
     per_message = [("Reporting-MTA", f"dns; {reporting_mta}")]
     if arrival is not None:
         per_message.append(("Arrival-Date", format_datetime(arrival)))
-    blocks = [block(per_message)]
+    blocks: list[Message | str] = [block(per_message)]
     for r in recipients:
         fields = [("Final-Recipient", f"rfc822; {r.address}"), ("Action", r.action), ("Status", r.status)]
         if r.remote_mta:
@@ -81,7 +81,7 @@ def build_dsn(
     report.make_mixed()
     report.set_type("multipart/report")
     report.set_param("report-type", "delivery-status")
-    status = Message()
+    status = EmailMessage()
     status["Content-Type"] = "message/delivery-status"
     status.set_payload(blocks)
     report.attach(status)

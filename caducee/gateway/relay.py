@@ -136,9 +136,9 @@ class RelayWorker:
             f"ORDER BY next_attempt_at LIMIT :batch{lock}) "
             "RETURNING id, message_id, mail_from, rcpt_to, domain, attempts, expires_at, created_at, delay_warned"
         ).bindparams(bindparam("lease", type_=SADateTime(timezone=True)), bindparam("now", type_=SADateTime(timezone=True)))
-        statement = statement.columns(expires_at=SADateTime(timezone=True), created_at=SADateTime(timezone=True))
+        claim = statement.columns(expires_at=SADateTime(timezone=True), created_at=SADateTime(timezone=True))
         async with self.engine.begin() as conn:
-            rows = (await conn.execute(statement, {"lease": now + LEASE, "now": now, "batch": self.batch})).all()
+            rows = (await conn.execute(claim, {"lease": now + LEASE, "now": now, "batch": self.batch})).all()
         return [
             Claimed(
                 r.id,

@@ -41,8 +41,9 @@ SESSION_RECHECK_SECONDS = 2.0
 TOUCH_EVERY = timedelta(seconds=60)  # a session's last-seen time is written at most this often
 
 
-_SESSION = text("SELECT id, patient_id, acting_patient_id, csrf_token, last_seen_at, expires_at FROM webmail_sessions WHERE id = :id")
-_SESSION = _SESSION.columns(
+_SESSION = text(
+    "SELECT id, patient_id, acting_patient_id, csrf_token, last_seen_at, expires_at FROM webmail_sessions WHERE id = :id"
+).columns(
     WebSession.id,
     WebSession.patient_id,
     WebSession.acting_patient_id,

@@ -356,8 +356,7 @@ def _key(text: str) -> int:
 )
 async def api_conversation(request: Request, key: str) -> dict[str, Any]:
     viewer = await viewer_of(request)
-    key = _key(key)
-    view = await context(request).webmail.conversation(viewer.profile, viewer.actor, key)
+    view = await context(request).webmail.conversation(viewer.profile, viewer.actor, _key(key))
     if view is None:
         raise HTTPException(404, "Cette conversation n'existe pas.")
     return _conversation(view)

@@ -387,7 +387,7 @@ async def conversation(request: Request, key_text: str) -> Response:
     view = await context(request).webmail.conversation(viewer.profile, viewer.actor, key)
     if view is None:
         return page(request, viewer, "not_found.html", 404)
-    text, extra = "", {}
+    text, extra = "", dict[str, Any]()
     if request.query_params.get("brouillon"):
         kept = await take_draft(request, viewer, f"/conversations/{key}")
         if kept is not None:

@@ -206,7 +206,7 @@ def _text_of(part: Part) -> str:
 
 
 def attachments_of(root: Part) -> list[tuple[Attachment, Part]]:
-    found = []
+    found: list[tuple[Attachment, Part]] = []
     for part in _leaves(root):
         if not _is_attachment(part):
             continue

@@ -174,7 +174,7 @@ class Webmail:
         # mailbox's version on every use, so it is never stale; names from the annuaire may
         # be a minute old; an opened message never changes (bodies are immutable), but its
         # readable text stays in this process's memory, like the IMAP header cache.
-        self._lists: dict[tuple[int, int, bool, str], tuple[tuple[int, str], list[ConversationLine], int]] = {}
+        self._lists: dict[tuple[int, int, bool, str, str], tuple[tuple[int, str], list[ConversationLine], int]] = {}
         self._people: dict[str, tuple[float, Correspondent]] = {}
         self._readable: OrderedDict[int, reading.Readable] = OrderedDict()
         self._decisions: dict[tuple[str, int, bool, bool], tuple[float, Decision]] = {}
@@ -202,7 +202,7 @@ class Webmail:
                 result[address] = person
         return result
 
-    async def _describe(self, addresses: set[str]) -> dict[str, Correspondent]:
+    async def _describe(self, addresses: frozenset[str]) -> dict[str, Correspondent]:
         async with self.reads.connect() as conn:
             entries = await patients.describe(conn, sorted(addresses))
         result = {}
@@ -349,8 +349,8 @@ class Webmail:
             elif entry.folder == target or (target == "Archive" and entry.folder == "Trash"):
                 continue
             groups.setdefault((entry.folder_id, folders[destination]), []).append(entry.uid)
-        for (source, destination), uids in groups.items():
-            await self.mailstore.copy(source, uids, destination)
+        for (source, target_id), uids in groups.items():
+            await self.mailstore.copy(source, uids, target_id)
             await self.mailstore.store_flags(source, uids, "+FLAGS", ["\\Deleted"])
             await self.mailstore.expunge(source, uids)
         return True
