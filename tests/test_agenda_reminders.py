@@ -270,3 +270,30 @@ async def test_the_daily_job_finds_exactly_what_evaluating_everyone_finds(engine
         assert queued == expected, (day, queued ^ expected)
         found += len(queued)
     assert found > 20  # the flu campaign alone brings many
+
+
+class _DiesAfterSending(ReminderWorker):
+    """A worker whose process dies after the notifier took the email, before "sent" is written."""
+
+    async def _finish(self, row, state: str, why: str) -> None:  # type: ignore[no-untyped-def]
+        raise SystemExit("killed")
+
+
+async def test_a_worker_dying_after_the_hand_off_does_not_send_the_reminder_twice(site: AgendaSite, tmp_path: Path) -> None:  # noqa: F811
+    agenda = Agenda(site.gateway.engine, site.gateway.settings, None)
+    claire = await profile(site, "adult_1")
+    day, clock = in_days(3, 10)
+    await agenda.add(claire, "Claire Martin", Draft(day=day, clock=clock, title="Dentiste"))
+    outbox = tmp_path / "reminders"
+    due = datetime.combine(date.fromisoformat(day) - timedelta(days=1), time(9, 1), tzinfo=PARIS)
+    dying = _DiesAfterSending(
+        site.gateway.engine, OutboxNotifier(outbox, "Caducée <n@demo.mssante.fr>"), load_table(), webmail_url="https://caducee.example/"
+    )
+    try:
+        await dying.run_once(now=due)
+    except SystemExit:
+        pass
+    assert len(mails(outbox)) == 1 and (await states(site)) == {"scheduled": 1}  # sent, but not recorded
+    assert await worker(site, outbox).run_once(now=due + LEASE + timedelta(seconds=1)) == 1  # the lease ran out: claimed again
+    [reminder] = mails(outbox)  # the same Message-ID: the outbox kept one
+    assert reminder["Message-ID"].startswith("<rappel-") and (await states(site)) == {"sent": 1}

@@ -5,10 +5,10 @@ job (prevention items falling due). Any number of processes on any number of nod
 `ReminderWorker`: each claims due rows in one atomic statement (FOR UPDATE SKIP LOCKED on
 PostgreSQL, SQLite's single writer otherwise) that pushes their lease forward, sends, and
 marks them sent with its own claim token. A row is never held by two workers; a worker
-that dies leaves its rows to be claimed again when the lease runs out. The one window
-left is a crash after the notifier took the email and before "sent" is written: that
-reminder goes out a second time when its lease runs out (an email relay gives no
-transaction to join).
+that dies leaves its rows to be claimed again when the lease runs out. A crash after the
+notifier took the email and before "sent" is written sends it again when the lease runs
+out (an email relay gives no transaction to join), under the same Message-ID, derived
+from the reminder's id: the outbox keeps one copy, a relay's receivers deduplicate on it.
 
 Whether a reminder still goes out is decided when it is sent, from fresh facts: the
 profile must be activated, reminders not turned off, the appointment still there at the
@@ -24,6 +24,7 @@ import logging
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
+from urllib.parse import urlsplit
 
 from sqlalchemy import DateTime as SADateTime
 from sqlalchemy import bindparam, insert, select, text, update
@@ -168,6 +169,7 @@ class ReminderWorker:
         self.notifier = notifier
         self.table = table
         self.webmail_url = webmail_url
+        self.webmail_host = urlsplit(webmail_url).hostname
         self.batch = batch
         self.me = secrets.token_hex(8)
         self._wake = asyncio.Event()
@@ -215,13 +217,18 @@ class ReminderWorker:
             assert email is not None
             try:
                 for to in email.to:
-                    await self.notifier.send(to, email.subject, email.text)
+                    await self.notifier.send(to, email.subject, email.text, message_id=self._message_id(row))
             except Exception as exc:  # the relay is down: try again later, up to MAX_ATTEMPTS
                 log.warning("reminder %d not sent: %s", row.id, exc)
                 await self._retry(row, now, str(exc))
                 continue
             await self._finish(row, "sent", "")
         return len(claimed)
+
+    def _message_id(self, row: Claimed) -> str:
+        """One Message-ID per reminder row, the same on every attempt (see the module's doc)."""
+        host = self.webmail_host or "caducee.invalid"
+        return f"<rappel-{row.id}@{host}>"
 
     async def _finish(self, row: Claimed, state: str, why: str) -> None:
         async with self.engine.begin() as conn:
