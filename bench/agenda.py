@@ -25,7 +25,6 @@ import asyncio
 import json
 import os
 import random
-import resource
 import subprocess
 import sys
 import tempfile
@@ -37,14 +36,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from common import create_pg_database, drop_pg_database, pg_admin  # noqa: E402
-from report import machine, median, write_section  # noqa: E402
+from report import machine, median, peak_rss_mb, write_section  # noqa: E402
 
 DEFAULT_PG = os.environ.get("CADUCEE_TEST_PG") or "postgresql://postgres@127.0.0.1:5432/test"
 DAY = date(2026, 3, 10)
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def fresh_database(backend: str, workdir: Path, pg_url: str) -> tuple[str, str | None]:

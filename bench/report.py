@@ -20,6 +20,24 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory since it started, in MB.
+
+    From /proc's VmHWM, which a new program image starts afresh: `getrusage`'s ru_maxrss
+    survives execve, so a child started by a parent holding a million generated rows
+    would report the parent's peak as its own.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def machine() -> str:
     import os
 
