@@ -10,6 +10,7 @@ import email
 import email.policy
 from contextlib import aclosing
 from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import icalendar
 import pytest
@@ -188,8 +189,68 @@ async def test_a_missing_time_zone_is_the_patients_own(site: AgendaSite) -> None
 
 async def test_a_rule_that_would_expand_forever_is_bounded(site: AgendaSite) -> None:  # noqa: F811
     patient = site.patient("adult_1")["address"]
-    await site.invite(patient, ics(organizer=site.doctor, attendee=patient, uid="forever@x", extra="RRULE:FREQ=SECONDLY\r\n"))
+    await site.invite(patient, ics(organizer=site.doctor, attendee=patient, uid="forever@x", extra="RRULE:FREQ=DAILY\r\n"))
     assert len(await site.appointments()) == ical.MAX_OCCURRENCES
+
+
+def _year_ago() -> str:
+    return (datetime.now(UTC) - timedelta(days=360)).strftime("%Y%m%dT100000")
+
+
+_HOURLY_ZONE = (
+    "BEGIN:VTIMEZONE\r\nTZID:Europe/Paris\r\n"
+    "BEGIN:STANDARD\r\nDTSTART:16010101T000000\r\nRRULE:FREQ=HOURLY\r\nTZOFFSETFROM:+0200\r\nTZOFFSETTO:+0100\r\nEND:STANDARD\r\n"
+    "BEGIN:DAYLIGHT\r\nDTSTART:16010101T003000\r\nRRULE:FREQ=HOURLY\r\nTZOFFSETFROM:+0100\r\nTZOFFSETTO:+0200\r\nEND:DAYLIGHT\r\n"
+    "END:VTIMEZONE\r\n"
+)
+
+# Rules whose walk from their start would cost seconds to hours of CPU in the parser or the
+# expansion: each refused before either runs, in microseconds.
+COSTLY_RULES = {
+    "every-second-from-a-year-ago": dict(start=_year_ago(), extra="RRULE:FREQ=SECONDLY\r\n"),
+    "every-minute-from-a-year-ago": dict(start=_year_ago(), extra="RRULE:FREQ=MINUTELY\r\n"),
+    "hourly": dict(extra="RRULE:FREQ=HOURLY;COUNT=100000\r\n"),
+    "folded-rule": dict(start=_year_ago(), extra="RRULE:FREQ=MIN\r\n UTELY\r\n"),
+    "lower-case-rule": dict(start=_year_ago(), extra="rrule:freq=secondly\r\n"),
+    "rule-with-parameters": dict(start=_year_ago(), extra="RRULE;X-FOO=1:FREQ=SECONDLY\r\n"),
+    "exrule": dict(start=_year_ago(), extra="RRULE:FREQ=DAILY\r\nEXRULE:FREQ=SECONDLY\r\n"),
+    "daily-every-second-of-the-day": dict(
+        extra="RRULE:FREQ=DAILY;BYHOUR=" + ",".join(map(str, range(24))) + ";BYMINUTE=0,1,2;BYSECOND=0,1\r\n"
+    ),
+    "no-frequency": dict(extra="RRULE:COUNT=10\r\n"),
+}
+
+
+@pytest.mark.parametrize("case", list(COSTLY_RULES))
+def test_a_costly_recurrence_is_refused_before_it_is_walked(case: str) -> None:
+    org, att = "sophie.bernard@demo.mssante.fr", "285037512345688@patient.mssante.fr"
+    data = ics(organizer=org, attendee=att, **COSTLY_RULES[case]).encode()
+    with pytest.raises(ical.InvalidCalendar, match="recur|values"):
+        ical.parse_invitation(data, where=ZoneInfo("Europe/Paris"), now=datetime.now(UTC))
+
+
+def test_a_time_zone_with_a_costly_rule_is_refused_before_the_parser_expands_it() -> None:
+    org, att = "sophie.bernard@demo.mssante.fr", "285037512345688@patient.mssante.fr"
+    zoned = ics(organizer=org, attendee=att).replace("METHOD:REQUEST\r\n", "METHOD:REQUEST\r\n" + _HOURLY_ZONE)
+    with pytest.raises(ical.InvalidCalendar, match="time zone's rule"):
+        ical.parse_invitation(zoned.encode(), where=ZoneInfo("Europe/Paris"), now=datetime.now(UTC))
+    many = _HOURLY_ZONE.replace("FREQ=HOURLY", "FREQ=YEARLY").replace("BEGIN:STANDARD", "BEGIN:STANDARD", 1) * 11
+    crowded = ics(organizer=org, attendee=att).replace("METHOD:REQUEST\r\n", "METHOD:REQUEST\r\n" + many)
+    with pytest.raises(ical.InvalidCalendar, match="time-zone rules"):
+        ical.parse_invitation(crowded.encode(), where=ZoneInfo("Europe/Paris"), now=datetime.now(UTC))
+    outlook = _HOURLY_ZONE.replace("FREQ=HOURLY", "FREQ=YEARLY;BYMONTH=10;BYDAY=-1SU", 1).replace(
+        "FREQ=HOURLY", "FREQ=YEARLY;BYMONTH=3;BYDAY=-1SU"
+    )
+    real = ics(organizer=org, attendee=att).replace("METHOD:REQUEST\r\n", "METHOD:REQUEST\r\n" + outlook)
+    assert ical.parse_invitation(real.encode(), where=ZoneInfo("Europe/Paris"), now=datetime.now(UTC)).occurrences  # what Outlook sends
+
+
+async def test_a_costly_invitation_is_delivered_without_an_appointment(site: AgendaSite) -> None:  # noqa: F811
+    patient = site.patient("adult_1")["address"]
+    _, code = await site.invite(
+        patient, ics(organizer=site.doctor, attendee=patient, uid="dos@x", **COSTLY_RULES["every-minute-from-a-year-ago"])
+    )
+    assert code == 250 and await site.appointments() == []
 
 
 def test_the_parser_gives_each_reason() -> None:

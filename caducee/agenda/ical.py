@@ -8,11 +8,20 @@ a `.ics` file, and the subscribed feed.
 What an invitation may not do: be larger than 256 KB or hold more than 50 events, name
 an unknown time zone, fall outside a sane range of dates (a typo of year 9999 included),
 or expand into more than 52 occurrences within two years, however its rule is written.
+
+The cost of reading one is bounded before the parser runs, because a rule is walked from
+its start: an event that recurs every minute from a year ago is half a million steps, and
+a VTIMEZONE whose daylight rule is hourly from 1601 is expanded by the parser itself (a
+minute of CPU for one message). So recurrence rules are checked on the raw lines first: an
+appointment recurs at most daily (FREQ=DAILY and coarser, a few BYHOUR values, one
+BYMINUTE and BYSECOND), a time zone's rules are yearly, as every real one is, and a
+calendar has at most `MAX_ZONE_RULES` of them.
 """
 
 from __future__ import annotations
 
 import itertools
+import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 
@@ -26,6 +35,11 @@ HORIZON = timedelta(days=2 * 366)  # how far recurrences are expanded
 LATEST = timedelta(days=5 * 366)  # an appointment further away than this is a typo
 EARLIEST = timedelta(days=366)  # or further in the past
 PRODID = "-//Caducee//Agenda sante//FR"
+MAX_ZONE_RULES = 20  # STANDARD and DAYLIGHT parts, all VTIMEZONEs together
+EVENT_FREQUENCIES = frozenset({"DAILY", "WEEKLY", "MONTHLY", "YEARLY"})
+ZONE_FREQUENCIES = frozenset({"YEARLY"})
+MAX_BY_VALUES = {"BYHOUR": 4, "BYMINUTE": 1, "BYSECOND": 1}
+_FOLD = re.compile(rb"\r?\n[ \t]")
 
 
 class InvalidCalendar(ValueError):
@@ -115,10 +129,41 @@ def _end(event: icalendar.Event, starts: datetime, all_day: bool, where: tzinfo)
     return ends
 
 
+def check_rules(data: bytes) -> None:
+    """Refuse, before any parsing, the recurrence rules whose walk could be long (see the
+    module's doc): sub-daily events, non-yearly time zones, too many zone rules."""
+    stack: list[bytes] = []
+    zone_rules = 0
+    for line in _FOLD.sub(b"", data).splitlines():
+        name, _, value = line.partition(b":")
+        name = name.split(b";", 1)[0].strip().upper()
+        if name == b"BEGIN":
+            component = value.strip().upper()
+            stack.append(component)
+            if component in (b"STANDARD", b"DAYLIGHT"):
+                zone_rules += 1
+                if zone_rules > MAX_ZONE_RULES:
+                    raise InvalidCalendar(f"more than {MAX_ZONE_RULES} time-zone rules")
+        elif name == b"END":
+            if stack:
+                stack.pop()
+        elif name in (b"RRULE", b"EXRULE"):
+            in_zone = bool(stack) and stack[-1] in (b"STANDARD", b"DAYLIGHT")
+            parts = dict(item.partition("=")[::2] for item in value.decode("ascii", "replace").upper().split(";"))
+            allowed = ZONE_FREQUENCIES if in_zone else EVENT_FREQUENCIES
+            if parts.get("FREQ", "").strip() not in allowed:
+                where = "a time zone's rule" if in_zone else "an appointment"
+                raise InvalidCalendar(f"{where} may not recur with FREQ={parts.get('FREQ', '')[:10] or 'missing'}")
+            for key, most in MAX_BY_VALUES.items():
+                if key in parts and len(parts[key].split(",")) > most:
+                    raise InvalidCalendar(f"{key} with more than {most} values")
+
+
 def parse_invitation(data: bytes, *, where: tzinfo, now: datetime) -> Invitation:
     """The invitation in a `text/calendar` part, or InvalidCalendar."""
     if len(data) > MAX_BYTES:
         raise InvalidCalendar(f"calendar of {len(data)} bytes (at most {MAX_BYTES})")
+    check_rules(data)
     try:
         calendar = icalendar.Calendar.from_ical(data)
     except Exception as exc:  # the parser raises ValueError, KeyError, IndexError... on garbage
@@ -183,7 +228,8 @@ def _recurrence(prop: object, where: tzinfo) -> str:
 
 def _expand(calendar: icalendar.Calendar, where: tzinfo, now: datetime) -> tuple[list[Occurrence], bool]:
     """The occurrences from yesterday to the horizon, at most MAX_OCCURRENCES: the rule is
-    walked lazily, so FREQ=SECONDLY without an end costs 53 steps, not forever."""
+    walked lazily from its start (at most a year ago, at most daily: `check_rules`), so an
+    unbounded rule costs a few hundred steps, not forever."""
     start = now - timedelta(days=1)
     try:
         walk = recurring_ical_events.of(calendar).after(start)

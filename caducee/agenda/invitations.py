@@ -116,7 +116,8 @@ class Intake:
         if not parts:
             return None
         try:
-            invitation = ical.parse_invitation(parts[0], where=zone(chosen.timezone), now=now)
+            # In a thread: a bounded parse (see `ical`) is still milliseconds of CPU per message.
+            invitation = await asyncio.to_thread(ical.parse_invitation, parts[0], where=zone(chosen.timezone), now=now)
         except ical.InvalidCalendar as refused:
             return Outcome(None, refused.reason)
         if invitation.organizer != delivered.sender:
