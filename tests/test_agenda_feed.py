@@ -11,7 +11,7 @@ import re
 import shutil
 import subprocess
 from contextlib import aclosing
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -147,3 +147,29 @@ async def test_a_guardians_feed_of_a_minor_leaves_out_the_secret_items(site: Age
     async with site.client() as anonymous:
         feed = (await anonymous.get(url.split(str(site.http.port), 1)[1])).text
     assert "Vaccin" in feed and "confidentielle" not in feed and "Agenda santé de Léa Martin" in feed
+
+
+@pytest.mark.parametrize("ends_by", ["guardianship-removed", "child-comes-of-age"])
+async def test_a_guardians_feed_stops_when_the_guardianship_does(site: AgendaSite, ends_by: str) -> None:  # noqa: F811
+    """A feed token is a standing authorisation: it is checked at each fetch against the
+    maker's right today, not the right they had when they made it."""
+    from sqlalchemy import text
+
+    minor = site.patient("minor")["address"]
+    await site.invite(minor, ics(organizer=site.doctor, attendee=minor, uid="v2@x", summary="Vaccin"))
+    client, csrf = await site.logged_in("adult_1")
+    async with aclosing(client):
+        lea = first_link((await client.get("/profils")).text, r'name="profil" value="(\d+)"[^>]*>\s*<label[^>]*>Léa')
+        await client.post("/profils", data={"csrf": csrf, "profil": lea})
+        url = await subscribe(client, csrf)
+    path = url.split(str(site.http.port), 1)[1]
+    async with site.client() as anonymous:
+        assert (await anonymous.get(path)).status_code == 200
+        async with site.gateway.engine.begin() as conn:
+            if ends_by == "guardianship-removed":
+                await conn.execute(text("DELETE FROM guardianships WHERE minor_id = :id"), {"id": int(lea)})
+            else:
+                await conn.execute(
+                    text("UPDATE patients SET birth_date = :born WHERE id = :id"), {"born": date(2000, 1, 1), "id": int(lea)}
+                )
+        assert (await anonymous.get(path)).status_code == 404

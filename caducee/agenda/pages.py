@@ -385,7 +385,7 @@ async def mark(request: Request, key: str) -> Response:
 async def _settings_page(request: Request, viewer: Viewer, status_code: int = 200, **values: Any) -> Response:
     service = agenda(request)
     prefs = values.pop("prefs", None) or await service.prefs(viewer.profile)
-    since = await service.feed_since(viewer.profile)
+    since = await service.feed_since(viewer.profile, viewer.actor.id)
     return page(
         request,
         viewer,
@@ -437,7 +437,7 @@ async def subscription(request: Request) -> Response:
     viewer, form = checked
     service = agenda(request)
     if form.get("action") == "revoquer":
-        await service.revoke_feed(viewer.profile)
+        await service.revoke_feed(viewer.profile, viewer.actor.id)
         return redirect("/agenda/reglages?info=revoque")
     token = await service.new_feed(viewer.profile, viewer.actor.id)
     base = str(request.base_url).rstrip("/")

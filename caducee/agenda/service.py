@@ -501,21 +501,22 @@ class Agenda:
             for row in await store.upcoming(conn, profile.account.id, now, with_secret=True, limit=1000):
                 await reminders.schedule_appointment(conn, row, chosen, now)
 
-    async def feed_since(self, profile: Profile) -> datetime | None:
+    async def feed_since(self, profile: Profile, actor_id: int) -> datetime | None:
         async with self.reads.connect() as conn:
-            return await store.active_token_since(conn, profile.account.id)
+            return await store.active_token_since(conn, profile.account.id, actor_id)
 
     async def new_feed(self, profile: Profile, actor_id: int) -> str:
-        """A new private feed token (any earlier one stops working); shown once, kept hashed."""
+        """A new private feed token for this person on this profile (their earlier one stops
+        working, another person's does not); shown once, kept hashed."""
         token = secrets.token_urlsafe(32)
         async with self.engine.begin() as conn:
-            await store.revoke_tokens(conn, profile.account.id)
+            await store.revoke_tokens(conn, profile.account.id, actor_id)
             await store.add_token(conn, profile.account.id, token, created_by=actor_id, shows_secret=sees_secret(profile))
         return token
 
-    async def revoke_feed(self, profile: Profile) -> None:
+    async def revoke_feed(self, profile: Profile, actor_id: int) -> None:
         async with self.engine.begin() as conn:
-            await store.revoke_tokens(conn, profile.account.id)
+            await store.revoke_tokens(conn, profile.account.id, actor_id)
 
     async def feed(self, token: str, now: datetime | None = None) -> bytes | None:
         """The iCalendar feed of a live token, else None (unknown, revoked, malformed)."""
@@ -526,10 +527,14 @@ class Agenda:
             owner = await store.token_owner(conn, token)
             if owner is None:
                 return None
-            patient_id, with_secret = owner
-            account = await patients.get_account(conn, patient_id)
-            if account is None or account.status != "activated":
+            patient_id, maker, with_secret = owner
+            # The token is a standing authorisation: it holds only while the person who made
+            # it may still see this agenda (a guardianship ends, a child comes of age, a
+            # carer's delegation is withdrawn: the feed stops with it).
+            grounds = next((p for p in await patients.profiles_for(conn, maker) if p.account.id == patient_id), None)
+            if grounds is None or grounds.account.status != "activated":
                 return None
+            with_secret = with_secret and sees_secret(grounds)
             chosen = await store.prefs(conn, patient_id)
             rows = await store.between(conn, patient_id, now - FEED_PAST, now + FEED_AHEAD, with_secret=with_secret)
             person = await patients.demographics_of(conn, patient_id)
@@ -555,7 +560,7 @@ class Agenda:
                             transparent=True,
                         )
                     )
-        return ical.document(entries, name=f"Agenda santé de {account.name}", now=now)
+        return ical.document(entries, name=f"Agenda santé de {grounds.account.name}", now=now)
 
     def _entry(self, row: AppointmentRow, chosen: Prefs) -> ical.Entry:
         where = zone(chosen.timezone)

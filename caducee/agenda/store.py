@@ -309,21 +309,24 @@ def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
 
 
-async def active_token_since(conn: AsyncConnection, patient_id: int) -> datetime | None:
+async def active_token_since(conn: AsyncConnection, patient_id: int, created_by: int) -> datetime | None:
     row = (
         await conn.execute(
             select(FeedToken.created_at)
-            .where(FeedToken.patient_id == patient_id, FeedToken.revoked_at.is_(None))
+            .where(FeedToken.patient_id == patient_id, FeedToken.created_by == created_by, FeedToken.revoked_at.is_(None))
             .order_by(FeedToken.id.desc())
         )
     ).first()
     return aware(row.created_at) if row else None
 
 
-async def revoke_tokens(conn: AsyncConnection, patient_id: int) -> None:
-    await conn.execute(
-        update(FeedToken).where(FeedToken.patient_id == patient_id, FeedToken.revoked_at.is_(None)).values(revoked_at=datetime.now(UTC))
-    )
+async def revoke_tokens(conn: AsyncConnection, patient_id: int, created_by: int | None = None) -> None:
+    """Revoke the live tokens of a patient's agenda: those one person made (a guardian
+    renewing theirs leaves the teenager's own alone), or all of them (None)."""
+    query = update(FeedToken).where(FeedToken.patient_id == patient_id, FeedToken.revoked_at.is_(None))
+    if created_by is not None:
+        query = query.where(FeedToken.created_by == created_by)
+    await conn.execute(query.values(revoked_at=datetime.now(UTC)))
 
 
 async def add_token(conn: AsyncConnection, patient_id: int, token: str, *, created_by: int, shows_secret: bool) -> None:
@@ -338,13 +341,13 @@ async def add_token(conn: AsyncConnection, patient_id: int, token: str, *, creat
     )
 
 
-async def token_owner(conn: AsyncConnection, token: str) -> tuple[int, bool] | None:
-    """(patient id, whether the feed shows secret items) of a live token, else None."""
+async def token_owner(conn: AsyncConnection, token: str) -> tuple[int, int, bool] | None:
+    """(patient id, who made it, whether the feed shows secret items) of a live token, else None."""
     row = (
         await conn.execute(
-            select(FeedToken.patient_id, FeedToken.shows_secret).where(
+            select(FeedToken.patient_id, FeedToken.created_by, FeedToken.shows_secret).where(
                 FeedToken.token_hash == token_hash(token), FeedToken.revoked_at.is_(None)
             )
         )
     ).first()
-    return (row.patient_id, bool(row.shows_secret)) if row else None
+    return (row.patient_id, row.created_by, bool(row.shows_secret)) if row else None

@@ -152,7 +152,10 @@ async def profiles_for(conn: AsyncConnection, patient_id: int) -> list[Profile]:
         .where(Guardianship.guardian_id == patient_id)
         .order_by(Patient.first_names)
     )
-    profiles += [Profile(_account(row), "guardian", True) for row in minors]
+    today = date.today()
+    # A guardianship is parental authority over a minor: it ends at 18 whether or not the
+    # operator has removed the row yet.
+    profiles += [Profile(_account(row), "guardian", True) for row in minors if row.birth_date is None or _age(row.birth_date, today) < 18]
     delegated = await conn.execute(
         _query()
         .add_columns(Delegation.scope)
