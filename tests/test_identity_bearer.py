@@ -101,3 +101,33 @@ async def test_a_rotated_key_is_fetched_once_and_the_previous_one_still_verifies
     assert (await me(portal, "Bearer " + before)).status_code == 200
     refetches = [record for record in caplog.records if "fetching the keys again" in record.getMessage()]
     assert len(refetches) == 1
+
+
+async def test_an_id_token_is_never_a_bearer_token(standin) -> None:  # type: ignore[no-untyped-def]
+    """The same keys sign both kinds for overlapping audiences (an operator who adds a
+    practice software's client id to `psc_audiences` makes its ID tokens' audience ours):
+    the kind is read from the token, and only an access token opens the APIs and mail."""
+    import asyncio
+    import time
+
+    from psc import SOFTWARE_CLIENT, obtain_token
+
+    from caducee.identity.tokens import Expectations, TokenRefused, check_claims, unverified_parts
+
+    answer = await asyncio.to_thread(obtain_token, standin, DOCTOR)
+    _, id_claims = unverified_parts(answer["id_token"])
+    _, access_claims = unverified_parts(answer["access_token"])
+    issuer = id_claims["iss"]
+    now = int(time.time())
+    wide = Expectations(
+        issuer, (SOFTWARE_CLIENT, *([access_claims["aud"]] if isinstance(access_claims["aud"], str) else access_claims["aud"])), ("eidas1",)
+    )
+    with pytest.raises(TokenRefused) as refused:
+        check_claims(id_claims, wide, now)
+    assert refused.value.reason == "token-type"
+    check_claims(access_claims, wide, now)  # the access token of the same sign-in is one
+    for forged in ({**access_claims, "typ": "ID"}, {**access_claims, "at_hash": "x"}, {**access_claims, "typ": "Refresh"}):
+        with pytest.raises(TokenRefused, match="token-type"):
+            check_claims(forged, wide, now)
+    with pytest.raises(TokenRefused, match="token-type"):  # and the other way: an access token is no sign-in
+        check_claims(access_claims, Expectations(issuer, wide.audiences, ("eidas1",), use="id"), now)

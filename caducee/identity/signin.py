@@ -204,6 +204,7 @@ class ProSignIn:
             self.party.leeway,
             nonce=started.nonce,
             authorized_party=self.party.client_id,
+            use="id",
         )
         try:
             claims = await self.provider.verify(id_token, expected)

@@ -40,6 +40,24 @@ class Expectations:
     leeway: int = 30
     nonce: str | None = None  # ID tokens: the nonce sent with the sign-in
     authorized_party: str | None = None  # ID tokens: `azp` when there are several audiences
+    use: str = "access"  # "access" (a bearer token for our APIs and mail) or "id" (the sign-in's ID token)
+
+
+# An ID token says who signed in, to the client that asked; it is not a credential for
+# anything. Both kinds are signed by the same keys for overlapping audiences, so the kind
+# must be read from the token: Keycloak (PSC) writes `typ` "Bearer" or "ID" in the claims,
+# and only ID tokens carry `at_hash` / `c_hash` (OpenID Connect Core 3.1.3.6, 3.3.2.11).
+_ID_TOKEN_CLAIMS = ("at_hash", "c_hash")
+
+
+def _check_use(claims: dict[str, Any], use: str) -> None:
+    kind = str(claims.get("typ", "")).lower()
+    if use == "access" and (kind == "id" or any(name in claims for name in _ID_TOKEN_CLAIMS)):
+        raise TokenRefused("token-type", "an ID token is not an access token")
+    if use == "access" and kind not in ("", "bearer", "at+jwt"):
+        raise TokenRefused("token-type", f"typ {kind[:20]!r} is not an access token")
+    if use == "id" and kind not in ("", "id"):
+        raise TokenRefused("token-type", "not an ID token")
 
 
 def _b64url(segment: str) -> bytes:
@@ -74,9 +92,10 @@ def _number(claims: dict[str, Any], name: str) -> int | None:
 
 
 def check_claims(claims: dict[str, Any], expected: Expectations, now: int) -> None:
-    """Raise TokenRefused unless the claims are those of a live token for us."""
+    """Raise TokenRefused unless the claims are those of a live token for us, of the kind asked."""
     if claims.get("iss") != expected.issuer:
         raise TokenRefused("issuer", "not the configured issuer")
+    _check_use(claims, expected.use)
     audience = claims.get("aud")
     audiences = [audience] if isinstance(audience, str) else audience if isinstance(audience, list) else []
     if not any(isinstance(item, str) and item in expected.audiences for item in audiences):
