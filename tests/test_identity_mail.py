@@ -307,3 +307,27 @@ async def test_tokens_are_not_offered_when_psc_is_not_configured(gateway, imap) 
     capabilities, auth = await asyncio.to_thread(script)
     assert "AUTH=PLAIN" in capabilities and "AUTH=OAUTHBEARER" not in capabilities
     assert "PLAIN" in auth and "OAUTHBEARER" not in auth and "XOAUTH2" not in auth
+
+
+async def test_garbage_naming_no_mailbox_locks_only_its_sender(mail: Mail) -> None:
+    """An OAUTHBEARER message without authzid (or garbage) names no account: its failures
+    count against the sender's address, so an attacker elsewhere cannot lock out every
+    client that leaves the authzid out (it is optional, RFC 7628 3.1)."""
+    good = await token_for(mail.standin, DOCTOR)
+
+    def script() -> tuple[list[bytes], Any]:
+        refused = []
+        for _ in range(6):
+            raw = socket.create_connection(("127.0.0.1", mail.imaps_port), timeout=15, source_address=("127.0.0.2", 0))
+            sock = mail.context().wrap_socket(raw, server_hostname="localhost")
+            sock.recv(4096)
+            sock.sendall(b"a AUTHENTICATE OAUTHBEARER " + base64.b64encode(b"garbage") + b"\r\n")
+            refused.append(sock.recv(4096))
+            sock.close()
+        with imaplib.IMAP4_SSL("127.0.0.1", mail.imaps_port, ssl_context=mail.context(), timeout=30) as client:
+            answer = client.authenticate("OAUTHBEARER", lambda challenge: oauthbearer(None, good) if not challenge else b"")
+        return refused, answer
+
+    refused, answer = await asyncio.to_thread(script)
+    assert all(b"NO" in line or b"+" in line for line in refused)
+    assert answer[0] == "OK"  # the doctor, from another address, is not locked out

@@ -52,7 +52,12 @@ class TokenMailAuthenticator:
             parsed = None
             syntax = str(error)
         requested = parsed.authzid if parsed is not None else None
-        account_key, address_key = f"account:{requested or '?'}", f"address:{client_address}"
+        # Before the token is checked, a message naming no mailbox (OAUTHBEARER without
+        # authzid, or garbage) belongs to no account: its failures count against the client's
+        # address only (a bucket of its own per address), never against a key every such
+        # client shares, which five packets every quarter of an hour would keep locked.
+        address_key = f"address:{client_address}"
+        account_key = f"account:{requested.lower()}" if requested else f"account:?{client_address}"
         self.throttle.check(account_key, address_key)
         if parsed is None:
             self.throttle.failed(account_key, address_key)
@@ -71,6 +76,8 @@ class TokenMailAuthenticator:
         if address is None:  # OAUTHBEARER without authzid: the professional's own (PER) mailbox, if there is just one
             personal = [box.address for box in principal.mailboxes if box.type == "PER"]
             address = personal[0] if len(personal) == 1 else None
+        if address is not None and not requested:
+            self.throttle.check(f"account:{address.lower()}")  # the mailbox it resolved to may be locked
         if address is None or not principal.owns(address):
             self.throttle.failed(account_key, address_key)
             log.warning(
