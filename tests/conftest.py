@@ -146,6 +146,7 @@ class RunningHTTP:
     """A uvicorn server on a real loopback socket, in the test's event loop."""
 
     def __init__(self, app: object) -> None:
+        self.app = app
         import uvicorn
 
         from caducee.config import Settings

@@ -298,6 +298,45 @@ async def test_out_of_range_ids_are_not_found_everywhere(webmail: Webmail) -> No
         assert (await client.get(f"/conversations/{real}")).status_code == 200  # the real one still opens
 
 
+def _id_routes_of(app) -> list[tuple[str, str, list[str]]]:  # type: ignore[no-untyped-def]
+    """(method, path template, its integer parameters) of every route the app serves."""
+    found = []
+    for entry in app.routes:
+        candidates = entry.effective_candidates() if hasattr(entry, "effective_candidates") else [entry]
+        for candidate in candidates:
+            route = getattr(candidate, "route", candidate)
+            dependant = getattr(route, "dependant", None)
+            if dependant is None:
+                continue
+            names = [p.name for p in dependant.path_params if p.field_info.annotation is int]
+            for method in sorted(route.methods or ()):
+                if names and method != "HEAD":
+                    found.append((method, route.path, names))
+    return found
+
+
+async def test_every_route_that_takes_an_id_answers_404_to_one_no_row_has(webmail: Webmail) -> None:
+    """The class behind the hand-written list above: found from the app itself, so a route
+    added tomorrow is covered. Ids out of range or not numbers name nothing: 404 (or the
+    refusal of a caller who may not be there at all), never a 500, a 422 or a 400."""
+    routes = _id_routes_of(webmail.http.app)
+    assert len(routes) >= 15, routes  # the agenda's, the dossier's, the campaigns' at least
+    client, csrf = await webmail.logged_in()
+    failures = []
+    async with aclosing(client):
+        for method, template, names in routes:
+            for hostile in ("99999999999999999999", str(2**63), str(-(2**63)), "0", "-1", "abc", "%EF%BC%91"):
+                path = template
+                for name in names:
+                    path = path.replace("{" + name + "}", hostile)
+                answer = await client.request(
+                    method, path, data={"csrf": csrf} if method == "POST" else None, headers={"X-CSRF-Token": csrf}
+                )
+                if answer.status_code not in (401, 403, 404):
+                    failures.append((method, path, answer.status_code))
+    assert not failures, failures
+
+
 # ---- point 9: error pages keep the security headers, speak French, echo nothing ---------------------
 
 

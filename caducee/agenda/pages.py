@@ -17,6 +17,7 @@ from caducee.agenda.store import LEADS, Prefs
 from caducee.agenda.times import ZONES, french_day, french_month, local, zone
 from caducee.agenda.web import agenda, page
 from caducee.annuaire.service import SearchError
+from caducee.core.ids import RowId
 from caducee.webmail.service import actor_label
 from caducee.webmail.web import Viewer, csrf_ok, current_viewer, render
 
@@ -191,7 +192,7 @@ async def create(request: Request) -> Response:
 
 
 @router.get("/agenda/rendez-vous/{key}")
-async def show(request: Request, key: int) -> Response:
+async def show(request: Request, key: RowId) -> Response:
     found = await _viewer(request)
     if isinstance(found, Response):
         return found
@@ -204,7 +205,7 @@ async def show(request: Request, key: int) -> Response:
 
 
 @router.post("/agenda/rendez-vous/{key}/reponse")
-async def respond(request: Request, key: int) -> Response:
+async def respond(request: Request, key: RowId) -> Response:
     checked = await _form(request)
     if isinstance(checked, Response):
         return checked
@@ -229,7 +230,7 @@ async def respond(request: Request, key: int) -> Response:
 
 
 @router.get("/agenda/rendez-vous/{key}/modifier")
-async def edit_form(request: Request, key: int) -> Response:
+async def edit_form(request: Request, key: RowId) -> Response:
     found = await _viewer(request)
     if isinstance(found, Response):
         return found
@@ -253,7 +254,7 @@ async def edit_form(request: Request, key: int) -> Response:
 
 
 @router.post("/agenda/rendez-vous/{key}/modifier")
-async def edit(request: Request, key: int) -> Response:
+async def edit(request: Request, key: RowId) -> Response:
     checked = await _form(request)
     if isinstance(checked, Response):
         return checked
@@ -269,7 +270,7 @@ async def edit(request: Request, key: int) -> Response:
 
 
 @router.get("/agenda/rendez-vous/{key}/supprimer")
-async def delete_form(request: Request, key: int) -> Response:
+async def delete_form(request: Request, key: RowId) -> Response:
     found = await _viewer(request)
     if isinstance(found, Response):
         return found
@@ -280,7 +281,7 @@ async def delete_form(request: Request, key: int) -> Response:
 
 
 @router.post("/agenda/rendez-vous/{key}/supprimer")
-async def delete(request: Request, key: int) -> Response:
+async def delete(request: Request, key: RowId) -> Response:
     checked = await _form(request)
     if isinstance(checked, Response):
         return checked
@@ -293,7 +294,7 @@ async def delete(request: Request, key: int) -> Response:
 
 
 @router.get("/agenda/rendez-vous/{key}/rendez-vous.ics")
-async def download(request: Request, key: int) -> Response:
+async def download(request: Request, key: RowId) -> Response:
     found = await _viewer(request)
     if isinstance(found, Response):
         return found

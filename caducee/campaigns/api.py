@@ -23,6 +23,7 @@ from caducee.annuaire.targets import Criteria
 from caducee.campaigns import audit, schemas, targeting, tokens
 from caducee.campaigns.service import CampaignError, Campaigns
 from caducee.campaigns.targetfile import TargetFileError
+from caducee.core.ids import RowId
 
 router = APIRouter(prefix="/api/v1/campaigns", tags=["campaigns"])
 MAX_PDF = 5 * 1024 * 1024
@@ -189,7 +190,7 @@ async def listing(request: Request, who: tokens.Caller = Depends(caller)) -> JSO
 @router.get(
     "/{campaign_id}", summary="Progress: targeted, delivered, skipped by reason, read (counts only)", response_model=schemas.ProgressOut
 )
-async def progress(campaign_id: int, request: Request, who: tokens.Caller = Depends(caller)) -> JSONResponse:
+async def progress(campaign_id: RowId, request: Request, who: tokens.Caller = Depends(caller)) -> JSONResponse:
     service = _service(request)
 
     async def work() -> dict[str, object]:
@@ -199,7 +200,7 @@ async def progress(campaign_id: int, request: Request, who: tokens.Caller = Depe
 
 
 @router.get("/{campaign_id}/problems", summary="The target file's bad lines (line number, problem)", response_model=list[schemas.Problem])
-async def problems(campaign_id: int, request: Request, who: tokens.Caller = Depends(caller)) -> JSONResponse:
+async def problems(campaign_id: RowId, request: Request, who: tokens.Caller = Depends(caller)) -> JSONResponse:
     service = _service(request)
 
     async def work() -> list[dict[str, object]]:
@@ -209,7 +210,7 @@ async def problems(campaign_id: int, request: Request, who: tokens.Caller = Depe
 
 
 def _action(name: str):  # type: ignore[no-untyped-def]
-    async def act(campaign_id: int, request: Request, who: tokens.Caller = Depends(caller)) -> JSONResponse:
+    async def act(campaign_id: RowId, request: Request, who: tokens.Caller = Depends(caller)) -> JSONResponse:
         service = _service(request)
 
         async def work() -> dict[str, object]:

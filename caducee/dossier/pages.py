@@ -22,6 +22,7 @@ from jinja2 import ChoiceLoader, Environment, FileSystemLoader, select_autoescap
 from starlette.datastructures import UploadFile
 
 from caducee.annuaire.service import SearchError
+from caducee.core.ids import RowId
 from caducee.dossier import kinds
 from caducee.dossier.cda import narrative
 from caducee.dossier.service import Dossier, NewDocument, PatientSide, Refused
@@ -132,7 +133,7 @@ async def documents_page(request: Request) -> Response:
 
 
 @router.get("/dossier/documents/{document_id}")
-async def document_page(request: Request, document_id: int) -> Response:
+async def document_page(request: Request, document_id: RowId) -> Response:
     viewer = await signed_in(request)
     if isinstance(viewer, Response):
         return viewer
@@ -149,7 +150,7 @@ async def document_page(request: Request, document_id: int) -> Response:
 
 
 @router.get("/dossier/documents/{document_id}/fichier")
-async def document_file(request: Request, document_id: int) -> Response:
+async def document_file(request: Request, document_id: RowId) -> Response:
     """The document itself: a download, or shown by the browser for PDF and images, never in
     our origin (sandboxed, no script), with the type found in its content."""
     viewer = await signed_in(request)
@@ -173,7 +174,7 @@ async def document_file(request: Request, document_id: int) -> Response:
 
 
 @router.post("/dossier/documents/{document_id}/masquer")
-async def mask(request: Request, document_id: int) -> Response:
+async def mask(request: Request, document_id: RowId) -> Response:
     checked = await posted(request)
     if isinstance(checked, Response):
         return checked
@@ -189,7 +190,7 @@ async def mask(request: Request, document_id: int) -> Response:
 
 
 @router.post("/dossier/documents/{document_id}/supprimer")
-async def remove(request: Request, document_id: int) -> Response:
+async def remove(request: Request, document_id: RowId) -> Response:
     checked = await posted(request)
     if isinstance(checked, Response):
         return checked
@@ -424,7 +425,7 @@ async def add_profile_entry(request: Request) -> Response:
 
 
 @router.post("/dossier/profil/{entry_id}/supprimer")
-async def remove_profile_entry(request: Request, entry_id: int) -> Response:
+async def remove_profile_entry(request: Request, entry_id: RowId) -> Response:
     checked = await posted(request)
     if isinstance(checked, Response):
         return checked

@@ -76,6 +76,9 @@ def _problem(error: dict[str, Any]) -> dict[str, Any]:
 async def validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     problems = [_problem(error) for error in exc.errors()]
+    if problems and all(problem["loc"][:1] == ["path"] for problem in problems):
+        # A path whose id is not a number or no row's (`core.ids.RowId`) names nothing.
+        return await http_error(request, StarletteHTTPException(404))
     fields = sorted({FIELD_NAMES.get(p["loc"][-1], p["loc"][-1]) for p in problems if p["loc"]})
     sentence = "La demande n'est pas valide" + (f" (champ{'s' if len(fields) > 1 else ''} : {', '.join(fields)})." if fields else ".")
     if _is_api(request):
