@@ -27,6 +27,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import httpx
@@ -116,6 +117,12 @@ class Caducee:
         )
         wait_port(self.http_port)
         wait_port(self.smtp_port)
+        credentials = self.directory / "var" / "demo-credentials.json"
+        deadline = time.monotonic() + 60
+        while not credentials.exists():  # the demo may write it after its listeners open
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{credentials} did not appear")
+            time.sleep(0.1)
 
     def stop(self) -> None:
         if self.process is not None:

@@ -183,3 +183,19 @@ async def test_a_reply_to_a_hostile_message_goes_out(webmail: Webmail, name: str
         assert answer.status_code == 303, answer.text[:1000]
     replies = [raw for raw in await webmail.gateway.inbox(doctor) if b"Bien re" in raw or b"Bien%20re" in raw or b"merci" in raw]
     assert replies
+
+
+def test_a_header_folded_over_millions_of_lines_is_read_in_one_pass() -> None:
+    """A continuation line appended to the value built so far copies it: 400,000 one-space
+    lines took 17 s, eight million would take hours. Read in one pass (this test would not
+    finish otherwise), past the header limit only the first 256 KB are read, and the
+    message is still a tree readers can use."""
+    from caducee.mime import structure
+
+    folded = b"From: a@demo.mssante.fr\r\nSubject: x\r\nX-Long: y\r\n" + b" y\r\n" * 2_000_000 + b"\r\nbody\r\n"
+    root = structure.parse(folded)
+    assert root.problems == [f"header block over {structure.MAX_HEADER_BYTES // 1024} KB"]
+    assert root.headers.get("subject") == "x" and len(root.headers.get("x-long") or "") < structure.MAX_HEADER_BYTES
+    within = b"Subject: x\r\nX-Long: y\r\n" + b" y\r\n" * 60_000 + b"\r\nbody\r\n"  # 240 KB: accepted, read whole
+    parsed = structure.parse(within)
+    assert parsed.problems == [] and len(parsed.headers.get("x-long") or "") == 120_001
