@@ -55,6 +55,7 @@ POISON: list[tuple[str, bytes, bytes, str]] = [
         "554 5.6.0",
     ),
     ("encoded-crlf-subject", b"Subject: =?utf-8?q?R=C3=A9sultats=0D=0ABcc:_victim@demo.mssante.fr?=\r\n", b"\r\nNormal.\r\n", "250"),
+    ("encoded-nel-subject", b"Subject: =?utf-8?b?ZmluwoVYwp9Z?=\r\n", b"\r\nNormal.\r\n", "250"),  # U+0085 NEL, U+009F
     ("encoded-nul-subject", b"Subject: =?utf-8?b?" + base64.b64encode(b"nul\x00here\x07bell") + b"?=\r\n", b"\r\nx\r\n", "250"),
     ("raw-nul-message-id", b"", b"\r\nbody\r\n", "554 5.6.0"),  # Message-ID replaced below
     ("raw-nul-references", b"References: <a\x00b@x>\r\n", b"\r\nbody\r\n", "554 5.6.0"),
@@ -166,7 +167,7 @@ async def test_no_message_poisons_a_conversation(webmail: Webmail) -> None:  # n
     assert not any(line.lower().startswith(b"bcc:") for line in head.split(b"\r\n")) and b"\x00" not in head
 
 
-@pytest.mark.parametrize("name", ["nested-15", "encoded-crlf-subject", "malformed-encoded-word", "garbage-date"])
+@pytest.mark.parametrize("name", ["nested-15", "encoded-crlf-subject", "encoded-nel-subject", "malformed-encoded-word", "garbage-date"])
 async def test_a_reply_to_a_hostile_message_goes_out(webmail: Webmail, name: str) -> None:  # noqa: F811
     """Replies reuse the hostile message's decoded subject and references: they still go out."""
     patient = webmail.patient("adult_1")["address"]
@@ -199,3 +200,25 @@ def test_a_header_folded_over_millions_of_lines_is_read_in_one_pass() -> None:
     within = b"Subject: x\r\nX-Long: y\r\n" + b" y\r\n" * 60_000 + b"\r\nbody\r\n"  # 240 KB: accepted, read whole
     parsed = structure.parse(within)
     assert parsed.problems == [] and len(parsed.headers.get("x-long") or "") == 120_001
+
+
+async def test_an_outlook_length_message_id_threads_the_reply_and_a_nel_fin_closes(webmail: Webmail) -> None:  # noqa: F811
+    """Identifiers are written verbatim whatever their length (the `email` package encoded
+    lines over 78 characters as RFC 2047 words, so a reply to an Outlook Message-ID named
+    nothing and was refused), and a [FIN] whose subject decodes to a NEL closes with its
+    notice (it was a 451, retried for days)."""
+    patient = webmail.patient("adult_1")["address"]
+    doctor = webmail.gateway.account("doctor")[0]
+    outlook = "<PAXPR08MB6912E1D0F3A7A4B41C3F1E5BA1C52ABCD@PAXPR08MB6912.eurprd08.prod.outlook.com>"
+    raw = _raw(doctor, patient, "<nothing@demo.mssante.fr>", "outlook", b"Subject: Bilan\r\n", b"\r\nVoici le bilan.\r\n")
+    raw = raw.replace(b"<poison-outlook@demo.mssante.fr>", outlook.encode()).replace(b"In-Reply-To: <nothing@demo.mssante.fr>\r\n", b"")
+    assert (await asyncio.to_thread(_send_raw, webmail, raw, patient)) == "250"
+    client, csrf = await webmail.logged_in()
+    async with aclosing(client):
+        key = await conversation_id(client)
+        answer = await client.post(f"/conversations/{key}/reponse", data={"csrf": csrf, "texte": "Bien reçu, merci."})
+        assert answer.status_code == 303, answer.text[:1000]
+    [reply] = [raw for raw in await webmail.gateway.inbox(doctor) if outlook.encode() in raw]
+    assert b"In-Reply-To: " + outlook.encode() in reply
+    fin = _raw(doctor, patient, outlook, "nel-fin", b"Subject: [FIN] =?utf-8?b?ZmluwoVY?=\r\n", b"\r\nFin du suivi.\r\n")
+    assert (await asyncio.to_thread(_send_raw, webmail, fin, patient)) == "250"

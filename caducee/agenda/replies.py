@@ -4,15 +4,15 @@ message the webmail sends."""
 
 from __future__ import annotations
 
-import email.policy
 from datetime import datetime
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 
 from caducee.agenda import ical
+from caducee.mime.headers import MAIL_POLICY
 
-_POLICY = email.policy.SMTP
+_POLICY = MAIL_POLICY
 
 
 def _address(name: str, address: str) -> Address:

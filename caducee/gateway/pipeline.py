@@ -36,6 +36,7 @@ from caducee.gateway.protection import Form, Protection, SmimeStage, smime_refus
 from caducee.mailbox import store
 from caducee.mailbox.delivery import Delivery, Filing, NewConversation, Notice, Target, relay_only_form, stored_form
 from caducee.mailbox.fanout import PREVENTION
+from caducee.mime.headers import MAIL_POLICY
 from caducee.mime.structure import parse
 from caducee.mime.summary import Summary, summarize
 from caducee.policies import (
@@ -580,7 +581,7 @@ class AcceptPipeline:
         return [Notice(sender.mailbox_id, stored_form(self.cipher, raw), postmaster) for raw in notices]
 
     def _notice(self, to: str, subject: str, body: str, in_reply_to: str) -> bytes:
-        message = EmailMessage()
+        message = EmailMessage(policy=MAIL_POLICY)
         message["From"] = f"Caducée <postmaster@{self.settings.operator_domain}>"
         message["To"] = to
         message["Subject"] = subject

@@ -6,7 +6,6 @@ mail client's: the rules, the signature and the encryption are the same.
 
 from __future__ import annotations
 
-import email.policy
 from datetime import UTC, datetime
 from email.headerregistry import Address
 from email.message import EmailMessage
@@ -15,10 +14,11 @@ from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
 from email.utils import format_datetime, formatdate, make_msgid
 
+from caducee.mime.headers import MAIL_POLICY
 from caducee.webmail.uploads import Upload
 
 MAX_TEXT = 20_000  # characters a patient may write in one message
-_POLICY = email.policy.SMTP  # CRLF line ends, headers encoded as RFC 2047 words
+_POLICY = MAIL_POLICY  # CRLF line ends, text headers as RFC 2047 words, identifiers verbatim
 
 
 def clean_text(text: str) -> str:
