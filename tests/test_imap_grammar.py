@@ -211,3 +211,23 @@ def test_serializer_quotes_escapes_and_falls_back_to_literals() -> None:
     assert quote(b"two\r\nlines") == b"{10}\r\ntwo\r\nlines"
     assert serialize([Atom("\\Seen"), None, 3, "x", ["a"]]) == b'(\\Seen NIL 3 "x" ("a"))'
     assert format_datetime(dt.datetime(2026, 11, 2, 9, 5, 0, tzinfo=dt.timezone(dt.timedelta(hours=1)))) == "02-Nov-2026 09:05:00 +0100"
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"a FETCH 1:* (FLAGS) (CHANGEDSINCE 9223372036854775808)",
+        b"a FETCH 1:* (FLAGS) (CHANGEDSINCE 99999999999999999999)",
+        b"a STORE 1 (UNCHANGEDSINCE 9223372036854775808) +FLAGS (\\Seen)",
+        b"a SEARCH MODSEQ 9223372036854775808",
+        b"a SEARCH LARGER 99999999999999999999",
+        "a FETCH \u0661 (FLAGS)".encode(),  # an Arabic-Indic digit one
+        "a SEARCH LARGER \u0661\u0662".encode(),
+    ],
+)
+def test_numbers_past_what_a_column_holds_are_bad_commands(line: bytes) -> None:
+    """Numbers are ASCII digits and at most 63 bits (RFC 7162's mod-sequences): a bigger one
+    reached the database and dropped the session with no BYE."""
+    with pytest.raises(ParseError):
+        parse(line)
+    assert parse(b"a FETCH 1:* (FLAGS) (CHANGEDSINCE 9223372036854775807)").args.changed_since == 2**63 - 1

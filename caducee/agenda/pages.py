@@ -93,7 +93,7 @@ async def month(request: Request) -> Response:
         date(year, number, 1)
         if not (today.year - 5 <= year <= today.year + 5):
             raise ValueError
-    except ValueError:
+    except (ValueError, OverflowError):  # "2026-99999999999999999999" overflows date()
         year, number = today.year, today.month
     weeks = await service.month(found.profile, year, number)
     previous = f"{year - (number == 1)}-{(number - 2) % 12 + 1:02d}"

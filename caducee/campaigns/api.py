@@ -23,7 +23,7 @@ from caducee.annuaire.targets import Criteria
 from caducee.campaigns import audit, schemas, targeting, tokens
 from caducee.campaigns.service import CampaignError, Campaigns
 from caducee.campaigns.targetfile import TargetFileError
-from caducee.core.ids import RowId
+from caducee.core.ids import MAX_ROW_ID, RowId
 
 router = APIRouter(prefix="/api/v1/campaigns", tags=["campaigns"])
 MAX_PDF = 5 * 1024 * 1024
@@ -166,15 +166,19 @@ async def estimate(request: Request, who: tokens.Caller = Depends(caller)) -> JS
         data = await request.json()
     except ValueError:
         data = None
-    campaign_id = data.get("campaign_id") if isinstance(data, dict) else None
+    given = data.get("campaign_id") if isinstance(data, dict) else None
+    # An id no row can have (a string, a float, 2**64) names no campaign; it never reaches a column.
+    campaign_id = given if isinstance(given, int) and not isinstance(given, bool) and 1 <= given <= MAX_ROW_ID else None
 
     async def work() -> dict[str, Any]:
         if not isinstance(data, dict):
             raise CampaignError("the body is a JSON object: {criteria} or {campaign_id}", 422)
-        found = await service.estimate(who.sender, parse_criteria(data.get("criteria")), int(campaign_id) if campaign_id else None)
+        if given is not None and campaign_id is None:
+            raise CampaignError("no such campaign", 404)
+        found = await service.estimate(who.sender, parse_criteria(data.get("criteria")), campaign_id)
         return found.as_dict()
 
-    return await _audited(request, who, "estimate", int(campaign_id) if isinstance(campaign_id, int) else None, work)
+    return await _audited(request, who, "estimate", campaign_id, work)
 
 
 @router.get("", summary="Every campaign of this sender, with its progress", response_model=list[schemas.ProgressOut])

@@ -267,10 +267,7 @@ class _Tokens:
         raise ParseError("expected a string")
 
     def number(self, *, nonzero: bool = False) -> int:
-        token = self.token()
-        if not isinstance(token, Atom) or not token.value.isdigit() or len(token.value) > 20:
-            raise ParseError("expected a number")
-        value = int(token.value)
+        value = _number_of(self.token())
         if nonzero and value == 0:
             raise ParseError("expected a non-zero number")
         return value
@@ -317,7 +314,7 @@ def parse_sequence_set(text: str) -> SequenceSet:
 def _seq_number(text: str, whole: str) -> int | None:
     if text == "*":
         return None
-    if not text.isdigit() or text.startswith("0") or int(text) > UINT32:
+    if not text.isascii() or not text.isdigit() or text.startswith("0") or int(text) > UINT32:
         raise ParseError(f"bad sequence set {whole[:40]!r}")
     return int(text)
 
@@ -799,9 +796,18 @@ def _atom_value(token: Token, *, keep_case: bool = False) -> str:
     return token.value if keep_case else token.value.upper()
 
 
+MAX_MODSEQ = 2**63 - 1  # mod-sequences are 63-bit (RFC 7162 3.1.1); what a column can hold
+
+
 def _number_of(token: Token) -> int:
-    if not isinstance(token, Atom) or not token.value.isdigit() or len(token.value) > 20:
-        raise ParseError("expected a number")
+    if (
+        not isinstance(token, Atom)
+        or not token.value.isascii()
+        or not token.value.isdigit()
+        or len(token.value) > 19
+        or int(token.value) > MAX_MODSEQ
+    ):
+        raise ParseError("expected a number of at most 63 bits")
     return int(token.value)
 
 
