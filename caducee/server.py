@@ -78,7 +78,7 @@ from caducee.webmail.drafts import Drafts
 from caducee.webmail.pages import router as webmail_pages
 from caducee.webmail.selfservice import SelfService, muted_addresses
 from caducee.webmail.service import Webmail
-from caducee.webmail.web import BodyLimit, WebmailContext, WebmailHeaders, proxy_networks
+from caducee.webmail.web import BodyLimit, NoNulText, WebmailContext, WebmailHeaders, proxy_networks
 
 log = logging.getLogger("caducee")
 
@@ -169,7 +169,9 @@ def build_app(engine: AsyncEngine, settings: Settings, pipeline: AcceptPipeline 
     app.state.settings = settings
     app.state.webmail = webmail
     app.state.campaigns = Campaigns(engine, settings, pipeline)
-    # Last added runs first: the headers wrap the body limit, so its 413 carries them too.
+    # Last added runs first: the headers wrap the body limit, so its 413 carries them too;
+    # the body limit wraps the NUL check, which then reads only bounded bodies.
+    app.add_middleware(NoNulText)
     app.add_middleware(BodyLimit, limit=settings.webmail_max_upload + 1024 * 1024, upload_limit=settings.webmail_max_upload)
     app.state.identity = identity.context
     app.state.dossier = dossier

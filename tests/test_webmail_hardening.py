@@ -470,3 +470,25 @@ async def test_validation_errors_never_echo_what_was_typed(webmail: Webmail) -> 
         csrf = form_token((await client.get("/connexion")).text)
         answer = await client.post("/connexion", data={"csrf": csrf, "identifiant": "a", "mot_de_passe": SECRET})
         assert answer.status_code == 400 and SECRET not in answer.text
+
+
+async def test_a_nul_character_is_refused_alike_on_both_databases(webmail: Webmail) -> None:
+    """PostgreSQL cannot store a NUL in text, SQLite can: the same input answered 500 on one
+    and 200 on the other. It is refused at the door, with the same 400 on both."""
+    client, csrf = await webmail.logged_in()
+    probes = [
+        ("GET", "/api/v1/annuaire/search?name=bernard%00", None, None),
+        ("GET", "/api/v1/annuaire/search?place=%00", None, None),
+        ("GET", "/ordonnance?nom=pharm%00", None, None),
+        ("GET", "/api/v1/pharmacies?name=pharm%00", None, None),
+        ("POST", "/compte/email", {"csrf": csrf, "email": "a\x00b@example.org"}, None),
+        ("POST", "/mot-de-passe-oublie", {"csrf": csrf, "identifiant": "a\x00@example.org"}, None),
+        ("POST", "/api/v1/session", None, {"identifier": "a\u0000@example.org", "password": "x"}),
+    ]
+    async with aclosing(client):
+        answers = []
+        for method, path, form, body in probes:
+            answer = await client.request(method, path, data=form, json=body, headers={"X-CSRF-Token": csrf})
+            answers.append((path, answer.status_code))
+        assert all(code == 400 for _, code in answers), answers
+        assert (await client.get("/api/v1/annuaire/search?name=bernard")).status_code == 200  # the same without the NUL

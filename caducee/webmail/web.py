@@ -282,3 +282,70 @@ class BodyLimit:
 
 class _TooLarge(Exception):
     pass
+
+
+NUL_REFUSED = (
+    '<!doctype html><html lang="fr"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">'
+    '<title>Caractère non autorisé — Caducée</title><link rel="stylesheet" href="/static/webmail.css"></head><body>'
+    '<main id="contenu"><h1>Caractère non autorisé</h1><p>Ce que vous avez envoyé contient un caractère invisible '
+    "qui n'est pas accepté. Rien n'a été enregistré.</p><p>Revenez en arrière, effacez le champ et saisissez-le à nouveau.</p>"
+    '<p><a href="/">Revenir à mes messages</a></p></main></body></html>'
+)
+_NUL_FORMS = (b"%00", b"\x00")
+_NUL_JSON = (b"\\u0000", b"\x00")
+_TEXT_BODIES = {b"application/x-www-form-urlencoded": _NUL_FORMS, b"application/json": _NUL_JSON}
+
+
+class NoNulText:
+    """Refuses (400) a query string, form or JSON body carrying a NUL character.
+
+    No text column can hold one on PostgreSQL (SQLite stores it), so without this the same
+    search or login answered 200 on one database and 500 on the other. Files (multipart)
+    may hold any byte and are not looked at; the other bodies are small (BodyLimit runs
+    outside this one) and are read whole, checked, then handed on as they came.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if any(marker in scope.get("query_string", b"").lower() for marker in _NUL_FORMS):
+            await self._refuse(scope, send)
+            return
+        kind = dict(scope.get("headers", [])).get(b"content-type", b"").split(b";")[0].strip().lower()
+        markers = _TEXT_BODIES.get(kind)
+        if markers is None:
+            await self.app(scope, receive, send)
+            return
+        messages: list[Message] = []
+        while True:
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                break
+        body = b"".join(m.get("body", b"") for m in messages if m["type"] == "http.request").lower()
+        if any(marker in body for marker in markers):
+            await self._refuse(scope, send)
+            return
+
+        async def replay() -> Message:
+            return messages.pop(0) if messages else await receive()
+
+        await self.app(scope, replay, send)
+
+    @staticmethod
+    async def _refuse(scope: Scope, send: Send) -> None:
+        api = str(scope.get("path", "")).startswith("/api/")
+        body = b'{"detail":"La demande contient un caract\\u00e8re nul, refus\\u00e9."}' if api else NUL_REFUSED.encode()
+        kind = b"application/json" if api else b"text/html; charset=utf-8"
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 400,
+                "headers": [(b"content-type", kind), (b"content-length", str(len(body)).encode())],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
