@@ -46,6 +46,9 @@ def test_sniff(data: bytes, expected: tuple[str, str] | None) -> None:
         (None, "jpg", "document.jpg"),
         ("////", "pdf", "document.pdf"),
         ("x" * 500 + ".pdf", "pdf", "x" * 80 + ".pdf"),
+        ("x.html", "\uff48\uff54\uff4d\uff4c", "x.bin"),  # a full-width extension: no header could carry it
+        ("x.pd\u00e9", "pd\u00e9", "x.pd"),
+        ("x", "\u0661\u0662", "x.bin"),
     ],
 )
 def test_safe_filename(name: str | None, extension: str, expected: str) -> None:
@@ -115,6 +118,14 @@ def crlf(text: str) -> bytes:
             "",
             [("faux.png", "application/octet-stream")],
         ),  # declared PNG, is not: downloaded as bytes, never shown
+        (
+            crlf(
+                "From: a@b.fr\nContent-Type: multipart/mixed; boundary=X\n\n--X\nContent-Type: application/x-unknown\n"
+                "Content-Disposition: attachment; filename*=utf-8''x.%EF%BD%88%EF%BD%94%EF%BD%8D%EF%BD%8C\n\ndata\n--X--\n"
+            ),
+            "",
+            [("x.bin", "application/octet-stream")],
+        ),  # a full-width declared extension gave a 500 on download (Latin-1 header)
         (crlf("From: a@b.fr\nContent-Type: multipart/mixed; boundary=X\n\n--X\nContent-Type: text/plain\n\nunclosed"), "unclosed", []),
         (crlf("From: a@b.fr\nContent-Type: text/plain; charset=unknown-8\n\ncaf\xe9"), "caf\xe9", []),
     ],

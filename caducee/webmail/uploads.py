@@ -42,6 +42,9 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._ -]+")
 def safe_filename(name: str | None, extension: str, fallback: str = "document") -> str:
     """A file name with no path, no control or shell characters, no leading dot, and the
     extension of the real type (an "ordonnance.pdf.exe" becomes "ordonnance.pdf.pdf")."""
+    # The extension too is ASCII letters and digits: it goes into a Content-Disposition
+    # header, where "x.ｈｔｍｌ" (full-width) could not be encoded and gave a 500.
+    extension = "".join(ch for ch in extension if ch.isascii() and ch.isalnum())[:8] or "bin"
     base = (name or "").replace("\\", "/").rsplit("/", 1)[-1]
     base = unicodedata.normalize("NFKD", base).encode("ascii", "ignore").decode()
     base = _UNSAFE.sub("_", base).strip(" ._-")[:80]
