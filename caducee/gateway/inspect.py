@@ -7,6 +7,7 @@ so a bare LF or an 8-bit header is refused the same way whoever sends it.
 from __future__ import annotations
 
 import re
+import unicodedata
 import uuid
 from dataclasses import dataclass, field
 from email.utils import formatdate, getaddresses
@@ -20,6 +21,19 @@ MAX_LINE = 998  # RFC 5322 section 2.1.1, without CRLF
 # cannot be stored in a PostgreSQL text column at all, and none of them means anything in
 # a header a person or a mail client reads. Refused the same on both databases.
 _EMBEDDED_ADDRESS = re.compile(r"[\w.%+'-]+@[\w-]+(?:\.[\w-]+)+")
+_AROUND_AT = re.compile(r"\s*@\s*")
+
+
+def embedded_addresses(value: str) -> list[str]:
+    """Every address a reader would see in a From value: its display names and comments
+    decoded, folded to what they look like (NFKC turns a full-width "＠" into "@"), with the
+    invisible format characters (zero-width spaces, direction marks) and the blanks around
+    "@" removed, as a mail client's rendering hides them."""
+    text = unicodedata.normalize("NFKC", decoded_header(value))
+    text = _AROUND_AT.sub("@", "".join(ch for ch in text if unicodedata.category(ch) != "Cf"))
+    return [found.lower() for found in _EMBEDDED_ADDRESS.findall(text)]
+
+
 _HEADER_CONTROLS = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 _MSG_ID = re.compile(r"<[^<>\s]+>")
@@ -163,8 +177,8 @@ def inspect_message(raw: bytes, *, max_size: int, hostname: str, add_missing_hea
     identity = list(from_addresses)
     for name in ("sender", "resent-from", "resent-sender"):
         identity += [address.lower() for _name, address in getaddresses(headers.get_all(name)) if address]
-    for display, _address in getaddresses(from_headers):  # a display name written as someone else's address
-        identity += [embedded.lower() for embedded in _EMBEDDED_ADDRESS.findall(decoded_header(display))]
+    for value in from_headers:  # an address written in a display name or a comment, as mail clients show it
+        identity += embedded_addresses(value)
     has_content, has_attachment = _scan_parts(root)
     if added:
         prefix = "".join(f"{line}\r\n" for line in added).encode("ascii")

@@ -219,7 +219,9 @@ def attachments_of(root: Part) -> list[tuple[Attachment, Part]]:
             else (sniffed[0] if sniffed is not None else "application/octet-stream")
         )
         name = decode_words(_filename(part)) or None
-        declared_extension = "".join(ch for ch in (name or "").rpartition(".")[2] if ch.isascii() and ch.isalnum())[:8] if name and "." in name else ""
+        declared_extension = (
+            "".join(ch for ch in (name or "").rpartition(".")[2] if ch.isascii() and ch.isalnum())[:8] if name and "." in name else ""
+        )
         extension = sniffed[1] if sniffed else (declared_extension or "bin")
         attachment = Attachment(len(found), safe_filename(name, extension), served, len(data))
         found.append((attachment, part))
