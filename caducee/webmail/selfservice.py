@@ -147,8 +147,10 @@ class SelfService:
             raise Refused("Cette adresse e-mail n'est pas valide. Exemple : prenom.nom@exemple.fr")
         await self._check_password(patient_id, password, client)
         async with self.engine.connect() as conn:
-            if await patients.email_taken(conn, email, patient_id):
-                raise Refused("Cette adresse e-mail est déjà utilisée par un autre profil.")
+            taken = await patients.email_taken(conn, email, patient_id)
+        # An address already another profile's goes through the same steps (a change waits
+        # for a code), so that no patient learns who else has a profile; but its code is
+        # never sent: the address's owner gets a word instead, and the change cannot finish.
         code = new_code()
         async with self.engine.begin() as conn:
             await conn.execute(delete(EmailChange).where(EmailChange.patient_id == patient_id))
@@ -162,6 +164,16 @@ class SelfService:
                     expires_at=now() + timedelta(minutes=self.settings.webmail_code_minutes),
                 )
             )
+        if taken:
+            await self.accounts.notifier.send(
+                email,
+                "Votre adresse e-mail et Caducée",
+                "Bonjour,\n\nQuelqu'un a demandé à utiliser cette adresse pour un autre profil de la messagerie santé Caducée. "
+                "Elle reste celle de votre profil : rien n'a été changé, et vous n'avez rien à faire.\n",
+            )
+            from caducee.webmail.codes import mask_email
+
+            return mask_email(email)
         await self.accounts.notifier.send(
             email,
             "Confirmez votre nouvelle adresse e-mail",
@@ -196,6 +208,8 @@ class SelfService:
             left = self.settings.webmail_code_attempts - row.attempts
             raise Refused(f"Code incorrect. Il vous reste {left} essai{'s' if left > 1 else ''}." if left > 0 else "Code incorrect.")
         async with self.engine.begin() as conn:
+            if await patients.email_taken(conn, row.new_email, patient_id):  # taken since the code was sent
+                raise Refused("Ce code n'est plus valable : recommencez le changement d'adresse.", locked=True)
             old = await patients.get_account(conn, patient_id)
             await patients.set_email(conn, patient_id, row.new_email)
             await conn.execute(delete(EmailChange).where(EmailChange.patient_id == patient_id))
