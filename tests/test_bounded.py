@@ -194,3 +194,49 @@ def test_memory_returns_to_its_baseline_after_hostile_clients(tmp_path: Path) ->
         except subprocess.TimeoutExpired:
             process.kill()
         log.close()
+
+
+async def test_the_command_timer_waits_for_data_and_says_421_when_it_fires(gateway) -> None:  # type: ignore[no-untyped-def]
+    """The next-command timer (`smtp_timeout`) is shorter than the DATA deadline: it cut a
+    message still arriving within its deadline, silently. It now waits while DATA runs, and
+    when it fires at an idle client it answers 421 4.4.2 before closing."""
+    from caducee.gateway.smtp import ListenerConfig, start_listener
+
+    config = ListenerConfig(
+        "submission",
+        "127.0.0.1",
+        free_port(),
+        gateway.server_context,
+        trusted_networks=["127.0.0.0/8"],
+        timeout=1,
+        data_timeout=6,
+        hostname="t",
+    )
+    server = await start_listener(config, gateway.pipeline, gateway.authenticator)
+    doctor = gateway.account("doctor")[0]
+    patient = gateway.credentials["patients"]["adult_1"]["address"]
+
+    def slow_message_then_idle() -> tuple[bytes, bytes]:
+        with socket.create_connection(("127.0.0.1", config.port), timeout=15) as sock:
+            file = sock.makefile("rb")
+            file.readline()
+            for line in (b"EHLO t\r\n", f"MAIL FROM:<{doctor}>\r\n".encode(), f"RCPT TO:<{patient}>\r\n".encode(), b"DATA\r\n"):
+                sock.sendall(line)
+                while file.readline()[3:4] == b"-":
+                    pass
+            head = f"From: {doctor}\r\nTo: {patient}\r\nSubject: lent\r\nMessage-ID: <slow-data@demo.mssante.fr>\r\n\r\n".encode()
+            for piece in (head, b"Un message ", b"qui arrive ", b"lentement.\r\n"):
+                sock.sendall(piece)
+                time.sleep(0.7)  # 2.8 s in all: past the 1 s command timer, within the 6 s DATA deadline
+            sock.sendall(b".\r\n")
+            accepted = file.readline()
+            idle = file.readline()  # nothing more is sent: the command timer fires
+            return accepted, idle
+
+    try:
+        accepted, idle = await asyncio.to_thread(slow_message_then_idle)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert accepted.startswith(b"250"), accepted
+    assert idle.startswith(b"421 4.4.2"), idle

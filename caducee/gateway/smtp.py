@@ -115,6 +115,15 @@ class GatewaySMTP(SMTP):
         self._connections = connections
         self._counted: str | None = None
 
+    def _timeout_cb(self) -> None:
+        """The next command did not come in time: say so (RFC 5321 4.5.3.2 lets the server
+        close; a 421 tells the client why) before aiosmtpd closes the connection."""
+        transport = self.transport
+        write = getattr(transport, "write", None)  # uvloop's transports are not asyncio's classes
+        if transport is not None and write is not None and not transport.is_closing():
+            write(b"421 4.4.2 Idle for too long, closing / inactivite trop longue, connexion fermee\r\n")
+        super()._timeout_cb()
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         first = self._original_transport is None and getattr(self, "transport", None) is None
         if first:
@@ -168,10 +177,14 @@ class GatewaySMTP(SMTP):
             await self.push("501 5.5.4 Syntax: DATA")
             return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
+        # The content has its own deadline: the next-command timer (shorter) must not cut a
+        # message still arriving within it, silently, as it did at 300 s.
+        self._reset_timeout(self._data_timeout + 30)
         try:
             # An overall deadline: a client trickling one byte a second never trips the idle
             # timer of a stream that keeps moving, yet holds a session and its buffers.
             content = await asyncio.wait_for(self._read_content(), self._data_timeout)
+            self._reset_timeout()
         except TimeoutError:
             await self.push("421 4.4.2 DATA took too long, closing / reception trop lente, connexion fermee")
             if self.transport is not None:
