@@ -240,3 +240,29 @@ async def test_the_command_timer_waits_for_data_and_says_421_when_it_fires(gatew
         await server.wait_closed()
     assert accepted.startswith(b"250"), accepted
     assert idle.startswith(b"421 4.4.2"), idle
+
+
+async def test_logging_in_has_one_deadline_however_the_client_trickles(gateway, imap) -> None:  # type: ignore[no-untyped-def]
+    """`imap_login_timeout` bounds the whole time before login, not each command: complete
+    commands sent slowly one after the other (each within the idle timer) do not hold an
+    anonymous connection past it."""
+    imap.settings = dataclasses.replace(imap.settings, imap_login_timeout=2, imap_command_timeout=60)
+
+    def slow_commands() -> int:
+        raw = Raw(gateway, login=False)
+        for index in range(40):
+            try:
+                raw.send(b"n%d NOOP\r\n" % index)
+            except OSError:
+                return index
+            time.sleep(0.25)
+            raw.sock.settimeout(0.01)
+            try:
+                if raw.closed():
+                    return index
+            finally:
+                raw.sock.settimeout(15)
+        return -1
+
+    sent = await asyncio.to_thread(slow_commands)
+    assert 0 <= sent < 20, sent  # closed at about 2 s, long before 40 commands

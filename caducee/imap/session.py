@@ -102,17 +102,22 @@ class Session:
 
     async def run(self) -> None:
         await self.send(b"* OK [CAPABILITY " + self.capabilities() + b"] Caducee IMAP pret / ready\r\n")
+        settings = self.server.settings
+        # Before login, one deadline for the whole of it (commands trickled byte by byte
+        # included): an anonymous connection holds a slot for `imap_login_timeout`, no more.
+        login_by = asyncio.get_running_loop().time() + settings.imap_login_timeout
         try:
             while self.state != LOGOUT:
-                idle = self.server.settings.imap_login_timeout if self.state == NOT_AUTHENTICATED else self.server.settings.imap_timeout
+                idle, whole = settings.imap_timeout, settings.imap_command_timeout
+                if self.state == NOT_AUTHENTICATED:
+                    left = max(0.0, login_by - asyncio.get_running_loop().time())
+                    idle, whole = left, min(whole, left)
                 try:
                     # Idle up to `idle` for a command to begin; once it has, the whole of it
-                    # (line and literals) within `imap_command_timeout`, however slowly it trickles.
+                    # (line and literals) within `whole`, however slowly it trickles.
                     if not await asyncio.wait_for(_command_begins(self.reader), idle):
                         return
-                    raw = await asyncio.wait_for(
-                        read_command(self.reader, self._continue, self._literal_limit), self.server.settings.imap_command_timeout
-                    )
+                    raw = await asyncio.wait_for(read_command(self.reader, self._continue, self._literal_limit), whole)
                 except TimeoutError:
                     raise Bye("deconnexion apres inactivite / autologout, idle for too long") from None
                 except LiteralTooLarge as error:  # refused before it was read: the stream is still in step
