@@ -43,27 +43,19 @@ class HeaderBlock:
         self.default_type = default_type
         self.count = 0  # fields in the block
         self.malformed = False  # a line that is neither a field nor a continuation
-        # Each field's lines are gathered, then joined once: appending a continuation to the
-        # value built so far copies it, and 400,000 one-space continuation lines took 17 s.
-        pieces: list[str] | None = None
-        fields: list[tuple[str, list[str]]] = []
-        for line in block.decode("utf-8", "surrogateescape").split("\r\n"):
-            if not line:
-                continue
-            if line[0] in " \t":
-                if pieces is not None:
-                    pieces.append(line)
+        # Unfolded in C first (RFC 5322 2.2.3: a CRLF before a blank is removed): a field's
+        # continuation lines cost nothing in the loop below, however many there are
+        # (appending each to the value built so far was quadratic: 17 s for 1.6 MB).
+        text = block.decode("utf-8", "surrogateescape").replace("\r\n ", " ").replace("\r\n\t", "\t")
+        for line in text.split("\r\n"):
+            if not line or line[0] in " \t":  # a continuation with no field before it
                 continue
             field_name, colon, value = line.partition(":")
             if not colon or not field_name.strip() or " " in field_name.strip():
                 self.malformed = True
-                pieces = None
                 continue
             self.count += 1
-            pieces = [value.strip()]
-            fields.append((field_name.strip().lower(), pieces))
-        for name, parts in fields:
-            self._fields.setdefault(name, []).append(parts[0] if len(parts) == 1 else "".join(parts))
+            self._fields.setdefault(field_name.strip().lower(), []).append(value.strip())
 
     def __contains__(self, name: str) -> bool:
         return name in self._fields
