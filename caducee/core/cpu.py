@@ -227,13 +227,12 @@ class CpuPool:
         if not self._pending:
             return
         for index in range(self.workers):
-            slot = self._slots[index]
-            if slot is not None and slot.alive and slot.inflight is not None:
+            if not self._free(index):
                 continue
-            busy_or_free = sum(1 for i in range(index, self.workers) if self._slots[i] is None or self._slots[i].inflight is None)  # type: ignore[union-attr]
-            share = min(self.max_batch, -(-len(self._pending) // max(busy_or_free, 1)))
+            free_from_here = sum(1 for later in range(index, self.workers) if self._free(later))
+            share = min(self.max_batch, -(-len(self._pending) // free_from_here))
             worker = self._worker(index)
-            batch = []
+            batch: list[_Job] = []
             while self._pending and len(batch) < share:
                 job = self._pending.popleft()
                 if not job.future.done():
@@ -243,6 +242,11 @@ class CpuPool:
             self._send(worker, batch)
             if not self._pending:
                 return
+
+    def _free(self, index: int) -> bool:
+        """No worker in the slot yet (or a dead one), or one waiting for work."""
+        slot = self._slots[index]
+        return slot is None or not slot.alive or slot.inflight is None
 
     def _send(self, worker: _Worker, batch: list[_Job]) -> None:
         try:

@@ -27,6 +27,7 @@ from caducee.config import Settings
 from caducee.core import pseudonyms
 from caducee.core.cpu import CpuPool
 from caducee.core.groupcommit import GroupCommitter
+from caducee.core.singleflight import SingleFlight
 from caducee.crypto.atrest import BodyCipher
 from caducee.crypto.smime import SmimeError
 from caducee.gateway.batch import BatchWriter, DeliveryPlan
@@ -159,6 +160,7 @@ class AcceptPipeline:
         self.writer = BatchWriter(engine)
         self.committer = committer or GroupCommitter(self.writer)
         self._parties_cache: dict[str, tuple[float, PartyInfo]] = {}
+        self._party_flights: SingleFlight[frozenset[str], dict[str, PartyInfo]] = SingleFlight()
         self._cnam = {address.lower() for address in settings.cnam_senders}
 
     # ---- facts ------------------------------------------------------------------------
@@ -180,14 +182,19 @@ class AcceptPipeline:
             else:
                 missing.append(address)
         if missing:
-            async with self.engine.connect() as conn:
-                fresh = await resolve_parties(conn, missing, local_domains=self.settings.local_domains)
-            if len(self._parties_cache) > 100_000:
-                self._parties_cache.clear()
-            for address, info in fresh.items():
-                self._parties_cache[address] = (now, info)
-            found.update(fresh)
+            # Single flight: when an entry expires under load, every session in flight misses it
+            # at once; they share one query instead of each running its own.
+            found.update(await self._party_flights.run(frozenset(missing), lambda: self._resolve(missing, now)))
         return await self._postmasters(found)
+
+    async def _resolve(self, missing: list[str], now: float) -> dict[str, PartyInfo]:
+        async with self.engine.connect() as conn:
+            fresh = await resolve_parties(conn, missing, local_domains=self.settings.local_domains)
+        if len(self._parties_cache) > 100_000:
+            self._parties_cache.clear()
+        for address, info in fresh.items():
+            self._parties_cache[address] = (now, info)
+        return fresh
 
     async def _postmasters(self, found: dict[str, PartyInfo]) -> dict[str, PartyInfo]:
         """postmaster@ each local domain is the operator's postmaster mailbox (RFC 5321 4.5.1)."""
@@ -426,7 +433,15 @@ class AcceptPipeline:
         if self.on_delivered and Action.DO_NOT_DELIVER not in actions:
             received = self._received(filings, stored_ids, accepted, parties)
             if received:
-                delivered = Delivered(sender, sender_party.kind, envelope.channel, inspected.message_id, inspected.has_attachment, received)
+                delivered = Delivered(
+                    sender,
+                    sender_party.kind,
+                    envelope.channel,
+                    inspected.message_id,
+                    inspected.has_attachment,
+                    received,
+                    inspected.content_types,
+                )
                 tell(self.on_delivered, delivered)
         return AcceptResult(accepted, refused, message_id, f"250 2.0.0 OK: queued as {message_id}", frozenset(actions))
 
