@@ -44,7 +44,6 @@ T = TypeVar("T")
 
 _PRELOAD = ("caducee.crypto.jobs", "caducee.gateway.inspect")
 MAX_BATCH = 64  # jobs in one frame: bounds the latency of the last job behind the others
-_READ_CHUNK = 1 << 20
 
 
 class WorkerDied(RuntimeError):
@@ -86,8 +85,10 @@ class _Worker:
         self.sock = ours
         self.fd = ours.fileno()
         self.inflight: list[_Job] | None = None  # the jobs of the frame it is working on
-        self.outgoing = memoryview(b"")  # the part of that frame not yet written
-        self.incoming = bytearray()
+        self.outgoing: list[memoryview] = []  # the part of that frame not yet written
+        self.incoming = bytearray()  # the length of the next answer, as far as it has come
+        self.frame: bytearray | None = None  # the answer being read, of its announced size
+        self.filled = 0
         self.alive = True
 
     def stop(self, timeout: float) -> None:
@@ -264,7 +265,7 @@ class CpuPool:
             batch = sendable
             payload = pickle.dumps([(job.function, job.args) for job in batch], protocol=pickle.HIGHEST_PROTOCOL)
         worker.inflight = batch
-        worker.outgoing = memoryview(HEADER.pack(len(payload)) + payload)
+        worker.outgoing = [memoryview(HEADER.pack(len(payload))), memoryview(payload)]  # no copy to join them
         self.frames += 1
         self.jobs += len(batch)
         self._writable(worker)
@@ -272,8 +273,15 @@ class CpuPool:
     def _writable(self, worker: _Worker) -> None:
         try:
             while worker.outgoing:
-                sent = worker.sock.send(worker.outgoing)
-                worker.outgoing = worker.outgoing[sent:]
+                sent = worker.sock.sendmsg(worker.outgoing)
+                while sent and worker.outgoing:
+                    first = worker.outgoing[0]
+                    if sent >= len(first):
+                        sent -= len(first)
+                        worker.outgoing.pop(0)
+                    else:
+                        worker.outgoing[0] = first[sent:]
+                        sent = 0
         except (BlockingIOError, InterruptedError):
             assert self._loop is not None
             self._loop.add_writer(worker.fd, self._writable, worker)
@@ -285,26 +293,38 @@ class CpuPool:
             self._loop.remove_writer(worker.fd)
 
     def _readable(self, worker: _Worker) -> None:
+        """Read what the socket holds: the length first, then the frame straight into a buffer
+        of its size (a 25 MB answer is copied once from the kernel, not grown chunk by chunk)."""
         try:
-            chunk = worker.sock.recv(_READ_CHUNK)
+            if worker.frame is None:
+                got = worker.sock.recv(HEADER.size - len(worker.incoming))
+                if not got:
+                    self._lost(worker)
+                    return
+                worker.incoming += got
+                if len(worker.incoming) < HEADER.size:
+                    return
+                (size,) = HEADER.unpack(worker.incoming)
+                worker.incoming.clear()
+                worker.frame, worker.filled = bytearray(size), 0
+            view = memoryview(worker.frame)
+            while worker.filled < len(view):
+                n = worker.sock.recv_into(view[worker.filled :], len(view) - worker.filled)
+                if n == 0:
+                    view.release()
+                    self._lost(worker)
+                    return
+                worker.filled += n
+            view.release()
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
-            chunk = b""
-        if not chunk:
             self._lost(worker)
             return
-        worker.incoming += chunk
-        while len(worker.incoming) >= HEADER.size:
-            (size,) = HEADER.unpack_from(worker.incoming)
-            end = HEADER.size + size
-            if len(worker.incoming) < end:
-                return
-            frame = bytes(worker.incoming[HEADER.size : end])
-            del worker.incoming[:end]
-            self._answered(worker, frame)
+        frame, worker.frame = worker.frame, None
+        self._answered(worker, frame)
 
-    def _answered(self, worker: _Worker, frame: bytes) -> None:
+    def _answered(self, worker: _Worker, frame: bytearray) -> None:
         jobs, worker.inflight = worker.inflight or [], None
         try:
             results = pickle.loads(frame)

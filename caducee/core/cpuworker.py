@@ -95,7 +95,11 @@ def serve(sock: socket.socket) -> None:
             results = [(False, RuntimeError(f"the jobs could not be read: {exc!r}"))]
         reply = _dumps(results)
         try:
-            sock.sendall(HEADER.pack(len(reply)) + reply)
+            if len(reply) < 65536:  # one write for the usual small answer
+                sock.sendall(HEADER.pack(len(reply)) + reply)
+            else:  # no copy of a large one to put its length in front
+                sock.sendall(HEADER.pack(len(reply)))
+                sock.sendall(reply)
         except OSError:  # the server is gone
             return
 
