@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import shutil
@@ -28,6 +29,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -78,6 +80,49 @@ def peak_rss_mb(pids: list[int]) -> float:
 def children_of(pid: int) -> list[int]:
     out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
     return [int(p) for p in out]
+
+
+def tree_of(pid: int) -> list[int]:
+    """`pid` and every process below it."""
+    found, todo = [pid], [pid]
+    while todo:
+        for child in children_of(todo.pop()):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pids: list[int], serving: list[int]) -> dict[str, float]:
+    """CPU time (user + system) so far of each kind of process: serving, CPU pool, other."""
+    out = {"serving": 0.0, "cpu pool": 0.0, "other": 0.0}
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        seconds = (int(fields[11]) + int(fields[12])) / _TICK
+        if b"cpuworker" in cmdline or b"forkserver" in cmdline or b"multiprocessing" in cmdline:
+            out["cpu pool"] += seconds
+        elif b"caducee" in cmdline and (b"--worker-process" in cmdline or b"--workers 1" in cmdline.replace(b"\0", b" ")):
+            out["serving"] += seconds
+        else:
+            out["other"] += seconds
+    return out
+
+
+def measured(caducee: Caducee, run: Callable[[], float], messages: int, cpu: dict[str, list[float]], key: str) -> float:
+    """Run the load; record the CPU milliseconds per message each kind of process spent."""
+    serving = caducee.workers()
+    before = cpu_seconds(tree_of(caducee.process.pid), serving)
+    rate = run()
+    after = cpu_seconds(tree_of(caducee.process.pid), serving)
+    for kind in before:
+        cpu.setdefault(f"{key}|{kind}", []).append(1000 * (after[kind] - before[kind]) / messages)
+    return rate
 
 
 class Caducee:
@@ -238,6 +283,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--pg", default=DEFAULT_PG)
+    parser.add_argument("--backends", default="sqlite,postgresql", help="comma-separated: sqlite, postgresql")
+    parser.add_argument("--no-tls", action="store_true", help="skip the STARTTLS + AUTH line")
+    parser.add_argument("--no-profile", action="store_true")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     for tool in ("smtp-source", "smtp-sink", "postfix"):
@@ -245,6 +293,7 @@ def main() -> None:
             raise SystemExit(f"{tool} is missing: run `bash scripts/system-packages.sh` (Debian package postfix)")
     results: dict[str, list[float]] = {}
     rss: dict[str, list[float]] = {}
+    cpu: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory(prefix="caducee-smtp-bench-") as tmp:
         workdir = Path(tmp)
         os.chmod(workdir, 0o755)
@@ -261,7 +310,7 @@ def main() -> None:
                 results.setdefault("Postfix (relay to smtp-sink)", []).append(
                     smtp_source(postfix_port, args.messages, args.sessions, args.size)
                 )
-                for backend in ("sqlite", "postgresql"):
+                for backend in args.backends.split(","):
                     if backend == "sqlite":
                         url = f"sqlite:///{workdir / f'bench-{attempt}.sqlite3'}"
                     else:
@@ -270,8 +319,9 @@ def main() -> None:
                     caducee = Caducee(workdir, url, args.workers)
                     try:
                         key = f"Caducée {backend}, --workers {args.workers}"
-                        results.setdefault(key, []).append(smtp_source(caducee.port, args.messages, args.sessions, args.size))
-                        if backend == "sqlite":
+                        load = functools.partial(smtp_source, caducee.port, args.messages, args.sessions, args.size)
+                        results.setdefault(key, []).append(measured(caducee, load, args.messages, cpu, key))
+                        if backend == "sqlite" and not args.no_tls:
                             results.setdefault("Caducée sqlite, STARTTLS + AUTH (aiosmtplib)", []).append(
                                 asyncio.run(tls_auth_rate(caducee, args.messages // 2, args.sessions, args.size))
                             )
@@ -285,8 +335,13 @@ def main() -> None:
             for name in pg_names:
                 drop_pg_database(args.pg, name)
 
-        profile = profile_worker(workdir, min(args.messages, 3000), args.sessions, args.size)
+        profile = "" if args.no_profile else profile_worker(workdir, min(args.messages, 3000), args.sessions, args.size)
     postfix_rate = median(results["Postfix (relay to smtp-sink)"])
+    cpu_lines = []
+    for key in results:
+        if f"{key}|serving" in cpu:
+            parts = [median(cpu[f"{key}|{kind}"]) for kind in ("serving", "cpu pool", "other")]
+            cpu_lines.append(f"| {key} | {parts[0]:.2f} | {parts[1]:.2f} | {parts[2]:.2f} | {sum(parts):.2f} |")
     lines = []
     for key, values in results.items():
         rate = median(values)
@@ -314,6 +369,16 @@ nested lines are part of the line above). The SMTP protocol layer (aiosmtpd on u
 sink in one process is itself slower than Postfix, which is why the gateway runs one worker per core.
 
 {profile}
+
+CPU time per message (milliseconds, medians; user + system from /proc, every process of the server's tree; the
+serving processes run the SMTP sessions and the pipeline, the CPU pool the S/MIME jobs; smtp-source and the database
+server are not counted):
+
+| server | serving processes | CPU pool | other (parent, PSC stand-in) | total |
+|---|---|---|---|---|
+"""
+        + "\n".join(cpu_lines)
+        + """
 
 Peak RSS is dominated by argon2id password checks (64 MiB each, at most two at a time per worker) when clients log in;
 under trusted-network load a worker stays near 115 MB."""

@@ -110,7 +110,10 @@ class Settings:
     crl_files: list[str] = _setting(
         [], "CRL files (PEM or DER) checked when verifying signatures, re-read when they change. Empty: the development PKI's CRL."
     )
-    cpu_workers: int = _setting(0, "Processes doing CPU-heavy work (S/MIME, parsing large messages) per server process (0: one per CPU).")
+    cpu_workers: int = _setting(
+        0,
+        "Processes doing CPU-heavy work (S/MIME, parsing large messages) per serving process (0: one per CPU for the node, shared out among `--workers`).",
+    )
     relay_client_cert: str = _setting("", "PEM certificate presented to other operators when relaying (mutual TLS).")
     relay_client_key: str = _setting("", "PEM private key of the relay client certificate.")
     relay_routes: dict[str, str] = _setting(

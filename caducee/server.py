@@ -635,6 +635,8 @@ def serve_workers(settings: Settings, argv: list[str], workers: int, *, demo: bo
         for name in ("psc_discovery_url", "psc_client_id", "psc_client_secret", "psc_redirect_uri", "psc_audiences"):
             value = getattr(settings, name)
             env["CADUCEE_" + name.upper()] = ",".join(value) if isinstance(value, list) else str(value)
+    if settings.cpu_workers == 0:  # one CPU-pool process per core for the node, shared out, not per core per worker
+        env["CADUCEE_CPU_WORKERS"] = str(max(1, (os.cpu_count() or 2) // workers))
     env[INHERITED] = ",".join(f"{name}={sock.fileno()}" for name, sock in sockets.items())
     fds = [sock.fileno() for sock in sockets.values()]
     children = [

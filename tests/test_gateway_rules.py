@@ -290,3 +290,26 @@ async def test_the_patient_answers_the_pharmacy_about_the_prescription(gateway) 
     assert (await asyncio.to_thread(send_as, gateway, "pharmacy", fin, [patient]))[0] == 250
     after = await patient_writes(gateway, "adult_1", pharmacy, reply_to=fin, subject="Re: Mon ordonnance")
     assert not after.accepted and "closed" in after.reply
+
+
+async def test_a_message_id_another_sender_used_is_refused_and_nothing_is_stored(gateway) -> None:  # type: ignore[no-untyped-def]
+    """The group commit checks the Message-ID in its transaction: the second sender's message
+    gets the rule's refusal, as an early check would give, and nothing of it is written; the
+    first sender may reuse its own (a resend)."""
+    patient = gateway.credentials["patients"]["adult_1"]["address"]
+    first, code, _ = await doctor_writes(gateway, patient, subject="Premier")
+    assert code == 250
+    nurse = gateway.credentials["professionals"]["nurse"]["address"]
+    again = message(nurse, patient, "Second", "Même identifiant.")
+    again.replace_header("Message-ID", first["Message-ID"])
+    result = await gateway.pipeline.accept(
+        Envelope(mail_from=nurse, rcpt_tos=[patient], data=again.as_bytes(policy=SMTP_POLICY), channel=Channel.WEBMAIL, authenticated=nurse)
+    )
+    assert result.accepted == [] and result.message_id is None
+    assert result.refused[patient].rule == "message-id-in-use" and result.reply.startswith("550 5.7.1")
+    inbox = await gateway.inbox(patient)
+    assert len(inbox) == 1 and b"Premier" in inbox[0]
+    resent = message(gateway.account("doctor")[0], patient, "Renvoi")
+    resent.replace_header("Message-ID", first["Message-ID"])
+    code, _ = await asyncio.to_thread(smtp_send, gateway, resent, [patient])
+    assert code == 250

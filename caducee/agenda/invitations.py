@@ -78,8 +78,8 @@ class Intake:
 
     def delivered(self, delivered: Delivered) -> None:
         """The pipeline's post-delivery hook: returns at once, the work goes on in a task."""
-        if delivered.sender_kind not in INVITERS:
-            return
+        if delivered.sender_kind not in INVITERS or not delivered.may_contain(*CALENDAR_TYPES):
+            return  # most mail holds no calendar: no read, no decryption, no parse
         mine = [to for to in delivered.recipients if to.mailbox_type == "PAT"]
         if not mine:
             return

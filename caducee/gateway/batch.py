@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from caducee import db
 from caducee.gateway.models import QueuedRecipient
+from caducee.mailbox import store
 from caducee.mailbox.delivery import Delivery, deliver
 
 
@@ -29,12 +30,23 @@ class DeliveryPlan:
     delivery: Delivery
     remote: list[list[str]]  # per stored form: the remote recipients it is relayed to
     queue_lifetime: timedelta  # the relay's expiry (`relay_expiry_hours`): then the sender gets a DSN
+    # The rules' "Message-ID used by another sender" fact, left to the commit: one query for the
+    # whole batch, in the writing transaction, instead of one per message on the event loop.
+    # A plan whose Message-ID turns out taken is not written (its result is None).
+    check_message_id: bool = False
 
 
-def write_batch(conn: Connection, plans: list[DeliveryPlan]) -> list[list[int]]:
-    """Write every plan in the caller's transaction; for each plan, the ids of its stored forms in order."""
+def write_batch(conn: Connection, plans: list[DeliveryPlan]) -> list[list[int] | None]:
+    """Write every plan in the caller's transaction; for each plan, the ids of its stored forms in
+    order, or None for a plan whose Message-ID another sender already used (`check_message_id`)."""
     now = datetime.now(UTC)
-    stored = deliver(conn, [plan.delivery for plan in plans])
+    checked = [(plan.delivery.message_id_header, plan.delivery.sender) for plan in plans if plan.check_message_id]
+    taken = store.message_ids_used_by_others(conn, [pair for pair in checked if pair[0]])
+    writing = [plan for plan in plans if not (plan.check_message_id and (plan.delivery.message_id_header, plan.delivery.sender) in taken)]
+    stored_of = dict(zip(map(id, writing), deliver(conn, [plan.delivery for plan in writing]), strict=True))
+    results = [stored_of.get(id(plan)) for plan in plans]
+    plans = writing
+    stored = [stored_of[id(plan)] for plan in plans]
     queued = [
         {
             "message_id": message_id,
@@ -56,7 +68,7 @@ def write_batch(conn: Connection, plans: list[DeliveryPlan]) -> list[list[int]]:
     ]
     if queued:
         conn.execute(insert(QueuedRecipient.__table__), queued)
-    return stored
+    return results
 
 
 class BatchWriter:
@@ -74,13 +86,13 @@ class BatchWriter:
         self._sync = db.sync_engine_for(engine) if db.is_sqlite(engine) else None
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer") if self._sync else None
 
-    async def __call__(self, plans: list[DeliveryPlan]) -> list[list[int]]:
+    async def __call__(self, plans: list[DeliveryPlan]) -> list[list[int] | None]:
         if self._sync is not None:
             return await asyncio.get_running_loop().run_in_executor(self._thread, self._write_sqlite, plans)
         async with self.engine.begin() as conn:
             return await conn.run_sync(write_batch, plans)
 
-    def _write_sqlite(self, plans: list[DeliveryPlan]) -> list[list[int]]:
+    def _write_sqlite(self, plans: list[DeliveryPlan]) -> list[list[int] | None]:
         assert self._sync is not None
         with self._sync.begin() as conn:
             return write_batch(conn, plans)

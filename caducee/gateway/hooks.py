@@ -18,6 +18,8 @@ from caducee.policies import Channel, PartyKind
 
 log = logging.getLogger(__name__)
 
+OPAQUE_TYPES = frozenset({"application/pkcs7-mime", "application/x-pkcs7-mime"})  # encrypted: any content inside
+
 
 @dataclass(frozen=True)
 class DeliveredTo:
@@ -37,6 +39,16 @@ class Delivered:
     message_id_header: str
     has_attachment: bool
     recipients: tuple[DeliveredTo, ...]
+    # The leaf content types of the message as received (None: not known). Encrypted mail is
+    # opaque ("application/pkcs7-mime"): what it holds once opened is not known here.
+    content_types: frozenset[str] | None = None
+
+    def may_contain(self, *content_types: str) -> bool:
+        """Whether any stored form may hold an entity of one of these types: consumers that
+        want only those skip every other message without reading it."""
+        if self.content_types is None or self.content_types & OPAQUE_TYPES:
+            return True
+        return bool(self.content_types & set(content_types))
 
     @property
     def patients(self) -> list[DeliveredTo]:

@@ -67,6 +67,9 @@ class InspectedMessage:
     # addresses written inside From's display name (what mail clients show as the sender).
     identity_addresses: list[str] = field(default_factory=list)
     tree: Part | None = None  # the parsed message (`caducee.mime.structure`): parsed once, reused by the summary
+    # The content type of every leaf entity ("text/calendar", "application/pkcs7-mime"...), for
+    # post-delivery consumers that only care about some: they skip the others without a read.
+    content_types: frozenset[str] = frozenset()
 
     @property
     def size(self) -> int:
@@ -102,6 +105,10 @@ def _scan_parts(root: Part) -> tuple[bool, bool]:
             if (payload if payload is not None else part.body_bytes).strip():
                 has_content = True
     return has_content, has_attachment
+
+
+def _leaf_types(root: Part) -> frozenset[str]:
+    return frozenset(part.headers.get_content_type().lower() for part in walk_parts(root) if not part.children and part.message is None)
 
 
 def _filename(part: Part) -> bool:
@@ -199,4 +206,5 @@ def inspect_message(raw: bytes, *, max_size: int, hostname: str, add_missing_hea
         identity_addresses=list(dict.fromkeys(identity)),
         is_receipt=content_type == "multipart/report" and dict(params).get("report-type", "").lower() == "disposition-notification",
         tree=root,
+        content_types=_leaf_types(root),
     )

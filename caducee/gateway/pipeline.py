@@ -27,6 +27,7 @@ from caducee.config import Settings
 from caducee.core import pseudonyms
 from caducee.core.cpu import CpuPool
 from caducee.core.groupcommit import GroupCommitter
+from caducee.core.singleflight import SingleFlight
 from caducee.crypto.atrest import BodyCipher
 from caducee.crypto.smime import SmimeError
 from caducee.gateway.batch import BatchWriter, DeliveryPlan
@@ -159,6 +160,7 @@ class AcceptPipeline:
         self.writer = BatchWriter(engine)
         self.committer = committer or GroupCommitter(self.writer)
         self._parties_cache: dict[str, tuple[float, PartyInfo]] = {}
+        self._party_flights: SingleFlight[frozenset[str], dict[str, PartyInfo]] = SingleFlight()
         self._cnam = {address.lower() for address in settings.cnam_senders}
 
     # ---- facts ------------------------------------------------------------------------
@@ -180,14 +182,19 @@ class AcceptPipeline:
             else:
                 missing.append(address)
         if missing:
-            async with self.engine.connect() as conn:
-                fresh = await resolve_parties(conn, missing, local_domains=self.settings.local_domains)
-            if len(self._parties_cache) > 100_000:
-                self._parties_cache.clear()
-            for address, info in fresh.items():
-                self._parties_cache[address] = (now, info)
-            found.update(fresh)
+            # Single flight: when an entry expires under load, every session in flight misses it
+            # at once; they share one query instead of each running its own.
+            found.update(await self._party_flights.run(frozenset(missing), lambda: self._resolve(missing, now)))
         return await self._postmasters(found)
+
+    async def _resolve(self, missing: list[str], now: float) -> dict[str, PartyInfo]:
+        async with self.engine.connect() as conn:
+            fresh = await resolve_parties(conn, missing, local_domains=self.settings.local_domains)
+        if len(self._parties_cache) > 100_000:
+            self._parties_cache.clear()
+        for address, info in fresh.items():
+            self._parties_cache[address] = (now, info)
+        return fresh
 
     async def _postmasters(self, found: dict[str, PartyInfo]) -> dict[str, PartyInfo]:
         """postmaster@ each local domain is the operator's postmaster mailbox (RFC 5321 4.5.1)."""
@@ -256,11 +263,13 @@ class AcceptPipeline:
         channel: Channel,
         unowned_address: str | None = None,
         read_only_delegate: bool = False,
+        message_id_taken: bool | None = None,
     ) -> Verdict:
         """Apply the rules to each recipient, as `accept` will; nothing is written.
 
         The webmail asks this before it offers an action, so that what it shows and what the
-        gateway then does can never disagree.
+        gateway then does can never disagree. `message_id_taken`: that fact when the caller
+        knows it (None: asked of the store here).
         """
         sender = sender.lower()
         recipients = list(dict.fromkeys(rcpt.lower() for rcpt in recipients))
@@ -283,10 +292,11 @@ class AcceptPipeline:
                 is_campaign=conversation.is_campaign,
                 senders=conversation.senders,
             )
-        message_id_taken = False
-        if message.message_id:
-            async with self.engine.connect() as conn:
-                message_id_taken = await store.message_id_used_by_other(conn, message.message_id, sender)
+        if message_id_taken is None:
+            message_id_taken = False
+            if message.message_id:
+                async with self.engine.connect() as conn:
+                    message_id_taken = await store.message_id_used_by_other(conn, message.message_id, sender)
         facts = dataclass_replace(
             message, references_known=conversation is not None, references_foreign=foreign, message_id_taken=message_id_taken
         )
@@ -338,7 +348,10 @@ class AcceptPipeline:
             )
         return result
 
-    async def _accept(self, envelope: Envelope) -> AcceptResult:
+    async def _accept(self, envelope: Envelope, message_id_taken: bool | None = None) -> AcceptResult:
+        """`message_id_taken` None: judged as unused, and checked by the group commit in the
+        writing transaction (one query per batch); if another sender did use it, the message
+        is judged again knowing it, which gives exactly the answer an early check gives."""
         try:
             inspected = await self._inspect(envelope)
         except MessageRejected as rejected:
@@ -367,6 +380,7 @@ class AcceptPipeline:
             channel=envelope.channel,
             unowned_address=unowned,
             read_only_delegate=envelope.read_only_delegate,
+            message_id_taken=bool(message_id_taken),
         )
         parties, sender_party, conversation, conversation_facts = (
             verdict.parties,
@@ -419,14 +433,24 @@ class AcceptPipeline:
                 sender, sender_party.kind.value, frozenset({sender, *accepted}), is_campaign=sender_party.kind is PartyKind.CNAM
             )
         lifetime = timedelta(hours=self.settings.relay_expiry_hours)  # how long the relay keeps trying (then a DSN)
-        stored_ids = await self.committer.submit(DeliveryPlan(delivery, remote, lifetime))
+        stored_ids = await self.committer.submit(DeliveryPlan(delivery, remote, lifetime, check_message_id=message_id_taken is None))
+        if stored_ids is None:  # another sender used this Message-ID: nothing was written; decide knowing it
+            return await self._accept(envelope, message_id_taken=True)
         message_id = stored_ids[0]
         if any(remote) and self.on_queued is not None:
             self.on_queued()
         if self.on_delivered and Action.DO_NOT_DELIVER not in actions:
             received = self._received(filings, stored_ids, accepted, parties)
             if received:
-                delivered = Delivered(sender, sender_party.kind, envelope.channel, inspected.message_id, inspected.has_attachment, received)
+                delivered = Delivered(
+                    sender,
+                    sender_party.kind,
+                    envelope.channel,
+                    inspected.message_id,
+                    inspected.has_attachment,
+                    received,
+                    inspected.content_types,
+                )
                 tell(self.on_delivered, delivered)
         return AcceptResult(accepted, refused, message_id, f"250 2.0.0 OK: queued as {message_id}", frozenset(actions))
 

@@ -97,6 +97,18 @@ async def message_id_used_by_other(conn: AsyncConnection, message_id_header: str
     return row.first() is not None
 
 
+def message_ids_used_by_others(conn: Connection, wanted: list[tuple[str, str]]) -> set[tuple[str, str]]:
+    """`message_id_used_by_other` for many (Message-ID, sender) pairs in one query, inside a
+    writing transaction: the pairs whose Message-ID another sender already used."""
+    if not wanted:
+        return set()
+    headers = sorted({header[:998] for header, _ in wanted})
+    senders_of: dict[str, set[str]] = {}
+    for header, sender in conn.execute(select(Message.message_id_header, Message.sender).where(Message.message_id_header.in_(headers))):
+        senders_of.setdefault(header, set()).add(sender)
+    return {(header, sender) for header, sender in wanted if senders_of.get(header[:998], set()) - {sender.lower()}}
+
+
 def close_conversation(conn: Connection, conversation_id: int, closed_by: str) -> None:
     """Close a conversation, and mark each participant's row with the moment, so that a
     participant's conversation list can tell it changed with one index look-up."""
