@@ -404,12 +404,13 @@ CLOSED_SUBJECT = "Renouvellement de votre traitement"
 CNAM_SUBJECT = "La vaccination contre la grippe a commencé"
 
 
-async def send_messages(pipeline: Any, settings: Settings, credentials: dict[str, Any]) -> list[str]:
+async def send_messages(pipeline: Any, settings: Settings, credentials: dict[str, Any], store: Any = None) -> list[str]:
     """The few messages a new demo world starts with, so that the webmail and the IMAP example of
     the README show something at once: a conversation Dr Bernard closed after Claire's reply (her
     reply is in the doctor's INBOX), a CNAM prevention message (no reply possible), and the
     doctor's results with a PDF, the newest. They go through the gateway's accept pipeline like
-    any message (rules, S/MIME, sealed bodies). Returns the subjects delivered, oldest first."""
+    any message (rules, S/MIME, sealed bodies); `store` (the mailbox's MailStore) marks what
+    Claire read before answering. Returns the subjects delivered, oldest first."""
     from caducee.gateway.pipeline import Channel, Envelope
     from caducee.webmail.compose import reply
 
@@ -444,6 +445,10 @@ async def send_messages(pipeline: Any, settings: Settings, credentials: dict[str
         hostname=settings.hostname,
     )
     await send(claire["address"], doctor["address"], answer, Channel.WEBMAIL, keep_sent=True)
+    if store is not None:  # she read the message she answered (the first of her INBOX), as the webmail would have marked it
+        inbox = await store.folder(await store.mailbox_id(claire["address"]), "INBOX")
+        if inbox is not None:
+            await store.store_flags(inbox.id, [1], "+FLAGS", ["\\Seen"])
     closing, _ = _message(
         (doctor_name, doctor["address"]),
         (claire_name, claire["address"]),

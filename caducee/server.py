@@ -304,15 +304,18 @@ async def seed_demo_messages(engine: AsyncEngine, settings: Settings, credential
     email for mail the demo wrote itself."""
     from caducee import demo as demo_world
     from caducee.core.cpu import CpuPool
+    from caducee.mailbox.mailstore import MailStore
 
     pool = CpuPool(1)
     pipeline = AcceptPipeline(
         engine, settings, BodyCipher(load_master_key(settings.data_dir)), smime=smime_stage(settings, engine, pool), cpu=pool
     )
+    store = MailStore(engine, pipeline.cipher)
     try:
-        subjects = await demo_world.send_messages(pipeline, settings, credentials)
+        subjects = await demo_world.send_messages(pipeline, settings, credentials, store)
         log.info("demo messages delivered: %s", "; ".join(subjects))
     finally:
+        await store.close()
         await pipeline.close()
         pool.close()
 
