@@ -1,5 +1,6 @@
-"""The `caducee` command: serve, database migrations, annuaire and population imports, patient activation codes,
-the access history, the test PKI, the OpenPGP keyring, CNAM campaigns."""
+"""The `caducee` command: serve, database migrations, annuaire and population imports, the administration of
+professionals and patients, patient activation codes, the access history, the test PKI, the OpenPGP keyring,
+CNAM campaigns."""
 
 from __future__ import annotations
 
@@ -143,6 +144,180 @@ def cmd_activation_code(args: argparse.Namespace) -> int:
     code, message = asyncio.run(issue())
     print(message, file=sys.stderr if code else sys.stdout)
     return code
+
+
+def _admin(args: argparse.Namespace, work):  # type: ignore[no-untyped-def]
+    """Run `work(conn, settings)` in one transaction on the migrated database; an AdminError is
+    printed as `error: ...` (exit 1) and nothing is changed."""
+    from caducee.annuaire.admin import AdminError
+
+    settings = _settings(args)
+
+    async def run():  # type: ignore[no-untyped-def]
+        await asyncio.to_thread(db.upgrade, settings.effective_database_url)
+        engine = db.create_engine(settings.effective_database_url)
+        try:
+            async with engine.begin() as conn:
+                return await work(conn, settings)
+        finally:
+            await engine.dispose()
+
+    try:
+        return 0, asyncio.run(run())
+    except AdminError as exc:
+        print(f"error: {exc}; nothing was changed", file=sys.stderr)
+        return 1, None
+
+
+def _new_password() -> tuple[str, str]:
+    from caducee.core.passwords import generate_password, hash_password
+
+    password = generate_password()
+    return password, hash_password(password)
+
+
+APPLIED = "a running server applies it within directory_cache_seconds"
+
+
+def cmd_professionals(args: argparse.Namespace) -> int:
+    """`caducee professionals add | change | retire | reset-password | show`: the operator's own
+    professionals and their mailboxes (source "local": no directory import rewrites them)."""
+    from caducee.annuaire import admin
+
+    command = args.professionals_command
+    password, password_hash = _new_password() if command in {"add", "reset-password"} else ("", "")
+
+    async def work(conn, settings: Settings):  # type: ignore[no-untyped-def]
+        if command == "add":
+            return await admin.add_professional_mailbox(
+                conn,
+                national_id=admin.national_id_of(args.rpps, args.adeli),
+                address=args.address,
+                password_hash=password_hash,
+                local_domains=settings.local_domains,
+                patient_domain=settings.patient_domain,
+                civility=args.civility,
+                first_name=args.first_name,
+                last_name=args.last_name,
+                profession_code=args.profession,
+                profession=args.profession_label,
+                specialty=args.specialty,
+                structure=args.structure,
+                service=args.service or "",
+                liste_rouge=args.liste_rouge == "yes",
+            )
+        if command == "change":
+            return await admin.change_professional(
+                conn,
+                args.who,
+                civility=args.civility,
+                first_name=args.first_name,
+                last_name=args.last_name,
+                profession_code=args.profession,
+                profession=args.profession_label,
+                specialty=args.specialty,
+                structure=args.structure,
+                service=args.service,
+                liste_rouge=None if args.liste_rouge is None else args.liste_rouge == "yes",
+            )
+        if command == "retire":
+            return await admin.retire_professional(conn, args.who)
+        if command == "reset-password":
+            return await admin.set_mailbox_password(conn, args.address, password_hash)
+        return await admin.show_professional(conn, args.who)
+
+    code, done = _admin(args, work)
+    if code:
+        return code
+    if command == "add":
+        address, created = done
+        print(f"mailbox {address} created{' with its professional' if created else ' for the professional already in the annuaire'}")
+        print(f"  password: {password}")
+        print("  give it to its owner by another channel (it is stored hashed only); their mail client signs in with it over TLS")
+        print(f"  S/MIME: `caducee pki issue {address}` gives them a certificate and the PKCS#12 file for their mail client")
+    elif command == "change":
+        print(f"{args.who} changed; {APPLIED}")
+        for note in done:
+            print(f"  note: {note}")
+    elif command == "retire":
+        if done:
+            print(f"retired: {', '.join(done)} (no login, no mail accepted, out of the search; the messages are kept); {APPLIED}")
+        else:
+            print(f"{args.who} retired (they had no active mailbox of ours)")
+    elif command == "reset-password":
+        print(f"new password for {done}: {password}")
+        print("  the previous one no longer works; give this one to its owner by another channel")
+    else:
+        state = "active" if done.active else "retired"
+        print(f"{done.name} ({done.national_id}), {done.profession}, {state}{', listed in the PS file' if done.in_ps_file else ''}")
+        for address, kind, active in done.mailboxes:
+            print(f"  {address} {kind}{'' if active else ' (retired)'}")
+    return 0
+
+
+def cmd_patients_admin(args: argparse.Namespace) -> int:
+    """`caducee patients add | change | retire`: one profile by hand (the population import does them in bulk)."""
+    from caducee.annuaire import admin
+    from caducee.crypto.atrest import load_master_key
+    from caducee.notify.notifier import notifier_from_settings
+    from caducee.webmail.accounts import Accounts
+    from caducee.webmail.codes import CodeHasher
+
+    command = args.patients_command
+
+    async def work(conn, settings: Settings):  # type: ignore[no-untyped-def]
+        if command == "add":
+            patient_id = await admin.add_patient_profile(
+                conn,
+                ins=args.ins,
+                last_name=args.last_name,
+                first_names=args.first_names,
+                birth_date=args.birth_date,
+                sex=args.sex,
+                patient_domain=settings.patient_domain,
+                email=args.email,
+            )
+            return await admin.find_patient(conn, args.ins), patient_id
+        if command == "change":
+            return await admin.change_patient(
+                conn,
+                args.ins,
+                last_name=args.last_name,
+                first_names=args.first_names,
+                birth_date=args.birth_date,
+                sex=args.sex,
+                email=args.email,
+            ), None
+        return await admin.retire_patient(conn, args.ins), None
+
+    code, done = _admin(args, work)
+    if code:
+        return code
+    patient, _ = done
+    settings = _settings(args)
+
+    async def after() -> str:
+        """After the commit: the provisional code of a new profile, or the end of a closed one's sessions."""
+        engine = db.create_engine(settings.effective_database_url)
+        try:
+            accounts = Accounts(engine, settings, notifier_from_settings(settings), CodeHasher(load_master_key(settings.data_dir)))
+            if command == "add":
+                return await accounts.issue_activation_code(patient.id, valid_days=args.days)
+            if command == "retire":
+                await accounts.close_all_sessions(patient.id)
+            return ""
+        finally:
+            await engine.dispose()
+
+    extra = asyncio.run(after())
+    if command == "add":
+        print(f"profile of {patient.name} ({patient.ins}) created, mailbox {patient.address}: not activated yet")
+        print(f"  provisional code {extra}, valid {args.days} days: send it by post; the patient activates (or opposes) with it")
+    elif command == "change":
+        print(f"profile of {patient.name} ({patient.ins}) changed; {APPLIED}")
+    else:
+        print(f"profile of {patient.name} ({patient.ins}) closed: it receives nothing now, its sessions ended; messages kept")
+    return 0
 
 
 def cmd_history(args: argparse.Namespace) -> int:
@@ -521,6 +696,55 @@ def build_parser() -> argparse.ArgumentParser:
     population.add_argument("--days", type=int, default=90, help="how long the provisional codes stay valid")
     population.add_argument("--unsigned", action="store_true", help="a plain file, for trials only (no signature to check)")
     population.set_defaults(func=cmd_patients_import)
+
+    for name, text in (("add", "create a profile (not activated: prints its provisional code)"), ("change", "correct a profile")):
+        one = patients.add_parser(name, parents=[common], help=text)
+        one.add_argument("ins", help="the patient's INS (15 characters, spaces allowed)")
+        required = name == "add"
+        one.add_argument("--last-name", required=required)
+        one.add_argument("--first-names", required=required, help="all the first names, as on the birth certificate")
+        one.add_argument("--birth-date", required=required, help="YYYY-MM-DD")
+        one.add_argument("--sex", required=required, help="M, F or I")
+        one.add_argument("--email", help="where the sign-in codes go" + ("" if required else " (empty: none)"))
+        if required:
+            one.add_argument("--days", type=int, default=90, help="how long the provisional code stays valid")
+        one.set_defaults(func=cmd_patients_admin)
+    retire_patient = patients.add_parser("retire", parents=[common], help="close a profile: it receives nothing, messages kept")
+    retire_patient.add_argument("ins")
+    retire_patient.set_defaults(func=cmd_patients_admin)
+
+    pros = commands.add_parser("professionals", help="professionals and their mailboxes").add_subparsers(
+        dest="professionals_command", required=True
+    )
+    add_pro = pros.add_parser("add", parents=[common], help="create a professional's mailbox (and the professional if new)")
+    who = add_pro.add_mutually_exclusive_group(required=True)
+    who.add_argument("--rpps", help="the RPPS number (11 digits)")
+    who.add_argument("--adeli", help="the ADELI number (9 characters), for those without an RPPS number")
+    add_pro.add_argument("--address", required=True, help="the mailbox address, on one of our domains")
+    change_pro = pros.add_parser("change", parents=[common], help="change a professional, or one of their mailboxes")
+    change_pro.add_argument("who", help="a mailbox address (then its structure and service can change too), or an RPPS number")
+    for parser_ in (add_pro, change_pro):
+        parser_.add_argument("--civility", help="Dr, M., Mme...")
+        parser_.add_argument("--first-name")
+        parser_.add_argument("--last-name")
+        parser_.add_argument("--profession", help="the profession code (TRE_G15: 10 médecin, 21 pharmacien, 60 infirmier...)")
+        parser_.add_argument("--profession-label", help="its label, for a code not in Caducée's short list")
+        parser_.add_argument("--specialty", help="the savoir-faire, e.g. Médecine générale")
+        parser_.add_argument(
+            "--structure", help="the structure's key, e.g. FINESS:750000010 or SIRET:73282932000074 (change: none to detach)"
+        )
+        parser_.add_argument("--service", help="the service within the structure")
+        parser_.add_argument("--liste-rouge", choices=["yes", "no"], help="kept out of the public search")
+        parser_.set_defaults(func=cmd_professionals)
+    retire_pro = pros.add_parser("retire", parents=[common], help="retire a mailbox, or a professional and all their mailboxes")
+    retire_pro.add_argument("who", help="a mailbox address, or an RPPS number (every mailbox of theirs)")
+    retire_pro.set_defaults(func=cmd_professionals)
+    reset = pros.add_parser("reset-password", parents=[common], help="give a mailbox a new random password (printed once)")
+    reset.add_argument("address")
+    reset.set_defaults(func=cmd_professionals)
+    show = pros.add_parser("show", parents=[common], help="a professional and their mailboxes")
+    show.add_argument("who", help="a mailbox address or an RPPS number")
+    show.set_defaults(func=cmd_professionals)
 
     openpgp = commands.add_parser("openpgp", help="the OpenPGP keyring (CNAM files)").add_subparsers(dest="openpgp_command", required=True)
     openpgp.add_parser("init", parents=[common], help="create the operator's key pair").set_defaults(func=cmd_openpgp)

@@ -394,3 +394,176 @@ def write_credentials(path: Path, credentials: dict[str, Any]) -> None:
         json.dump(credentials, handle, indent=2, ensure_ascii=False)
     os.chmod(tmp, 0o600)
     os.replace(tmp, path)
+
+
+# ---- the first messages ------------------------------------------------------------------------
+
+RESULTS_SUBJECT = "Résultats de votre analyse de sang"
+RESULTS_PDF = "resultats-analyse-sang.pdf"
+CLOSED_SUBJECT = "Renouvellement de votre traitement"
+CNAM_SUBJECT = "La vaccination contre la grippe a commencé"
+
+
+async def send_messages(pipeline: Any, settings: Settings, credentials: dict[str, Any], store: Any = None) -> list[str]:
+    """The few messages a new demo world starts with, so that the webmail and the IMAP example of
+    the README show something at once: a conversation Dr Bernard closed after Claire's reply (her
+    reply is in the doctor's INBOX), a CNAM prevention message (no reply possible), and the
+    doctor's results with a PDF, the newest. They go through the gateway's accept pipeline like
+    any message (rules, S/MIME, sealed bodies); `store` (the mailbox's MailStore) marks what
+    Claire read before answering. Returns the subjects delivered, oldest first."""
+    from caducee.gateway.pipeline import Channel, Envelope
+    from caducee.webmail.compose import reply
+
+    doctor, claire = credentials["professionals"]["doctor"], credentials["patients"]["adult_1"]
+    doctor_name = "Dr Sophie Bernard"
+    claire_name = credentials["patients"]["adult_1"]["name"]
+    delivered: list[str] = []
+
+    async def send(sender: str, to: str, raw: bytes, channel: Channel, *, keep_sent: bool = False) -> None:
+        result = await pipeline.accept(Envelope(sender, [to], raw, channel, authenticated=sender, keep_sent=keep_sent))
+        if not result.accepted:
+            raise RuntimeError(f"the demo message from {sender} to {to} was refused: {result.reply}")
+
+    first, first_id = _message(
+        (doctor_name, doctor["address"]),
+        (claire_name, claire["address"]),
+        CLOSED_SUBJECT,
+        "Bonjour Madame Martin,\n\nVotre traitement arrive à son terme à la fin du mois. Je vous le renouvelle pour trois mois : "
+        "souhaitez-vous passer chercher l'ordonnance au cabinet ?\n\nDr Sophie Bernard\nCabinet médical des Lilas",
+        settings.hostname,
+    )
+    await send(doctor["address"], claire["address"], first, Channel.SUBMISSION)
+    answer = reply(
+        sender_name=claire_name,
+        sender=claire["address"],
+        to=[(doctor_name, doctor["address"])],
+        subject=CLOSED_SUBJECT,
+        in_reply_to=first_id,
+        references=[],
+        text="Bonjour Docteur,\n\nOui, je passerai la chercher jeudi en fin de matinée.\n\nMerci, bonne journée.\nClaire Martin",
+        upload=None,
+        hostname=settings.hostname,
+    )
+    await send(claire["address"], doctor["address"], answer, Channel.WEBMAIL, keep_sent=True)
+    if store is not None:  # she read the message she answered (the first of her INBOX), as the webmail would have marked it
+        inbox = await store.folder(await store.mailbox_id(claire["address"]), "INBOX")
+        if inbox is not None:
+            await store.store_flags(inbox.id, [1], "+FLAGS", ["\\Seen"])
+    closing, _ = _message(
+        (doctor_name, doctor["address"]),
+        (claire_name, claire["address"]),
+        f"Re: {CLOSED_SUBJECT}",
+        "Très bien, l'ordonnance vous attendra à l'accueil du cabinet. Je clos cette conversation.\n\nDr Sophie Bernard",
+        settings.hostname,
+        headers={"In-Reply-To": first_id, "References": first_id, "X-MSS-MES": "FIN"},
+    )
+    await send(doctor["address"], claire["address"], closing, Channel.SUBMISSION)
+    delivered.append(CLOSED_SUBJECT)
+
+    cnam = credentials["cnam"]
+    prevention, _ = _message(
+        ("Assurance Maladie", cnam["address"]),
+        (claire_name, claire["address"]),
+        CNAM_SUBJECT,
+        "Bonjour,\n\nLa campagne de vaccination contre la grippe saisonnière a commencé. Le vaccin est pris en charge à 100 % "
+        "pour les personnes à risque ; votre médecin, votre pharmacien ou votre infirmier peut vous vacciner.\n\n"
+        "Plus d'informations : https://www.ameli.fr/assure/sante/themes/grippe\n\nL'Assurance Maladie",
+        settings.hostname,
+    )
+    await send(cnam["address"], claire["address"], prevention, Channel.API)
+    delivered.append(CNAM_SUBJECT)
+
+    results, _ = _message(
+        (doctor_name, doctor["address"]),
+        (claire_name, claire["address"]),
+        RESULTS_SUBJECT,
+        "Bonjour Madame Martin,\n\nVous trouverez ci-joint les résultats de votre analyse de sang. Ils sont normaux : "
+        "la glycémie à jeun est à 0,95 g/L.\n\nVous pouvez me répondre ici si vous avez une question.\n\n"
+        "Dr Sophie Bernard\nCabinet médical des Lilas",
+        settings.hostname,
+        attachment=(RESULTS_PDF, results_pdf(claire_name)),
+    )
+    await send(doctor["address"], claire["address"], results, Channel.SUBMISSION)
+    delivered.append(RESULTS_SUBJECT)
+    return delivered
+
+
+def _message(
+    sender: tuple[str, str],
+    to: tuple[str, str],
+    subject: str,
+    text: str,
+    hostname: str,
+    *,
+    headers: dict[str, str] | None = None,
+    attachment: tuple[str, bytes] | None = None,
+) -> tuple[bytes, str]:
+    """A message as a professional's mail client writes it (CRLF, headers encoded) and its Message-ID."""
+    import email.policy
+    from email.headerregistry import Address
+    from email.message import EmailMessage
+    from email.utils import formatdate, make_msgid
+
+    def address(name: str, mailbox: str) -> Address:
+        local, _, domain = mailbox.partition("@")
+        return Address(display_name=name, username=local, domain=domain)
+
+    message = EmailMessage(policy=email.policy.SMTP)
+    message["From"] = address(*sender)
+    message["To"] = address(*to)
+    message["Subject"] = subject
+    message["Date"] = formatdate(localtime=False)
+    message_id = make_msgid(domain=hostname)
+    message["Message-ID"] = message_id
+    for name, value in (headers or {}).items():
+        message[name] = value
+    message.set_content(text + "\n", charset="utf-8", cte="quoted-printable")
+    if attachment is not None:
+        message.add_attachment(attachment[1], maintype="application", subtype="pdf", filename=attachment[0])
+    return message.as_bytes(), message_id
+
+
+def results_pdf(patient: str) -> bytes:
+    """A one-page PDF of made-up blood test results (PDF 1.4, Helvetica in WinAnsiEncoding):
+    small, valid, and opened by any reader."""
+    lines = [
+        ("F2", 16, "Cabinet médical des Lilas - Dr Sophie Bernard"),
+        ("F1", 11, "12 rue des Lilas, 75019 Paris"),
+        ("F1", 11, ""),
+        ("F2", 13, f"Résultats d'analyse de sang - {patient}"),
+        ("F1", 11, "Document de démonstration : ces valeurs sont inventées."),
+        ("F1", 11, ""),
+        ("F1", 11, "Glycémie à jeun : 0,95 g/L (valeurs usuelles 0,70 à 1,10)"),
+        ("F1", 11, "Cholestérol total : 1,85 g/L (inférieur à 2,00)"),
+        ("F1", 11, "Hémoglobine : 13,6 g/dL (12,0 à 16,0)"),
+        ("F1", 11, "Créatinine : 7,2 mg/L (5,0 à 9,0)"),
+        ("F1", 11, ""),
+        ("F1", 11, "Conclusion : bilan normal."),
+    ]
+
+    def literal(text: str) -> bytes:
+        return b"(" + text.encode("cp1252").replace(b"\\", b"\\\\").replace(b"(", b"\\(").replace(b")", b"\\)") + b")"
+
+    content = (
+        b"BT 72 770 Td 18 TL\n"
+        + b"".join(b"/%s %d Tf %s Tj T*\n" % (font.encode(), size, literal(text)) for font, size, text in lines)
+        + b"ET\n"
+    )
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 595 842] /Resources << /Font << /F1 4 0 R /F2 5 0 R >> >> /Contents 6 0 R >>",
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica /Encoding /WinAnsiEncoding >>",
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica-Bold /Encoding /WinAnsiEncoding >>",
+        b"<< /Length %d >>\nstream\n%sendstream" % (len(content), content),
+    ]
+    out = bytearray(b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n")
+    offsets = []
+    for number, body in enumerate(objects, start=1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n%s\nendobj\n" % (number, body)
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
+    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
+    return bytes(out)

@@ -288,12 +288,36 @@ async def prepare_database(settings: Settings, *, demo: bool) -> AsyncEngine:
         credentials = await demo_world.seed(engine, settings)
         where = demo_world.credentials_path(settings)
         if credentials is not None:
+            await seed_demo_messages(engine, settings, credentials)
             log.info("demo world seeded; credentials in %s", where)
         else:
             log.info("database not empty: demo seed skipped (credentials stay in %s)", where)
     async with engine.begin() as conn:  # after the demo seed, which only seeds an empty annuaire
         await ensure_postmaster(conn, settings.operator_domain)
     return engine
+
+
+async def seed_demo_messages(engine: AsyncEngine, settings: Settings, credentials: dict[str, Any]) -> None:
+    """The demo world's first messages, through an accept pipeline of their own (S/MIME as
+    configured, one CPU worker, closed after): every `serve --demo` path seeds the same way,
+    before any listener's pipeline exists. No post-delivery consumer runs: no "a message waits"
+    email for mail the demo wrote itself."""
+    from caducee import demo as demo_world
+    from caducee.core.cpu import CpuPool
+    from caducee.mailbox.mailstore import MailStore
+
+    pool = CpuPool(1)
+    pipeline = AcceptPipeline(
+        engine, settings, BodyCipher(load_master_key(settings.data_dir)), smime=smime_stage(settings, engine, pool), cpu=pool
+    )
+    store = MailStore(engine, pipeline.cipher)
+    try:
+        subjects = await demo_world.send_messages(pipeline, settings, credentials, store)
+        log.info("demo messages delivered: %s", "; ".join(subjects))
+    finally:
+        await store.close()
+        await pipeline.close()
+        pool.close()
 
 
 # ---- the mail side of a process: SMTP and IMAP listeners, group commit, relay ----------------

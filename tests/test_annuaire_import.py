@@ -209,10 +209,27 @@ async def test_whitelist_import(engine: AsyncEngine, tmp_path: Path) -> None:
     ]
     path = tmp_path / "listeblanche.xml"
     path.write_text(whitelist_xml(entries), encoding="utf-8")
-    report = await run(engine, "whitelist", path)
+    bad_rows = io.StringIO()
+    report = await run(engine, "whitelist", path, report_stream=bad_rows)
     assert (report.rows_read, report.rows_bad, report.inserted) == (5, 2, 2)
     dns = await scalar(engine, select(TrustDomain.operator_dns).where(TrustDomain.domain == "operateur-b.mssante.fr"))
     assert dns.splitlines() == ["CN=a,O=B,C=FR", "CN=b,O=B,C=FR"]
+    # The file's real lines (the declaration and the root element take lines 1 and 2), not the entries' ranks.
+    lines = path.read_text(encoding="utf-8").splitlines()
+    assert [line_no for line_no, _ in report.bad_samples] == [6, 7]
+    assert "not a domain" in lines[6 - 1] and "sans-dn" in lines[7 - 1]
+    assert bad_rows.getvalue().splitlines()[0].startswith("6\t") and "line 7: Domaine sans-dn.mssante.fr" in report.summary()
+
+    # The same file again: nothing changed, and the report says so.
+    report = await run(engine, "whitelist", path)
+    assert (report.inserted, report.updated, report.unchanged, report.retired) == (0, 0, 2, 0)
+    assert "0 added, 0 changed, 2 unchanged" in report.summary()
+    changed = [entries[0], ("operateur-b.mssante.fr", "Opérateur B", ["CN=b,O=B,C=FR"]), *entries[2:]]
+    path.write_text(whitelist_xml(changed), encoding="utf-8")
+    report = await run(engine, "whitelist", path)
+    assert (report.updated, report.unchanged) == (1, 1)
+    path.write_text(whitelist_xml(entries), encoding="utf-8")
+    await run(engine, "whitelist", path)
 
     path.write_text(whitelist_xml(entries[1:3]), encoding="utf-8")
     report = await run(engine, "whitelist", path)
@@ -226,6 +243,13 @@ async def test_whitelist_import(engine: AsyncEngine, tmp_path: Path) -> None:
         await run(engine, "whitelist", path)
     path.write_text("<Autre/>", encoding="utf-8")
     with pytest.raises(ImportFileError, match="no Domaine element"):
+        await run(engine, "whitelist", path)
+    bomb = '<?xml version="1.0"?><!DOCTYPE l [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;">]><ListeBlanche><Domaine><Nom>&b;</Nom></Domaine></ListeBlanche>'
+    path.write_text(bomb, encoding="utf-8")
+    with pytest.raises(ImportFileError, match="DTD or entities"):
+        await run(engine, "whitelist", path)
+    path.write_text("<ListeBlanche>\n<Domaine>\n<Nom>x.fr</Nom>\n</Domain>", encoding="utf-8")
+    with pytest.raises(ImportFileError, match="line 4"):
         await run(engine, "whitelist", path)
 
 

@@ -74,3 +74,36 @@ async def test_demo_seed_world_and_credentials(engine: AsyncEngine, settings: Se
     # A second start keeps the world and the credentials as they are.
     assert await demo.seed(engine, settings) is None
     assert json.loads(path.read_text()) == credentials
+
+
+async def test_generated_directory_files_never_reuse_the_demo_numbers(engine: AsyncEngine, settings: Settings, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The test-data generator's RPPS and FINESS numbers are in ranges of their own: a generated
+    file imported into the demo database adds people and structures, it never rewrites the
+    demo's doctor, nurse, pharmacist or pharmacy."""
+    from caducee.annuaire.formats import EXTRACTION_COLUMNS, PS_COLUMNS
+    from caducee.annuaire.importer import import_on_connection
+    from caducee.annuaire.models import Professional, Structure
+    from caducee.annuaire.synthetic import extraction_row, finess, ps_row, rpps, write_file
+
+    demo_rpps = {demo.DOCTOR_RPPS, demo.NURSE_RPPS, demo.PHARMACIST_RPPS, demo.UNKNOWN_RPPS}
+    generated = {rpps(n) for n in (*range(5_000), 99_999_999)}
+    assert not generated & demo_rpps and all(validate_rpps(number) for number in list(generated)[:100])
+    assert demo.PHARMACY_FINESS not in {finess(n) for n in (*range(5_000), 499_999)}
+
+    await demo.seed(engine, settings, certificates=False)
+    async with engine.connect() as conn:
+        before = (await conn.execute(select(Professional.national_id, Professional.last_name).order_by(Professional.national_id))).all()
+        pharmacy = (await conn.execute(select(Structure.name).where(Structure.identifier == demo.PHARMACY_FINESS))).scalar_one()
+    extraction = write_file(
+        tmp_path / "Extraction_Correspondance_MSSante_1.txt", EXTRACTION_COLUMNS, [extraction_row(n) for n in range(60)]
+    )
+    people = write_file(tmp_path / "PS_LibreAcces_Personne_activite_1.txt", PS_COLUMNS, [ps_row(n) for n in range(100, 160)])
+    for kind, path in (("extraction", extraction), ("ps", people)):
+        async with engine.begin() as conn:
+            report = await import_on_connection(conn, kind, path)
+        assert report.rows_bad == 0 and report.updated == 0, report.summary()
+    async with engine.connect() as conn:
+        after = dict((await conn.execute(select(Professional.national_id, Professional.last_name))).all())
+        assert all(after[national_id] == name for national_id, name in before)
+        assert (await conn.execute(select(Structure.name).where(Structure.identifier == demo.PHARMACY_FINESS))).scalar_one() == pharmacy
+        assert (await conn.execute(select(func.count()).select_from(Professional))).scalar_one() == len(before) + 120

@@ -1,5 +1,6 @@
-"""Issue 21, the operator's side: `caducee --version`, a busy port refused by name, the test
-PKI's `issue` (PKCS#12 and where its password is) and `revoke` (only what was issued)."""
+"""Issue 21, the operator's side: `make run` needs only Python, `caducee --version`, a busy port
+refused by name, the test PKI's `issue` (PKCS#12 and where its password is) and `revoke` (only
+what was issued)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,23 @@ def caducee(*args: str, env: dict[str, str] | None = None, timeout: int = 120) -
     return subprocess.run(
         [sys.executable, "-m", "caducee", *args], env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=timeout
     )
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_make_run_needs_only_python_and_make_test_brings_the_peers() -> None:
+    """What `make run` would do on a fresh clone (`make -n -B`: every step printed, nothing run):
+    a venv, pip, the migrations and `caducee serve --demo`; never the Debian packages of the
+    test peers (root, apt), which `make test` and `make bench` install."""
+    run = subprocess.run(["make", "-n", "-B", "run"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert "-m venv" in run.stdout and "pip install" in run.stdout and "caducee serve --demo" in run.stdout
+    for forbidden in ("system-packages", "apt", "sudo", "chromium", "dovecot", "postfix"):
+        assert forbidden not in run.stdout.lower(), forbidden
+    for target in ("test", "bench"):
+        peers = subprocess.run(["make", "-n", "-B", target], cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert "scripts/system-packages.sh" in peers.stdout, target
 
 
 def test_version() -> None:

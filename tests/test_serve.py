@@ -1,4 +1,5 @@
-"""`caducee serve --workers 2`: both processes share the ports, SIGTERM stops them all."""
+"""`caducee serve --workers 2`: both processes share the ports, SIGTERM stops them all; the demo
+world it seeds starts with messages that the README's IMAP and webmail examples show."""
 
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ def test_serve_with_two_workers(tmp_path: Path, database_url: str, engine: Async
         "CADUCEE_TRUSTED_NETWORKS": "127.0.0.0/8",
         "CADUCEE_LOG_LEVEL": "WARNING",
         "CADUCEE_DEMO_PSC_PORT": str(free_port()),  # the demo's Pro Santé Connect stand-in, a third child
+        "CADUCEE_WEBMAIL_COOKIE_SECURE": "false",  # httpx keeps Secure cookies for https only
     }
     process = subprocess.Popen(
         [sys.executable, "-m", "caducee", "serve", "--demo", "--workers", "2"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
@@ -65,6 +67,7 @@ def test_serve_with_two_workers(tmp_path: Path, database_url: str, engine: Async
         for n in range(10):  # connections land on either worker
             with smtplib.SMTP("127.0.0.1", smtp_port, timeout=30) as client:
                 client.sendmail(sender, [patient], f"From: {sender}\r\nSubject: {n}\r\n\r\nhello\r\n".encode())
+        readme_examples(credentials, anchors, imap_port, http_port, data_dir)
         nurse = credentials["professionals"]["nurse"]
         for _ in range(4):  # IMAP too, on either worker
             with imaplib.IMAP4("127.0.0.1", imap_port, timeout=30) as client:
@@ -77,3 +80,47 @@ def test_serve_with_two_workers(tmp_path: Path, database_url: str, engine: Async
     assert code == 0
     for pid in workers:
         assert not Path(f"/proc/{pid}").exists()
+
+
+def readme_examples(credentials: dict, anchors: ssl.SSLContext, imap_port: int, http_port: int, data_dir: Path) -> None:  # type: ignore[type-arg]
+    """The README's IMAP session as Dr Bernard shows Claire's reply; Claire's webmail shows the
+    demo's three conversations: the doctor's results with their PDF, the CNAM's message, and
+    the conversation the doctor closed."""
+    import asyncio
+
+    from webmail_client import login
+
+    from caducee import demo
+
+    doctor, claire = credentials["professionals"]["doctor"], credentials["patients"]["adult_1"]
+    with imaplib.IMAP4("127.0.0.1", imap_port, timeout=30) as client:
+        client.starttls(ssl_context=anchors)
+        client.login(doctor["address"], doctor["password"])
+        assert client.select("INBOX")[0] == "OK"
+        status, data = client.uid("FETCH", "1:*", "(FLAGS ENVELOPE)")
+    assert status == "OK" and data[0] is not None
+    envelope = b" ".join(part if isinstance(part, bytes) else part[0] for part in data if part)
+    assert b'"Re: ' + demo.CLOSED_SUBJECT.encode() + b'"' in envelope, envelope
+
+    async def webmail() -> tuple[str, str, str]:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{http_port}", timeout=30) as client:
+            await login(client, data_dir / "outbox", claire["ins"], claire["password"], claire["email"])
+            listing = (await client.get("/")).text
+            links = {
+                subject: next(
+                    "/conversations/" + chunk.split('"', 1)[0]
+                    for chunk in listing.split('<a href="/conversations/')[1:]
+                    if subject in chunk.split("</a>")[0]
+                )
+                for subject in (demo.RESULTS_SUBJECT, demo.CLOSED_SUBJECT)
+            }
+            results = (await client.get(links[demo.RESULTS_SUBJECT])).text
+            closed = (await client.get(links[demo.CLOSED_SUBJECT])).text
+            return listing, results, closed
+
+    listing, results, closed = asyncio.run(webmail())
+    for subject in (demo.RESULTS_SUBJECT, demo.CNAM_SUBJECT, demo.CLOSED_SUBJECT):
+        assert subject in listing, subject
+    assert demo.RESULTS_PDF in results and "0,95 g/L" in results
+    assert "a clos cette conversation" in closed and "Envoyer ma réponse" not in closed
+    assert "je passerai la chercher jeudi" in closed  # Claire's reply, between the doctor's two messages

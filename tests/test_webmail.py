@@ -506,7 +506,9 @@ async def test_an_idle_session_ends(webmail: Webmail) -> None:
         await asyncio.sleep(SESSION_RECHECK_SECONDS + 0.2)  # what this process remembers of the session is re-read
         gone = await client.get("/")
         assert gone.status_code == 303 and gone.headers["location"] == "/connexion?info=expire"
-        assert "Votre session a pris fin" in (await client.get(gone.headers["location"])).text
+        expired = (await client.get(gone.headers["location"])).text
+        assert "Votre session a pris fin" in expired
+        assert '<p class="warning" role="status">Votre session a pris fin' in expired  # a warning, not styled as a success
         assert (await client.get("/api/v1/me")).status_code == 401
 
 

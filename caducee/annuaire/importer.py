@@ -42,10 +42,7 @@ async def import_on_connection(
         )
     )
     if kind == "whitelist":
-        report = await import_whitelist(conn, path)
-        if report_stream is not None:
-            for line_no, message in report.bad_samples:
-                report_stream.write(f"{line_no}\t{message}\n")
+        report = await import_whitelist(conn, path, report_stream=report_stream)
     else:
         report = await run_import(conn, FORMATS[kind](), path, run_id, report_stream=report_stream, progress_stream=progress_stream)
     await conn.execute(

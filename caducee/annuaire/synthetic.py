@@ -89,12 +89,25 @@ def with_luhn(prefix: str) -> str:
     raise AssertionError("unreachable")
 
 
+# The made-up numbers live in ranges of their own, away from the demo world's (RPPS
+# 1000000000x, FINESS 75000001x: caducee/demo.py): a generated file imported into a demo
+# database must not rename Dr Bernard or move the Pharmacie du Canal.
+RPPS_BASE = 900_000_000  # RPPS 19xxxxxxxxx: 100 million numbers
+FINESS_BASE = 500_000  # FINESS 755xxxxxx and above: 500,000 numbers
+
+
 def rpps(n: int) -> str:
-    return with_luhn(f"1{n:09d}")
+    """The RPPS number of made-up professional `n` (0 <= n < 100,000,000), Luhn key included."""
+    if not 0 <= n < 1_000_000_000 - RPPS_BASE:
+        raise ValueError(f"synthetic RPPS numbers go from 0 to {1_000_000_000 - RPPS_BASE - 1}, not {n}")
+    return with_luhn(f"1{RPPS_BASE + n:09d}")
 
 
 def finess(n: int) -> str:
-    return with_luhn(f"75{n:06d}")
+    """The FINESS number of made-up structure `n` (0 <= n < 500,000), Luhn key included."""
+    if not 0 <= n < 1_000_000 - FINESS_BASE:
+        raise ValueError(f"synthetic FINESS numbers go from 0 to {1_000_000 - FINESS_BASE - 1}, not {n}")
+    return with_luhn(f"75{FINESS_BASE + n:06d}")
 
 
 def extraction_row(
