@@ -227,6 +227,7 @@ class Dossier:
         self._writer = Writer(engine)
         self._filings = GroupCommitter(self._write_filings)
         self._known: set[tuple[int, str]] = set()  # (patient, professional) pairs already told
+        self._structures: dict[str, tuple[float, str]] = {}  # national id -> (when read, structure)
 
     # ---- facts --------------------------------------------------------------------------------
 
@@ -617,6 +618,11 @@ class Dossier:
             raise Refused("Aucun patient n'a ce numéro INS chez nous.", rule="unknown-patient")
         return account
 
+    async def patient(self, patient_id: int) -> PatientAccount | None:
+        """A patient by our id (the professionals' portal keeps it in its signed references)."""
+        async with self.reads.connect() as conn:
+            return await patients.get_account(conn, patient_id)
+
     async def _pro_decide(
         self, pro: Professional, patient: PatientAccount, act: rules.Act, document: rules.Document | None = None
     ) -> rules.Decision:
@@ -756,23 +762,37 @@ class Dossier:
             await self.history.record(Access(patient.id, pro.name, "access-refused", refused.text[:200], pro.structure, "refused"))
 
     async def replace(self, pro: Professional, patient: PatientAccount, document_id: int, new: NewDocument) -> int:
+        """A new version of the professional's own document; the old one is kept as replaced."""
         async with self.reads.connect() as conn:
             requester = await self._professional(conn, pro, patient.id)
-        return await self._deposit(
-            requester,
-            patient,
-            new,
-            new.author_name or pro.name,
-            new.author_structure or pro.structure,
-            "api",
-            pro.name,
-            pro.structure,
-            replaces=document_id,
-        )
+        try:
+            document_id = await self._deposit(
+                requester,
+                patient,
+                new,
+                new.author_name or pro.name,
+                new.author_structure or pro.structure,
+                "api",
+                pro.name,
+                pro.structure,
+                replaces=document_id,
+            )
+        except Refused as refused:
+            await self.refused(pro, patient, refused)
+            raise
+        await self.first_access(pro, patient)
+        return document_id
 
     async def reveal(self, pro: Professional, patient: PatientAccount, document_id: int) -> None:
         """The author lifts "invisible to the patient" (they announced it in person): the
         patient side sees the document from now on."""
+        try:
+            await self._reveal(pro, patient, document_id)
+        except Refused as refused:
+            await self.refused(pro, patient, refused)
+            raise
+
+    async def _reveal(self, pro: Professional, patient: PatientAccount, document_id: int) -> None:
         async with self.engine.begin() as conn:
             requester = await self._professional(conn, pro, patient.id)
             row = await self._one(conn, patient.id, document_id)
@@ -791,9 +811,28 @@ class Dossier:
         )
 
     async def professional_delete(self, pro: Professional, patient: PatientAccount, document_id: int) -> None:
+        """The author deletes their document: shown to nobody from now on (the row is kept, marked deleted)."""
         async with self.reads.connect() as conn:
             requester = await self._professional(conn, pro, patient.id)
-        await self._delete(requester, patient, document_id, pro.name, pro.structure)
+        try:
+            await self._delete(requester, patient, document_id, pro.name, pro.structure)
+        except Refused as refused:
+            await self.refused(pro, patient, refused)
+            raise
+
+    async def professional_of(self, national_id: str, name: str) -> Professional:
+        """A professional signed in through Pro Santé Connect, with the structure the annuaire
+        names for them (their first mailbox's), kept `directory_cache_seconds`."""
+        now = time.monotonic()
+        cached = self._structures.get(national_id)
+        if cached is None or now - cached[0] > self.settings.directory_cache_seconds:
+            async with self.reads.connect() as conn:
+                card = (await annuaire.professionals_by_id(conn, [national_id])).get(national_id)
+            if len(self._structures) > 50_000:
+                self._structures.clear()
+            cached = (now, card.structure if card is not None else "")
+            self._structures[national_id] = cached
+        return Professional(national_id, name, cached[1])
 
     # ---- writing documents -------------------------------------------------------------------------------
 
