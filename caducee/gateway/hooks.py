@@ -50,6 +50,7 @@ class Delivered:
         if self.content_types is None or self.content_types & OPAQUE_TYPES:
             return True
         return bool(self.content_types & set(content_types))
+
     # The message as received and its MIME tree, already parsed by the pipeline, when what the
     # recipients hold is that message (possibly inside our signature): a consumer reads it
     # from here instead of reading the stored form back and parsing it again. Empty for
