@@ -134,6 +134,14 @@ async def test_hostile_or_wrong_deposits_are_refused_precisely(portal: Portal, s
     too_big = await doctor.deposit(data=PDF + b"0" * (portal.settings.dossier_max_document + 1))
     assert too_big.status_code == 413
     assert (await doctor.client.get(f"/patients/{CLAIRE}/documents/99999999")).status_code == 404
+    for hostile in ("99999999999999999999", str(2**63), "0", "-1"):
+        for answer in (
+            await doctor.client.get(f"/patients/{CLAIRE}/documents/{hostile}"),
+            await doctor.client.get(f"/patients/{CLAIRE}/documents/{hostile}/content"),
+            await doctor.client.delete(f"/patients/{CLAIRE}/documents/{hostile}"),
+            await doctor.client.post(f"/patients/{CLAIRE}/documents/{hostile}/reveal"),
+        ):
+            assert answer.status_code == 404 and answer.json()["rule"] == "not-found", (hostile, answer.text)
 
 
 async def test_consent_emergency_masking_and_blocking(portal: Portal, software) -> None:  # type: ignore[no-untyped-def]

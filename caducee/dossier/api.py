@@ -129,7 +129,16 @@ def _error(refused: Refused) -> JSONResponse:
     return JSONResponse({"detail": refused.text, "rule": refused.rule or "refused"}, status_code=STATUS_OF_RULE.get(refused.rule, 403))
 
 
-async def _parties(request: Request, principal: Any, ins: str) -> tuple[Dossier, Professional, PatientAccount]:
+NOT_FOUND = Refused("Ce document n'existe pas ou ne vous est pas accessible.", rule="not-found", conceal=True)
+
+
+async def _parties(
+    request: Request, principal: Any, ins: str, document_id: int | None = None
+) -> tuple[Dossier, Professional, PatientAccount]:
+    """The dossier, the professional with their structure, the patient of `ins`; a document
+    id no 64-bit key can be is "not found" here, before any query."""
+    if document_id is not None and not 0 < document_id < 2**63:
+        raise NOT_FOUND
     dossier = _dossier(request)
     pro = await dossier.professional_of(principal.national_id, principal.name)
     return dossier, pro, await dossier.patient_by_ins(ins)
@@ -234,7 +243,7 @@ async def documents(request: Request, ins: str, principal: Bearer, type: str = "
 )
 async def document(request: Request, ins: str, document_id: int, principal: Bearer) -> Any:
     try:
-        dossier, pro, account = await _parties(request, principal, ins)
+        dossier, pro, account = await _parties(request, principal, ins, document_id)
         line, _, _ = await dossier.professional_document(pro, account, document_id)
     except Refused as refused:
         return _error(refused)
@@ -249,7 +258,7 @@ async def document(request: Request, ins: str, document_id: int, principal: Bear
 )
 async def content(request: Request, ins: str, document_id: int, principal: Bearer) -> Response:
     try:
-        dossier, pro, account = await _parties(request, principal, ins)
+        dossier, pro, account = await _parties(request, principal, ins, document_id)
         line, data, _ = await dossier.professional_document(pro, account, document_id)
     except Refused as refused:
         return _error(refused)
@@ -341,7 +350,7 @@ async def deposit(request: Request, ins: str, principal: Bearer) -> Any:
 )
 async def new_version(request: Request, ins: str, document_id: int, principal: Bearer) -> Any:
     try:
-        dossier, pro, account = await _parties(request, principal, ins)
+        dossier, pro, account = await _parties(request, principal, ins, document_id)
         new = await _new_document(request)
         newer = await dossier.replace(pro, account, document_id, new)
     except Refused as refused:
@@ -359,7 +368,7 @@ async def new_version(request: Request, ins: str, document_id: int, principal: B
 )
 async def delete(request: Request, ins: str, document_id: int, principal: Bearer) -> Response:
     try:
-        dossier, pro, account = await _parties(request, principal, ins)
+        dossier, pro, account = await _parties(request, principal, ins, document_id)
         await dossier.professional_delete(pro, account, document_id)
     except Refused as refused:
         return _error(refused)
@@ -375,7 +384,7 @@ async def delete(request: Request, ins: str, document_id: int, principal: Bearer
 )
 async def reveal(request: Request, ins: str, document_id: int, principal: Bearer) -> Response:
     try:
-        dossier, pro, account = await _parties(request, principal, ins)
+        dossier, pro, account = await _parties(request, principal, ins, document_id)
         await dossier.reveal(pro, account, document_id)
     except Refused as refused:
         return _error(refused)

@@ -104,10 +104,28 @@ def redirect(url: str) -> RedirectResponse:
 
 
 async def _page(request: Request) -> Page | Response:
+    """The signed-in professional, or the portal's sign-in page answered 401 (a session that
+    ended is said so): no redirect, so a link to a patient never lands anywhere else."""
     found = await signed_in(request)
     if found is None:
-        return redirect("/pro/?info=expire" if request.cookies.get(identity_web.SESSION_COOKIE) else "/pro/")
+        expired = bool(request.cookies.get(identity_web.SESSION_COOKIE))
+        ctx = identity_web.context(request)
+        response = identity_web.render(
+            request,
+            "pro_home.html",
+            401,
+            notice="Votre session a pris fin. Reconnectez-vous pour continuer." if expired else None,
+            configured=ctx.tokens is not None,
+        )
+        if expired:
+            response.delete_cookie(identity_web.SESSION_COOKIE, path="/pro")
+        return response
     return Page(request, *found)
+
+
+def _row_id(value: int) -> bool:
+    """Whether a document id may name a row (a 64-bit key): others are "not found", not a database error."""
+    return 0 < value < 2**63
 
 
 async def _posted(request: Request) -> tuple[Page, Any] | Response:
@@ -240,7 +258,7 @@ async def document_page(request: Request, reference: str, document_id: int) -> R
     if isinstance(page, Response):
         return page
     patient = await _patient(page, reference)
-    if patient is None:
+    if patient is None or not _row_id(document_id):
         return await _not_found(page)
     pro = await page.professional()
     try:
@@ -270,7 +288,7 @@ async def document_file(request: Request, reference: str, document_id: int) -> R
     if isinstance(page, Response):
         return page
     patient = await _patient(page, reference)
-    if patient is None:
+    if patient is None or not _row_id(document_id):
         return await _not_found(page)
     try:
         line, data, _ = await page.dossier.professional_document(await page.professional(), patient, document_id)
