@@ -53,8 +53,10 @@ from caducee.crypto.atrest import BodyCipher, load_master_key
 from caducee.crypto.material import material_from_settings
 from caducee.crypto.pki import Pair, development_space
 from caducee.crypto.tls import client_context, server_context
+from caducee.dossier.api import router as dossier_api
 from caducee.dossier.intake import XdmIntake
 from caducee.dossier.pages import router as dossier_pages
+from caducee.dossier.pro_pages import router as dossier_pro_pages
 from caducee.dossier.service import Dossier
 from caducee.gateway.pipeline import AcceptPipeline, Channel, Envelope
 from caducee.gateway.protection import SmimeStage, WithoutCertificate
@@ -172,7 +174,12 @@ def build_app(engine: AsyncEngine, settings: Settings, pipeline: AcceptPipeline 
     # Last added runs first: the headers wrap the body limit, so its 413 carries them too;
     # the body limit wraps the NUL check, which then reads only bounded bodies.
     app.add_middleware(NoNulText)
-    app.add_middleware(BodyLimit, limit=settings.webmail_max_upload + 1024 * 1024, upload_limit=settings.webmail_max_upload)
+    app.add_middleware(
+        BodyLimit,
+        limit=settings.webmail_max_upload + 1024 * 1024,
+        upload_limit=settings.webmail_max_upload,
+        wider=(("/api/v1/dossier/", settings.dossier_max_document + 256 * 1024),),
+    )
     app.state.identity = identity.context
     app.state.dossier = dossier
     app.state.dossier_intake = intake
@@ -206,6 +213,8 @@ def build_app(engine: AsyncEngine, settings: Settings, pipeline: AcceptPipeline 
     app.include_router(identity_portal.router)
     app.include_router(identity_api.router)
     app.include_router(dossier_pages)
+    app.include_router(dossier_api)
+    app.include_router(dossier_pro_pages)
     app.include_router(agenda_pages)
     app.mount("/agenda/static", StaticFiles(directory=str(AGENDA_STATIC)), name="agenda-static")
     app.mount("/static", StaticFiles(directory=str(Path(webmail_package.__file__).parent / "static")), name="static")

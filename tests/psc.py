@@ -187,6 +187,7 @@ class Portal:
     settings: Any
     engine: Any
     credentials: dict[str, Any]
+    app: Any = None
 
 
 @pytest.fixture
@@ -203,6 +204,6 @@ async def portal(engine: Any, settings: Any, standin: Standin) -> AsyncIterator[
     running.server.config.app = build_app(engine, settings)
     await running.start()
     try:
-        yield Portal(running.base_url, settings, engine, credentials or {})
+        yield Portal(running.base_url, settings, engine, credentials or {}, running.server.config.app)
     finally:
         await running.stop()

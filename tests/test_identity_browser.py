@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,14 +27,15 @@ from test_webmail_browser import CHROMIUM, CHROMIUM_ARGS, _database_for, check_p
 playwright_sync = pytest.importorskip("playwright.sync_api")
 
 
-@pytest.fixture(scope="module", params=BACKENDS)
-def pro_site(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
-    directory = tmp_path_factory.mktemp(f"pro-site-{request.param}")
+@contextmanager
+def serve_demo(directory: Path, backend: str, request: pytest.FixtureRequest) -> Iterator[tuple[str, int]]:
+    """`caducee serve --demo` in `directory` (its credentials and outbox in `directory/var`),
+    with the stand-in it starts; (the HTTP base URL, the stand-in's port)."""
     http_port, psc_port = free_port(), free_port()
     env = {
         **os.environ,
         "CADUCEE_DATA_DIR": str(directory / "var"),
-        "CADUCEE_DATABASE_URL": _database_for(request.param, directory, request),
+        "CADUCEE_DATABASE_URL": _database_for(backend, directory, request),
         "CADUCEE_HTTP_PORT": str(http_port),
         "CADUCEE_DEMO_PSC_PORT": str(psc_port),
         "CADUCEE_WEBMAIL_COOKIE_SECURE": "false",
@@ -68,6 +70,12 @@ def pro_site(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
     assert "eyJ" not in text, "a token was logged"  # JWTs start with eyJ
     with pytest.raises(httpx.HTTPError):  # the stand-in stopped with serve
         httpx.get(f"http://127.0.0.1:{psc_port}/auth/realms/esante-wallet/.well-known/openid-configuration", timeout=2)
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def pro_site(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
+    with serve_demo(tmp_path_factory.mktemp(f"pro-site-{request.param}"), request.param, request) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")

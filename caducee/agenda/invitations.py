@@ -43,11 +43,12 @@ class Outcome:
     reason: str = ""
 
 
-def calendar_parts(raw: bytes) -> list[bytes]:
+def calendar_parts(raw: bytes, tree: structure.Part | None = None) -> list[bytes]:
     """The decoded bodies of the calendar parts of a message, signed wrappers opened,
-    in order (the MIME parser bounds depth and parts)."""
+    in order (the MIME parser bounds depth and parts); `tree`: the message's tree when the
+    pipeline already parsed it."""
     found = []
-    stack = [structure.parse(raw)]
+    stack = [tree if tree is not None else structure.parse(raw)]
     while stack:
         part = stack.pop()
         if part.children:
@@ -105,14 +106,18 @@ class Intake:
     async def take(self, delivered: Delivered, to: DeliveredTo, now: datetime | None = None) -> Outcome | None:
         """Read one delivered message; None when it holds no calendar."""
         now = (now or datetime.now(UTC)).astimezone(UTC)
+        parts = calendar_parts(delivered.raw, delivered.tree) if delivered.raw else None
+        if parts is not None and not parts:
+            return None  # the pipeline's tree has no calendar: nothing read, nothing parsed
         async with self.engine.connect() as conn:
-            sealed = (await conversations.sealed_bodies(conn, [to.message_id])).get(to.message_id)
+            sealed = (await conversations.sealed_bodies(conn, [to.message_id])).get(to.message_id) if parts is None else b""
             key = await conversations.conversation_of_message(conn, to.message_id)
             account = await patients.account_for_address(conn, to.address)
             chosen = await store.prefs(conn, account.id) if account else store.Prefs()
         if sealed is None or account is None:
             return None
-        parts = calendar_parts(self.cipher.open(sealed))
+        if parts is None:
+            parts = calendar_parts(self.cipher.open(sealed))
         if not parts:
             return None
         try:

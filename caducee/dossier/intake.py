@@ -41,9 +41,10 @@ ARCHIVE_NAME = "IHE_XDM.ZIP"
 CONCURRENT = 16  # packages read at once per process: bounded memory whatever arrives
 
 
-def find_packages(raw: bytes) -> tuple[list[bytes], list[str], str]:
-    """(the IHE_XDM.ZIP attachments, the X-MSS-CODECDA codes, the subject) of a stored message,
-    looking inside signed wrappers and encapsulated messages."""
+def find_packages(raw: bytes, tree: Part | None = None) -> tuple[list[bytes], list[str], str]:
+    """(the IHE_XDM.ZIP attachments, the X-MSS-CODECDA codes, the subject) of a message,
+    looking inside signed wrappers and encapsulated messages; `tree`: its MIME tree, when the
+    pipeline already parsed it (then nothing is parsed here)."""
     archives: list[bytes] = []
     codes: list[str] = []
     subject = ""
@@ -75,10 +76,18 @@ def find_packages(raw: bytes) -> tuple[list[bytes], list[str], str]:
         if message.headers.get("subject") and (not subject or message.headers.get("from")):
             subject = decoded_header(message.headers.get("subject"))
 
-    root = parse(raw)
+    root = tree if tree is not None else parse(raw)
     visit_headers(root)
     walk(root, 0)
     return archives, codes, subject
+
+
+def _read_all(archives: list[bytes], ins: str, limits: xdm.Limits) -> list[xdm.XdmDocument]:
+    """Every package of a message read (unzipped, METADATA.XML parsed, each document checked), off the loop in one hop."""
+    documents: list[xdm.XdmDocument] = []
+    for archive in archives:
+        documents += xdm.read_package(archive, ins, limits)
+    return documents
 
 
 class XdmIntake:
@@ -114,7 +123,7 @@ class XdmIntake:
     async def _take(self, delivered: Delivered, recipient: DeliveredTo) -> None:
         async with self._slots:
             try:
-                await self.take(delivered.sender, recipient)
+                await self.take(delivered.sender, recipient, delivered.raw, delivered.tree)
             except Exception:  # the message is delivered; an intake that failed is in the log (never its content)
                 log.exception("dossier intake of stored message %d failed", recipient.message_id)
 
@@ -134,23 +143,28 @@ class XdmIntake:
         self._directory[key] = (now, patient, card)
         return patient, card
 
-    async def take(self, sender: str, recipient: DeliveredTo) -> list[int]:
-        """File the packages of one delivered message; the ids of the documents filed."""
-        raw = await self.mail.message(recipient.mailbox_id, recipient.message_id)
-        if raw is None:
-            return []
-        archives, codes, subject = await asyncio.to_thread(find_packages, raw)
+    async def take(self, sender: str, recipient: DeliveredTo, raw: bytes = b"", tree: Part | None = None) -> list[int]:
+        """File the packages of one delivered message; the ids of the documents filed.
+
+        `raw` and `tree`: the message as the pipeline received and parsed it (one parse for
+        the whole path); without them the stored form is read back and parsed."""
+        if not raw:
+            stored = await self.mail.message(recipient.mailbox_id, recipient.message_id)
+            if stored is None:
+                return []
+            raw, tree = stored, None
+        if tree is not None:  # the tree is there: finding the attachments is a walk, no parse
+            archives, codes, subject = find_packages(raw, tree)
+        else:
+            archives, codes, subject = await asyncio.to_thread(find_packages, raw)
         if not archives:
             return []  # a PDF attached as such is a message's attachment, not a dossier document
         patient, card = await self._parties(recipient.address, sender)
         if patient is None:
             return []
         try:
-            documents: list[xdm.XdmDocument] = []
-            for archive in archives:
-                documents += await asyncio.to_thread(xdm.read_package, archive, patient.ins, self.limits)
+            documents = await asyncio.to_thread(_read_all, archives, patient.ins, self.limits)
             pro = self._depositor(sender, card, documents)
-            requester = await self.dossier.access(pro, patient)
             fallback_code = codes[0] if len(codes) == 1 else ""
             news = [
                 NewDocument(
@@ -175,7 +189,16 @@ class XdmIntake:
                 (d.author_structure for d in documents if d.author_structure), pro.structure
             )
             filed = await self.dossier.file(
-                requester, patient, news, author_name, author_structure, "mail", pro.name, pro.structure, intake=recipient.message_id
+                None,
+                patient,
+                news,
+                author_name,
+                author_structure,
+                "mail",
+                pro.name,
+                pro.structure,
+                intake=recipient.message_id,
+                professional=pro,  # blocked, closed...: decided in the filing's own transaction
             )
         except (xdm.XdmRefused, Refused) as refused:
             who = card.name if card is not None else sender

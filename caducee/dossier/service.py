@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, delete, func, insert, select, update
+from sqlalchemy import and_, bindparam, delete, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
@@ -37,7 +37,7 @@ from caducee.crypto.atrest import BodyCipher
 from caducee.dossier import kinds, rules
 from caducee.dossier._writer import Writer
 from caducee.dossier.formats import EXTENSIONS, LABELS, NotAccepted, check_content
-from caducee.dossier.models import Blob, Block, Consent, DossierSettings, Emergency, KnownProfessional, ProfileItem
+from caducee.dossier.models import Blob, Block, Consent, DossierSettings, Emergency, Intake, KnownProfessional, ProfileItem
 from caducee.dossier.models import Document as DocumentRow
 from caducee.history.service import Access, AccessHistory
 from caducee.notify.notifier import Notifier
@@ -118,7 +118,7 @@ class NewDocument:
 class _Filing:
     """Documents to file for one patient, checked, waiting for the group commit."""
 
-    requester: rules.Requester
+    requester: rules.Requester | None
     patient: PatientAccount
     prepared: list[tuple[NewDocument, str, str]]  # (document, format kept as, SHA-256)
     author_name: str
@@ -128,6 +128,7 @@ class _Filing:
     actor_structure: str
     replaces: int | None
     intake: int | None
+    professional: Professional | None = None  # when set, the requester's facts are read in the filing's transaction
 
 
 @dataclass(frozen=True)
@@ -227,6 +228,7 @@ class Dossier:
         self._writer = Writer(engine)
         self._filings = GroupCommitter(self._write_filings)
         self._known: set[tuple[int, str]] = set()  # (patient, professional) pairs already told
+        self._structures: dict[str, tuple[float, str]] = {}  # national id -> (when read, structure)
 
     # ---- facts --------------------------------------------------------------------------------
 
@@ -617,6 +619,11 @@ class Dossier:
             raise Refused("Aucun patient n'a ce numéro INS chez nous.", rule="unknown-patient")
         return account
 
+    async def patient(self, patient_id: int) -> PatientAccount | None:
+        """A patient by our id (the professionals' portal keeps it in its signed references)."""
+        async with self.reads.connect() as conn:
+            return await patients.get_account(conn, patient_id)
+
     async def _pro_decide(
         self, pro: Professional, patient: PatientAccount, act: rules.Act, document: rules.Document | None = None
     ) -> rules.Decision:
@@ -756,23 +763,37 @@ class Dossier:
             await self.history.record(Access(patient.id, pro.name, "access-refused", refused.text[:200], pro.structure, "refused"))
 
     async def replace(self, pro: Professional, patient: PatientAccount, document_id: int, new: NewDocument) -> int:
+        """A new version of the professional's own document; the old one is kept as replaced."""
         async with self.reads.connect() as conn:
             requester = await self._professional(conn, pro, patient.id)
-        return await self._deposit(
-            requester,
-            patient,
-            new,
-            new.author_name or pro.name,
-            new.author_structure or pro.structure,
-            "api",
-            pro.name,
-            pro.structure,
-            replaces=document_id,
-        )
+        try:
+            document_id = await self._deposit(
+                requester,
+                patient,
+                new,
+                new.author_name or pro.name,
+                new.author_structure or pro.structure,
+                "api",
+                pro.name,
+                pro.structure,
+                replaces=document_id,
+            )
+        except Refused as refused:
+            await self.refused(pro, patient, refused)
+            raise
+        await self.first_access(pro, patient)
+        return document_id
 
     async def reveal(self, pro: Professional, patient: PatientAccount, document_id: int) -> None:
         """The author lifts "invisible to the patient" (they announced it in person): the
         patient side sees the document from now on."""
+        try:
+            await self._reveal(pro, patient, document_id)
+        except Refused as refused:
+            await self.refused(pro, patient, refused)
+            raise
+
+    async def _reveal(self, pro: Professional, patient: PatientAccount, document_id: int) -> None:
         async with self.engine.begin() as conn:
             requester = await self._professional(conn, pro, patient.id)
             row = await self._one(conn, patient.id, document_id)
@@ -791,9 +812,28 @@ class Dossier:
         )
 
     async def professional_delete(self, pro: Professional, patient: PatientAccount, document_id: int) -> None:
+        """The author deletes their document: shown to nobody from now on (the row is kept, marked deleted)."""
         async with self.reads.connect() as conn:
             requester = await self._professional(conn, pro, patient.id)
-        await self._delete(requester, patient, document_id, pro.name, pro.structure)
+        try:
+            await self._delete(requester, patient, document_id, pro.name, pro.structure)
+        except Refused as refused:
+            await self.refused(pro, patient, refused)
+            raise
+
+    async def professional_of(self, national_id: str, name: str) -> Professional:
+        """A professional signed in through Pro Santé Connect, with the structure the annuaire
+        names for them (their first mailbox's), kept `directory_cache_seconds`."""
+        now = time.monotonic()
+        cached = self._structures.get(national_id)
+        if cached is None or now - cached[0] > self.settings.directory_cache_seconds:
+            async with self.reads.connect() as conn:
+                card = (await annuaire.professionals_by_id(conn, [national_id])).get(national_id)
+            if len(self._structures) > 50_000:
+                self._structures.clear()
+            cached = (now, card.structure if card is not None else "")
+            self._structures[national_id] = cached
+        return Professional(national_id, name, cached[1])
 
     # ---- writing documents -------------------------------------------------------------------------------
 
@@ -828,7 +868,7 @@ class Dossier:
 
     async def file(
         self,
-        requester: rules.Requester,
+        requester: rules.Requester | None,
         patient: PatientAccount,
         documents: list[NewDocument],
         author_name: str,
@@ -839,14 +879,18 @@ class Dossier:
         *,
         replaces: int | None = None,
         intake: int | None = None,
+        professional: Professional | None = None,
     ) -> list[int]:
         """File documents, all or none (each decided by the chain), with their access
         history records, in a transaction shared with whatever else is being filed at the
         same moment (group commit: ten packages arriving together are one fsync, not ten);
         `intake`: the stored message they came in, filed once whatever happens (an empty list
-        if it already was)."""
+        if it already was). With `professional` (and no `requester`), the professional's facts
+        (blocked...) are read in that same transaction: no read before it."""
         prepared = [self._prepare(patient, new) for new in documents]
-        plan = _Filing(requester, patient, prepared, author_name, author_structure, source, actor, actor_structure, replaces, intake)
+        plan = _Filing(
+            requester, patient, prepared, author_name, author_structure, source, actor, actor_structure, replaces, intake, professional
+        )
         result = await self._filings.submit(plan)
         if isinstance(result, Refused):
             raise result
@@ -867,15 +911,18 @@ class Dossier:
 
     def _file_one(self, conn: Connection, plan: _Filing) -> tuple[list[int], list[Access]] | Refused:
         """One plan in the writer's transaction: everything decided before anything is written."""
-        from caducee.dossier.models import Intake
-
-        patient, requester = plan.patient, plan.requester
+        patient = plan.patient
         now = datetime.now(UTC)
         settings = _settings_sync(conn, patient)[0]
         if plan.intake is not None:
-            done = (conn.execute(select(Intake.outcome).where(Intake.message_id == plan.intake, Intake.patient_id == patient.id))).first()
+            done = conn.execute(_INTAKE_DONE, {"message": plan.intake, "patient": patient.id}).first()
             if done is not None:
                 return [], []
+        if plan.professional is not None:
+            requester = _professional_sync(conn, plan.professional, patient.id, now)
+        else:
+            assert plan.requester is not None
+            requester = plan.requester
         old = None
         if plan.replaces is not None:
             old = _one_sync(conn, patient.id, plan.replaces)
@@ -891,9 +938,7 @@ class Dossier:
             if not decision.allowed:
                 return Refused(decision.reason, rule=decision.rule, conceal=decision.conceal)
             unique_id = (new.unique_id or f"2.25.{int.from_bytes(secrets.token_bytes(16), 'big')}")[:128]
-            exists = (
-                conn.execute(select(DocumentRow.id).where(DocumentRow.patient_id == patient.id, DocumentRow.unique_id == unique_id))
-            ).first()
+            exists = conn.execute(_UNIQUE_ID_USED, {"patient": patient.id, "unique_id": unique_id}).first()
             if exists is not None or unique_id in unique_ids:
                 return Refused("Un document avec cet identifiant unique (uniqueId) est déjà dans ce dossier.", rule="duplicate")
             unique_ids.add(unique_id)
@@ -956,12 +1001,13 @@ class Dossier:
         return ids, records
 
     def _blob_sync(self, conn: Connection, data: bytes, digest: str) -> int:
-        found = conn.execute(select(Blob.id).where(Blob.sha256 == digest)).scalar()
+        """The one stored copy of this content: sealed once, the first time it is seen."""
+        found = conn.execute(_BLOB_OF, {"sha256": digest}).scalar()
         if found is not None:
             return int(found)
         row = {"sha256": digest, "size": len(data), "sealed": self.cipher.seal(data), "created_at": datetime.now(UTC)}
-        conn.execute(_insert_ignore(conn, Blob.__table__), [row])
-        return int(conn.execute(select(Blob.id).where(Blob.sha256 == digest)).scalar_one())
+        conn.execute(_insert_ignore(conn, Blob.__table__), [row])  # type: ignore[arg-type]
+        return int(conn.execute(_BLOB_OF, {"sha256": digest}).scalar_one())
 
     async def _blob(self, conn: AsyncConnection, data: bytes, digest: str) -> int:
         """The one stored copy of this content (sealed), created if new."""
@@ -1062,10 +1108,43 @@ class Dossier:
         self._writer.close()
 
 
+# The filing's statements, built once: building a statement and its cache key on every
+# filing cost as much as running it (py-spy, bench/dossier.py).
+_SETTINGS = select(DossierSettings.emergency_refused, DossierSettings.version).where(DossierSettings.patient_id == bindparam("patient"))
+_INTAKE_DONE = select(Intake.outcome).where(Intake.message_id == bindparam("message"), Intake.patient_id == bindparam("patient"))
+_UNIQUE_ID_USED = select(DocumentRow.id).where(
+    DocumentRow.patient_id == bindparam("patient"), DocumentRow.unique_id == bindparam("unique_id")
+)
+_BLOB_OF = select(Blob.id).where(Blob.sha256 == bindparam("sha256"))
+_FACTS = select(
+    select(Block.national_id)
+    .where(Block.patient_id == bindparam("patient"), Block.national_id == bindparam("national_id"))
+    .exists()
+    .label("blocked"),
+    select(Consent.national_id)
+    .where(Consent.patient_id == bindparam("patient"), Consent.national_id == bindparam("national_id"))
+    .exists()
+    .label("consent"),
+    select(Emergency.id)
+    .where(
+        Emergency.patient_id == bindparam("patient"),
+        Emergency.national_id == bindparam("national_id"),
+        Emergency.expires_at > bindparam("now"),
+    )
+    .exists()
+    .label("emergency"),
+)
+
+
+def _professional_sync(conn: Connection, pro: Professional, patient_id: int, now: datetime) -> rules.Requester:
+    row = conn.execute(_FACTS, {"patient": patient_id, "national_id": pro.national_id, "now": now}).one()
+    return rules.Requester(
+        rules.Role.PROFESSIONAL, pro.identity, blocked=bool(row.blocked), authorised=bool(row.consent), emergency=bool(row.emergency)
+    )
+
+
 def _settings_sync(conn: Connection, patient: PatientAccount) -> tuple[rules.Settings, int]:
-    row = conn.execute(
-        select(DossierSettings.emergency_refused, DossierSettings.version).where(DossierSettings.patient_id == patient.id)
-    ).first()
+    row = conn.execute(_SETTINGS, {"patient": patient.id}).first()
     settings = rules.Settings(emergency_refused=bool(row and row.emergency_refused), closed=patient.status in {"opposed", "closed"})
     return settings, int(row.version) if row else 0
 

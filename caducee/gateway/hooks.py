@@ -14,6 +14,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from caducee.mime.structure import Part
 from caducee.policies import Channel, PartyKind
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,13 @@ class Delivered:
         if self.content_types is None or self.content_types & OPAQUE_TYPES:
             return True
         return bool(self.content_types & set(content_types))
+
+    # The message as received and its MIME tree, already parsed by the pipeline, when what the
+    # recipients hold is that message (possibly inside our signature): a consumer reads it
+    # from here instead of reading the stored form back and parsing it again. Empty for
+    # what arrived encrypted from another operator (the stored form is the decrypted one).
+    raw: bytes = b""
+    tree: Part | None = None
 
     @property
     def patients(self) -> list[DeliveredTo]:

@@ -442,6 +442,7 @@ class AcceptPipeline:
         if self.on_delivered and Action.DO_NOT_DELIVER not in actions:
             received = self._received(filings, stored_ids, accepted, parties)
             if received:
+                same = envelope.channel is not Channel.MX or self.smime is None  # inbound S/MIME: the stored form is the opened one
                 delivered = Delivered(
                     sender,
                     sender_party.kind,
@@ -450,6 +451,8 @@ class AcceptPipeline:
                     inspected.has_attachment,
                     received,
                     inspected.content_types,
+                    raw=inspected.raw if same else b"",
+                    tree=inspected.tree if same else None,
                 )
                 tell(self.on_delivered, delivered)
         return AcceptResult(accepted, refused, message_id, f"250 2.0.0 OK: queued as {message_id}", frozenset(actions))

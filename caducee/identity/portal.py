@@ -13,6 +13,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 
 from caducee.identity.professionals import Principal
+from caducee.identity.sessions import SessionInfo
 from caducee.identity.signin import SignInRefused, origin_of
 from caducee.identity.tokens import TokenRefused
 from caducee.identity.web import BINDING_COOKIE, SESSION_COOKIE, context, csrf_ok, render, set_cookie
@@ -32,7 +33,8 @@ def redirect(url: str) -> RedirectResponse:
     return RedirectResponse(url, status_code=303)
 
 
-async def _signed_in(request: Request) -> tuple[object, Principal] | None:
+async def signed_in(request: Request) -> tuple[SessionInfo, Principal] | None:
+    """The portal session of this request and its professional (None: not signed in, or retired since)."""
     ctx = context(request)
     session = await ctx.sessions.get(request.cookies.get(SESSION_COOKIE, ""))
     if session is None:
@@ -48,7 +50,7 @@ async def _signed_in(request: Request) -> tuple[object, Principal] | None:
 
 @router.get("/")
 async def home(request: Request) -> Response:
-    found = await _signed_in(request)
+    found = await signed_in(request)
     ctx = context(request)
     if found is None:
         response = render(
@@ -62,9 +64,10 @@ async def home(request: Request) -> Response:
     return render(
         request,
         "pro_account.html",
+        area="espace",
         form_origin=origin_of(await ctx.signin.logout_url()),
         principal=principal,
-        csrf=session.csrf_token,  # type: ignore[attr-defined]
+        csrf=session.csrf_token,
         types=TYPES,
         hostname=settings.hostname,
         imap=_ports((settings.imaps_port, "TLS"), (settings.imap_port, "STARTTLS")),

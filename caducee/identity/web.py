@@ -53,5 +53,12 @@ def render(request: Request, template: str, status_code: int = 200, *, form_orig
     """A portal page. Its CSP lets the logout form be redirected to the provider's origin
     (browsers apply form-action to a form's redirects too), and nowhere else."""
     response = TEMPLATES.TemplateResponse(request, template, values, status_code=status_code)
-    response.headers["content-security-policy"] = _CSP.format(extra=f" {form_origin}" if form_origin else "")
+    secure(response, form_origin)
     return response
+
+
+def secure(response: Response, form_origin: str = "") -> None:
+    """The portal's security headers on a page rendered elsewhere (the dossier's pages for professionals)."""
+    response.headers["content-security-policy"] = _CSP.format(extra=f" {form_origin}" if form_origin else "")
+    response.headers["referrer-policy"] = "no-referrer"
+    response.headers["cache-control"] = "no-store"

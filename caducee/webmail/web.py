@@ -203,19 +203,22 @@ class BodyLimit:
     declared length gets: the answer depends on the size, not on how it was sent.
     """
 
-    def __init__(self, app: ASGIApp, limit: int, upload_limit: int | None = None) -> None:
+    def __init__(self, app: ASGIApp, limit: int, upload_limit: int | None = None, wider: tuple[tuple[str, int], ...] = ()) -> None:
         self.app = app
         self.limit = limit
         self.upload_limit = upload_limit if upload_limit is not None else limit
+        self.wider = wider  # (path prefix, its limit): the dossier API takes documents larger than an upload
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = next((wide for prefix, wide in self.wider if scope["path"].startswith(prefix)), self.limit)
+        shown = self.upload_limit if limit == self.limit else limit
         declared = dict(scope.get("headers", [])).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
-            await self._drain(receive, 0)
-            await self._refuse(send)
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            await self._drain(receive, 0, limit)
+            await self._refuse(send, shown)
             return
         received = 0
         finished = False
@@ -230,7 +233,7 @@ class BodyLimit:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 finished = not message.get("more_body", False)
-                if received > self.limit:
+                if received > limit:
                     over = True
                     raise _TooLarge()
             return message
@@ -249,14 +252,14 @@ class BodyLimit:
             pass
         if over and not started:
             if not finished:
-                await self._drain(receive, received)
-            await self._refuse(send)
+                await self._drain(receive, received, limit)
+            await self._refuse(send, shown)
 
-    async def _drain(self, receive: Receive, already: int) -> None:
+    async def _drain(self, receive: Receive, already: int, limit: int) -> None:
         """Read and drop the rest of the body (up to a bound), so that the client, still
         sending, reads our answer instead of a reset connection. Nothing is kept."""
         seen = already
-        while seen <= 4 * self.limit:
+        while seen <= 4 * limit:
             message = await receive()
             if message["type"] != "http.request":
                 return
@@ -264,8 +267,8 @@ class BodyLimit:
             if not message.get("more_body", False):
                 return
 
-    async def _refuse(self, send: Send) -> None:
-        body = TOO_LARGE.format(limit=self.upload_limit // 1_048_576).encode()
+    async def _refuse(self, send: Send, shown: int) -> None:
+        body = TOO_LARGE.format(limit=shown // 1_048_576).encode()
         await send(
             {
                 "type": "http.response.start",
