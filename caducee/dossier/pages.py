@@ -103,7 +103,8 @@ async def posted(request: Request) -> tuple[Viewer, Any] | Response:
     if isinstance(checked, Response):
         return checked
     form = await request.form(max_files=1, max_fields=20, max_part_size=web.context(request).webmail.settings.webmail_max_upload + 1024)
-    if not csrf_ok(checked.csrf, form.get("csrf")):
+    token = form.get("csrf")
+    if not csrf_ok(checked.csrf, token if isinstance(token, str) else None):
         return TEMPLATES.TemplateResponse(request, "expired.html", {"csrf": anonymous_csrf(request)}, status_code=403)
     return checked, form
 

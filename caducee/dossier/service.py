@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, func, insert, select, update
+from sqlalchemy import Table, and_, bindparam, delete, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
@@ -184,7 +184,7 @@ class ProfileEntry:
     created_at: datetime
 
 
-def _insert_ignore(conn: AsyncConnection, table):  # type: ignore[no-untyped-def]
+def _insert_ignore(conn: AsyncConnection | Connection, table: Table) -> Any:
     dialect_insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
     return dialect_insert(table).on_conflict_do_nothing()
 
@@ -903,8 +903,8 @@ class Dossier:
         lock is held for the statements only, not while other sessions take the loop)."""
 
         def write(conn: Connection) -> list[object]:
-            results = [self._file_one(conn, plan) for plan in plans]
-            self.history.append(conn, [record for result in results if not isinstance(result, Refused) for record in result[1]])
+            results: list[object] = [self._file_one(conn, plan) for plan in plans]
+            self.history.append(conn, [record for result in results if isinstance(result, tuple) for record in result[1]])
             return results
 
         return await self._writer.run(write)
@@ -1006,7 +1006,7 @@ class Dossier:
         if found is not None:
             return int(found)
         row = {"sha256": digest, "size": len(data), "sealed": self.cipher.seal(data), "created_at": datetime.now(UTC)}
-        conn.execute(_insert_ignore(conn, Blob.__table__), [row])  # type: ignore[arg-type]
+        conn.execute(_insert_ignore(conn, Blob.__table__), [row])
         return int(conn.execute(_BLOB_OF, {"sha256": digest}).scalar_one())
 
     async def _blob(self, conn: AsyncConnection, data: bytes, digest: str) -> int:

@@ -561,16 +561,18 @@ class AcceptPipeline:
         return filings, remotes
 
     async def _inspect(self, envelope: Envelope) -> InspectedMessage:
-        arguments = dict(
+        inspect = functools.partial(
+            inspect_message,
+            envelope.data,
             max_size=self.settings.max_message_size,
             hostname=self.settings.hostname,
             add_missing_headers=envelope.channel in AUTHENTICATED_CHANNELS | {Channel.TRUSTED},
         )
         if len(envelope.data) > OFF_LOOP_SIZE:
             if self.cpu is not None:
-                return await self.cpu.run(functools.partial(inspect_message, envelope.data, **arguments))
-            return await asyncio.to_thread(inspect_message, envelope.data, **arguments)
-        return inspect_message(envelope.data, **arguments)
+                return await self.cpu.run(inspect)
+            return await asyncio.to_thread(inspect)
+        return inspect()
 
     # ---- notices to the sender ---------------------------------------------------------
 

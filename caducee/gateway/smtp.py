@@ -17,7 +17,7 @@ import socket
 import ssl
 import unicodedata
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import aiosmtpd.smtp as aiosmtpd_smtp
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Session, syntax
@@ -87,7 +87,7 @@ class _AuthMembers:
         return getattr(inspect, name)
 
 
-aiosmtpd_smtp.inspect = _AuthMembers()
+aiosmtpd_smtp.inspect = _AuthMembers()  # type: ignore[assignment]  # the shim stands in for the module
 
 END_OF_DATA = b"\r\n.\r\n"
 _SCAN_WINDOW = 256 * 1024
@@ -130,7 +130,7 @@ class GatewaySMTP(SMTP):
             peer = transport.get_extra_info("peername")
             client = peer[0] if peer else "unknown"
             if not self._connections.enter(client):
-                transport.write(
+                cast(asyncio.WriteTransport, transport).write(
                     b"421 4.7.0 Too many connections from your address, try again later / trop de connexions depuis votre adresse\r\n"
                 )
                 transport.close()
@@ -140,13 +140,14 @@ class GatewaySMTP(SMTP):
         if first and transport.get_extra_info("ssl_object") is not None:
             # Implicit TLS (port 5465): aiosmtpd only counts TLS it negotiated by STARTTLS.
             self._auth_require_tls = False
-        if first and self._trusted and self.session.peer:
+        session = self.session
+        if first and self._trusted and session is not None and session.peer:
             try:
-                address = ipaddress.ip_address(self.session.peer[0])
+                address = ipaddress.ip_address(session.peer[0])
             except ValueError:
                 return
             if any(address in network for network in self._trusted):
-                self.session.trusted = True
+                session.trusted = True  # type: ignore[attr-defined]  # read back by `_channel`
                 self.require_starttls = False
                 self._auth_required = False
 
@@ -301,7 +302,7 @@ class GatewayHandler:
         if len(envelope.rcpt_tos) >= 1000:
             return "452 4.5.3 Too many recipients / trop de destinataires"
         try:
-            decision = await self.pipeline.check_recipient(envelope.mail_from, address, self._channel(session))
+            decision = await self.pipeline.check_recipient(envelope.mail_from or "", address, self._channel(session))
         except Exception:
             log.exception("RCPT TO check failed")
             return TEMPORARY_FAILURE
@@ -319,9 +320,9 @@ class GatewayHandler:
         try:
             result = await self.pipeline.accept(
                 Envelope(
-                    mail_from=envelope.mail_from,
+                    mail_from=envelope.mail_from or "",
                     rcpt_tos=list(envelope.rcpt_tos),
-                    data=bytes(content),
+                    data=bytes(content or b""),
                     channel=self._channel(session),
                     authenticated=identity,
                     peer_dn=peer_dn(server.transport),

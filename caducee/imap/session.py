@@ -108,7 +108,8 @@ class Session:
         login_by = asyncio.get_running_loop().time() + settings.imap_login_timeout
         try:
             while self.state != LOGOUT:
-                idle, whole = settings.imap_timeout, settings.imap_command_timeout
+                idle: float = settings.imap_timeout
+                whole: float = settings.imap_command_timeout
                 if self.state == NOT_AUTHENTICATED:
                     left = max(0.0, login_by - asyncio.get_running_loop().time())
                     idle, whole = left, min(whole, left)

@@ -62,10 +62,10 @@ class _MailPolicy(EmailPolicy):
 
     def _fold(self, name: str, value: Any, refold_binary: bool = False) -> str:
         if name.lower() not in IDENTIFIER_FIELDS:
-            return str(super()._fold(name, value, refold_binary))
+            return str(super()._fold(name, value, refold_binary))  # type: ignore[misc]  # not in typeshed
         lines, current = [], f"{name}:"
         for item in str(value).split():
-            if len(current) + 1 + len(item) > self.max_line_length and current != f"{name}:":
+            if len(current) + 1 + len(item) > (self.max_line_length or 998) and current != f"{name}:":
                 lines.append(current)
                 current = ""
             current += " " + item
