@@ -42,7 +42,7 @@ def use_fast_event_loop() -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     from caducee.server import PortInUse, inherited_sockets, serve, serve_workers
 
-    settings = _settings(args, http_host=args.host, http_port=args.port)
+    settings = _settings(args, http_host=args.host, http_port=args.port, roles=args.role)
     configure_logging(settings)
     try:
         if args.workers > 1 and not args.worker_process:
@@ -664,6 +664,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="HTTP port")
     serve.add_argument(
         "--workers", type=int, default=1, help="processes sharing the listening sockets bound once by this command, e.g. one per core"
+    )
+    serve.add_argument(
+        "--role",
+        help="what this node runs, comma-separated among smtp,imap,http,relay,jobs (default all; also CADUCEE_ROLES); "
+        "without http the HTTP port serves /healthz and /metrics only",
     )
     serve.add_argument("--worker-process", action="store_true", help=argparse.SUPPRESS)
     serve.set_defaults(func=cmd_serve)
