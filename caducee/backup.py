@@ -18,8 +18,8 @@ restoring whether every table has its rows back.
 from __future__ import annotations
 
 import asyncio
-import gzip
 import dataclasses
+import gzip
 import hashlib
 import json
 import os
