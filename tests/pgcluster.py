@@ -237,10 +237,11 @@ class PatroniCluster:
             raise RuntimeError("no PostgreSQL server binaries under /usr/lib/postgresql")
         self.etcd = Etcd(self.directory / "etcd").start()
         self.nodes = [PatroniNode(f"pg{n}", hand_over(self.directory / f"pg{n}")) for n in range(1, self.size + 1)]
-        for node in self.nodes:
+        first = self.nodes[0]
+        self._launch(first)  # the first bootstraps the cluster alone, then the others join
+        _wait("the first Patroni node", lambda: first.role() in {"master", "primary"}, timeout, first.process, first.log)
+        for node in self.nodes[1:]:
             self._launch(node)
-            if node is self.nodes[0]:  # the first bootstraps the cluster alone, then the others join
-                _wait("the first Patroni node", lambda: node.role() in {"master", "primary"}, timeout, node.process, node.log)
         _wait("the standbys", lambda: all(n.role() in {"replica", "sync_standby"} for n in self.nodes[1:]), timeout)
         _wait("a synchronous standby", lambda: self.sync_standby() is not None, timeout)
         return self
