@@ -89,7 +89,9 @@ class Settings:
         1.0, "How often one query per process looks for changes made elsewhere to folders that sessions are idling on."
     )
     tls_cert: str = _setting("", "PEM certificate (chain) of the listeners. Empty: the development PKI in <data dir>/pki.")
-    tls_key: str = _setting("", "PEM private key of the listeners.")
+    tls_key: str = _setting(
+        "", "PEM private key of the listeners (in clear, or encrypted with the passphrase derived from the master key)."
+    )
     trust_anchors: str = _setting("", "PEM file of the CAs other operators' certificates must chain to (MX and relay).")
     smime: str = _setting(
         "enforce",

@@ -51,7 +51,7 @@ from caducee.core import pseudonyms
 from caducee.core.cpu import CpuPool, shared_pool
 from caducee.crypto.atrest import BodyCipher, load_master_key
 from caducee.crypto.material import material_from_settings
-from caducee.crypto.pki import Pair, development_space
+from caducee.crypto.pki import Pair, development_space, key_passphrase
 from caducee.crypto.tls import client_context, server_context
 from caducee.dossier.api import router as dossier_api
 from caducee.dossier.intake import XdmIntake
@@ -364,10 +364,14 @@ def tls_files(settings: Settings) -> TlsFiles:
         missing = [name for name in ("tls_key", "trust_anchors", "relay_client_cert", "relay_client_key") if not getattr(settings, name)]
         if missing:
             raise ValueError(f"tls_cert is set: set {', '.join(missing)} too")
+        # A configured key may be encrypted with the passphrase derived from the master key, as
+        # `smime_key` is (the test trust space's files then serve as configured files); OpenSSL
+        # ignores the passphrase for a key in clear.
         return TlsFiles(
             Pair(Path(settings.tls_cert), Path(settings.tls_key)),
             Path(settings.trust_anchors),
             Pair(Path(settings.relay_client_cert), Path(settings.relay_client_key)),
+            key_passphrase(load_master_key(settings.data_dir)),
         )
     log.warning("no tls_cert configured: using the test trust space in %s", settings.data_dir / "pki")
     space, passphrase = development_space(settings)
