@@ -183,7 +183,7 @@ def main() -> int:
             url = create_database(cluster, "caducee")
             print(
                 f"cluster up in {time.monotonic() - started:.1f} s: primary {cluster.primary().name}, sync standby {cluster.sync_standby().name}"
-            )  # type: ignore[union-attr]
+            )
             node = start_node(root / "node", url, args=("--demo", "--role", "smtp,http"), wait_for=("http", "submission"), timeout=180)
             credentials = node.credentials()
             load = Load(
@@ -202,22 +202,17 @@ def main() -> int:
             cluster.kill(victim)
             print(f"killed the primary {victim.name} after {acknowledged_before} acknowledged messages")
             promoted_at = None
-            accepting_at = None
             while time.monotonic() - started < args.deadline:
                 if promoted_at is None:
                     new = cluster.primary()
                     if new is not None and new is not victim:
                         promoted_at = time.monotonic()
                         print(f"{new.name} promoted {promoted_at - killed_at:.1f} s after the kill")
-                if accepting_at is None:
-                    after = [at for at, _ in load.acknowledged() if at > killed_at]
-                    if after and promoted_at is not None:
-                        accepting_at = min(after)
-                        print(f"Caducée accepts again {accepting_at - killed_at:.1f} s after the kill")
-                if accepting_at is not None and time.monotonic() - accepting_at >= args.after:
+                elif time.monotonic() - promoted_at >= args.after:
                     break
                 time.sleep(0.2)
             load.stopping.set()
+            stopped_at = time.monotonic()
             for thread in load.threads:
                 thread.join(timeout=120)
             node_code = node.stop()
@@ -236,9 +231,13 @@ def main() -> int:
     dropped = sorted(at for s in sessions for at in s.dropped)
     permanent = [text for s in sessions for text in s.permanent]
     window = [at for at in temporary + dropped if at >= killed_at]
+    # Clients see the failover from the first 451 (or lost connection) after the kill to the
+    # first 250 after it; a 250 in the instant after the kill was committed before it.
+    outage_began = min(window) if window else None
+    accepting_at = next((at for at, _ in acknowledged if outage_began is not None and at > outage_began), None)
     before_rate = acknowledged_before / args.before
     after_tags = [at for at, _ in acknowledged if accepting_at is not None and at >= accepting_at]
-    after_rate = len(after_tags) / max(time.monotonic() - accepting_at, 1) if accepting_at else 0.0
+    after_rate = len(after_tags) / max(stopped_at - accepting_at, 1) if accepting_at else 0.0
     figures = {
         "sessions": args.sessions,
         "acknowledged": len(tags),
@@ -250,6 +249,7 @@ def main() -> int:
         "dropped": len(dropped),
         "promotion": (promoted_at - killed_at) if promoted_at else None,
         "failover": (accepting_at - killed_at) if accepting_at else None,
+        "outage": (accepting_at - outage_began) if accepting_at and outage_began else None,
         "before_rate": before_rate,
         "after_rate": after_rate,
         "last_failure": (max(window) - killed_at) if window else None,
@@ -280,7 +280,9 @@ etcd 3.4: a primary and a synchronous standby (`synchronous_mode: true`, `ttl: {
 `loop_wait: 2`) on loopback ports; one Caducée node (`serve --role smtp,http`) given the
 multi-host URL `postgresql://…@h1:p1,h2:p2/caducee?target_session_attrs=read-write`;
 {f["sessions"]} SMTP sessions submitting one message after another (S/MIME signed and encrypted,
-as every message is). The primary, Patroni and PostgreSQL, was SIGKILLed mid-load.
+as every message is), while the machine also ran other work (its load average was about 8 on
+2 cores: the rates are low for that reason, the counts and times are what matter). The
+primary, Patroni and PostgreSQL, was SIGKILLed mid-load.
 
 | figure | value |
 |---|---|
@@ -292,7 +294,8 @@ as every message is). The primary, Patroni and PostgreSQL, was SIGKILLed mid-loa
 | 451 answers meanwhile | {f["temporary"]} |
 | connections lost or refused meanwhile | {f["dropped"]} |
 | standby promoted after the kill | {seconds(f["promotion"])} |
-| first 250 after the kill (failover seen by clients) | {seconds(f["failover"])} |
+| first 250 after the outage began, from the kill (failover seen by clients) | {seconds(f["failover"])} |
+| from the first 451 to the next 250 | {seconds(f["outage"])} |
 | load before the kill | {f["before_rate"]:.0f} messages/s |
 | load after the failover | {f["after_rate"]:.0f} messages/s |
 
