@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 DATA_DIR ?= var
 
-.PHONY: install peers run lint test bench clean
+.PHONY: install peers run lint test bench soak clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,11 @@ bench: peers
 	$(BIN)/python bench/webmail.py
 	$(BIN)/python bench/dossier.py
 	$(BIN)/python bench/agenda.py
+
+# PostgreSQL failover under SMTP load: Patroni + etcd on loopback ports in a temporary directory,
+# the primary killed mid-load (bounded: about three minutes); figures in docs/reliability.md.
+soak: peers
+	flock /tmp/caducee-bench.lock $(BIN)/python soak/failover.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -42,7 +42,7 @@ def use_fast_event_loop() -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     from caducee.server import PortInUse, inherited_sockets, serve, serve_workers
 
-    settings = _settings(args, http_host=args.host, http_port=args.port)
+    settings = _settings(args, http_host=args.host, http_port=args.port, roles=args.role)
     configure_logging(settings)
     try:
         if args.workers > 1 and not args.worker_process:
@@ -108,6 +108,45 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     db.upgrade(settings.effective_database_url)
     print(f"database at revision {db.current_revision(settings.effective_database_url)}")
+    return 0
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    """`caducee backup DIR`: the database (SQLite's online backup API, or pg_dump's directory
+    format), the data directory and the configured key and certificate files, while serving."""
+    from caducee.backup import BackupError, backup
+
+    settings = _settings(args)
+    try:
+        manifest = backup(settings, Path(args.directory))
+    except BackupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    rows = manifest["rows"]
+    print(
+        f"backup of {manifest['database']['kind']} at {manifest['alembic_heads']} written to {args.directory}: "
+        f"{sum(rows.values())} rows in {len(rows)} tables, {len(manifest['data_files'])} files of the data directory, "
+        f"{sum(len(items) for items in manifest['configured_files'].values())} configured files; "
+        f"master key {manifest['master_key']['source']}. Keep it as secret as the data directory."
+    )
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    """`caducee restore DIR`: a backup into an empty database and data directory."""
+    from caducee.backup import BackupError, restore
+
+    settings = _settings(args)
+    try:
+        report = restore(settings, Path(args.directory))
+    except BackupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if report.missing:
+        for table, (expected, found) in sorted(report.missing.items()):
+            print(f"error: table {table}: {expected} rows in the backup, {found} restored", file=sys.stderr)
+        return 1
+    print(f"restored {sum(report.rows.values())} rows in {len(report.rows)} tables and {report.files} files; every table has its rows")
     return 0
 
 
@@ -665,12 +704,24 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--workers", type=int, default=1, help="processes sharing the listening sockets bound once by this command, e.g. one per core"
     )
+    serve.add_argument(
+        "--role",
+        help="what this node runs, comma-separated among smtp,imap,http,relay,jobs (default all; also CADUCEE_ROLES); "
+        "without http the HTTP port serves /healthz and /metrics only",
+    )
     serve.add_argument("--worker-process", action="store_true", help=argparse.SUPPRESS)
     serve.set_defaults(func=cmd_serve)
 
     database = commands.add_parser("db", help="database migrations").add_subparsers(dest="db_command", required=True)
     database.add_parser("upgrade", parents=[common], help="apply migrations").set_defaults(func=cmd_db_upgrade)
     database.add_parser("current", parents=[common], help="show the revision").set_defaults(func=cmd_db_current)
+
+    saving = commands.add_parser("backup", parents=[common], help="back up the database, keys and certificates (while serving)")
+    saving.add_argument("directory", help="a new or empty directory (it will hold private keys: keep it secret)")
+    saving.set_defaults(func=cmd_backup)
+    restoring = commands.add_parser("restore", parents=[common], help="restore a backup into an empty database and data directory")
+    restoring.add_argument("directory", help="a directory written by `caducee backup`")
+    restoring.set_defaults(func=cmd_restore)
 
     annuaire = commands.add_parser("annuaire", help="national directory").add_subparsers(dest="annuaire_command", required=True)
     importer = annuaire.add_parser("import", parents=[common], help="import a public directory file")

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 ENV_PREFIX = "CADUCEE_"
+ROLES = ("smtp", "imap", "http", "relay", "jobs")  # what one node may run; `serve --role` picks some
 
 
 class SettingsError(ValueError):
@@ -88,7 +89,9 @@ class Settings:
         1.0, "How often one query per process looks for changes made elsewhere to folders that sessions are idling on."
     )
     tls_cert: str = _setting("", "PEM certificate (chain) of the listeners. Empty: the development PKI in <data dir>/pki.")
-    tls_key: str = _setting("", "PEM private key of the listeners.")
+    tls_key: str = _setting(
+        "", "PEM private key of the listeners (in clear, or encrypted with the passphrase derived from the master key)."
+    )
     trust_anchors: str = _setting("", "PEM file of the CAs other operators' certificates must chain to (MX and relay).")
     smime: str = _setting(
         "enforce",
@@ -206,6 +209,12 @@ class Settings:
         2, "Hour (Paris time) from which each day's prevention reminders are looked for, by whichever process gets there first."
     )
     log_level: str = _setting("INFO", "Logging level (DEBUG, INFO, WARNING, ERROR).")
+    roles: list[str] = _setting(
+        list(ROLES),
+        "What `caducee serve` runs on this node (`--role`): `smtp` (MX and submission listeners), `imap`, `http` (webmail "
+        "and APIs; without it the HTTP port serves /healthz and /metrics only), `relay` (the outbound queue), `jobs` "
+        "(campaign fan-out, agenda reminders and daily job). Several nodes on one PostgreSQL share the queues.",
+    )
 
     @property
     def effective_database_url(self) -> str:
@@ -327,6 +336,10 @@ def load_settings(
             ipaddress.ip_network(network, strict=False)
         except ValueError:
             raise SettingsError(f"setting 'trusted_proxies': {network!r} is not a network (CIDR) or an address") from None
+    unknown = [role for role in settings.roles if role not in ROLES]
+    if unknown or not settings.roles:
+        what = f"unknown role {', '.join(map(repr, unknown))}" if unknown else "no role given"
+        raise SettingsError(f"setting 'roles' (--role): {what}; choose among {','.join(ROLES)}")
     if settings.database_pool_size < 1:
         raise SettingsError("setting 'database_pool_size' must be 1 or more")
     if settings.campaign_batch_size < 1:

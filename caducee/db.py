@@ -55,9 +55,12 @@ def normalise_url(url: str) -> str:
     """Give a plain `sqlite:///` or `postgresql://` URL its async driver.
 
     Operators write the URL their tools know (`postgresql://user@host/db`); the async
-    engine needs the driver named.
+    engine needs the driver named. libpq's multi-host form
+    (`postgresql://user@h1:5432,h2:5433/db?target_session_attrs=read-write`, what a Patroni
+    cluster is reached with) becomes SQLAlchemy's (`?host=h1:5432&host=h2:5433`), which
+    asyncpg tries in turn until one is the primary.
     """
-    parsed = make_url(url)
+    parsed = make_url(_multi_host(url))
     backend = parsed.get_backend_name()
     if backend == "sqlite":
         parsed = parsed.set(drivername="sqlite+aiosqlite")
@@ -66,6 +69,35 @@ def normalise_url(url: str) -> str:
     else:
         raise ValueError(f"unsupported database {backend!r}: use sqlite:/// or postgresql://")
     return parsed.render_as_string(hide_password=False)
+
+
+def _multi_host(url: str) -> str:
+    """libpq's `scheme://userinfo@h1:p1,h2:p2/db?query` as `scheme://userinfo@/db?host=h1:p1&host=h2:p2&query`."""
+    from urllib.parse import quote
+
+    scheme, separator, rest = url.partition("://")
+    if not separator or not scheme.startswith("postgres"):
+        return url
+    authority, slash, tail = rest.partition("/")
+    userinfo, at, hosts = authority.rpartition("@")
+    if "," not in hosts:
+        return url
+    path, question, query = tail.partition("?")
+    listed = "&".join(f"host={quote(host.strip(), safe=':[]')}" for host in hosts.split(",") if host.strip())
+    return f"{scheme}://{userinfo}{at}/{path}?{listed}" + (f"&{query}" if question and query else "")
+
+
+def hosts_of(parsed: Any) -> tuple[list[str], list[str]]:
+    """(hosts, ports) of a PostgreSQL URL, one host or several (`?host=h:p&host=...`), for libpq's PGHOST and PGPORT."""
+    listed = parsed.query.get("host")
+    if not listed:
+        return [parsed.host or "127.0.0.1"], [str(parsed.port or 5432)]
+    hosts, ports = [], []
+    for item in [listed] if isinstance(listed, str) else list(listed):
+        host, _, port = str(item).rpartition(":") if ":" in str(item) else (str(item), "", "")
+        hosts.append(host)
+        ports.append(port or "5432")
+    return hosts, ports
 
 
 def is_sqlite(engine_or_url: AsyncEngine | str) -> bool:

@@ -46,12 +46,12 @@ from caducee.annuaire.service import ensure_postmaster
 from caducee.campaigns.api import router as campaigns_router
 from caducee.campaigns.runner import Runner
 from caducee.campaigns.service import Campaigns
-from caducee.config import ENV_PREFIX, Settings
+from caducee.config import ENV_PREFIX, ROLES, Settings
 from caducee.core import pseudonyms
 from caducee.core.cpu import CpuPool, shared_pool
 from caducee.crypto.atrest import BodyCipher, load_master_key
 from caducee.crypto.material import material_from_settings
-from caducee.crypto.pki import Pair, development_space
+from caducee.crypto.pki import Pair, development_space, key_passphrase
 from caducee.crypto.tls import client_context, server_context
 from caducee.dossier.api import router as dossier_api
 from caducee.dossier.intake import XdmIntake
@@ -192,18 +192,7 @@ def build_app(engine: AsyncEngine, settings: Settings, pipeline: AcceptPipeline 
     app.add_middleware(CountRequests, metrics=metrics)
     errors.install(app)
 
-    @app.get("/healthz", tags=["operations"], summary="Liveness and database reachability", response_model=Health)
-    async def healthz() -> JSONResponse:
-        try:
-            async with engine.connect() as conn:
-                await conn.execute(text("SELECT 1"))
-        except Exception as exc:  # the probe reports, it does not crash
-            return JSONResponse({"status": "error", "database": str(exc)[:200]}, status_code=503)
-        return JSONResponse({"status": "ok"})
-
-    @app.get("/metrics", response_class=PlainTextResponse, tags=["operations"], summary="Prometheus metrics")
-    async def metrics_page() -> str:
-        return metrics.render()
+    operations_routes(app, engine, metrics)
 
     app.include_router(annuaire_router)
     app.include_router(campaigns_router)
@@ -219,6 +208,35 @@ def build_app(engine: AsyncEngine, settings: Settings, pipeline: AcceptPipeline 
     app.mount("/agenda/static", StaticFiles(directory=str(AGENDA_STATIC)), name="agenda-static")
     app.mount("/static", StaticFiles(directory=str(Path(webmail_package.__file__).parent / "static")), name="static")
     app.mount("/pro/static", StaticFiles(directory=str(Path(identity_portal.__file__).parent / "static")), name="pro-static")
+    return app
+
+
+def operations_routes(app: FastAPI, engine: AsyncEngine, metrics: Metrics) -> None:
+    """/healthz and /metrics: on every node, whatever its roles (a load balancer or a
+    container engine probes each node the same way)."""
+
+    @app.get("/healthz", tags=["operations"], summary="Liveness and database reachability", response_model=Health)
+    async def healthz() -> JSONResponse:
+        try:
+            async with engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+        except Exception as exc:  # the probe reports, it does not crash
+            return JSONResponse({"status": "error", "database": str(exc)[:200]}, status_code=503)
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/metrics", response_class=PlainTextResponse, tags=["operations"], summary="Prometheus metrics")
+    async def metrics_page() -> str:
+        return metrics.render()
+
+
+def build_operations_app(engine: AsyncEngine) -> FastAPI:
+    """The HTTP app of a node without the `http` role: /healthz and /metrics only, no
+    webmail, no API (so nothing there needs the master key or the pipeline)."""
+    app = FastAPI(title="Caducée (operations)", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
+    metrics = Metrics()
+    app.state.metrics = metrics
+    app.add_middleware(CountRequests, metrics=metrics)
+    operations_routes(app, engine, metrics)
     return app
 
 
@@ -346,10 +364,14 @@ def tls_files(settings: Settings) -> TlsFiles:
         missing = [name for name in ("tls_key", "trust_anchors", "relay_client_cert", "relay_client_key") if not getattr(settings, name)]
         if missing:
             raise ValueError(f"tls_cert is set: set {', '.join(missing)} too")
+        # A configured key may be encrypted with the passphrase derived from the master key, as
+        # `smime_key` is (the test trust space's files then serve as configured files); OpenSSL
+        # ignores the passphrase for a key in clear.
         return TlsFiles(
             Pair(Path(settings.tls_cert), Path(settings.tls_key)),
             Path(settings.trust_anchors),
             Pair(Path(settings.relay_client_cert), Path(settings.relay_client_key)),
+            key_passphrase(load_master_key(settings.data_dir)),
         )
     log.warning("no tls_cert configured: using the test trust space in %s", settings.data_dir / "pki")
     space, passphrase = development_space(settings)
@@ -398,12 +420,15 @@ async def start_gateway(
     *,
     reuse_port: bool = False,
     relay: bool = True,
+    smtp: bool = True,
+    imap: bool = True,
     sockets: dict[str, socket.socket] | None = None,
     identity: Identity | None = None,
 ) -> GatewayRuntime:
     """SMTP, IMAP and the relay, on `sockets` (from `bind_listeners`) when given, else binding
     their own. With `identity` (Pro Santé Connect configured), submission and IMAP also take
-    tokens (OAUTHBEARER, XOAUTH2), under the passwords' lock-out."""
+    tokens (OAUTHBEARER, XOAUTH2), under the passwords' lock-out. The pipeline is built
+    whatever the flags: the webmail and the campaigns send through it."""
     sockets = sockets or {}
     files = tls_files(settings)
     cipher = BodyCipher(load_master_key(settings.data_dir))
@@ -432,7 +457,7 @@ async def start_gateway(
         ("submissions", ListenerConfig("submission", settings.smtp_host, settings.submissions_port, plain, implicit_tls=True)),
     ]
     for name, config in listeners:
-        if config.port == 0:
+        if config.port == 0 or not smtp:
             continue
         config.max_message_size = settings.max_message_size
         config.max_connections_per_client = settings.smtp_max_connections_per_client
@@ -444,7 +469,7 @@ async def start_gateway(
             await start_listener(config, pipeline, authenticator, reuse_port=reuse_port, sock=sockets.get(name), tokens=tokens)
         )
         log.info("SMTP %s on %s:%d%s", config.kind, config.host, config.port, " (implicit TLS)" if config.implicit_tls else "")
-    if settings.imap_port or settings.imaps_port:
+    if imap and (settings.imap_port or settings.imaps_port):
         runtime.imap = await start_imap(
             settings, engine, cipher, plain, authenticator=authenticator, tokens=imap_tokens, reuse_port=reuse_port, sockets=sockets
         )
@@ -480,13 +505,13 @@ def settle_garbage_collector() -> None:
     gc.set_threshold(20_000, 20, 20)
 
 
-LISTENERS = (
-    ("http", "http_host", "http_port"),
-    ("mx", "smtp_host", "mx_port"),
-    ("submission", "smtp_host", "submission_port"),
-    ("submissions", "smtp_host", "submissions_port"),
-    ("imap", "smtp_host", "imap_port"),
-    ("imaps", "smtp_host", "imaps_port"),
+LISTENERS = (  # name, host setting, port setting, the role that opens it (http: every node, for /healthz)
+    ("http", "http_host", "http_port", "http"),
+    ("mx", "smtp_host", "mx_port", "smtp"),
+    ("submission", "smtp_host", "submission_port", "smtp"),
+    ("submissions", "smtp_host", "submissions_port", "smtp"),
+    ("imap", "smtp_host", "imap_port", "imap"),
+    ("imaps", "smtp_host", "imaps_port", "imap"),
 )
 INHERITED = "CADUCEE_INHERITED_SOCKETS"  # name=fd,... : the sockets a worker got from its `caducee serve`
 
@@ -562,12 +587,13 @@ def bind_listeners(settings: Settings) -> dict[str, socket.socket]:
     silently shared them with the first (each answered some of the connections, from two
     databases). The workers of one `caducee serve --workers N` share these very sockets,
     inherited from their parent, and nothing else can bind the ports while they are open.
+    Only the listeners of this node's roles are bound; the HTTP port always is (/healthz).
     """
     bound: dict[str, socket.socket] = {}
     try:
-        for name, host_setting, port_setting in LISTENERS:
+        for name, host_setting, port_setting, role in LISTENERS:
             host, port = str(getattr(settings, host_setting)), int(getattr(settings, port_setting))
-            if port == 0:
+            if port == 0 or (role != "http" and role not in settings.roles):
                 continue
             sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # restarts while old connections linger in TIME_WAIT
@@ -609,7 +635,8 @@ def inherited_sockets() -> dict[str, socket.socket] | None:
 
 
 async def serve(settings: Settings, *, demo: bool = False, migrate: bool = True, sockets: dict[str, socket.socket] | None = None) -> None:
-    """Run every listener until SIGINT/SIGTERM: HTTP, SMTP (MX, submission), IMAP and the relay."""
+    """Run this node's roles until SIGINT/SIGTERM: HTTP, SMTP (MX, submission), IMAP, the relay, the jobs
+    (all by default; `settings.roles`)."""
     import signal
 
     import uvicorn
@@ -623,31 +650,35 @@ async def serve(settings: Settings, *, demo: bool = False, migrate: bool = True,
         engine = await prepare_database(settings, demo=demo)
     else:
         engine = db.create_engine(settings.effective_database_url, pool_size=settings.database_pool_size)
+    roles = set(settings.roles)
     identity = build_identity(engine, settings)
-    gateway = await start_gateway(settings, engine, sockets=sockets, identity=identity)
-    app = build_app(engine, settings, gateway.pipeline, identity)
+    gateway = await start_gateway(
+        settings, engine, sockets=sockets, identity=identity, smtp="smtp" in roles, imap="imap" in roles, relay="relay" in roles
+    )
+    app = build_app(engine, settings, gateway.pipeline, identity) if "http" in roles else build_operations_app(engine)
     server = uvicorn.Server(http_config(app, settings))
     server.install_signal_handlers = lambda: None
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, lambda: setattr(server, "should_exit", True))
-    # Every process fans campaigns out: batches are claimed, so processes and nodes share the work.
-    campaigns = asyncio.create_task(Runner(engine, app.state.campaigns).run_forever(settings.campaign_poll_seconds), name="campaigns")
-    reminders = agenda_background.reminder_worker(engine, settings, notifier_from_settings(settings))
-    agenda_tasks = [
-        asyncio.create_task(reminders.run_forever(settings.agenda_reminder_poll_seconds), name="agenda-reminders"),
-        asyncio.create_task(agenda_background.daily_forever(engine, settings), name="agenda-daily"),
-    ]
+    jobs: list[asyncio.Task[None]] = []
+    if "jobs" in roles:
+        # Campaign batches and reminders are claimed, so the processes and nodes with this role share the work.
+        campaigns = Campaigns(engine, settings, gateway.pipeline)
+        reminders = agenda_background.reminder_worker(engine, settings, notifier_from_settings(settings))
+        jobs = [
+            asyncio.create_task(Runner(engine, campaigns).run_forever(settings.campaign_poll_seconds), name="campaigns"),
+            asyncio.create_task(reminders.run_forever(settings.agenda_reminder_poll_seconds), name="agenda-reminders"),
+            asyncio.create_task(agenda_background.daily_forever(engine, settings), name="agenda-daily"),
+        ]
     settle_garbage_collector()
-    log.info("HTTP on http://%s:%d/", settings.http_host, settings.http_port)
+    log.info("roles %s; HTTP on http://%s:%d/", ",".join(r for r in ROLES if r in roles), settings.http_host, settings.http_port)
     try:
         await server.serve(sockets=[sockets["http"]] if "http" in sockets else [])
     finally:
-        campaigns.cancel()
-        await asyncio.gather(campaigns, return_exceptions=True)
-        for task in agenda_tasks:
+        for task in jobs:
             task.cancel()
-        await asyncio.gather(*agenda_tasks, return_exceptions=True)
+        await asyncio.gather(*jobs, return_exceptions=True)
         await gateway.stop()
         await identity.close()
         await engine.dispose()

@@ -12,8 +12,11 @@
 #   gnupg                       OpenPGP for the CNAM's signed and encrypted files (driven through python-gnupg)
 #   vdirsyncer + khal           a calendar client nobody here wrote: vdirsyncer subscribes to the agenda's
 #                               iCalendar feed over HTTP, khal reads what it synced (tests/test_agenda_feed.py)
+#   patroni + etcd-server       PostgreSQL high availability: a primary and a synchronous standby on loopback
+#                               ports, in temporary directories (tests/test_failover.py, `make soak`); never as a service
+#   pgbouncer                   a connection pooler in front of that cluster (session pooling), started the same way
 set -euo pipefail
-PACKAGES=(swaks libnet-ssleay-perl postfix isync dovecot-imapd chromium chromium-l10n fonts-dejavu-core wrk gnupg vdirsyncer khal)
+PACKAGES=(swaks libnet-ssleay-perl postfix isync dovecot-imapd chromium chromium-l10n fonts-dejavu-core wrk gnupg vdirsyncer khal patroni etcd-server pgbouncer)
 missing=()
 for package in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")

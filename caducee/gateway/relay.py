@@ -7,6 +7,14 @@ UPDATE SKIP LOCKED on PostgreSQL); the claim pushes the row's next attempt forwa
 lease, so rows of a worker that dies mid-delivery become due again by themselves.
 The sender gets a DSN (RFC 3464) on permanent failure or expiry, and a warning when
 delivery lags; each DSN is stored in the same transaction as the state it reports.
+
+Delivered once, even when the database drops: an attempt's outcome (a peer's "250" above
+all) is recorded by retrying its transaction until the database answers, for as long as
+the lease still protects the row (`core.retry`); the update only applies to a row still at
+the attempt count it was claimed with, so a transaction that committed but whose answer was
+lost is not applied twice, nor is its DSN filed twice. Attempts run side by side: the worker
+claims more rows while others are in flight, and no domain holds more than `per_domain`
+attempts at once, so one slow peer never holds back rows due for the others.
 """
 
 from __future__ import annotations
@@ -14,7 +22,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections import defaultdict
+import time
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -25,6 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from caducee.annuaire.service import resolve_parties
 from caducee.config import Settings
+from caducee.core.retry import connection_lost, until_answered
 from caducee.crypto.atrest import BodyCipher
 from caducee.gateway.dsn import RecipientStatus, build_dsn
 from caducee.gateway.models import QueuedRecipient
@@ -35,6 +45,7 @@ log = logging.getLogger(__name__)
 
 RETRY_FACTORS = (1, 5, 15, 30, 60, 120, 240)  # times relay_retry_base
 LEASE = timedelta(minutes=10)
+LEASE_MARGIN = 60.0  # seconds before a lease ends when a worker stops retrying to record an outcome
 DUE_STATES = ("scheduled", "temp_failure")
 
 
@@ -89,56 +100,105 @@ class RelayWorker:
         *,
         batch: int = 50,
         timeout: float = 60.0,
+        per_domain: int = 10,
+        lease: timedelta = LEASE,
     ) -> None:
         self.engine = engine
         self.settings = settings
         self.cipher = cipher
         self.tls_context = tls_context
-        self.batch = batch
+        self.batch = batch  # attempts in flight at most (one attempt: a message's recipients at one domain)
         self.timeout = timeout
+        self.per_domain = per_domain
+        self.lease = lease
         self._wake = asyncio.Event()
+        self._running: dict[asyncio.Task[None], str] = {}  # attempt -> its domain
 
     def wake(self) -> None:
         """New rows were queued: look now rather than at the next poll."""
         self._wake.set()
 
     async def run_forever(self) -> None:
-        while True:
-            try:
-                handled = await self.run_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # a bad row or a database hiccup must not stop the relay
-                log.exception("relay pass failed")
-                handled = 0
-            if handled == 0:
-                try:
-                    await asyncio.wait_for(self._wake.wait(), timeout=self.settings.relay_poll_interval)
-                except TimeoutError:
-                    pass
-                self._wake.clear()
+        """Claim due rows whenever an attempt slot is free and start their attempts at once,
+        without waiting for those already in flight."""
+        try:
+            while True:
+                started = 0
+                if len(self._running) < self.batch:
+                    try:
+                        started = self._start(await self._claim(self.batch - len(self._running), Counter(self._running.values())))
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception as exc:  # a database hiccup must not stop the relay
+                        if not connection_lost(exc):
+                            log.exception("relay: claiming due rows failed")
+                        else:
+                            log.warning("relay: claiming due rows failed, the database did not answer (%s)", type(exc).__name__)
+                if started and len(self._running) < self.batch:
+                    continue  # there may be more due rows: look again at once
+                await self._idle()
+        finally:
+            for task in self._running:
+                task.cancel()
+            await asyncio.gather(*self._running, return_exceptions=True)
 
-    async def run_once(self) -> int:
-        """Claim due rows, attempt them grouped by message and domain; the count handled."""
-        claimed = await self._claim()
-        groups: dict[tuple[int, str], list[Claimed]] = defaultdict(list)
-        for row in claimed:
-            groups[(row.message_id, row.domain)].append(row)
-        await asyncio.gather(*(self._attempt(rows) for rows in groups.values()))
+    async def _idle(self) -> None:
+        """Until new rows are queued, an attempt ends, or the poll interval passes."""
+        wake = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait([wake, *self._running], timeout=self.settings.relay_poll_interval, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            wake.cancel()
+        self._wake.clear()
+
+    def _start(self, claimed: list[Claimed]) -> int:
+        """An attempt for each message and domain claimed, started at once."""
+        deadline = time.monotonic() + self.lease.total_seconds() - LEASE_MARGIN
+        for rows in _grouped(claimed):
+            task = asyncio.create_task(self._attempt_logged(rows, deadline), name=f"relay {rows[0].domain}")
+            self._running[task] = rows[0].domain
+            task.add_done_callback(self._running.pop)
         return len(claimed)
 
-    async def _claim(self) -> list[Claimed]:
+    async def run_once(self) -> int:
+        """Claim due rows, attempt them grouped by message and domain, wait for every attempt;
+        the count handled."""
+        claimed = await self._claim(self.batch)
+        deadline = time.monotonic() + self.lease.total_seconds() - LEASE_MARGIN
+        await asyncio.gather(*(self._attempt_logged(rows, deadline) for rows in _grouped(claimed)))
+        return len(claimed)
+
+    async def _claim(self, limit: int | None = None, in_flight: Counter[str] | None = None) -> list[Claimed]:
+        """Lease up to `limit` due rows (default `batch`), oldest first. With `in_flight`
+        (attempts running per domain), no domain gets more than `per_domain` less what it
+        already has running: the cap is in the claim itself, so nothing claimed is handed back."""
         now = datetime.now(UTC)
         lock = " FOR UPDATE SKIP LOCKED" if self.engine.dialect.name == "postgresql" else ""
+        due = "state IN ('scheduled', 'temp_failure') AND next_attempt_at <= :now"
+        values: dict[str, object] = {"lease": now + self.lease, "now": now, "batch": self.batch if limit is None else limit}
+        candidates = ""
+        if in_flight is not None:
+            # The window is in a subquery of its own: FOR UPDATE may not sit beside one.
+            allowance = "CAST(:per_domain AS INTEGER)"
+            values["per_domain"] = self.per_domain
+            if in_flight:
+                cases = []
+                for number, (domain, running) in enumerate(sorted(in_flight.items())):
+                    cases.append(f"WHEN :busy_{number} THEN CAST(:left_{number} AS INTEGER)")
+                    values[f"busy_{number}"], values[f"left_{number}"] = domain, max(self.per_domain - running, 0)
+                allowance = f"CASE domain {' '.join(cases)} ELSE CAST(:per_domain AS INTEGER) END"
+            candidates = (
+                " AND id IN (SELECT id FROM (SELECT id, domain, row_number() OVER (PARTITION BY domain ORDER BY next_attempt_at, id) AS n "
+                f"FROM outbound_queue WHERE {due}) AS ranked WHERE n <= {allowance})"
+            )
         statement = text(
             "UPDATE outbound_queue SET next_attempt_at = :lease WHERE id IN ("
-            "SELECT id FROM outbound_queue WHERE state IN ('scheduled', 'temp_failure') AND next_attempt_at <= :now "
-            f"ORDER BY next_attempt_at LIMIT :batch{lock}) "
+            f"SELECT id FROM outbound_queue WHERE {due}{candidates} ORDER BY next_attempt_at LIMIT :batch{lock}) "
             "RETURNING id, message_id, mail_from, rcpt_to, domain, attempts, expires_at, created_at, delay_warned"
         ).bindparams(bindparam("lease", type_=SADateTime(timezone=True)), bindparam("now", type_=SADateTime(timezone=True)))
         claim = statement.columns(expires_at=SADateTime(timezone=True), created_at=SADateTime(timezone=True))
         async with self.engine.begin() as conn:
-            rows = (await conn.execute(claim, {"lease": now + LEASE, "now": now, "batch": self.batch})).all()
+            rows = (await conn.execute(claim, values)).all()
         return [
             Claimed(
                 r.id,
@@ -161,13 +221,25 @@ class RelayWorker:
             return host, int(port)
         return await _mx_lookup(domain), 25
 
-    async def _attempt(self, rows: list[Claimed]) -> None:
+    async def _attempt_logged(self, rows: list[Claimed], deadline: float) -> None:
+        try:
+            await self._attempt(rows, deadline)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the rows are retried when their lease ends
+            log.exception("relay: attempt for %d recipient(s) at %s failed", len(rows), rows[0].domain)
+
+    async def _attempt(self, rows: list[Claimed], deadline: float) -> None:
         first = rows[0]
-        async with self.engine.connect() as conn:
-            sealed = await sealed_body(conn, first.message_id)
+
+        async def read() -> bytes:
+            async with self.engine.connect() as conn:
+                return await sealed_body(conn, first.message_id)
+
+        sealed = await until_answered(read, deadline=deadline, what="relay: reading a queued message")
         raw = self.cipher.open(sealed)
         outcomes = await self._send(first.domain, first.mail_from, [row.rcpt_to for row in rows], raw)
-        await self._record(rows, outcomes, raw)
+        await until_answered(lambda: self._record(rows, outcomes, raw), deadline=deadline, what="relay: recording a delivery outcome")
 
     async def _send(self, domain: str, mail_from: str, rcpts: list[str], raw: bytes) -> dict[str, Outcome]:
         try:
@@ -246,10 +318,21 @@ class RelayWorker:
                     )
             changes.append((row.id, values))
         sender = rows[0].mail_from
+        attempts_before = {row.id: row.attempts for row in rows}
         async with self.engine.begin() as conn:
-            for row_id, values in changes:
-                await conn.execute(update(QueuedRecipient).where(QueuedRecipient.id == row_id).values(**values))
-            for statuses in (failed, delayed):
+            applied: set[str] = set()
+            for row, (row_id, values) in zip(rows, changes, strict=True):
+                # Only a row still at its claimed attempt count: a retry of a transaction that did
+                # commit (its answer lost with the connection) changes nothing and files no DSN.
+                result = await conn.execute(
+                    update(QueuedRecipient)
+                    .where(QueuedRecipient.id == row_id, QueuedRecipient.attempts == attempts_before[row_id])
+                    .values(**values)
+                )
+                if result.rowcount:
+                    applied.add(row.rcpt_to)
+            for reported in (failed, delayed):
+                statuses = [status for status in reported if status.address in applied]
                 if statuses:
                     await self._notify(conn, sender, raw, statuses, rows[0].created_at)
 
@@ -271,6 +354,14 @@ class RelayWorker:
         )
         filing = Filing(stored_form(self.cipher, dsn), [Target(mailbox_id)])
         await conn.run_sync(deliver, [Delivery([filing], sender=f"postmaster@{self.settings.operator_domain}", message_id_header="")])
+
+
+def _grouped(claimed: list[Claimed]) -> list[list[Claimed]]:
+    """One attempt per message and domain: its recipients there share one SMTP transaction."""
+    groups: dict[tuple[int, str], list[Claimed]] = defaultdict(list)
+    for row in claimed:
+        groups[(row.message_id, row.domain)].append(row)
+    return list(groups.values())
 
 
 async def _mx_lookup(domain: str) -> str:
