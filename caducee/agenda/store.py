@@ -11,7 +11,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
-from sqlalchemy import delete, func, insert, literal, select, update
+from sqlalchemy import bindparam, delete, func, insert, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from caducee.agenda.models import Appointment, FeedToken, Preferences, PreventionMark
@@ -231,20 +231,26 @@ async def version(conn: AsyncConnection, patient_id: int) -> tuple[object, ...]:
     """What changes whenever anything of one agenda changes (an appointment added, changed
     or removed, a mark, the preferences), in one statement of index look-ups: the first
     page checks its cached answer against it."""
-    mine = Appointment.patient_id == patient_id
-    marked = PreventionMark.patient_id == patient_id
-    row = (
-        await conn.execute(
-            select(
-                select(func.count()).select_from(Appointment).where(mine).scalar_subquery(),
-                select(func.max(Appointment.updated_at)).where(mine).scalar_subquery(),
-                select(func.count()).select_from(PreventionMark).where(marked).scalar_subquery(),
-                select(func.max(PreventionMark.id)).where(marked).scalar_subquery(),
-                select(Preferences.updated_at).where(Preferences.patient_id == patient_id).scalar_subquery(),
-            )
-        )
-    ).one()
+    row = (await conn.execute(_VERSION, {"patient": patient_id})).one()
     return tuple(row)
+
+
+def _version_statement():  # type: ignore[no-untyped-def]
+    """Built once: the first page runs it on every request, and building the expression
+    each time was a tenth of that page's time."""
+    patient = bindparam("patient")
+    mine = Appointment.patient_id == patient
+    marked = PreventionMark.patient_id == patient
+    return select(
+        select(func.count()).select_from(Appointment).where(mine).scalar_subquery(),
+        select(func.max(Appointment.updated_at)).where(mine).scalar_subquery(),
+        select(func.count()).select_from(PreventionMark).where(marked).scalar_subquery(),
+        select(func.max(PreventionMark.id)).where(marked).scalar_subquery(),
+        select(Preferences.updated_at).where(Preferences.patient_id == patient).scalar_subquery(),
+    )
+
+
+_VERSION = _version_statement()
 
 
 async def prefs_and_marks(conn: AsyncConnection, patient_id: int) -> tuple[Prefs, list[tuple[str, date | None]]]:
