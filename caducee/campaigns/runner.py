@@ -23,16 +23,16 @@ class Runner:
         self.service = service
 
     async def work(self) -> int:
-        """Send what is due; the number of patients the campaigns sent now reach."""
+        """Send what is due; the number of patients the campaigns this call sent reach."""
         reached = 0
         for campaign_id in await self.service.due():
             try:
-                await self.service.prepare(campaign_id)
+                sent = await self.service.prepare(campaign_id)
             except Exception:  # one campaign that cannot start must not stop the others
                 log.exception("campaign %s could not start", campaign_id)
                 continue
-            progress = await self.service.progress(campaign_id)
-            reached += progress.delivered if progress.state == "sent" else 0
+            if sent:
+                reached += (await self.service.progress(campaign_id)).delivered
         return reached
 
     async def run_forever(self, poll_seconds: float) -> None:

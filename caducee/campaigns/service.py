@@ -183,10 +183,10 @@ class Campaigns:
             now = datetime.now(UTC)
             return [int(r.id) for r in rows if r.state == "starting" or (_aware(r.send_at) or now) <= now]
 
-    async def prepare(self, campaign_id: int) -> None:
+    async def prepare(self, campaign_id: int) -> bool:
         """Store the message once, count, and send. Safe to repeat after a crash: the
         message is stored only if it was not, and the counts, the seq and the cutoff are
-        written by the one transaction that marks the campaign sent."""
+        written by the one transaction that marks the campaign sent. True if this call sent it."""
         async with self.engine.begin() as conn:
             row = await self._row(conn, campaign_id, None)
         if row.state == "scheduled":
@@ -195,7 +195,7 @@ class Campaigns:
                     update(Campaign).where(Campaign.id == campaign_id, Campaign.state == "scheduled").values(state="starting")
                 )
         elif row.state != "starting":
-            return
+            return False
         message_id = row.message_id
         if message_id is None:
             message_id = await self._store(row)
@@ -210,9 +210,11 @@ class Campaigns:
         decision = targeting.set_decision(row.sender)
         facts = targeting.recipients(criteria, campaign_id=campaign_id, uses_file=bool(row.uses_file))
         async with self.engine.begin() as conn:
+            if conn.dialect.name == "sqlite":  # take the write lock first: a read that later writes could find its snapshot stale
+                await conn.execute(update(Campaign).where(Campaign.id == campaign_id).values(state=Campaign.state))
             current = await self._row(conn, campaign_id, None, lock=True)
             if current.state != "starting":
-                return
+                return False
             cutoff = await targets.last_patient_id(conn)
             counted = await targeting.estimate(conn, facts, decision)
             # The next seq: this row stays locked until the commit, so campaigns become
@@ -233,6 +235,7 @@ class Campaigns:
                     finished_at=now,
                 )
             )
+        return True
 
     async def _store(self, row) -> int:  # type: ignore[no-untyped-def]
         if self.pipeline is None:
