@@ -123,6 +123,8 @@ async def measure(url: str, population: Path, workdir: Path) -> dict[str, float]
         await page()  # her 100 campaigns filed, as on her first visit
         quiet = [await page() for _ in range(50)]
 
+        async with engine.connect() as conn:
+            demo_patients = int((await conn.execute(text("SELECT max(id) FROM patients"))).scalar_one())
         letters_path = workdir / f"letters-{uuid.uuid4().hex[:6]}.txt"
         with open(letters_path, "wb") as letters_file:
             codes = LetterCodes(CodeHasher(key), letters_file.write)
@@ -135,10 +137,12 @@ async def measure(url: str, population: Path, workdir: Path) -> dict[str, float]
             async with engine.connect() as conn:
                 await conn.execute(text("COMMIT"))
                 await conn.execute(text("ANALYZE"))
-        async with engine.connect() as conn:
+        async with engine.connect() as conn:  # the imported patients (the demo's never opened the webmail)
             everyone = [
                 (int(p), int(m))
-                for p, m in await conn.execute(text("SELECT p.id, m.id FROM patients p JOIN mailboxes m ON m.patient_id = p.id"))
+                for p, m in await conn.execute(
+                    text("SELECT p.id, m.id FROM patients p JOIN mailboxes m ON m.patient_id = p.id WHERE p.id > :d"), {"d": demo_patients}
+                )
             ]
         sample = random.Random(3).sample(everyone, min(SAMPLE, len(everyone)))
         del everyone
@@ -177,7 +181,7 @@ async def measure(url: str, population: Path, workdir: Path) -> dict[str, float]
                 )
             ).one()
         # each inbox opened has it once (hers too: her page loop opened it)
-        assert progress.state == "sent" and held[0] == held[1] >= filed > 0.9 * len(sample), (progress, held, filed)
+        assert progress.state == "sent" and held[0] == held[1] == filed + 1 and filed == len(sample), (progress, held, filed)
         await pipeline.close()
     finally:
         await engine.dispose()
