@@ -29,7 +29,6 @@ import argparse
 import asyncio
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -40,13 +39,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import create_pg_database, drop_pg_database  # noqa: E402
-from report import machine, median, write_section  # noqa: E402
+from report import machine, median, peak_rss_mb, write_section  # noqa: E402
 
 DEFAULT_PG = os.environ.get("CADUCEE_TEST_PG") or "postgresql://postgres@127.0.0.1:5432/test"
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 SAMPLE = 2000  # inboxes opened after the start
