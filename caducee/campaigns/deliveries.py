@@ -73,7 +73,7 @@ class Deliveries:
 
     async def last_seq(self) -> int:
         async with self.engine.connect() as conn:
-            return int((await conn.execute(select(func.coalesce(func.max(Campaign.seq), 0)))).scalar_one())
+            return int((await conn.execute(select(func.max(Campaign.seq)))).scalar() or 0)
 
     async def materialise(self, recipients: Sequence[tuple[int, int]], *, chunk: int = 200) -> int:
         """File what is due into each (patient id, mailbox id); the entries made."""
