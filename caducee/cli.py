@@ -544,7 +544,7 @@ def cmd_campaigns(args: argparse.Namespace) -> int:
             elif args.campaigns_command == "show":
                 print(json.dumps((await service.progress(args.id)).as_dict(), ensure_ascii=False, indent=2))
             elif args.campaigns_command == "run":
-                await _run_with_bar(engine, service, Runner(engine, service), args)
+                await _run_with_bar(engine, service, Runner(service), args)
             elif args.campaigns_command == "recall":
                 print(json.dumps((await service.recall(args.id)).as_dict(), ensure_ascii=False, indent=2))
             else:
@@ -575,20 +575,23 @@ def _campaign_pipeline(settings: Settings, engine):  # type: ignore[no-untyped-d
 
 
 async def _run_with_bar(engine, service, runner, args: argparse.Namespace) -> None:  # type: ignore[no-untyped-def]
-    """Fan out what is due until nothing is left (`--forever`: keep watching), with a progress bar."""
+    """Send what is due (`--forever`: keep watching), with a progress bar of the patients reached.
+
+    Sending writes nothing per patient (each inbox is filed when the webmail opens it), so
+    the bar moves once per campaign sent."""
     bar = None
     if sys.stderr.isatty():
         from tqdm import tqdm
 
-        total = sum(p.targeted - sum(p.skipped.values()) - p.delivered for p in await service.list() if p.state in {"running", "starting"})
-        bar = tqdm(total=max(total, 0), unit=" patients", desc="fan-out", file=sys.stderr)
+        bar = tqdm(unit=" patients", desc="sent", file=sys.stderr)
     try:
         while True:
-            filed = await runner.work(on_batch=bar.update if bar is not None else None)
+            reached = await runner.work()
+            if bar is not None and reached:
+                bar.update(reached)
             if not args.forever:
                 break
-            if filed == 0:
-                await asyncio.sleep(service.settings.campaign_poll_seconds)
+            await asyncio.sleep(service.settings.campaign_poll_seconds)
     finally:
         if bar is not None:
             bar.close()
@@ -809,13 +812,15 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--sender", help="the CNAM sender address (default: the first of cnam_senders)")
     token.set_defaults(func=cmd_campaigns)
     campaigns.add_parser("list", parents=[common], help="every campaign and its progress (counts)").set_defaults(func=cmd_campaigns)
-    runner = campaigns.add_parser("run", parents=[common], help="start what is due and fan out until done, with a progress bar")
+    runner = campaigns.add_parser(
+        "run", parents=[common], help="send the campaigns that are due (scheduled, or a start interrupted), with a progress bar"
+    )
     runner.add_argument("--forever", action="store_true", help="keep watching for campaigns (what `serve` does too)")
     runner.set_defaults(func=cmd_campaigns)
     for name, text in (
         ("show", "progress of one campaign"),
         ("start", "start a draft (or schedule it for its send_at)"),
-        ("pause", "pause a fan-out"),
+        ("pause", "stop filing it into inboxes not opened yet"),
         ("resume", "resume a paused campaign"),
         ("cancel", "cancel: what is not delivered never will be"),
         ("recall", "recall: gone from every inbox where it was not read"),

@@ -136,10 +136,9 @@ class Settings:
         "Fingerprint of the CNAM's OpenPGP key, the only signer of population and target files accepted. "
         "Empty: the key recorded by `caducee openpgp import-cnam`.",
     )
-    campaign_batch_size: int = _setting(
-        20_000, "Patients per fan-out batch: one transaction each, claimed by one process (FOR UPDATE SKIP LOCKED on PostgreSQL)."
+    campaign_poll_seconds: float = _setting(
+        1.0, "How often a server process looks for campaigns to send (scheduled, or a start interrupted)."
     )
-    campaign_poll_seconds: float = _setting(1.0, "How often a server process looks for campaign batches to send (scheduled or resumed).")
     max_message_size: int = _setting(25 * 1024 * 1024, "Largest accepted message in bytes (rule 8).")
     directory_cache_seconds: float = _setting(
         5.0, "How long the gateway trusts what it read from the annuaire (a changed patient status applies within it)."
@@ -342,8 +341,6 @@ def load_settings(
         raise SettingsError(f"setting 'roles' (--role): {what}; choose among {','.join(ROLES)}")
     if settings.database_pool_size < 1:
         raise SettingsError("setting 'database_pool_size' must be 1 or more")
-    if settings.campaign_batch_size < 1:
-        raise SettingsError("setting 'campaign_batch_size' must be 1 or more")
     if settings.cpu_workers < 0:
         raise SettingsError("setting 'cpu_workers' must be 0 (one per CPU) or more")
     if settings.psc_client_id and not settings.psc_discovery_url.startswith(("https://", "http://127.0.0.1", "http://localhost")):

@@ -44,6 +44,7 @@ from caducee.agenda.web import STATIC as AGENDA_STATIC
 from caducee.annuaire.api import router as annuaire_router
 from caducee.annuaire.service import ensure_postmaster
 from caducee.campaigns.api import router as campaigns_router
+from caducee.campaigns.deliveries import Deliveries
 from caducee.campaigns.runner import Runner
 from caducee.campaigns.service import Campaigns
 from caducee.config import ENV_PREFIX, ROLES, Settings
@@ -279,6 +280,8 @@ def webmail_context(engine: AsyncEngine, settings: Settings, pipeline: AcceptPip
         proxy_networks(settings.trusted_proxies),
         SelfService(engine, accounts),
         Drafts(engine, cipher),
+        # Campaigns are filed into an inbox when the webmail opens it (fan-out on read).
+        Deliveries(engine).materialise,
     )
 
 
@@ -663,11 +666,12 @@ async def serve(settings: Settings, *, demo: bool = False, migrate: bool = True,
         loop.add_signal_handler(signum, lambda: setattr(server, "should_exit", True))
     jobs: list[asyncio.Task[None]] = []
     if "jobs" in roles:
-        # Campaign batches and reminders are claimed, so the processes and nodes with this role share the work.
+        # Due campaigns and reminders are claimed, so the processes and nodes with this role share the work
+        # (a campaign's start is one transaction: nodes never send one twice).
         campaigns = Campaigns(engine, settings, gateway.pipeline)
         reminders = agenda_background.reminder_worker(engine, settings, notifier_from_settings(settings))
         jobs = [
-            asyncio.create_task(Runner(engine, campaigns).run_forever(settings.campaign_poll_seconds), name="campaigns"),
+            asyncio.create_task(Runner(campaigns).run_forever(settings.campaign_poll_seconds), name="campaigns"),
             asyncio.create_task(reminders.run_forever(settings.agenda_reminder_poll_seconds), name="agenda-reminders"),
             asyncio.create_task(agenda_background.daily_forever(engine, settings), name="agenda-daily"),
         ]

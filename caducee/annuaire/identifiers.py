@@ -59,8 +59,17 @@ def nir_key(first_13: str) -> int:
     return 97 - (int(digits) % 97)
 
 
+_INS_PLAIN = re.compile(r"[1-8][0-9]{12}[0-9]{2}").fullmatch  # the common case: 15 digits, nothing to clean
+
+
 def validate_ins(value: str) -> str:
-    """A patient's INS (NIR or NIA, 15 characters with the key), spaces allowed on input."""
+    """A patient's INS (NIR or NIA, 15 characters with the key), spaces allowed on input.
+
+    Fifteen plain digits with the right key (nearly every row of a 66-million-row
+    population file) are checked by one match and one modulo; anything else takes the
+    long way, which also explains a refusal."""
+    if value and _INS_PLAIN(value) and int(value[13:]) == 97 - int(value[:13]) % 97:
+        return value
     ins = re.sub(r"[\s.]", "", value or "").upper()
     if not ins:
         raise InvalidIdentifier("INS", "the number is empty")

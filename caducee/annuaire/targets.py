@@ -81,6 +81,11 @@ def in_range(query: Select, lo: int, hi: int) -> Select:
     return query.where(Patient.id >= lo, Patient.id < hi)
 
 
+def among(query: Select, patient_ids: list[int]) -> Select:
+    """`query` restricted to the given patient ids (the inboxes a request opens)."""
+    return query.where(Patient.id.in_(patient_ids))
+
+
 def matching(query: Select, values: frozenset[tuple[object, ...]], fields: tuple[str, ...]) -> Select:
     """`query` restricted to rows whose (`fields`) are among `values` (the rules' sets)."""
     if not values:
@@ -102,6 +107,11 @@ async def id_bounds(conn: AsyncConnection, query: Select) -> tuple[int, int, int
     sub = query.where(Patient.id.is_not(None)).subquery()
     row = (await conn.execute(select(func.min(sub.c.patient_id), func.max(sub.c.patient_id), func.count()))).one()
     return int(row[0] or 0), int(row[1] or 0), int(row[2] or 0)
+
+
+async def last_patient_id(conn: AsyncConnection) -> int:
+    """The highest patient id so far: a campaign sent now reaches no profile created later."""
+    return int((await conn.execute(select(func.max(Patient.id)))).scalar() or 0)
 
 
 def by_ins(staging: FromClause) -> Select:

@@ -1,10 +1,11 @@
 """Tables of the campaigns component.
 
-A campaign to 65 million patients is one `campaigns` row, about 3,000 `campaign_batches`
-rows (ranges of patient ids, each one transaction of the fan-out) and, in the mailbox
-store, one message and one entry per patient. A target file adds one `campaign_targets`
-row per distinct INS it lists and one `campaign_file_problems` row per bad line.
-Nothing here says which patient read what: the CNAM gets counts only.
+A campaign to 65 million patients is one `campaigns` row and, in the mailbox store, one
+message; each patient's entry is made when the webmail first opens that patient's inbox
+(`deliveries`), and `campaign_inboxes` keeps, for each inbox opened since, how far down the
+order of sent campaigns it has been filed. A target file adds one `campaign_targets` row
+per distinct INS it lists and one `campaign_file_problems` row per bad line. Nothing here
+says which patient read what: the CNAM gets counts only.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from caducee.db import Base
 
 class Campaign(Base):
     __tablename__ = "campaigns"
-    __table_args__ = (Index("ix_campaigns_state", "state", "send_at"),)
+    __table_args__ = (Index("ix_campaigns_state", "state", "send_at"), Index("ix_campaigns_seq", "seq", unique=True))
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     reference: Mapped[str] = mapped_column(String(128), default="")  # the CNAM's own name for it
@@ -32,10 +33,16 @@ class Campaign(Base):
     pdf: Mapped[bytes | None] = mapped_column(nullable=True)  # kept until the message is stored, then dropped
     criteria: Mapped[str] = mapped_column(Text, default="{}")  # JSON (targeting.Criteria)
     uses_file: Mapped[bool] = mapped_column(Boolean, default=False)
-    # draft / scheduled / starting / running / paused / done / cancelled / recalled
+    # draft / scheduled / starting / sent / paused / cancelled / recalled
     state: Mapped[str] = mapped_column(String(12), default="draft")
     send_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     message_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # the mailbox store's message, stored once
+    # Set when sent: its place in the order campaigns were sent (an inbox is filed down that
+    # order), the highest patient id it may reach (profiles created later do not get it),
+    # and how many profiles the rules let it reach (what "delivered" reports).
+    seq: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    patient_cutoff: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    receiving: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     targeted: Mapped[int] = mapped_column(BigInteger, default=0)
     skipped: Mapped[str] = mapped_column(Text, default="{}")  # JSON {reason: count}, decided at start by the rules
     file_rows: Mapped[int] = mapped_column(BigInteger, default=0)
@@ -47,18 +54,26 @@ class Campaign(Base):
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
-class CampaignBatch(Base):
-    """One range of patient ids of a running campaign: claimed, fanned out and marked done in one transaction."""
+class CampaignSequence(Base):
+    """The last `seq` given (one row): taking the next one locks this row until the sending
+    transaction commits, so campaigns become visible in the order of their `seq`."""
 
-    __tablename__ = "campaign_batches"
+    __tablename__ = "campaign_sequence"
 
-    campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id"), primary_key=True)
-    lo: Mapped[int] = mapped_column(BigInteger, primary_key=True)  # patient ids lo <= id < hi
-    hi: Mapped[int] = mapped_column(BigInteger)
-    state: Mapped[str] = mapped_column(String(8), default="pending")  # pending / done / dropped
-    delivered: Mapped[int] = mapped_column(Integer, default=0)
-    node: Mapped[str] = mapped_column(String(64), default="")  # host:pid that did it (operations)
-    done_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    last: Mapped[int] = mapped_column(BigInteger)
+
+
+class CampaignInbox(Base):
+    """How far one patient's inbox has been filed: every campaign up to `seen_upto` is either
+    in it or not for this patient, and so are the ones listed in `decided` (seqs above
+    `seen_upto`, space-separated: sent campaigns filed while an earlier one was paused)."""
+
+    __tablename__ = "campaign_inboxes"
+
+    mailbox_id: Mapped[int] = mapped_column(Integer, primary_key=True)  # annuaire mailboxes.id
+    seen_upto: Mapped[int] = mapped_column(BigInteger)
+    decided: Mapped[str] = mapped_column(Text, default="", server_default="")
 
 
 class CampaignTarget(Base):

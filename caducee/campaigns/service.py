@@ -3,29 +3,34 @@
 The HTTP API and the `caducee campaigns` command both call this. Starting stores the
 message once through the gateway's accept pipeline (inspected, judged, signed with the
 CNAM mailbox's certificate), counts who receives it and why the others do not (the rules,
-as sets), and cuts the patient ids into batches the runners (`runner`) fan out.
+as sets), and sends it: the campaign takes the next place in the order of sent campaigns
+and the highest patient id it may reach, and from that commit on every targeted patient
+has it, filed into their inbox when the webmail opens it (`deliveries`).
 """
 
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import func, select, update
+from sqlalchemy import select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from caducee.annuaire import targets
 from caducee.annuaire.targets import Criteria
 from caducee.campaigns import message, targeting
-from caducee.campaigns.models import Campaign, CampaignBatch, CampaignFileProblem
+from caducee.campaigns.models import Campaign, CampaignFileProblem
 from caducee.campaigns.targetfile import FileReport, Source, load
 from caducee.config import Settings
 from caducee.gateway.pipeline import AcceptPipeline, Channel, Envelope
 from caducee.mailbox import fanout
 
-ACTIVE = ("scheduled", "starting", "running", "paused")
+ACTIVE = ("scheduled", "starting", "sent", "paused")
+# One row, created by its first use (a database emptied table by table has none).
+_NEXT_SEQ = text(
+    "INSERT INTO campaign_sequence (id, last) VALUES (1, 1) ON CONFLICT (id) DO UPDATE SET last = campaign_sequence.last + 1 RETURNING last"
+)
 
 
 class CampaignError(ValueError):
@@ -178,10 +183,10 @@ class Campaigns:
             now = datetime.now(UTC)
             return [int(r.id) for r in rows if r.state == "starting" or (_aware(r.send_at) or now) <= now]
 
-    async def prepare(self, campaign_id: int) -> None:
-        """Store the message once, count, cut the batches, and let the runners go. Safe to
-        repeat after a crash: the message is stored only if it was not, the batches made
-        in the same transaction that marks the campaign running."""
+    async def prepare(self, campaign_id: int) -> bool:
+        """Store the message once, count, and send. Safe to repeat after a crash: the
+        message is stored only if it was not, and the counts, the seq and the cutoff are
+        written by the one transaction that marks the campaign sent. True if this call sent it."""
         async with self.engine.begin() as conn:
             row = await self._row(conn, campaign_id, None)
         if row.state == "scheduled":
@@ -190,7 +195,7 @@ class Campaigns:
                     update(Campaign).where(Campaign.id == campaign_id, Campaign.state == "scheduled").values(state="starting")
                 )
         elif row.state != "starting":
-            return
+            return False
         message_id = row.message_id
         if message_id is None:
             message_id = await self._store(row)
@@ -205,30 +210,32 @@ class Campaigns:
         decision = targeting.set_decision(row.sender)
         facts = targeting.recipients(criteria, campaign_id=campaign_id, uses_file=bool(row.uses_file))
         async with self.engine.begin() as conn:
+            if conn.dialect.name == "sqlite":  # take the write lock first: a read that later writes could find its snapshot stale
+                await conn.execute(update(Campaign).where(Campaign.id == campaign_id).values(state=Campaign.state))
             current = await self._row(conn, campaign_id, None, lock=True)
             if current.state != "starting":
-                return
+                return False
+            cutoff = await targets.last_patient_id(conn)
             counted = await targeting.estimate(conn, facts, decision)
-            lo, hi, count = await targets.id_bounds(conn, targeting.accepted(facts, decision))
-            size = self.settings.campaign_batch_size
-            width = max(1, math.ceil((hi - lo + 1) * size / count)) if count else 1
-            batches = [{"campaign_id": campaign_id, "lo": start, "hi": min(start + width, hi + 1)} for start in range(lo, hi + 1, width)]
-            if count:
-                await conn.execute(
-                    CampaignBatch.__table__.insert(),
-                    [b | {"state": "pending", "delivered": 0, "node": "", "done_at": None} for b in batches],
-                )
+            # The next seq: this row stays locked until the commit, so campaigns become
+            # visible in seq order and no inbox's mark can pass one still being sent.
+            seq = (await conn.execute(_NEXT_SEQ)).scalar_one()
+            now = datetime.now(UTC)
             await conn.execute(
                 update(Campaign)
                 .where(Campaign.id == campaign_id)
                 .values(
-                    state="running" if count else "done",
+                    state="sent",
+                    seq=seq,
+                    patient_cutoff=cutoff,
                     targeted=counted.targeted,
+                    receiving=counted.receiving,
                     skipped=json.dumps(counted.skipped, sort_keys=True),
-                    started_at=datetime.now(UTC),
-                    finished_at=None if count else datetime.now(UTC),
+                    started_at=now,
+                    finished_at=now,
                 )
             )
+        return True
 
     async def _store(self, row) -> int:  # type: ignore[no-untyped-def]
         if self.pipeline is None:
@@ -250,40 +257,33 @@ class Campaigns:
             values: dict[str, object] = {"state": new}
             if new == "cancelled":
                 values["finished_at"] = datetime.now(UTC)
-                await conn.execute(
-                    update(CampaignBatch)
-                    .where(CampaignBatch.campaign_id == campaign_id, CampaignBatch.state == "pending")
-                    .values(state="dropped")
-                )
             await conn.execute(update(Campaign).where(Campaign.id == campaign_id).values(**values))
         return new
 
     async def pause(self, campaign_id: int, sender: str | None = None) -> str:
-        return await self._move(campaign_id, sender, ("running", "scheduled"), "paused")
+        """Stop filing it into inboxes not opened yet (those that have it keep it)."""
+        return await self._move(campaign_id, sender, ("sent", "scheduled"), "paused")
 
     async def resume(self, campaign_id: int, sender: str | None = None) -> str:
         async with self.engine.connect() as conn:
             row = await self._row(conn, campaign_id, sender)
-        return await self._move(campaign_id, sender, ("paused",), "running" if row.message_id is not None else "scheduled")
+        return await self._move(campaign_id, sender, ("paused",), "sent" if row.seq is not None else "scheduled")
 
     async def cancel(self, campaign_id: int, sender: str | None = None) -> str:
-        return await self._move(campaign_id, sender, ("draft", "scheduled", "starting", "running", "paused"), "cancelled")
+        """Never file it again (inboxes that have it keep it: a recall takes it back)."""
+        return await self._move(campaign_id, sender, ("draft", "scheduled", "starting", "sent", "paused"), "cancelled")
 
     async def recall(self, campaign_id: int, sender: str | None = None) -> Progress:
         """Take the campaign back from every inbox where it was not read yet; count where it was.
 
-        The campaign row is locked first: a batch in flight holds it shared (`runner`), so
-        the recall waits for it, and no batch starts after (its state is no longer running).
+        The campaign row is locked first: an inbox being filed holds it shared
+        (`deliveries`), so the recall waits for it, and no inbox is filed with it after (its
+        state is no longer sent). Inboxes never opened never get it.
         """
         async with self.engine.begin() as conn:
             row = await self._row(conn, campaign_id, sender, lock=True)
             if row.state in ("recalled", "draft"):
                 raise CampaignError(f"the campaign is {row.state}: nothing to recall")
-            await conn.execute(
-                update(CampaignBatch)
-                .where(CampaignBatch.campaign_id == campaign_id, CampaignBatch.state == "pending")
-                .values(state="dropped")
-            )
             removed, read = (0, 0) if row.message_id is None else await fanout.recall(conn, row.message_id)
             await conn.execute(
                 update(Campaign)
@@ -297,11 +297,7 @@ class Campaigns:
     async def progress(self, campaign_id: int, sender: str | None = None) -> Progress:
         async with self.engine.connect() as conn:
             row = await self._row(conn, campaign_id, sender)
-            delivered = (
-                await conn.execute(
-                    select(func.coalesce(func.sum(CampaignBatch.delivered), 0)).where(CampaignBatch.campaign_id == campaign_id)
-                )
-            ).scalar_one()
+            delivered = int(row.receiving) if row.seq is not None else 0  # from the sending commit on, all of them have it
             read = 0
             if row.message_id is not None and row.state != "recalled":
                 _, read = await fanout.reach(conn, row.message_id)

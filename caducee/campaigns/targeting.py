@@ -95,16 +95,24 @@ class Estimate:
 
 
 async def estimate(conn: AsyncConnection, facts: Select, decision: SetDecision) -> Estimate:
-    """How many the campaign reaches, and why the others are left out: one query for the
-    total and one per refusing rule (counted by profile status), whatever the set's size."""
+    """How many the campaign reaches, and why the others are left out: one scan of the
+    target set, counted by what the rules read of a recipient (kind, profile status), each
+    group then given the chain's answer for its values (a handful of groups, whatever the
+    set's size: the rules are decided for the set, never for each patient)."""
     sub = facts.subquery()
-    total = int((await conn.execute(select(func.count()).select_from(sub))).scalar_one())
+    rows = await conn.execute(select(sub.c.kind, sub.c.patient_status, func.count()).group_by(sub.c.kind, sub.c.patient_status))
+    refused: dict[tuple[object, ...], str] = {}
+    for refusal in reversed(decision.refusals):  # the first refusing rule in chain order wins
+        for values in refusal.values:
+            refused[tuple(getattr(v, "value", v) for v in values)] = refusal.rule
+    total = 0
     skipped: dict[str, int] = {}
-    for refusal in decision.refusals:
-        refused = targets.matching(facts, refusal.values, decision.fields).subquery()
-        rows = await conn.execute(select(refused.c.patient_status, func.count()).group_by(refused.c.patient_status))
-        for status, count in rows:
-            label = reason_label(refusal.rule, status)
+    for kind, status, count in rows:
+        total += int(count)
+        found = {"kind": kind, "patient_status": status}
+        rule = refused.get(tuple(found[name] for name in decision.fields))
+        if rule is not None:
+            label = reason_label(rule, status)
             skipped[label] = skipped.get(label, 0) + int(count)
     return Estimate(total, total - sum(skipped.values()), skipped)
 

@@ -1,103 +1,66 @@
-"""Filing one stored message into millions of mailboxes: the set-based side of delivery.
+"""A message stored once, filed into many mailboxes over time: the campaigns' side of delivery.
 
-`delivery.deliver` builds its entries in Python, which is right for the few recipients of
-a message but not for a CNAM campaign to 65 million patients. Here the entries are made
-by the database: the caller gives the recipients as a query (one column of distinct
-mailbox ids, a batch of a few tens of thousands), and one batch is a handful of
-statements whatever its size:
-
-1. the batch's mailbox ids into a temporary table (the caller's query runs once);
-2. an INBOX for the mailboxes that have none yet (one `INSERT ... SELECT`);
-3. PostgreSQL only: the INBOX rows locked in mailbox order (`SELECT ... ORDER BY ... FOR
-   UPDATE`), the order `store.reserve_uids_by_name` locks in, so a fan-out and the
-   gateway's group commit never deadlock, and no other writer reserves a UID between
-   our read of `uidnext` and our bump of it;
-4. one entry per mailbox (`INSERT ... SELECT`): the UID is the folder's `uidnext` (one
-   entry per folder per batch, so `row_number()` over the folder would always be 1), the
-   MODSEQ its `highestmodseq + 1`;
-5. the folders bumped by one aggregate `UPDATE`.
-
-The body, its summary and the conversation are stored once beforehand (`deliver` with a
-filing that has no target); a campaign costs one message, one conversation, one
-participant, and one 60-byte entry per patient. Everything runs in the caller's
-transaction: a batch is on disk entirely or not at all, which is what makes a fan-out
-killed half way resumable exactly once (the caller marks its batch done in the same
-transaction).
+A CNAM campaign to 65 million patients is one stored message (the accept pipeline's
+`store_once`: one body, one summary, one conversation, one participant). It is not
+copied into every inbox when it is sent: the campaigns component files it into a
+patient's INBOX when the webmail first opens that inbox (`file_campaigns`, a few
+statements for any number of campaigns), so sending costs nothing per patient and a
+patient who never opens the webmail never costs an entry (docs/architecture.md gives the
+figures). What is filed is an ordinary entry (UID, MODSEQ, the `$Prevention` keyword):
+every reader of the store understands it. `recall` and `reach` are set-based over the
+entries made so far.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 
-from sqlalchemy import Select, column, insert, select, table, text
+from sqlalchemy import bindparam, insert, text
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from caducee.mailbox.store import new_uidvalidities
+from caducee.mailbox import store
+from caducee.mailbox.models import MailboxEntry
 
 PREVENTION = "$Prevention"  # the keyword of campaign entries: the webmail's "Prévention" label
-TARGETS = "mailbox_fanout_targets"
-_TARGETS = table(TARGETS, column("mailbox_id"))
 SEEN = "(' ' || flags || ' ') LIKE '% \\Seen %' ESCAPE '!'"
 
 
-async def _targets_table(conn: AsyncConnection) -> None:
-    if conn.dialect.name == "postgresql":
-        # Not WAL-logged, emptied at each commit: a batch's scratch space.
-        await conn.execute(text(f"CREATE TEMPORARY TABLE IF NOT EXISTS {TARGETS} (mailbox_id BIGINT PRIMARY KEY) ON COMMIT DELETE ROWS"))
-    else:
-        await conn.execute(text(f"CREATE TEMPORARY TABLE IF NOT EXISTS {TARGETS} (mailbox_id INTEGER PRIMARY KEY)"))
-        await conn.execute(text(f"DELETE FROM {TARGETS}"))
-
-
-async def fan_out(
-    conn: AsyncConnection, message_id: int, mailboxes: Select, *, flags: str = "", received_at: datetime | None = None
-) -> int:
-    """File stored message `message_id` into the INBOX of every mailbox `mailboxes` selects.
-
-    `mailboxes` selects one column of mailbox ids (a batch; duplicates are dropped here).
-    Returns the number of entries made. Runs in the caller's transaction.
-    """
-    moment = received_at or datetime.now(UTC)
-    await _targets_table(conn)
-    batch = mailboxes.subquery("batch")
-    await conn.execute(insert(_TARGETS).from_select(["mailbox_id"], select(next(iter(batch.c))).distinct()))
-    # INBOXes created here share one new UIDVALIDITY: a folder is (id, UIDVALIDITY), and their ids differ.
-    await conn.execute(
-        text(
-            "INSERT INTO folders (mailbox_id, name, special_use, uidvalidity, uidnext, highestmodseq, first_recent_uid) "
-            f"SELECT t.mailbox_id, 'INBOX', NULL, :validity, 1, 1, 1 FROM {TARGETS} t "
-            "WHERE NOT EXISTS (SELECT 1 FROM folders f WHERE f.mailbox_id = t.mailbox_id AND f.name = 'INBOX')"
-        ),
-        {"validity": await conn.run_sync(new_uidvalidities)},
-    )
-    await conn.execute(
-        text(
-            f"INSERT INTO folder_subscriptions (mailbox_id, name) SELECT t.mailbox_id, 'INBOX' FROM {TARGETS} t "
-            "WHERE NOT EXISTS (SELECT 1 FROM folder_subscriptions s WHERE s.mailbox_id = t.mailbox_id AND s.name = 'INBOX')"
-        )
-    )
-    if conn.dialect.name == "postgresql":
-        await conn.execute(
+def _file(conn: Connection, messages: dict[int, list[tuple[int, datetime]]], flags: str) -> int:
+    wanted = {mailbox_id: sorted(found, key=lambda m: (m[1], m[0])) for mailbox_id, found in messages.items() if found}
+    if not wanted:
+        return 0
+    store.ensure_folders(conn, sorted(wanted))
+    # One UPDATE per INBOX reserves its UIDs and MODSEQs and holds the row until commit, in
+    # mailbox order: the gateway's group commit and another node filing the same inboxes
+    # lock in that order too, and wait their turn.
+    reserved = store.reserve_uids_by_name(conn, {(mailbox_id, "INBOX"): len(found) for mailbox_id, found in wanted.items()})
+    rows = []
+    for mailbox_id, found in wanted.items():
+        folder_id, first_uid, first_modseq = reserved[(mailbox_id, "INBOX")]
+        rows += [
+            {"folder_id": folder_id, "uid": first_uid + i, "message_id": m, "modseq": first_modseq + i, "flags": flags, "received_at": at}
+            for i, (m, at) in enumerate(found)
+        ]
+    for keyword in {k for k in flags.split() if not k.startswith("\\")}:
+        # Every keyword ever set in a folder is listed in its FLAGS (`Folder.keywords`): one statement for all the INBOXes.
+        conn.execute(
             text(
-                "SELECT count(*) FROM (SELECT f.id FROM folders f JOIN "
-                f"{TARGETS} t ON t.mailbox_id = f.mailbox_id WHERE f.name = 'INBOX' ORDER BY f.mailbox_id FOR UPDATE OF f) locked"
-            )
+                "UPDATE folders SET keywords = trim(keywords || ' ' || :k) WHERE id IN :ids "
+                "AND (' ' || upper(keywords) || ' ') NOT LIKE :like"
+            ).bindparams(bindparam("ids", expanding=True)),
+            {"k": keyword, "ids": sorted(r[0] for r in reserved.values()), "like": f"% {keyword.upper()} %"},
         )
-    filed = await conn.execute(
-        text(
-            "INSERT INTO mailbox_entries (folder_id, uid, message_id, modseq, flags, received_at) "
-            f"SELECT f.id, f.uidnext, :message, f.highestmodseq + 1, :flags, :moment FROM folders f JOIN {TARGETS} t "
-            "ON t.mailbox_id = f.mailbox_id WHERE f.name = 'INBOX' ORDER BY f.id"
-        ),
-        {"message": message_id, "flags": flags, "moment": moment},
-    )
-    await conn.execute(
-        text(
-            "UPDATE folders SET uidnext = uidnext + 1, highestmodseq = highestmodseq + 1 "
-            f"WHERE name = 'INBOX' AND mailbox_id IN (SELECT mailbox_id FROM {TARGETS})"
-        )
-    )
-    return int(filed.rowcount or 0)
+    conn.execute(insert(MailboxEntry.__table__), rows)
+    return len(rows)
+
+
+async def file_campaigns(conn: AsyncConnection, messages: dict[int, list[tuple[int, datetime]]], *, flags: str = PREVENTION) -> int:
+    """File stored messages into mailboxes' INBOXes: {mailbox id: [(message id, the time to
+    show)]}, oldest first in each; the number of entries made. A few statements for any
+    number of mailboxes, plus one UID reservation per INBOX. Runs in the caller's
+    transaction, so the caller's record that they are filed commits with them (exactly once)."""
+    return await conn.run_sync(_file, messages, flags)
 
 
 async def recall(conn: AsyncConnection, message_id: int) -> tuple[int, int]:

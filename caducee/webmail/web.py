@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,9 @@ class WebmailContext:
     trusted_proxies: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = field(default_factory=list)
     selfservice: SelfService | None = None
     drafts: Drafts | None = None
+    # Called with (patient id, mailbox id) of every profile a request shows, before it reads
+    # them: the wiring connects the campaigns' filing on read (`campaigns.deliveries`).
+    before_read: Callable[[list[tuple[int, int]]], Awaitable[object]] | None = None
 
 
 def proxy_networks(networks: list[str]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
@@ -112,6 +116,8 @@ async def current_viewer(request: Request) -> Viewer | None:
     if not profiles or profiles[0].account.status != "activated":
         return None
     acting = next((p for p in profiles if p.account.id == session.acting_patient_id), profiles[0])
+    if ctx.before_read is not None:
+        await ctx.before_read([(p.account.id, p.account.mailbox_id) for p in profiles])
     return Viewer(session, profiles[0].account, profiles, acting)
 
 
