@@ -49,6 +49,7 @@ from caducee.campaigns.service import Campaigns
 from caducee.config import ENV_PREFIX, ROLES, Settings
 from caducee.core import pseudonyms
 from caducee.core.cpu import CpuPool, shared_pool
+from caducee.core.throttle import LoginThrottle
 from caducee.crypto.atrest import BodyCipher, load_master_key
 from caducee.crypto.material import material_from_settings
 from caducee.crypto.pki import Pair, development_space, key_passphrase
@@ -69,6 +70,7 @@ from caducee.identity import portal as identity_portal
 from caducee.identity.mailauth import MailboxAuthenticator
 from caducee.identity.runtime import Identity, build_identity
 from caducee.imap.server import ImapServer, start_imap
+from caducee.limits.service import DatabaseFailures, Windows
 from caducee.mailbox.autoconfig import router as autoconfig_router
 from caducee.notify.alerts import NewMailAlerts
 from caducee.notify.notifier import notifier_from_settings
@@ -268,7 +270,7 @@ def offline_docs(app: FastAPI) -> None:
 def webmail_context(engine: AsyncEngine, settings: Settings, pipeline: AcceptPipeline | None) -> WebmailContext:
     key = load_master_key(settings.data_dir)
     pseudonyms.configure(key)
-    accounts = Accounts(engine, settings, notifier_from_settings(settings), CodeHasher(key))
+    accounts = Accounts(engine, settings, notifier_from_settings(settings), CodeHasher(key), failures=DatabaseFailures(engine))
     cipher = BodyCipher(key)
     webmail = Webmail(engine, settings, cipher, pipeline, AccessHistory(engine, history_key(key)))
     return WebmailContext(
@@ -441,10 +443,15 @@ async def start_gateway(
     pipeline = AcceptPipeline(engine, settings, cipher, on_queued=worker.wake, smime=smime_stage(settings, engine, pool), cpu=pool)
     pipeline.on_delivered.append(
         NewMailAlerts(
-            engine, settings, notifier_from_settings(settings), muted=lambda addresses: muted_addresses(engine, addresses)
+            engine,
+            settings,
+            notifier_from_settings(settings),
+            muted=lambda addresses: muted_addresses(engine, addresses),
+            claim=Windows(engine, "new-mail-alert").claim,
         ).delivered
     )
-    authenticator = MailboxAuthenticator(engine, settings.local_domains)
+    # Lock-out counters in the database: every process and node counts the same failures.
+    authenticator = MailboxAuthenticator(engine, settings.local_domains, LoginThrottle(store=DatabaseFailures(engine), namespace="mail"))
     smtp_tokens = identity.mail(authenticator.throttle, "SMTP") if identity is not None else None
     imap_tokens = identity.mail(authenticator.throttle, "IMAP") if identity is not None else None
     runtime = GatewayRuntime(pipeline, worker)

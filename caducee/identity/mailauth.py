@@ -30,7 +30,7 @@ class MailboxAuthenticator:
         """The mailbox address on success, None on failure; raises Locked when locked out."""
         account = login.strip().lower()
         account_key, address_key = f"account:{account}", f"address:{client_address}"
-        self.throttle.check(account_key, address_key)
+        await self.throttle.check(account_key, address_key)
         async with self.engine.connect() as conn:
             parties = await resolve_parties(conn, [account], local_domains=self.local_domains) if "@" in account else {}
         info = parties.get(account)
@@ -38,7 +38,7 @@ class MailboxAuthenticator:
         async with self._checks:
             ok = await asyncio.to_thread(verify_password, stored, password)
         if not ok:
-            self.throttle.failed(account_key, address_key)
+            await self.throttle.failed(account_key, address_key)
             return None
-        self.throttle.succeeded(account_key)
+        await self.throttle.succeeded(account_key)
         return account
