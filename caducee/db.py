@@ -247,3 +247,24 @@ def expected_heads(url: str) -> tuple[str, ...]:
     from alembic.script import ScriptDirectory
 
     return tuple(sorted(ScriptDirectory.from_config(_alembic_config(url)).get_heads()))
+
+
+class SchemaNotCurrent(RuntimeError):
+    """The database is not at the revisions this code expects: `caducee db upgrade` first."""
+
+
+def check_schema_current(url: str) -> None:
+    """Raise SchemaNotCurrent unless the database is at every branch's head.
+
+    `caducee serve` checks instead of migrating: with several nodes starting together, each
+    running migrations raced (and a node of an older version would have migrated nothing and
+    served a schema it does not know). Migrations are `caducee db upgrade`, run once, under
+    PostgreSQL's advisory lock.
+    """
+    current = current_revision(url)
+    expected = ",".join(expected_heads(url))
+    if current != expected:
+        raise SchemaNotCurrent(
+            f"the database schema is at {current or '(nothing: empty database)'}, this version of Caducée needs {expected}: "
+            "run `caducee db upgrade` (once, from one node) before `caducee serve`"
+        )

@@ -306,10 +306,46 @@ def dossier_context(
     return dossier, intake
 
 
+class StartupRefused(RuntimeError):
+    """A setting a node of a real deployment must have is missing; the message names it."""
+
+
+def check_deployment(settings: Settings, *, demo: bool) -> None:
+    """Refuse to start a PostgreSQL node that would make up its own secrets.
+
+    Several nodes share one PostgreSQL. A master key created in each data directory would
+    seal bodies under a different key on each node (each reading only its own), and a test
+    trust space made by each node would give each its own CA. So, on PostgreSQL, the master
+    key must be given (`CADUCEE_MASTER_KEY`, the same on every node) and so must the
+    certificate files; the generated ones stay a convenience of SQLite and `--demo`.
+    """
+    if demo or db.is_sqlite(settings.effective_database_url):
+        return
+    problems = []
+    if not os.environ.get("CADUCEE_MASTER_KEY"):
+        problems.append(
+            "set CADUCEE_MASTER_KEY (base64 of 32 bytes, the same on every node; `caducee keys generate` makes one): "
+            "a key file made by each data directory would seal bodies under a different key on each node"
+        )
+    if not settings.tls_cert:
+        problems.append("set tls_cert, tls_key, trust_anchors, relay_client_cert and relay_client_key (CADUCEE_TLS_CERT...)")
+    if settings.smime == "enforce" and not settings.smime_cert:
+        problems.append('set smime_cert, smime_key and smime_keys_dir (CADUCEE_SMIME_CERT...), or smime = "off"')
+    if problems:
+        raise StartupRefused(
+            "on PostgreSQL a node needs its secrets given, not generated (the test trust space is for SQLite and --demo only): "
+            + "; ".join(problems)
+        )
+
+
 async def prepare_database(settings: Settings, *, demo: bool) -> AsyncEngine:
-    """Migrate the database to head, seed the demo world if asked; return the engine."""
+    """Check the schema is current (migrate it only for `--demo` on SQLite, a single
+    process), seed the demo world if asked; return the engine."""
     url = settings.effective_database_url
-    await asyncio.to_thread(db.upgrade, url)
+    if demo and db.is_sqlite(url):
+        await asyncio.to_thread(db.upgrade, url)
+    else:
+        await asyncio.to_thread(db.check_schema_current, url)
     engine = db.create_engine(url, pool_size=settings.database_pool_size)
     if demo:
         from caducee import demo as demo_world
@@ -650,6 +686,8 @@ async def serve(settings: Settings, *, demo: bool = False, migrate: bool = True,
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     sockets = sockets if sockets is not None else bind_listeners(settings)  # before anything slow: a busy port fails at once
+    if migrate:  # a worker process (migrate=False) was checked by the `caducee serve` that started it
+        check_deployment(settings, demo=demo)
     standin = None
     if demo:
         standin, settings = await asyncio.to_thread(start_psc_standin, settings)
@@ -698,6 +736,7 @@ def serve_workers(settings: Settings, argv: list[str], workers: int, *, demo: bo
     import signal
 
     sockets = bind_listeners(settings)
+    check_deployment(settings, demo=demo)
     asyncio.run(_prepare_only(settings, demo=demo))
     standin = None
     env = dict(os.environ)

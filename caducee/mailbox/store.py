@@ -16,9 +16,10 @@ from sqlalchemy import Table, func, insert, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from caducee.core.clock import utcnow
+from caducee.core.reseal import Resealer, reseal_table
 from caducee.mailbox.models import (
     SPECIAL_FOLDERS,
     Conversation,
@@ -243,3 +244,8 @@ def define_keywords(conn: Connection, folder_id: int, flag_texts: list[str]) -> 
 async def sealed_body(conn: AsyncConnection, message_id: int) -> bytes:
     """The sealed body of one stored message (the relay sends it as it is stored)."""
     return (await conn.execute(select(Message.body).where(Message.id == message_id))).scalar_one()
+
+
+async def reseal(engine: AsyncEngine, cipher: Resealer) -> int:
+    """`caducee keys rotate`: bodies and summaries under the current sealing key."""
+    return await reseal_table(engine, Message.__table__, ["body", "summary"], cipher)  # type: ignore[arg-type]
