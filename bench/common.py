@@ -32,9 +32,7 @@ def create_pg_database(url: str, prefix: str) -> tuple[str, str]:
     """(name, URL) of a new database, migrated, on the server of `url`; drop it with drop_pg_database."""
     from sqlalchemy.engine import make_url
 
-    from caducee.db import normalise_url
-
-    from caducee.db import upgrade
+    from caducee.db import normalise_url, upgrade
 
     name = f"{prefix}_{uuid.uuid4().hex[:8]}"
     asyncio.run(pg_admin(url, f'CREATE DATABASE "{name}"'))

@@ -44,7 +44,9 @@ async def test_rotate_under_load(gateway, engine: AsyncEngine, settings, databas
     sender, _ = gateway.account("doctor")
     patient = gateway.credentials["patients"]["adult_1"]["address"]
     for n in range(15):  # sealed under the master key, before any sealing key
-        assert (await gateway.pipeline.accept(Envelope(sender, [patient], _message(sender, patient, n), Channel.SUBMISSION, sender))).accepted
+        assert (
+            await gateway.pipeline.accept(Envelope(sender, [patient], _message(sender, patient, n), Channel.SUBMISSION, sender))
+        ).accepted
     master = load_master_key(settings.data_dir, environ_value="")
     new = os.urandom(32)
     encoded = [base64.b64encode(key).decode() for key in (new, master)]
