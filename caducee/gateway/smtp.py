@@ -339,7 +339,7 @@ class GatewayHandler:
     async def _check(self, server: SMTP, login: bytes, password: bytes) -> AuthResult:
         peer = server.session.peer[0] if server.session and server.session.peer else "unknown"
         try:
-            account = await self.authenticator.verify(login.decode("utf-8", "replace"), password.decode("utf-8", "replace"), peer)
+            account = await self.authenticator.verify(login.decode("utf-8", "replace"), password.decode("utf-8", "replace"), peer, "SMTP")
         except Locked as locked:
             minutes = max(1, (locked.seconds + 59) // 60)
             return AuthResult(

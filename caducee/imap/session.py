@@ -333,7 +333,7 @@ class Session:
         except UnicodeDecodeError:
             return b"NO [AUTHENTICATIONFAILED] identifiants invalides / invalid credentials"
         try:
-            address = await self.server.authenticator.verify(login, secret, self.client)
+            address = await self.server.authenticator.verify(login, secret, self.client, "IMAP")
         except Locked as locked:
             return b"NO [UNAVAILABLE] trop d'essais, reessayez dans %d s / locked, retry in %d s" % (locked.seconds, locked.seconds)
         mailbox_id = await self.server.store.mailbox_id(address) if address else None
