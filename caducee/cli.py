@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,6 +39,7 @@ def use_fast_event_loop() -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    metrics_directory(_settings(args), worker=args.worker_process)
     from caducee.db import SchemaNotCurrent
     from caducee.server import PortInUse, StartupRefused, inherited_sockets, serve, serve_workers
 
@@ -63,12 +63,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def configure_logging(settings: Settings) -> None:
-    """One line per event. aiosmtpd's own "mail.log" logger writes every SMTP command at INFO
-    (patients' addresses in each RCPT TO) and warns of its deprecated `login_data` at every
-    login: it is kept to warnings, and Caducée's own lines say what happened, with patient
-    identifiers pseudonymised (core.pseudonyms)."""
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("mail.log").setLevel(logging.ERROR)
+    """One line per event, JSON or text (`log_format`), with the request or session id
+    (core.logcontext)."""
+    from caducee.core import logcontext
+
+    logcontext.configure(settings.log_level, settings.log_format)
+
+
+def metrics_directory(settings: Settings, *, worker: bool) -> None:
+    """prometheus-client's multiprocess mode: every process of this `caducee serve` writes its
+    metrics under `<data dir>/metrics` (emptied by the parent at start: files of a previous
+    run would add its counts), and /metrics adds them up. Set before anything imports
+    prometheus_client; the workers inherit it."""
+    import os
+    import shutil
+
+    if worker and os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return
+    directory = (settings.data_dir / "metrics").resolve()
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True, exist_ok=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
 
 
 def cmd_agenda(args: argparse.Namespace) -> int:

@@ -215,6 +215,11 @@ class Settings:
         "and APIs; without it the HTTP port serves /healthz and /metrics only), `relay` (the outbound queue), `jobs` "
         "(campaign fan-out, agenda reminders and daily job). Several nodes on one PostgreSQL share the queues.",
     )
+    log_format: str = _setting(
+        "auto",
+        "`json`: one JSON object per line (time, level, logger, process, context: the request or session id, message), "
+        "for a log collector; `text`: one line of text; `auto`: JSON unless standard error is a terminal.",
+    )
 
     @property
     def effective_database_url(self) -> str:
@@ -325,7 +330,11 @@ def load_settings(
     settings = Settings(**values)
     if settings.max_message_size <= 0:
         raise SettingsError("setting 'max_message_size' must be positive")
-    choices = {"smime": ("enforce", "off"), "smime_without_certificate": ("refuse-remote", "refuse", "deliver")}
+    choices = {
+        "smime": ("enforce", "off"),
+        "smime_without_certificate": ("refuse-remote", "refuse", "deliver"),
+        "log_format": ("auto", "json", "text"),
+    }
     for name, allowed in choices.items():
         if getattr(settings, name) not in allowed:
             raise SettingsError(f"setting {name!r} must be one of {', '.join(allowed)}, not {getattr(settings, name)!r}")

@@ -263,8 +263,27 @@ def check_schema_current(url: str) -> None:
     """
     current = current_revision(url)
     expected = ",".join(expected_heads(url))
-    if current != expected:
+    if current is None or pending_revisions(url, tuple(current.split(","))):
         raise SchemaNotCurrent(
             f"the database schema is at {current or '(nothing: empty database)'}, this version of Caducée needs {expected}: "
             "run `caducee db upgrade` (once, from one node) before `caducee serve`"
         )
+
+
+def pending_revisions(url: str, current: tuple[str, ...]) -> list[str]:
+    """The revisions `upgrade` would apply to a database at `current` (a trunk revision other
+    branches depend on is not itself a current head, so heads are not compared as strings)."""
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(_alembic_config(url))
+    known = {revision.revision for revision in script.walk_revisions()}
+    if any(revision not in known for revision in current):  # a newer version migrated it: not ours to serve
+        return [revision for revision in current if revision not in known]
+    applied: set[str] = set()
+    todo = list(current)
+    while todo:  # every revision the current ones stand on: down revisions and dependencies
+        revision = script.revision_map.get_revision(todo.pop())
+        if revision is not None and revision.revision not in applied:
+            applied.add(revision.revision)
+            todo.extend(revision._all_down_revisions)
+    return sorted(known - applied)

@@ -20,17 +20,17 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -47,7 +47,7 @@ from caducee.campaigns.api import router as campaigns_router
 from caducee.campaigns.runner import Runner
 from caducee.campaigns.service import Campaigns
 from caducee.config import ENV_PREFIX, ROLES, Settings
-from caducee.core import pseudonyms
+from caducee.core import logcontext, metrics, pseudonyms
 from caducee.core.cpu import CpuPool, shared_pool
 from caducee.core.throttle import LoginThrottle
 from caducee.crypto.atrest import BodyCipher, load_master_key
@@ -61,7 +61,7 @@ from caducee.dossier.pro_pages import router as dossier_pro_pages
 from caducee.dossier.service import Dossier
 from caducee.gateway.pipeline import AcceptPipeline, Channel, Envelope
 from caducee.gateway.protection import SmimeStage, WithoutCertificate
-from caducee.gateway.relay import RelayWorker
+from caducee.gateway.relay import QueueCollector, RelayWorker, queue_stats
 from caducee.gateway.smtp import ListenerConfig, start_listener
 from caducee.history.chain import history_key
 from caducee.history.service import AccessHistory
@@ -87,46 +87,45 @@ from caducee.webmail.web import BodyLimit, NoNulText, WebmailContext, WebmailHea
 log = logging.getLogger("caducee")
 
 
-class Metrics:
-    """Counters exposed at /metrics in Prometheus' text format."""
-
-    def __init__(self) -> None:
-        self.started = time.time()
-        self.requests: dict[tuple[str, int], int] = {}
-
-    def render(self) -> str:
-        lines = [
-            "# HELP caducee_uptime_seconds Seconds since the process started.",
-            "# TYPE caducee_uptime_seconds gauge",
-            f"caducee_uptime_seconds {time.time() - self.started:.0f}",
-            "# HELP caducee_http_requests_total HTTP requests by method and status.",
-            "# TYPE caducee_http_requests_total counter",
-        ]
-        for (method, status), count in sorted(self.requests.items()):
-            lines.append(f'caducee_http_requests_total{{method="{method}",status="{status}"}} {count}')
-        return "\n".join(lines) + "\n"
+def request_area(path: str) -> str:
+    """A bounded label for a request's path: the latency of the webmail's pages apart from the APIs'."""
+    if path.startswith("/api/"):
+        return "api"
+    if path in {"/healthz", "/metrics"}:
+        return "operations"
+    for prefix in ("/static", "/agenda/static", "/pro/static", "/docs"):
+        if path.startswith(prefix):
+            return "static"
+    for prefix in ("/pro", "/agenda", "/dossier"):
+        if path.startswith(prefix):
+            return prefix[1:]
+    return "webmail"
 
 
 class CountRequests:
-    """Counts answers by method and status (plain ASGI: Starlette's BaseHTTPMiddleware costs
-    a task group per request, more than some of our pages)."""
+    """Counts answers by method and status and times them by area, in prometheus-client's
+    metrics (plain ASGI: Starlette's BaseHTTPMiddleware costs a task group per request, more
+    than some of our pages)."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        started = time.perf_counter()
+        logcontext.begin("http")
 
         async def counting(message: Message) -> None:
             if message["type"] == "http.response.start":
-                key = (scope["method"], message["status"])
-                self.metrics.requests[key] = self.metrics.requests.get(key, 0) + 1
+                metrics.http_requests.labels(scope["method"], str(message["status"])).inc()
             await send(message)
 
-        await self.app(scope, receive, counting)
+        try:
+            await self.app(scope, receive, counting)
+        finally:
+            metrics.http_seconds.labels(request_area(scope.get("path", ""))).observe(time.perf_counter() - started)
 
 
 def build_app(engine: AsyncEngine, settings: Settings, pipeline: AcceptPipeline | None = None, identity: Identity | None = None) -> FastAPI:
@@ -188,13 +187,9 @@ def build_app(engine: AsyncEngine, settings: Settings, pipeline: AcceptPipeline 
     app.state.agenda = Agenda(engine, settings, pipeline)
     app.state.agenda_intake = invitations
     app.add_middleware(WebmailHeaders)
-    metrics = Metrics()
-    app.state.metrics = metrics
-
-    app.add_middleware(CountRequests, metrics=metrics)
+    app.add_middleware(CountRequests)
     errors.install(app)
-
-    operations_routes(app, engine, metrics)
+    operations_routes(app, engine, pipeline)
 
     app.include_router(annuaire_router)
     app.include_router(campaigns_router)
@@ -213,32 +208,43 @@ def build_app(engine: AsyncEngine, settings: Settings, pipeline: AcceptPipeline 
     return app
 
 
-def operations_routes(app: FastAPI, engine: AsyncEngine, metrics: Metrics) -> None:
+def operations_routes(app: FastAPI, engine: AsyncEngine, pipeline: AcceptPipeline | None) -> None:
     """/healthz and /metrics: on every node, whatever its roles (a load balancer or a
     container engine probes each node the same way)."""
+    probe = Windows(engine, "healthz")
+    probe_key = f"{socket.gethostname()}:{os.getpid()}"
 
-    @app.get("/healthz", tags=["operations"], summary="Liveness and database reachability", response_model=Health)
+    @app.get("/healthz", tags=["operations"], summary="Liveness: the store commits", response_model=Health)
     async def healthz() -> JSONResponse:
+        """Unhealthy (503) when a write cannot commit: a full disk left reads working (a
+        `SELECT 1` said "ok") while every message got 451. The probe is a one-row write of
+        its own, and the gateway's last group commit must not have failed."""
         try:
-            async with engine.connect() as conn:
-                await conn.execute(text("SELECT 1"))
+            await probe.claim([probe_key], 0)
         except Exception as exc:  # the probe reports, it does not crash
             return JSONResponse({"status": "error", "database": str(exc)[:200]}, status_code=503)
+        if pipeline is not None and pipeline.committer.failing:
+            return JSONResponse({"status": "error", "database": "the last group commit of messages failed"}, status_code=503)
         return JSONResponse({"status": "ok"})
 
-    @app.get("/metrics", response_class=PlainTextResponse, tags=["operations"], summary="Prometheus metrics")
-    async def metrics_page() -> str:
-        return metrics.render()
+    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics (every worker of this server)")
+    async def metrics_page() -> Response:
+        try:
+            async with engine.connect() as conn:
+                queue = await queue_stats(conn)
+        except Exception:  # the scrape still shows the processes' metrics
+            log.exception("queue statistics not read for /metrics")
+            queue = []
+        return Response(metrics.render([QueueCollector(queue)]), media_type=CONTENT_TYPE_LATEST)
 
 
-def build_operations_app(engine: AsyncEngine) -> FastAPI:
+def build_operations_app(engine: AsyncEngine, pipeline: AcceptPipeline | None = None) -> FastAPI:
     """The HTTP app of a node without the `http` role: /healthz and /metrics only, no
-    webmail, no API (so nothing there needs the master key or the pipeline)."""
+    webmail, no API (so nothing there needs the master key); `pipeline`, an SMTP node's, for
+    /healthz's check of its group commits."""
     app = FastAPI(title="Caducée (operations)", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
-    metrics = Metrics()
-    app.state.metrics = metrics
-    app.add_middleware(CountRequests, metrics=metrics)
-    operations_routes(app, engine, metrics)
+    app.add_middleware(CountRequests)
+    operations_routes(app, engine, pipeline)
     return app
 
 
@@ -528,7 +534,13 @@ def http_config(app: ASGIApp, settings: Settings, **extra: object) -> Any:
     from `trusted_proxies` only (`webmail.web.client_address`)."""
     import uvicorn
 
-    options: dict[str, Any] = {"log_level": settings.log_level.lower(), "access_log": False, "proxy_headers": False, "server_header": False}
+    options: dict[str, Any] = {
+        "log_level": settings.log_level.lower(),
+        "access_log": False,
+        "proxy_headers": False,
+        "server_header": False,
+        "log_config": None,  # our handlers (core.logcontext), not uvicorn's own: one form for every line
+    }
     options.update(extra)
     return uvicorn.Config(app, **options)
 
@@ -700,7 +712,7 @@ async def serve(settings: Settings, *, demo: bool = False, migrate: bool = True,
     gateway = await start_gateway(
         settings, engine, sockets=sockets, identity=identity, smtp="smtp" in roles, imap="imap" in roles, relay="relay" in roles
     )
-    app = build_app(engine, settings, gateway.pipeline, identity) if "http" in roles else build_operations_app(engine)
+    app = build_app(engine, settings, gateway.pipeline, identity) if "http" in roles else build_operations_app(engine, gateway.pipeline)
     server = uvicorn.Server(http_config(app, settings))
     server.install_signal_handlers = lambda: None
     loop = asyncio.get_running_loop()
@@ -749,22 +761,56 @@ def serve_workers(settings: Settings, argv: list[str], workers: int, *, demo: bo
         env["CADUCEE_CPU_WORKERS"] = str(max(1, (os.cpu_count() or 2) // workers))
     env[INHERITED] = ",".join(f"{name}={sock.fileno()}" for name, sock in sockets.items())
     fds = [sock.fileno() for sock in sockets.values()]
-    children = [
-        subprocess.Popen([sys.executable, "-m", "caducee", *argv, "--worker-process"], env=env, pass_fds=fds) for _ in range(workers)
-    ]
+
+    def start_worker() -> subprocess.Popen[bytes]:
+        return subprocess.Popen([sys.executable, "-m", "caducee", *argv, "--worker-process"], env=env, pass_fds=fds)
+
+    children = [start_worker() for _ in range(workers)]
+    stopping: list[int] = []
 
     def forward(signum: int, _frame: object) -> None:
+        if signum in (signal.SIGTERM, signal.SIGINT):
+            stopping.append(signum)
         for child in children:
             if child.poll() is None:
                 child.send_signal(signum)
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
-    codes = [child.wait() for child in children]
+    signal.signal(signal.SIGHUP, forward)  # each worker re-reads its certificates and CRLs
+    codes = supervise(children, start_worker, stopping)
     for sock in sockets.values():
         sock.close()
     stop_child(standin)
     return max(codes, default=0)
+
+
+def supervise(
+    children: list[subprocess.Popen[bytes]], start: Callable[[], subprocess.Popen[bytes]], stopping: list[int], *, pause: float = 1.0
+) -> list[int]:
+    """Wait for the workers; one that dies while the server is not stopping is started again
+    (a crash, the kernel's OOM killer: the others keep serving meanwhile). Returns the exit
+    codes once every worker has stopped after SIGTERM/SIGINT.
+
+    A worker dying again and again is restarted at most once per `pause`, so a worker that
+    cannot start does not spin the parent."""
+    last_start = 0.0
+    while True:
+        for n, child in enumerate(children):
+            code = child.poll()
+            if code is None or stopping:
+                continue
+            metrics.process_exited(child.pid)
+            log.error("worker %d exited with %s: starting another", child.pid, code)
+            time.sleep(max(0.0, pause - (time.monotonic() - last_start)))
+            last_start = time.monotonic()
+            children[n] = start()
+        if stopping:
+            codes = [child.wait() for child in children]
+            for child in children:
+                metrics.process_exited(child.pid)
+            return codes
+        time.sleep(0.2)
 
 
 async def _prepare_only(settings: Settings, *, demo: bool) -> None:

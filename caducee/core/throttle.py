@@ -18,6 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from caducee.core import metrics
+
 
 class Locked(Exception):
     def __init__(self, seconds: int) -> None:
@@ -101,9 +103,11 @@ class LoginThrottle:
         """Raise Locked when any key is locked."""
         seconds = await self.store.locked_for([self._key(key) for key in keys])
         if seconds > 0:
+            metrics.login_locked.labels(self.namespace or "default").inc()
             raise Locked(int(seconds) + 1)
 
     async def failed(self, account_key: str, address_key: str) -> None:
+        metrics.login_failures.labels(self.namespace or "default").inc()
         for key, limit in ((account_key, self.max_failures), (address_key, self.max_failures_per_address)):
             await self.store.add_failure(self._key(key), limit, self.window, self.lockout)
 

@@ -23,6 +23,7 @@ import aiosmtpd.smtp as aiosmtpd_smtp
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Session, syntax
 from aiosmtpd.smtp import Envelope as SmtpEnvelope
 
+from caducee.core import logcontext
 from caducee.core.connections import ClientConnections
 from caducee.core.throttle import Locked
 from caducee.gateway.pipeline import AcceptPipeline, Channel, Envelope
@@ -127,6 +128,7 @@ class GatewaySMTP(SMTP):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         first = self._original_transport is None and getattr(self, "transport", None) is None
         if first:
+            logcontext.begin("smtp")  # before aiosmtpd starts the connection's task, which inherits it
             peer = transport.get_extra_info("peername")
             client = peer[0] if peer else "unknown"
             if not self._connections.enter(client):
