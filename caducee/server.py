@@ -54,6 +54,7 @@ from caducee.crypto.atrest import BodyCipher, load_master_key
 from caducee.crypto.material import material_from_settings
 from caducee.crypto.pki import Pair, development_space, key_passphrase
 from caducee.crypto.tls import client_context, server_context
+from caducee.crypto.tls import reload as reload_contexts
 from caducee.dossier.api import router as dossier_api
 from caducee.dossier.intake import XdmIntake
 from caducee.dossier.pages import router as dossier_pages
@@ -62,7 +63,7 @@ from caducee.dossier.service import Dossier
 from caducee.gateway.pipeline import AcceptPipeline, Channel, Envelope
 from caducee.gateway.protection import SmimeStage, WithoutCertificate
 from caducee.gateway.relay import QueueCollector, RelayWorker, queue_stats
-from caducee.gateway.smtp import ListenerConfig, start_listener
+from caducee.gateway.smtp import ListenerConfig, close_sessions, start_listener
 from caducee.history.chain import history_key
 from caducee.history.service import AccessHistory
 from caducee.identity import api as identity_api
@@ -444,12 +445,17 @@ class GatewayRuntime:
     servers: list[asyncio.base_events.Server] = field(default_factory=list)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     imap: ImapServer | None = None
+    listeners: list[ListenerConfig] = field(default_factory=list)
+    reload_tls: Callable[[], None] = lambda: None  # SIGHUP: the certificate files again (CRLs are re-read when they change)
 
     async def stop(self) -> None:
-        if self.imap is not None:
-            await self.imap.stop()
+        """SIGTERM: stop accepting, let messages being accepted get their answer, tell the
+        other SMTP sessions 421 and IMAP sessions BYE, finish the group commits in flight."""
         for server in self.servers:
             server.close()
+        await close_sessions(self.listeners)
+        if self.imap is not None:
+            await self.imap.stop()
         for server in self.servers:
             await server.wait_closed()
         for task in self.tasks:
@@ -497,6 +503,10 @@ async def start_gateway(
     smtp_tokens = identity.mail(authenticator.throttle, "SMTP") if identity is not None else None
     imap_tokens = identity.mail(authenticator.throttle, "IMAP") if identity is not None else None
     runtime = GatewayRuntime(pipeline, worker)
+    runtime.reload_tls = lambda: reload_contexts(
+        [(plain, files.server, None), (mutual, files.server, files.anchors), (relay_context, files.relay_client, files.anchors)],
+        password=files.password,
+    )
     listeners = [
         ("mx", ListenerConfig("mx", settings.smtp_host, settings.mx_port, mutual)),
         (
@@ -514,6 +524,7 @@ async def start_gateway(
         config.timeout = settings.smtp_timeout
         config.data_timeout = settings.smtp_data_timeout
         tokens = smtp_tokens if config.kind == "submission" else None
+        runtime.listeners.append(config)
         runtime.servers.append(
             await start_listener(config, pipeline, authenticator, reuse_port=reuse_port, sock=sockets.get(name), tokens=tokens)
         )
@@ -718,6 +729,15 @@ async def serve(settings: Settings, *, demo: bool = False, migrate: bool = True,
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, lambda: setattr(server, "should_exit", True))
+
+    def reload() -> None:
+        try:
+            gateway.reload_tls()
+            log.info("SIGHUP: certificates loaded again (CRLs are re-read when they change)")
+        except Exception:
+            log.exception("SIGHUP: the certificate files did not load; the previous ones stay in use")
+
+    loop.add_signal_handler(signal.SIGHUP, reload)
     jobs: list[asyncio.Task[None]] = []
     if "jobs" in roles:
         # Campaign batches and reminders are claimed, so the processes and nodes with this role share the work.

@@ -23,6 +23,16 @@ def server_context(pair: CertAndKey, *, client_ca: Path | None = None, password:
     return context
 
 
+def reload(contexts: list[tuple[ssl.SSLContext, CertAndKey, Path | None]], password: bytes | None = None) -> None:
+    """SIGHUP: load the certificate files again into the contexts in use, so a renewed
+    certificate (or new trust anchors) applies to the next connections without a restart.
+    A file that does not load raises, and the contexts keep what they had."""
+    for context, pair, anchors in contexts:
+        context.load_cert_chain(pair.cert, pair.key, password=password)
+        if anchors is not None:
+            context.load_verify_locations(cafile=str(anchors))
+
+
 def client_context(ca: Path, pair: CertAndKey | None = None, *, password: bytes | None = None) -> ssl.SSLContext:
     """A client context trusting `ca` (and only it), presenting `pair` when given."""
     context = ssl.create_default_context(cafile=str(ca))
