@@ -208,6 +208,11 @@ class Settings:
     agenda_daily_hour: int = _setting(
         2, "Hour (Paris time) from which each day's prevention reminders are looked for, by whichever process gets there first."
     )
+    jobs_poll_seconds: float = _setting(
+        60.0,
+        "How often each server process looks for periodic jobs that are due (purges); each runs once per period "
+        "on whichever process of whichever node claims it first.",
+    )
     log_level: str = _setting("INFO", "Logging level (DEBUG, INFO, WARNING, ERROR).")
     roles: list[str] = _setting(
         list(ROLES),

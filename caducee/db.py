@@ -187,6 +187,7 @@ def import_all_models() -> None:
     import caducee.gateway.models  # noqa: F401
     import caducee.history.models  # noqa: F401
     import caducee.identity.models  # noqa: F401
+    import caducee.jobs.models  # noqa: F401
     import caducee.limits.models  # noqa: F401
     import caducee.mailbox.models  # noqa: F401
     import caducee.webmail.models  # noqa: F401

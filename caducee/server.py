@@ -71,6 +71,7 @@ from caducee.identity import portal as identity_portal
 from caducee.identity.mailauth import MailboxAuthenticator
 from caducee.identity.runtime import Identity, build_identity
 from caducee.imap.server import ImapServer, start_imap
+from caducee.jobs.runner import Job, JobRunner
 from caducee.limits.service import DatabaseFailures, Windows
 from caducee.mailbox.autoconfig import router as autoconfig_router
 from caducee.notify.alerts import NewMailAlerts
@@ -315,6 +316,36 @@ def dossier_context(
 
 class StartupRefused(RuntimeError):
     """A setting a node of a real deployment must have is missing; the message names it."""
+
+
+def purge_jobs(engine: AsyncEngine) -> list[Job]:
+    """The periodic purges, each a function of the component that owns the rows."""
+    from datetime import timedelta
+
+    from caducee.campaigns.service import campaign_messages
+    from caducee.gateway.relay import queued_messages
+    from caducee.identity.sessions import purge_expired as purge_identity
+    from caducee.limits.service import purge as purge_limits
+    from caducee.mailbox.store import purge_orphan_messages, purge_tombstones
+    from caducee.webmail.accounts import purge_expired as purge_webmail
+
+    async def keep(conn: Any, ids: list[int]) -> set[int]:
+        return await queued_messages(conn, ids) | await campaign_messages(conn, ids)
+
+    def counted(what: str, work: Callable[[], Any]) -> Callable[[], Any]:
+        async def run() -> str:
+            return f"{await work()} {what}"
+
+        return run
+
+    hour = 3600.0
+    return [
+        Job("purge-imap-tombstones", hour, counted("tombstones deleted", lambda: purge_tombstones(engine, timedelta(days=1)))),
+        Job("purge-orphan-bodies", hour, counted("bodies deleted", lambda: purge_orphan_messages(engine, timedelta(days=1), keep))),
+        Job("purge-webmail-expired", hour / 4, counted("sessions, challenges and codes deleted", lambda: purge_webmail(engine))),
+        Job("purge-identity-expired", hour / 4, counted("portal sessions and sign-ins deleted", lambda: purge_identity(engine))),
+        Job("purge-limits", hour, counted("counters deleted", lambda: purge_limits(engine))),
+    ]
 
 
 def check_deployment(settings: Settings, *, demo: bool) -> None:
@@ -747,6 +778,8 @@ async def serve(settings: Settings, *, demo: bool = False, migrate: bool = True,
             asyncio.create_task(Runner(engine, campaigns).run_forever(settings.campaign_poll_seconds), name="campaigns"),
             asyncio.create_task(reminders.run_forever(settings.agenda_reminder_poll_seconds), name="agenda-reminders"),
             asyncio.create_task(agenda_background.daily_forever(engine, settings), name="agenda-daily"),
+            # The purges: each runs once per period on whichever process of whichever node claims it.
+            asyncio.create_task(JobRunner(engine, purge_jobs(engine)).run_forever(settings.jobs_poll_seconds), name="purges"),
         ]
     settle_garbage_collector()
     log.info("roles %s; HTTP on http://%s:%d/", ",".join(r for r in ROLES if r in roles), settings.http_host, settings.http_port)

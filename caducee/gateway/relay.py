@@ -413,3 +413,10 @@ class QueueCollector:
             age.add_metric([item.state], item.oldest_seconds)
         yield depth
         yield age
+
+
+async def queued_messages(conn: AsyncConnection, message_ids: list[int]) -> set[int]:
+    """Which of these stored messages the outbound queue still names (any state: its rows keep
+    the message for the DSN and the queue's history)."""
+    rows = await conn.execute(select(QueuedRecipient.message_id).where(QueuedRecipient.message_id.in_(message_ids)).distinct())
+    return {int(row[0]) for row in rows}

@@ -29,9 +29,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import Select, column, insert, select, table, text
+from sqlalchemy import DateTime, Select, bindparam, column, insert, select, table, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from caducee.core.clock import utcnow
 from caducee.mailbox.store import new_uidvalidities
 
 PREVENTION = "$Prevention"  # the keyword of campaign entries: the webmail's "Prévention" label
@@ -123,9 +124,9 @@ async def recall(conn: AsyncConnection, message_id: int) -> tuple[int, int]:
     removed = await conn.execute(
         text(
             "UPDATE mailbox_entries SET expunged_modseq = (SELECT f.highestmodseq FROM folders f WHERE f.id = mailbox_entries.folder_id), "
-            f"modseq = (SELECT f.highestmodseq FROM folders f WHERE f.id = mailbox_entries.folder_id) WHERE {unread}"
-        ),
-        {"message": message_id},
+            f"modseq = (SELECT f.highestmodseq FROM folders f WHERE f.id = mailbox_entries.folder_id), expunged_at = :now WHERE {unread}"
+        ).bindparams(bindparam("now", type_=DateTime(timezone=True))),
+        {"message": message_id, "now": utcnow()},
     )
     return int(removed.rowcount or 0), int(read)
 

@@ -486,3 +486,17 @@ class Accounts:
             await patients.set_status(conn, patient_id, PatientStatus.CLOSED)
         await self.close_all_sessions(patient_id)
         self.forget_profiles()  # guardians and carers of this profile lose it at once in this process
+
+
+async def purge_expired(engine: AsyncEngine) -> int:
+    """Delete what can no longer be used: sessions past their end, login challenges, activation
+    codes, password resets and email changes past their expiry (the purge job runs it)."""
+    from caducee.webmail.models import EmailChange, PasswordReset
+
+    moment = now()
+    removed = 0
+    async with engine.begin() as conn:
+        for table in (WebSession, LoginChallenge, ActivationCode, PasswordReset, EmailChange):
+            result = await conn.execute(delete(table).where(table.expires_at < moment))  # type: ignore[attr-defined]
+            removed += int(result.rowcount or 0)
+    return removed
