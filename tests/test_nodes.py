@@ -31,7 +31,7 @@ import pytest
 from aiosmtpd.smtp import SMTP as AioSMTP
 from conftest import _truncate_all, free_port
 from sqlalchemy import text
-from webmail_client import login
+from webmail_client import latest_code, login
 
 from caducee import db
 from caducee.config import Settings
@@ -298,3 +298,20 @@ async def test_three_nodes_share_one_database(nodes: tuple[list[Node], Peer], cl
         await engine.dispose()
     missing = [m for m in acknowledged if f"<{m}>" not in stored and m not in stored]
     assert not missing, missing
+
+    # 5. The logs of the whole run: what happened, never a secret or a patient's identifier.
+    logs = "\n".join(node.log for node in (a, b, c))
+    assert "accepted <bilan-1@demo.mssante.fr>" in logs and "login refused (wrong credentials)" in logs
+    codes = [latest_code(c.data_dir / "outbox", claire["email"])]
+    secrets = [
+        *(entry["password"] for entry in people["professionals"].values()),
+        *(entry["password"] for entry in people["patients"].values() if "password" in entry),
+        *(entry["ins"] for entry in people["patients"].values()),
+        people["cnam"]["api_token"],
+        cluster["key"],
+        "Bonjour, Resultats du bilan",
+        "not the password",
+        *codes,
+    ]
+    leaked = [secret for secret in secrets if secret and secret in logs]
+    assert not leaked, leaked

@@ -8,8 +8,11 @@ from typing import Protocol
 
 
 class CertAndKey(Protocol):
-    cert: Path
-    key: Path
+    @property
+    def cert(self) -> Path: ...
+
+    @property
+    def key(self) -> Path: ...
 
 
 def server_context(pair: CertAndKey, *, client_ca: Path | None = None, password: bytes | None = None) -> ssl.SSLContext:

@@ -497,6 +497,6 @@ async def purge_expired(engine: AsyncEngine) -> int:
     removed = 0
     async with engine.begin() as conn:
         for table in (WebSession, LoginChallenge, ActivationCode, PasswordReset, EmailChange):
-            result = await conn.execute(delete(table).where(table.expires_at < moment))  # type: ignore[attr-defined]
+            result = await conn.execute(delete(table).where(table.expires_at < moment))
             removed += int(result.rowcount or 0)
     return removed
