@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field
@@ -229,7 +229,7 @@ def operations_routes(app: FastAPI, engine: AsyncEngine, pipeline: AcceptPipelin
             return JSONResponse({"status": "error", "database": "the last group commit of messages failed"}, status_code=503)
         return JSONResponse({"status": "ok"})
 
-    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics (every worker of this server)")
+    @app.get("/metrics", response_class=PlainTextResponse, tags=["operations"], summary="Prometheus metrics (every worker of this server)")
     async def metrics_page() -> Response:
         try:
             async with engine.connect() as conn:
