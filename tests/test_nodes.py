@@ -15,6 +15,7 @@ import asyncio
 import base64
 import imaplib
 import os
+import re
 import signal
 import smtplib
 import ssl
@@ -301,7 +302,8 @@ async def test_three_nodes_share_one_database(nodes: tuple[list[Node], Peer], cl
 
     # 5. The logs of the whole run: what happened, never a secret or a patient's identifier.
     logs = "\n".join(node.log for node in (a, b, c))
-    assert "accepted <bilan-1@demo.mssante.fr>" in logs and "login refused (wrong credentials)" in logs
+    assert re.search(r"accepted \d+ from sophie\.bernard@demo\.mssante\.fr to [^\n]*pat:[0-9a-f]{12}@patient\.mssante\.fr", logs)
+    assert "SMTP login refused (wrong credentials): pharmacie.canal@demo.mssante.fr" in logs
     codes = [latest_code(c.data_dir / "outbox", claire["email"])]
     secrets = [
         *(entry["password"] for entry in people["professionals"].values()),
