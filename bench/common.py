@@ -29,14 +29,16 @@ async def pg_admin(url: str, statement: str) -> None:
 
 
 def create_pg_database(url: str, prefix: str) -> tuple[str, str]:
-    """(name, URL) of a new empty database on the server of `url`; drop it with drop_pg_database."""
+    """(name, URL) of a new database, migrated, on the server of `url`; drop it with drop_pg_database."""
     from sqlalchemy.engine import make_url
 
-    from caducee.db import normalise_url
+    from caducee.db import normalise_url, upgrade
 
     name = f"{prefix}_{uuid.uuid4().hex[:8]}"
     asyncio.run(pg_admin(url, f'CREATE DATABASE "{name}"'))
-    return name, make_url(normalise_url(url)).set(database=name).render_as_string(hide_password=False)
+    database = make_url(normalise_url(url)).set(database=name).render_as_string(hide_password=False)
+    upgrade(database)  # as an operator does: `caducee db upgrade`, then `caducee serve` (which only checks)
+    return name, database
 
 
 def drop_pg_database(url: str, name: str) -> None:

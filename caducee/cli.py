@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,7 +39,9 @@ def use_fast_event_loop() -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from caducee.server import PortInUse, inherited_sockets, serve, serve_workers
+    metrics_directory(_settings(args), worker=args.worker_process)
+    from caducee.db import SchemaNotCurrent
+    from caducee.server import PortInUse, StartupRefused, inherited_sockets, serve, serve_workers
 
     settings = _settings(args, http_host=args.host, http_port=args.port, roles=args.role)
     configure_logging(settings)
@@ -53,18 +54,36 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except PortInUse as exc:
         print(f"error: {exc.strerror}", file=sys.stderr)
         return 1
+    except (StartupRefused, SchemaNotCurrent) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         pass
     return 0
 
 
 def configure_logging(settings: Settings) -> None:
-    """One line per event. aiosmtpd's own "mail.log" logger writes every SMTP command at INFO
-    (patients' addresses in each RCPT TO) and warns of its deprecated `login_data` at every
-    login: it is kept to warnings, and Caducée's own lines say what happened, with patient
-    identifiers pseudonymised (core.pseudonyms)."""
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("mail.log").setLevel(logging.ERROR)
+    """One line per event, JSON or text (`log_format`), with the request or session id
+    (core.logcontext)."""
+    from caducee.core import logcontext
+
+    logcontext.configure(settings.log_level, settings.log_format)
+
+
+def metrics_directory(settings: Settings, *, worker: bool) -> None:
+    """prometheus-client's multiprocess mode: every process of this `caducee serve` writes its
+    metrics under `<data dir>/metrics` (emptied by the parent at start: files of a previous
+    run would add its counts), and /metrics adds them up. Set before anything imports
+    prometheus_client; the workers inherit it."""
+    import os
+    import shutil
+
+    if worker and os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return
+    directory = (settings.data_dir / "metrics").resolve()
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True, exist_ok=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
 
 
 def cmd_agenda(args: argparse.Namespace) -> int:
@@ -148,6 +167,38 @@ def cmd_restore(args: argparse.Namespace) -> int:
         return 1
     print(f"restored {sum(report.rows.values())} rows in {len(report.rows)} tables and {report.files} files; every table has its rows")
     return 0
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    """`keys generate`: a new key for CADUCEE_MASTER_KEY or CADUCEE_SEALING_KEYS. `keys rotate`:
+    re-seal every sealed column under the first sealing key, beside serving nodes (short
+    batches); the previous keys stay readable until this ends, then may be removed."""
+    import base64
+    import os
+
+    from caducee.crypto.atrest import BodyCipher, load_master_key
+
+    if args.keys_command == "generate":
+        print(base64.b64encode(os.urandom(32)).decode("ascii"))
+        return 0
+    from caducee.dossier.service import reseal as reseal_dossier
+    from caducee.mailbox.store import reseal as reseal_messages
+    from caducee.webmail.drafts import reseal as reseal_drafts
+
+    settings = _settings(args)
+    cipher = BodyCipher(load_master_key(settings.data_dir))
+
+    async def run() -> int:
+        engine = db.create_engine(settings.effective_database_url)
+        try:
+            for name, reseal in (("messages", reseal_messages), ("dossier", reseal_dossier), ("drafts", reseal_drafts)):
+                print(f"{name}: {await reseal(engine, cipher)} rows re-sealed", flush=True)
+        finally:
+            await engine.dispose()
+        print(f"every sealed value is under key {cipher.current_id.hex()}: the other keys of CADUCEE_SEALING_KEYS may go")
+        return 0
+
+    return asyncio.run(run())
 
 
 def cmd_db_current(args: argparse.Namespace) -> int:
@@ -725,6 +776,11 @@ def build_parser() -> argparse.ArgumentParser:
     restoring = commands.add_parser("restore", parents=[common], help="restore a backup into an empty database and data directory")
     restoring.add_argument("directory", help="a directory written by `caducee backup`")
     restoring.set_defaults(func=cmd_restore)
+    keys = commands.add_parser("keys", help="the sealing keys of bodies at rest").add_subparsers(dest="keys_command", required=True)
+    keys.add_parser("generate", parents=[common], help="print a new random key (base64)").set_defaults(func=cmd_keys)
+    keys.add_parser("rotate", parents=[common], help="re-seal everything under the first key of CADUCEE_SEALING_KEYS").set_defaults(
+        func=cmd_keys
+    )
 
     annuaire = commands.add_parser("annuaire", help="national directory").add_subparsers(dest="annuaire_command", required=True)
     importer = annuaire.add_parser("import", parents=[common], help="import a public directory file")

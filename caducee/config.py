@@ -207,12 +207,22 @@ class Settings:
     agenda_daily_hour: int = _setting(
         2, "Hour (Paris time) from which each day's prevention reminders are looked for, by whichever process gets there first."
     )
+    jobs_poll_seconds: float = _setting(
+        60.0,
+        "How often each server process looks for periodic jobs that are due (purges); each runs once per period "
+        "on whichever process of whichever node claims it first.",
+    )
     log_level: str = _setting("INFO", "Logging level (DEBUG, INFO, WARNING, ERROR).")
     roles: list[str] = _setting(
         list(ROLES),
         "What `caducee serve` runs on this node (`--role`): `smtp` (MX and submission listeners), `imap`, `http` (webmail "
         "and APIs; without it the HTTP port serves /healthz and /metrics only), `relay` (the outbound queue), `jobs` "
         "(campaign fan-out, agenda reminders and daily job). Several nodes on one PostgreSQL share the queues.",
+    )
+    log_format: str = _setting(
+        "auto",
+        "`json`: one JSON object per line (time, level, logger, process, context: the request or session id, message), "
+        "for a log collector; `text`: one line of text; `auto`: JSON unless standard error is a terminal.",
     )
 
     @property
@@ -324,7 +334,11 @@ def load_settings(
     settings = Settings(**values)
     if settings.max_message_size <= 0:
         raise SettingsError("setting 'max_message_size' must be positive")
-    choices = {"smime": ("enforce", "off"), "smime_without_certificate": ("refuse-remote", "refuse", "deliver")}
+    choices = {
+        "smime": ("enforce", "off"),
+        "smime_without_certificate": ("refuse-remote", "refuse", "deliver"),
+        "log_format": ("auto", "json", "text"),
+    }
     for name, allowed in choices.items():
         if getattr(settings, name) not in allowed:
             raise SettingsError(f"setting {name!r} must be one of {', '.join(allowed)}, not {getattr(settings, name)!r}")

@@ -187,6 +187,8 @@ def import_all_models() -> None:
     import caducee.gateway.models  # noqa: F401
     import caducee.history.models  # noqa: F401
     import caducee.identity.models  # noqa: F401
+    import caducee.jobs.models  # noqa: F401
+    import caducee.limits.models  # noqa: F401
     import caducee.mailbox.models  # noqa: F401
     import caducee.webmail.models  # noqa: F401
 
@@ -246,3 +248,43 @@ def expected_heads(url: str) -> tuple[str, ...]:
     from alembic.script import ScriptDirectory
 
     return tuple(sorted(ScriptDirectory.from_config(_alembic_config(url)).get_heads()))
+
+
+class SchemaNotCurrent(RuntimeError):
+    """The database is not at the revisions this code expects: `caducee db upgrade` first."""
+
+
+def check_schema_current(url: str) -> None:
+    """Raise SchemaNotCurrent unless the database is at every branch's head.
+
+    `caducee serve` checks instead of migrating: with several nodes starting together, each
+    running migrations raced (and a node of an older version would have migrated nothing and
+    served a schema it does not know). Migrations are `caducee db upgrade`, run once, under
+    PostgreSQL's advisory lock.
+    """
+    current = current_revision(url)
+    expected = ",".join(expected_heads(url))
+    if current is None or pending_revisions(url, tuple(current.split(","))):
+        raise SchemaNotCurrent(
+            f"the database schema is at {current or '(nothing: empty database)'}, this version of Caducée needs {expected}: "
+            "run `caducee db upgrade` (once, from one node) before `caducee serve`"
+        )
+
+
+def pending_revisions(url: str, current: tuple[str, ...]) -> list[str]:
+    """The revisions `upgrade` would apply to a database at `current` (a trunk revision other
+    branches depend on is not itself a current head, so heads are not compared as strings)."""
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(_alembic_config(url))
+    known = {revision.revision for revision in script.walk_revisions()}
+    if any(revision not in known for revision in current):  # a newer version migrated it: not ours to serve
+        return [revision for revision in current if revision not in known]
+    applied: set[str] = set()
+    todo = list(current)
+    while todo:  # every revision the current ones stand on: down revisions and dependencies
+        revision = script.revision_map.get_revision(todo.pop())
+        if revision is not None and revision.revision not in applied:
+            applied.add(revision.revision)
+            todo.extend(revision._all_down_revisions)
+    return sorted(known - applied)

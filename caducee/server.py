@@ -20,17 +20,17 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -48,12 +48,14 @@ from caducee.campaigns.deliveries import Deliveries
 from caducee.campaigns.runner import Runner
 from caducee.campaigns.service import Campaigns
 from caducee.config import ENV_PREFIX, ROLES, Settings
-from caducee.core import pseudonyms
+from caducee.core import logcontext, metrics, pseudonyms
 from caducee.core.cpu import CpuPool, shared_pool
+from caducee.core.throttle import LoginThrottle
 from caducee.crypto.atrest import BodyCipher, load_master_key
 from caducee.crypto.material import material_from_settings
 from caducee.crypto.pki import Pair, development_space, key_passphrase
 from caducee.crypto.tls import client_context, server_context
+from caducee.crypto.tls import reload as reload_contexts
 from caducee.dossier.api import router as dossier_api
 from caducee.dossier.intake import XdmIntake
 from caducee.dossier.pages import router as dossier_pages
@@ -61,8 +63,8 @@ from caducee.dossier.pro_pages import router as dossier_pro_pages
 from caducee.dossier.service import Dossier
 from caducee.gateway.pipeline import AcceptPipeline, Channel, Envelope
 from caducee.gateway.protection import SmimeStage, WithoutCertificate
-from caducee.gateway.relay import RelayWorker
-from caducee.gateway.smtp import ListenerConfig, start_listener
+from caducee.gateway.relay import QueueCollector, RelayWorker, queue_stats
+from caducee.gateway.smtp import ListenerConfig, close_sessions, start_listener
 from caducee.history.chain import history_key
 from caducee.history.service import AccessHistory
 from caducee.identity import api as identity_api
@@ -70,6 +72,8 @@ from caducee.identity import portal as identity_portal
 from caducee.identity.mailauth import MailboxAuthenticator
 from caducee.identity.runtime import Identity, build_identity
 from caducee.imap.server import ImapServer, start_imap
+from caducee.jobs.runner import Job, JobRunner
+from caducee.limits.service import DatabaseFailures, Windows
 from caducee.mailbox.autoconfig import router as autoconfig_router
 from caducee.notify.alerts import NewMailAlerts
 from caducee.notify.notifier import notifier_from_settings
@@ -86,46 +90,45 @@ from caducee.webmail.web import BodyLimit, NoNulText, WebmailContext, WebmailHea
 log = logging.getLogger("caducee")
 
 
-class Metrics:
-    """Counters exposed at /metrics in Prometheus' text format."""
-
-    def __init__(self) -> None:
-        self.started = time.time()
-        self.requests: dict[tuple[str, int], int] = {}
-
-    def render(self) -> str:
-        lines = [
-            "# HELP caducee_uptime_seconds Seconds since the process started.",
-            "# TYPE caducee_uptime_seconds gauge",
-            f"caducee_uptime_seconds {time.time() - self.started:.0f}",
-            "# HELP caducee_http_requests_total HTTP requests by method and status.",
-            "# TYPE caducee_http_requests_total counter",
-        ]
-        for (method, status), count in sorted(self.requests.items()):
-            lines.append(f'caducee_http_requests_total{{method="{method}",status="{status}"}} {count}')
-        return "\n".join(lines) + "\n"
+def request_area(path: str) -> str:
+    """A bounded label for a request's path: the latency of the webmail's pages apart from the APIs'."""
+    if path.startswith("/api/"):
+        return "api"
+    if path in {"/healthz", "/metrics"}:
+        return "operations"
+    for prefix in ("/static", "/agenda/static", "/pro/static", "/docs"):
+        if path.startswith(prefix):
+            return "static"
+    for prefix in ("/pro", "/agenda", "/dossier"):
+        if path.startswith(prefix):
+            return prefix[1:]
+    return "webmail"
 
 
 class CountRequests:
-    """Counts answers by method and status (plain ASGI: Starlette's BaseHTTPMiddleware costs
-    a task group per request, more than some of our pages)."""
+    """Counts answers by method and status and times them by area, in prometheus-client's
+    metrics (plain ASGI: Starlette's BaseHTTPMiddleware costs a task group per request, more
+    than some of our pages)."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        started = time.perf_counter()
+        logcontext.begin("http")
 
         async def counting(message: Message) -> None:
             if message["type"] == "http.response.start":
-                key = (scope["method"], message["status"])
-                self.metrics.requests[key] = self.metrics.requests.get(key, 0) + 1
+                metrics.http_requests.labels(scope["method"], str(message["status"])).inc()
             await send(message)
 
-        await self.app(scope, receive, counting)
+        try:
+            await self.app(scope, receive, counting)
+        finally:
+            metrics.http_seconds.labels(request_area(scope.get("path", ""))).observe(time.perf_counter() - started)
 
 
 def build_app(engine: AsyncEngine, settings: Settings, pipeline: AcceptPipeline | None = None, identity: Identity | None = None) -> FastAPI:
@@ -187,13 +190,9 @@ def build_app(engine: AsyncEngine, settings: Settings, pipeline: AcceptPipeline 
     app.state.agenda = Agenda(engine, settings, pipeline)
     app.state.agenda_intake = invitations
     app.add_middleware(WebmailHeaders)
-    metrics = Metrics()
-    app.state.metrics = metrics
-
-    app.add_middleware(CountRequests, metrics=metrics)
+    app.add_middleware(CountRequests)
     errors.install(app)
-
-    operations_routes(app, engine, metrics)
+    operations_routes(app, engine, pipeline)
 
     app.include_router(annuaire_router)
     app.include_router(campaigns_router)
@@ -212,32 +211,43 @@ def build_app(engine: AsyncEngine, settings: Settings, pipeline: AcceptPipeline 
     return app
 
 
-def operations_routes(app: FastAPI, engine: AsyncEngine, metrics: Metrics) -> None:
+def operations_routes(app: FastAPI, engine: AsyncEngine, pipeline: AcceptPipeline | None) -> None:
     """/healthz and /metrics: on every node, whatever its roles (a load balancer or a
     container engine probes each node the same way)."""
+    probe = Windows(engine, "healthz")
+    probe_key = f"{socket.gethostname()}:{os.getpid()}"
 
-    @app.get("/healthz", tags=["operations"], summary="Liveness and database reachability", response_model=Health)
+    @app.get("/healthz", tags=["operations"], summary="Liveness: the store commits", response_model=Health)
     async def healthz() -> JSONResponse:
+        """Unhealthy (503) when a write cannot commit: a full disk left reads working (a
+        `SELECT 1` said "ok") while every message got 451. The probe is a one-row write of
+        its own, and the gateway's last group commit must not have failed."""
         try:
-            async with engine.connect() as conn:
-                await conn.execute(text("SELECT 1"))
+            await probe.claim([probe_key], 0)
         except Exception as exc:  # the probe reports, it does not crash
             return JSONResponse({"status": "error", "database": str(exc)[:200]}, status_code=503)
+        if pipeline is not None and pipeline.committer.failing:
+            return JSONResponse({"status": "error", "database": "the last group commit of messages failed"}, status_code=503)
         return JSONResponse({"status": "ok"})
 
-    @app.get("/metrics", response_class=PlainTextResponse, tags=["operations"], summary="Prometheus metrics")
-    async def metrics_page() -> str:
-        return metrics.render()
+    @app.get("/metrics", response_class=PlainTextResponse, tags=["operations"], summary="Prometheus metrics (every worker of this server)")
+    async def metrics_page() -> Response:
+        try:
+            async with engine.connect() as conn:
+                queue = await queue_stats(conn)
+        except Exception:  # the scrape still shows the processes' metrics
+            log.exception("queue statistics not read for /metrics")
+            queue = []
+        return Response(metrics.render([QueueCollector(queue)]), media_type=CONTENT_TYPE_LATEST)
 
 
-def build_operations_app(engine: AsyncEngine) -> FastAPI:
+def build_operations_app(engine: AsyncEngine, pipeline: AcceptPipeline | None = None) -> FastAPI:
     """The HTTP app of a node without the `http` role: /healthz and /metrics only, no
-    webmail, no API (so nothing there needs the master key or the pipeline)."""
+    webmail, no API (so nothing there needs the master key); `pipeline`, an SMTP node's, for
+    /healthz's check of its group commits."""
     app = FastAPI(title="Caducée (operations)", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
-    metrics = Metrics()
-    app.state.metrics = metrics
-    app.add_middleware(CountRequests, metrics=metrics)
-    operations_routes(app, engine, metrics)
+    app.add_middleware(CountRequests)
+    operations_routes(app, engine, pipeline)
     return app
 
 
@@ -269,7 +279,7 @@ def offline_docs(app: FastAPI) -> None:
 def webmail_context(engine: AsyncEngine, settings: Settings, pipeline: AcceptPipeline | None) -> WebmailContext:
     key = load_master_key(settings.data_dir)
     pseudonyms.configure(key)
-    accounts = Accounts(engine, settings, notifier_from_settings(settings), CodeHasher(key))
+    accounts = Accounts(engine, settings, notifier_from_settings(settings), CodeHasher(key), failures=DatabaseFailures(engine))
     cipher = BodyCipher(key)
     webmail = Webmail(engine, settings, cipher, pipeline, AccessHistory(engine, history_key(key)))
     return WebmailContext(
@@ -307,10 +317,76 @@ def dossier_context(
     return dossier, intake
 
 
+class StartupRefused(RuntimeError):
+    """A setting a node of a real deployment must have is missing; the message names it."""
+
+
+def purge_jobs(engine: AsyncEngine) -> list[Job]:
+    """The periodic purges, each a function of the component that owns the rows."""
+    from datetime import timedelta
+
+    from caducee.campaigns.service import campaign_messages
+    from caducee.gateway.relay import queued_messages
+    from caducee.identity.sessions import purge_expired as purge_identity
+    from caducee.limits.service import purge as purge_limits
+    from caducee.mailbox.store import purge_orphan_messages, purge_tombstones
+    from caducee.webmail.accounts import purge_expired as purge_webmail
+
+    async def keep(conn: Any, ids: list[int]) -> set[int]:
+        return await queued_messages(conn, ids) | await campaign_messages(conn, ids)
+
+    def counted(what: str, work: Callable[[], Any]) -> Callable[[], Any]:
+        async def run() -> str:
+            return f"{await work()} {what}"
+
+        return run
+
+    hour = 3600.0
+    return [
+        Job("purge-imap-tombstones", hour, counted("tombstones deleted", lambda: purge_tombstones(engine, timedelta(days=1)))),
+        Job("purge-orphan-bodies", hour, counted("bodies deleted", lambda: purge_orphan_messages(engine, timedelta(days=1), keep))),
+        Job("purge-webmail-expired", hour / 4, counted("sessions, challenges and codes deleted", lambda: purge_webmail(engine))),
+        Job("purge-identity-expired", hour / 4, counted("portal sessions and sign-ins deleted", lambda: purge_identity(engine))),
+        Job("purge-limits", hour, counted("counters deleted", lambda: purge_limits(engine))),
+    ]
+
+
+def check_deployment(settings: Settings, *, demo: bool) -> None:
+    """Refuse to start a PostgreSQL node that would make up its own secrets.
+
+    Several nodes share one PostgreSQL. A master key created in each data directory would
+    seal bodies under a different key on each node (each reading only its own), and a test
+    trust space made by each node would give each its own CA. So, on PostgreSQL, the master
+    key must be given (`CADUCEE_MASTER_KEY`, the same on every node) and so must the
+    certificate files; the generated ones stay a convenience of SQLite and `--demo`.
+    """
+    if demo or db.is_sqlite(settings.effective_database_url):
+        return
+    problems = []
+    if not os.environ.get("CADUCEE_MASTER_KEY"):
+        problems.append(
+            "set CADUCEE_MASTER_KEY (base64 of 32 bytes, the same on every node; `caducee keys generate` makes one): "
+            "a key file made by each data directory would seal bodies under a different key on each node"
+        )
+    if not settings.tls_cert:
+        problems.append("set tls_cert, tls_key, trust_anchors, relay_client_cert and relay_client_key (CADUCEE_TLS_CERT...)")
+    if settings.smime == "enforce" and not settings.smime_cert:
+        problems.append('set smime_cert, smime_key and smime_keys_dir (CADUCEE_SMIME_CERT...), or smime = "off"')
+    if problems:
+        raise StartupRefused(
+            "on PostgreSQL a node needs its secrets given, not generated (the test trust space is for SQLite and --demo only): "
+            + "; ".join(problems)
+        )
+
+
 async def prepare_database(settings: Settings, *, demo: bool) -> AsyncEngine:
-    """Migrate the database to head, seed the demo world if asked; return the engine."""
+    """Check the schema is current (migrate it only for `--demo` on SQLite, a single
+    process), seed the demo world if asked; return the engine."""
     url = settings.effective_database_url
-    await asyncio.to_thread(db.upgrade, url)
+    if demo and db.is_sqlite(url):
+        await asyncio.to_thread(db.upgrade, url)
+    else:
+        await asyncio.to_thread(db.check_schema_current, url)
     engine = db.create_engine(url, pool_size=settings.database_pool_size)
     if demo:
         from caducee import demo as demo_world
@@ -403,12 +479,17 @@ class GatewayRuntime:
     servers: list[asyncio.base_events.Server] = field(default_factory=list)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     imap: ImapServer | None = None
+    listeners: list[ListenerConfig] = field(default_factory=list)
+    reload_tls: Callable[[], None] = lambda: None  # SIGHUP: the certificate files again (CRLs are re-read when they change)
 
     async def stop(self) -> None:
-        if self.imap is not None:
-            await self.imap.stop()
+        """SIGTERM: stop accepting, let messages being accepted get their answer, tell the
+        other SMTP sessions 421 and IMAP sessions BYE, finish the group commits in flight."""
         for server in self.servers:
             server.close()
+        await close_sessions(self.listeners)
+        if self.imap is not None:
+            await self.imap.stop()
         for server in self.servers:
             await server.wait_closed()
         for task in self.tasks:
@@ -444,13 +525,22 @@ async def start_gateway(
     pipeline = AcceptPipeline(engine, settings, cipher, on_queued=worker.wake, smime=smime_stage(settings, engine, pool), cpu=pool)
     pipeline.on_delivered.append(
         NewMailAlerts(
-            engine, settings, notifier_from_settings(settings), muted=lambda addresses: muted_addresses(engine, addresses)
+            engine,
+            settings,
+            notifier_from_settings(settings),
+            muted=lambda addresses: muted_addresses(engine, addresses),
+            claim=Windows(engine, "new-mail-alert").claim,
         ).delivered
     )
-    authenticator = MailboxAuthenticator(engine, settings.local_domains)
+    # Lock-out counters in the database: every process and node counts the same failures.
+    authenticator = MailboxAuthenticator(engine, settings.local_domains, LoginThrottle(store=DatabaseFailures(engine), namespace="mail"))
     smtp_tokens = identity.mail(authenticator.throttle, "SMTP") if identity is not None else None
     imap_tokens = identity.mail(authenticator.throttle, "IMAP") if identity is not None else None
     runtime = GatewayRuntime(pipeline, worker)
+    runtime.reload_tls = lambda: reload_contexts(
+        [(plain, files.server, None), (mutual, files.server, files.anchors), (relay_context, files.relay_client, files.anchors)],
+        password=files.password,
+    )
     listeners = [
         ("mx", ListenerConfig("mx", settings.smtp_host, settings.mx_port, mutual)),
         (
@@ -468,6 +558,7 @@ async def start_gateway(
         config.timeout = settings.smtp_timeout
         config.data_timeout = settings.smtp_data_timeout
         tokens = smtp_tokens if config.kind == "submission" else None
+        runtime.listeners.append(config)
         runtime.servers.append(
             await start_listener(config, pipeline, authenticator, reuse_port=reuse_port, sock=sockets.get(name), tokens=tokens)
         )
@@ -488,7 +579,13 @@ def http_config(app: ASGIApp, settings: Settings, **extra: object) -> Any:
     from `trusted_proxies` only (`webmail.web.client_address`)."""
     import uvicorn
 
-    options: dict[str, Any] = {"log_level": settings.log_level.lower(), "access_log": False, "proxy_headers": False, "server_header": False}
+    options: dict[str, Any] = {
+        "log_level": settings.log_level.lower(),
+        "access_log": False,
+        "proxy_headers": False,
+        "server_header": False,
+        "log_config": None,  # our handlers (core.logcontext), not uvicorn's own: one form for every line
+    }
     options.update(extra)
     return uvicorn.Config(app, **options)
 
@@ -646,6 +743,8 @@ async def serve(settings: Settings, *, demo: bool = False, migrate: bool = True,
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     sockets = sockets if sockets is not None else bind_listeners(settings)  # before anything slow: a busy port fails at once
+    if migrate:  # a worker process (migrate=False) was checked by the `caducee serve` that started it
+        check_deployment(settings, demo=demo)
     standin = None
     if demo:
         standin, settings = await asyncio.to_thread(start_psc_standin, settings)
@@ -658,12 +757,21 @@ async def serve(settings: Settings, *, demo: bool = False, migrate: bool = True,
     gateway = await start_gateway(
         settings, engine, sockets=sockets, identity=identity, smtp="smtp" in roles, imap="imap" in roles, relay="relay" in roles
     )
-    app = build_app(engine, settings, gateway.pipeline, identity) if "http" in roles else build_operations_app(engine)
+    app = build_app(engine, settings, gateway.pipeline, identity) if "http" in roles else build_operations_app(engine, gateway.pipeline)
     server = uvicorn.Server(http_config(app, settings))
     server.install_signal_handlers = lambda: None
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, lambda: setattr(server, "should_exit", True))
+
+    def reload() -> None:
+        try:
+            gateway.reload_tls()
+            log.info("SIGHUP: certificates loaded again (CRLs are re-read when they change)")
+        except Exception:
+            log.exception("SIGHUP: the certificate files did not load; the previous ones stay in use")
+
+    loop.add_signal_handler(signal.SIGHUP, reload)
     jobs: list[asyncio.Task[None]] = []
     if "jobs" in roles:
         # Due campaigns and reminders are claimed, so the processes and nodes with this role share the work
@@ -674,6 +782,8 @@ async def serve(settings: Settings, *, demo: bool = False, migrate: bool = True,
             asyncio.create_task(Runner(campaigns).run_forever(settings.campaign_poll_seconds), name="campaigns"),
             asyncio.create_task(reminders.run_forever(settings.agenda_reminder_poll_seconds), name="agenda-reminders"),
             asyncio.create_task(agenda_background.daily_forever(engine, settings), name="agenda-daily"),
+            # The purges: each runs once per period on whichever process of whichever node claims it.
+            asyncio.create_task(JobRunner(engine, purge_jobs(engine)).run_forever(settings.jobs_poll_seconds), name="purges"),
         ]
     settle_garbage_collector()
     log.info("roles %s; HTTP on http://%s:%d/", ",".join(r for r in ROLES if r in roles), settings.http_host, settings.http_port)
@@ -695,6 +805,7 @@ def serve_workers(settings: Settings, argv: list[str], workers: int, *, demo: bo
     import signal
 
     sockets = bind_listeners(settings)
+    check_deployment(settings, demo=demo)
     asyncio.run(_prepare_only(settings, demo=demo))
     standin = None
     env = dict(os.environ)
@@ -707,22 +818,56 @@ def serve_workers(settings: Settings, argv: list[str], workers: int, *, demo: bo
         env["CADUCEE_CPU_WORKERS"] = str(max(1, (os.cpu_count() or 2) // workers))
     env[INHERITED] = ",".join(f"{name}={sock.fileno()}" for name, sock in sockets.items())
     fds = [sock.fileno() for sock in sockets.values()]
-    children = [
-        subprocess.Popen([sys.executable, "-m", "caducee", *argv, "--worker-process"], env=env, pass_fds=fds) for _ in range(workers)
-    ]
+
+    def start_worker() -> subprocess.Popen[bytes]:
+        return subprocess.Popen([sys.executable, "-m", "caducee", *argv, "--worker-process"], env=env, pass_fds=fds)
+
+    children = [start_worker() for _ in range(workers)]
+    stopping: list[int] = []
 
     def forward(signum: int, _frame: object) -> None:
+        if signum in (signal.SIGTERM, signal.SIGINT):
+            stopping.append(signum)
         for child in children:
             if child.poll() is None:
                 child.send_signal(signum)
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
-    codes = [child.wait() for child in children]
+    signal.signal(signal.SIGHUP, forward)  # each worker re-reads its certificates and CRLs
+    codes = supervise(children, start_worker, stopping)
     for sock in sockets.values():
         sock.close()
     stop_child(standin)
     return max(codes, default=0)
+
+
+def supervise(
+    children: list[subprocess.Popen[bytes]], start: Callable[[], subprocess.Popen[bytes]], stopping: list[int], *, pause: float = 1.0
+) -> list[int]:
+    """Wait for the workers; one that dies while the server is not stopping is started again
+    (a crash, the kernel's OOM killer: the others keep serving meanwhile). Returns the exit
+    codes once every worker has stopped after SIGTERM/SIGINT.
+
+    A worker dying again and again is restarted at most once per `pause`, so a worker that
+    cannot start does not spin the parent."""
+    last_start = 0.0
+    while True:
+        for n, child in enumerate(children):
+            code = child.poll()
+            if code is None or stopping:
+                continue
+            metrics.process_exited(child.pid)
+            log.error("worker %d exited with %s: starting another", child.pid, code)
+            time.sleep(max(0.0, pause - (time.monotonic() - last_start)))
+            last_start = time.monotonic()
+            children[n] = start()
+        if stopping:
+            codes = [child.wait() for child in children]
+            for child in children:
+                metrics.process_exited(child.pid)
+            return codes
+        time.sleep(0.2)
 
 
 async def _prepare_only(settings: Settings, *, demo: bool) -> None:

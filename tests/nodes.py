@@ -102,3 +102,26 @@ def _healthy(node: Node) -> bool:
         return httpx.get(node.base_url + "/healthz", timeout=5).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def deployment_env(data_dir: Path) -> dict[str, str]:
+    """What a PostgreSQL node without --demo must be given, from another node's data directory
+    (as nodes sharing a certificate volume and one master key are): the master key and the
+    certificate files, under the names docker-compose.yml uses."""
+    import base64
+
+    pki = data_dir / "pki"
+    env = {
+        "CADUCEE_TLS_CERT": str(pki / "server.crt"),
+        "CADUCEE_TLS_KEY": str(pki / "server.key"),
+        "CADUCEE_TRUST_ANCHORS": str(pki / "anchors.pem"),
+        "CADUCEE_RELAY_CLIENT_CERT": str(pki / "operator.crt"),
+        "CADUCEE_RELAY_CLIENT_KEY": str(pki / "operator.key"),
+        "CADUCEE_SMIME_CERT": str(pki / "operator-smime.crt"),
+        "CADUCEE_SMIME_KEY": str(pki / "operator-smime.key"),
+        "CADUCEE_SMIME_KEYS_DIR": str(pki / "mailboxes"),
+        "CADUCEE_CRL_FILES": str(pki / "org-ca.crl"),
+    }
+    if (data_dir / "master.key").exists():
+        env["CADUCEE_MASTER_KEY"] = base64.b64encode((data_dir / "master.key").read_bytes()).decode()
+    return env

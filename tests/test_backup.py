@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from conftest import PG_URL, _admin
-from nodes import start_node
+from nodes import deployment_env, start_node
 from sqlalchemy import select
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -128,7 +128,7 @@ def test_backup_under_load_restores_every_message(tmp_path: Path, database_url: 
     assert len(load_messages) >= len(before)
 
     # A server on what was restored serves every one of them over IMAP, with the restored certificates.
-    node = start_node(target, empty_database, args=("--role", "imap,http"), wait_for=("http", "imap"))
+    node = start_node(target, empty_database, args=("--role", "imap,http"), env=deployment_env(target / "var"), wait_for=("http", "imap"))
     try:
         anchors = ssl.create_default_context(cafile=str(target / "var" / "pki" / "anchors.pem"))
         with imaplib.IMAP4("127.0.0.1", node.ports["imap"], timeout=60) as client:

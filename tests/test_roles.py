@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import httpx
-from nodes import start_node
+from nodes import deployment_env, start_node
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 
@@ -27,7 +27,8 @@ def test_nodes_run_only_their_roles(tmp_path: Path, database_url: str, engine: A
         # The second node uses the first one's certificates, as nodes sharing a certificate volume do.
         for name in ("pki",):
             subprocess.run(["cp", "-a", str(mail.data_dir / name), str(tmp_path / "b" / "var" / name)], check=True)
-        web = start_node(tmp_path / "b", database_url, args=("--role", "http,imap"), env=key, wait_for=("http", "imap"))
+        shared = {**deployment_env(tmp_path / "b" / "var"), **key}  # the files, named as a PostgreSQL node must be given them
+        web = start_node(tmp_path / "b", database_url, args=("--role", "http,imap"), env=shared, wait_for=("http", "imap"))
         try:
             assert not mail.listening("imap") and not mail.listening("imaps")
             assert not web.listening("submission") and not web.listening("mx")

@@ -68,6 +68,25 @@ def test_serve_with_two_workers(tmp_path: Path, database_url: str, engine: Async
             with smtplib.SMTP("127.0.0.1", smtp_port, timeout=30) as client:
                 client.sendmail(sender, [patient], f"From: {sender}\r\nSubject: {n}\r\n\r\nhello\r\n".encode())
         readme_examples(credentials, anchors, imap_port, http_port, data_dir)
+        # One scrape sees every worker (prometheus-client's multiprocess mode): the ten messages
+        # whichever worker took them, and the relay queue read from the database.
+        scraped = httpx.get(f"http://127.0.0.1:{http_port}/metrics", timeout=10).text
+        assert 'caducee_messages_total{listener="trusted",outcome="accepted",rule=""} 10.0' in scraped, scraped[:3000]
+        assert "caducee_group_commit_seconds_bucket" in scraped and "caducee_http_request_seconds_bucket" in scraped
+        # A worker that dies is replaced by its parent; the server goes on answering.
+        os.kill(int(workers[0]), signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while True:
+            now = subprocess.run(["pgrep", "-P", str(process.pid), "-f", "--", "--worker-process"], capture_output=True, text=True)
+            current = now.stdout.split()
+            if len(current) == 2 and workers[0] not in current:
+                break
+            assert time.monotonic() < deadline, current
+            time.sleep(0.2)
+        workers = current
+        for n in range(4):
+            with smtplib.SMTP("127.0.0.1", smtp_port, timeout=30) as client:
+                client.sendmail(sender, [patient], f"From: {sender}\r\nSubject: after {n}\r\n\r\nhello\r\n".encode())
         nurse = credentials["professionals"]["nurse"]
         for _ in range(4):  # IMAP too, on either worker
             with imaplib.IMAP4("127.0.0.1", imap_port, timeout=30) as client:

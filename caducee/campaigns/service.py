@@ -337,3 +337,9 @@ class Campaigns:
                 query = query.where(Campaign.sender == sender.lower())
             ids = [int(i) for i in (await conn.execute(query)).scalars()]
         return [await self.progress(i) for i in ids]
+
+
+async def campaign_messages(conn: AsyncConnection, message_ids: list[int]) -> set[int]:
+    """Which of these stored messages are a campaign's (stored once, fanned out later: kept)."""
+    rows = await conn.execute(select(Campaign.message_id).where(Campaign.message_id.in_(message_ids)))
+    return {int(row[0]) for row in rows if row[0] is not None}

@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
+
+from caducee.core import metrics
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +39,13 @@ class GroupCommitter:
         self._task: asyncio.Task[None] | None = None
         self.commits = 0
         self.items = 0
+        self.last_success = 0.0  # time.monotonic() of the last commit that worked / failed:
+        self.last_failure = 0.0  # /healthz says unhealthy while the last one failed
+
+    @property
+    def failing(self) -> bool:
+        """Whether the last transaction failed (a full disk, a database gone read-only...)."""
+        return self.last_failure > self.last_success
 
     def start(self) -> None:
         if self._task is None:
@@ -77,9 +87,12 @@ class GroupCommitter:
                         pending.future.set_exception(exc)
 
     async def _commit(self, batch: list[_Pending[Any]]) -> None:
+        started = time.perf_counter()
         try:
             results = await self._writer([pending.item for pending in batch])
         except Exception as exc:
+            metrics.group_commit_failures.inc()
+            self.last_failure = time.monotonic()
             if len(batch) > 1:
                 for pending in batch:  # isolate the failing item
                     await self._commit([pending])
@@ -88,6 +101,8 @@ class GroupCommitter:
             if not batch[0].future.done():
                 batch[0].future.set_exception(exc)
             return
+        metrics.group_commit_seconds.observe(time.perf_counter() - started)
+        self.last_success = time.monotonic()
         self.commits += 1
         self.items += len(batch)
         for pending, result in zip(batch, results, strict=True):

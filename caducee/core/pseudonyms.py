@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
+
+_INS_LIKE = re.compile(r"^[0-9][0-9ab]{14}$", re.IGNORECASE)  # 15 characters, Corsica's 2A/2B included
 
 _key = secrets.token_bytes(32)
 
@@ -36,3 +39,15 @@ def address(value: str, patient_domain: str) -> str:
     if at and domain == patient_domain.lower():
         return f"{pseudonym(local)}@{domain}"
     return value
+
+
+def login(value: str) -> str:
+    """A login name as a log shows it: one that looks like an INS (alone or as the local part
+    of an address, whatever the domain: a patient trying a mail client) pseudonymised, a
+    professional's address as it is, anything else cut to 64 printable characters."""
+    text = "".join(ch for ch in value.strip() if ch.isprintable())[:64]
+    local, at, domain = text.lower().rpartition("@")
+    candidate = local if at else text.lower()
+    if _INS_LIKE.match(candidate.replace(" ", "").replace(".", "").replace("-", "")):
+        return f"{pseudonym(candidate)}@{domain}" if at else pseudonym(candidate)
+    return text

@@ -8,8 +8,11 @@ from typing import Protocol
 
 
 class CertAndKey(Protocol):
-    cert: Path
-    key: Path
+    @property
+    def cert(self) -> Path: ...
+
+    @property
+    def key(self) -> Path: ...
 
 
 def server_context(pair: CertAndKey, *, client_ca: Path | None = None, password: bytes | None = None) -> ssl.SSLContext:
@@ -21,6 +24,16 @@ def server_context(pair: CertAndKey, *, client_ca: Path | None = None, password:
         context.verify_mode = ssl.CERT_REQUIRED
         context.load_verify_locations(cafile=str(client_ca))
     return context
+
+
+def reload(contexts: list[tuple[ssl.SSLContext, CertAndKey, Path | None]], password: bytes | None = None) -> None:
+    """SIGHUP: load the certificate files again into the contexts in use, so a renewed
+    certificate (or new trust anchors) applies to the next connections without a restart.
+    A file that does not load raises, and the contexts keep what they had."""
+    for context, pair, anchors in contexts:
+        context.load_cert_chain(pair.cert, pair.key, password=password)
+        if anchors is not None:
+            context.load_verify_locations(cafile=str(anchors))
 
 
 def client_context(ca: Path, pair: CertAndKey | None = None, *, password: bytes | None = None) -> ssl.SSLContext:

@@ -33,6 +33,7 @@ from caducee.annuaire import service as annuaire
 from caducee.annuaire.patients import PatientAccount, Profile
 from caducee.config import Settings
 from caducee.core.groupcommit import GroupCommitter
+from caducee.core.reseal import Resealer, reseal_table
 from caducee.crypto.atrest import BodyCipher
 from caducee.dossier import kinds, rules
 from caducee.dossier._writer import Writer
@@ -1187,3 +1188,10 @@ def _french_ins_error(text: str) -> str:
     if "15 characters" in text:
         return "un INS compte 15 caractères."
     return "vérifiez les chiffres."
+
+
+async def reseal(engine: AsyncEngine, cipher: Resealer) -> int:
+    """`caducee keys rotate`: document contents, titles and the medical profile under the current sealing key."""
+    changed = await reseal_table(engine, Blob.__table__, ["sealed"], cipher)  # type: ignore[arg-type]
+    changed += await reseal_table(engine, DocumentRow.__table__, ["title"], cipher)  # type: ignore[arg-type]
+    return changed + await reseal_table(engine, ProfileItem.__table__, ["sealed"], cipher)  # type: ignore[arg-type]

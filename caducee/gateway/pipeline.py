@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from caducee.annuaire.service import PartyInfo, resolve_parties
 from caducee.config import Settings
-from caducee.core import pseudonyms
+from caducee.core import metrics, pseudonyms
 from caducee.core.cpu import CpuPool
 from caducee.core.groupcommit import GroupCommitter
 from caducee.core.singleflight import SingleFlight
@@ -328,6 +328,12 @@ class AcceptPipeline:
         pseudonymised)."""
         result = await self._accept(envelope)
         shown = lambda address: pseudonyms.address(address, self.settings.patient_domain)  # noqa: E731
+        first_refusal = next(iter(result.refused.values()), None)
+        metrics.messages.labels(
+            envelope.channel.value,
+            "accepted" if result.accepted else "refused",
+            "" if result.accepted else (first_refusal.rule if first_refusal is not None else "temporary"),
+        ).inc()
         if result.accepted:
             log.info(
                 "accepted %s from %s to %s via %s%s",

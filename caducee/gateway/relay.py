@@ -24,12 +24,14 @@ import logging
 import ssl
 import time
 from collections import Counter, defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import aiosmtplib
+from prometheus_client.core import GaugeMetricFamily, Metric
 from sqlalchemy import DateTime as SADateTime
-from sqlalchemy import bindparam, text, update
+from sqlalchemy import bindparam, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from caducee.annuaire.service import resolve_parties
@@ -371,3 +373,50 @@ async def _mx_lookup(domain: str) -> str:
     answers = await dns.asyncresolver.resolve(domain, "MX")
     best = min(answers, key=lambda record: record.preference)
     return str(best.exchange).rstrip(".")
+
+
+@dataclass(frozen=True)
+class QueueState:
+    state: str
+    count: int
+    oldest_seconds: float
+
+
+async def queue_stats(conn: AsyncConnection) -> list[QueueState]:
+    """Rows of the outbound queue by state, and the age of the oldest of each (for /metrics)."""
+    rows = (
+        await conn.execute(
+            select(QueuedRecipient.state, func.count(), func.min(QueuedRecipient.created_at)).group_by(QueuedRecipient.state)
+        )
+    ).all()
+    now = datetime.now(UTC)
+    stats = []
+    for state, count, oldest in rows:
+        if oldest is not None and oldest.tzinfo is None:
+            oldest = oldest.replace(tzinfo=UTC)  # SQLite keeps no zone: stored times are UTC
+        stats.append(QueueState(state, int(count), (now - oldest).total_seconds() if oldest is not None else 0.0))
+    return stats
+
+
+class QueueCollector:
+    """Queue depth and age by state, read from the database at scrape time (so every node and
+    worker reports the same, shared queue)."""
+
+    def __init__(self, stats: list[QueueState]) -> None:
+        self.stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        depth = GaugeMetricFamily("caducee_relay_queue_depth", "Rows of the outbound queue by state.", labels=["state"])
+        age = GaugeMetricFamily("caducee_relay_queue_oldest_seconds", "Age of the oldest row of each state.", labels=["state"])
+        for item in self.stats:
+            depth.add_metric([item.state], item.count)
+            age.add_metric([item.state], item.oldest_seconds)
+        yield depth
+        yield age
+
+
+async def queued_messages(conn: AsyncConnection, message_ids: list[int]) -> set[int]:
+    """Which of these stored messages the outbound queue still names (any state: its rows keep
+    the message for the DSN and the queue's history)."""
+    rows = await conn.execute(select(QueuedRecipient.message_id).where(QueuedRecipient.message_id.in_(message_ids)).distinct())
+    return {int(row[0]) for row in rows}

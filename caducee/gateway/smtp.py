@@ -23,6 +23,7 @@ import aiosmtpd.smtp as aiosmtpd_smtp
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Session, syntax
 from aiosmtpd.smtp import Envelope as SmtpEnvelope
 
+from caducee.core import logcontext
 from caducee.core.connections import ClientConnections
 from caducee.core.throttle import Locked
 from caducee.gateway.pipeline import AcceptPipeline, Channel, Envelope
@@ -49,6 +50,26 @@ class ListenerConfig:
     hostname: str = "localhost"
     timeout: float = 300.0  # the next command (aiosmtpd's timer, reset by each command, not by bytes)
     data_timeout: float = 600.0  # the whole DATA content
+    sessions: set[GatewaySMTP] = field(default_factory=set)  # open connections, told 421 at shutdown (close_sessions)
+
+
+async def close_sessions(configs: list[ListenerConfig], *, grace: float = 10.0) -> None:
+    """Shutting down: each open SMTP session gets `421 4.3.2` and is closed. A session whose
+    message is being accepted (its group commit in flight) is given up to `grace` seconds to
+    get its answer first: what was acknowledged is committed, what was not the client keeps."""
+    sessions = [session for config in configs for session in config.sessions]
+    deadline = asyncio.get_running_loop().time() + grace
+    while any(session.accepting for session in sessions) and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.05)
+    for session in sessions:
+        transport = getattr(session, "transport", None)
+        if transport is None or transport.is_closing():
+            continue
+        try:
+            transport.write(b"421 4.3.2 Service shutting down, try again later / arret du service, reessayez plus tard\r\n")
+            transport.close()
+        except Exception:  # a connection already broken: nothing to tell
+            pass
 
 
 def peer_dn(transport: Any) -> str | None:
@@ -105,7 +126,14 @@ class GatewaySMTP(SMTP):
     line_length_limit = AUTH_LINE_LIMIT + 2
 
     def __init__(
-        self, handler: GatewayHandler, *, trusted_networks: list[str], connections: ClientConnections, data_timeout: float, **kwargs: Any
+        self,
+        handler: GatewayHandler,
+        *,
+        trusted_networks: list[str],
+        connections: ClientConnections,
+        data_timeout: float,
+        registry: set[GatewaySMTP] | None = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__(handler, **kwargs)
         self._data_timeout = data_timeout
@@ -114,6 +142,8 @@ class GatewaySMTP(SMTP):
         self._trusted = [ipaddress.ip_network(network) for network in trusted_networks]
         self._connections = connections
         self._counted: str | None = None
+        self.accepting = False  # a message of this session is in the accept pipeline
+        self._registry = registry
 
     def _timeout_cb(self) -> None:
         """The next command did not come in time: say so (RFC 5321 4.5.3.2 lets the server
@@ -127,6 +157,7 @@ class GatewaySMTP(SMTP):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         first = self._original_transport is None and getattr(self, "transport", None) is None
         if first:
+            logcontext.begin("smtp")  # before aiosmtpd starts the connection's task, which inherits it
             peer = transport.get_extra_info("peername")
             client = peer[0] if peer else "unknown"
             if not self._connections.enter(client):
@@ -136,6 +167,8 @@ class GatewaySMTP(SMTP):
                 transport.close()
                 return
             self._counted = client
+            if self._registry is not None:
+                self._registry.add(self)
         super().connection_made(transport)
         if first and transport.get_extra_info("ssl_object") is not None:
             # Implicit TLS (port 5465): aiosmtpd only counts TLS it negotiated by STARTTLS.
@@ -156,6 +189,8 @@ class GatewaySMTP(SMTP):
             return  # turned away in connection_made: aiosmtpd never set this connection up
         self._connections.leave(self._counted)
         self._counted = None
+        if self._registry is not None:
+            self._registry.discard(self)
         super().connection_lost(error)
 
     @syntax("DATA")
@@ -317,6 +352,8 @@ class GatewayHandler:
         content = envelope.original_content if envelope.original_content is not None else envelope.content
         if isinstance(content, str):
             content = content.encode("utf-8", "surrogateescape")
+        if isinstance(server, GatewaySMTP):
+            server.accepting = True
         try:
             result = await self.pipeline.accept(
                 Envelope(
@@ -332,6 +369,9 @@ class GatewayHandler:
             # Nothing was committed, so nothing is lost: the client keeps the message and retries.
             log.exception("accepting a message failed")
             return TEMPORARY_FAILURE
+        finally:
+            if isinstance(server, GatewaySMTP):
+                server.accepting = False
         return result.reply
 
     # ---- AUTH: async, so that the password check (argon2) runs off the event loop -------
@@ -339,7 +379,7 @@ class GatewayHandler:
     async def _check(self, server: SMTP, login: bytes, password: bytes) -> AuthResult:
         peer = server.session.peer[0] if server.session and server.session.peer else "unknown"
         try:
-            account = await self.authenticator.verify(login.decode("utf-8", "replace"), password.decode("utf-8", "replace"), peer)
+            account = await self.authenticator.verify(login.decode("utf-8", "replace"), password.decode("utf-8", "replace"), peer, "SMTP")
         except Locked as locked:
             minutes = max(1, (locked.seconds + 59) // 60)
             return AuthResult(
@@ -438,6 +478,7 @@ async def start_listener(
             handler,
             trusted_networks=config.trusted_networks,
             connections=connections,
+            registry=config.sessions,
             hostname=config.hostname,
             ident="Caducee ESMTP",
             data_size_limit=config.max_message_size,

@@ -5,12 +5,16 @@ the annuaire's service API."""
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from caducee.annuaire.service import resolve_parties
+from caducee.core import pseudonyms
 from caducee.core.passwords import verify_password
-from caducee.core.throttle import LoginThrottle
+from caducee.core.throttle import Locked, LoginThrottle
+
+log = logging.getLogger(__name__)
 
 
 class MailboxAuthenticator:
@@ -26,11 +30,17 @@ class MailboxAuthenticator:
         # they are CPU-bound, so more at once would not be faster).
         self._checks = asyncio.Semaphore(concurrent_checks)
 
-    async def verify(self, login: str, password: str, client_address: str) -> str | None:
-        """The mailbox address on success, None on failure; raises Locked when locked out."""
+    async def verify(self, login: str, password: str, client_address: str, protocol: str = "mail") -> str | None:
+        """The mailbox address on success, None on failure; raises Locked when locked out.
+        A failure is one log line (the login pseudonymised if it looks like an INS, never
+        the password)."""
         account = login.strip().lower()
         account_key, address_key = f"account:{account}", f"address:{client_address}"
-        self.throttle.check(account_key, address_key)
+        try:
+            await self.throttle.check(account_key, address_key)
+        except Locked as locked:
+            log.warning("%s login refused (locked %d s): %s from %s", protocol, locked.seconds, pseudonyms.login(account), client_address)
+            raise
         async with self.engine.connect() as conn:
             parties = await resolve_parties(conn, [account], local_domains=self.local_domains) if "@" in account else {}
         info = parties.get(account)
@@ -38,7 +48,8 @@ class MailboxAuthenticator:
         async with self._checks:
             ok = await asyncio.to_thread(verify_password, stored, password)
         if not ok:
-            self.throttle.failed(account_key, address_key)
+            await self.throttle.failed(account_key, address_key)
+            log.warning("%s login refused (wrong credentials): %s from %s", protocol, pseudonyms.login(account), client_address)
             return None
-        self.throttle.succeeded(account_key)
+        await self.throttle.succeeded(account_key)
         return account

@@ -58,9 +58,9 @@ class TokenMailAuthenticator:
         # client shares, which five packets every quarter of an hour would keep locked.
         address_key = f"address:{client_address}"
         account_key = f"account:{requested.lower()}" if requested else f"account:?{client_address}"
-        self.throttle.check(account_key, address_key)
+        await self.throttle.check(account_key, address_key)
         if parsed is None:
-            self.throttle.failed(account_key, address_key)
+            await self.throttle.failed(account_key, address_key)
             log.warning("%s %s from %s refused: malformed (%s)", self.protocol, mechanism, client_address, syntax)
             raise TokenLoginFailed("malformed", self.challenge(mechanism))
         try:
@@ -69,7 +69,7 @@ class TokenMailAuthenticator:
             log.error("%s %s from %s: Pro Santé Connect unavailable (%s)", self.protocol, mechanism, client_address, error)
             raise TokenLoginFailed("provider-unavailable", self.challenge(mechanism), temporary=True) from None
         except TokenRefused as refused:
-            self.throttle.failed(account_key, address_key)
+            await self.throttle.failed(account_key, address_key)
             log.warning("%s %s from %s for %s refused: %s", self.protocol, mechanism, client_address, requested, refused)
             raise TokenLoginFailed(refused.reason, self.challenge(mechanism)) from None
         address = requested
@@ -77,9 +77,9 @@ class TokenMailAuthenticator:
             personal = [box.address for box in principal.mailboxes if box.type == "PER"]
             address = personal[0] if len(personal) == 1 else None
         if address is not None and not requested:
-            self.throttle.check(f"account:{address.lower()}")  # the mailbox it resolved to may be locked
+            await self.throttle.check(f"account:{address.lower()}")  # the mailbox it resolved to may be locked
         if address is None or not principal.owns(address):
-            self.throttle.failed(account_key, address_key)
+            await self.throttle.failed(account_key, address_key)
             log.warning(
                 "%s %s from %s refused: %s (%s) may not open %s",
                 self.protocol,
@@ -90,6 +90,6 @@ class TokenMailAuthenticator:
                 requested or "(no mailbox named)",
             )
             raise TokenLoginFailed("not-owner", self.challenge(mechanism))
-        self.throttle.succeeded(account_key)
+        await self.throttle.succeeded(account_key)
         log.info("%s %s login: %s (%s) opens %s", self.protocol, mechanism, principal.name, principal.national_id, address)
         return address

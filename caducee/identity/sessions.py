@@ -79,3 +79,14 @@ class ProSessions:
     async def close(self, session_id: str) -> None:
         async with self.engine.begin() as conn:
             await conn.execute(delete(ProSession).where(ProSession.id == session_id))
+
+
+async def purge_expired(engine: AsyncEngine) -> int:
+    """Delete portal sessions past their end and sign-ins that never came back (the purge job runs it)."""
+    from caducee.identity.models import LoginState
+
+    moment = utcnow()
+    async with engine.begin() as conn:
+        sessions = await conn.execute(delete(ProSession).where(ProSession.expires_at < moment))
+        states = await conn.execute(delete(LoginState).where(LoginState.expires_at < moment))
+    return int(sessions.rowcount or 0) + int(states.rowcount or 0)

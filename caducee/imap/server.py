@@ -60,8 +60,11 @@ class ImapServer:
         session = Session(self, reader, writer, tls=tls, client=client)
         try:
             await session.run()
-        except asyncio.CancelledError:  # shutting down: the session ends here, quietly
-            pass
+        except asyncio.CancelledError:  # shutting down: the client is told, then the connection closes
+            try:
+                writer.write(b"* BYE arret du serveur, reconnectez-vous / server shutting down\r\n")
+            except Exception:
+                pass
         except Exception:  # one broken session must never take the listener down
             log.exception("IMAP session from %s failed", client)
         finally:

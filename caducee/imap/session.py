@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from caducee.core import logcontext, metrics
 from caducee.core.throttle import Locked
 from caducee.identity.mailtoken import TokenLoginFailed
 from caducee.identity.sasl import MECHANISMS as TOKEN_MECHANISMS
@@ -101,6 +102,14 @@ class Session:
     # ---- the connection loop -----------------------------------------------------------
 
     async def run(self) -> None:
+        logcontext.begin("imap")
+        metrics.imap_sessions.inc()
+        try:
+            await self._run()
+        finally:
+            metrics.imap_sessions.dec()
+
+    async def _run(self) -> None:
         await self.send(b"* OK [CAPABILITY " + self.capabilities() + b"] Caducee IMAP pret / ready\r\n")
         settings = self.server.settings
         # Before login, one deadline for the whole of it (commands trickled byte by byte
@@ -333,7 +342,7 @@ class Session:
         except UnicodeDecodeError:
             return b"NO [AUTHENTICATIONFAILED] identifiants invalides / invalid credentials"
         try:
-            address = await self.server.authenticator.verify(login, secret, self.client)
+            address = await self.server.authenticator.verify(login, secret, self.client, "IMAP")
         except Locked as locked:
             return b"NO [UNAVAILABLE] trop d'essais, reessayez dans %d s / locked, retry in %d s" % (locked.seconds, locked.seconds)
         mailbox_id = await self.server.store.mailbox_id(address) if address else None
@@ -530,6 +539,7 @@ class Session:
         if view is not None:
             self.server.watch.watch(view.folder_id, self.wake, view.uidvalidity, view.modseq)
         reading = asyncio.ensure_future(self.reader.readuntil(b"\r\n"))
+        metrics.imap_idle.inc()
         try:
             while True:
                 self.wake.clear()
@@ -551,6 +561,7 @@ class Session:
                         return b"BAD expected DONE"
                     return b"OK IDLE terminated"
         finally:
+            metrics.imap_idle.dec()
             if not reading.done():
                 reading.cancel()
             if view is not None:

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import bindparam, insert, text
+from sqlalchemy import DateTime, bindparam, insert, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from caducee.core.clock import utcnow
 from caducee.mailbox import store
 from caducee.mailbox.models import MailboxEntry
 
@@ -86,9 +87,9 @@ async def recall(conn: AsyncConnection, message_id: int) -> tuple[int, int]:
     removed = await conn.execute(
         text(
             "UPDATE mailbox_entries SET expunged_modseq = (SELECT f.highestmodseq FROM folders f WHERE f.id = mailbox_entries.folder_id), "
-            f"modseq = (SELECT f.highestmodseq FROM folders f WHERE f.id = mailbox_entries.folder_id) WHERE {unread}"
-        ),
-        {"message": message_id},
+            f"modseq = (SELECT f.highestmodseq FROM folders f WHERE f.id = mailbox_entries.folder_id), expunged_at = :now WHERE {unread}"
+        ).bindparams(bindparam("now", type_=DateTime(timezone=True))),
+        {"message": message_id, "now": utcnow()},
     )
     return int(removed.rowcount or 0), int(read)
 

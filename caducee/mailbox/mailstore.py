@@ -24,6 +24,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from caducee.annuaire import service as annuaire
+from caducee.core.clock import utcnow
 from caducee.crypto.atrest import BodyCipher
 from caducee.mailbox import delivery, store
 from caducee.mailbox._sqlrun import Runner, Unchanged
@@ -520,7 +521,7 @@ def _expunge(conn: Connection, folder_id: int, uids: list[int] | None) -> list[i
         found = conn.execute(select(MailboxEntry.uid).where(where)).scalars().all()
         if found:
             gone += found
-            conn.execute(update(MailboxEntry).where(where).values(expunged_modseq=modseq, modseq=modseq))
+            conn.execute(update(MailboxEntry).where(where).values(expunged_modseq=modseq, modseq=modseq, expunged_at=utcnow()))
     if not gone:
         raise Unchanged([])
     return sorted(gone)

@@ -150,3 +150,6 @@ class MailboxEntry(Base):
     # Set when the entry is expunged (to the MODSEQ of that change): the row stays as a
     # tombstone so that other sessions learn of the EXPUNGE from their last known MODSEQ.
     expunged_modseq: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    # When it was expunged: the purge job deletes tombstones a day old (every session has
+    # announced them by then: none stays silent longer than `imap_timeout`).
+    expunged_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

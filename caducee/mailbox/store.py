@@ -9,16 +9,18 @@ Other components do not call these directly: they file messages through
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import Table, func, insert, or_, select, text, update
+from sqlalchemy import Table, delete, func, insert, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from caducee.core.clock import utcnow
+from caducee.core.reseal import Resealer, reseal_table
 from caducee.mailbox.models import (
     SPECIAL_FOLDERS,
     Conversation,
@@ -243,3 +245,52 @@ def define_keywords(conn: Connection, folder_id: int, flag_texts: list[str]) -> 
 async def sealed_body(conn: AsyncConnection, message_id: int) -> bytes:
     """The sealed body of one stored message (the relay sends it as it is stored)."""
     return (await conn.execute(select(Message.body).where(Message.id == message_id))).scalar_one()
+
+
+async def reseal(engine: AsyncEngine, cipher: Resealer) -> int:
+    """`caducee keys rotate`: bodies and summaries under the current sealing key."""
+    return await reseal_table(engine, Message.__table__, ["body", "summary"], cipher)  # type: ignore[arg-type]
+
+
+async def purge_tombstones(engine: AsyncEngine, older_than: timedelta) -> int:
+    """Delete entries expunged more than `older_than` ago (and those expunged before their
+    time was kept): every IMAP session has announced them long since."""
+    before = utcnow() - older_than
+    async with engine.begin() as conn:
+        result = await conn.execute(
+            delete(MailboxEntry).where(
+                MailboxEntry.expunged_modseq.is_not(None), or_(MailboxEntry.expunged_at.is_(None), MailboxEntry.expunged_at < before)
+            )
+        )
+    return int(result.rowcount or 0)
+
+
+async def purge_orphan_messages(
+    engine: AsyncEngine, older_than: timedelta, keep: Callable[[AsyncConnection, list[int]], Awaitable[set[int]]], *, batch: int = 500
+) -> int:
+    """Delete messages (bodies) no entry references any more, received more than `older_than`
+    ago, except those `keep` names (other components' references, which the wiring asks:
+    the relay queue's rows, campaigns' stored-once messages)."""
+    before = utcnow() - older_than
+    removed = 0
+    last = 0
+    while True:
+        async with engine.begin() as conn:
+            unreferenced = ~select(MailboxEntry.id).where(MailboxEntry.message_id == Message.id).exists()
+            ids = list(
+                (
+                    await conn.execute(
+                        select(Message.id)
+                        .where(Message.id > last, Message.received_at < before, unreferenced)
+                        .order_by(Message.id)
+                        .limit(batch)
+                    )
+                ).scalars()
+            )
+            if not ids:
+                return removed
+            last = ids[-1]
+            doomed = sorted(set(ids) - await keep(conn, ids))
+            if doomed:
+                result = await conn.execute(delete(Message).where(Message.id.in_(doomed), unreferenced))
+                removed += int(result.rowcount or 0)

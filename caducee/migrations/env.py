@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 
 from alembic import context
+from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
 from caducee.db import Base, create_engine, import_all_models, is_sqlite
 
 import_all_models()
 target_metadata = Base.metadata
+MIGRATION_LOCK = 0x6361647563656530  # "caducee0": the advisory lock key of migrations
 
 
 def _run(connection: Connection) -> None:
@@ -21,6 +23,10 @@ def _run(connection: Connection) -> None:
         compare_type=True,
     )
     with context.begin_transaction():
+        if not is_sqlite(str(connection.engine.url)):
+            # One migrator at a time: nodes (or operators) running `caducee db upgrade` together
+            # wait here, and the later ones find the schema already at head. Released at commit.
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
         context.run_migrations()
 
 

@@ -32,13 +32,18 @@ class NewMailAlerts:
         settings: Settings,
         notifier: Notifier,
         muted: Callable[[Iterable[str]], Awaitable[set[str]]] | None = None,
+        claim: Callable[[list[str], float], Awaitable[list[str]]] | None = None,
     ) -> None:
         """`muted` says which addresses' owners turned these emails off (the webmail keeps
-        that choice; server.py connects it)."""
+        that choice; server.py connects it). `claim(addresses, seconds)` returns the addresses
+        not alerted within `seconds`, now marked alerted: server.py connects the database's
+        (`limits.service.Windows`), so that every node shares the one rhythm; without it,
+        this process remembers."""
         self.engine = engine
         self.settings = settings
         self.notifier = notifier
         self.muted = muted
+        self.claim = claim
         self._last: dict[str, float] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -50,21 +55,28 @@ class NewMailAlerts:
         addresses = [rcpt.address for rcpt in delivered.patients]
         if not addresses:
             return
-        moment = time.monotonic()
-        interval = self.settings.notify_new_mail_minutes * 60
-        due = [a for a in addresses if moment - self._last.get(a, -interval) >= interval]
-        if not due:
-            return
-        for address in due:
-            self._last[address] = moment
-        if len(self._last) > 200_000:
-            self._last.clear()
+        if self.claim is not None:
+            due = addresses
+        else:
+            moment = time.monotonic()
+            interval = self.settings.notify_new_mail_minutes * 60
+            due = [a for a in addresses if moment - self._last.get(a, -interval) >= interval]
+            if not due:
+                return
+            for address in due:
+                self._last[address] = moment
+            if len(self._last) > 200_000:
+                self._last.clear()
         task = asyncio.get_running_loop().create_task(self._send(due))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _send(self, addresses: list[str]) -> None:
         try:
+            if self.claim is not None:
+                addresses = await self.claim(addresses, self.settings.notify_new_mail_minutes * 60)
+                if not addresses:
+                    return
             if self.muted is not None:
                 off = await self.muted(addresses)
                 addresses = [address for address in addresses if address not in off]

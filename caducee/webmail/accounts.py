@@ -28,7 +28,7 @@ from caducee.config import Settings
 from caducee.core.passwords import hash_password, verify_password
 from caducee.core.pseudonyms import pseudonym
 from caducee.core.singleflight import SingleFlight
-from caducee.core.throttle import Locked, LoginThrottle
+from caducee.core.throttle import FailureStore, Locked, LoginThrottle, MemoryFailures
 from caducee.notify.notifier import Notifier
 from caducee.webmail.codes import CodeHasher, mask_email, new_code, new_token, token_id
 from caducee.webmail.models import ActivationCode, LoginChallenge, WebSession
@@ -105,15 +105,24 @@ class SessionInfo:
 
 class Accounts:
     def __init__(
-        self, engine: AsyncEngine, settings: Settings, notifier: Notifier, codes: CodeHasher, throttle: LoginThrottle | None = None
+        self,
+        engine: AsyncEngine,
+        settings: Settings,
+        notifier: Notifier,
+        codes: CodeHasher,
+        throttle: LoginThrottle | None = None,
+        failures: FailureStore | None = None,
     ) -> None:
+        """`failures` is where the lock-out counters live (server.py: the database, shared by
+        every node); without it, this process's memory."""
         self.engine = engine
         self.reads = db.autocommit_reads(engine)
         self.settings = settings
         self.notifier = notifier
         self.codes = codes
-        self.throttle = throttle or LoginThrottle()
-        self.activation_throttle = LoginThrottle()
+        self.failures: FailureStore = failures if failures is not None else MemoryFailures()
+        self.throttle = throttle or LoginThrottle(store=self.failures, namespace="webmail")
+        self.activation_throttle = LoginThrottle(store=self.failures, namespace="activation")
         self._checks = asyncio.Semaphore(2)  # argon2 uses 64 MiB per check: bound the memory
         self._profiles: dict[int, tuple[float, list[patients.Profile]]] = {}
         self._sessions: dict[str, tuple[float, SessionInfo, datetime, datetime]] = {}
@@ -159,9 +168,9 @@ class Accounts:
         that matches no account, its canonical spelling, so that it locks the same way."""
         return f"patient:{account.id}" if account is not None else f"unknown-{patients.canonical_identifier(identifier)}"
 
-    def _check_throttle(self, throttle: LoginThrottle, *keys: str) -> None:
+    async def _check_throttle(self, throttle: LoginThrottle, *keys: str) -> None:
         try:
-            throttle.check(*keys)
+            await throttle.check(*keys)
         except Locked as locked:
             raise Refused(f"Trop d'essais. Pour votre sécurité, réessayez dans {locked.seconds // 60 + 1} minutes.", locked=True) from None
 
@@ -169,13 +178,13 @@ class Accounts:
         async with self.reads.connect() as conn:
             account = await patients.find_for_login(conn, identifier)
         account_key, address_key = self.login_key(account, identifier), f"web:{client}"
-        self._check_throttle(self.throttle, account_key, address_key)
+        await self._check_throttle(self.throttle, account_key, address_key)
         ok = await self._verify_password(account.password_hash if account else None, password)
         if not ok or account is None:
-            self.throttle.failed(account_key, address_key)
+            await self.throttle.failed(account_key, address_key)
             log.info("webmail login refused: %s from %s", pseudonym(account_key), client)
             raise Refused(WRONG_CREDENTIALS)
-        self.throttle.succeeded(account_key)
+        await self.throttle.succeeded(account_key)
         if account.status == PatientStatus.CREATED.value:
             raise Refused("Votre profil n'est pas encore activé. Activez-le avec le code provisoire reçu par courrier.")
         if account.status in {PatientStatus.OPPOSED.value, PatientStatus.CLOSED.value}:
@@ -416,7 +425,7 @@ class Accounts:
         async with self.reads.connect() as conn:
             account = None if "@" in ins else await patients.find_for_login(conn, ins)
         ins_key, address_key = f"activation-{patients.canonical_identifier(ins)}", f"activation-web:{client}"
-        self._check_throttle(self.activation_throttle, ins_key, address_key)
+        await self._check_throttle(self.activation_throttle, ins_key, address_key)
         row = None
         if account is not None and account.status == PatientStatus.CREATED.value:
             async with self.engine.begin() as conn:  # the try is counted (and committed) before the code is compared
@@ -436,10 +445,10 @@ class Accounts:
             or row.attempts > self.settings.webmail_code_attempts
             or not self.codes.matches(row.code_hash, "activation", account.id, digits)
         ):
-            self.activation_throttle.failed(ins_key, address_key)
+            await self.activation_throttle.failed(ins_key, address_key)
             log.info("webmail activation refused: %s from %s", pseudonym(ins_key), client)
             raise Refused(WRONG_ACTIVATION)
-        self.activation_throttle.succeeded(ins_key)
+        await self.activation_throttle.succeeded(ins_key)
         return account
 
     async def activate(
@@ -477,3 +486,17 @@ class Accounts:
             await patients.set_status(conn, patient_id, PatientStatus.CLOSED)
         await self.close_all_sessions(patient_id)
         self.forget_profiles()  # guardians and carers of this profile lose it at once in this process
+
+
+async def purge_expired(engine: AsyncEngine) -> int:
+    """Delete what can no longer be used: sessions past their end, login challenges, activation
+    codes, password resets and email changes past their expiry (the purge job runs it)."""
+    from caducee.webmail.models import EmailChange, PasswordReset
+
+    moment = now()
+    removed = 0
+    async with engine.begin() as conn:
+        for table in (WebSession, LoginChallenge, ActivationCode, PasswordReset, EmailChange):
+            result = await conn.execute(delete(table).where(table.expires_at < moment))
+            removed += int(result.rowcount or 0)
+    return removed

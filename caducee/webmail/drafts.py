@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from caducee.core.reseal import Resealer, reseal_table
 from caducee.crypto.atrest import BodyCipher
 from caducee.webmail.accounts import now
 from caducee.webmail.models import Draft
@@ -60,3 +61,8 @@ class Drafts:
                 return None
             await conn.execute(delete(Draft).where(Draft.patient_id == patient_id))
         return KeptDraft(row.acting_patient_id, row.path, self.cipher.open(row.sealed_text).decode("utf-8", "replace"))
+
+
+async def reseal(engine: AsyncEngine, cipher: Resealer) -> int:
+    """`caducee keys rotate`: kept drafts under the current sealing key."""
+    return await reseal_table(engine, Draft.__table__, ["sealed_text"], cipher)  # type: ignore[arg-type]

@@ -46,7 +46,14 @@ class SelfService:
         self.engine = engine
         self.accounts = accounts
         self.settings = accounts.settings
-        self.reset_throttle = LoginThrottle(max_failures=RESET_REQUESTS_PER_HOUR, window=3600, lockout=3600, max_failures_per_address=20)
+        self.reset_throttle = LoginThrottle(
+            max_failures=RESET_REQUESTS_PER_HOUR,
+            window=3600,
+            lockout=3600,
+            max_failures_per_address=20,
+            store=accounts.failures,
+            namespace="reset",
+        )
 
     # ---- forgotten password ------------------------------------------------------------------
 
@@ -56,8 +63,8 @@ class SelfService:
         async with self.engine.connect() as conn:
             account = await patients.find_for_login(conn, identifier)
         key, address_key = "reset-" + self.accounts.login_key(account, identifier), f"reset-web:{client}"
-        self.accounts._check_throttle(self.reset_throttle, key, address_key)
-        self.reset_throttle.failed(key, address_key)  # every request counts: a bound on emails sent
+        await self.accounts._check_throttle(self.reset_throttle, key, address_key)
+        await self.reset_throttle.failed(key, address_key)  # every request counts: a bound on emails sent
         token = new_token()
         if account is None or account.status != PatientStatus.ACTIVATED.value or not account.email:
             log.info("webmail password reset asked for %s from %s: no code sent", pseudonym(key), client)
@@ -125,9 +132,9 @@ class SelfService:
             account = await patients.get_account(conn, patient_id)
         assert account is not None
         key, address_key = self.accounts.login_key(account, ""), f"web:{client}"
-        self.accounts._check_throttle(self.accounts.throttle, key, address_key)
+        await self.accounts._check_throttle(self.accounts.throttle, key, address_key)
         if not await self.accounts._verify_password(account.password_hash, password):
-            self.accounts.throttle.failed(key, address_key)
+            await self.accounts.throttle.failed(key, address_key)
             raise Refused(WRONG_PASSWORD)
         return account
 
