@@ -7,14 +7,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from caducee import db
 from caducee.config import Settings, SettingsError, load_settings
 
 
-def _settings(args: argparse.Namespace, **extra: object) -> Settings:
+def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
     return load_settings(
         config_file=getattr(args, "config", None),
         data_dir=getattr(args, "data_dir", None),
@@ -501,6 +502,7 @@ def cmd_patients_import(args: argparse.Namespace) -> int:
     stem = path.name.split(".")[0]
     letters = Path(args.letters) if args.letters else settings.data_dir / "letters" / f"{stem}-codes.txt{'.gpg' if cnam else ''}"
     writer: LetterWriter | None = None
+    write: Callable[[bytes], Any]
     if cnam:
         writer = LetterWriter(keyring, cnam, letters)
         write = writer.write
@@ -688,7 +690,7 @@ def cmd_pki(args: argparse.Namespace) -> int:
 HELD_TYPES = {"PAT", "ORG", "APP"}  # patients and organisation mailboxes: Caducée signs and decrypts for them
 
 
-async def _issue_and_publish(settings: Settings, issuer: object, address: str, holder: str) -> int:
+async def _issue_and_publish(settings: Settings, issuer: Any, address: str, holder: str) -> int:
     from caducee.annuaire import service
 
     engine = db.create_engine(settings.effective_database_url)

@@ -759,7 +759,7 @@ async def serve(settings: Settings, *, demo: bool = False, migrate: bool = True,
     )
     app = build_app(engine, settings, gateway.pipeline, identity) if "http" in roles else build_operations_app(engine, gateway.pipeline)
     server = uvicorn.Server(http_config(app, settings))
-    server.install_signal_handlers = lambda: None
+    server.install_signal_handlers = lambda: None  # type: ignore[attr-defined]  # older uvicorn; newer ones read should_exit
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, lambda: setattr(server, "should_exit", True))

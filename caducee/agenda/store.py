@@ -11,7 +11,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
-from sqlalchemy import bindparam, delete, func, insert, literal, select, update
+from sqlalchemy import BigInteger, bindparam, delete, func, insert, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from caducee.agenda.models import Appointment, FeedToken, Preferences, PreventionMark
@@ -238,7 +238,7 @@ async def version(conn: AsyncConnection, patient_id: int) -> tuple[object, ...]:
 def _version_statement():  # type: ignore[no-untyped-def]
     """Built once: the first page runs it on every request, and building the expression
     each time was a tenth of that page's time."""
-    patient = bindparam("patient")
+    patient = bindparam("patient", type_=BigInteger())
     mine = Appointment.patient_id == patient
     marked = PreventionMark.patient_id == patient
     return select(

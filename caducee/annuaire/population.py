@@ -64,8 +64,12 @@ GUARDIAN_COLUMNS = (("line_no", "BIGINT"), ("minor_ins", "TEXT"), ("guardian_ins
 class Source(Protocol):
     """Where the lines come from: a plain file, or a decrypted OpenPGP stream."""
 
-    name: str
-    size: int  # bytes, for the progress bar
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def size(self) -> int:  # bytes, for the progress bar
+        ...
 
     def lines(self, progress: Callable[[int], None]) -> Iterator[bytes]: ...
 
@@ -169,8 +173,8 @@ def _parse(line_no: int, line: str, rows: list[tuple], guardians: list[tuple]) -
     sex = fields[4].strip().upper()
     if sex not in SEXES:
         raise _BadRow(f"sex {sex!r} is not M, F or I")
-    email = fields[5].strip()
-    email = validate_mailbox_address(email) if email else None
+    given_email = fields[5].strip()
+    email = validate_mailbox_address(given_email) if given_email else None
     status = STATUSES.get(fields[7].strip().lower())
     if status is None:
         raise _BadRow(f"status {fields[7].strip()!r} is not empty, actif, opposition or cloture")

@@ -23,6 +23,7 @@ from caducee.campaigns import message, targeting
 from caducee.campaigns.models import Campaign, CampaignFileProblem
 from caducee.campaigns.targetfile import FileReport, Source, load
 from caducee.config import Settings
+from caducee.db import inserted_id
 from caducee.gateway.pipeline import AcceptPipeline, Channel, Envelope
 from caducee.mailbox import fanout
 
@@ -103,7 +104,7 @@ class Campaigns:
         if pdf is not None and not pdf.startswith(b"%PDF-"):
             raise CampaignError("the attachment is not a PDF", 422)
         async with self.engine.begin() as conn:
-            campaign_id = (
+            campaign_id = inserted_id(
                 await conn.execute(
                     Campaign.__table__.insert().values(
                         reference=reference[:128],
@@ -125,7 +126,7 @@ class Campaigns:
                         created_at=datetime.now(UTC),
                     )
                 )
-            ).inserted_primary_key[0]
+            )
             report = None
             if target_file is not None:
                 report = await load(conn, campaign_id, target_file)

@@ -24,7 +24,7 @@ from caducee.policies import Facts, Message, Party, PartyKind
 from caducee.policies.sets import SetDecision, decide_set
 
 # Every campaign recipient is a patient of ours: on our patient domain, not a pharmacy.
-KNOWN = {"is_local": True, "domain_trusted": True, "is_officine": False}
+KNOWN: dict[str, object] = {"is_local": True, "domain_trusted": True, "is_officine": False}
 
 
 def set_decision(sender: str) -> SetDecision:

@@ -1192,6 +1192,6 @@ def _french_ins_error(text: str) -> str:
 
 async def reseal(engine: AsyncEngine, cipher: Resealer) -> int:
     """`caducee keys rotate`: document contents, titles and the medical profile under the current sealing key."""
-    changed = await reseal_table(engine, Blob.__table__, ["sealed"], cipher)  # type: ignore[arg-type]
-    changed += await reseal_table(engine, DocumentRow.__table__, ["title"], cipher)  # type: ignore[arg-type]
-    return changed + await reseal_table(engine, ProfileItem.__table__, ["sealed"], cipher)  # type: ignore[arg-type]
+    changed = await reseal_table(engine, Blob.__table__, ["sealed"], cipher)
+    changed += await reseal_table(engine, DocumentRow.__table__, ["title"], cipher)
+    return changed + await reseal_table(engine, ProfileItem.__table__, ["sealed"], cipher)

@@ -249,7 +249,7 @@ async def sealed_body(conn: AsyncConnection, message_id: int) -> bytes:
 
 async def reseal(engine: AsyncEngine, cipher: Resealer) -> int:
     """`caducee keys rotate`: bodies and summaries under the current sealing key."""
-    return await reseal_table(engine, Message.__table__, ["body", "summary"], cipher)  # type: ignore[arg-type]
+    return await reseal_table(engine, Message.__table__, ["body", "summary"], cipher)
 
 
 async def purge_tombstones(engine: AsyncEngine, older_than: timedelta) -> int:

@@ -65,4 +65,4 @@ class Drafts:
 
 async def reseal(engine: AsyncEngine, cipher: Resealer) -> int:
     """`caducee keys rotate`: kept drafts under the current sealing key."""
-    return await reseal_table(engine, Draft.__table__, ["sealed_text"], cipher)  # type: ignore[arg-type]
+    return await reseal_table(engine, Draft.__table__, ["sealed_text"], cipher)
