@@ -4,6 +4,7 @@ process outlives what started it (closed pool, killed worker, killed or stopped 
 from __future__ import annotations
 
 import asyncio
+import base64
 import operator
 import os
 import pickle
@@ -177,8 +178,10 @@ def test_no_pool_process_survives_the_server(tmp_path: Path, database_url: str, 
         "CADUCEE_HTTP_PORT": str(free_port()),
         "CADUCEE_LOG_LEVEL": "WARNING",
         "CADUCEE_CPU_WORKERS": "2",
+        # A PostgreSQL node starts only with an explicit key (and --demo for the test PKI).
+        "CADUCEE_MASTER_KEY": base64.b64encode(os.urandom(32)).decode(),
     }
-    process = subprocess.Popen([sys.executable, "-m", "caducee", "serve", "--workers", "2"], env=env, stdout=subprocess.DEVNULL)
+    process = subprocess.Popen([sys.executable, "-m", "caducee", "serve", "--demo", "--workers", "2"], env=env, stdout=subprocess.DEVNULL)
     seen: set[int] = set()
     try:
         deadline = time.monotonic() + 120
