@@ -112,7 +112,7 @@ async def test_two_nodes_filing_the_same_inboxes_file_each_once(gateway, engine,
         filed = await asyncio.gather(walk(first_node, everyone), walk(second_node, everyone[len(everyone) // 3 :] + everyone))
     finally:
         await second.dispose()
-    assert sum(filed) == receiving and all(filed)
+    assert sum(filed) == receiving  # exactly once between them, whichever node got there first
     assert await holding(engine, await message_of(engine, campaign_id)) == (receiving, receiving)
 
 
