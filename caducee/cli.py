@@ -411,6 +411,44 @@ def cmd_patients_admin(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_traces(args: argparse.Namespace) -> int:
+    """`caducee traces show ADDRESS`: the operator's trace of one mailbox (what was sent or
+    refused, what was deleted, by whom, from where, with which answer), oldest first."""
+    from datetime import UTC, datetime, timedelta
+
+    from caducee.traces.service import Traces
+
+    settings = _settings(args)
+    since = datetime.now(UTC) - timedelta(days=args.days)
+
+    async def run() -> int:
+        engine = db.create_engine(settings.effective_database_url)
+        try:
+            shown = await Traces(engine).read(args.address, since=since, limit=args.limit)
+        finally:
+            await engine.dispose()
+        for trace in shown:
+            print(
+                "\t".join(
+                    (
+                        trace.at.strftime("%Y-%m-%d %H:%M:%S"),
+                        trace.channel,
+                        trace.action,
+                        str(trace.items),
+                        trace.actor or "-",
+                        trace.client or "-",
+                        trace.message_id or "-",
+                        trace.answer or "-",
+                        trace.detail,
+                    )
+                )
+            )
+        print(f"{len(shown)} trace(s) of {args.address.lower()} since {since:%Y-%m-%d}", file=sys.stderr)
+        return 0
+
+    return asyncio.run(run())
+
+
 def cmd_history(args: argparse.Namespace) -> int:
     """`caducee history verify | checkpoint`: check every chain of the access history, or
     write today's checkpoint (the heads and their Merkle root, to publish)."""
@@ -887,6 +925,14 @@ def build_parser() -> argparse.ArgumentParser:
         one.add_argument("id", type=int)
         one.set_defaults(func=cmd_campaigns)
 
+    traces = commands.add_parser("traces", help="the operator's trace of actions per mailbox").add_subparsers(
+        dest="traces_command", required=True
+    )
+    show_traces = traces.add_parser("show", parents=[common], help="what was sent, refused or deleted in one mailbox")
+    show_traces.add_argument("address", help="the mailbox's address")
+    show_traces.add_argument("--days", type=int, default=183, help="how far back (default: 183, the retention)")
+    show_traces.add_argument("--limit", type=int, default=10_000, help="at most this many lines (default 10000)")
+    show_traces.set_defaults(func=cmd_traces)
     history = commands.add_parser("history", help="the access history").add_subparsers(dest="history_command", required=True)
     verify = history.add_parser("verify", parents=[common], help="detect altered, removed, reordered or cut-off entries")
     verify.add_argument("--patient", type=int, help="one patient's chain (annuaire patient id)")

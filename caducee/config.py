@@ -212,6 +212,11 @@ class Settings:
         "How often each server process looks for periodic jobs that are due (purges); each runs once per period "
         "on whichever process of whichever node claims it first.",
     )
+    trace_retention_days: int = _setting(
+        183,
+        "Days the trace of actions per mailbox (messages sent or refused, deletions: who, when, which answer) is kept, "
+        "then purged; six months, as an MSSanté operator keeps them.",
+    )
     log_level: str = _setting("INFO", "Logging level (DEBUG, INFO, WARNING, ERROR).")
     roles: list[str] = _setting(
         list(ROLES),

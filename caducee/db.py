@@ -190,6 +190,7 @@ def import_all_models() -> None:
     import caducee.jobs.models  # noqa: F401
     import caducee.limits.models  # noqa: F401
     import caducee.mailbox.models  # noqa: F401
+    import caducee.traces.models  # noqa: F401
     import caducee.webmail.models  # noqa: F401
 
 

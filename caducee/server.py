@@ -221,12 +221,18 @@ def operations_routes(app: FastAPI, engine: AsyncEngine, pipeline: AcceptPipelin
     async def healthz() -> JSONResponse:
         """Unhealthy (503) when a write cannot commit: a full disk left reads working (a
         `SELECT 1` said "ok") while every message got 451. The probe is a one-row write of
-        its own, and the gateway's last group commit must not have failed."""
+        its own, and the gateway's last group commit must not have failed lately.
+
+        "Lately" (`COMMIT_FAILURE_SHOWN` seconds): once the probe writes again, a failure of
+        the messages' commit is shown only for a while, else a node whose disk came back
+        would stay unhealthy until a message commits, which a load balancer that drained it
+        never sends: it would never come back."""
         try:
             await probe.claim([probe_key], 0)
         except Exception as exc:  # the probe reports, it does not crash
             return JSONResponse({"status": "error", "database": str(exc)[:200]}, status_code=503)
-        if pipeline is not None and pipeline.committer.failing:
+        committer = pipeline.committer if pipeline is not None else None
+        if committer is not None and committer.failing and time.monotonic() - committer.last_failure < COMMIT_FAILURE_SHOWN:
             return JSONResponse({"status": "error", "database": "the last group commit of messages failed"}, status_code=503)
         return JSONResponse({"status": "ok"})
 
@@ -317,11 +323,14 @@ def dossier_context(
     return dossier, intake
 
 
+COMMIT_FAILURE_SHOWN = 30.0  # seconds /healthz reports a failed group commit while its own probe writes
+
+
 class StartupRefused(RuntimeError):
     """A setting a node of a real deployment must have is missing; the message names it."""
 
 
-def purge_jobs(engine: AsyncEngine) -> list[Job]:
+def purge_jobs(engine: AsyncEngine, settings: Settings | None = None) -> list[Job]:
     """The periodic purges, each a function of the component that owns the rows."""
     from datetime import timedelta
 
@@ -330,6 +339,7 @@ def purge_jobs(engine: AsyncEngine) -> list[Job]:
     from caducee.identity.sessions import purge_expired as purge_identity
     from caducee.limits.service import purge as purge_limits
     from caducee.mailbox.store import purge_orphan_messages, purge_tombstones
+    from caducee.traces.service import purge as purge_traces
     from caducee.webmail.accounts import purge_expired as purge_webmail
 
     async def keep(conn: Any, ids: list[int]) -> set[int]:
@@ -342,12 +352,14 @@ def purge_jobs(engine: AsyncEngine) -> list[Job]:
         return run
 
     hour = 3600.0
+    retention = (settings or Settings()).trace_retention_days
     return [
         Job("purge-imap-tombstones", hour, counted("tombstones deleted", lambda: purge_tombstones(engine, timedelta(days=1)))),
         Job("purge-orphan-bodies", hour, counted("bodies deleted", lambda: purge_orphan_messages(engine, timedelta(days=1), keep))),
         Job("purge-webmail-expired", hour / 4, counted("sessions, challenges and codes deleted", lambda: purge_webmail(engine))),
         Job("purge-identity-expired", hour / 4, counted("portal sessions and sign-ins deleted", lambda: purge_identity(engine))),
         Job("purge-limits", hour, counted("counters deleted", lambda: purge_limits(engine))),
+        Job("purge-traces", hour, counted("traces past retention deleted", lambda: purge_traces(engine, timedelta(days=retention)))),
     ]
 
 
@@ -783,7 +795,7 @@ async def serve(settings: Settings, *, demo: bool = False, migrate: bool = True,
             asyncio.create_task(reminders.run_forever(settings.agenda_reminder_poll_seconds), name="agenda-reminders"),
             asyncio.create_task(agenda_background.daily_forever(engine, settings), name="agenda-daily"),
             # The purges: each runs once per period on whichever process of whichever node claims it.
-            asyncio.create_task(JobRunner(engine, purge_jobs(engine)).run_forever(settings.jobs_poll_seconds), name="purges"),
+            asyncio.create_task(JobRunner(engine, purge_jobs(engine, settings)).run_forever(settings.jobs_poll_seconds), name="purges"),
         ]
     settle_garbage_collector()
     log.info("roles %s; HTTP on http://%s:%d/", ",".join(r for r in ROLES if r in roles), settings.http_host, settings.http_port)

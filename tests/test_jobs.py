@@ -53,7 +53,7 @@ async def test_purges_delete_what_no_longer_serves(gateway, engine: AsyncEngine)
         await conn.execute(update(MailboxEntry).where(MailboxEntry.message_id == ids[1]).values(expunged_modseq=1, expunged_at=utcnow()))
         await conn.execute(text("UPDATE webmail_sessions SET expires_at = :old"), {"old": old})
     runner = JobRunner(engine, purge_jobs(engine))
-    assert len(await runner.run_once()) == 5
+    assert len(await runner.run_once()) == 6
     async with engine.connect() as conn:
         left = set((await conn.execute(select(Message.id))).scalars())
         tombstones = (

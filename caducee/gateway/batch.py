@@ -23,6 +23,7 @@ from caducee import db
 from caducee.gateway.models import QueuedRecipient
 from caducee.mailbox import store
 from caducee.mailbox.delivery import Delivery, deliver
+from caducee.traces.service import Trace, record_in
 
 
 @dataclass
@@ -34,6 +35,9 @@ class DeliveryPlan:
     # whole batch, in the writing transaction, instead of one per message on the event loop.
     # A plan whose Message-ID turns out taken is not written (its result is None).
     check_message_id: bool = False
+    # The operator's trace of the send, written in the same transaction: a trace line
+    # exists exactly when the message was stored (its Message-ID, the reply given).
+    trace: Trace | None = None
 
 
 def write_batch(conn: Connection, plans: list[DeliveryPlan]) -> list[list[int] | None]:
@@ -68,6 +72,14 @@ def write_batch(conn: Connection, plans: list[DeliveryPlan]) -> list[list[int] |
     ]
     if queued:
         conn.execute(insert(QueuedRecipient.__table__), queued)
+    record_in(
+        conn,
+        (
+            Trace(**{**plan.trace.__dict__, "answer": f"250 2.0.0 OK: queued as {ids[0]}"})
+            for plan, ids in zip(plans, stored, strict=True)
+            if plan.trace is not None and ids
+        ),
+    )
     return results
 
 

@@ -56,6 +56,7 @@ from caducee.policies import (
     decide_sender,
     kind_of,
 )
+from caducee.traces.service import REFUSE, SEND, Trace, Traces, recipients
 
 __all__ = ["AcceptPipeline", "AcceptResult", "Channel", "Envelope", "Verdict"]
 
@@ -81,6 +82,7 @@ class Envelope:
     # The webmail: the signed-in guardian or carer writing for this profile; their address may
     # stand in Sender: (RFC 5322 3.6.2), and only there, beside the profile's own From.
     written_by: str | None = None
+    client: str | None = None  # the client's IP address (SMTP), for the operator's trace
 
 
 @dataclass
@@ -132,6 +134,23 @@ def summary_of(body: bytes, inspected: InspectedMessage) -> Summary:
     return summarize(body)
 
 
+def trace_of(envelope: Envelope, message_id: str, accepted: list[str], refused: dict[str, Decision] | None = None) -> Trace:
+    """The operator's trace of one send, by the sender's mailbox: who signed in (a guardian
+    writing for a child, the peer operator's certificate on the MX), from where, to whom."""
+    detail = recipients(accepted)
+    if refused:
+        detail += "; refused " + ", ".join(f"{rcpt} ({decision.code} {decision.rule})" for rcpt, decision in refused.items())
+    return Trace(
+        mailbox=envelope.mail_from,
+        channel=envelope.channel.value,
+        action=SEND,
+        actor=envelope.written_by or envelope.authenticated or envelope.peer_dn or "",
+        client=envelope.client or "",
+        message_id=message_id,
+        detail=detail,
+    )
+
+
 def _nobody(refused: dict[str, Decision]) -> AcceptResult:
     """Every recipient refused: the reply is the first refusal."""
     return AcceptResult([], refused, None, next(iter(refused.values())).smtp_reply)
@@ -155,6 +174,9 @@ class AcceptPipeline:
         # Post-delivery consumers (caducee.gateway.hooks), called after the commit with what was
         # delivered to whom: new-mail alerts, the dossier's intake... `server.py` appends them.
         self.on_delivered: list[DeliveryConsumer] = []
+        # The operator's trace of sends: accepted ones are traced in their own commit,
+        # refusals through this.
+        self.traces = Traces(engine)
         self.settings = settings
         self.cipher = cipher
         self.writer = BatchWriter(engine)
@@ -323,6 +345,18 @@ class AcceptPipeline:
 
     # ---- the whole message ------------------------------------------------------------
 
+    async def trace_refused_recipient(
+        self, mail_from: str, rcpt: str, channel: Channel, authenticated: str | None, client: str | None, decision: Decision
+    ) -> None:
+        """Trace a recipient refused at RCPT TO (a message whose every recipient is refused
+        never reaches DATA, and its sender's trace must still say what they were answered)."""
+        envelope = Envelope(mail_from, [rcpt], b"", channel, authenticated=authenticated, client=client)
+        trace = trace_of(envelope, "", [rcpt])
+        try:
+            await self.traces.record(Trace(**{**trace.__dict__, "action": REFUSE, "answer": decision.smtp_reply}))
+        except Exception:  # the refusal stands; the database's trouble shows in /healthz and the next commit
+            log.exception("tracing a refused recipient failed")
+
     async def accept(self, envelope: Envelope) -> AcceptResult:
         """Judge and deliver one message; one log line says what happened (patients' addresses
         pseudonymised)."""
@@ -352,6 +386,13 @@ class AcceptPipeline:
                 envelope.channel.value,
                 f"{first.code} {first.enhanced} ({first.rule})" if first is not None else result.reply,
             )
+            if first is not None:  # a temporary failure is no answer to trace
+                try:
+                    await self.traces.record(
+                        Trace(**{**trace_of(envelope, "", envelope.rcpt_tos).__dict__, "action": REFUSE, "answer": result.reply})
+                    )
+                except Exception:  # the refusal stands whatever the trace's fate
+                    log.exception("tracing a refused message failed")
         return result
 
     async def _accept(self, envelope: Envelope, message_id_taken: bool | None = None) -> AcceptResult:
@@ -439,7 +480,10 @@ class AcceptPipeline:
                 sender, sender_party.kind.value, frozenset({sender, *accepted}), is_campaign=sender_party.kind is PartyKind.CNAM
             )
         lifetime = timedelta(hours=self.settings.relay_expiry_hours)  # how long the relay keeps trying (then a DSN)
-        stored_ids = await self.committer.submit(DeliveryPlan(delivery, remote, lifetime, check_message_id=message_id_taken is None))
+        trace = trace_of(envelope, inspected.message_id, accepted, refused)
+        stored_ids = await self.committer.submit(
+            DeliveryPlan(delivery, remote, lifetime, check_message_id=message_id_taken is None, trace=trace)
+        )
         if stored_ids is None:  # another sender used this Message-ID: nothing was written; decide knowing it
             return await self._accept(envelope, message_id_taken=True)
         message_id = stored_ids[0]
@@ -630,4 +674,5 @@ class AcceptPipeline:
     async def close(self) -> None:
         """Stop the group commit and release the writer (after the listeners closed)."""
         await self.committer.stop()
+        await self.traces.close()
         self.writer.close()

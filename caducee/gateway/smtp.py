@@ -342,6 +342,11 @@ class GatewayHandler:
             log.exception("RCPT TO check failed")
             return TEMPORARY_FAILURE
         if not decision.accepted:
+            identity = session.auth_data if isinstance(session.auth_data, str) else None
+            client = session.peer[0] if session.peer else None
+            await self.pipeline.trace_refused_recipient(
+                envelope.mail_from or "", address, self._channel(session), identity, client, decision
+            )
             return decision.smtp_reply
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(options)
@@ -363,6 +368,7 @@ class GatewayHandler:
                     channel=self._channel(session),
                     authenticated=identity,
                     peer_dn=peer_dn(server.transport),
+                    client=session.peer[0] if session.peer else None,
                 )
             )
         except Exception:

@@ -39,6 +39,7 @@ from caducee.imap.grammar import (
 from caducee.imap.selected import SelectedView
 from caducee.mailbox.mailstore import FolderInfo, StoreError, normalise_flags, uid_ranges
 from caducee.mime import structure
+from caducee.traces.service import DELETE_FOLDER, EXPUNGE, MOVE, Trace
 
 if TYPE_CHECKING:
     from caducee.imap.server import ImapServer
@@ -431,7 +432,7 @@ class Session:
         name = command.args.mailbox
         if self.view is not None and self.view.name == name:
             self._leave()
-        await self.server.store.delete(self.mailbox_id, name)
+        await self.server.store.delete(self.mailbox_id, name, trace=self._trace(DELETE_FOLDER, f"folder {name}"))
         return b"OK DELETE completed"
 
     async def rename(self, command: Command) -> bytes:
@@ -575,7 +576,8 @@ class Session:
     async def close(self, command: Command) -> bytes:
         assert self.view is not None
         if not self.view.read_only:
-            await self.server.store.expunge(self.view.folder_id)  # silently (RFC 3501 6.4.2)
+            # silently (RFC 3501 6.4.2)
+            await self.server.store.expunge(self.view.folder_id, trace=self._trace(EXPUNGE, f"CLOSE of {self.view.name}"))
             self.server.watch.touched(self.view.folder_id)
         self._leave()
         return b"OK CLOSE completed"
@@ -587,11 +589,15 @@ class Session:
     async def expunge(self, command: Command) -> bytes:
         view = self._writable()
         uids = view.resolve(command.sequence(), uid=True) if command.name == "UID EXPUNGE" else None
-        gone = await self.server.store.expunge(view.folder_id, uids)
+        gone = await self.server.store.expunge(view.folder_id, uids, trace=self._trace(EXPUNGE, f"{command.name} in {view.name}"))
         view.pending_expunges.update(uid for uid in gone if view.sequence_of(uid) is not None)
         await self.send(b"".join(view.flush_expunges()))
         self.server.watch.touched(view.folder_id)
         return b"OK EXPUNGE completed"
+
+    def _trace(self, action: str, detail: str) -> Trace:
+        """The operator's trace of a deletion in this session's mailbox (written with it)."""
+        return Trace(mailbox=self.address or "", channel="imap", action=action, actor=self.address or "", client=self.client, detail=detail)
 
     def _writable(self) -> SelectedView:
         assert self.view is not None
@@ -654,16 +660,16 @@ class Session:
         if not moving:
             return b"OK [%s] COPY completed" % code if code else b"OK COPY completed"
         await self.send(b"* OK [%s] moved\r\n" % code if code else b"")
-        await self._remove(source)
+        await self._remove(source, target.name)
         return b"OK MOVE completed"
 
-    async def _remove(self, uids: list[int]) -> None:
+    async def _remove(self, uids: list[int], target: str) -> None:
         """The second half of MOVE: expunge exactly these entries, whatever their flags."""
         view = self._writable()
         if not uids:
             return
         await self.server.store.store_flags(view.folder_id, uids, "+FLAGS", ["\\Deleted"])
-        gone = await self.server.store.expunge(view.folder_id, uids)
+        gone = await self.server.store.expunge(view.folder_id, uids, trace=self._trace(MOVE, f"from {view.name} to {target}"))
         view.pending_expunges.update(uid for uid in gone if view.sequence_of(uid) is not None)
         await self.send(b"".join(view.flush_expunges()))
         self.server.watch.touched(view.folder_id)

@@ -30,6 +30,8 @@ from caducee.mailbox import delivery, store
 from caducee.mailbox._sqlrun import Runner, Unchanged
 from caducee.mailbox.models import Folder, MailboxEntry, Message, Subscription
 from caducee.mime.summary import Summary, summarize
+from caducee.traces import service as traces
+from caducee.traces.service import Trace
 
 RANGES_PER_QUERY = 64
 SYSTEM_FLAGS = {f.upper(): f for f in ("\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft")}
@@ -192,10 +194,17 @@ class MailStore:
         """A new, empty, unsubscribed folder, with a UIDVALIDITY larger than any before."""
         await self.run.write(_create, mailbox_id, name)
 
-    async def delete(self, mailbox_id: int, name: str) -> None:
+    async def delete(self, mailbox_id: int, name: str, *, trace: Trace | None = None) -> None:
+        """Delete a folder and what it holds (`trace`: the operator's, in the same transaction)."""
         if name == "INBOX":
             raise StoreError("INBOX ne peut pas être supprimé / INBOX cannot be deleted", "CANNOT")
-        await self.run.write(_delete, mailbox_id, name)
+
+        def deleted(conn: Connection) -> None:
+            count = _delete(conn, mailbox_id, name)
+            if trace is not None:
+                traces.record_in(conn, [trace.counted(count)])
+
+        await self.run.write(deleted)
 
     async def rename(self, mailbox_id: int, old: str, new: str) -> None:
         if old == "INBOX":
@@ -318,12 +327,20 @@ class MailStore:
             return [], []
         return await self.run.write(_store_flags, folder_id, uids, action, set(normalise_flags(flags)), unchanged_since)
 
-    async def expunge(self, folder_id: int, uids: list[int] | None = None) -> list[int]:
+    async def expunge(self, folder_id: int, uids: list[int] | None = None, *, trace: Trace | None = None) -> list[int]:
         """Tombstone the entries flagged \\Deleted (among `uids` if given); their UIDs.
 
         Expunging nothing changes nothing: HIGHESTMODSEQ stays (every CLOSE of a client's
-        sync would otherwise make every folder look changed to its next sync)."""
-        return await self.run.write(_expunge, folder_id, uids)
+        sync would otherwise make every folder look changed to its next sync). `trace`: the
+        operator's trace of the deletion, written in its transaction with the count expunged."""
+
+        def expunged(conn: Connection) -> list[int]:
+            gone = _expunge(conn, folder_id, uids)
+            if trace is not None:
+                traces.record_in(conn, [trace.counted(len(gone))])
+            return gone
+
+        return await self.run.write(expunged)
 
     async def append(self, folder_id: int, raw: bytes, flags: list[str], internal_date: dt.datetime | None, sender: str) -> tuple[int, int]:
         """Store a message a client appends; (UIDVALIDITY, UID)."""
@@ -369,16 +386,17 @@ def _create(conn: Connection, mailbox_id: int, name: str) -> None:
     )
 
 
-def _delete(conn: Connection, mailbox_id: int, name: str) -> None:
-    """The folder and its entries; its subscription stays (RFC 3501 6.3.6)."""
+def _delete(conn: Connection, mailbox_id: int, name: str) -> int:
+    """The folder and its entries (how many); its subscription stays (RFC 3501 6.3.6)."""
     folder = _folder(conn, mailbox_id, name)
     if folder is None:
         raise StoreError("dossier inconnu / no such folder", "NONEXISTENT")
     children = conn.execute(select(Folder.id).where(Folder.mailbox_id == mailbox_id, Folder.name.startswith(name + "/")).limit(1))
     if children.first() is not None:
         raise StoreError("ce dossier contient des sous-dossiers / folder has children", "INUSE")
-    conn.execute(MailboxEntry.__table__.delete().where(MailboxEntry.folder_id == folder.id))
+    entries = conn.execute(MailboxEntry.__table__.delete().where(MailboxEntry.folder_id == folder.id))
     conn.execute(Folder.__table__.delete().where(Folder.id == folder.id))
+    return int(entries.rowcount or 0)
 
 
 def _rename(conn: Connection, mailbox_id: int, old: str, new: str) -> None:

@@ -480,7 +480,7 @@ async def api_extend(request: Request) -> Response:
 async def api_archive(request: Request, key: str) -> Response:
     conversation = _key(key)
     viewer = await viewer_of(request, changes=True)
-    if not await context(request).webmail.move(viewer.profile, conversation, "Archive"):
+    if not await context(request).webmail.move(viewer.profile, conversation, "Archive", actor=viewer.actor.address):
         raise HTTPException(404, "Cette conversation n'existe pas.")
     return Response(status_code=204)
 
@@ -489,6 +489,6 @@ async def api_archive(request: Request, key: str) -> Response:
 async def api_delete(request: Request, key: str) -> Response:
     conversation = _key(key)
     viewer = await viewer_of(request, changes=True)
-    if not await context(request).webmail.move(viewer.profile, conversation, "Trash"):
+    if not await context(request).webmail.move(viewer.profile, conversation, "Trash", actor=viewer.actor.address):
         raise HTTPException(404, "Cette conversation n'existe pas.")
     return Response(status_code=204)

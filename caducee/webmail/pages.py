@@ -353,7 +353,7 @@ async def move_conversation(request: Request, key_text: str) -> Response:
         return checked
     viewer, _ = checked
     target, done = MOVES[action]
-    if not await context(request).webmail.move(viewer.profile, key, target):
+    if not await context(request).webmail.move(viewer.profile, key, target, actor=viewer.actor.address):
         return page(request, viewer, "not_found.html", 404)
     back = {"archive": f"/conversations/{key}", "desarchive": f"/conversations/{key}", "supprime": "/", "restaure": "/?dossier=corbeille"}
     return redirect(f"{back[done]}?info={done}")

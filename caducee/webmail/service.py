@@ -31,6 +31,7 @@ from caducee.mailbox.fanout import PREVENTION
 from caducee.mailbox.mailstore import MailStore
 from caducee.policies import Decision
 from caducee.policies import Message as MessageFacts
+from caducee.traces.service import MOVE, Trace
 from caducee.webmail import compose, preferences, reading
 from caducee.webmail.accounts import aware
 from caducee.webmail.uploads import Upload
@@ -324,10 +325,11 @@ class Webmail:
                 found.append(line)
         return found
 
-    async def move(self, profile: Profile, key: int, target: str) -> bool:
+    async def move(self, profile: Profile, key: int, target: str, *, actor: str = "") -> bool:
         """File a whole conversation into `target` ("Archive", "Trash"), or back ("INBOX":
         what others wrote to the INBOX, what the patient wrote to Sent), as a mail client
-        would with MOVE. False when this profile holds no such conversation or may not."""
+        would with MOVE. False when this profile holds no such conversation or may not.
+        `actor`: the signed-in person's address (a guardian for a child), for the trace."""
         if profile.relation == "carer":  # a carer reads; the patient's folders stay as they are
             return False
         async with self.reads.connect() as conn:
@@ -349,10 +351,18 @@ class Webmail:
             elif entry.folder == target or (target == "Archive" and entry.folder == "Trash"):
                 continue
             groups.setdefault((entry.folder_id, folders[destination]), []).append(entry.uid)
+        names = {folder_id: name for name, folder_id in folders.items()}
         for (source, target_id), uids in groups.items():
             await self.mailstore.copy(source, uids, target_id)
             await self.mailstore.store_flags(source, uids, "+FLAGS", ["\\Deleted"])
-            await self.mailstore.expunge(source, uids)
+            trace = Trace(
+                mailbox=profile.account.address,
+                channel="webmail",
+                action=MOVE,
+                actor=actor or profile.account.address,
+                detail=f"conversation {key} from {names.get(source, '?')} to {names.get(target_id, target)}",
+            )
+            await self.mailstore.expunge(source, uids, trace=trace)
         return True
 
     async def export(self, profile: Profile, actor: PatientAccount) -> bytes:
