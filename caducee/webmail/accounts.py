@@ -25,6 +25,7 @@ from caducee import db
 from caducee.annuaire import patients
 from caducee.annuaire.kinds import PatientStatus
 from caducee.config import Settings
+from caducee.core import timing
 from caducee.core.passwords import hash_password, verify_password
 from caducee.core.pseudonyms import pseudonym
 from caducee.core.singleflight import SingleFlight
@@ -36,6 +37,7 @@ from caducee.webmail.models import ActivationCode, LoginChallenge, WebSession
 log = logging.getLogger(__name__)
 
 MIN_PASSWORD = 10
+ACTIVATION_ANSWER_FLOOR = 0.3  # seconds: above the try's committed write on a loaded node
 PROFILES_SECONDS = 10.0
 SESSION_RECHECK_SECONDS = 2.0
 TOUCH_EVERY = timedelta(seconds=60)  # a session's last-seen time is written at most this often
@@ -421,7 +423,13 @@ class Accounts:
         Every failure gets the same sentence, whether the INS is unknown, its profile already
         activated, opposed or closed, the code wrong or expired: the page must not tell an
         INS's status to whoever types it. Tries are counted per INS (canonical form) and per
-        client address, like logins, before anything is compared."""
+        client address, like logins, before anything is compared. Nor must its timing: a
+        created profile's try is a committed write the others do not make, so every answer
+        is held to the same floor (`core.timing`)."""
+        async with timing.no_sooner_than(ACTIVATION_ANSWER_FLOOR, "an activation code check"):
+            return await self._check_activation_now(ins, code, client)
+
+    async def _check_activation_now(self, ins: str, code: str, client: str) -> patients.PatientAccount:
         async with self.reads.connect() as conn:
             account = None if "@" in ins else await patients.find_for_login(conn, ins)
         ins_key, address_key = f"activation-{patients.canonical_identifier(ins)}", f"activation-web:{client}"
