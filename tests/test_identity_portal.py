@@ -231,3 +231,20 @@ async def test_userinfo_as_a_signed_jwt(engine: Any, settings: Any, tmp_path: An
     finally:
         await running.stop()
         await asyncio.to_thread(jwt_standin.stop)
+
+
+async def test_a_client_address_may_start_only_so_many_sign_ins(portal: Portal) -> None:
+    """Each start writes a row (state, nonce, verifier): a client starting thousands would
+    fill the table; past the limit it gets a French page and nothing is written."""
+    from sqlalchemy import func, select
+
+    from caducee.identity.models import LoginState
+    from caducee.identity.signin import STARTS_PER_ADDRESS
+
+    async with httpx.AsyncClient(timeout=30) as client:
+        for _ in range(STARTS_PER_ADDRESS):
+            assert (await client.get(f"{portal.base_url}/pro/connexion")).status_code == 303
+        stopped = await client.get(f"{portal.base_url}/pro/connexion")
+    assert stopped.status_code == 429 and "Trop de connexions" in html.unescape(stopped.text)
+    async with portal.engine.connect() as conn:
+        assert (await conn.execute(select(func.count()).select_from(LoginState))).scalar() == STARTS_PER_ADDRESS

@@ -111,5 +111,10 @@ class LoginThrottle:
         for key, limit in ((account_key, self.max_failures), (address_key, self.max_failures_per_address)):
             await self.store.add_failure(self._key(key), limit, self.window, self.lockout)
 
+    async def attempted(self, address_key: str) -> None:
+        """Count something a client may do only so often, failed or not (starting a sign-in
+        writes a row: a client starting thousands would fill a table)."""
+        await self.store.add_failure(self._key(address_key), self.max_failures_per_address, self.window, self.lockout)
+
     async def succeeded(self, account_key: str) -> None:
         await self.store.clear(self._key(account_key))

@@ -85,10 +85,10 @@ def _ports(*offered: tuple[int, str]) -> str:
 async def start(request: Request) -> Response:
     ctx = context(request)
     try:
-        url, browser = await ctx.signin.begin()
+        url, browser = await ctx.signin.begin(_client(request))
     except SignInRefused as refused:
         log.warning("PSC sign-in from %s could not start: %s", _client(request), refused)
-        return render(request, "pro_refused.html", 503, message=refused.message)
+        return render(request, "pro_refused.html", 429 if refused.reason == "too-many" else 503, message=refused.message)
     response = redirect(url)
     set_cookie(response, ctx, BINDING_COOKIE, browser, path="/pro/connexion", max_age=600)
     return response

@@ -20,8 +20,9 @@ from caducee.identity.mailtoken import TokenMailAuthenticator
 from caducee.identity.professionals import Directory
 from caducee.identity.provider import Provider
 from caducee.identity.sessions import ProSessions
-from caducee.identity.signin import ProSignIn, RelyingParty
+from caducee.identity.signin import START_WINDOW, STARTS_PER_ADDRESS, ProSignIn, RelyingParty
 from caducee.identity.web import IdentityContext
+from caducee.limits.service import DatabaseFailures
 
 
 def redirect_uris(settings: Settings) -> tuple[str, str]:
@@ -71,8 +72,16 @@ def build_identity(engine: AsyncEngine, settings: Settings) -> Identity:
         leeway=settings.psc_leeway_seconds,
         timeout=settings.psc_timeout,
     )
+    # Sign-ins started per client address, counted in the database: every node sees the same.
+    starts = LoginThrottle(
+        max_failures_per_address=STARTS_PER_ADDRESS,
+        window=START_WINDOW,
+        lockout=START_WINDOW,
+        store=DatabaseFailures(engine),
+        namespace="pro-signin",
+    )
     context = IdentityContext(
-        signin=ProSignIn(engine, provider, directory, party),
+        signin=ProSignIn(engine, provider, directory, party, starts=starts),
         sessions=ProSessions(engine, idle_minutes=settings.pro_idle_minutes, session_hours=settings.pro_session_hours),
         directory=directory,
         tokens=tokens,

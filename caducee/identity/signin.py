@@ -25,6 +25,7 @@ from sqlalchemy import delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from caducee.core.clock import utcnow
+from caducee.core.throttle import Locked, LoginThrottle
 from caducee.identity.models import LoginState
 from caducee.identity.professionals import Directory, Principal
 from caducee.identity.provider import Provider, ProviderUnavailable
@@ -59,7 +60,10 @@ MESSAGES = {
     "Contactez le support Caducée si c'est une erreur.",
     "provider-unavailable": "Pro Santé Connect ne répond pas pour le moment. Réessayez dans quelques minutes.",
     "not-configured": "La connexion par Pro Santé Connect n'est pas encore ouverte sur ce service.",
+    "too-many": "Trop de connexions ont été commencées depuis votre réseau sans aboutir. Réessayez dans quelques minutes.",
 }
+STARTS_PER_ADDRESS = 30  # sign-ins a client address may start in START_WINDOW seconds (each writes a row)
+START_WINDOW = 600.0
 DEFAULT_MESSAGE = (
     "L'identité reçue de Pro Santé Connect n'a pas pu être vérifiée. Par sécurité, elle est refusée. Recommencez la connexion."
 )
@@ -100,11 +104,16 @@ def digest(value: str) -> str:
 
 
 class ProSignIn:
-    def __init__(self, engine: AsyncEngine, provider: Provider, directory: Directory, party: RelyingParty) -> None:
+    def __init__(
+        self, engine: AsyncEngine, provider: Provider, directory: Directory, party: RelyingParty, *, starts: LoginThrottle | None = None
+    ) -> None:
+        """`starts`: how many sign-ins a client address may start (every node counting the
+        same ones when its store is the database's)."""
         self.engine = engine
         self.provider = provider
         self.directory = directory
         self.party = party
+        self.starts = starts or LoginThrottle(max_failures_per_address=STARTS_PER_ADDRESS, window=START_WINDOW, lockout=START_WINDOW)
 
     def _client(self) -> AsyncOAuth2Client:
         return AsyncOAuth2Client(
@@ -117,10 +126,19 @@ class ProSignIn:
             timeout=self.party.timeout,
         )
 
-    async def begin(self) -> tuple[str, str]:
-        """(the provider's authorization URL, the browser binding to set as a cookie)."""
+    async def begin(self, client: str = "unknown") -> tuple[str, str]:
+        """(the provider's authorization URL, the browser binding to set as a cookie).
+
+        Each start writes a row (the state, nonce and PKCE verifier, until the provider
+        sends the browser back): a client address may start only so many."""
         if not self.party.client_id:
             raise SignInRefused("not-configured")
+        address_key = f"pro-signin-web:{client}"
+        try:
+            await self.starts.check(address_key)
+        except Locked:
+            raise SignInRefused("too-many", client) from None
+        await self.starts.attempted(address_key)
         try:
             metadata = await self.provider.metadata()
         except ProviderUnavailable as error:
