@@ -126,18 +126,18 @@ class ProSignIn:
             timeout=self.party.timeout,
         )
 
-    async def begin(self, client: str = "unknown") -> tuple[str, str]:
+    async def begin(self, address: str = "unknown") -> tuple[str, str]:
         """(the provider's authorization URL, the browser binding to set as a cookie).
 
         Each start writes a row (the state, nonce and PKCE verifier, until the provider
         sends the browser back): a client address may start only so many."""
         if not self.party.client_id:
             raise SignInRefused("not-configured")
-        address_key = f"pro-signin-web:{client}"
+        address_key = f"pro-signin-web:{address}"
         try:
             await self.starts.check(address_key)
         except Locked:
-            raise SignInRefused("too-many", client) from None
+            raise SignInRefused("too-many", address) from None
         await self.starts.attempted(address_key)
         try:
             metadata = await self.provider.metadata()
