@@ -396,6 +396,36 @@ async def test_an_oversized_upload_gets_the_same_413_page_declared_or_chunked(we
     assert [raw for raw in await webmail.gateway.inbox(webmail.gateway.account("doctor")[0]) if b"gros.pdf" in raw] == []
 
 
+MALFORMED_FORMS = {
+    "no boundary": ("multipart/form-data", b'--x\r\nContent-Disposition: form-data; name="a"\r\n\r\n1\r\n--x--\r\n'),
+    "too many fields": ("application/x-www-form-urlencoded", b"&".join(b"f%d=1" % n for n in range(1200))),
+    "too many files": (
+        "multipart/form-data; boundary=b",
+        b"".join(b'--b\r\nContent-Disposition: form-data; name="f"; filename="%d.txt"\r\n\r\nx\r\n' % n for n in range(1100))
+        + b"--b--\r\n",
+    ),
+    "a part without a name": ("multipart/form-data; boundary=b", b"--b\r\nContent-Disposition: form-data\r\n\r\nx\r\n--b--\r\n"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED_FORMS))
+async def test_a_form_the_framework_cannot_read_gets_a_french_page(webmail: Webmail, case: str) -> None:
+    """Starlette's parser says why in English (and FastAPI "There was an error parsing the
+    body"): the page and the API say it in French, with the same headers, and the session goes on."""
+    await doctor_writes(webmail.gateway, webmail.patient("adult_1")["address"], "Résultats")
+    client, csrf = await webmail.logged_in()
+    content_type, body = MALFORMED_FORMS[case]
+    async with aclosing(client):
+        key = await conversation_id(client)
+        for url in (f"/conversations/{key}/reponse", f"/api/v1/conversations/{key}/replies"):
+            answer = await client.post(url, content=body, headers={"Content-Type": content_type, "X-CSRF-Token": csrf})
+            assert answer.status_code in (400, 403, 422), (case, url, answer.status_code, answer.text[:300])
+            assert_safe_headers(answer)
+            for english in ("Too many", "Missing boundary", "error parsing", "Maximum number"):
+                assert english not in answer.text, (case, url, answer.text[:300])
+        assert (await client.get("/")).status_code == 200
+
+
 async def test_a_failure_nobody_foresaw_is_a_french_page_with_the_same_headers(webmail: Webmail) -> None:
     await doctor_writes(webmail.gateway, webmail.patient("adult_1")["address"], "Résultats")
     client, _ = await webmail.logged_in()

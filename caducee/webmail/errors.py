@@ -18,6 +18,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.formparsers import MultiPartException
 
 from caducee.webmail.web import TEMPLATES, anonymous_csrf, safe_headers
 
@@ -32,6 +33,9 @@ FRENCH = {
     422: "La demande n'est pas valide.",
     429: "Trop d'essais : réessayez plus tard.",
 }
+UNREADABLE_FORM = (
+    "Le formulaire envoyé n'a pas pu être lu : il est incomplet, ou contient trop de champs ou de fichiers. Rechargez la page et réessayez."
+)
 UNAVAILABLE = "Service momentanément indisponible : réessayez dans un instant."
 FIELD_NAMES = {"identifier": "identifiant", "password": "mot de passe", "code": "code", "text": "texte", "file": "fichier"}
 
@@ -48,7 +52,9 @@ def _page(request: Request, status: int, template: str, **values: Any) -> Respon
 async def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     detail = exc.detail if isinstance(exc.detail, str) else ""
-    if not detail or detail == _starlette_phrase(exc.status_code):
+    if _unreadable_form(exc):
+        detail = UNREADABLE_FORM
+    elif not detail or detail == _starlette_phrase(exc.status_code):
         detail = FRENCH.get(exc.status_code, "La demande n'a pas abouti.")
     headers = dict(exc.headers or {})
     if _is_api(request):
@@ -56,6 +62,16 @@ async def http_error(request: Request, exc: Exception) -> Response:
     if exc.status_code == 404:
         return _page(request, 404, "not_found.html")
     return _page(request, exc.status_code, "error.html", title=FRENCH.get(exc.status_code, "Erreur"), message=detail)
+
+
+def _unreadable_form(exc: StarletteHTTPException) -> bool:
+    """A form the framework could not read: Starlette's parser said why in English ("Too
+    many files. Maximum number of files is 1000.", "Missing boundary in multipart."), and
+    FastAPI's "There was an error parsing the body"; the person reads French."""
+    if exc.status_code != 400:
+        return False
+    cause = exc.__cause__ or exc.__context__
+    return isinstance(cause, MultiPartException) or exc.detail == "There was an error parsing the body"
 
 
 def _starlette_phrase(status: int) -> str:
