@@ -53,6 +53,13 @@ def worker(running: AgendaSite, outbox: Path) -> ReminderWorker:
     )
 
 
+def the_day_before(days: int) -> datetime:
+    """Just after the default reminder time (9 h, Paris) on the eve of the day `days` ahead:
+    a moment fixed by the calendar, not by the hour the suite happens to run at."""
+    eve = (datetime.now(PARIS) + timedelta(days=days - 1)).date()
+    return datetime.combine(eve, time(9, 1), tzinfo=PARIS)
+
+
 def in_days(days: int, hour: int, minute: int = 0) -> tuple[str, str]:
     day = (datetime.now(PARIS) + timedelta(days=days)).date()
     return day.isoformat(), f"{hour:02d}:{minute:02d}"
@@ -103,7 +110,7 @@ async def test_an_invitation_is_reminded_with_its_time_and_nothing_the_professio
         patient, ics(organizer=site.doctor, attendee=patient, start=start, summary="Bilan cardiologique", location="Service de cardiologie")
     )
     sender = worker(site, tmp_path / "out")
-    assert await sender.run_once(now=datetime.now(UTC) + timedelta(days=4, hours=12)) == 1
+    assert await sender.run_once(now=the_day_before(5)) == 1
     [reminder] = mails(tmp_path / "out")
     text = reminder.get_content() + str(reminder["Subject"])
     assert "9 h 30" in text and "cardio" not in text.lower() and "Sophie" not in text
@@ -118,7 +125,7 @@ async def test_no_reminder_for_an_opted_out_or_closed_profile(site: AgendaSite, 
     async with site.gateway.engine.begin() as conn:  # Claire turns reminders off after they were queued
         await store.save_prefs(conn, claire.account.id, store.Prefs(reminders=False))
         await patients.set_status(conn, paul.account.id, patients.PatientStatus.CLOSED)
-    assert await worker(site, tmp_path / "out").run_once(now=datetime.now(UTC) + timedelta(days=2, hours=20)) == 2
+    assert await worker(site, tmp_path / "out").run_once(now=the_day_before(3)) == 2
     assert mails(tmp_path / "out") == [] and (await states(site)) == {"cancelled": 2}
 
 
@@ -129,7 +136,7 @@ async def test_a_minors_appointments_remind_the_guardian_but_never_a_secret_one(
     await site.invite(
         minor, ics(organizer=site.doctor, attendee=minor, uid="b@x", start=start, summary="Consultation", extra="CLASS:PRIVATE\r\n")
     )
-    assert await worker(site, tmp_path / "out").run_once(now=datetime.now(UTC) + timedelta(days=4, hours=20)) == 2
+    assert await worker(site, tmp_path / "out").run_once(now=the_day_before(5)) == 2
     [reminder] = mails(tmp_path / "out")
     assert reminder["To"] == site.patient("adult_1")["email"] and "Léa Martin" in str(reminder["Subject"])
     assert (await states(site)) == {"sent": 1, "cancelled": 1}
