@@ -223,7 +223,9 @@ class Dossier:
         self.history = history
         self.notifier = notifier
         self._titles: OrderedDict[int, str] = OrderedDict()
-        self._lists: OrderedDict[tuple[object, ...], tuple[list[Any], list[str]]] = OrderedDict()
+        # Per decided list: the rows the rules let through, the types present, and the lines
+        # already built for them (a page view builds only the lines no view built before).
+        self._lists: OrderedDict[tuple[object, ...], tuple[list[Any], list[str], dict[int, DocumentLine]]] = OrderedDict()
         self._recorded: dict[tuple[int, int], float] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._writer = Writer(engine)
@@ -316,23 +318,28 @@ class Dossier:
                     row for row in rows if rules.decide(rules.Facts(requester, rules.Act.READ, settings, _facts_document(row))).allowed
                 ]
                 allowed.sort(key=lambda row: (row.care_date or row.deposited_at.date(), row.id), reverse=True)
-                cached = (allowed, sorted({row.type_code for row in allowed}, key=kinds.type_label))
+                cached = (allowed, sorted({row.type_code for row in allowed}, key=kinds.type_label), {})
                 self._lists[key] = cached
                 while len(self._lists) > LISTS_KEPT:
                     self._lists.popitem(last=False)
             else:
                 self._lists.move_to_end(key)
-            visible, types = cached
+            visible, types, built = cached
             if type_code:
                 visible = [row for row in visible if row.type_code == type_code]
             pages = max(1, -(-len(visible) // PAGE_SIZE))
             page = max(1, min(page, pages))
             shown = visible[(page - 1) * PAGE_SIZE : page * PAGE_SIZE]
-            missing = [row.id for row in shown if row.id not in self._titles]
+            missing = [row.id for row in shown if row.id not in built and row.id not in self._titles]
             sealed = {}
             if missing:
                 sealed = dict((await conn.execute(select(DocumentRow.id, DocumentRow.title).where(DocumentRow.id.in_(missing)))).all())
-        lines = [self._line(row, self._title(row.id, sealed.get(row.id, b""))) for row in shown]
+        lines = []
+        for row in shown:  # a row's line is the same for every view of this version of the dossier
+            line = built.get(row.id)
+            if line is None:
+                line = built[row.id] = self._line(row, self._title(row.id, sealed.get(row.id, b"")))
+            lines.append(line)
         return DocumentList(lines, len(visible), page, pages, [(code, kinds.type_label(code)) for code in types])
 
     async def _one(self, conn: AsyncConnection, patient_id: int, document_id: int):  # type: ignore[no-untyped-def]
