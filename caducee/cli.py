@@ -970,12 +970,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from caducee.crypto.openpgp import agent_running, stop_agent
+
     args = build_parser().parse_args(argv)
+    keyring = _keyring_home(args)
+    agent_before = keyring is not None and agent_running(keyring)
     try:
         return int(args.func(args))
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        # A command or a server that used the data directory's OpenPGP keyring (an import, a
+        # target file uploaded to the campaign API) ends the gpg-agent gpg started for it, and
+        # only that one: an agent that was already running serves someone else.
+        if keyring is not None and not agent_before:
+            stop_agent(keyring)
+
+
+def _keyring_home(args: argparse.Namespace) -> Path | None:
+    try:
+        home = Path(_settings(args).data_dir) / "openpgp"
+    except SettingsError:
+        return None
+    return home if args.func in (cmd_serve, cmd_patients_import, cmd_openpgp, cmd_campaigns) else None
 
 
 if __name__ == "__main__":

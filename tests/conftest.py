@@ -29,6 +29,19 @@ from caducee.config import Settings
 PG_URL = os.environ.get("CADUCEE_TEST_PG", "").strip()
 
 
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """End the gpg-agents the run's keyrings started (gpg leaves one per home, reparented to
+    PID 1): a finished run leaves no process behind."""
+    from caducee.crypto.openpgp import stop_agent
+
+    factory = getattr(session.config, "_tmp_path_factory", None)
+    base = getattr(factory, "_basetemp", None)  # None when the run made no temporary directory
+    if base is None:
+        return
+    for keyring in Path(base).rglob("pubring.kbx"):  # every GnuPG home of the run
+        stop_agent(keyring.parent)
+
+
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, object]:
     """Run async tests on the loop `caducee serve` runs on (uvloop), unless CADUCEE_EVENT_LOOP=asyncio."""
     if os.environ.get("CADUCEE_EVENT_LOOP", "uvloop") == "uvloop":

@@ -107,3 +107,33 @@ def _healthy(port: int) -> bool:
         return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def agents_of(home: Path) -> list[int]:
+    """The gpg-agents serving `home`, from their command lines."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if argv and argv[0].endswith(b"gpg-agent") and str(home).encode() in argv and alive(int(entry.name)):
+                found.append(int(entry.name))
+    return found
+
+
+def test_a_command_that_used_the_keyring_leaves_no_gpg_agent_and_spares_one_already_running(tmp_path: Path) -> None:
+    """gpg starts an agent for the keyring and the agent outlives the command (reparented to
+    PID 1): the command ends the one it started, not one that served someone before it."""
+    env = {**os.environ, "CADUCEE_DATA_DIR": str(tmp_path / "var")}
+    home = tmp_path / "var" / "openpgp"
+    made = subprocess.run([sys.executable, "-m", "caducee", "openpgp", "init"], env=env, capture_output=True, text=True, timeout=120)
+    assert made.returncode == 0, made.stderr
+    assert agents_of(home) == []
+    subprocess.run(["gpg-connect-agent", "--homedir", str(home), "/bye"], capture_output=True, timeout=30, check=True)  # someone else's
+    [running] = agents_of(home)
+    shown = subprocess.run([sys.executable, "-m", "caducee", "openpgp", "export"], env=env, capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0 and "BEGIN PGP PUBLIC KEY" in shown.stdout
+    assert agents_of(home) == [running]
+    subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "gpg-agent"], capture_output=True, timeout=30)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import queue
+import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -168,6 +169,34 @@ class SignedStream:
         if signer != self._signer and normalise_fingerprint(getattr(result, "fingerprint", "") or "") != self._signer:
             raise OpenPgpError(f"the file is signed by {signer}, not by the CNAM's key {self._signer}")
         return Verdict(signer, self._bytes)
+
+
+def agent_running(home: Path) -> bool:
+    """Whether a gpg-agent already serves this home (asked without starting one)."""
+    if not Path(home).is_dir():
+        return False
+    try:
+        asked = subprocess.run(
+            ["gpg-connect-agent", "--homedir", str(home), "--no-autostart", "/bye"], capture_output=True, timeout=10, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return asked.returncode == 0 and b"no gpg-agent running" not in asked.stderr
+
+
+def stop_agent(home: Path) -> None:
+    """End the gpg-agent that gpg started for this home, if one runs.
+
+    gpg starts an agent on first use and the agent outlives the process that used the keyring
+    (it is reparented to PID 1): whoever used a keyring ends it when done, so that a stopped
+    server, a finished command or a finished test run leaves no process behind. Nothing is
+    started when none runs (gpgconf's kill does not autostart)."""
+    if not Path(home).is_dir():
+        return
+    try:
+        subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "gpg-agent"], capture_output=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):  # no gpgconf, or it hung: nothing more to do here
+        pass
 
 
 class Keyring:
