@@ -156,6 +156,7 @@ class PostDelivery:
         self._tasks: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(CONCURRENT)
         self._poll: asyncio.Task[None] | None = None
+        self._stopped = False  # after `stop`: what is accepted still writes its rows, pending, for the others
 
     # ---- wiring (server.py) -----------------------------------------------------------
 
@@ -184,7 +185,7 @@ class PostDelivery:
             except Exception:  # a predicate's bug must not lose a filing nor refuse the message
                 log.exception("post-delivery predicate of %s failed: the row is written", consumer)
                 recipients = delivered.recipients
-            claimed_by = self.me if consumer in self._runners else ""
+            claimed_by = self.me if consumer in self._runners and not self._stopped else ""
             out += [
                 Wanted(
                     consumer,
@@ -204,7 +205,7 @@ class PostDelivery:
         """The fast path, once the commit returned: run the rows this process claimed in it.
         Returns at once (the work is a task)."""
         for row in wanted:
-            if row.claimed_by != self.me:
+            if row.claimed_by != self.me or self._stopped:  # stopping: its lease runs out, another process runs it
                 continue
             to = row.recipient
             claimed = Claimed(
@@ -311,6 +312,9 @@ class PostDelivery:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
     async def stop(self) -> None:
+        """Stop the poll and wait for the rows being run; rows accepted from now on are left
+        pending, for the other processes (the app stops before the SMTP listeners do)."""
+        self._stopped = True
         if self._poll is not None:
             self._poll.cancel()
             await asyncio.gather(self._poll, return_exceptions=True)
