@@ -212,6 +212,21 @@ class Settings:
         "How often each server process looks for periodic jobs that are due (purges); each runs once per period "
         "on whichever process of whichever node claims it first.",
     )
+    post_delivery_poll_seconds: float = _setting(
+        2.0,
+        "How often each process of an `http` node looks at the post-delivery queue (packages for the dossier, invitations "
+        "for the agenda) for rows another node accepted (a mail-only node) or whose lease ran out (a process that died).",
+    )
+    post_delivery_lease_seconds: float = _setting(
+        120.0,
+        "Seconds a process holds a post-delivery row it works; a row still held after that (its process died) is taken "
+        "again by another. Longer than filing one message's package or invitation takes.",
+    )
+    post_delivery_hold_seconds: float = _setting(
+        0.0,
+        "For tests only: seconds the process that accepted a message waits after the commit before filing its package or "
+        "invitation (widens the window in which a crash test kills it). 0 in production.",
+    )
     trace_retention_days: int = _setting(
         183,
         "Days the trace of actions per mailbox (messages sent or refused, deletions: who, when, which answer) is kept, "

@@ -37,7 +37,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from caducee import __version__, db
 from caducee import webmail as webmail_package
 from caducee.agenda import background as agenda_background
-from caducee.agenda.invitations import Intake
+from caducee.agenda.invitations import Intake, wants_invitation
 from caducee.agenda.pages import router as agenda_pages
 from caducee.agenda.service import Agenda
 from caducee.agenda.web import STATIC as AGENDA_STATIC
@@ -57,7 +57,7 @@ from caducee.crypto.pki import Pair, development_space, key_passphrase
 from caducee.crypto.tls import client_context, server_context
 from caducee.crypto.tls import reload as reload_contexts
 from caducee.dossier.api import router as dossier_api
-from caducee.dossier.intake import XdmIntake
+from caducee.dossier.intake import XdmIntake, wants_package
 from caducee.dossier.pages import router as dossier_pages
 from caducee.dossier.pro_pages import router as dossier_pro_pages
 from caducee.dossier.service import Dossier
@@ -146,18 +146,23 @@ def build_app(engine: AsyncEngine, settings: Settings, pipeline: AcceptPipeline 
     invitations = None
     if pipeline is not None:
         invitations = Intake(engine, BodyCipher(load_master_key(settings.data_dir)))
-        pipeline.on_delivered.append(invitations.delivered)
+        # This process files packages and invitations: those it accepts right after their commit,
+        # and, by its poll, those any node accepted (a mail-only node) or left behind (a crash).
+        want_post_delivery(pipeline)
+        assert intake is not None
+        pipeline.post_delivery.work("dossier", intake.file)
+        pipeline.post_delivery.work("agenda", invitations.file)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if pipeline is not None:
+            pipeline.post_delivery.start()
         try:
             yield
         finally:
-            if intake is not None:
-                await intake.close()
+            if pipeline is not None:
+                await pipeline.post_delivery.stop()
             await dossier.stop()
-            if invitations is not None:
-                await invitations.settle()
             await webmail.webmail.history.close()
             if own_identity:
                 await identity.close()
@@ -305,7 +310,7 @@ def dossier_context(
     engine: AsyncEngine, settings: Settings, history: AccessHistory, pipeline: AcceptPipeline | None
 ) -> tuple[Dossier, XdmIntake | None]:
     """The dossier (pages and, later, the professionals' API) and, when there is a pipeline,
-    its intake of IHE_XDM.ZIP as one of the pipeline's post-delivery consumers."""
+    its intake of IHE_XDM.ZIP (`build_app` makes it a post-delivery runner)."""
     cipher = BodyCipher(load_master_key(settings.data_dir))
     dossier = Dossier(engine, settings, cipher, history, notifier_from_settings(settings))
     if pipeline is None:
@@ -319,8 +324,14 @@ def dossier_context(
             log.warning("dossier refusal notice to %s not sent: %s", to, result.reply)
 
     intake = XdmIntake(engine, settings, cipher, dossier, relay_notice)
-    pipeline.on_delivered.append(intake.delivered)
     return dossier, intake
+
+
+def want_post_delivery(pipeline: AcceptPipeline) -> None:
+    """The durable post-delivery consumers' predicates, on every node (a mail-only node too
+    writes the rows that the `http` nodes work): the dossier's packages, the agenda's invitations."""
+    pipeline.post_delivery.want("dossier", wants_package)
+    pipeline.post_delivery.want("agenda", wants_invitation)
 
 
 COMMIT_FAILURE_SHOWN = 30.0  # seconds /healthz reports a failed group commit while its own probe writes
@@ -335,6 +346,7 @@ def purge_jobs(engine: AsyncEngine, settings: Settings | None = None) -> list[Jo
     from datetime import timedelta
 
     from caducee.campaigns.service import campaign_messages
+    from caducee.gateway.postdelivery import purge as purge_post_delivery
     from caducee.gateway.relay import queued_messages
     from caducee.identity.sessions import purge_expired as purge_identity
     from caducee.limits.service import purge as purge_limits
@@ -360,6 +372,7 @@ def purge_jobs(engine: AsyncEngine, settings: Settings | None = None) -> list[Jo
         Job("purge-identity-expired", hour / 4, counted("portal sessions and sign-ins deleted", lambda: purge_identity(engine))),
         Job("purge-limits", hour, counted("counters deleted", lambda: purge_limits(engine))),
         Job("purge-traces", hour, counted("traces past retention deleted", lambda: purge_traces(engine, timedelta(days=retention)))),
+        Job("purge-post-delivery", hour, counted("post-delivery rows deleted", lambda: purge_post_delivery(engine))),
     ]
 
 
@@ -535,6 +548,8 @@ async def start_gateway(
     pool = shared_pool(settings.cpu_workers)
     await pool.warm()
     pipeline = AcceptPipeline(engine, settings, cipher, on_queued=worker.wake, smime=smime_stage(settings, engine, pool), cpu=pool)
+    want_post_delivery(pipeline)
+    # New-mail alerts stay in memory, in the accepting process: best effort by design.
     pipeline.on_delivered.append(
         NewMailAlerts(
             engine,

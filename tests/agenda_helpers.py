@@ -94,7 +94,7 @@ class AgendaSite:
         """The doctor's mail client sends the invitation; waits until the agenda read it."""
         msg = invitation_mail(self.doctor, to, calendar, **kwargs)
         code, _ = await asyncio.to_thread(smtp_send, self.gateway, msg, [to])
-        await self.app.state.agenda_intake.settle()
+        await self.gateway.pipeline.post_delivery.settle()  # the invitation filed by the post-delivery fast path
         return msg, code
 
     async def patient_id(self, key: str) -> int:

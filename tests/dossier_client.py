@@ -56,8 +56,8 @@ class World:
         return code
 
     async def settle(self) -> None:
-        intake = self.http.server.config.app.state.dossier_intake
-        await intake.close()
+        """Wait for the packages filed by the post-delivery fast path, then the dossier's writes."""
+        await self.gateway.pipeline.post_delivery.settle()
         await self.dossier.close()
 
     async def account(self, key: str):  # type: ignore[no-untyped-def]

@@ -1,16 +1,17 @@
 """The job runner (issue 19.7): a job runs once per period whichever process claims it, and
 the purges delete what no longer serves (old IMAP tombstones, bodies no entry references,
-expired sessions) and nothing else."""
+expired sessions, worked post-delivery rows) and nothing else."""
 
 from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from caducee.core.clock import utcnow
+from caducee.gateway.models import PostDeliveryItem
 from caducee.gateway.pipeline import Channel, Envelope
 from caducee.jobs.runner import Job, JobRunner
 from caducee.mailbox.models import MailboxEntry, Message
@@ -52,8 +53,17 @@ async def test_purges_delete_what_no_longer_serves(gateway, engine: AsyncEngine)
         await conn.execute(update(MailboxEntry).where(MailboxEntry.message_id == ids[0]).values(expunged_modseq=1, expunged_at=old))
         await conn.execute(update(MailboxEntry).where(MailboxEntry.message_id == ids[1]).values(expunged_modseq=1, expunged_at=utcnow()))
         await conn.execute(text("UPDATE webmail_sessions SET expires_at = :old"), {"old": old})
+        # Post-delivery rows: done two days ago (goes), done now, failed two days ago, pending (stay).
+        for n, (state, created) in enumerate([("done", old), ("done", utcnow()), ("failed", old), ("pending", old)]):
+            await conn.execute(
+                insert(PostDeliveryItem.__table__).values(
+                    message_id=ids[2], mailbox_id=n, address=nurse, mailbox_type="PER", sender=sender, sender_kind="professional",
+                    channel="submission", message_id_header="", consumer="dossier", state=state, attempts=1,
+                    next_attempt_at=created, claimed_by="", last_error="", created_at=created,
+                )
+            )  # fmt: skip
     runner = JobRunner(engine, purge_jobs(engine))
-    assert len(await runner.run_once()) == 6
+    assert len(await runner.run_once()) == 7
     async with engine.connect() as conn:
         left = set((await conn.execute(select(Message.id))).scalars())
         tombstones = (
@@ -64,3 +74,7 @@ async def test_purges_delete_what_no_longer_serves(gateway, engine: AsyncEngine)
     assert tombstones == 1  # the recent one stays
     assert len(left) == 3  # the relayed message has no entry but its queue row keeps it
     assert results["purge-imap-tombstones"].startswith("1 ") and results["purge-orphan-bodies"].startswith("1 ")
+    assert results["purge-post-delivery"] == "1 post-delivery rows deleted"
+    async with engine.connect() as conn:
+        kept = sorted((await conn.execute(select(PostDeliveryItem.mailbox_id))).scalars())
+    assert kept == [1, 2, 3]

@@ -2,12 +2,18 @@
 delivered to a patient becomes (or changes) an appointment in their agenda, linked to the
 message and its conversation.
 
-This is a post-delivery consumer of the gateway's pipeline (connected by `server.py`):
-it is told, after the commit, which stored message each mailbox received, and reads it
-through the mailbox component and the one MIME parser. The message itself is delivered
-whatever becomes of its invitation; an invitation refused here (malformed, too large, an
-organiser who is not the sender, a recipient who is not an attendee, an unknown time
-zone, a date out of range) is only logged, with its reason and no content.
+This is a durable post-delivery consumer of the gateway's pipeline (connected by
+`server.py`, `caducee.gateway.postdelivery`): `wants_invitation`, pure and cheap, tells the
+pipeline on the accept path which patients of a message may receive an invitation (a
+professional's or an organisation's message that may hold a calendar part); a row is written
+for each in the message's own commit, and `Intake.file` runs it after the commit, on a node
+with the `http` role, again after a crash. It reads the stored message through the mailbox
+component (opened as the readers open it) and the one MIME parser. Running a row again files
+nothing twice: an appointment is its organiser's UID (and occurrence) in the patient's agenda,
+and an invitation no newer than what is held (RFC 5546 sequence and stamp) changes nothing.
+The message itself is delivered whatever becomes of its invitation; an invitation refused here
+(malformed, too large, an organiser who is not the sender, a recipient who is not an attendee,
+an unknown time zone, a date out of range) is only logged, with its reason and no content.
 """
 
 from __future__ import annotations
@@ -67,6 +73,16 @@ def calendar_parts(raw: bytes, tree: structure.Part | None = None) -> list[bytes
     return found
 
 
+def wants_invitation(delivered: Delivered) -> list[DeliveredTo]:
+    """The patients of `delivered` whose agenda may receive an invitation from it: a
+    professional's or an organisation's message that may hold a calendar part (by the leaf
+    types the pipeline saw; encrypted: it may). Pure, on the accept path before the commit:
+    most mail holds no calendar and writes no row."""
+    if delivered.sender_kind not in INVITERS or not delivered.may_contain(*CALENDAR_TYPES):
+        return []
+    return delivered.patients
+
+
 def _is_minor(born: date, today: date) -> bool:
     return today.year - born.year - ((today.month, today.day) < (born.month, born.day)) < 18
 
@@ -75,49 +91,26 @@ class Intake:
     def __init__(self, engine: AsyncEngine, cipher: BodyCipher) -> None:
         self.engine = engine
         self.cipher = cipher
-        self._tasks: set[asyncio.Task[None]] = set()
 
-    def delivered(self, delivered: Delivered) -> None:
-        """The pipeline's post-delivery hook: returns at once, the work goes on in a task."""
-        if delivered.sender_kind not in INVITERS or not delivered.may_contain(*CALENDAR_TYPES):
-            return  # most mail holds no calendar: no read, no decryption, no parse
-        mine = [to for to in delivered.recipients if to.mailbox_type == "PAT"]
-        if not mine:
-            return
-        task = asyncio.get_running_loop().create_task(self._take_all(delivered, mine))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def settle(self) -> None:
-        """Wait for the invitations being read (tests, shutdown)."""
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
-
-    async def _take_all(self, delivered: Delivered, recipients: list[DeliveredTo]) -> None:
-        for to in recipients:
-            try:
-                outcome = await self.take(delivered, to)
-            except Exception:  # one bad invitation must not stop the others
-                log.exception("invitation in message %d not read", to.message_id)
-                continue
+    async def file(self, delivered: Delivered) -> None:
+        """The post-delivery runner: read the stored message each patient recipient holds.
+        Raises when it could not (the queue tries again); a refused invitation is an outcome."""
+        for to in delivered.patients:
+            outcome = await self.take(delivered, to)
             if outcome is not None and outcome.applied is None:
                 log.info("invitation in message %d not taken: %s", to.message_id, outcome.reason)
 
     async def take(self, delivered: Delivered, to: DeliveredTo, now: datetime | None = None) -> Outcome | None:
-        """Read one delivered message; None when it holds no calendar."""
+        """Read one delivered message from the store; None when it holds no calendar (or is gone)."""
         now = (now or datetime.now(UTC)).astimezone(UTC)
-        parts = calendar_parts(delivered.raw, delivered.tree) if delivered.raw else None
-        if parts is not None and not parts:
-            return None  # the pipeline's tree has no calendar: nothing read, nothing parsed
         async with self.engine.connect() as conn:
-            sealed = (await conversations.sealed_bodies(conn, [to.message_id])).get(to.message_id) if parts is None else b""
+            sealed = (await conversations.sealed_bodies(conn, [to.message_id])).get(to.message_id)
             key = await conversations.conversation_of_message(conn, to.message_id)
             account = await patients.account_for_address(conn, to.address)
             chosen = await store.prefs(conn, account.id) if account else store.Prefs()
         if sealed is None or account is None:
             return None
-        if parts is None:
-            parts = calendar_parts(self.cipher.open(sealed))
+        parts = calendar_parts(self.cipher.open(sealed))
         if not parts:
             return None
         try:

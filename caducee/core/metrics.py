@@ -40,6 +40,12 @@ http_seconds = Histogram(
     ["area"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
+post_delivery = Counter(
+    "caducee_post_delivery_total",
+    "Rows of the post-delivery queue worked (packages for the dossier, invitations for the agenda), by consumer and outcome: "
+    "done, retry (failed, tried again later) or failed (given up after every attempt).",
+    ["consumer", "outcome"],
+)
 login_failures = Counter("caducee_login_failures_total", "Failed logins (and code or reset attempts), by throttle.", ["throttle"])
 login_locked = Counter("caducee_login_locked_total", "Attempts refused because the account or address is locked out.", ["throttle"])
 

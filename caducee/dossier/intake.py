@@ -1,13 +1,18 @@
 """Documents by mail: a message to a patient carrying IHE_XDM.ZIP files its documents into
 that patient's dossier; the message itself is delivered as any other.
 
-The gateway knows nothing of this: it hands every delivery to its post-delivery consumers
-(`caducee.gateway.hooks`) and `server.py` makes `XdmIntake.delivered` one of them. The
-message is read back through the mailbox component (`MailStore.message`) and its MIME tree
-through `caducee.mime.structure`, after the commit and off the SMTP session. A package is
-filed whole or refused whole; a refusal is told to the sender (a notice in their mailbox,
-or a message relayed to another operator's sender) with the reason, once: each delivered
-message is claimed in `dossier_intakes` before anything is written.
+The gateway knows nothing of this: `server.py` makes it a durable post-delivery consumer
+(`caducee.gateway.postdelivery`). `wants_package`, pure and cheap, tells the pipeline on
+the accept path which patients of a message may receive a package (a professional's or an
+organisation's message with an IHE_XDM.ZIP attachment, or one we cannot look into): a row
+is written for each in the message's own commit, and `XdmIntake.file` runs it after the
+commit, on a node with the `http` role, again after a crash. The message is read back from
+the store through the mailbox component (`MailStore.message`, opened as the readers open
+it) and its MIME tree through `caducee.mime.structure`. A package is filed whole or refused
+whole; a refusal is told to the sender (a notice in their mailbox, or a message relayed to
+another operator's sender) with the reason, once: each delivered message is claimed in
+`dossier_intakes` (per message and patient) in the filing's transaction, so a row run again
+files nothing twice.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from caducee.config import Settings
 from caducee.crypto.atrest import BodyCipher
 from caducee.dossier import rules, xdm
 from caducee.dossier.service import Dossier, NewDocument, Professional, Refused, _insert_ignore
-from caducee.gateway.hooks import Delivered, DeliveredTo
+from caducee.gateway.hooks import OPAQUE_TYPES, Delivered, DeliveredTo
 from caducee.history.service import Access
 from caducee.mailbox.delivery import Delivery, Notice, deliver, stored_form
 from caducee.mailbox.mailstore import MailStore
@@ -39,6 +44,7 @@ log = logging.getLogger(__name__)
 
 ARCHIVE_NAME = "IHE_XDM.ZIP"
 CONCURRENT = 16  # packages read at once per process: bounded memory whatever arrives
+PACKAGERS = frozenset({PartyKind.PROFESSIONAL, PartyKind.ORGANISATION})  # who may deposit by mail
 
 
 def find_packages(raw: bytes, tree: Part | None = None) -> tuple[list[bytes], list[str], str]:
@@ -61,10 +67,7 @@ def find_packages(raw: bytes, tree: Part | None = None) -> tuple[list[bytes], li
             visit_headers(part.message)
             walk(part.message, depth + 1)
             return
-        disposition = dict(part.headers.params("content-disposition")[1])
-        content_type = dict(part.headers.params("content-type")[1])
-        name = decoded_header(disposition.get("filename") or content_type.get("name") or "").strip()
-        if name.rsplit("/", 1)[-1].upper() == ARCHIVE_NAME:
+        if _is_package(part):
             data = decoded(part, part.body_bytes)
             if data is not None:
                 archives.append(data)
@@ -80,6 +83,39 @@ def find_packages(raw: bytes, tree: Part | None = None) -> tuple[list[bytes], li
     visit_headers(root)
     walk(root, 0)
     return archives, codes, subject
+
+
+def wants_package(delivered: Delivered) -> list[DeliveredTo]:
+    """The patients of `delivered` whose dossier may receive a package from it: a professional's
+    or an organisation's message with an IHE_XDM.ZIP attachment (or one we cannot look into:
+    encrypted, or not parsed here). Pure, on the accept path before the commit: most mail is
+    refused by its first tests, and the walk reads only leaf headers of a tree already parsed."""
+    if not delivered.has_attachment or delivered.sender_kind not in PACKAGERS:
+        return []
+    patients_of = delivered.patients
+    if not patients_of or delivered.tree is None or (delivered.content_types or frozenset()) & OPAQUE_TYPES:
+        return patients_of
+    return patients_of if _names_a_package(delivered.tree, 0) else []
+
+
+def _names_a_package(part: Part, depth: int) -> bool:
+    """Whether a leaf of this tree (signed wrappers and attached messages opened, as
+    `find_packages` does) is named IHE_XDM.ZIP."""
+    if depth > 12:
+        return False
+    if part.children:
+        return any(_names_a_package(child, depth + 1) for child in part.children)
+    if part.message is not None:
+        return _names_a_package(part.message, depth + 1)
+    return _is_package(part)
+
+
+def _is_package(leaf: Part) -> bool:
+    """A leaf entity named IHE_XDM.ZIP (by its disposition's filename or its type's name)."""
+    disposition = dict(leaf.headers.params("content-disposition")[1])
+    content_type = dict(leaf.headers.params("content-type")[1])
+    name = decoded_header(disposition.get("filename") or content_type.get("name") or "").strip()
+    return name.rsplit("/", 1)[-1].upper() == ARCHIVE_NAME
 
 
 def _read_all(archives: list[bytes], ins: str, limits: xdm.Limits) -> list[xdm.XdmDocument]:
@@ -107,25 +143,14 @@ class XdmIntake:
         self.relay_notice = relay_notice  # how a notice reaches another operator's sender (the pipeline, wired by server.py)
         self.limits = xdm.Limits(entry=settings.dossier_max_document)
         self._slots = asyncio.Semaphore(CONCURRENT)
-        self._tasks: set[asyncio.Task[None]] = set()
         self._directory: dict[tuple[str, str], tuple[float, patients.PatientAccount | None, annuaire.ProfessionalCard | None]] = {}
 
-    def delivered(self, delivered: Delivered) -> None:
-        """A post-delivery consumer: returns at once. Only professionals' and organisations'
-        messages with attachments, to patients, can carry a dossier package."""
-        if not delivered.has_attachment or delivered.sender_kind not in {PartyKind.PROFESSIONAL, PartyKind.ORGANISATION}:
-            return
+    async def file(self, delivered: Delivered) -> None:
+        """The post-delivery runner: file the packages of the stored message each recipient
+        holds. Raises when it could not (the queue tries again); a refusal is an outcome."""
         for recipient in delivered.patients:
-            task = asyncio.get_running_loop().create_task(self._take(delivered, recipient))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    async def _take(self, delivered: Delivered, recipient: DeliveredTo) -> None:
-        async with self._slots:
-            try:
-                await self.take(delivered.sender, recipient, delivered.raw, delivered.tree)
-            except Exception:  # the message is delivered; an intake that failed is in the log (never its content)
-                log.exception("dossier intake of stored message %d failed", recipient.message_id)
+            async with self._slots:
+                await self.take(delivered.sender, recipient)
 
     async def _parties(self, patient_address: str, sender: str) -> tuple[patients.PatientAccount | None, annuaire.ProfessionalCard | None]:
         """The patient and the sender, from a cache as short as the gateway's own view of the
@@ -143,20 +168,13 @@ class XdmIntake:
         self._directory[key] = (now, patient, card)
         return patient, card
 
-    async def take(self, sender: str, recipient: DeliveredTo, raw: bytes = b"", tree: Part | None = None) -> list[int]:
-        """File the packages of one delivered message; the ids of the documents filed.
-
-        `raw` and `tree`: the message as the pipeline received and parsed it (one parse for
-        the whole path); without them the stored form is read back and parsed."""
-        if not raw:
-            stored = await self.mail.message(recipient.mailbox_id, recipient.message_id)
-            if stored is None:
-                return []
-            raw, tree = stored, None
-        if tree is not None:  # the tree is there: finding the attachments is a walk, no parse
-            archives, codes, subject = find_packages(raw, tree)
-        else:
-            archives, codes, subject = await asyncio.to_thread(find_packages, raw)
+    async def take(self, sender: str, recipient: DeliveredTo) -> list[int]:
+        """File the packages of one delivered message, read from the store; the ids of the
+        documents filed (none when it holds no package, or was filed already)."""
+        raw = await self.mail.message(recipient.mailbox_id, recipient.message_id)
+        if raw is None:
+            return []  # expunged and purged since: nothing left to file
+        archives, codes, subject = await asyncio.to_thread(find_packages, raw)
         if not archives:
             return []  # a PDF attached as such is a message's attachment, not a dossier document
         patient, card = await self._parties(recipient.address, sender)
@@ -278,9 +296,5 @@ class XdmIntake:
         )
         return message.as_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
 
-    async def close(self) -> None:
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
 
-
-__all__ = ["XdmIntake", "find_packages", "rules"]
+__all__ = ["XdmIntake", "find_packages", "rules", "wants_package"]

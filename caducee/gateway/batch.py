@@ -3,8 +3,9 @@
 The accept pipeline turns a message into a `DeliveryPlan` (plain data): the mailbox
 store's part (`caducee.mailbox.delivery.Delivery`: the stored forms, the entries, the
 conversation change, the notices) and the gateway's own (one queue row per remote
-recipient). The group commit writes a whole batch of plans in one transaction: the
-mailbox's set-based delivery first, then the queue rows pointing to the stored forms.
+recipient, one post-delivery row per local recipient a durable consumer wants). The group
+commit writes a whole batch of plans in one transaction: the mailbox's set-based delivery
+first, then the queue rows pointing to the stored forms.
 The cost of a commit hardly grows with the number of messages in it.
 """
 
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import insert
@@ -21,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from caducee import db
 from caducee.gateway.models import QueuedRecipient
+from caducee.gateway.postdelivery import Wanted, rows_in
 from caducee.mailbox import store
 from caducee.mailbox.delivery import Delivery, deliver
 from caducee.traces.service import Trace, record_in
@@ -38,6 +40,10 @@ class DeliveryPlan:
     # The operator's trace of the send, written in the same transaction: a trace line
     # exists exactly when the message was stored (its Message-ID, the reply given).
     trace: Trace | None = None
+    # The post-delivery rows (the dossier's package, the agenda's invitation...), written in the
+    # same transaction: a consumer that must file this message is told so exactly when it is
+    # stored. Empty for ordinary mail (no consumer wants it): nothing more is written.
+    post_delivery: list[Wanted] = field(default_factory=list)
 
 
 def write_batch(conn: Connection, plans: list[DeliveryPlan]) -> list[list[int] | None]:
@@ -72,6 +78,7 @@ def write_batch(conn: Connection, plans: list[DeliveryPlan]) -> list[list[int] |
     ]
     if queued:
         conn.execute(insert(QueuedRecipient.__table__), queued)
+    rows_in(conn, ((row, ids) for plan, ids in zip(plans, stored, strict=True) for row in plan.post_delivery))
     record_in(
         conn,
         (

@@ -1,10 +1,19 @@
 """What the accept pipeline tells other components once a message is on disk: who received it.
 
-The pipeline calls each post-delivery consumer after the group commit, with one
-`Delivered` per accepted message: the sender, how it came, and for each local mailbox that
-received it the stored form it holds. Consumers (new-mail alerts, the dossier's XDM intake,
-calendar invitations...) are plain callables wired by `server.py`; the gateway imports none
-of them. A consumer must return at once (schedule its work) and never raise into the SMTP
+A `Delivered` describes one accepted message: the sender, how it came, and for each local
+mailbox that received it the stored form it holds. It reaches two kinds of consumers:
+
+- Durable ones, whose work must survive a crash after the 250 (the dossier's XDM intake,
+  the agenda's invitations): they go through the post-delivery queue
+  (`caducee.gateway.postdelivery`), a row written in the group commit for each recipient
+  their predicate wants, worked by the `http` role's processes.
+- In-memory ones, `AcceptPipeline.on_delivered` (`tell`, below): new-mail alerts. These are
+  best effort by design (a lost "a message is waiting" email is no lost message): called
+  after the commit in the process that accepted the message, never retried, lost if that
+  process dies first.
+
+Consumers are plain callables wired by `server.py`; the gateway imports none of them. An
+in-memory consumer must return at once (schedule its work) and never raise into the SMTP
 session: a failing consumer is logged and the others still run, the message is delivered.
 """
 
@@ -51,11 +60,11 @@ class Delivered:
             return True
         return bool(self.content_types & set(content_types))
 
-    # The message as received and its MIME tree, already parsed by the pipeline, when what the
-    # recipients hold is that message (possibly inside our signature): a consumer reads it
-    # from here instead of reading the stored form back and parsing it again. Empty for
-    # what arrived encrypted from another operator (the stored form is the decrypted one).
-    raw: bytes = b""
+    # The MIME tree of the message as received, already parsed by the pipeline, when what the
+    # recipients hold is that message (possibly inside our signature), for the post-delivery
+    # predicates to look at without a parse (None for what arrived encrypted from another
+    # operator, whose stored form is the opened one, and for what the queue hands a runner:
+    # runners read the stored form).
     tree: Part | None = None
 
     @property

@@ -3,7 +3,8 @@
 parse -> sender identity -> annuaire -> policies.decide per recipient -> threading ->
 S/MIME (sign and encrypt what we send, verify and decrypt what we receive) ->
 one durable transaction (body sealed once, an entry per local mailbox, a queue row per
-remote recipient, the conversation change) -> only then the reply. The SMTP hooks are
+remote recipient, the conversation change, a post-delivery row per recipient a durable
+consumer wants) -> only then the reply. The SMTP hooks are
 thin wrappers around `check_sender`, `check_recipient` and `accept`.
 """
 
@@ -13,7 +14,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from dataclasses import replace as dataclass_replace
 from datetime import timedelta
@@ -33,6 +34,7 @@ from caducee.crypto.smime import SmimeError
 from caducee.gateway.batch import BatchWriter, DeliveryPlan
 from caducee.gateway.hooks import Delivered, DeliveredTo, DeliveryConsumer, tell
 from caducee.gateway.inspect import InspectedMessage, MessageRejected, inspect_message
+from caducee.gateway.postdelivery import PostDelivery
 from caducee.gateway.protection import Form, Protection, SmimeStage, smime_refusal
 from caducee.mailbox import store
 from caducee.mailbox.delivery import Delivery, Filing, NewConversation, Notice, Target, relay_only_form, stored_form
@@ -171,9 +173,12 @@ class AcceptPipeline:
         self.cpu = cpu or (smime.pool if smime is not None else None)  # large messages are parsed there
         self.smime = smime  # None: S/MIME off (settings.smime = "off", and tests of other stages)
         self.on_queued = on_queued
-        # Post-delivery consumers (caducee.gateway.hooks), called after the commit with what was
-        # delivered to whom: new-mail alerts, the dossier's intake... `server.py` appends them.
+        # In-memory post-delivery consumers (caducee.gateway.hooks), called after the commit with
+        # what was delivered to whom, best effort: new-mail alerts. `server.py` appends them.
         self.on_delivered: list[DeliveryConsumer] = []
+        # The durable ones (the dossier's packages, the agenda's invitations): a row written in
+        # the commit for each recipient they want (caducee.gateway.postdelivery).
+        self.post_delivery = PostDelivery(engine, settings)
         # The operator's trace of sends: accepted ones are traced in their own commit,
         # refusals through this.
         self.traces = Traces(engine)
@@ -481,16 +486,13 @@ class AcceptPipeline:
             )
         lifetime = timedelta(hours=self.settings.relay_expiry_hours)  # how long the relay keeps trying (then a DSN)
         trace = trace_of(envelope, inspected.message_id, accepted, refused)
-        stored_ids = await self.committer.submit(
-            DeliveryPlan(delivery, remote, lifetime, check_message_id=message_id_taken is None, trace=trace)
-        )
-        if stored_ids is None:  # another sender used this Message-ID: nothing was written; decide knowing it
-            return await self._accept(envelope, message_id_taken=True)
-        message_id = stored_ids[0]
-        if any(remote) and self.on_queued is not None:
-            self.on_queued()
-        if self.on_delivered and Action.DO_NOT_DELIVER not in actions:
-            received = self._received(filings, stored_ids, accepted, parties)
+        # Who receives it, known before the commit (each recipient's stored form by its index in
+        # `filings` until the commit gives the ids): the durable consumers' predicates decide here
+        # which post-delivery rows the commit writes with the message (ordinary mail: none).
+        delivered = None
+        wanted = []
+        if (self.on_delivered or self.post_delivery.listening) and Action.DO_NOT_DELIVER not in actions:
+            received = self._received(filings, range(len(filings)), accepted, parties)
             if received:
                 same = envelope.channel is not Channel.MX or self.smime is None  # inbound S/MIME: the stored form is the opened one
                 delivered = Delivered(
@@ -501,10 +503,23 @@ class AcceptPipeline:
                     inspected.has_attachment,
                     received,
                     inspected.content_types,
-                    raw=inspected.raw if same else b"",
                     tree=inspected.tree if same else None,
                 )
-                tell(self.on_delivered, delivered)
+                wanted = self.post_delivery.wanted(delivered)
+        stored_ids = await self.committer.submit(
+            DeliveryPlan(delivery, remote, lifetime, check_message_id=message_id_taken is None, trace=trace, post_delivery=wanted)
+        )
+        if stored_ids is None:  # another sender used this Message-ID: nothing was written; decide knowing it
+            return await self._accept(envelope, message_id_taken=True)
+        message_id = stored_ids[0]
+        if any(remote) and self.on_queued is not None:
+            self.on_queued()
+        if delivered is not None:
+            if wanted:
+                self.post_delivery.committed(wanted, stored_ids)  # the fast path: the rows this process claimed
+            if self.on_delivered:
+                stored = tuple(dataclass_replace(to, message_id=stored_ids[to.message_id]) for to in delivered.recipients)
+                tell(self.on_delivered, dataclass_replace(delivered, recipients=stored))
         return AcceptResult(accepted, refused, message_id, f"250 2.0.0 OK: queued as {message_id}", frozenset(actions))
 
     async def store_once(self, envelope: Envelope) -> tuple[int, Decision | None]:
@@ -555,10 +570,10 @@ class AcceptPipeline:
 
     @staticmethod
     def _received(
-        filings: list[Filing], stored_ids: list[int], accepted: list[str], parties: dict[str, PartyInfo]
+        filings: list[Filing], stored_ids: Sequence[int], accepted: list[str], parties: dict[str, PartyInfo]
     ) -> tuple[DeliveredTo, ...]:
         """Each accepted local mailbox and the stored form filed into its INBOX (the sender's
-        Sent copy is not a delivery)."""
+        Sent copy is not a delivery): its id, or its index in `filings` before the commit."""
         stored_in = {
             target.mailbox_id: stored_id
             for filing, stored_id in zip(filings, stored_ids, strict=False)
@@ -672,7 +687,10 @@ class AcceptPipeline:
         return message.as_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
 
     async def close(self) -> None:
-        """Stop the group commit and release the writer (after the listeners closed)."""
+        """Stop the group commit and release the writer (after the listeners closed); wait for
+        the post-delivery rows this process is running (those it has not finished run again
+        elsewhere when their lease runs out)."""
+        await self.post_delivery.stop()
         await self.committer.stop()
         await self.traces.close()
         self.writer.close()
