@@ -213,8 +213,8 @@ def main() -> None:
 `caducee serve --demo --workers {args.workers}` (S/MIME on). {args.documents} messages from the demo doctor to the demo
 patient, in {args.repeat} batches over {args.sessions} SMTP sessions (aiosmtplib, trusted-network submission port),
 each with one document in an IHE_XDM.ZIP: the intake rate runs from the first message sent to the
-last document filed (signed, delivered, then the pipeline's MIME tree walked, unzipped, checked,
-sealed, recorded in the access history). The anchor is the same messages with the archive renamed (an ordinary attachment,
+last document filed (signed, delivered with its post-delivery row in the same commit, then the
+stored form read back, opened, parsed, unzipped, checked, sealed, recorded in the access history). The anchor is the same messages with the archive renamed (an ordinary attachment,
 no intake), sent the same way in the same run: their accept rate to the last 250. Target: >= 0.7x.
 
 | backend | XDM intake (messages/s, documents filed) | same messages without XDM (messages/s accepted) | ratio | >= 0.7x |
