@@ -308,9 +308,12 @@ async def test_crypto_runs_in_worker_processes(gateway) -> None:  # type: ignore
 
 
 async def test_a_session_stays_responsive_while_large_messages_are_signed(gateway) -> None:  # type: ignore[no-untyped-def]
-    """NOOP round trips on one session while other sessions send 12 MB messages to be signed
-    and encrypted: the longest round trip stays well under the time one such message takes
-    to protect on the event loop's own thread, which is what it would wait without the pool."""
+    """NOOP round trips on one session while other sessions send four 12 MB messages to be
+    signed and encrypted. Protected on the event loop's own thread, each would stall the loop
+    for at least what one costs in-line, and the probe, polling all along, would spend four
+    times that in its round trips; with the pool the stalls are short. The time spent in long
+    round trips (over half the in-line cost) must stay under two in-line costs: a stall or two
+    from a loaded machine pass, protecting on the loop does not."""
     doctor, password = gateway.account("doctor")
     nurse = gateway.account("nurse")[0]
     big = message(doctor, nurse, "Imagerie", "Clichés joints.\n", attachment=("irm.dcm", os.urandom(12 * 1024 * 1024), "application/dicom"))
@@ -362,8 +365,9 @@ async def test_a_session_stays_responsive_while_large_messages_are_signed(gatewa
         assert await senders == [0, 0, 0, 0]
     assert len(await gateway.inbox(nurse)) == 4
     assert len(round_trips) > 10
-    print(f"inline {inline:.3f}s, longest round trip {max(round_trips):.3f}s over {len(round_trips)}")
-    assert max(round_trips) < inline, (max(round_trips), inline)
+    stalled = sum(trip for trip in round_trips if trip > inline / 2)
+    print(f"inline {inline:.3f}s, longest round trip {max(round_trips):.3f}s over {len(round_trips)}, stalled {stalled:.3f}s")
+    assert stalled < 2 * inline, (stalled, inline, sorted(round_trips)[-5:])
 
 
 # ---- between two operators -------------------------------------------------------------------
