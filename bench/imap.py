@@ -384,10 +384,14 @@ def main() -> None:
         f"- Caducée {backend}: {count} connections in IDLE, **{per:.0f} KB** of resident memory each"
         for backend, (per, count) in idle.items()
     )
+    # The concurrent section's options, with a placeholder for the local imaptest build (docs/imap.md).
+    imaptest_args = (
+        f" --imaptest PATH --stress {args.stress} --stress-repeat {args.stress_repeat} --clients {args.clients}" if args.imaptest else ""
+    )
     body = (
         f"""## IMAP against Dovecot (`bench/imap.py`)
 
-Command: `.venv/bin/python bench/imap.py --messages {args.messages} --repeat {args.repeat} --idle {args.idle}` ({machine()}).
+Command: `.venv/bin/python bench/imap.py --messages {args.messages} --repeat {args.repeat} --idle {args.idle}{imaptest_args}` ({machine()}).
 A {args.messages:,}-message INBOX (generated: 70% short text, 20% multipart/alternative, 10% with a 20 KB PDF; 70%
 \\Seen) in Dovecot {subprocess.run(["dovecot", "--version"], capture_output=True, text=True).stdout.split()[0]} (Maildir, TLS)
 and in Caducée (`caducee serve --demo --workers 1`, bodies sealed at rest, summaries precomputed), both filled by

@@ -90,6 +90,7 @@ class ScriptedResult:
 _FAILED_GROUP = re.compile(r"^\*\*\* Test (\S+) command", re.M)
 _FAILED_INIT = re.compile(r"^\*\*\* Test (\S+) initialization failed", re.M)
 _SUMMARY = re.compile(r"^\d+ test groups: .*$", re.M)
+_COMMANDS_FAILED = re.compile(r"^(base protocol|extensions): (\d+/\d+) individual commands failed$", re.M)
 
 
 def scripted(imaptest: Imaptest, target: Target, groups: list[str] | None = None, timeout: float = 900) -> ScriptedResult:
@@ -109,7 +110,11 @@ def scripted(imaptest: Imaptest, target: Target, groups: list[str] | None = None
     output = process.stdout + process.stderr
     summary = _SUMMARY.search(output)
     failed = sorted(set(_FAILED_GROUP.findall(output)) | set(_FAILED_INIT.findall(output)))
-    return ScriptedResult(summary.group(0) if summary else f"no summary (exit {process.returncode})", failed, output)
+    text = summary.group(0) if summary else f"no summary (exit {process.returncode})"
+    counts = _COMMANDS_FAILED.findall(output)  # "base protocol: 0/457 individual commands failed", then extensions
+    if summary and counts:
+        text += " (" + ", ".join(f"{part} {ratio}" for part, ratio in counts) + " commands failed)"
+    return ScriptedResult(text, failed, output)
 
 
 @dataclass
@@ -231,6 +236,7 @@ def main() -> None:
     parser.add_argument("--groups", default="", help="comma-separated test groups (default: all)")
     parser.add_argument("--stress", type=int, default=0, help="seconds of stress mode instead of the scripted tests")
     parser.add_argument("--clients", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=1, help="imaptest's random seed in stress mode")
     parser.add_argument("--states", default="", help="imaptest state probabilities, e.g. logout=0")
     parser.add_argument("--pg", default=DEFAULT_PG)
     parser.add_argument("--verbose", action="store_true", help="print imaptest's whole output")
@@ -270,7 +276,7 @@ def main() -> None:
                             "--threads",
                         ]
                         spy = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                    result = stress(imaptest, server, mbox, seconds=args.stress, clients=args.clients, states=states)
+                    result = stress(imaptest, server, mbox, seconds=args.stress, clients=args.clients, seed=args.seed, states=states)
                     if spy is not None:
                         spy.wait()
                     if args.verbose:
