@@ -206,9 +206,11 @@ async def import_population(
             report_stream.write(f"{line_no}\t{message}\n")
 
     dialect = conn.dialect.name
-    for table, columns in ((ROWS, ROW_COLUMNS), (GUARDIANS, GUARDIAN_COLUMNS)):
+    for table in (ROWS, GUARDIANS):
         await conn.execute(text(f"DROP TABLE IF EXISTS {table}"))
-        await conn.execute(text(staging_ddl(dialect, table, columns)))
+    await conn.execute(text(staging_ddl(dialect, ROWS, ROW_COLUMNS)))
+    # Not staging_ddl: its line_no is SQLite's rowid, and a minor with two guardians has two rows of one line.
+    await conn.execute(text(f"CREATE TEMPORARY TABLE {GUARDIANS} ({', '.join(f'{n} {t}' for n, t in GUARDIAN_COLUMNS)})"))
     progress = _Progress(source.size, f"population {source.name}", progress_stream)
     rows: list[tuple] = []
     guardians: list[tuple] = []
