@@ -104,6 +104,8 @@ class Mailbox(Base):
     # each index on this 535,000-row table is paid on every import (migration 0005).
     professional_national_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
     structure_key: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    # A foreign key on SQLite only: on PostgreSQL its per-row trigger cost a population import
+    # more than the row (migration annuaire_0001); patients are never deleted.
     patient_id: Mapped[int | None] = mapped_column(ForeignKey("patients.id"), nullable=True, unique=True)
     service: Mapped[str] = mapped_column(String(256), default="")
     display_name: Mapped[str] = mapped_column(String(256), default="")
@@ -127,7 +129,10 @@ class Mailbox(Base):
 
 
 class Guardianship(Base):
-    """A legal guardian (a patient with a profile) of a minor's profile."""
+    """A legal guardian (a patient with a profile) of a minor's profile.
+
+    The two foreign keys exist on SQLite only (migration annuaire_0001: on PostgreSQL each
+    was a trigger and a row lock per guardianship a population import adds)."""
 
     __tablename__ = "guardianships"
 

@@ -77,6 +77,16 @@ ROW_COLUMNS = (
     ("status", "TEXT"),
 )
 _ROW_NAMES = [name for name, _ in ROW_COLUMNS]
+# PostgreSQL settings for the merge (its transaction only, restored after). No JIT: the
+# whole-file statements are estimated costly enough to be compiled, and compiling took
+# longer than running them. A larger work_mem keeps a range's RETURNING rows and sorts in
+# memory.
+_MERGE_SETTINGS = {"jit": "off", "work_mem": "64MB"}
+# For the ranges and the guardians: each range is a few thousand rows against a table that
+# grows by them and whose statistics, gathered before the import, say it is small. Planned
+# from those, the probes by INS became a hash of the whole table per range, quadratic in
+# the file; every statement there is a probe of a unique index per row.
+_PROBES_ONLY = {"enable_hashjoin": "off", "enable_mergejoin": "off"}
 
 
 class Source(Protocol):
@@ -277,13 +287,13 @@ async def import_population(
     await conn.execute(text(staging_ddl(conn.dialect.name, ROWS, ROW_COLUMNS)))
     progress = _Progress(source.size, f"population {source.name}", progress_stream)
     try:
-        last_line = await _stage(conn, source, report, bad, progress.advance)
+        windows = await _stage(conn, source, report, bad, progress.advance)
     finally:
         progress.close()
     source.finish()  # an unsigned, foreign or altered file stops here: nothing was merged
     if report.rows_read == 0:
         raise ImportFileError(f"{source.name} has a header but no rows; nothing was changed")
-    await _merge(conn, report, last_line, patient_domain.lower(), on_created, bad, progress_stream)
+    await _merge(conn, report, windows, patient_domain.lower(), on_created, bad, progress_stream)
     for table in (ROWS, GUARDIANS, PAIRS):
         await conn.execute(text(f"DROP TABLE IF EXISTS {table}"))
     return report
@@ -291,14 +301,22 @@ async def import_population(
 
 async def _stage(
     conn: AsyncConnection, source: Source, report: PopulationReport, bad: Callable[..., None], progress: Callable[[int], None]
-) -> int:
-    """Every accepted line into the staging table; the last line's number."""
+) -> list[tuple[int, bool]]:
+    """Every accepted line into the staging table, a window of BATCH_ROWS lines at a time;
+    for each window (lines 2 to BATCH_ROWS + 1, and so on), the rows staged and whether one
+    of them records an opposition or a closure: the merge's ranges are these windows."""
     rows: list[tuple[Any, ...]] = []
     append = rows.append
-    read = ok = 0
-    line_no = 0
+    windows: list[tuple[int, bool]] = []
+    window_end = 1 + BATCH_ROWS
+    read = 0
     columns = len(POPULATION_COLUMNS)
     for line_no, raw in enumerate(source.lines(progress), start=1):
+        if line_no > window_end:
+            await bulk_insert(conn, ROWS, _ROW_NAMES, rows)
+            windows.append((len(rows), any(row[8] for row in rows)))
+            rows.clear()
+            window_end += BATCH_ROWS
         try:
             line = raw.decode("utf-8").rstrip("\r\n")
         except UnicodeDecodeError as exc:
@@ -323,13 +341,19 @@ async def _stage(
                 continue
         read += 1
         append(row)
-        if len(rows) >= BATCH_ROWS:
-            await bulk_insert(conn, ROWS, _ROW_NAMES, rows)
-            ok += len(rows)
-            rows.clear()
     await bulk_insert(conn, ROWS, _ROW_NAMES, rows)
-    report.rows_read, report.rows_ok = read, ok + len(rows)
-    return line_no
+    windows.append((len(rows), any(row[8] for row in rows)))
+    report.rows_read, report.rows_ok = read, sum(staged for staged, _ in windows)
+    return windows
+
+
+async def _configure(conn: AsyncConnection, settings: dict[str, str]) -> dict[str, str]:
+    """Set PostgreSQL settings for the rest of the transaction; the values they replace."""
+    previous = {}
+    for name, value in settings.items():
+        previous[name] = (await conn.execute(text("SELECT current_setting(:n)"), {"n": name})).scalar_one()
+        await conn.execute(text("SELECT set_config(:n, :v, true)"), {"n": name, "v": value})
+    return previous
 
 
 def _first_word(dialect: str, column: str) -> str:
@@ -352,7 +376,7 @@ async def _driver_fetch(conn: AsyncConnection, statement: str, params: Sequence[
 async def _merge(
     conn: AsyncConnection,
     report: PopulationReport,
-    last_line: int,
+    windows: list[tuple[int, bool]],
     domain: str,
     on_created: OnCreated | None,
     bad: Callable[..., None],
@@ -361,6 +385,7 @@ async def _merge(
     dialect = conn.dialect.name
     postgres = dialect == "postgresql"
     now = datetime.now(UTC)
+    restore = await _configure(conn, _MERGE_SETTINGS) if postgres else {}
     if postgres:  # ranges of lines read through a BRIN index (the rows are in line order), planned with real counts
         await conn.execute(text(f"CREATE INDEX ix_{ROWS}_line_no ON {ROWS} USING brin (line_no)"))
         await conn.execute(text(f"ANALYZE {ROWS}"))
@@ -412,7 +437,7 @@ async def _merge(
         "INSERT INTO patients (ins, last_name, first_names, birth_date, sex, status, email, updated_at) "
         f"SELECT s.ins, s.last_name, s.first_names, {birth}, s.sex, coalesce(s.status, 'created'), s.email, {moment} FROM {ROWS} s "
         f"WHERE s.line_no BETWEEN {'$2 AND $3' if postgres else '? AND ?'} AND NOT EXISTS (SELECT 1 FROM patients p WHERE p.ins = s.ins) "
-        "RETURNING id, ins, first_names, last_name, status"
+        "ORDER BY s.ins RETURNING id, ins, first_names, last_name, status"  # in INS order: each index is written page after page
     )
     domain_value = "$4" if postgres else ":domain"
     mailbox = (
@@ -423,7 +448,7 @@ async def _merge(
         f"{moment if postgres else ':now'} FROM "
     )
     if postgres:  # one statement: the new profiles, their mailboxes, and what the hand-over needs
-        insert = f"WITH n AS ({insert}), boxes AS ({mailbox} n) SELECT id, ins, first_names, last_name, status FROM n ORDER BY id"
+        insert = f"WITH n AS ({insert}), boxes AS ({mailbox} n) SELECT id, ins, first_names, last_name, status FROM n"
     # SQLite: the ids it gives are in order, and this transaction is the database's only writer.
     boxes = text(f"{mailbox} patients n WHERE n.id BETWEEN :low AND :high")
     statuses = text(
@@ -432,16 +457,22 @@ async def _merge(
         "AND patients.status <> 'closed' AND (s.status = 'closed' OR patients.status <> 'opposed') RETURNING patients.status"
     )
 
+    probes = await _configure(conn, _PROBES_ONLY) if postgres else {}
     progress = _Progress(distinct, "population merge", progress_stream, unit="rows")
     try:
-        for first in range(2, last_line + 1, BATCH_ROWS):
+        for window, (staged, with_status) in enumerate(windows):
+            if not staged:
+                continue
+            first = 2 + window * BATCH_ROWS
             last = first + BATCH_ROWS - 1
             span = {"first": first, "last": last, "now": stamp}
-            updated = await conn.execute(update, span)
-            report.updated += int(updated.rowcount or 0)
             new = await _driver_fetch(conn, insert, (now, first, last, domain) if postgres else (stamp, first, last))
             if new and not postgres:
-                await conn.execute(boxes, {"domain": domain, "now": stamp, "low": new[0][0], "high": new[-1][0]})
+                ids = [row[0] for row in new]
+                await conn.execute(boxes, {"domain": domain, "now": stamp, "low": min(ids), "high": max(ids)})
+            if len(new) < staged or report.duplicates:  # some were known: the ones that changed are rewritten
+                updated = int((await conn.execute(update, span)).rowcount or 0)
+                report.updated += updated
             report.inserted += len(new)
             created = []
             for row in new:
@@ -451,7 +482,7 @@ async def _merge(
                     report.opposed += 1
                 else:
                     report.closed += 1
-            for (status,) in (await conn.execute(statuses, span)).all():
+            for (status,) in (await conn.execute(statuses, span)).all() if with_status else ():
                 if status == "opposed":
                     report.opposed += 1
                 else:
@@ -459,15 +490,23 @@ async def _merge(
             if created and on_created is not None:
                 await on_created(conn, created)
                 report.profiles_for_letters += len(created)
-            progress.advance(len(new) + int(updated.rowcount or 0))
+            progress.advance(staged)
     finally:
         progress.close()
     report.unchanged = distinct - report.inserted - report.updated
-    await _guardians(conn, report, bad, stamp)
+    await _guardians(conn, report, bad, stamp, probes)
+    if restore:  # as the caller's transaction had them
+        await _configure(conn, restore)
 
 
-async def _guardians(conn: AsyncConnection, report: PopulationReport, bad: Callable[..., None], now: datetime | str) -> None:
-    """Each minor the file lists gets exactly the guardians its line names (those with a profile)."""
+async def _guardians(
+    conn: AsyncConnection, report: PopulationReport, bad: Callable[..., None], now: datetime | str, probes: dict[str, str]
+) -> None:
+    """Each minor the file lists gets exactly the guardians its line names (those with a profile).
+
+    The representatives are looked up by index (`probes` still set); then the planner's
+    joins are back (`probes` restored) for the guardianships to remove, which are matched
+    against the whole file."""
     if conn.dialect.name == "postgresql":
         each = f"SELECT s.line_no, s.ins AS minor_ins, g.ins AS guardian_ins FROM {ROWS} s CROSS JOIN LATERAL unnest(string_to_array(s.guardians, ',')) AS g(ins)"
     else:
@@ -489,6 +528,8 @@ async def _guardians(conn: AsyncConnection, report: PopulationReport, bad: Calla
         )
     )
     await conn.execute(text(f"CREATE INDEX ix_{PAIRS} ON {PAIRS} (minor_id, guardian_id)"))
+    if probes:
+        await _configure(conn, probes)
     if (await conn.execute(text("SELECT EXISTS (SELECT 1 FROM guardianships)"))).scalar():  # nothing to remove on a first import
         removed = await conn.execute(
             text(
