@@ -59,9 +59,12 @@ class Handed:
         self.profiles: list[NewProfile] = []
         self.calls = 0
 
-    async def __call__(self, conn, profiles) -> None:  # type: ignore[no-untyped-def]
+    def prepare(self, dialect: str, profiles: list[NewProfile]) -> list[NewProfile]:
+        return list(profiles)
+
+    async def write(self, conn, prepared: list[NewProfile]) -> None:  # type: ignore[no-untyped-def]
         self.calls += 1
-        self.profiles.extend(profiles)
+        self.profiles.extend(prepared)
 
 
 async def load(engine, settings, path: Path, **kwargs):  # type: ignore[no-untyped-def]

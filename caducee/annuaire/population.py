@@ -40,8 +40,9 @@ given, and a monthly national re-import would burn 66 million patient ids each t
 
 from __future__ import annotations
 
+import asyncio
 import re
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -145,7 +146,17 @@ class NewProfile(NamedTuple):
     last_name: str
 
 
-OnCreated = Callable[[AsyncConnection, list[NewProfile]], Awaitable[None]]
+class OnCreated(Protocol):
+    """Where the created profiles go, a range at a time (the wiring: `webmail.letters.LetterCodes`).
+
+    Two steps, so that the work without the database overlaps the database's: `prepare`
+    runs while the server inserts the next range (a profile's code, its hash, its letter
+    line cost the client about as much as parsing its line), `write` stores what it made,
+    on the import's connection and in its transaction, once that insert has returned."""
+
+    def prepare(self, dialect: str, profiles: list[NewProfile]) -> Any: ...
+
+    async def write(self, conn: AsyncConnection, prepared: Any) -> None: ...
 
 
 @dataclass
@@ -460,13 +471,25 @@ async def _merge(
     probes = await _configure(conn, _PROBES_ONLY) if postgres else {}
     progress = _Progress(distinct, "population merge", progress_stream, unit="rows")
     try:
+        handed: list[NewProfile] = []  # the previous range's created profiles, prepared during this range's insert
         for window, (staged, with_status) in enumerate(windows):
             if not staged:
                 continue
             first = 2 + window * BATCH_ROWS
             last = first + BATCH_ROWS - 1
             span = {"first": first, "last": last, "now": stamp}
-            new = await _driver_fetch(conn, insert, (now, first, last, domain) if postgres else (stamp, first, last))
+            inserting = asyncio.ensure_future(_driver_fetch(conn, insert, (now, first, last, domain) if postgres else (stamp, first, last)))
+            prepared = None
+            if handed and on_created is not None:
+                await asyncio.sleep(0)  # the statement is sent; the server works on it while the client prepares
+                try:
+                    prepared = on_created.prepare(dialect, handed)
+                except BaseException:
+                    await asyncio.gather(inserting, return_exceptions=True)  # the connection free again, then the error
+                    raise
+            new = await inserting
+            if prepared is not None and on_created is not None:
+                await _hand_over(conn, report, on_created, prepared, len(handed))
             if new and not postgres:
                 ids = [row[0] for row in new]
                 await conn.execute(boxes, {"domain": domain, "now": stamp, "low": min(ids), "high": max(ids)})
@@ -474,10 +497,10 @@ async def _merge(
                 updated = int((await conn.execute(update, span)).rowcount or 0)
                 report.updated += updated
             report.inserted += len(new)
-            created = []
+            handed = []
             for row in new:
                 if row[4] == "created":
-                    created.append(NewProfile(row[0], row[1], row[2], row[3]))
+                    handed.append(NewProfile(row[0], row[1], row[2], row[3]))
                 elif row[4] == "opposed":
                     report.opposed += 1
                 else:
@@ -487,16 +510,20 @@ async def _merge(
                     report.opposed += 1
                 else:
                     report.closed += 1
-            if created and on_created is not None:
-                await on_created(conn, created)
-                report.profiles_for_letters += len(created)
             progress.advance(staged)
+        if handed and on_created is not None:
+            await _hand_over(conn, report, on_created, on_created.prepare(dialect, handed), len(handed))
     finally:
         progress.close()
     report.unchanged = distinct - report.inserted - report.updated
     await _guardians(conn, report, bad, stamp, probes)
     if restore:  # as the caller's transaction had them
         await _configure(conn, restore)
+
+
+async def _hand_over(conn: AsyncConnection, report: PopulationReport, on_created: OnCreated, prepared: Any, count: int) -> None:
+    await on_created.write(conn, prepared)
+    report.profiles_for_letters += count
 
 
 async def _guardians(

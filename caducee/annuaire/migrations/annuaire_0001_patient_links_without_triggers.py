@@ -1,4 +1,4 @@
-"""Annuaire: no foreign-key triggers on the rows a population import writes per patient (PostgreSQL)
+"""Annuaire: what a population import paid per patient and no query used: foreign-key triggers (PostgreSQL), empty places in indexes
 
 Revision ID: annuaire_0001
 Revises:
@@ -17,10 +17,16 @@ links did (docs/architecture.md, "Population import").
 SQLite keeps them: its check is one index lookup, and dropping a constraint there means
 rebuilding the table, whose DROP would, with foreign keys on, cascade into the mailboxes'
 certificates.
+
+`ix_mailboxes_postcode` and `ix_mailboxes_city_search` become partial (non-empty values
+only), on both databases: a patient's mailbox has neither, so each national import wrote
+66 million entries of '' into each, 2 us a row on PostgreSQL, that the directory search
+(which looks for a postcode or city prefix among professionals) never reads.
 """
 
 from __future__ import annotations
 
+import sqlalchemy as sa
 from alembic import op
 
 revision = "annuaire_0001"
@@ -35,7 +41,14 @@ DROPPED = {  # name: (table, column)
 }
 
 
+PLACES = {"ix_mailboxes_postcode": "postcode", "ix_mailboxes_city_search": "city_search"}
+
+
 def upgrade() -> None:
+    for name, column in PLACES.items():
+        op.drop_index(name, table_name="mailboxes")
+        where = sa.text(f"{column} <> ''")
+        op.create_index(name, "mailboxes", [column], postgresql_where=where, sqlite_where=where)
     if op.get_bind().dialect.name != "postgresql":
         return
     for name, (table, _column) in DROPPED.items():
@@ -43,6 +56,9 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    for name, column in PLACES.items():
+        op.drop_index(name, table_name="mailboxes")
+        op.create_index(name, "mailboxes", [column])
     if op.get_bind().dialect.name != "postgresql":
         return
     for name, (table, column) in DROPPED.items():
