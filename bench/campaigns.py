@@ -197,6 +197,33 @@ async def measure(url: str, population: Path, workdir: Path) -> dict[str, float]
     }
 
 
+async def measure_import(url: str, population: Path, workdir: Path) -> dict[str, float]:
+    """The population import alone, as in `measure` (the demo's world first, the webmail's
+    bulk codes), for `--only import`: quicker runs, and a process to profile."""
+    from caducee import db, demo
+    from caducee.annuaire.population import PlainSource, import_population
+    from caducee.config import Settings
+    from caducee.crypto.atrest import load_master_key
+    from caducee.webmail.codes import CodeHasher
+    from caducee.webmail.letters import LetterCodes
+
+    settings = Settings(data_dir=workdir / f"var-{uuid.uuid4().hex[:6]}", database_url=url, smime="off")
+    engine = db.create_engine(url)
+    try:
+        await demo.seed(engine, settings, certificates=False)
+        letters_path = workdir / f"letters-{uuid.uuid4().hex[:6]}.txt"
+        with open(letters_path, "wb") as letters_file:
+            codes = LetterCodes(CodeHasher(load_master_key(settings.data_dir)), letters_file.write)
+            start = time.perf_counter()
+            async with engine.begin() as conn:
+                report = await import_population(conn, PlainSource(population), patient_domain=settings.patient_domain, on_created=codes)
+            import_seconds = time.perf_counter() - start
+        letters_path.unlink()
+    finally:
+        await engine.dispose()
+    return {"import_seconds": import_seconds, "imported": report.rows_ok, "codes": codes.issued}
+
+
 async def measure_bare(url: str, rows: int, population: Path | None = None) -> dict[str, float]:
     """The anchor: `rows` rows of a mailbox entry's width into an unindexed table; with
     `population`, that file's rows as they are split (eight text columns: the import's own anchor)."""
@@ -258,6 +285,8 @@ def child(mode: str, backend: str, population: Path, workdir: Path, pg_url: str,
     try:
         if mode == "campaign":
             result = asyncio.run(measure(url, population, workdir))
+        elif mode == "import":
+            result = asyncio.run(measure_import(url, population, workdir))
         else:
             result = asyncio.run(measure_bare(url, rows, population if mode == "bare-population" else None))
     finally:
@@ -288,6 +317,11 @@ def main() -> None:
     parser.add_argument("--pg", default=DEFAULT_PG)
     parser.add_argument("--backends", default="sqlite,postgresql")
     parser.add_argument("--no-write", action="store_true", help="print only, do not update docs/benchmarks.md")
+    parser.add_argument(
+        "--only",
+        choices=["import"],
+        help="import: only the population import and its anchor, printed (docs/benchmarks.md is left as it is)",
+    )
     parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -304,6 +338,24 @@ def main() -> None:
             population = write_population(workdir / "population.txt", size)
             print(f"generated {size:,} patients ({population.stat().st_size / 1e6:.0f} MB)", flush=True)
             for backend in args.backends.split(","):
+                if args.only == "import":
+                    imports, own = [], []
+                    for attempt in range(args.repeat):
+                        imports.append(run_child("import", backend, population, workdir, args, size))
+                        own.append(run_child("bare-population", backend, population, workdir, args, size))
+                        rate, anchor = imports[-1]["imported"] / imports[-1]["import_seconds"], own[-1]["rows"] / own[-1]["seconds"]
+                        print(
+                            f"{backend} {size:,} #{attempt + 1}: import {imports[-1]['import_seconds']:.1f}s ({rate:,.0f} rows/s), "
+                            f"population anchor {own[-1]['seconds']:.1f}s ({anchor:,.0f} rows/s): {rate / anchor:.2f}x, "
+                            f"peak RSS {imports[-1]['peak_rss_mb']:.0f} MB",
+                            flush=True,
+                        )
+                    rate = median([r["imported"] / r["import_seconds"] for r in imports])
+                    anchor = median([b["rows"] / b["seconds"] for b in own])
+                    print(
+                        f"{backend} {size:,}: import {rate:,.0f} rows/s, population anchor {anchor:,.0f} rows/s, {rate / anchor:.2f}x (medians)"
+                    )
+                    continue
                 runs, bares, own = [], [], []
                 for attempt in range(args.repeat):
                     runs.append(run_child("campaign", backend, population, workdir, args, size))
@@ -364,6 +416,8 @@ one (*busy*), and before (*quiet*):
         + "\n".join(pages)
         + "\n"
     )
+    if args.only:
+        return
     print(body)
     if not args.no_write:
         write_section("campaigns", body)

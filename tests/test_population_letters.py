@@ -41,3 +41,15 @@ async def test_every_created_profile_gets_one_code_in_the_letters(engine, settin
         expires = row.expires_at if row.expires_at.tzinfo else row.expires_at.replace(tzinfo=UTC)
         assert abs(expires - (datetime.now(UTC) + timedelta(days=90))) < timedelta(minutes=5)
         assert until == f"{expires:%Y-%m-%d}"
+
+
+def test_the_code_hash_is_the_hmac_sha256_codes_were_always_kept_as() -> None:
+    """Codes already issued (letters in the post) must still match after the faster hashing."""
+    import hashlib
+    import hmac
+
+    hasher = CodeHasher(b"m" * 32)
+    key = hmac.new(b"m" * 32, b"caducee:webmail-codes:v1", hashlib.sha256).digest()
+    for purpose, owner, code in (("activation", 1, "01234567"), ("login", 66_000_000, " 123456 "), ("reset", 7, "")):
+        expected = hmac.new(key, f"{purpose}:{owner}:{code.strip()}".encode(), hashlib.sha256).hexdigest()
+        assert hasher.hash(purpose, owner, code) == expected and hasher.matches(expected, purpose, owner, code)

@@ -121,13 +121,13 @@ def read_lines(path: Path, progress: Callable[[int], None]) -> Iterator[tuple[in
 class _Progress:
     """A progress bar on a terminal (tqdm), silence elsewhere (cron, tests, CI logs)."""
 
-    def __init__(self, total: int, description: str, stream: TextIO | None) -> None:
+    def __init__(self, total: int, description: str, stream: TextIO | None, *, unit: str = "B") -> None:
         self._bar = None
         stream = stream if stream is not None else sys.stderr
         if stream.isatty():
             from tqdm import tqdm
 
-            self._bar = tqdm(total=total, unit="B", unit_scale=True, desc=description, file=stream)
+            self._bar = tqdm(total=total, unit=unit, unit_scale=True, desc=description, file=stream)
 
     def advance(self, count: int) -> None:
         if self._bar is not None:

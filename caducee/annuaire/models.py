@@ -13,10 +13,12 @@ from sqlalchemy import (
     Date,
     DateTime,
     ForeignKey,
+    Index,
     Integer,
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -90,6 +92,10 @@ class Patient(Base):
 
 class Mailbox(Base):
     __tablename__ = "mailboxes"
+    __table_args__ = tuple(
+        Index(f"ix_mailboxes_{column}", column, postgresql_where=text(f"{column} <> ''"), sqlite_where=text(f"{column} <> ''"))
+        for column in ("postcode", "city_search")
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     address: Mapped[str] = mapped_column(String(254), unique=True)
@@ -104,6 +110,8 @@ class Mailbox(Base):
     # each index on this 535,000-row table is paid on every import (migration 0005).
     professional_national_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
     structure_key: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    # A foreign key on SQLite only: on PostgreSQL its per-row trigger cost a population import
+    # more than the row (migration annuaire_0001); patients are never deleted.
     patient_id: Mapped[int | None] = mapped_column(ForeignKey("patients.id"), nullable=True, unique=True)
     service: Mapped[str] = mapped_column(String(256), default="")
     display_name: Mapped[str] = mapped_column(String(256), default="")
@@ -117,8 +125,9 @@ class Mailbox(Base):
     # Not indexed: a few dozen codes, "10" (médecin) on about half the rows; a search by
     # profession is narrowed by the name or the place, whose columns are.
     profession_code: Mapped[str] = mapped_column(String(8), default="")
-    postcode: Mapped[str] = mapped_column(String(10), default="", index=True)
-    city_search: Mapped[str] = mapped_column(String(128), default="", index=True)
+    # Indexed when not empty (annuaire_0001): a patient's mailbox has neither.
+    postcode: Mapped[str] = mapped_column(String(10), default="")
+    city_search: Mapped[str] = mapped_column(String(128), default="")
     # The last extraction import that added or changed it: an audit trail (retiring compares with the file, not this).
     seen_in_run: Mapped[int] = mapped_column(Integer, default=0)
     active: Mapped[bool] = mapped_column(Boolean, default=True)
@@ -127,7 +136,10 @@ class Mailbox(Base):
 
 
 class Guardianship(Base):
-    """A legal guardian (a patient with a profile) of a minor's profile."""
+    """A legal guardian (a patient with a profile) of a minor's profile.
+
+    The two foreign keys exist on SQLite only (migration annuaire_0001: on PostgreSQL each
+    was a trigger and a row lock per guardianship a population import adds)."""
 
     __tablename__ = "guardianships"
 
