@@ -208,8 +208,8 @@ async def test_the_command_timer_waits_for_data_and_says_421_when_it_fires(gatew
         free_port(),
         gateway.server_context,
         trusted_networks=["127.0.0.0/8"],
-        timeout=1,
-        data_timeout=6,
+        timeout=2,
+        data_timeout=12,
         hostname="t",
     )
     server = await start_listener(config, gateway.pipeline, gateway.authenticator)
@@ -227,7 +227,7 @@ async def test_the_command_timer_waits_for_data_and_says_421_when_it_fires(gatew
             head = f"From: {doctor}\r\nTo: {patient}\r\nSubject: lent\r\nMessage-ID: <slow-data@demo.mssante.fr>\r\n\r\n".encode()
             for piece in (head, b"Un message ", b"qui arrive ", b"lentement.\r\n"):
                 sock.sendall(piece)
-                time.sleep(0.7)  # 2.8 s in all: past the 1 s command timer, within the 6 s DATA deadline
+                time.sleep(1.2)  # 4.8 s in all: past the 2 s command timer, well within the 12 s DATA deadline
             sock.sendall(b".\r\n")
             accepted = file.readline()
             idle = file.readline()  # nothing more is sent: the command timer fires
