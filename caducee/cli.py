@@ -989,11 +989,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _keyring_home(args: argparse.Namespace) -> Path | None:
+    """The keyring of the commands that may use it (the others neither read settings nor ask gpg here)."""
+    if args.func not in (cmd_serve, cmd_patients_import, cmd_openpgp, cmd_campaigns):
+        return None
     try:
-        home = Path(_settings(args).data_dir) / "openpgp"
+        return Path(_settings(args).data_dir) / "openpgp"
     except SettingsError:
         return None
-    return home if args.func in (cmd_serve, cmd_patients_import, cmd_openpgp, cmd_campaigns) else None
 
 
 if __name__ == "__main__":

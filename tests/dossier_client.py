@@ -7,6 +7,8 @@ import asyncio
 import dataclasses
 import smtplib
 import ssl
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from email.message import EmailMessage
 from email.policy import SMTP as SMTP_POLICY
 from pathlib import Path
@@ -16,6 +18,7 @@ import httpx
 from conftest import RunningGateway, RunningHTTP
 from webmail_client import login
 
+from caducee.config import Settings
 from caducee.dossier.service import Dossier, Professional
 
 
@@ -67,3 +70,18 @@ class World:
 DOCTOR = Professional("810000000009", "Dr Sophie Bernard", "Cabinet médical des Lilas")
 NURSE = Professional("810000000017", "M. Karim Haddad", "Cabinet médical des Lilas")
 EMERGENCY_DOCTOR = Professional("810000000025", "Dr Urgentiste", "SAMU 75")
+
+
+@asynccontextmanager
+async def running_world(engine: Any, settings: Settings, tmp_path: Path) -> AsyncIterator[World]:
+    """A gateway and the web app built on its pipeline (as `caducee serve` wires them), stopped after."""
+    from caducee.server import build_app
+
+    gateway = await RunningGateway(engine, settings, tmp_path).start()
+    http = RunningHTTP(build_app(engine, settings, gateway.pipeline))
+    await http.start()
+    try:
+        yield World(gateway, http, settings.data_dir / "outbox")
+    finally:
+        await http.stop()
+        await gateway.stop()

@@ -13,8 +13,7 @@ from contextlib import aclosing
 from pathlib import Path
 
 import pytest
-from conftest import RunningGateway, RunningHTTP
-from dossier_client import DOCTOR, EMERGENCY_DOCTOR, NURSE, World
+from dossier_client import DOCTOR, EMERGENCY_DOCTOR, NURSE, World, running_world
 from webmail_client import form_token
 from xdm_builder import PDF, Doc, package, xdm_mail
 
@@ -30,17 +29,9 @@ CDA = (
 
 @pytest.fixture
 async def world(engine, settings, tmp_path: Path) -> AsyncIterator[World]:  # type: ignore[no-untyped-def]
-    from caducee.server import build_app
-
     settings = dataclasses.replace(settings, webmail_cookie_secure=False, directory_cache_seconds=0.5)
-    gateway = await RunningGateway(engine, settings, tmp_path).start()
-    http = RunningHTTP(build_app(engine, settings, gateway.pipeline))
-    await http.start()
-    try:
-        yield World(gateway, http, settings.data_dir / "outbox")
-    finally:
-        await http.stop()
-        await gateway.stop()
+    async with running_world(engine, settings, tmp_path) as world:
+        yield world
 
 
 def notices(raw_messages: list[bytes]) -> list[str]:

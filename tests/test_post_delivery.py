@@ -29,8 +29,7 @@ from pathlib import Path
 
 import pytest
 from agenda_helpers import ics, invitation_mail
-from conftest import RunningGateway, RunningHTTP
-from dossier_client import World
+from dossier_client import World, running_world
 from mail import message
 from nodes import Node, deployment_env, start_node
 from prometheus_client import REGISTRY
@@ -149,17 +148,9 @@ async def test_a_mail_only_node_accepts_and_an_http_node_files(tmp_path: Path, d
 
 @pytest.fixture
 async def world(engine, settings, tmp_path: Path) -> AsyncIterator[World]:  # type: ignore[no-untyped-def]
-    from caducee.server import build_app
-
     settings = dataclasses.replace(settings, webmail_cookie_secure=False, post_delivery_poll_seconds=0.05)
-    gateway = await RunningGateway(engine, settings, tmp_path).start()
-    http = RunningHTTP(build_app(engine, settings, gateway.pipeline))
-    await http.start()
-    try:
-        yield World(gateway, http, settings.data_dir / "outbox")
-    finally:
-        await http.stop()
-        await gateway.stop()
+    async with running_world(engine, settings, tmp_path) as world:
+        yield world
 
 
 async def test_a_consumer_that_keeps_failing_ends_failed_with_an_error_line_and_the_metric(
